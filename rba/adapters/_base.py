@@ -1,0 +1,177 @@
+"""The one plug-in point for model families: an :class:`Adapter` turns a model into an ordered list of
+blocks with boundaries that rba can measure, replace and evaluate.
+
+Every adapter runs the model in stages -- ``embed`` (input → boundary 0), ``run_block`` (boundary k →
+boundary k+1), ``pool`` (last boundary → the model's own pooled representation) and ``logits`` (the
+native head) -- so that capture sees every boundary in one pass and evaluation can start from any
+cached boundary (prefix reuse).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["Adapter", "Context", "Span", "Layout"]
+
+Span = tuple[int, int]
+#: "tokens": boundaries are (N, T, D) with a (N, T) mask of real tokens; vectors are the real tokens.
+#: "pixels": boundaries are (N, C, H, W); vectors are the N·H·W positions, each of C channels.
+Layout = str
+
+
+@dataclass
+class Context:
+    """What blocks need besides the hidden state (attention masks), and what pooling needs.
+
+    ``mask`` is (N, T) bool, True on real tokens; None for pixel layouts or unpadded token inputs.
+    ``extra`` carries family-specific tensors (e.g. BERT's extended attention mask).
+    """
+
+    mask: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def select(self, index: torch.Tensor | slice) -> "Context":
+        """The context of a sub-batch (rows ``index``)."""
+        mask = None if self.mask is None else self.mask[index]
+        extra = {k: (v[index] if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in self.extra.items()}
+        return Context(mask=mask, extra=extra)
+
+    def to(self, device: torch.device | str) -> "Context":
+        mask = None if self.mask is None else self.mask.to(device)
+        extra = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in self.extra.items()}
+        return Context(mask=mask, extra=extra)
+
+
+class Adapter(abc.ABC):
+    """A model seen as ``embed → blocks[0..L-1] → pool → head``.
+
+    Subclasses implement :meth:`collate`, :meth:`embed` and :meth:`pool`; the rest has defaults that suit
+    blocks called as ``block(h) -> h``.
+    """
+
+    #: see :data:`Layout`
+    layout: Layout = "tokens"
+
+    def __init__(self, model: nn.Module, blocks: nn.ModuleList | nn.Sequential, *, identity: dict[str, Any]):
+        self.model = model.eval()
+        self.blocks = blocks
+        #: what makes this model this model (kind, name, weights hash): part of every cache key.
+        self.identity = identity
+        self._boundary_shapes: list[tuple[int, ...]] | None = None
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> "Adapter":
+        self.model.to(device)
+        return self
+
+    # ------------------------------------------------------------------ staged forward
+    @abc.abstractmethod
+    def collate(self, samples: Sequence[Any]) -> Any:
+        """Raw samples (texts, or uint8 C×H×W arrays) → model inputs, with the model's own preprocessing."""
+
+    @abc.abstractmethod
+    def embed(self, inputs: Any) -> tuple[torch.Tensor, Context]:
+        """Model inputs → (boundary-0 representation, context)."""
+
+    def run_block(self, k: int, h: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Boundary k → boundary k+1 through the original block k."""
+        return self.blocks[k](h)
+
+    @abc.abstractmethod
+    def pool(self, h: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Last boundary → the model's own pooled representation (N, F)."""
+
+    def logits(self, pooled: torch.Tensor) -> torch.Tensor | None:
+        """The model's native head on the pooled representation, or None when it has none."""
+        return None
+
+    # ------------------------------------------------------------------ vectors
+    def vectors(self, h: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """A boundary's representation as (n, D) vectors: real tokens, or every pixel position."""
+        if self.layout == "pixels":
+            return h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])
+        if ctx.mask is None:
+            return h.reshape(-1, h.shape[-1])
+        return h[ctx.mask]
+
+    def apply_map(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """Apply a vector map y = x·W + b to every vector of a boundary tensor (W is D_in × D_out)."""
+        if self.layout == "pixels":
+            y = torch.einsum("nchw,cd->ndhw", h, weight)
+            return y if bias is None else y + bias.view(1, -1, 1, 1)
+        y = h @ weight
+        return y if bias is None else y + bias
+
+    # ------------------------------------------------------------------ replacement in the real model
+    def wrap_replacement(self, module: nn.Module) -> nn.Module:
+        """Make ``module`` (h → h) callable exactly as the model's own forward calls a block.
+
+        The default suits ``block(h) -> h``; families whose blocks take extra arguments or return tuples
+        override this.
+        """
+        return module
+
+    @abc.abstractmethod
+    def forward(self, inputs: Any) -> torch.Tensor:
+        """The real model's own end-to-end forward on ``inputs``, returning what :meth:`pool` returns.
+
+        Independent of the staged methods: tests use it to check the staged forward, and that replacement
+        modules swapped into ``blocks`` (:func:`rba.apply.replace_`) behave as the staged evaluation."""
+
+    # ------------------------------------------------------------------ boundaries and spans
+    def boundary_shapes(self, sample_inputs: Any | None = None) -> list[tuple[int, ...]]:
+        """Per-sample shape of every boundary, with the token axis written as -1 (variable length).
+
+        Measured once with a forward pass on ``sample_inputs`` (or :meth:`example_inputs`).
+        """
+        if self._boundary_shapes is None:
+            inputs = sample_inputs if sample_inputs is not None else self.example_inputs()
+            with torch.inference_mode():
+                h, ctx = self.embed(inputs)
+                shapes = [self._shape_key(h)]
+                for k in range(self.num_blocks):
+                    h = self.run_block(k, h, ctx)
+                    shapes.append(self._shape_key(h))
+            self._boundary_shapes = shapes
+        return self._boundary_shapes
+
+    def _shape_key(self, h: torch.Tensor) -> tuple[int, ...]:
+        if self.layout == "pixels":
+            return tuple(h.shape[1:])
+        return (-1, h.shape[-1])
+
+    def example_inputs(self) -> Any:
+        """Inputs for one or two samples, used to discover boundary shapes and to count FLOPs."""
+        raise NotImplementedError(f"{type(self).__name__} needs sample inputs to measure its boundaries")
+
+    def dims(self) -> list[int]:
+        """Vector size D at every boundary."""
+        return [s[0] if self.layout == "pixels" else s[-1] for s in self.boundary_shapes()]
+
+    def valid_spans(self, max_span: int | None = None) -> list[Span]:
+        """Every span (i, j), i < j, whose two boundaries have the same layout, j - i ≤ max_span."""
+        shapes = self.boundary_shapes()
+        L = self.num_blocks
+        limit = L if max_span is None else max_span
+        return [
+            (i, j)
+            for i in range(L)
+            for j in range(i + 1, min(L, i + limit) + 1)
+            if shapes[i] == shapes[j]
+        ]
+
+    def describe(self) -> str:
+        return f"{self.identity.get('kind')}:{self.identity.get('name')} ({self.num_blocks} blocks, {self.layout})"

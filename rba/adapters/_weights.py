@@ -1,0 +1,58 @@
+"""Safe weight loading: safetensors, or ``torch.load(weights_only=True)``; never arbitrary unpickling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rba.errors import ModelError
+
+__all__ = ["load_weights", "load_into"]
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"weights file not found: {p} (set model.weights to a local file, or pretrained = false for random weights)")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p))
+        except Exception as exc:
+            raise ModelError(f"cannot read {p} as safetensors: {exc}") from None
+    try:
+        state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(
+            f"cannot load {p} safely (weights_only=True): {str(exc).splitlines()[0]}. "
+            "Use a .safetensors file or a plain state_dict checkpoint"
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ModelError(f"{p} does not hold a state_dict (got {type(state).__name__})")
+    return state
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` strictly; a mismatch names the first missing/unexpected keys and shape clashes."""
+    own = model.state_dict()
+    clashes = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if clashes or missing or unexpected:
+        parts = []
+        if clashes:
+            k = clashes[0]
+            parts.append(f"{len(clashes)} shape clashes (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise ModelError(f"weights file {source} does not match the architecture: " + "; ".join(parts)
+                         + ". Check model.name and model.options against the file")
+    model.load_state_dict(state, strict=True)

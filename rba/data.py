@@ -1,0 +1,229 @@
+"""Data sets as raw samples (texts, or uint8 N×C×H×W images) with optional integer labels, and the three
+disjoint splits (calibration, probe, eval) drawn once with ``data.seed``.
+
+Preprocessing is the adapter's job (tokenizer, timm normalisation, EfficientNet-Lite scaling): data stays raw.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from rba.errors import DataError
+
+__all__ = ["Dataset", "Splits", "load_dataset", "make_splits"]
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+@dataclass
+class Dataset:
+    samples: Sequence[Any]
+    """list[str] for text, uint8 array N×C×H×W for images"""
+    labels: np.ndarray | None
+    modality: str
+    """"text" or "image\""""
+    classes: list[str] | None = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def subset(self, index: np.ndarray) -> "Dataset":
+        if self.modality == "text":
+            samples: Sequence[Any] = [self.samples[i] for i in index]
+        else:
+            samples = np.asarray(self.samples)[index]
+        labels = None if self.labels is None else self.labels[index]
+        return Dataset(samples, labels, self.modality, self.classes, self.source)
+
+    def fingerprint(self) -> str:
+        """A content hash of samples and labels (part of the statistics cache key)."""
+        h = hashlib.sha256()
+        if self.modality == "text":
+            for s in self.samples:
+                h.update(s.encode("utf-8", "replace"))
+                h.update(b"\0")
+        else:
+            arr = np.ascontiguousarray(self.samples)
+            h.update(str(arr.shape).encode())
+            h.update(arr.tobytes())
+        if self.labels is not None:
+            h.update(np.ascontiguousarray(self.labels).tobytes())
+        return h.hexdigest()[:16]
+
+    def num_classes(self) -> int:
+        return 0 if self.labels is None else int(len(np.unique(self.labels)))
+
+
+@dataclass
+class Splits:
+    calibration: Dataset
+    probe: Dataset
+    eval: Dataset
+    indices: dict[str, np.ndarray]
+
+
+def load_dataset(cfg) -> Dataset:
+    """Load the data set that ``cfg.data`` describes (``cfg`` is the whole :class:`~rba.config.Config`)."""
+    d = cfg.data
+    if d.kind == "synthetic":
+        return _synthetic(d)
+    path = cfg.resolve_path(d.path)
+    if path is None:
+        raise DataError(f"[data] kind = {d.kind!r} needs a path: set data.path in the config")
+    if not path.exists():
+        raise DataError(f"data path not found: {path} (set data.path; relative paths are read from the config's folder)")
+    if d.kind == "text-csv":
+        ds = _text_csv(path, d.text, d.label)
+    elif d.kind == "npz":
+        ds = _npz(path)
+    elif d.kind == "image-folder":
+        ds = _image_folder(path)
+    else:  # validated by the config
+        raise DataError(f"unknown data kind {d.kind!r}")
+    if len(ds) == 0:
+        raise DataError(f"the data set at {path} is empty")
+    return ds
+
+
+def make_splits(ds: Dataset, cfg, *, need_labels: bool) -> Splits:
+    """Disjoint calibration / probe / eval splits drawn with ``data.seed``.
+
+    ``need_labels``: accuracy is asked for, so labels must exist and hold at least two classes.
+    """
+    d = cfg.data
+    total = d.calibration + d.probe + d.eval
+    if total > len(ds):
+        raise DataError(
+            f"the splits ask for {total} samples (calibration {d.calibration} + probe {d.probe} + eval {d.eval}) "
+            f"but {ds.source or 'the data set'} has only {len(ds)}: lower data.calibration/probe/eval"
+        )
+    if need_labels:
+        if ds.labels is None:
+            raise DataError(
+                f"accuracy needs labels but {ds.source or 'the data set'} has none: set data.label "
+                "(text-csv), add a 'labels' array (npz), or search on fidelity instead"
+            )
+        if ds.num_classes() < 2:
+            raise DataError(
+                f"accuracy needs at least two classes but the labels of {ds.source or 'the data set'} hold one: "
+                "use a labelled data set with several classes, or search on fidelity instead"
+            )
+    rng = np.random.default_rng(d.seed)
+    perm = rng.permutation(len(ds))
+    cuts = np.cumsum([d.calibration, d.probe, d.eval])
+    idx = {
+        "calibration": np.sort(perm[: cuts[0]]),
+        "probe": np.sort(perm[cuts[0] : cuts[1]]),
+        "eval": np.sort(perm[cuts[1] : cuts[2]]),
+    }
+    return Splits(ds.subset(idx["calibration"]), ds.subset(idx["probe"]), ds.subset(idx["eval"]), idx)
+
+
+# ---------------------------------------------------------------------- readers
+def _text_csv(path: Path, text_col: str, label_col: str | None) -> Dataset:
+    try:
+        import pandas as pd
+
+        frame = pd.read_csv(path, keep_default_na=False)
+    except Exception as exc:  # pandas raises many kinds on malformed files
+        raise DataError(f"cannot read {path} as CSV: {exc}") from None
+    if text_col not in frame.columns:
+        raise DataError(f"{path} has no text column {text_col!r} (columns: {', '.join(map(str, frame.columns))}); set data.text")
+    texts = [str(t) for t in frame[text_col].tolist()]
+    labels = classes = None
+    if label_col:
+        if label_col not in frame.columns:
+            raise DataError(
+                f"{path} has no label column {label_col!r} (columns: {', '.join(map(str, frame.columns))}); "
+                "set data.label, or data.label = \"\" for unlabelled data"
+            )
+        classes = sorted({str(v) for v in frame[label_col].tolist()})
+        lookup = {c: i for i, c in enumerate(classes)}
+        labels = np.array([lookup[str(v)] for v in frame[label_col].tolist()], dtype=np.int64)
+    keep = [i for i, t in enumerate(texts) if t.strip()]
+    texts = [texts[i] for i in keep]
+    if labels is not None:
+        labels = labels[keep]
+    return Dataset(texts, labels, "text", classes, source=str(path))
+
+
+def _npz(path: Path) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "images" not in z:
+                raise DataError(f"{path} has no 'images' array (arrays: {', '.join(z.files)})")
+            images = z["images"]
+            labels = z["labels"].astype(np.int64) if "labels" in z else None
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"cannot read {path} as .npz: {exc}") from None
+    if images.ndim == 3:  # N×H×W grayscale
+        images = images[:, None]
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise DataError(f"{path}: 'images' must be uint8 N×C×H×W (0..255), got {images.dtype} {images.shape}")
+    if labels is not None and len(labels) != len(images):
+        raise DataError(f"{path}: {len(labels)} labels for {len(images)} images")
+    return Dataset(images, labels, "image", source=str(path))
+
+
+def _image_folder(path: Path) -> Dataset:
+    from PIL import Image
+
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{path} holds no class sub-folders (image-folder wants one sub-folder per class)")
+    arrays, labels = [], []
+    size = None
+    for ci, c in enumerate(classes):
+        for f in sorted((path / c).iterdir()):
+            if f.suffix.lower() not in _IMAGE_SUFFIXES:
+                continue
+            img = Image.open(f).convert("RGB")
+            if size is None:
+                size = img.size
+            if img.size != size:
+                img = img.resize(size)
+            arrays.append(np.asarray(img).transpose(2, 0, 1))
+            labels.append(ci)
+    if not arrays:
+        raise DataError(f"{path} holds no images in its class folders")
+    return Dataset(np.stack(arrays), np.array(labels, dtype=np.int64), "image", classes, source=str(path))
+
+
+_WORDS = (
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
+    "upsilon phi chi psi omega red green blue cyan magenta yellow black white"
+).split()
+
+
+def _synthetic(d) -> Dataset:
+    """Deterministic toy data for tests: texts whose label depends on their words, or images whose label
+    sets the mean brightness of a quadrant."""
+    opts = dict(d.options)
+    n = int(opts.get("n", d.calibration + d.probe + d.eval))
+    classes = int(opts.get("classes", 2))
+    rng = np.random.default_rng(int(opts.get("seed", 1234)))
+    modality = opts.get("modality", "text")
+    labels = rng.integers(0, classes, size=n)
+    if modality == "text":
+        texts = []
+        for y in labels:
+            length = int(rng.integers(3, int(opts.get("max_words", 12)) + 1))
+            words = list(rng.choice(_WORDS[8:], size=length))
+            words[int(rng.integers(0, length))] = _WORDS[int(y) % 8]
+            texts.append(" ".join(words))
+        return Dataset(texts, labels.astype(np.int64), "text", [str(c) for c in range(classes)], source="synthetic")
+    c, h, w = opts.get("shape", [3, 32, 32])
+    images = rng.integers(0, 160, size=(n, c, h, w)).astype(np.int64)
+    for i, y in enumerate(labels):
+        qy, qx = divmod(int(y) % 4, 2)
+        images[i, :, qy * h // 2 : (qy + 1) * h // 2, qx * w // 2 : (qx + 1) * w // 2] += 90
+    return Dataset(images.clip(0, 255).astype(np.uint8), labels.astype(np.int64), "image", [str(c) for c in range(classes)], source="synthetic")
