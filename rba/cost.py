@@ -1,0 +1,182 @@
+"""Compute cost of a configuration: FLOPs and parameters (counted once per block), latency (a per-block
+table measured once). Spans cost their matmul; everything else is the unmodified model's."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from rba.adapters._base import Adapter, Context, Span
+
+__all__ = ["CostModel"]
+
+
+def _count_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _time_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@dataclass
+class CostModel:
+    """Per-sample FLOPs, parameters and latency of every part of the model."""
+
+    base_flops: int
+    """embedding + pooling + head"""
+    block_flops: list[int]
+    vectors_per_sample: list[float]
+    """vectors per sample at each boundary (mean token count, or H·W)"""
+    total_params: int
+    block_params: list[int]
+    dims: list[int]
+    base_latency_ms: float = float("nan")
+    block_latency_ms: list[float] = field(default_factory=list)
+    map_latency_ms: dict[int, float] = field(default_factory=dict)
+    batch_size: int = 1
+    reference_length: float = 0.0
+
+    @property
+    def total_flops(self) -> int:
+        return self.base_flops + sum(self.block_flops)
+
+    @property
+    def total_latency_ms(self) -> float:
+        return self.base_latency_ms + sum(self.block_latency_ms)
+
+    def map_flops(self, span: Span, kind: str) -> int:
+        if kind == "identity":
+            return 0
+        i, j = span
+        return int(round(2 * self.dims[i] * self.dims[j] * self.vectors_per_sample[i]))
+
+    @staticmethod
+    def map_params(dim_in: int, dim_out: int, kind: str) -> int:
+        return {"affine": dim_in * dim_out + dim_out, "linear": dim_in * dim_out, "identity": 0}[kind]
+
+    def cost(self, spans: Sequence[Span], kind: str = "affine") -> dict[str, float]:
+        flops = self.total_flops
+        params = self.total_params
+        latency = self.total_latency_ms
+        for i, j in spans:
+            flops += self.map_flops((i, j), kind) - sum(self.block_flops[i:j])
+            params += self.map_params(self.dims[i], self.dims[j], kind) - sum(self.block_params[i:j])
+            if self.block_latency_ms:
+                latency += self.map_latency_ms.get(self.dims[i], 0.0) if kind != "identity" else 0.0
+                latency -= sum(self.block_latency_ms[i:j])
+        return {
+            "flops": float(flops),
+            "flops_frac": flops / self.total_flops,
+            "params": float(params),
+            "params_frac": params / self.total_params,
+            "latency_ms": latency / self.batch_size if self.block_latency_ms else float("nan"),
+        }
+
+    # ------------------------------------------------------------------ measurement
+    @classmethod
+    @torch.inference_mode()
+    def measure(cls, adapter: Adapter, samples: Sequence[Any], *, batch_size: int = 64, latency_repeats: int = 5,
+                measure_latency: bool = True, max_probe_samples: int = 256) -> "CostModel":
+        """Count FLOPs on the sample whose length is closest to the mean (all images are equal), and time
+        every block at ``batch_size`` on that sample repeated."""
+        probe = samples[:max_probe_samples]
+        lengths = []
+        for start in range(0, len(probe), 64):
+            _, ctx = adapter.embed(adapter.collate(probe[start : start + 64]))
+            if ctx.mask is not None:
+                lengths.extend(ctx.mask.sum(1).tolist())
+        if lengths:
+            mean_len = sum(lengths) / len(lengths)
+            ref = min(range(len(lengths)), key=lambda k: abs(lengths[k] - mean_len))
+        else:
+            mean_len, ref = 0.0, 0
+        one = adapter.collate(probe[ref : ref + 1])
+        L = adapter.num_blocks
+
+        states: list[torch.Tensor] = []
+        holder: dict[str, Any] = {}
+
+        def run_embed():
+            holder["h"], holder["ctx"] = adapter.embed(one)
+
+        embed_flops = _count_flops(run_embed)
+        h, ctx = holder["h"], holder["ctx"]
+        block_flops = []
+        for k in range(L):
+            states.append(h)
+            block_flops.append(_count_flops(lambda: holder.__setitem__("h", adapter.run_block(k, h, ctx))))
+            h = holder["h"]
+        states.append(h)
+
+        def run_head():
+            pooled = adapter.pool(h, ctx)
+            adapter.logits(pooled)
+
+        head_flops = _count_flops(run_head)
+        vectors = [float(adapter.vectors(s, ctx).shape[0]) for s in states]
+        dims = [int(s.shape[1] if adapter.layout == "pixels" else s.shape[-1]) for s in states]
+        block_params = [_params(adapter.blocks[k]) for k in range(L)]
+        model = cls(
+            base_flops=embed_flops + head_flops,
+            block_flops=block_flops,
+            vectors_per_sample=vectors,
+            total_params=_params(adapter.model),
+            block_params=block_params,
+            dims=dims,
+            batch_size=batch_size,
+            reference_length=mean_len,
+        )
+        if measure_latency:
+            model._measure_latency(adapter, probe[ref : ref + 1], batch_size, latency_repeats)
+        return model
+
+    def _measure_latency(self, adapter: Adapter, one_sample, batch_size: int, repeats: int) -> None:
+        from rba.apply import SpanMap
+
+        import numpy as np
+
+        batch = adapter.collate(list(one_sample) * batch_size if isinstance(one_sample, list)
+                                else np.repeat(np.asarray(one_sample), batch_size, axis=0))
+        h, ctx = adapter.embed(batch)
+        embed_ms = _time_ms(lambda: adapter.embed(batch), repeats)
+        block_ms = []
+        states = [h]
+        for k in range(adapter.num_blocks):
+            block_ms.append(_time_ms(lambda: adapter.run_block(k, h, ctx), repeats))
+            h = adapter.run_block(k, h, ctx)
+            states.append(h)
+        head_ms = _time_ms(lambda: adapter.logits(adapter.pool(h, ctx)), repeats)
+        maps = {}
+        for k, d in enumerate(self.dims):
+            if d not in maps:
+                m = SpanMap(d, d, layout=adapter.layout).to(states[k].device)
+                s = states[k]
+                maps[d] = _time_ms(lambda: m(s), repeats)
+        self.base_latency_ms = embed_ms + head_ms
+        self.block_latency_ms = block_ms
+        self.map_latency_ms = maps
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)

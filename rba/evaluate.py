@@ -1,0 +1,212 @@
+"""Scoring a configuration: accuracy (probe / fixed-probe / native head) and fidelity on the eval split.
+
+The unmodified network's boundary representations of the probe and eval splits are cached once, so a
+configuration whose first span starts at boundary a runs only blocks a..L−1, with each span as one matmul
+(**prefix reuse**). States after each span are memoised per configuration prefix within a memory budget, so
+configurations that share leading spans share that work.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rba.adapters._base import Adapter, Context, Span
+from rba.capture import check_finite, iter_batches
+
+__all__ = ["SplitCache", "Evaluator", "LinearProbe"]
+
+
+@dataclass
+class SplitCache:
+    """One split's original boundary representations, batch by batch, at the boundaries in ``keep``."""
+
+    contexts: list[Context]
+    states: list[dict[int, torch.Tensor]]
+    pooled: torch.Tensor
+    """the unmodified network's pooled representation (n, F)"""
+    labels: torch.Tensor | None
+
+    @classmethod
+    @torch.inference_mode()
+    def build(cls, adapter: Adapter, samples, labels, *, keep: set[int], batch_size: int, name: str,
+              progress: bool = False) -> "SplitCache":
+        from tqdm.auto import tqdm
+
+        contexts, states, pooled = [], [], []
+        L = adapter.num_blocks
+        bar = tqdm(total=len(samples), desc=f"cache {name}", unit="sample", disable=not progress, leave=False)
+        for _, chunk in iter_batches(samples, batch_size):
+            h, ctx = adapter.embed(adapter.collate(chunk))
+            kept = {0: h} if 0 in keep else {}
+            for k in range(L):
+                h = adapter.run_block(k, h, ctx)
+                if k + 1 in keep:
+                    kept[k + 1] = h
+            check_finite(h, L, f"{name} split")
+            contexts.append(ctx)
+            states.append(kept)
+            pooled.append(adapter.pool(h, ctx).float())
+            bar.update(len(chunk))
+        bar.close()
+        lab = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        return cls(contexts, states, torch.cat(pooled), lab)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for s in self.states for t in s.values())
+
+
+class LinearProbe:
+    """Multinomial logistic regression, fixed L2 regularisation (scikit-learn's C), fitted by L-BFGS in
+    float64 on standardised features: the paper's probe protocol."""
+
+    def __init__(self, c: float = 1.0, max_iter: int = 200):
+        self.c = c
+        self.max_iter = max_iter
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> "LinearProbe":
+        with torch.inference_mode(False), torch.enable_grad():
+            return self._fit(x.double().cpu().clone(), y.cpu().clone(), num_classes)
+
+    def _fit(self, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> "LinearProbe":
+        self.mean = x.mean(0)
+        self.std = x.std(0).clamp_min(1e-8)
+        z = (x - self.mean) / self.std
+        n, d = z.shape
+        w = torch.zeros(d, num_classes, dtype=torch.float64, requires_grad=True)
+        b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=self.max_iter, tolerance_grad=1e-7,
+                                tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
+        reg = 1.0 / (2.0 * self.c * n)
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(z @ w + b, y) + reg * (w * w).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        self.w, self.b = w.detach(), b.detach()
+        return self
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x.double().cpu() - self.mean) / self.std
+        return (z @ self.w + self.b).argmax(1)
+
+
+class Evaluator:
+    """Evaluates configurations (spans + replacement modules) with prefix reuse and a prefix memo."""
+
+    def __init__(self, adapter: Adapter, splits, *, head: str = "probe", batch_size: int = 64,
+                 probe_c: float = 1.0, need_labels: bool = True, starts: set[int] | None = None,
+                 memo_bytes: int = 2 << 30, progress: bool = False):
+        self.adapter = adapter
+        self.head = head
+        self.need_labels = need_labels
+        L = adapter.num_blocks
+        keep = set(range(L)) if starts is None else set(starts)
+        use_probe = need_labels and head in ("probe", "fixed-probe")
+        self.parts: dict[str, SplitCache] = {}
+        self.parts["eval"] = SplitCache.build(adapter, splits.eval.samples, splits.eval.labels, keep=keep,
+                                              batch_size=batch_size, name="eval", progress=progress)
+        if use_probe:
+            self.parts["probe"] = SplitCache.build(adapter, splits.probe.samples, splits.probe.labels, keep=keep,
+                                                   batch_size=batch_size, name="probe", progress=progress)
+        self.probe_c = probe_c
+        self.num_classes = 0
+        if need_labels and self.parts["eval"].labels is not None:
+            labs = [p.labels for p in self.parts.values() if p.labels is not None]
+            self.num_classes = int(torch.cat(labs).max()) + 1
+        self.fixed_probe = None
+        if use_probe and head == "fixed-probe":
+            self.fixed_probe = LinearProbe(probe_c).fit(self.parts["probe"].pooled, self.parts["probe"].labels, self.num_classes)
+        self._memo: OrderedDict[tuple, dict[str, list[torch.Tensor]]] = OrderedDict()
+        self._memo_bytes = 0
+        self.memo_budget = memo_bytes
+
+    # ------------------------------------------------------------------ forward with spans
+    @torch.inference_mode()
+    def pooled(self, spans: Sequence[Span], maps: Sequence[nn.Module], tag: str = "") -> dict[str, torch.Tensor]:
+        """Pooled representation of every cached split under the configuration ``spans`` → ``maps``."""
+        spans = list(spans)
+        L = self.adapter.num_blocks
+        if not spans:
+            return {name: part.pooled for name, part in self.parts.items()}
+        by_start = {i: (j, m) for (i, j), m in zip(spans, maps)}
+        # longest memoised prefix of this configuration, else the cached original state at the first start
+        start_s, boundary = 0, spans[0][0]
+        states = None
+        for s in range(len(spans), 0, -1):
+            key = (tag, tuple(spans[:s]))
+            if key in self._memo:
+                self._memo.move_to_end(key)
+                states, start_s, boundary = self._memo[key], s, spans[s - 1][1]
+                break
+        if states is None:
+            states = {name: [st[boundary] for st in part.states] for name, part in self.parts.items()}
+        out = {}
+        span_ends = {j: idx for idx, (_, j) in enumerate(spans)}
+        new_memo: dict[tuple, dict[str, list[torch.Tensor]]] = {}
+        for name, part in self.parts.items():
+            pooled = []
+            for b, ctx in enumerate(part.contexts):
+                h, k = states[name][b], boundary
+                while k < L:
+                    if k in by_start:
+                        j, m = by_start[k]
+                        h, k = m(h), j
+                        idx = span_ends[k]
+                        if idx + 1 > start_s:
+                            new_memo.setdefault((tag, tuple(spans[: idx + 1])), {}).setdefault(name, []).append(h)
+                    else:
+                        h, k = self.adapter.run_block(k, h, ctx), k + 1
+                pooled.append(self.adapter.pool(h, ctx).float())
+            out[name] = torch.cat(pooled)
+        for key, val in new_memo.items():
+            self._remember(key, val)
+        return out
+
+    def _remember(self, key: tuple, states: dict[str, list[torch.Tensor]]) -> None:
+        size = sum(t.numel() * t.element_size() for v in states.values() for t in v)
+        if size > self.memo_budget:
+            return
+        self._memo[key] = states
+        self._memo_bytes += size
+        while self._memo_bytes > self.memo_budget:
+            _, old = self._memo.popitem(last=False)
+            self._memo_bytes -= sum(t.numel() * t.element_size() for v in old.values() for t in v)
+
+    # ------------------------------------------------------------------ scores
+    def score(self, spans: Sequence[Span], maps: Sequence[nn.Module], tag: str = "") -> dict[str, Any]:
+        return self.score_pooled(self.pooled(spans, maps, tag))
+
+    def score_pooled(self, pooled: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Accuracy and fidelity from pooled representations of the cached splits (``{"eval": …, "probe": …}``)."""
+        ev = self.parts["eval"]
+        fidelity = float(F.cosine_similarity(pooled["eval"].double(), ev.pooled.double(), dim=1, eps=1e-12).mean())
+        accuracy = self._accuracy(pooled) if self.need_labels else float("nan")
+        return {"accuracy": accuracy, "fidelity": fidelity}
+
+    def _accuracy(self, pooled: dict[str, torch.Tensor]) -> float:
+        ev = self.parts["eval"]
+        if ev.labels is None:
+            return float("nan")
+        if self.head == "native":
+            logits = self.adapter.logits(pooled["eval"].to(self.adapter.device))
+            if logits is None:
+                from rba.errors import ModelError
+
+                raise ModelError("evaluate.head = \"native\" but this model has no classification head: use \"probe\"")
+            pred = logits.argmax(1).cpu()
+        elif self.head == "fixed-probe":
+            pred = self.fixed_probe.predict(pooled["eval"])
+        else:
+            probe = LinearProbe(self.probe_c).fit(pooled["probe"], self.parts["probe"].labels, self.num_classes)
+            pred = probe.predict(pooled["eval"])
+        return float((pred == ev.labels).double().mean())

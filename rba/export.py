@@ -1,0 +1,106 @@
+"""Export a configuration as a model that reloads: ``model.safetensors`` (the approximated model's weights,
+with an ``nn.Linear`` in place of each span) and ``recipe.json`` (how to rebuild it).
+
+``load_export(dir)`` rebuilds the base architecture (no pretrained weights needed), swaps in the span modules
+the recipe names and loads the saved weights strictly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rba._io import atomic_path, atomic_write_json, package_versions
+from rba.adapters import Adapter, create_adapter
+from rba.apply import Skip, SpanMap, replace_
+from rba.config import Config, DataConfig, ModelConfig
+from rba.errors import RBAError
+from rba.spans import format_spans, parse_spans
+
+__all__ = ["export_model", "load_export", "RECIPE_FORMAT"]
+
+RECIPE_FORMAT = 1
+
+
+def export_model(session, spans, out: str | Path) -> Path:
+    """Write the approximated model for ``spans`` to ``out``; returns the folder."""
+    from safetensors.torch import save_model
+
+    out = Path(out)
+    adapter = session.adapter
+    kind = session.cfg.fit.kind
+    maps = session.maps(spans, kind)
+    handle = replace_(adapter, spans, maps)
+    try:
+        with atomic_path(out / "model.safetensors") as tmp:
+            save_model(adapter.model, str(tmp))
+    finally:
+        handle.restore()
+    cfg = session.cfg
+    model_cfg = dataclasses.asdict(cfg.model)
+    if model_cfg.get("weights"):
+        model_cfg["weights"] = str(cfg.resolve_path(model_cfg["weights"]))
+    recipe = {
+        "format": RECIPE_FORMAT,
+        "model": model_cfg,
+        "identity": adapter.identity,
+        "preprocess": {"max_length": cfg.data.max_length, "image_size": cfg.data.image_size},
+        "spans": format_spans(spans),
+        "span_modules": [{"span": [i, j], "module": "skip" if isinstance(m, Skip) else "linear",
+                          "bias": bool(getattr(getattr(m, "linear", None), "bias", None) is not None)}
+                         for (i, j), m in zip(spans, maps)],
+        "layout": adapter.layout,
+        "dims": adapter.dims(),
+        "fit": dataclasses.asdict(cfg.fit),
+        "statistics_hash": session.stats.key,
+        "versions": package_versions(),
+    }
+    atomic_write_json(out / "recipe.json", recipe)
+    return out
+
+
+def read_recipe(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    path = folder / "recipe.json"
+    if not path.exists() or not (folder / "model.safetensors").exists():
+        raise RBAError(f"{folder} is not an rba export (needs recipe.json and model.safetensors): create one with `rba export`")
+    recipe = json.loads(path.read_text())
+    if recipe.get("format") != RECIPE_FORMAT:
+        raise RBAError(f"{path} has recipe format {recipe.get('format')}, this rba reads {RECIPE_FORMAT}")
+    return recipe
+
+
+def load_export(folder: str | Path, device: str = "cpu") -> Adapter:
+    """Rebuild the approximated model saved in ``folder``; returns its adapter (``.model`` is the nn.Module)."""
+    from safetensors.torch import load_model
+
+    folder = Path(folder)
+    recipe = read_recipe(folder)
+    model_cfg = dict(recipe["model"])
+    model_cfg["pretrained"] = False if model_cfg["kind"] in ("timm", "torchvision", "module") else model_cfg["pretrained"]
+    model_cfg["device"] = "cpu"
+    cfg = Config(model=ModelConfig(**model_cfg), data=DataConfig(**recipe["preprocess"]))
+    adapter = create_adapter(cfg)
+    spans = parse_spans(recipe["spans"])
+    dims = recipe["dims"]
+    modules = []
+    for entry in recipe["span_modules"]:
+        i, j = entry["span"]
+        if entry["module"] == "skip":
+            modules.append(Skip())
+        else:
+            modules.append(SpanMap(dims[i], dims[j], bias=entry["bias"], layout=recipe["layout"], span=(i, j)))
+    replace_(adapter, spans, modules)  # permanent: this adapter is the approximated model
+    try:
+        load_model(adapter.model, str(folder / "model.safetensors"), strict=True)
+    except Exception as exc:
+        raise RBAError(f"{folder}/model.safetensors does not match its recipe: {exc}") from None
+    adapter.identity = dict(adapter.identity) | {"export": str(folder), "spans": recipe["spans"]}
+    adapter.export_recipe = recipe
+    if device != "cpu":
+        adapter.to(device)
+    return adapter

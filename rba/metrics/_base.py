@@ -1,0 +1,38 @@
+"""The metric plug-in point: a :class:`Metric` scores a span from streamed statistics alone."""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+
+from rba.adapters._base import Span
+from rba.capture import Statistics
+
+__all__ = ["Metric"]
+
+
+class Metric(abc.ABC):
+    """Scores one span (i, j) from :class:`~rba.capture.Statistics`; never reads the model or data."""
+
+    #: column name in scores.csv
+    name: str = ""
+    #: True when larger means "more redundant" (safer to replace)
+    higher_is_redundant: bool = True
+
+    @abc.abstractmethod
+    @torch.no_grad()
+    def __call__(self, stats: Statistics, span: Span) -> float:
+        ...
+
+    @staticmethod
+    def _centered_cov(stats: Statistics, k: int) -> torch.Tensor:
+        """Σ (x − x̄)(x − x̄)ᵀ at boundary k."""
+        mu = stats.sum_x(k) / stats.n
+        return stats.gram[k][:-1, :-1] - stats.n * torch.outer(mu, mu)
+
+    @staticmethod
+    def _total_variation(stats: Statistics, k: int) -> float:
+        """Σ ‖x − x̄‖² at boundary k."""
+        s = stats.sum_x(k)
+        return stats.sum_sq(k) - float(s @ s) / stats.n

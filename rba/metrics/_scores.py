@@ -1,0 +1,79 @@
+"""Block Redundancy (the paper's metric), cosine, linear CKA and the least-squares residual."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rba.adapters._base import Span
+from rba.capture import Statistics
+from rba.fit import fit_span
+from rba.metrics._base import Metric
+
+__all__ = ["BlockRedundancy", "Cosine", "LinearCKA", "LSResidual", "RandomMetric"]
+
+
+class BlockRedundancy(Metric):
+    """br = −Σ‖x_i − x_j‖² / (n·D): per-vector, per-dimension mean (never per sample)."""
+
+    name = "br"
+
+    def __call__(self, stats: Statistics, span: Span) -> float:
+        i, j = span
+        d = stats.dims[i]
+        cross_trace = float(torch.diagonal(stats.cross[span][:-1, :]).sum())
+        sq = stats.sum_sq(i) - 2 * cross_trace + stats.sum_sq(j)
+        return -max(sq, 0.0) / (stats.n * d)
+
+
+class Cosine(Metric):
+    """Mean over vectors of cos(x_i, x_j)."""
+
+    name = "cosine"
+
+    def __call__(self, stats: Statistics, span: Span) -> float:
+        return stats.cos_sum[span] / stats.n
+
+
+class LinearCKA(Metric):
+    """Linear CKA over vectors: ‖C_ij‖²_F / (‖C_ii‖_F ‖C_jj‖_F) with centred (cross-)covariances."""
+
+    name = "cka"
+
+    def __call__(self, stats: Statistics, span: Span) -> float:
+        i, j = span
+        mu_i, mu_j = stats.sum_x(i) / stats.n, stats.sum_x(j) / stats.n
+        c_ij = stats.cross[span][:-1, :] - stats.n * torch.outer(mu_i, mu_j)
+        c_ii, c_jj = self._centered_cov(stats, i), self._centered_cov(stats, j)
+        denom = float(torch.linalg.matrix_norm(c_ii) * torch.linalg.matrix_norm(c_jj))
+        return float((c_ij**2).sum()) / denom if denom > 0 else math.nan
+
+
+class LSResidual(Metric):
+    """SSE of the affine least-squares fit / Σ‖x_j − x̄_j‖²: scale-free, so a block that only rescales
+    scores ≈ 0 (redundant) where MSE-based br does not. Lower is more redundant."""
+
+    name = "ls_residual"
+    higher_is_redundant = False
+
+    def __init__(self, ridge: float = 1e-6):
+        self.ridge = ridge
+
+    def __call__(self, stats: Statistics, span: Span) -> float:
+        fit = fit_span(stats, span, "affine", self.ridge)
+        total = self._total_variation(stats, span[1])
+        return fit.sse / total if total > 0 else math.nan
+
+
+class RandomMetric(Metric):
+    """A baseline that ranks spans at random (seeded by the span, so it is reproducible)."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def __call__(self, stats: Statistics, span: Span) -> float:
+        g = torch.Generator().manual_seed(hash((self.seed, span)) & 0xFFFFFFFF)
+        return float(torch.rand((), generator=g))

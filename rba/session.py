@@ -1,0 +1,198 @@
+"""A :class:`Session` ties one config to its model, data splits, cached statistics, fits, costs and evaluator.
+
+Everything is built on first use and kept, so commands and search trials share it:
+adapter → splits → statistics (disk cache keyed by content hash) → fits → cost model → evaluator.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from rba._io import atomic_write_json, atomic_write_text, package_versions
+from rba.adapters import Adapter, Span, create_adapter
+from rba.capture import Statistics, capture_statistics
+from rba.config import Config, config_hash
+from rba.data import Dataset, Splits, load_dataset, make_splits
+from rba.errors import CacheError
+from rba.fit import SpanFit, fit_span, span_module
+from rba.spans import check_spans, format_spans, parse_spans
+
+__all__ = ["Session"]
+
+RESULT_COLUMNS = ["spans", "accuracy", "fidelity", "flops", "flops_frac", "params", "params_frac", "latency_ms"]
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Session:
+    def __init__(self, cfg: Config, *, need_labels: bool | None = None, progress: bool = True,
+                 measure_latency: bool = True):
+        self.cfg = cfg
+        self.progress = progress
+        self.measure_latency = measure_latency
+        self._need_labels = need_labels
+        self._fits: dict[tuple[Span, str], SpanFit] = {}
+
+    # ------------------------------------------------------------------ model and data
+    @cached_property
+    def adapter(self) -> Adapter:
+        return create_adapter(self.cfg)
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        return load_dataset(self.cfg)
+
+    @property
+    def need_labels(self) -> bool:
+        if self._need_labels is None:
+            return self.dataset.labels is not None
+        return self._need_labels
+
+    @cached_property
+    def splits(self) -> Splits:
+        return make_splits(self.dataset, self.cfg, need_labels=self.need_labels)
+
+    @cached_property
+    def pairs(self) -> list[Span]:
+        return self.adapter.valid_spans(self.cfg.search.max_span)
+
+    # ------------------------------------------------------------------ statistics
+    def statistics_key(self) -> str:
+        d = self.cfg.data
+        return config_hash({
+            "format": 1,
+            "model": self.adapter.identity,
+            "calibration": self.splits.calibration.fingerprint(),
+            "preprocess": {"max_length": d.max_length, "image_size": d.image_size},
+            "dtype": self.cfg.capture.dtype,
+            "pairs": self.pairs,
+        })
+
+    def cache_dir(self) -> Path:
+        c = self.cfg.capture.cache_dir
+        return Path(c) if c else Path(".rba_cache")
+
+    @cached_property
+    def stats(self) -> Statistics:
+        key = self.statistics_key()
+        path = self.cache_dir() / f"stats-{key}.safetensors"
+        if path.exists():
+            try:
+                stats = Statistics.load(path)
+                if self.progress:
+                    _log(f"statistics: loaded cache {path}")
+                return stats
+            except CacheError as exc:
+                _log(f"warning: {exc}; rebuilding it")
+        stats = capture_statistics(
+            self.adapter,
+            self.splits.calibration.samples,
+            pairs=self.pairs,
+            batch_size=self.cfg.capture.batch_size,
+            dtype=self.cfg.capture.dtype,
+            max_memory_gb=self.cfg.capture.max_memory_gb,
+            progress=self.progress,
+            key=key,
+            meta={"model": self.adapter.identity, "samples": len(self.splits.calibration)},
+        )
+        stats.save(path)
+        return stats
+
+    # ------------------------------------------------------------------ spans, fits and maps
+    def parse(self, text: str) -> list[Span]:
+        spans = parse_spans(text)
+        return check_spans(spans, num_blocks=self.adapter.num_blocks, shapes=self.adapter.boundary_shapes(),
+                           max_span=self.cfg.search.max_span)
+
+    def fit(self, span: Span, kind: str | None = None) -> SpanFit:
+        kind = kind or self.cfg.fit.kind
+        if (span, kind) not in self._fits:
+            self._fits[(span, kind)] = fit_span(self.stats, span, kind, self.cfg.fit.ridge)
+        return self._fits[(span, kind)]
+
+    def maps(self, spans: Sequence[Span], kind: str | None = None) -> list[nn.Module]:
+        dtype = next(self.adapter.model.parameters()).dtype
+        return [span_module(self.fit(s, kind), self.adapter.layout, dtype).to(self.adapter.device) for s in spans]
+
+    # ------------------------------------------------------------------ cost and evaluation
+    @cached_property
+    def cost_model(self):
+        from rba.cost import CostModel
+
+        return CostModel.measure(self.adapter, self.splits.eval.samples, batch_size=self.cfg.evaluate.batch_size,
+                                 latency_repeats=self.cfg.evaluate.latency_repeats,
+                                 measure_latency=self.measure_latency)
+
+    @cached_property
+    def evaluator(self):
+        from rba.evaluate import Evaluator
+
+        e = self.cfg.evaluate
+        starts = {i for i, _ in self.pairs}
+        return Evaluator(self.adapter, self.splits, head=e.head, batch_size=e.batch_size, probe_c=e.probe_c,
+                         need_labels=self.need_labels, starts=starts, progress=self.progress)
+
+    def evaluate(self, spans: Sequence[Span], kind: str | None = None) -> dict[str, Any]:
+        """All result columns for one configuration (spans already validated)."""
+        kind = kind or self.cfg.fit.kind
+        spans = sorted(spans)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            maps = self.maps(spans, kind)
+        scores = self.evaluator.score(spans, maps, tag=kind)
+        return {"spans": format_spans(spans)} | scores | self.cost_model.cost(spans, kind)
+
+    # ------------------------------------------------------------------ output folder records
+    def write_run_info(self, out: Path, **extra: Any) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.resolved.toml", self.cfg.to_toml())
+        atomic_write_json(out / "run.json", {
+            "versions": package_versions(),
+            "statistics_hash": self.stats.key,
+            "model": self.adapter.identity,
+            "splits": {k: len(v) for k, v in self.splits.indices.items()},
+        } | extra)
+
+    def evaluate_export(self, folder: str | Path) -> dict[str, Any]:
+        """Score an exported model end to end on this session's splits (latency measured, not modelled)."""
+        import statistics as st
+        import time
+
+        import numpy as np
+
+        from rba.evaluate import SplitCache
+        from rba.export import load_export
+
+        exported = load_export(folder, device=str(self.adapter.device))
+        spans = parse_spans(exported.export_recipe["spans"])
+        kind = exported.export_recipe["fit"]["kind"]
+        bs = self.cfg.evaluate.batch_size
+        pooled = {}
+        for name in self.evaluator.parts:
+            split = getattr(self.splits, name)
+            pooled[name] = SplitCache.build(exported, split.samples, split.labels, keep=set(), batch_size=bs,
+                                            name=name).pooled
+        scores = self.evaluator.score_pooled(pooled)
+        batch = exported.collate(self.splits.eval.samples[:bs])
+        n = len(self.splits.eval.samples[:bs])
+        with torch.inference_mode():
+            exported.forward(batch)
+            times = []
+            for _ in range(max(1, self.cfg.evaluate.latency_repeats)):
+                t0 = time.perf_counter()
+                exported.forward(batch)
+                times.append((time.perf_counter() - t0) * 1000 / n)
+        costs = self.cost_model.cost(spans, kind)
+        costs["params"] = float(sum(p.numel() for p in exported.model.parameters()))
+        costs["params_frac"] = costs["params"] / self.cost_model.total_params
+        costs["latency_ms"] = st.median(times)
+        return {"spans": format_spans(spans)} | scores | costs
