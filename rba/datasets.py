@@ -112,3 +112,101 @@ def prepare_reviews(dest: Path) -> Path:
 DATASETS: dict[str, Callable[[Path], Path]] = {
     "reviews": prepare_reviews,
 }
+
+
+# ---------------------------------------------------------------------- fashion-mnist
+_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_FILES = {  # split → (images, labels), as the Debian package dataset-fashion-mnist installs them
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+_FASHION_TOTAL = 70000
+
+
+def _read_idx(path: Path, ndim: int):
+    """One gzip IDX file (unsigned bytes) → numpy array; DataError when it is not what its header says."""
+    import gzip
+
+    import numpy as np
+
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {exc} (reinstall with `apt-get install --reinstall dataset-fashion-mnist`)") from None
+    header = 4 + 4 * ndim
+    magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else -1
+    if len(raw) < header or magic != 0x0800 + ndim:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes with {ndim} dimension(s) (magic {magic:#x})")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(raw, dtype=np.uint8, offset=header)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"{path}: header says {shape} but the file holds {body.size} values (truncated?)")
+    return body.reshape(shape)
+
+
+def _fashion_valid(path: Path, n: int) -> bool:
+    import numpy as np
+
+    if not path.is_file():
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images, labels = z["images"], z["labels"]
+    except Exception:
+        return False
+    return (images.dtype == np.uint8 and images.shape == (n, 1, 28, 28) and labels.dtype == np.int64
+            and labels.shape == (n,))
+
+
+def prepare_fashion_mnist(dest: Path, n: int | None = None, *, source: Path | None = None) -> Path:
+    """Write Fashion-MNIST to ``dest`` (npz: ``images`` uint8 N×1×28×28, ``labels`` int64 0..9) and return it.
+
+    Reads the gzip IDX files of the Debian package ``dataset-fashion-mnist`` (under
+    ``/usr/share/datasets/fashion-mnist``, or ``source``). The file holds the 60,000 training images followed by
+    the 10,000 test images (N = 70,000): rba draws its own calibration / probe / eval splits from it. ``n`` keeps
+    the first ``n`` of those (the training set comes in shuffled class order). Does nothing when ``dest``
+    already holds a valid file of that size; written atomically (temporary file + ``os.replace``).
+    """
+    import numpy as np
+
+    dest = Path(dest)
+    if n is not None and not 1 <= n <= _FASHION_TOTAL:
+        raise DataError(f"n = {n}: Fashion-MNIST has 1 to {_FASHION_TOTAL} images")
+    want = _FASHION_TOTAL if n is None else int(n)
+    if _fashion_valid(dest, want):
+        return dest
+    folder = Path(source) if source is not None else _FASHION_DIR
+    missing = [name for pair in _FASHION_FILES.values() for name in pair if not (folder / name).is_file()]
+    if missing:
+        raise DataError(f"Fashion-MNIST files not found in {folder} (missing {', '.join(missing)}): install them with "
+                        "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu, as root)")
+    images, labels = [], []
+    for split, (img_name, lab_name) in _FASHION_FILES.items():
+        x = _read_idx(folder / img_name, 3)
+        y = _read_idx(folder / lab_name, 1)
+        if x.shape[0] != y.shape[0] or x.shape[1:] != (28, 28):
+            raise DataError(f"Fashion-MNIST {split} split in {folder}: {x.shape} images for {y.shape[0]} labels")
+        if y.size and y.max() > 9:
+            raise DataError(f"Fashion-MNIST {split} labels in {folder} go up to {y.max()} (expected 0..9)")
+        images.append(x)
+        labels.append(y)
+    x = np.concatenate(images)[:want, None]
+    y = np.concatenate(labels)[:want].astype(np.int64)
+    if len(x) < want:
+        raise DataError(f"n = {n}, but the Fashion-MNIST files in {folder} hold only {len(x)} images")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, images=np.ascontiguousarray(x), labels=y)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return dest

@@ -1,0 +1,56 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(2)
+
+
+def tiny_vit_config(tmp_path, **sections):
+    """A tiny random timm ViT on synthetic images; sections override entries."""
+    from rba.config import Config
+
+    raw = {
+        "model": {"kind": "timm", "name": "test_vit", "pretrained": False},
+        "data": {"kind": "synthetic", "image_size": 32, "calibration": 40, "probe": 40, "eval": 40,
+                 "options": {"modality": "image", "classes": 4}},
+        "capture": {"cache_dir": str(tmp_path / "cache"), "batch_size": 16},
+        "evaluate": {"latency_repeats": 1, "batch_size": 32},
+    }
+    for key, value in sections.items():
+        raw.setdefault(key, {}).update(value)
+    return Config.from_dict(raw, name="tiny", base_dir=str(tmp_path))
+
+
+def materialise(adapter, samples, batch_size=64, dtype=torch.float64):
+    """Every boundary's vectors as numpy arrays, by running the adapter's blocks directly.
+
+    Use the capture's batch size: the float32 model rounds differently per batch size (~1e-7)."""
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(samples), batch_size):
+            h, ctx = adapter.embed(adapter.collate(samples[start : start + batch_size]))
+            out = [adapter.vectors(h, ctx).to(dtype).numpy()]
+            for k in range(adapter.num_blocks):
+                h = adapter.run_block(k, h, ctx)
+                out.append(adapter.vectors(h, ctx).to(dtype).numpy())
+            parts.append(out)
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def ridge_lstsq(x, y, ridge, bias=True):
+    """numpy lstsq on the ridge-augmented system [X̃; √λ I] W = [Y; 0], λ = ridge · mean diag(X̃ᵀX̃)."""
+    xt = np.hstack([x, np.ones((x.shape[0], 1))]) if bias else x
+    lam = ridge * np.trace(xt.T @ xt) / xt.shape[1]
+    xa = np.vstack([xt, np.sqrt(lam) * np.eye(xt.shape[1])])
+    ya = np.vstack([y, np.zeros((xt.shape[1], y.shape[1]))])
+    w, *_ = np.linalg.lstsq(xa, ya, rcond=None)
+    return w, xt
+
+
+@pytest.fixture
+def images():
+    return np.random.default_rng(0).integers(0, 256, size=(24, 3, 32, 32), dtype=np.uint8)
