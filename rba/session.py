@@ -109,9 +109,19 @@ class Session:
 
     # ------------------------------------------------------------------ spans, fits and maps
     def parse(self, text: str) -> list[Span]:
+        """Validated spans from ``"2-5,7-9"`` / ``"none"`` / ``"best"`` (the span with the lowest ls_residual)."""
+        if str(text).strip().lower() == "best":
+            return [self.best_span()]
         spans = parse_spans(text)
         return check_spans(spans, num_blocks=self.adapter.num_blocks, shapes=self.adapter.boundary_shapes(),
                            max_span=self.cfg.search.max_span)
+
+    def best_span(self) -> Span:
+        from rba.metrics._table import score_table
+
+        table = score_table(self.stats, self.cfg.fit.ridge)
+        row = table.loc[table["ls_residual"].idxmin()]
+        return (int(row.start), int(row.end))
 
     def fit(self, span: Span, kind: str | None = None) -> SpanFit:
         kind = kind or self.cfg.fit.kind

@@ -1,0 +1,209 @@
+"""Sequential fitting (``[fit] mode = "sequential"``): each span of a configuration is fitted on the
+activations of the network whose earlier spans are already replaced.
+
+For a configuration ``s_1 < s_2 < … < s_m`` the first span's fit is the independent one (nothing before it
+is replaced). Span ``s_k = (i, j)`` is fitted with
+
+* input: boundary i of the network with ``s_1 .. s_{k-1}`` replaced (by their own sequential fits);
+* target: boundary j of the **unmodified** network,
+
+so each map also corrects the error the earlier replacements left at its input: it learns to land back on
+the original trajectory that the following blocks were trained on.
+
+The statistics this needs (Σ x̃ x̃ᵀ of the modified input, Σ x̃ x_jᵀ against the original target) come from
+one forward pass over the calibration split per configuration **prefix**. One pass serves every span that can
+follow the prefix (every valid span starting at or after its end), so configurations sharing a prefix share
+the pass; results are memoised (LRU, within a memory budget) per prefix and per (prefix, span).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from rba.adapters._base import Span
+from rba.capture import Statistics, check_finite, iter_batches
+from rba.fit import SpanFit, fit_span, span_module
+
+__all__ = ["SequentialFitter", "PrefixStatistics"]
+
+Prefix = tuple[Span, ...]
+
+
+@dataclass
+class PrefixStatistics:
+    """Statistics of the network with ``prefix`` replaced, for the spans that may follow it."""
+
+    prefix: Prefix
+    n: int
+    gram: dict[int, torch.Tensor]
+    """start boundary i → Σ x̃_i x̃_iᵀ of the modified network (float64)"""
+    cross: dict[Span, torch.Tensor]
+    """span (i, j) → Σ x̃_i(modified) x_j(original)ᵀ (float64)"""
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * 8 for t in self.gram.values()) + sum(t.numel() * 8 for t in self.cross.values())
+
+    def view(self, original: Statistics, span: Span) -> Statistics:
+        """A :class:`Statistics` that :func:`rba.fit.fit_span` reads for ``span``: boundary i is the modified
+        input, boundary j (its Σ‖x_j‖², for the SSE) and everything else the original network's."""
+        i, _ = span
+        gram = list(original.gram)
+        gram[i] = self.gram[i]
+        return Statistics(dims=original.dims, pairs=[span], n=self.n, gram=gram, cross={span: self.cross[span]},
+                          cos_sum={span: float("nan")}, meta={"sequential_prefix": list(self.prefix)})
+
+
+class SequentialFitter:
+    """Sequential fits and replacement modules for configurations of one :class:`~rba.session.Session`."""
+
+    def __init__(self, session, *, memo_bytes: int = 1 << 30, progress: bool = False):
+        self.session = session
+        self.memo_bytes = memo_bytes
+        self.progress = progress
+        self._stats: OrderedDict[tuple[Prefix, str], PrefixStatistics] = OrderedDict()
+        self._stats_bytes = 0
+        self._fits: OrderedDict[tuple[Prefix, Span, str], SpanFit] = OrderedDict()
+        self._fit_bytes = 0
+        self._modules: dict[tuple[Prefix, Span, str], nn.Module] = {}
+        self._lock = threading.RLock()
+        #: number of calibration passes run (one per distinct prefix not in the memo); tests read it
+        self.passes = 0
+
+    # ------------------------------------------------------------------ public
+    def fits(self, spans: Sequence[Span], kind: str | None = None) -> list[SpanFit]:
+        """The sequential fit of every span of the configuration ``spans`` (sorted, non-overlapping)."""
+        kind = kind or self.session.cfg.fit.kind
+        spans = sorted(spans)
+        with self._lock:
+            return [self._fit(tuple(spans[:k]), s, kind) for k, s in enumerate(spans)]
+
+    def maps(self, spans: Sequence[Span], kind: str | None = None) -> list[nn.Module]:
+        """Replacement modules (on the model's device and dtype) for the configuration ``spans``."""
+        kind = kind or self.session.cfg.fit.kind
+        spans = sorted(spans)
+        with self._lock:
+            return [self._module(tuple(spans[:k]), s, kind) for k, s in enumerate(spans)]
+
+    # ------------------------------------------------------------------ memoised pieces
+    def _fit(self, prefix: Prefix, span: Span, kind: str) -> SpanFit:
+        if not prefix or kind == "identity":
+            # nothing replaced before it (or a data-free map): the independent fit, exactly
+            return self.session.fit(span, kind)
+        key = (prefix, span, kind)
+        if key in self._fits:
+            self._fits.move_to_end(key)
+            return self._fits[key]
+        stats = self._prefix_stats(prefix, kind)
+        fit = fit_span(stats.view(self.session.stats, span), span, kind, self.session.cfg.fit.ridge)
+        size = fit.weight.numel() * 8
+        self._fits[key] = fit
+        self._fit_bytes += size
+        while self._fit_bytes > self.memo_bytes and len(self._fits) > 1:
+            _, old = self._fits.popitem(last=False)
+            self._fit_bytes -= old.weight.numel() * 8
+        return fit
+
+    def _module(self, prefix: Prefix, span: Span, kind: str) -> nn.Module:
+        key = (prefix, span, kind)
+        if key not in self._modules:
+            if len(self._modules) > 4096:
+                self._modules.clear()
+            adapter = self.session.adapter
+            dtype = next(adapter.model.parameters()).dtype
+            self._modules[key] = span_module(self._fit(prefix, span, kind), adapter.layout, dtype).to(adapter.device)
+        return self._modules[key]
+
+    def _prefix_stats(self, prefix: Prefix, kind: str) -> PrefixStatistics:
+        key = (prefix, kind)
+        if key in self._stats:
+            self._stats.move_to_end(key)
+            return self._stats[key]
+        maps = [self._module(prefix[:k], s, kind) for k, s in enumerate(prefix)]
+        stats = self._capture(prefix, maps)
+        self._stats[key] = stats
+        self._stats_bytes += stats.nbytes()
+        while self._stats_bytes > self.memo_bytes and len(self._stats) > 1:
+            _, old = self._stats.popitem(last=False)
+            self._stats_bytes -= old.nbytes()
+        return stats
+
+    # ------------------------------------------------------------------ the calibration pass
+    @torch.inference_mode()
+    def _capture(self, prefix: Prefix, maps: Sequence[nn.Module]) -> PrefixStatistics:
+        """One pass over the calibration split: the original network to every target boundary, and the
+        network with ``prefix`` replaced from the prefix's first start to every later span start."""
+        from tqdm.auto import tqdm
+
+        session = self.session
+        adapter = session.adapter
+        end = prefix[-1][1]
+        pairs = [(i, j) for i, j in session.pairs if i >= end]
+        starts = sorted({i for i, _ in pairs})
+        if not pairs:
+            raise ValueError(f"no valid span can follow {_fmt(prefix)}")
+        targets = sorted({j for _, j in pairs})
+        target_set = set(targets)
+        by_start = {i: (j, m) for (i, j), m in zip(prefix, maps)}
+        first = prefix[0][0]
+        dtype = {"float32": torch.float32, "float64": torch.float64}[session.cfg.capture.dtype]
+        dev = adapter.device
+        dims = session.stats.dims
+        gram = {i: torch.zeros(dims[i] + 1, dims[i] + 1, dtype=torch.float64, device=dev) for i in starts}
+        cross = {p: torch.zeros(dims[p[0]] + 1, dims[p[1]], dtype=torch.float64, device=dev) for p in pairs}
+        by_i: dict[int, list[int]] = {}
+        for i, j in pairs:
+            by_i.setdefault(i, []).append(j)
+        n = 0
+        samples = session.splits.calibration.samples
+        self.passes += 1
+        bar = tqdm(total=len(samples), desc=f"sequential pass after {_fmt(prefix)}", unit="sample",
+                   disable=not self.progress, leave=False)
+        for _, chunk in iter_batches(samples, session.cfg.capture.batch_size):
+            h, ctx = adapter.embed(adapter.collate(chunk))
+            original: dict[int, torch.Tensor] = {}
+            start_state = h
+            for k in range(max(targets)):
+                h = adapter.run_block(k, h, ctx)
+                if k + 1 == first:
+                    start_state = h
+                if k + 1 in target_set:
+                    original[k + 1] = adapter.vectors(h, ctx).to(dtype)
+            # the modified network, from the prefix's first start to the last span start after it
+            modified: dict[int, torch.Tensor] = {}
+            h, k = start_state, first
+            while True:
+                if k in gram:
+                    modified[k] = adapter.vectors(h, ctx).to(dtype)
+                if k >= starts[-1]:
+                    break
+                if k in by_start:
+                    j, m = by_start[k]
+                    h, k = m(h), j
+                else:
+                    h, k = adapter.run_block(k, h, ctx), k + 1
+            for i in starts:
+                x = modified[i]
+                check_finite(x, i, "calibration split (sequential fit)")
+                xt = torch.cat([x, torch.ones(x.shape[0], 1, dtype=dtype, device=x.device)], dim=1)
+                prod = xt.T @ torch.cat([xt] + [original[j] for j in by_i[i]], dim=1)
+                d = xt.shape[1]
+                gram[i] += prod[:, :d].double()
+                off = d
+                for j in by_i[i]:
+                    cross[(i, j)] += prod[:, off : off + dims[j]].double()
+                    off += dims[j]
+            n += modified[starts[0]].shape[0]
+            bar.update(len(chunk))
+        bar.close()
+        return PrefixStatistics(prefix=prefix, n=n, gram={k: v.cpu() for k, v in gram.items()},
+                                cross={k: v.cpu() for k, v in cross.items()})
+
+
+def _fmt(prefix: Prefix) -> str:
+    return ",".join(f"{i}-{j}" for i, j in prefix)
