@@ -246,9 +246,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_rba_warning(message, category, filename, lineno, file=None, line=None, _default=None):
+    """rba's own warnings (e.g. RankDeficientWarning) as one stderr line, ``rba: warning: …``; others as usual."""
+    if getattr(category, "__module__", "").split(".")[0] == "rba":
+        print(f"rba: warning: {message}", file=sys.stderr if file is None else file, flush=True)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import functools
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    saved = warnings.showwarning
+    warnings.showwarning = functools.partial(_show_rba_warning, _default=saved)
     try:
         return args.handler.take_action(args)
     except RBAError as exc:
@@ -257,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rba: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = saved
 
 
 if __name__ == "__main__":

@@ -89,3 +89,28 @@ def not_chained(**kwargs) -> nn.Module:
 
 
 NOT_A_FACTORY = 3
+
+
+class _Overflow(nn.Module):
+    """A block whose output overflows float32 (every value becomes ±inf)."""
+
+    def forward(self, x):
+        return x * 1e30 * 1e30
+
+
+def overflow_mlp(at: int = 2, **kwargs) -> nn.Module:
+    """ToyTokenMLP whose block ``at`` overflows: boundary ``at + 1`` holds Inf (tests/test_reliability.py)."""
+    model = ToyTokenMLP(**kwargs)
+    model.layers[at] = _Overflow()
+    return model
+
+
+def rank_deficient_mlp(**kwargs) -> nn.Module:
+    """ToyTokenMLP whose patch embedding leaves half the channels at exactly zero, so boundary 0's statistics are
+    rank-deficient (spans starting at 0 need the ridge)."""
+    model = ToyTokenMLP(**kwargs)
+    half = model.patch.out_channels // 2
+    with torch.no_grad():
+        model.patch.weight[half:] = 0
+        model.patch.bias[half:] = 0
+    return model
