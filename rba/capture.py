@@ -32,7 +32,7 @@ class Statistics:
     pairs: list[Span]
     """the spans whose cross statistics were collected"""
     n: int
-    """number of vectors"""
+    """number of vectors at boundary 0 (see :meth:`count` for the others)"""
     gram: list[torch.Tensor]
     """(D_k+1)×(D_k+1) float64 per boundary: Σ x̃ x̃ᵀ"""
     cross: dict[Span, torch.Tensor]
@@ -46,6 +46,10 @@ class Statistics:
     @property
     def num_blocks(self) -> int:
         return len(self.dims) - 1
+
+    def count(self, k: int) -> int:
+        """Number of vectors at boundary k (Σ 1·1, the bias corner of its Gram matrix)."""
+        return int(round(float(self.gram[k][-1, -1])))
 
     def sum_x(self, k: int) -> torch.Tensor:
         """Σ x over vectors at boundary k."""
@@ -104,19 +108,22 @@ class Statistics:
             tensors = load_file(str(path))
         except Exception as exc:
             raise CacheError(f"statistics cache {path} is unreadable: {exc}") from None
-        dims = [int(d) for d in info["dims"]]
-        pairs = [tuple(p) for p in info["pairs"]]
-        cos = tensors["cos_sum"].tolist()
-        return cls(
-            dims=dims,
-            pairs=pairs,  # type: ignore[arg-type]
-            n=int(info["n"]),
-            gram=[tensors[f"gram.{k}"] for k in range(len(dims))],
-            cross={(i, j): tensors[f"cross.{i}.{j}"] for i, j in pairs},
-            cos_sum=dict(zip(pairs, cos)),  # type: ignore[arg-type]
-            meta=info.get("meta", {}),
-            key=info.get("key", ""),
-        )
+        try:
+            dims = [int(d) for d in info["dims"]]
+            pairs = [tuple(int(v) for v in p) for p in info["pairs"]]
+            cos = tensors["cos_sum"].tolist()
+            return cls(
+                dims=dims,
+                pairs=pairs,  # type: ignore[arg-type]
+                n=int(info["n"]),
+                gram=[tensors[f"gram.{k}"] for k in range(len(dims))],
+                cross={(i, j): tensors[f"cross.{i}.{j}"] for i, j in pairs},
+                cos_sum=dict(zip(pairs, cos)),  # type: ignore[arg-type]
+                meta=info.get("meta", {}),
+                key=info.get("key", ""),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CacheError(f"statistics cache {path} is inconsistent with its {side.name} ({type(exc).__name__}: {exc})") from None
 
 
 def statistics_nbytes(dims: Sequence[int], pairs: Sequence[Span]) -> int:
@@ -144,15 +151,16 @@ class StatisticsCollector:
 
     @torch.no_grad()
     def update(self, vectors: Sequence[torch.Tensor]) -> None:
-        """``vectors[k]`` is the (n_b, D_k) matrix of this batch's vectors at boundary k (same rows for all k)."""
+        """``vectors[k]`` is the (n_k, D_k) matrix of this batch's vectors at boundary k; a tracked span (i, j)
+        needs n_i == n_j (rows are the same token / pixel position)."""
         xs = [v.to(self.dtype) for v in vectors]
         n_b = xs[0].shape[0]
         if n_b == 0:
             return
-        ones = torch.ones(n_b, 1, dtype=self.dtype, device=xs[0].device)
         normed: dict[int, torch.Tensor] = {}
         for i, xi in enumerate(xs):
-            xt = torch.cat([xi, ones], dim=1)
+            # boundaries may hold different vector counts (CNN stages); spans join equal ones
+            xt = torch.cat([xi, torch.ones(xi.shape[0], 1, dtype=self.dtype, device=xi.device)], dim=1)
             targets = self._targets.get(i, [])
             # one GEMM per boundary: x̃_iᵀ [x̃_i | x_j1 | x_j2 | ...]
             prod = xt.T @ torch.cat([xt] + [xs[j] for j in targets], dim=1)

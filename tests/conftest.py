@@ -9,20 +9,45 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(2)
 
 
-def tiny_vit_config(tmp_path, **sections):
-    """A tiny random timm ViT on synthetic images; sections override entries."""
+#: tiny random-weight models of each family: a ViT (tokens, no padding), a ResNet (pixels, stages of
+#: different resolution), a post-LN BERT (tokens with padding)
+TINY_MODELS = {
+    "vit": ({"kind": "timm", "name": "test_vit", "pretrained": False}, "image"),
+    "cnn": ({"kind": "timm", "name": "test_resnet", "pretrained": False, "options": {"layers": [2, 2, 2, 2]}}, "image"),
+    "bert": ({"kind": "huggingface", "name": "tiny-bert", "pretrained": False}, "text"),
+}
+
+
+def tiny_config(tmp_path, model="vit", **sections):
+    """A tiny random model on synthetic data; sections override entries."""
     from rba.config import Config
 
+    model_section, modality = TINY_MODELS[model]
     raw = {
-        "model": {"kind": "timm", "name": "test_vit", "pretrained": False},
-        "data": {"kind": "synthetic", "image_size": 32, "calibration": 40, "probe": 40, "eval": 40,
-                 "options": {"modality": "image", "classes": 4}},
+        "model": dict(model_section),
+        "data": {"kind": "synthetic", "calibration": 40, "probe": 40, "eval": 40,
+                 "options": {"modality": modality, "classes": 4}},
         "capture": {"cache_dir": str(tmp_path / "cache"), "batch_size": 16},
         "evaluate": {"latency_repeats": 1, "batch_size": 32},
     }
+    if modality == "image":
+        raw["data"]["image_size"] = 32
     for key, value in sections.items():
         raw.setdefault(key, {}).update(value)
     return Config.from_dict(raw, name="tiny", base_dir=str(tmp_path))
+
+
+def tiny_vit_config(tmp_path, **sections):
+    return tiny_config(tmp_path, "vit", **sections)
+
+
+def tiny_samples(model, n=24, seed=0):
+    """Raw inputs for a tiny model: uint8 images, or texts of very different lengths (padding)."""
+    rng = np.random.default_rng(seed)
+    if TINY_MODELS[model][1] == "image":
+        return rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
+    words = "the cat sat on a mat while dogs ran far away from every loud noise".split()
+    return [" ".join(rng.choice(words, size=int(rng.integers(2, 30)))) for _ in range(n)]
 
 
 def materialise(adapter, samples, batch_size=64, dtype=torch.float64):

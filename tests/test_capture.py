@@ -1,46 +1,53 @@
-"""Streamed statistics against direct numpy sums over materialised vectors."""
+"""Streamed statistics against direct numpy sums over materialised vectors, for each model family."""
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import materialise, tiny_vit_config
+from conftest import TINY_MODELS, materialise, tiny_config, tiny_samples
 from rba.adapters import create_adapter
 from rba.capture import Statistics, capture_statistics, statistics_nbytes
+from rba.errors import CacheError
 
 
-@pytest.fixture
-def vit(tmp_path):
-    return create_adapter(tiny_vit_config(tmp_path))
+@pytest.fixture(params=list(TINY_MODELS))
+def family(request, tmp_path):
+    adapter = create_adapter(tiny_config(tmp_path, request.param))
+    return request.param, adapter, tiny_samples(request.param)
 
 
-def _direct(xs, i, j):
-    xi, xj = xs[i], xs[j]
-    xt = np.hstack([xi, np.ones((len(xi), 1))])
-    return xt.T @ xt, xt.T @ xj
+def _some_spans(adapter):
+    spans = adapter.valid_spans()
+    longest = max(spans, key=lambda s: s[1] - s[0])
+    return sorted({spans[0], spans[-1], longest})
 
 
 @pytest.mark.parametrize("dtype,rtol", [("float64", 1e-10), ("float32", 1e-5)])
-def test_statistics_match_numpy_sums(vit, images, dtype, rtol):
-    pairs = vit.valid_spans()
-    stats = capture_statistics(vit, images, pairs=pairs, batch_size=5, dtype=dtype, progress=False)
-    xs = materialise(vit, images, batch_size=5)
-    assert stats.n == xs[0].shape[0] == len(images) * xs[0].shape[0] // len(images)
-    for k in range(vit.num_blocks + 1):
+def test_statistics_match_numpy_sums(family, dtype, rtol):
+    _, adapter, samples = family
+    pairs = adapter.valid_spans()
+    stats = capture_statistics(adapter, samples, pairs=pairs, batch_size=5, dtype=dtype, progress=False)
+    xs = materialise(adapter, samples, batch_size=5)
+    assert stats.n == len(xs[0])
+    for k in range(adapter.num_blocks + 1):
         xt = np.hstack([xs[k], np.ones((len(xs[k]), 1))])
-        np.testing.assert_allclose(stats.gram[k].numpy(), xt.T @ xt, rtol=rtol, atol=rtol * np.abs(xt.T @ xt).max())
-    for i, j in [(0, 1), (1, 4), (2, 6)]:
-        _, b = _direct(xs, i, j)
-        np.testing.assert_allclose(stats.cross[(i, j)].numpy(), b, rtol=rtol, atol=rtol * np.abs(b).max())
+        ref = xt.T @ xt
+        assert stats.count(k) == len(xs[k])
+        np.testing.assert_allclose(stats.gram[k].numpy(), ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+    for i, j in _some_spans(adapter):
+        xt = np.hstack([xs[i], np.ones((len(xs[i]), 1))])
+        ref = xt.T @ xs[j]
+        np.testing.assert_allclose(stats.cross[(i, j)].numpy(), ref, rtol=rtol, atol=rtol * np.abs(ref).max())
         cos = (xs[i] * xs[j]).sum(1) / (np.linalg.norm(xs[i], axis=1) * np.linalg.norm(xs[j], axis=1))
         assert stats.cos_sum[(i, j)] == pytest.approx(cos.sum(), rel=rtol)
 
 
-def test_any_batch_size_gives_the_same_statistics(vit, images):
-    pairs = vit.valid_spans(2)
-    a = capture_statistics(vit, images, pairs=pairs, batch_size=1, dtype="float64", progress=False)
-    b = capture_statistics(vit, images, pairs=pairs, batch_size=24, dtype="float64", progress=False)
-    c = capture_statistics(vit, images, pairs=pairs, batch_size=7, dtype="float32", progress=False)
+def test_any_batch_size_gives_the_same_statistics(family):
+    _, adapter, samples = family
+    pairs = adapter.valid_spans(2)
+    a = capture_statistics(adapter, samples, pairs=pairs, batch_size=1, dtype="float64", progress=False)
+    b = capture_statistics(adapter, samples, pairs=pairs, batch_size=24, dtype="float64", progress=False)
+    c = capture_statistics(adapter, samples, pairs=pairs, batch_size=7, dtype="float32", progress=False)
     # the model itself runs in float32 and its kernels round differently per batch size (~1e-7 relative),
     # so agreement is measured relative to each matrix's scale
     for k in range(len(a.gram)):
@@ -53,16 +60,34 @@ def test_any_batch_size_gives_the_same_statistics(vit, images):
         assert a.cos_sum[p] == pytest.approx(b.cos_sum[p], rel=1e-6)
 
 
-def test_max_span_bounds_the_pairs_and_memory(vit, images):
+def test_padding_is_excluded(tmp_path):
+    """Batching a short text with a long one (padding) leaves the statistics of the short text unchanged."""
+    adapter = create_adapter(tiny_config(tmp_path, "bert"))
+    short, long = "a cat sat", " ".join(["the dog ran far away"] * 12)
+    pairs = adapter.valid_spans()
+    alone = capture_statistics(adapter, [short], pairs=pairs, dtype="float64", progress=False)
+    both = capture_statistics(adapter, [short, long], pairs=pairs, dtype="float64", progress=False)
+    only_long = capture_statistics(adapter, [long], pairs=pairs, dtype="float64", progress=False)
+    assert both.n == alone.n + only_long.n
+    assert alone.n == len(adapter.collate([short])["input_ids"][0])
+    for k in range(len(alone.gram)):
+        torch.testing.assert_close(both.gram[k], alone.gram[k] + only_long.gram[k], rtol=1e-5, atol=1e-4)
+    for p in pairs:
+        torch.testing.assert_close(both.cross[p], alone.cross[p] + only_long.cross[p], rtol=1e-5, atol=1e-4)
+
+
+def test_max_span_bounds_the_pairs_and_memory(tmp_path):
+    vit = create_adapter(tiny_config(tmp_path, "vit"))
     short = vit.valid_spans(2)
     assert all(j - i <= 2 for i, j in short) and len(short) == 6 + 5
     assert statistics_nbytes(vit.dims(), short) < statistics_nbytes(vit.dims(), vit.valid_spans())
-    stats = capture_statistics(vit, images[:4], pairs=short, progress=False)
+    stats = capture_statistics(vit, tiny_samples("vit", 4), pairs=short, progress=False)
     assert set(stats.cross) == set(short)
 
 
-def test_save_load_roundtrip_and_checksum(vit, images, tmp_path):
-    stats = capture_statistics(vit, images[:6], pairs=vit.valid_spans(2), progress=False, key="k1")
+def test_save_load_roundtrip_and_checksum(tmp_path):
+    vit = create_adapter(tiny_config(tmp_path, "vit"))
+    stats = capture_statistics(vit, tiny_samples("vit", 6), pairs=vit.valid_spans(2), progress=False, key="k1")
     path = tmp_path / "s.safetensors"
     stats.save(path)
     back = Statistics.load(path)
@@ -72,7 +97,5 @@ def test_save_load_roundtrip_and_checksum(vit, images, tmp_path):
     raw = bytearray(path.read_bytes())
     raw[-5] ^= 0xFF
     path.write_bytes(bytes(raw))
-    from rba.errors import CacheError
-
     with pytest.raises(CacheError, match="checksum"):
         Statistics.load(path)

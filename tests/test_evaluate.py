@@ -114,3 +114,29 @@ def test_probe_accuracy_agrees_with_sklearn(session):
     sk = (clf.predict(scaler.transform(ev.pooled.numpy())) == ev.labels.numpy()).mean()
     ours = session.evaluate([])["accuracy"]
     assert abs(ours - sk) <= 2.0 / len(ev.labels)  # two eval samples either way: solver tolerance
+
+
+@pytest.fixture(scope="module", params=["cnn", "bert"])
+def other_session(request, tmp_path_factory):
+    from conftest import tiny_config
+
+    return Session(tiny_config(tmp_path_factory.mktemp(request.param), request.param), progress=False)
+
+
+def test_prefix_reuse_and_swapped_model_other_families(other_session):
+    """CNN stages of different resolution and BERT batches with padding: prefix reuse equals a full forward,
+    and the model's own forward with replacements swapped in equals both."""
+    s = other_session
+    spans = s.adapter.valid_spans()
+    chosen = [spans[-1]] + [sp for sp in spans if sp[1] <= spans[-1][0]][:1]
+    chosen = sorted(chosen)
+    maps = s.maps(chosen)
+    pooled = s.evaluator.pooled(chosen, maps, tag="affine")["eval"]
+    samples = s.splits.eval.samples
+    ref = torch.cat([_full_forward(s.adapter, samples[k:k + 32], chosen, maps) for k in range(0, len(samples), 32)])
+    torch.testing.assert_close(pooled, ref, rtol=1e-4, atol=1e-5)
+    with torch.inference_mode(), replaced(s.adapter, chosen, maps):
+        own = torch.cat([s.adapter.forward(s.adapter.collate(samples[k:k + 32])) for k in range(0, len(samples), 32)])
+    torch.testing.assert_close(own, ref, rtol=1e-4, atol=1e-5)
+    r = s.evaluate(chosen)
+    assert 0 < r["flops_frac"] < 1 and r["fidelity"] < 1

@@ -7,51 +7,61 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import materialise, ridge_lstsq, tiny_vit_config
+from conftest import TINY_MODELS, materialise, ridge_lstsq, tiny_config, tiny_samples
 from rba.adapters import create_adapter
 from rba.capture import capture_statistics
 from rba.fit import RankDeficientWarning, fit_span
 
 
-@pytest.fixture(scope="module")
-def vit_stats(tmp_path_factory):
+@pytest.fixture(scope="module", params=list(TINY_MODELS))
+def captured(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fit")
-    adapter = create_adapter(tiny_vit_config(tmp))
-    imgs = np.random.default_rng(1).integers(0, 256, size=(16, 3, 32, 32), dtype=np.uint8)
-    s64 = capture_statistics(adapter, imgs, pairs=adapter.valid_spans(), batch_size=5, dtype="float64", progress=False)
-    s32 = capture_statistics(adapter, imgs, pairs=adapter.valid_spans(), batch_size=5, dtype="float32", progress=False)
-    return adapter, materialise(adapter, imgs, batch_size=5), s64, s32
+    adapter = create_adapter(tiny_config(tmp, request.param))
+    samples = tiny_samples(request.param, 16, seed=1)
+    s64 = capture_statistics(adapter, samples, pairs=adapter.valid_spans(), batch_size=5, dtype="float64", progress=False)
+    s32 = capture_statistics(adapter, samples, pairs=adapter.valid_spans(), batch_size=5, dtype="float32", progress=False)
+    return adapter, materialise(adapter, samples, batch_size=5), s64, s32
 
 
-@pytest.mark.parametrize("span", [(0, 1), (1, 4), (0, 6), (3, 5)])
+def _spans(adapter):
+    spans = adapter.valid_spans()
+    longest = max(spans, key=lambda s: s[1] - s[0])
+    return sorted({spans[0], spans[len(spans) // 2], spans[-1], longest})
+
+
 @pytest.mark.parametrize("dtype,rtol", [("float64", 1e-8), ("float32", 1e-4)])
-def test_affine_fit_matches_lstsq(vit_stats, span, dtype, rtol):
-    adapter, xs, s64, s32 = vit_stats
+def test_affine_fit_matches_lstsq(captured, dtype, rtol):
+    """Predictions and SSE agree with lstsq: ≈1e-8 relative for float64 accumulation, ≈1e-4 for float32."""
+    adapter, xs, s64, s32 = captured
     stats = s64 if dtype == "float64" else s32
-    i, j = span
-    w, xt = ridge_lstsq(xs[i], xs[j], 1e-6)
-    fit = fit_span(stats, span, "affine", 1e-6)
-    pred = fit.predict(torch.from_numpy(xs[i])).numpy()
-    ref = xt @ w
-    np.testing.assert_allclose(pred, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
-    sse_ref = ((ref - xs[j]) ** 2).sum()
-    assert fit.sse == pytest.approx(sse_ref, rel=rtol * 10)
+    for i, j in _spans(adapter):
+        w, xt = ridge_lstsq(xs[i], xs[j], 1e-6)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RankDeficientWarning)  # post-LN BERT boundaries
+            fit = fit_span(stats, (i, j), "affine", 1e-6)
+        pred = fit.predict(torch.from_numpy(xs[i])).numpy()
+        ref = xt @ w
+        np.testing.assert_allclose(pred, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+        sse_ref = ((ref - xs[j]) ** 2).sum()
+        assert fit.sse == pytest.approx(sse_ref, rel=rtol * 10, abs=rtol * (xs[j] ** 2).sum())
 
 
-def test_linear_fit_matches_lstsq_without_bias(vit_stats):
-    _, xs, s64, _ = vit_stats
-    w, xt = ridge_lstsq(xs[2], xs[4], 1e-3, bias=False)
-    fit = fit_span(s64, (2, 4), "linear", 1e-3)
+def test_linear_fit_matches_lstsq_without_bias(captured):
+    adapter, xs, s64, _ = captured
+    i, j = _spans(adapter)[1]
+    w, xt = ridge_lstsq(xs[i], xs[j], 1e-3, bias=False)
+    fit = fit_span(s64, (i, j), "linear", 1e-3)
     assert fit.bias is None
-    np.testing.assert_allclose(fit.weight.numpy(), w, rtol=1e-7, atol=1e-9)
-    assert fit.sse == pytest.approx(((xt @ w - xs[4]) ** 2).sum(), rel=1e-7)
+    np.testing.assert_allclose(fit.weight.numpy(), w, rtol=1e-6, atol=1e-8 * np.abs(w).max())
+    assert fit.sse == pytest.approx(((xt @ w - xs[j]) ** 2).sum(), rel=1e-6)
 
 
-def test_identity_fit_sse_is_squared_distance(vit_stats):
-    _, xs, s64, _ = vit_stats
-    fit = fit_span(s64, (1, 3), "identity")
+def test_identity_fit_sse_is_squared_distance(captured):
+    adapter, xs, s64, _ = captured
+    i, j = _spans(adapter)[0]
+    fit = fit_span(s64, (i, j), "identity")
     assert fit.num_params == 0
-    assert fit.sse == pytest.approx(((xs[1] - xs[3]) ** 2).sum(), rel=1e-8)
+    assert fit.sse == pytest.approx(((xs[i] - xs[j]) ** 2).sum(), rel=1e-8)
 
 
 class AffineBlock(nn.Module):
@@ -67,19 +77,22 @@ class AffineBlock(nn.Module):
 
 def test_exactly_affine_block_is_recovered(tmp_path, images):
     from rba.metrics import LSResidual
+    from rba.session import Session
 
-    adapter = create_adapter(tiny_vit_config(tmp_path))
-    adapter.model.blocks[2] = AffineBlock(64)
-    stats = capture_statistics(adapter, images, pairs=adapter.valid_spans(), dtype="float64", progress=False)
+    session = Session(tiny_config(tmp_path, "vit", fit={"ridge": 1e-12}), progress=False)
+    session.adapter.model.blocks[2] = AffineBlock(64)
+    stats = session.stats
     fit = fit_span(stats, (2, 3), "affine", 1e-12)
-    torch.testing.assert_close(fit.weight, adapter.model.blocks[2].m.detach().double(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fit.bias, adapter.model.blocks[2].c.detach().double(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fit.weight, session.adapter.model.blocks[2].m.detach().double(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fit.bias, session.adapter.model.blocks[2].c.detach().double(), rtol=1e-4, atol=1e-4)
     assert LSResidual(1e-12)(stats, (2, 3)) < 1e-9
     assert LSResidual(1e-12)(stats, (1, 3)) > 1e-4  # a real block is not affine
+    assert session.evaluate([(2, 3)])["fidelity"] == pytest.approx(1.0, abs=1e-5)
+    assert session.evaluate([(1, 3)])["fidelity"] < 1 - 1e-4
 
 
 def test_rank_deficient_statistics_warn_and_stay_finite(tmp_path, images):
-    adapter = create_adapter(tiny_vit_config(tmp_path))
+    adapter = create_adapter(tiny_config(tmp_path, "vit"))
 
     class Collapse(nn.Module):  # output lives in a 3-dim subspace: rank-deficient Gram
         def forward(self, x):

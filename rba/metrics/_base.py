@@ -28,11 +28,12 @@ class Metric(abc.ABC):
     @staticmethod
     def _centered_cov(stats: Statistics, k: int) -> torch.Tensor:
         """Σ (x − x̄)(x − x̄)ᵀ at boundary k."""
-        mu = stats.sum_x(k) / stats.n
-        return stats.gram[k][:-1, :-1] - stats.n * torch.outer(mu, mu)
+        n = stats.count(k)
+        mu = stats.sum_x(k) / n
+        return stats.gram[k][:-1, :-1] - n * torch.outer(mu, mu)
 
     @staticmethod
     def _total_variation(stats: Statistics, k: int) -> float:
         """Σ ‖x − x̄‖² at boundary k."""
         s = stats.sum_x(k)
-        return stats.sum_sq(k) - float(s @ s) / stats.n
+        return stats.sum_sq(k) - float(s @ s) / stats.count(k)

@@ -24,7 +24,7 @@ class BlockRedundancy(Metric):
         d = stats.dims[i]
         cross_trace = float(torch.diagonal(stats.cross[span][:-1, :]).sum())
         sq = stats.sum_sq(i) - 2 * cross_trace + stats.sum_sq(j)
-        return -max(sq, 0.0) / (stats.n * d)
+        return -max(sq, 0.0) / (stats.count(i) * d)
 
 
 class Cosine(Metric):
@@ -33,7 +33,7 @@ class Cosine(Metric):
     name = "cosine"
 
     def __call__(self, stats: Statistics, span: Span) -> float:
-        return stats.cos_sum[span] / stats.n
+        return stats.cos_sum[span] / stats.count(span[0])
 
 
 class LinearCKA(Metric):
@@ -43,8 +43,9 @@ class LinearCKA(Metric):
 
     def __call__(self, stats: Statistics, span: Span) -> float:
         i, j = span
-        mu_i, mu_j = stats.sum_x(i) / stats.n, stats.sum_x(j) / stats.n
-        c_ij = stats.cross[span][:-1, :] - stats.n * torch.outer(mu_i, mu_j)
+        n = stats.count(i)
+        mu_i, mu_j = stats.sum_x(i) / n, stats.sum_x(j) / n
+        c_ij = stats.cross[span][:-1, :] - n * torch.outer(mu_i, mu_j)
         c_ii, c_jj = self._centered_cov(stats, i), self._centered_cov(stats, j)
         denom = float(torch.linalg.matrix_norm(c_ii) * torch.linalg.matrix_norm(c_jj))
         return float((c_ij**2).sum()) / denom if denom > 0 else math.nan
