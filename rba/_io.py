@@ -6,20 +6,65 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "file_sha256", "package_versions"]
+__all__ = ["atomic_path", "remove_stale_tmp", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "file_sha256", "package_versions"]
+
+
+#: this host's name as it appears in temporary file names (letters, digits and _ only)
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_tmp(path: str | Path) -> list[Path]:
+    """Delete temporary files that :func:`atomic_path` left beside ``path`` when a run was killed.
+
+    Only files named by this host whose writing process no longer runs are removed, so a concurrent writer's
+    temporary file (another process, another host on a shared folder) is never touched. Returns what was removed.
+    """
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}.") + r"([A-Za-z0-9_]+)\.(\d+)-[A-Za-z0-9_]+\.tmp")
+    removed = []
+    try:
+        candidates = list(path.parent.iterdir()) if path.parent.is_dir() else []
+    except OSError:
+        return removed
+    for f in candidates:
+        m = pattern.fullmatch(f.name)
+        if m and m.group(1) == _HOST and int(m.group(2)) != os.getpid() and not _pid_alive(int(m.group(2))):
+            try:
+                f.unlink()
+                removed.append(f)
+            except OSError:
+                pass
+    return removed
 
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
+
+    A kill (SIGKILL, power loss) can leave the temporary file ``.<name>.<host>.<pid>-<random>.tmp`` behind: no
+    reader ever opens it, and the next write of ``path`` removes it (:func:`remove_stale_tmp`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_tmp(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

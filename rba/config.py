@@ -44,6 +44,8 @@ class ModelConfig:
     """false: random initialisation (tests); true: the asset package's weights or ``weights``"""
     blocks: str | None = None
     """dotted path to the block list (kind = "module"; optional override for the others)"""
+    trust_code: bool = False
+    """kind = "module" imports and calls the factory the config names, i.e. runs code: opt in explicitly"""
     options: dict[str, Any] = field(default_factory=dict)
     """extra keyword arguments for the model constructor (e.g. timm ``depth``, ``embed_dim``)"""
     device: str = "cpu"

@@ -69,8 +69,11 @@ class Splits:
     indices: dict[str, np.ndarray]
 
 
-def load_dataset(cfg) -> Dataset:
-    """Load the data set that ``cfg.data`` describes (``cfg`` is the whole :class:`~rba.config.Config`)."""
+def load_dataset(cfg, *, need_labels: bool | None = None) -> Dataset:
+    """Load the data set that ``cfg.data`` describes (``cfg`` is the whole :class:`~rba.config.Config`).
+
+    ``need_labels=False`` (label-free commands such as ``rba scores``): a text-csv file without the
+    ``data.label`` column loads unlabelled instead of failing."""
     d = cfg.data
     if d.kind == "synthetic":
         return _synthetic(d)
@@ -80,7 +83,7 @@ def load_dataset(cfg) -> Dataset:
     if not path.exists():
         raise DataError(f"data path not found: {path} (set data.path; relative paths are read from the config's folder)")
     if d.kind == "text-csv":
-        ds = _text_csv(path, d.text, d.label)
+        ds = _text_csv(path, d.text, d.label, label_required=need_labels is not False)
     elif d.kind == "npz":
         ds = _npz(path)
     elif d.kind == "image-folder":
@@ -88,7 +91,8 @@ def load_dataset(cfg) -> Dataset:
     else:  # validated by the config
         raise DataError(f"unknown data kind {d.kind!r}")
     if len(ds) == 0:
-        raise DataError(f"the data set at {path} is empty")
+        raise DataError(f"the data set at {path} holds no samples (e.g. a CSV with only its header row, or only "
+                        "blank texts): point data.path at a file with data")
     return ds
 
 
@@ -127,7 +131,7 @@ def make_splits(ds: Dataset, cfg, *, need_labels: bool) -> Splits:
 
 
 # ---------------------------------------------------------------------- readers
-def _text_csv(path: Path, text_col: str, label_col: str | None) -> Dataset:
+def _text_csv(path: Path, text_col: str, label_col: str | None, *, label_required: bool = True) -> Dataset:
     try:
         import pandas as pd
 
@@ -138,7 +142,7 @@ def _text_csv(path: Path, text_col: str, label_col: str | None) -> Dataset:
         raise DataError(f"{path} has no text column {text_col!r} (columns: {', '.join(map(str, frame.columns))}); set data.text")
     texts = [str(t) for t in frame[text_col].tolist()]
     labels = classes = None
-    if label_col:
+    if label_col and (label_required or label_col in frame.columns):
         if label_col not in frame.columns:
             raise DataError(
                 f"{path} has no label column {label_col!r} (columns: {', '.join(map(str, frame.columns))}); "

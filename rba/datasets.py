@@ -12,7 +12,6 @@ run never leaves a half-written data set behind.
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 import tempfile
@@ -31,22 +30,10 @@ _REVIEWS_MIN_ROWS = 12000
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace`` (:mod:`rba._io`)."""
+    from rba._io import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
 
 
 # ---------------------------------------------------------------------- reviews
@@ -168,9 +155,6 @@ def prepare_fashion_mnist(dest: Path, n: int | None = None, *, source: Path | No
     the first ``n`` of those (the training set comes in shuffled class order). Does nothing when ``dest``
     already holds a valid file of that size; written atomically (temporary file + ``os.replace``).
     """
-    import os
-    import tempfile
-
     import numpy as np
 
     dest = Path(dest)
@@ -198,20 +182,11 @@ def prepare_fashion_mnist(dest: Path, n: int | None = None, *, source: Path | No
     y = np.concatenate(labels)[:want].astype(np.int64)
     if len(x) < want:
         raise DataError(f"n = {n}, but the Fashion-MNIST files in {folder} hold only {len(x)} images")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    from rba._io import atomic_path
+
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as f:
             np.savez(f, images=np.ascontiguousarray(x), labels=y)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     return dest
 
 

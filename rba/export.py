@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from rba._io import atomic_path, atomic_write_json, package_versions
+from rba._io import atomic_path, atomic_write_json, file_sha256, package_versions
 from rba.adapters import Adapter, create_adapter
 from rba.apply import Skip, SpanMap, replace_
 from rba.config import Config, DataConfig, ModelConfig
@@ -57,6 +57,9 @@ def export_model(session, spans, out: str | Path) -> Path:
         "dims": adapter.dims(),
         "fit": dataclasses.asdict(cfg.fit),
         "statistics_hash": session.stats.key,
+        # model.safetensors and recipe.json are written one after the other: the checksum ties them together, so
+        # a kill between the two (new model, old recipe) is detected by load_export instead of trusted
+        "model_sha256": file_sha256(out / "model.safetensors"),
         "versions": package_versions(),
     }
     atomic_write_json(out / "recipe.json", recipe)
@@ -68,9 +71,17 @@ def read_recipe(folder: str | Path) -> dict[str, Any]:
     path = folder / "recipe.json"
     if not path.exists() or not (folder / "model.safetensors").exists():
         raise RBAError(f"{folder} is not an rba export (needs recipe.json and model.safetensors): create one with `rba export`")
-    recipe = json.loads(path.read_text())
-    if recipe.get("format") != RECIPE_FORMAT:
-        raise RBAError(f"{path} has recipe format {recipe.get('format')}, this rba reads {RECIPE_FORMAT}")
+    try:
+        recipe = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RBAError(f"{path} is not valid JSON ({exc}): rerun `rba export`") from None
+    if not isinstance(recipe, dict) or recipe.get("format") != RECIPE_FORMAT:
+        fmt = recipe.get("format") if isinstance(recipe, dict) else None
+        raise RBAError(f"{path} has recipe format {fmt}, this rba reads {RECIPE_FORMAT}")
+    expected = recipe.get("model_sha256")
+    if expected and file_sha256(folder / "model.safetensors") != expected:
+        raise RBAError(f"{folder / 'model.safetensors'} does not match the checksum in {path} (an interrupted or "
+                       "mixed export): rerun `rba export` into this folder")
     return recipe
 
 

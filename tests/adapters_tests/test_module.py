@@ -20,7 +20,8 @@ toy = importlib.import_module(TOY)
 
 
 def make_cfg(factory, blocks="layers", *, size=16, pretrained=False, weights=None, **options) -> Config:
-    model = {"kind": "module", "name": f"{TOY}:{factory}", "pretrained": pretrained, "options": options}
+    model = {"kind": "module", "name": f"{TOY}:{factory}", "pretrained": pretrained, "options": options,
+             "trust_code": True}
     if blocks is not None:
         model["blocks"] = blocks
     if weights is not None:
@@ -168,7 +169,8 @@ def test_more_errors():
     with pytest.raises(ModelError, match="package.module:factory"):
         create_adapter(Config.from_dict({"model": {"kind": "module", "name": "torch.nn.Linear", "blocks": "x"}}))
     with pytest.raises(ModelError, match="cannot import"):
-        create_adapter(Config.from_dict({"model": {"kind": "module", "name": "no_such_pkg_xyz:f", "blocks": "x", "pretrained": False}}))
+        create_adapter(Config.from_dict({"model": {"kind": "module", "name": "no_such_pkg_xyz:f", "blocks": "x", "pretrained": False,
+                                                          "trust_code": True}}))
     with pytest.raises(ModelError, match="model.weights"):
         make("token_mlp", pretrained=True)
     with pytest.raises(ModelError, match="data.image_size"):
@@ -178,3 +180,13 @@ def test_more_errors():
         adapter.collate(["a text"])
     with pytest.raises(ModelError, match="channels"):
         adapter.collate(rand_images(c=2))
+
+
+def test_module_factory_is_not_run_without_trust_code(tmp_path):
+    """A config naming code to call is refused unless it opts in; the factory is never called."""
+    marker = tmp_path / "ran"
+    cfg = Config.from_dict({"model": {"kind": "module", "name": "pathlib:Path.touch", "blocks": "x",
+                                      "pretrained": False, "options": {"self": str(marker)}}})
+    with pytest.raises(ModelError, match="trust_code = true"):
+        create_adapter(cfg)
+    assert not marker.exists()
