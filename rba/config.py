@@ -7,7 +7,6 @@ the valid ones. Configs are parsed as data (``tomllib``); nothing in them is eva
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import tomllib
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from rba.errors import ConfigError
+from rba.errors import ConfigError, did_you_mean
 
 __all__ = [
     "Config",
@@ -265,16 +264,12 @@ def config_hash(payload: Any) -> str:
 # ---------------------------------------------------------------------- helpers
 def _unknown(what: str, key: str, valid) -> str:
     valid = sorted(valid)
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"unknown {what} {key!r}.{hint} Valid: {', '.join(valid)}"
+    return f"unknown {what} {key!r}.{did_you_mean(key, valid)} Valid: {', '.join(valid)}"
 
 
 def _choice(key: str, value: Any, options: list[str]) -> None:
     if value not in options:
-        close = difflib.get_close_matches(str(value), options, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{key} = {value!r} is not one of {', '.join(options)}.{hint}")
+        raise ConfigError(f"{key} = {value!r} is not one of {', '.join(options)}.{did_you_mean(value, options)}")
 
 
 def _build_section(section_cls, section: str, values: dict[str, Any]):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["RBAError", "ConfigError", "DataError", "ModelError", "SpanError", "BudgetError", "CacheError"]
+__all__ = ["did_you_mean", "RBAError", "ConfigError", "DataError", "ModelError", "SpanError", "BudgetError", "CacheError"]
 
 
 class RBAError(Exception):
@@ -31,3 +31,11 @@ class BudgetError(RBAError):
 
 class CacheError(RBAError):
     pass
+
+
+def did_you_mean(name: object, options, n: int = 1) -> str:
+    """``" Did you mean 'x'?"`` for the closest of ``options`` to ``name``, or ``""`` when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=n)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""

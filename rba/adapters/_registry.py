@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import importlib
 from typing import TYPE_CHECKING, Callable
 
-from rba.errors import ModelError
+from rba.errors import ModelError, did_you_mean
 
 if TYPE_CHECKING:
     from rba.adapters._base import Adapter
@@ -37,9 +36,8 @@ def create_adapter(cfg: "Config") -> "Adapter":
     """Build the adapter (model + blocks + preprocessing) that ``cfg.model`` describes."""
     kind = cfg.model.kind
     if kind not in _entrypoints:
-        close = difflib.get_close_matches(kind, list(_entrypoints), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ModelError(f"unknown model kind {kind!r}.{hint} Known kinds: {', '.join(list_adapters())}")
+        raise ModelError(f"unknown model kind {kind!r}.{did_you_mean(kind, _entrypoints)} "
+                         f"Known kinds: {', '.join(list_adapters())}")
     target = _entrypoints[kind]
     if isinstance(target, str):
         module, fn = target.split(":")

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from rba.adapters._base import Adapter, Context
-from rba.adapters._weights import load_into, load_weights
-from rba.errors import ModelError
+from rba.adapters._weights import file_digest, load_into, load_weights
+from rba.errors import ModelError, did_you_mean
 
 __all__ = ["TimmViT", "build_timm", "create_timm_model", "ImagePreprocess"]
 
@@ -28,6 +28,15 @@ class ImagePreprocess:
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.channels = channels
         self.scale = scale
+
+    @classmethod
+    def for_timm(cls, model: torch.nn.Module, image_size: int | None = None) -> "ImagePreprocess":
+        """The model's own timm preprocessing (mean, std, channels; default input size)."""
+        import timm.data
+
+        data_cfg = timm.data.resolve_data_config({}, model=model)
+        size = image_size or data_cfg["input_size"][-1]
+        return cls(size, data_cfg["mean"], data_cfg["std"], channels=data_cfg["input_size"][0])
 
     def __call__(self, samples: Any) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(samples)).float() * self.scale
@@ -49,10 +58,7 @@ def create_timm_model(cfg, **extra) -> tuple[torch.nn.Module, dict[str, Any]]:
 
     m = cfg.model
     if not timm.is_model(m.name):
-        import difflib
-
-        close = difflib.get_close_matches(m.name, timm.list_models(), n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(m.name, timm.list_models(), n=3)
         raise ModelError(f"unknown timm model {m.name!r}.{hint} (`python -c \"import timm; print(timm.list_models('vit*'))\"` lists them)")
     weights = cfg.resolve_path(m.weights)
     if m.pretrained and weights is None:
@@ -79,20 +85,10 @@ def create_timm_model(cfg, **extra) -> tuple[torch.nn.Module, dict[str, Any]]:
             except Exception:
                 pass  # the strict load below reports the mismatch
         load_into(model, state, str(weights))
-        identity["weights"] = _file_digest(weights)
+        identity["weights"] = file_digest(weights)
     else:
         identity["weights"] = "random"
     return model.eval(), identity
-
-
-def _file_digest(path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 class TimmViT(Adapter):
@@ -105,11 +101,7 @@ class TimmViT(Adapter):
 
     def __init__(self, model, identity, image_size: int | None = None):
         super().__init__(model, model.blocks, identity=identity)
-        import timm.data
-
-        data_cfg = timm.data.resolve_data_config({}, model=model)
-        size = image_size or data_cfg["input_size"][-1]
-        self.preprocess = ImagePreprocess(size, data_cfg["mean"], data_cfg["std"], channels=data_cfg["input_size"][0])
+        self.preprocess = ImagePreprocess.for_timm(model, image_size)
 
     def collate(self, samples):
         return self.preprocess(samples)

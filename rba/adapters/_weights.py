@@ -12,7 +12,7 @@ from torch import nn
 
 from rba.errors import ModelError
 
-__all__ = ["load_weights", "load_into"]
+__all__ = ["load_weights", "load_into", "file_digest"]
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -74,3 +74,19 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
         raise ModelError(f"weights file {source} does not match the architecture: " + "; ".join(parts)
                          + ". Check model.name and model.options against the file")
     model.load_state_dict(state, strict=True)
+
+
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | Path) -> str:
+    """Short sha256 of a weights file (part of the model's identity, hence of every cache key); cached on
+    (path, size, mtime) so that large files are hashed once per process."""
+    from rba._io import file_sha256
+
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        _digests[key] = file_sha256(path)[:16]
+    return _digests[key]
