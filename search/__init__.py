@@ -1,0 +1,12 @@
+"""Search over span sets: one objective (:mod:`search.objective`), one encoding (:mod:`search.space`), two
+backends (Optuna, Ray Tune) and the baselines, all writing the same files (:mod:`search.pareto`).
+
+``rba search`` calls :func:`run_search`; ``rba run`` calls :func:`run_study`. Optuna and Ray are imported
+only when a study runs.
+"""
+
+from search.objective import OBJECTIVES, RESULT_COLUMNS, Objective
+from search.space import SpanSpace
+from search.study import SearchResult, run_search, run_study
+
+__all__ = ["run_search", "run_study", "SearchResult", "Objective", "SpanSpace", "OBJECTIVES", "RESULT_COLUMNS"]

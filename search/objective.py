@@ -1,0 +1,216 @@
+"""The one objective every backend and baseline calls: configuration → fits → cost → evaluation → result.
+
+``Objective(session)(spans)`` fits every span (independently from the cached statistics, or sequentially with
+``[fit] mode = "sequential"``, see :mod:`rba.sequential`), prices the configuration with the session's cost
+model, evaluates it with the session's evaluator (prefix reuse and prefix memo) and returns the result
+columns plus feasibility and the constraint values. Results are memoised per configuration string.
+
+Objective values (what the samplers see):
+
+=========  ===========  =========
+name       column       direction
+=========  ===========  =========
+accuracy   accuracy     maximise
+fidelity   fidelity     maximise
+flops      flops_frac   minimise
+params     params_frac  minimise
+latency    latency_ms   minimise
+=========  ===========  =========
+
+FLOPs and parameters are optimised as fractions of the unmodified model, latency in milliseconds per sample
+(from the per-block latency table); a front does not change when an objective is scaled by a constant.
+Budgets are fractions of the unmodified model; the constraint value of a budget b on cost fraction c is
+``c − b`` (feasible when ≤ 0), latency's fraction being ``latency_ms`` over the unmodified model's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import warnings
+from typing import Any, Sequence
+
+from rba.adapters._base import Span
+from rba.errors import BudgetError, ConfigError
+from rba.spans import format_spans
+
+__all__ = ["Objective", "OBJECTIVES", "RESULT_COLUMNS", "BUDGET_KEYS"]
+
+#: objective name → (result column, direction)
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "accuracy": ("accuracy", "maximize"),
+    "fidelity": ("fidelity", "maximize"),
+    "flops": ("flops_frac", "minimize"),
+    "params": ("params_frac", "minimize"),
+    "latency": ("latency_ms", "minimize"),
+}
+RESULT_COLUMNS = ["spans", "accuracy", "fidelity", "flops", "flops_frac", "params", "params_frac", "latency_ms"]
+#: budget name → SearchConfig field
+BUDGET_KEYS = {"flops": "budget_flops", "params": "budget_params", "latency": "budget_latency"}
+#: fault injection for tests of failure handling: a configuration string whose evaluation raises
+FAULT_ENV = "RBA_FAULT_SPANS"
+
+
+class Objective:
+    """Evaluate configurations of one :class:`~rba.session.Session` (thread-safe, memoised)."""
+
+    def __init__(self, session, *, kind: str | None = None, mode: str | None = None,
+                 objectives: Sequence[str] | None = None, budgets: dict[str, float | None] | None = None):
+        cfg = session.cfg
+        self.session = session
+        self.kind = kind or cfg.fit.kind
+        self.mode = mode or cfg.fit.mode
+        self.objectives = list(objectives or cfg.search.objectives)
+        for name in self.objectives:
+            if name not in OBJECTIVES:
+                raise ConfigError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
+        if budgets is None:
+            budgets = {name: getattr(cfg.search, key) for name, key in BUDGET_KEYS.items()}
+        self.budgets = {k: float(v) for k, v in budgets.items() if v is not None}
+        self._memo: dict[str, dict[str, Any]] = {}
+        self._lock = threading.RLock()
+        self._sequential = None
+        self.evaluations = 0
+        """number of configurations evaluated (memo misses)"""
+
+    # ------------------------------------------------------------------ description
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o][1] for o in self.objectives]
+
+    @property
+    def columns(self) -> list[str]:
+        return [OBJECTIVES[o][0] for o in self.objectives]
+
+    @property
+    def tag(self) -> str:
+        return f"{self.kind}/{self.mode}"
+
+    def values(self, result: dict[str, Any]) -> list[float]:
+        return [float(result[c]) for c in self.columns]
+
+    def check(self) -> None:
+        """Refuse settings that cannot work before any trial runs (labels, latency, budgets)."""
+        s = self.session
+        if "accuracy" in self.objectives and not s.need_labels:
+            raise ConfigError("objective \"accuracy\" needs labels, and this data set has none: "
+                              "use objectives = [\"fidelity\", ...] (label-free)")
+        needs_latency = "latency" in self.objectives or "latency" in self.budgets
+        if needs_latency and not math.isfinite(self.base_cost()["latency_ms"]):
+            raise ConfigError("latency objective or budget, but latency was not measured "
+                              "(evaluate.latency_repeats must be ≥ 1)")
+        self.check_budgets()
+
+    # ------------------------------------------------------------------ costs and budgets
+    def base_cost(self) -> dict[str, float]:
+        return self.session.cost_model.cost([], self.kind)
+
+    def cost(self, spans: Sequence[Span]) -> dict[str, float]:
+        return self.session.cost_model.cost(sorted(spans), self.kind)
+
+    def fractions(self, cost: dict[str, float]) -> dict[str, float]:
+        base = self.base_cost()["latency_ms"]
+        return {"flops": cost["flops_frac"], "params": cost["params_frac"],
+                "latency": cost["latency_ms"] / base if base and math.isfinite(base) else math.nan}
+
+    def constraints(self, cost: dict[str, float]) -> dict[str, float]:
+        """Budget name → cost fraction − budget (feasible when every value is ≤ 0)."""
+        frac = self.fractions(cost)
+        return {name: frac[name] - b for name, b in self.budgets.items()}
+
+    def reachable(self, name: str) -> tuple[float, list[Span]]:
+        """The smallest cost fraction any configuration reaches for ``name`` (flops|params|latency), and
+        one configuration reaching it (exact: costs add over spans, so a DP over boundaries finds it)."""
+        L = self.session.adapter.num_blocks
+        base = self.fractions(self.base_cost())[name]
+        delta = {p: self.fractions(self.cost([p]))[name] - base for p in self.session.pairs}
+        best: list[float] = [0.0] * (L + 1)
+        how: list[int] = [-1] * (L + 1)
+        by_start: dict[int, list[int]] = {}
+        for i, j in self.session.pairs:
+            by_start.setdefault(i, []).append(j)
+        for k in range(L - 1, -1, -1):
+            best[k], how[k] = best[k + 1], -1
+            for j in by_start.get(k, []):
+                v = delta[(k, j)] + best[j]
+                if v < best[k]:
+                    best[k], how[k] = v, j
+        spans, k = [], 0
+        while k < L:
+            if how[k] < 0:
+                k += 1
+            else:
+                spans.append((k, how[k]))
+                k = how[k]
+        return self.fractions(self.cost(spans))[name], spans
+
+    def check_budgets(self) -> None:
+        """Raise :class:`BudgetError` when a budget is below what any configuration reaches."""
+        for name, budget in self.budgets.items():
+            low, spans = self.reachable(name)
+            if low > budget + 1e-12:
+                raise BudgetError(
+                    f"search.budget_{name} = {budget:g} cannot be met: the smallest reachable {name} is "
+                    f"{low:.4f} of the unmodified model (configuration {format_spans(spans)!r}, fit kind "
+                    f"{self.kind!r}, max_span {self.session.cfg.search.max_span}); raise the budget to at least "
+                    f"{math.ceil(low * 1000) / 1000:g}"
+                )
+
+    # ------------------------------------------------------------------ fits and evaluation
+    @property
+    def sequential(self):
+        if self._sequential is None:
+            from rba.sequential import SequentialFitter
+
+            self._sequential = SequentialFitter(self.session)
+        return self._sequential
+
+    def maps(self, spans: Sequence[Span]):
+        spans = sorted(spans)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # rank-deficient boundaries: the ridge handles them
+            if self.mode == "sequential":
+                return self.sequential.maps(spans, self.kind)
+            return self.session.maps(spans, self.kind)
+
+    def proxy(self, spans: Sequence[Span]) -> float:
+        """Statistics-only quality proxy for screening: Σ ls_residual of the spans (lower is better)."""
+        from rba.metrics import LSResidual
+
+        if not hasattr(self, "_ls"):
+            self._ls: dict[Span, float] = {}
+        metric = LSResidual(self.session.cfg.fit.ridge)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for s in spans:
+                if s not in self._ls:
+                    self._ls[s] = float(metric(self.session.stats, s))
+        return float(sum(self._ls[s] for s in spans))
+
+    def __call__(self, spans: Sequence[Span]) -> dict[str, Any]:
+        """Result columns (:data:`RESULT_COLUMNS`) + ``feasible`` + ``constraints`` for a configuration."""
+        spans = sorted((int(i), int(j)) for i, j in spans)
+        key = format_spans(spans)
+        with self._lock:
+            if key in self._memo:
+                return _copy(self._memo[key])
+            if os.environ.get(FAULT_ENV) == key:
+                raise RuntimeError(f"injected fault for configuration {key!r} ({FAULT_ENV})")
+            cost = self.cost(spans)
+            constraints = self.constraints(cost)
+            maps = self.maps(spans)
+            scores = self.session.evaluator.score(spans, maps, tag=self.tag)
+            result = {"spans": key} | scores | cost
+            result = {c: result[c] for c in RESULT_COLUMNS}
+            result["feasible"] = all(v <= 0 for v in constraints.values())
+            result["constraints"] = constraints
+            self._memo[key] = result
+            self.evaluations += 1
+            return _copy(result)
+
+
+def _copy(result: dict[str, Any]) -> dict[str, Any]:
+    out = dict(result)
+    out["constraints"] = dict(result["constraints"])
+    return out

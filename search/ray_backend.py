@@ -1,0 +1,276 @@
+"""Ray Tune backend (``--backend ray``): a function trainable around the shared objective, proposals from
+Ray's ``OptunaSearch`` on the same space, sampler and storage as the Optuna backend.
+
+* **Constraints**: a trial's result carries its constraint values (``constraint_<budget>``);
+  :class:`ConstrainedOptunaSearch` records them (``set_constraint``) and the result columns (user attributes)
+  on the Optuna trial *before* it is told, so budgets work exactly as with the Optuna backend.
+* **Shared state**: the driver builds the session once and puts the statistics, the cost model (its latency
+  table is measured once, so every worker prices configurations identically) and the config into the object
+  store (``tune.with_parameters``). Each worker process rebuilds the model and the evaluator's boundary caches
+  of the probe/eval splits once (one forward pass) and keeps them for every trial it runs (actors are
+  reused): those caches are L × n × T × D floats (gigabytes for a BERT on 1000+1000 samples) and would
+  cost more to ship through the store than to recompute.
+* **Cluster**: ``--address`` joins an existing cluster (its workers must be able to import ``rba`` and
+  ``search``); otherwise ``ray.init(num_cpus=os.cpu_count())`` starts a local one, with ``max_concurrent``
+  trials each given ``num_cpus // max_concurrent`` CPUs.
+* **Failures**: a trial that raises is retried ``max_failures`` times (``FailureConfig``); then it is
+  recorded FAIL with its error (user attribute ``error``) and the study goes on. Only completed trials count
+  towards ``trials``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import TrialState
+from ray.tune import Callback
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from rba.config import config_hash
+from rba.spans import format_spans
+from search.objective import FAULT_ENV, RESULT_COLUMNS
+from search.study import StudyContext, complete_count, record, record_screened
+
+__all__ = ["run_ray", "SharedState"]
+
+
+@dataclass
+class SharedState:
+    """What every worker needs, shipped once through the object store."""
+
+    cfg: Any
+    stats: Any
+    cost_model: Any
+    kind: str
+    key: str
+    num_blocks: int
+    pairs: list
+    threads: int
+
+
+_WORKER_OBJECTIVES: dict[str, Any] = {}
+#: driver side: key → (study context, completion callback), kept out of the pickled searcher
+_DRIVER: dict[str, tuple[StudyContext, Any, int]] = {}
+
+
+def _worker_objective(shared: SharedState):
+    """The worker process's objective for this study, built on its first trial and then reused."""
+    objective = _WORKER_OBJECTIVES.get(shared.key)
+    if objective is None:
+        from rba.session import Session
+        from search.objective import Objective
+        from search.study import needs_labels
+
+        session = Session(shared.cfg, need_labels=needs_labels(shared.cfg), progress=False)
+        session.__dict__["stats"] = shared.stats  # cached_property slots: no recapture, no re-measurement
+        session.__dict__["cost_model"] = shared.cost_model
+        objective = Objective(session, kind=shared.kind)
+        _WORKER_OBJECTIVES.clear()
+        _WORKER_OBJECTIVES[shared.key] = objective
+    return objective
+
+
+def _trainable(config: dict[str, Any], shared: SharedState) -> None:
+    import torch
+    from ray import tune
+
+    from search.space import SpanSpace
+
+    torch.set_num_threads(max(1, shared.threads))
+    objective = _worker_objective(shared)
+    spans = SpanSpace(shared.num_blocks, shared.pairs).repair(config)
+    result = objective(spans)
+    report = {c: result[c] for c in RESULT_COLUMNS} | {"feasible": bool(result["feasible"])}
+    report |= {f"constraint_{k}": float(v) for k, v in result["constraints"].items()}
+    tune.report(report)
+
+
+class ConstrainedOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that records the repaired configuration on ask, and the result columns and
+    constraint values before ``tell``; screening (if on) happens here, before a trial reaches a worker."""
+
+    def __init__(self, *args, driver_key: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        # the study context lives in the driver process; Tune pickles its searcher, so keep a key only
+        self._driver_key = driver_key
+        self._failed: set[str] = set()
+        self._failed_spans: set[str] = set()
+
+    @property
+    def _ctx(self) -> StudyContext:
+        return _DRIVER[self._driver_key][0]
+
+    @property
+    def _on_complete(self):
+        return _DRIVER[self._driver_key][1]
+
+    @property
+    def _target(self) -> int:
+        return _DRIVER[self._driver_key][2]
+
+    def suggest(self, trial_id: str):
+        # Tune's num_samples is only an upper bound: the study is done when enough trials COMPLETE, so a
+        # failed trial is replaced within the same run
+        done = complete_count(self._ot_study)
+        if done >= self._target:
+            return Searcher.FINISHED
+        if self._ctx.method != "optuna" and not self._ot_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return Searcher.FINISHED  # a baseline runs its planned configurations only
+        live = sum(1 for t in self._ot_trials if t not in self._completed_trials)
+        if done + live >= self._target:
+            return None  # wait for the running trials before proposing more
+        for _ in range(1000):
+            params = super().suggest(trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            spans = self._ctx.space.repair(params)
+            key = format_spans(spans)
+            ot_trial.set_user_attr("spans", key)
+            if key in self._failed_spans and "source" not in ot_trial.user_attrs:
+                # it already failed after its retries in this run: do not spend a worker on it again
+                ot_trial.set_user_attr("error", "skipped: this configuration failed earlier in this run")
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+                del self._ot_trials[trial_id]
+                continue
+            screen = self._ctx.screen
+            if screen is None:
+                return params
+            ok, proxy = screen.admit(spans, force="source" in ot_trial.user_attrs)
+            if ok:
+                return params
+            record_screened(ot_trial, spans, proxy, self._ctx.objective)
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            del self._ot_trials[trial_id]
+        return params
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return
+        if error:
+            # told by fail() once the error text is known (the Tune callback runs right after this)
+            self._failed.add(trial_id)
+            return
+        if result and all(c in result for c in RESULT_COLUMNS):
+            res = {c: result[c] for c in RESULT_COLUMNS} | {"feasible": bool(result.get("feasible", True))}
+            res["constraints"] = {k[len("constraint_"):]: v for k, v in result.items() if k.startswith("constraint_")}
+            record(ot_trial, res, self._ctx.objective)
+        super().on_trial_complete(trial_id, result=result, error=error)
+        if self._on_complete:
+            self._on_complete(ot_trial, "COMPLETE" if result else "PRUNED")
+
+    def fail(self, trial_id: str, message: str) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return
+        ot_trial.set_user_attr("error", message)
+        self._failed_spans.add(ot_trial.user_attrs.get("spans", ""))
+        self._failed.discard(trial_id)
+        super().on_trial_complete(trial_id, result=None, error=True)
+        if self._on_complete:
+            self._on_complete(ot_trial, "FAIL")
+
+    def flush(self) -> None:
+        for trial_id in list(self._failed):
+            self.fail(trial_id, "failed (error text unavailable)")
+
+
+class RecordErrors(Callback):
+    """Gives the searcher each failed trial's error text (after Tune's retries are spent)."""
+
+    def __init__(self, searcher: ConstrainedOptunaSearch):
+        self.searcher = searcher
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        text = ""
+        try:
+            err = trial.get_error()
+            text = str(err) if err is not None else ""
+        except Exception:
+            pass
+        lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+        errs = [ln for ln in lines if "Error" in ln or "Exception" in ln]
+        message = (errs[-1] if errs else (lines[-1] if lines else "trial failed"))[:500]
+        self.searcher.fail(trial.trial_id, message)
+
+
+def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
+    import ray
+    from ray import tune
+    from tqdm.auto import tqdm
+
+    cfg = ctx.cfg
+    s = cfg.search
+    session = ctx.session
+    started = False
+    if not ray.is_initialized():
+        root = str(Path(__file__).resolve().parent.parent)
+        env = {"PYTHONPATH": os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+        if os.environ.get(FAULT_ENV):
+            env[FAULT_ENV] = os.environ[FAULT_ENV]
+        kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": ctx.progress,
+                                  "include_dashboard": False}
+        if s.ray_address:
+            ray.init(address=s.ray_address, **kwargs)
+        else:
+            ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+        started = True
+    try:
+        cpus = ray.cluster_resources().get("CPU", 1.0)
+        concurrent = max(1, s.max_concurrent)
+        per_trial = 1 if s.ray_address else max(1, int(cpus // concurrent))
+        shared = SharedState(cfg=cfg, stats=session.stats, cost_model=session.cost_model, kind=ctx.objective.kind,
+                             key=config_hash(ctx.identity) + session.stats.key,
+                             num_blocks=ctx.space.num_blocks, pairs=list(ctx.space.pairs), threads=per_trial)
+        trainable = tune.with_resources(tune.with_parameters(_trainable, shared=shared), {"cpu": per_trial})
+        baseline = ctx.method != "optuna"
+        total = complete_count(study) + n if baseline else ctx.total
+        bar = tqdm(total=total, initial=complete_count(study), desc="trials (ray)", unit="trial",
+                   disable=not ctx.progress, dynamic_ncols=True)
+
+        def on_complete(ot_trial, state):
+            if state == "COMPLETE":
+                bar.update(1)
+            elif state == "FAIL":
+                bar.write(f"trial {ot_trial.number} failed: {ot_trial.user_attrs.get('error', '?')}")
+
+        driver_key = shared.key
+        _DRIVER[driver_key] = (ctx, on_complete, total)
+        metric = ctx.objective.columns
+        mode = ["max" if d == "maximize" else "min" for d in ctx.objective.directions]
+        missing = total - complete_count(study)
+        searcher = ConstrainedOptunaSearch(space=ctx.space.distributions(), metric=metric, mode=mode,
+                                           sampler=sampler, study_name=ctx.study_name, storage=study._storage,
+                                           driver_key=driver_key)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher,
+                                        # an upper bound: failed trials are replaced, the searcher stops the run
+                                        num_samples=missing + max(10, missing),
+                                        max_concurrent_trials=concurrent, reuse_actors=True,
+                                        time_budget_s=s.timeout),
+            run_config=tune.RunConfig(
+                name=f"{ctx.study_name}-{int(time.time())}",
+                storage_path=str((ctx.out / "ray").resolve()),
+                failure_config=tune.FailureConfig(max_failures=s.max_failures),
+                callbacks=[RecordErrors(searcher)],
+                verbose=0,
+            ),
+        )
+        try:
+            tuner.fit()
+            searcher.flush()
+        finally:
+            bar.close()
+            _DRIVER.pop(driver_key, None)
+        if complete_count(study) < total:
+            print(f"search (ray): {complete_count(study)} of {total} trials complete (failures or timeout)",
+                  file=sys.stderr)
+    finally:
+        if started:
+            ray.shutdown()

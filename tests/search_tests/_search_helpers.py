@@ -1,0 +1,126 @@
+"""Shared pieces of the search tests: a tiny random ViT study config, a TOML writer, independent forwards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from rba.config import load_config
+
+DEPTH = 4  # 4 blocks, every span valid: F(9) = 34 configurations
+
+
+def study_dict(cache: Path, out: Path, *, depth: int = DEPTH, **sections: dict[str, Any]) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "model": {"kind": "timm", "name": "test_vit", "pretrained": False, "options": {"depth": depth}},
+        "data": {"kind": "synthetic", "image_size": 32, "calibration": 48, "probe": 48, "eval": 48,
+                 "options": {"modality": "image", "classes": 4}},
+        "capture": {"cache_dir": str(cache), "batch_size": 16},
+        "evaluate": {"latency_repeats": 1, "batch_size": 48},
+        "search": {"trials": 6, "objectives": ["fidelity", "flops"]},
+        "output": {"dir": str(out)},
+    }
+    for key, value in sections.items():
+        raw.setdefault(key, {}).update(value)
+    return raw
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(type(v))
+
+
+def write_config(path: Path, raw: dict[str, Any]) -> Path:
+    lines = []
+    for section, values in raw.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def make_config(tmp: Path, cache: Path, name: str = "study", **sections):
+    out = tmp / f"{name}-out"
+    return load_config(write_config(tmp / f"{name}.toml", study_dict(cache, out, **sections)))
+
+
+def materialise(adapter, samples, batch_size: int = 16) -> list[np.ndarray]:
+    """Every boundary's vectors (float64 numpy), running blocks one by one from the input."""
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(samples), batch_size):
+            h, ctx = adapter.embed(adapter.collate(samples[start : start + batch_size]))
+            out = [adapter.vectors(h, ctx).double().numpy()]
+            for k in range(adapter.num_blocks):
+                h = adapter.run_block(k, h, ctx)
+                out.append(adapter.vectors(h, ctx).double().numpy())
+            parts.append(out)
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def lstsq_fit(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """Affine fit by numpy lstsq on the ridge-augmented system [X̃; √λ I] W = [Y; 0]."""
+    xt = np.hstack([x, np.ones((x.shape[0], 1))])
+    lam = ridge * np.trace(xt.T @ xt) / xt.shape[1]
+    xa = np.vstack([xt, np.sqrt(lam) * np.eye(xt.shape[1])])
+    ya = np.vstack([y, np.zeros((xt.shape[1], y.shape[1]))])
+    w, *_ = np.linalg.lstsq(xa, ya, rcond=None)
+    return w[:-1], w[-1]
+
+
+def staged_forward(adapter, samples, spans, weights: dict, batch_size: int = 48) -> torch.Tensor:
+    """Pooled output with every block run from the input and span (i, j) applied as x·W + b (numpy
+    weights), written independently of rba's evaluator and replacement modules."""
+    by_start = {i: (j, weights[(i, j)]) for i, j in spans}
+    pooled = []
+    with torch.inference_mode():
+        for start in range(0, len(samples), batch_size):
+            h, ctx = adapter.embed(adapter.collate(samples[start : start + batch_size]))
+            k = 0
+            while k < adapter.num_blocks:
+                if k in by_start:
+                    j, (w, b) = by_start[k]
+                    h = (h.double() @ torch.from_numpy(w) + torch.from_numpy(b)).float()
+                    k = j
+                else:
+                    h, k = adapter.run_block(k, h, ctx), k + 1
+            pooled.append(adapter.pool(h, ctx).double())
+    return torch.cat(pooled)
+
+
+def dominates(a, b, directions) -> bool:
+    """a dominates b: no worse in every objective, strictly better in one."""
+    better = worse = False
+    for x, y, d in zip(a, b, directions):
+        if d == "maximize":
+            x, y = -x, -y
+        if x < y:
+            better = True
+        elif x > y:
+            worse = True
+    return better and not worse
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """One intra-op thread for these tiny models: with 2 threads, a loaded 2-core machine makes every small
+    matmul wait on the other thread (measured 50× slower). Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
