@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -20,7 +21,7 @@ from rba._io import atomic_path, atomic_write_json, file_sha256
 from rba.adapters._base import Adapter, Span
 from rba.errors import CacheError, DataError
 
-__all__ = ["Statistics", "StatisticsCollector", "capture_statistics", "statistics_nbytes", "iter_batches"]
+__all__ = ["Statistics", "StatisticsCollector", "capture_statistics", "statistics_nbytes", "iter_batches", "length_order"]
 
 STATS_FORMAT = 1
 
@@ -189,6 +190,15 @@ class StatisticsCollector:
         )
 
 
+def length_order(samples: Sequence[Any]) -> np.ndarray | None:
+    """An order that batches texts of similar length together (padding per real token drops from ~2 to ~1.06
+    on movie reviews); None for images, which need no padding. Statistics are sums, so order does not
+    change them beyond rounding."""
+    if len(samples) and isinstance(samples[0], str):
+        return np.argsort([len(s) for s in samples], kind="stable")
+    return None
+
+
 def iter_batches(samples: Sequence[Any], batch_size: int):
     for start in range(0, len(samples), batch_size):
         yield start, samples[start : start + batch_size]
@@ -223,6 +233,9 @@ def capture_statistics(adapter: Adapter, samples: Sequence[Any], *, pairs: Seque
         tqdm.write(msg)
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     collector = StatisticsCollector(dims, pairs, dtype=torch_dtype, device=adapter.device)
+    order = length_order(samples)
+    if order is not None:
+        samples = [samples[i] for i in order]
     bar = tqdm(total=len(samples), desc="capture", unit="sample", disable=not progress, leave=False)
     for _, chunk in iter_batches(samples, batch_size):
         h, ctx = adapter.embed(adapter.collate(chunk))

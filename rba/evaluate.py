@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rba.adapters._base import Adapter, Context, Span
-from rba.capture import check_finite, iter_batches
+from rba.capture import check_finite, iter_batches, length_order
 
 __all__ = ["SplitCache", "Evaluator", "LinearProbe"]
 
@@ -32,6 +32,8 @@ class SplitCache:
     pooled: torch.Tensor
     """the unmodified network's pooled representation (n, F)"""
     labels: torch.Tensor | None
+    order: np.ndarray
+    """row r of ``pooled`` / ``labels`` is sample ``order[r]`` of the split (texts are batched by length)"""
 
     @classmethod
     @torch.inference_mode()
@@ -41,6 +43,12 @@ class SplitCache:
 
         contexts, states, pooled = [], [], []
         L = adapter.num_blocks
+        order = length_order(samples)
+        if order is None:
+            order = np.arange(len(samples))
+        else:
+            samples = [samples[i] for i in order]
+            labels = None if labels is None else np.asarray(labels)[order]
         bar = tqdm(total=len(samples), desc=f"cache {name}", unit="sample", disable=not progress, leave=False)
         for _, chunk in iter_batches(samples, batch_size):
             h, ctx = adapter.embed(adapter.collate(chunk))
@@ -56,7 +64,7 @@ class SplitCache:
             bar.update(len(chunk))
         bar.close()
         lab = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
-        return cls(contexts, states, torch.cat(pooled), lab)
+        return cls(contexts, states, torch.cat(pooled), lab, order)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for s in self.states for t in s.values())

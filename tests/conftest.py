@@ -47,7 +47,9 @@ def tiny_samples(model, n=24, seed=0):
     if TINY_MODELS[model][1] == "image":
         return rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
     words = "the cat sat on a mat while dogs ran far away from every loud noise".split()
-    return [" ".join(rng.choice(words, size=int(rng.integers(2, 30)))) for _ in range(n)]
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(2, 30)))) for _ in range(n)]
+    # in the order rba batches texts (by length), so materialised batches round exactly as captured ones
+    return sorted(texts, key=len)
 
 
 def materialise(adapter, samples, batch_size=64, dtype=torch.float64):

@@ -1,0 +1,169 @@
+"""Benchmarks: each script's ``--quick`` mode runs (tiny models, a smoke test) and prints its ratio lines; the
+shared helpers they rely on (configuration enumeration and sampling, the proxy sweep DP, the Pareto mask, the
+naive lstsq fit) are checked against brute force. No timing is asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+#: script → ratio lines its --quick output must contain
+EXPECTED = {
+    "per_trial.py": ["RATIO span fit, lstsq / statistics", "RATIO trial, naive / rba cold",
+                     "RATIO trial, naive / rba in search"],
+    "capture_overhead.py": ["RATIO capture / forward"],
+    "memory.py": ["RATIO peak RSS naive / rba", "RATIO rba peak RSS growth", "RATIO naive peak RSS growth"],
+    "proxy_sweep.py": ["RATIO proxy sweep configurations/s", "RATIO spearman(-Σ ls_residual, fidelity)"],
+    "latency.py": ["RATIO latency measured / predicted", "RATIO speed-up over unmodified",
+                   "RATIO median |relative error| of the latency table"],
+    "scaling.py": ["RATIO full forward / rba trial", "RATIO extrapolated naive / rba trial"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_quick_mode_runs_and_prints_ratios(script, tmp_path):
+    args = [sys.executable, str(BENCH / script), "--quick", "--json", str(tmp_path / "out.json")]
+    if script == "scaling.py":
+        args += ["--plot", str(tmp_path / "scaling.png")]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert proc.returncode == 0, f"{script} --quick failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    out = proc.stdout
+    for line in EXPECTED[script]:
+        assert line in out, f"{script} --quick printed no {line!r} line:\n{out[-3000:]}"
+    ratios = [ln for ln in out.splitlines() if ln.startswith("RATIO ")]
+    assert ratios, out
+    # ratio lines come last (after the tables), as the scripts promise
+    last = max(k for k, ln in enumerate(out.splitlines()) if ln.startswith("RATIO "))
+    assert all(ln.startswith(("RATIO ", "#")) or not ln.strip() for ln in out.splitlines()[last + 1 :])
+    assert (tmp_path / "out.json").exists()
+    if script == "scaling.py":
+        assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _fib(k):
+    a, b = 0, 1
+    for _ in range(k):
+        a, b = b, a + b
+    return a
+
+
+def _all_spans(L):
+    return [(i, j) for i in range(L) for j in range(i + 1, L + 1)]
+
+
+def _brute(L, pairs):
+    """Every non-overlapping subset of pairs, by brute force over subsets (small L only)."""
+    out = set()
+    for r in range(len(pairs) + 1):
+        for combo in itertools.combinations(sorted(pairs), r):
+            if all(b <= c for (_, b), (c, _) in zip(combo, combo[1:])):
+                out.add(combo)
+    return out
+
+
+@pytest.mark.parametrize("L", [1, 3, 6, 12])
+def test_configuration_counts_are_fibonacci(L):
+    import _common as C
+
+    pairs = _all_spans(L)
+    configs = C.all_configurations(L, pairs)
+    assert len(configs) == _fib(2 * L + 1) == C.count_configurations(L, pairs)[0]
+    assert len({tuple(c) for c in configs}) == len(configs)
+
+
+def test_enumeration_matches_brute_force_with_gaps():
+    import _common as C
+
+    pairs = [(0, 1), (0, 2), (2, 3), (2, 4), (3, 4), (4, 5)]  # not every span valid (CNN-like)
+    got = {tuple(c) for c in C.all_configurations(5, pairs)}
+    assert got == _brute(5, pairs)
+    assert C.count_configurations(5, pairs)[0] == len(got)
+
+
+def test_uniform_sampling_covers_every_configuration_evenly():
+    import _common as C
+
+    L, pairs = 3, _all_spans(3)
+    rng = np.random.default_rng(0)
+    counts: dict[tuple, int] = {}
+    draws = 6500
+    for _ in range(draws):
+        c = tuple(C.sample_configuration(L, pairs, rng))
+        counts[c] = counts.get(c, 0) + 1
+    assert set(counts) == {tuple(c) for c in C.all_configurations(L, pairs)}  # 13 configurations
+    expect = draws / 13
+    assert all(abs(v - expect) < 5 * np.sqrt(expect) for v in counts.values())
+
+
+def test_random_configurations_are_distinct_and_valid():
+    import _common as C
+
+    pairs = _all_spans(6)
+    configs = C.random_configurations(6, pairs, 10, seed=3)
+    assert len(configs) == 10 and len({tuple(c) for c in configs}) == 10
+    assert all(c and all(b <= d for (_, b), (d, _) in zip(c, c[1:])) for c in configs)
+
+
+def test_proxy_sweep_dp_equals_direct_sums():
+    import proxy_sweep as P
+
+    L, pairs = 6, _all_spans(6)
+    values = np.random.default_rng(1).random((len(pairs), 3))
+    member, sums = P.sweep(L, pairs, values)
+    assert len(member) == 233
+    rows = {tuple(pairs[k] for k in np.flatnonzero(m)): s for m, s in zip(member, sums)}
+    assert set(rows) == _brute(L, pairs)
+    for spans, s in rows.items():
+        direct = sum((values[pairs.index(p)] for p in spans), np.zeros(3))
+        np.testing.assert_allclose(s, direct, rtol=1e-12, atol=1e-12)
+
+
+def test_pareto_mask_matches_brute_force():
+    import proxy_sweep as P
+
+    rng = np.random.default_rng(2)
+    proxy = rng.integers(0, 8, 60).astype(float)
+    cost = rng.integers(0, 8, 60).astype(float)
+    got = P.pareto_mask(proxy, cost)
+    pts = list(zip(proxy, cost))
+    for k, (p, c) in enumerate(pts):
+        dominated = any((q <= p and d <= c) and (q < p or d < c) for q, d in pts)
+        if dominated:
+            assert not got[k]
+    # one representative per distinct non-dominated point
+    front = {(p, c) for (p, c), g in zip(pts, got) if g}
+    expect = {(p, c) for p, c in pts if not any((q <= p and d <= c) and (q < p or d < c) for q, d in pts)}
+    assert front == expect and got.sum() == len(expect)
+
+
+def test_naive_lstsq_fit_matches_closed_form_fit(tmp_path):
+    """The naive baseline solves the same ridge problem as rba's fit from statistics."""
+    import _common as C
+
+    from rba.fit import fit_span
+    from rba.session import Session
+
+    cfg = C.vit_config(tmp_path, depth=3, width=16, heads=2, image_size=32, patch=8, calibration=24, eval=8)
+    s = Session(cfg, need_labels=False, progress=False, measure_latency=False)
+    naive = C.Naive(s.adapter, s.splits, ridge=cfg.fit.ridge, batch_size=cfg.capture.batch_size)
+    naive.materialise()
+    assert naive.states[0].shape == (s.stats.n, 16)
+    for span in [(0, 1), (1, 3), (0, 3)]:
+        w, b, sse = naive.fit(span)
+        f = fit_span(s.stats, span, "affine", cfg.fit.ridge)
+        np.testing.assert_allclose(f.weight.numpy(), w.numpy(), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(f.bias.numpy(), b.numpy(), rtol=1e-3, atol=1e-4)
+        assert abs(f.sse - sse) <= 1e-3 * sse + 1e-6
