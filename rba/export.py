@@ -26,14 +26,18 @@ __all__ = ["export_model", "load_export", "RECIPE_FORMAT"]
 RECIPE_FORMAT = 1
 
 
-def export_model(session, spans, out: str | Path) -> Path:
-    """Write the approximated model for ``spans`` to ``out``; returns the folder."""
+def export_model(session, spans, out: str | Path, *, maps=None, kind: str | None = None) -> Path:
+    """Write the approximated model for ``spans`` to ``out``; returns the folder.
+
+    ``maps`` (with the fit ``kind`` they were made with) overrides the session's own fits, e.g. sequential
+    fits or the identity maps of block-drop."""
     from safetensors.torch import save_model
 
     out = Path(out)
     adapter = session.adapter
-    kind = session.cfg.fit.kind
-    maps = session.maps(spans, kind)
+    kind = kind or session.cfg.fit.kind
+    if maps is None:
+        maps = session.maps(spans, kind)
     handle = replace_(adapter, spans, maps)
     try:
         with atomic_path(out / "model.safetensors") as tmp:
@@ -55,7 +59,7 @@ def export_model(session, spans, out: str | Path) -> Path:
                          for (i, j), m in zip(spans, maps)],
         "layout": adapter.layout,
         "dims": adapter.dims(),
-        "fit": dataclasses.asdict(cfg.fit),
+        "fit": dataclasses.asdict(cfg.fit) | {"kind": kind},
         "statistics_hash": session.stats.key,
         # model.safetensors and recipe.json are written one after the other: the checksum ties them together, so
         # a kill between the two (new model, old recipe) is detected by load_export instead of trusted

@@ -426,23 +426,6 @@ def _choose(front: pd.DataFrame, objectives: list[str]) -> pd.Series | None:
     return ranked.iloc[0]
 
 
-class _SessionWithMaps:
-    """What :func:`rba.export.export_model` reads of a session, with the objective's maps (sequential
-    fits when ``[fit] mode = "sequential"``)."""
-
-    def __init__(self, objective: Objective):
-        import copy
-
-        self._objective = objective
-        self.adapter = objective.session.adapter
-        self.cfg = copy.deepcopy(objective.session.cfg)
-        self.cfg.fit.kind = objective.kind  # block-drop evaluates with "identity" whatever the file says
-        self.stats = objective.session.stats
-
-    def maps(self, spans, kind=None):
-        return self._objective.maps(spans)
-
-
 def run_study(cfg: Config, progress: bool = True) -> Path:
     """``rba run``: scores → search → export of the chosen front member → report.md. Returns the report."""
     from rba.export import export_model
@@ -474,7 +457,8 @@ def run_study(cfg: Config, progress: bool = True) -> Path:
              "## Front", "", _markdown(result.front), ""]
     if chosen is not None:
         spans = parse_spans(chosen["spans"])
-        folder = export_model(_SessionWithMaps(ctx.objective), spans, out / "export")
+        folder = export_model(session, spans, out / "export", maps=ctx.objective.maps(spans),
+                              kind=ctx.objective.kind)
         measured = session.evaluate_export(folder)
         lines += ["## Exported configuration", "",
                   f"`{chosen['spans']}` (best {'accuracy' if 'accuracy' in ctx.objective.objectives else ctx.objective.objectives[0]} "
