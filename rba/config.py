@@ -27,6 +27,7 @@ __all__ = [
     "OutputConfig",
     "load_config",
     "config_hash",
+    "dict_to_toml",
 ]
 
 CONFIG_VERSION = 1
@@ -225,18 +226,18 @@ class Config:
         return d
 
     def to_toml(self) -> str:
-        lines = [f"# rba resolved config (version {CONFIG_VERSION}, name {self.name!r})"]
-        for section, values in self.to_dict().items():
-            lines.append(f"\n[{section}]")
-            for key, value in values.items():
-                if value is None:
-                    lines.append(f"# {key} = (unset)")
-                elif isinstance(value, dict):
-                    inner = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items())
-                    lines.append(f"{key} = {{ {inner} }}")
-                else:
-                    lines.append(f"{key} = {_toml_value(value)}")
-        return "\n".join(lines) + "\n"
+        header = f"# rba resolved config (version {CONFIG_VERSION}, name {self.name!r})\n"
+        return header + dict_to_toml(self.to_dict())
+
+
+def dict_to_toml(sections: dict[str, dict[str, Any]]) -> str:
+    """Sections of plain values as TOML text (unset values become comments); ``load_config`` reads it back."""
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"\n[{section}]")
+        for key, value in values.items():
+            lines.append(f"# {key} = (unset)" if value is None else f"{key} = {_toml_value(value)}")
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def load_config(path: str | Path) -> Config:

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from rba.adapters._base import Adapter, Context, Span
+from rba.adapters._base import Adapter, Span
 
 __all__ = ["CostModel"]
 

@@ -6,7 +6,6 @@ Preprocessing is the adapter's job (tokenizer, timm normalisation, EfficientNet-
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path

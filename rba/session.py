@@ -177,8 +177,6 @@ class Session:
         import statistics as st
         import time
 
-        import numpy as np
-
         from rba.evaluate import SplitCache
         from rba.export import load_export
 

@@ -26,32 +26,15 @@ import pytest
 import torch
 
 from rba.cli import main
+from rba.config import dict_to_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY_DIR = ROOT / "tests" / "adapters_tests"  # holds _toy.py (factories for kind = "module")
 
 
 # ---------------------------------------------------------------------- helpers
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(type(v))
-
-
 def write_config(path: Path, sections: dict) -> Path:
-    lines = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(dict_to_toml(sections))
     return path
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rba.config import load_config
+from rba.config import dict_to_toml, load_config
 
 DEPTH = 4  # 4 blocks, every span valid: F(9) = 34 configurations
 
@@ -30,27 +29,8 @@ def study_dict(cache: Path, out: Path, *, depth: int = DEPTH, **sections: dict[s
     return raw
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(type(v))
-
-
 def write_config(path: Path, raw: dict[str, Any]) -> Path:
-    lines = []
-    for section, values in raw.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
-        lines.append("")
-    path.write_text("\n".join(lines))
+    path.write_text(dict_to_toml(raw))
     return path
 
 
