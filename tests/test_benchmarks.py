@@ -27,7 +27,7 @@ EXPECTED = {
     "proxy_sweep.py": ["RATIO proxy sweep configurations/s", "RATIO spearman(-Σ ls_residual, fidelity)"],
     "latency.py": ["RATIO latency measured / predicted", "RATIO speed-up over unmodified",
                    "RATIO median |relative error| of the latency table"],
-    "scaling.py": ["RATIO full forward / rba trial", "RATIO extrapolated naive / rba trial"],
+    "scaling.py": ["RATIO naive trial without lstsq / rba trial", "RATIO extrapolated naive / rba trial"],
 }
 
 
@@ -166,4 +166,6 @@ def test_naive_lstsq_fit_matches_closed_form_fit(tmp_path):
         f = fit_span(s.stats, span, "affine", cfg.fit.ridge)
         np.testing.assert_allclose(f.weight.numpy(), w.numpy(), rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(f.bias.numpy(), b.numpy(), rtol=1e-3, atol=1e-4)
-        assert abs(f.sse - sse) <= 1e-3 * sse + 1e-6
+        # the statistics' SSE is a difference of large sums: its error scales with Σ‖y‖², not with the SSE
+        total = float(s.stats.sum_sq(span[1]))
+        assert abs(f.sse - sse) <= 1e-3 * sse + 1e-5 * total

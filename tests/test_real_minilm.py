@@ -20,8 +20,8 @@ name = "all-MiniLM-L6-v2"
 kind = "text-csv"
 path = "{data}"
 calibration = 200
-probe = 600
-eval = 600
+probe = 400
+eval = 400
 seed = 3
 max_length = 128
 [capture]
@@ -84,8 +84,8 @@ def test_accuracy_of_unmodified_model_matches_independent_probe(study):
     scaler = StandardScaler().fit(enc["probe"])
     clf = LogisticRegression(C=1.0, max_iter=5000).fit(scaler.transform(enc["probe"]), splits.probe.labels)
     independent = float((clf.predict(scaler.transform(enc["eval"])) == splits.eval.labels).mean())
-    # same features, same protocol; solvers differ. Test noise of a 600-sample eval set is
-    # sqrt(p(1-p)/600) ≈ 1.9 points: agreement within 1.5 points is asked
+    # same features, same protocol; solvers differ. Test noise of a 400-sample eval set is
+    # sqrt(p(1-p)/400) ≈ 2.3 points: agreement within 1.5 points (6 samples) is asked
     assert abs(ours["accuracy"] - independent) <= 0.015, (ours["accuracy"], independent)
     assert 0.6 < independent < 0.9
     assert ours["fidelity"] == pytest.approx(1.0) and ours["flops_frac"] == 1.0
