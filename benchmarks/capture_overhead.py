@@ -1,0 +1,130 @@
+"""Overhead of the statistics pass: capture time / plain forward time over the same calibration split.
+
+Plain forward = the model's own end-to-end forward (``adapter.forward``) on the same batches, preprocessing
+included in both. Capture = :func:`rba.capture.capture_statistics` with every valid span up to ``max_span``
+(float32 batch products into float64 totals unless stated). Each measurement alternates forward and capture
+runs and takes the median.
+
+    python benchmarks/capture_overhead.py           # MiniLM (all spans, float32 and float64), ViT-B-size model
+    python benchmarks/capture_overhead.py --quick   # tiny random ViT
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+import torch  # noqa: E402
+
+
+def measure(label: str, cfg, *, max_span: int | None, batch_sizes, repeats: int, dtypes=("float32",),
+            profile: bool = False) -> list[dict]:
+    from rba.capture import capture_statistics, iter_batches, statistics_nbytes
+    from rba.session import Session
+
+    from rba.capture import length_order
+
+    session = Session(cfg, need_labels=False, progress=False, measure_latency=False)
+    adapter = session.adapter
+    samples = session.splits.calibration.samples
+    order = length_order(samples)
+    if order is not None:  # the capture batches texts by length: give the baselines the same batches
+        samples = [samples[i] for i in order]
+    pairs = adapter.valid_spans(max_span)
+    mib = statistics_nbytes(adapter.dims(), pairs) / 2**20
+
+    @torch.inference_mode()
+    def forward(bs):
+        for _, chunk in iter_batches(samples, bs):
+            adapter.forward(adapter.collate(chunk))
+
+    @torch.inference_mode()
+    def staged(bs):
+        """The capture's own code path (embed, every block, vectors, finiteness check) without statistics."""
+        from rba.capture import check_finite
+
+        for _, chunk in iter_batches(samples, bs):
+            h, ctx = adapter.embed(adapter.collate(chunk))
+            vecs = [adapter.vectors(h, ctx)]
+            for k in range(adapter.num_blocks):
+                h = adapter.run_block(k, h, ctx)
+                vecs.append(adapter.vectors(h, ctx))
+            for k, v in enumerate(vecs):
+                check_finite(v, k, "calibration split")
+
+    rows = []
+    for bs in batch_sizes:
+        forward(bs)  # warm-up (allocator, one-time lazy init)
+        for dtype in dtypes:
+            t_fwd, t_stg, t_cap = [], [], []
+            runs = [(t_fwd, lambda: forward(bs)), (t_stg, lambda: staged(bs)),
+                    (t_cap, lambda: capture_statistics(adapter, samples, pairs=pairs, batch_size=bs, dtype=dtype,
+                                                       progress=False))]
+            for rep in range(repeats):
+                # rotate the order each repeat, so that no method always runs first (or after the same one)
+                for times, fn in runs[rep % 3:] + runs[: rep % 3]:
+                    times.append(C.timed(fn)[0])
+            f, g, c = C.median(t_fwd), C.median(t_stg), C.median(t_cap)
+            rows.append({"model": label, "max_span": max_span or adapter.num_blocks, "spans": len(pairs),
+                         "stats_MiB": mib, "batch": bs, "dtype": dtype, "samples": len(samples),
+                         "forward_s": f, "staged_s": g, "capture_s": c, "ratio": c / f, "ratio_vs_staged": c / g})
+            print(f"  {label} max_span={max_span} batch={bs} {dtype}: forward {C.fmt_s(f)}, staged {C.fmt_s(g)}, "
+                  f"capture {C.fmt_s(c)}, ratio {c / f:.2f} (vs staged {c / g:.2f})", flush=True)
+    if profile:
+        C.profile_top(lambda: capture_statistics(adapter, samples, pairs=pairs, batch_size=batch_sizes[0],
+                                                 progress=False), title=f"capture, {label}, batch {batch_sizes[0]}")
+    return rows
+
+
+def main() -> None:
+    p = C.parser(__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--vit-samples", type=int, default=256, help="calibration images for the ViT-B-size model")
+    p.add_argument("--vit-image-size", type=int, default=64, help="ViT input size (patch 16: 64 px → 17 tokens)")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: minilm, vit")
+    p.add_argument("--profile", action="store_true", help="print a cProfile of one capture per model")
+    args = p.parse_args()
+    C.setup(args)
+    rows: list[dict] = []
+    with C.temp_cache() as cache:
+        if args.quick:
+            cfg = C.vit_config(cache, depth=4, width=32, heads=2, image_size=32, patch=8, calibration=64, eval=0)
+            rows += measure("tiny ViT", cfg, max_span=None, batch_sizes=[32], repeats=1)
+            rows += measure("tiny ViT", cfg, max_span=2, batch_sizes=[32], repeats=1)
+            minilm = vit12 = vit4 = None
+        else:
+            reps = args.repeats or 3
+            if "minilm" not in args.skip:
+                cfg = C.minilm_config(cache, probe=0, eval=0)
+                rows += measure("all-MiniLM-L6-v2 (600 reviews)", cfg, max_span=None, batch_sizes=[64], repeats=reps,
+                                dtypes=("float32", "float64"), profile=args.profile)
+                rows += measure("all-MiniLM-L6-v2 (600 reviews)", cfg, max_span=None, batch_sizes=[16, 256],
+                                repeats=max(1, reps - 1))
+            if "vit" not in args.skip:
+                cfg = C.vit_config(cache, depth=12, width=768, image_size=args.vit_image_size, calibration=args.vit_samples,
+                                   eval=0)
+                label = f"ViT-B/16 arch, random ({args.vit_image_size} px)"
+                for ms in (12, 4):
+                    rows += measure(label, cfg, max_span=ms, batch_sizes=[16, 64, 256], repeats=args.repeats or 1,
+                                    profile=args.profile and ms == 12)
+    C.table(rows, ["model", "max_span", "spans", "stats_MiB", "batch", "dtype", "samples", "forward_s", "staged_s",
+                   "capture_s", "ratio", "ratio_vs_staged"],
+            title="capture / plain forward (staged = the capture's forward path without statistics)")
+    for r in rows:
+        target = None
+        if r["dtype"] == "float32" and "MiniLM" in r["model"] and r["batch"] == 64:
+            target = "<= 1.5x"
+        C.ratio_line(f"capture / forward [{r['model']}, max_span {r['max_span']}, batch {r['batch']}, {r['dtype']}]",
+                     r["ratio"], target=target, met=(r["ratio"] <= 1.5) if target else None,
+                     detail=f"{C.fmt_s(r['capture_s'])} vs {C.fmt_s(r['forward_s'])}; vs the staged path without "
+                            f"statistics {r['ratio_vs_staged']:.2f}x; {r['spans']} spans, "
+                            f"{r['stats_MiB']:.3g} MiB of statistics")
+    C.write_json(args.json, {"rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,346 @@
+"""Per-trial cost of rba against the naive method (the paper's published code as users run it).
+
+Naive: keep every hidden state of the calibration split in memory, ``numpy.linalg.lstsq`` on the materialised,
+ridge-augmented system per span, full forward pass over the probe and eval splits for each trial, same probe
+classifier. rba: span fits in closed form from the streamed statistics, evaluation with prefix reuse (cached
+boundary states of the probe/eval splits) and the prefix memo.
+
+Both methods score the same random configurations; their accuracies and fidelities are asserted equal to a
+stated tolerance. Printed: one-time setup costs, span fit from statistics vs lstsq (all spans), and per-trial
+time (median over the configurations), each with its ratio. Optionally (``--time-to-front``) an Optuna study
+on the naive objective vs on rba's, the same sampler and seed: time until each reaches the same front.
+
+    python benchmarks/per_trial.py            # all-MiniLM-L6-v2 + EfficientNet-Lite0, 10 configurations each
+    python benchmarks/per_trial.py --quick    # tiny random models (smoke test)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+#: equality of the two methods' results (naive lstsq in float64 on float32 states vs rba's float32 batch
+#: products into float64 totals): fidelity to 1e-4 absolute, accuracy to 0.5 points (5 of 1000 eval samples,
+#: the probe's L-BFGS sees features that differ by ~1e-5), pooled features to 1e-3 relative.
+TOL_FIDELITY = 1e-4
+TOL_ACCURACY = 0.005
+TOL_POOLED = 1e-3
+
+
+def fits(session, naive, pairs, *, lstsq_spans: int | None) -> dict:
+    """All span fits from the statistics (cold: conditioning check included; warm: cached) vs lstsq."""
+    from rba.fit import fit_span
+
+    stats, ridge = session.stats, session.cfg.fit.ridge
+    stats.scratch.clear()
+    cold = {}
+    for s in pairs:
+        cold[s], fit = C.timed(lambda: fit_span(stats, s, "affine", ridge))
+    warm = {s: C.median(C.repeat(lambda: fit_span(stats, s, "affine", ridge), repeats=3, warmup=0)) for s in pairs}
+    # lstsq on the largest input first: the spans lstsq is timed on are every span (or a sample of them)
+    chosen = list(pairs) if lstsq_spans is None else list(pairs)[:: max(1, len(pairs) // lstsq_spans)][:lstsq_spans]
+    lst, err_w, err_sse = {}, 0.0, 0.0
+    for s in chosen:
+        lst[s], (w, b, sse) = C.timed(lambda: naive.fit(s))
+        f = fit_span(stats, s, "affine", ridge)
+        # compare predictions on the calibration vectors (post-LN inputs are rank-deficient: W itself is only
+        # pinned down by the tiny ridge in the null directions, predictions and SSE are)
+        x = torch.from_numpy(naive.states[s[0]]).double()
+        ref, got = x @ w + b, f.predict(x)
+        err_w = max(err_w, float((got - ref).norm() / ref.norm()))
+        err_sse = max(err_sse, abs(f.sse - sse) / max(sse, 1e-30))
+    n_all = len(pairs)
+    lstsq_total = sum(lst.values()) / len(lst) * n_all  # per-span mean × all spans when sampled
+    return {
+        "spans": n_all,
+        "lstsq_spans_timed": len(lst),
+        "stats_fit_total_s": sum(cold.values()),
+        "stats_fit_warm_total_s": sum(warm.values()),
+        "stats_fit_per_span_s": sum(cold.values()) / n_all,
+        "lstsq_total_s": lstsq_total,
+        "lstsq_per_span_s": sum(lst.values()) / len(lst),
+        "ratio": lstsq_total / sum(cold.values()),
+        "ratio_warm": lstsq_total / sum(warm.values()),
+        "max_rel_prediction_diff": err_w,
+        "max_rel_sse_diff": err_sse,
+        "vectors": stats.n,
+    }
+
+
+def bench_model(label: str, cfg, *, n_configs: int, lstsq_spans: int | None, seed: int = 0,
+                profile: bool = False) -> dict:
+    from rba.session import Session
+
+    print(f"\n# {label}", flush=True)
+    session = Session(cfg, need_labels=True, progress=False, measure_latency=False)
+    setup = {}
+    setup["load_model_s"], adapter = C.timed(lambda: session.adapter)
+    splits = session.splits
+    setup["rba_capture_s"], stats = C.timed(lambda: session.stats)
+    if n_configs:
+        setup["rba_cache_probe_eval_s"], _ = C.timed(lambda: session.evaluator)
+        session.cost_model  # FLOP counting, once (not part of a trial)
+    naive = C.Naive(adapter, splits, ridge=cfg.fit.ridge, batch_size=cfg.capture.batch_size)
+    setup["naive_materialise_s"], _ = C.timed(naive.materialise)
+    setup["naive_states_mb"] = naive.nbytes() / 2**20
+    naive.batch_size = cfg.evaluate.batch_size
+    if n_configs:
+        setup["naive_reference_s"], _ = C.timed(naive.prepare_reference)
+    setup["vectors"] = stats.n
+    setup["spans"] = len(session.pairs)
+    C.table([{k: (C.fmt_s(v) if k.endswith("_s") else v) for k, v in setup.items()}], title=f"{label}: one-time setup")
+
+    fit = fits(session, naive, session.pairs, lstsq_spans=lstsq_spans)
+    C.table([{
+        "spans": fit["spans"], "vectors": fit["vectors"],
+        "stats fit (all, cold)": C.fmt_s(fit["stats_fit_total_s"]),
+        "stats fit (all, warm)": C.fmt_s(fit["stats_fit_warm_total_s"]),
+        "lstsq (all)": C.fmt_s(fit["lstsq_total_s"]),
+        "lstsq per span": C.fmt_s(fit["lstsq_per_span_s"]),
+        "max rel Δprediction": f"{fit['max_rel_prediction_diff']:.1e}", "max rel ΔSSE": f"{fit['max_rel_sse_diff']:.1e}",
+    }], title=f"{label}: span fits (lstsq timed on {fit['lstsq_spans_timed']} of {fit['spans']} spans)")
+
+    if n_configs == 0:
+        return {"label": label, "setup": setup, "fits": fit, "trials": [], "trial": None, "session": session,
+                "naive": naive}
+    configs = C.random_configurations(adapter.num_blocks, session.pairs, n_configs, seed=seed)
+    rows = []
+    # rba's caches batch texts by length: row r of its pooled eval representation is eval sample order[r]
+    order = getattr(session.evaluator.parts["eval"], "order", None)
+    order = torch.as_tensor(np.arange(len(splits.eval)) if order is None else np.asarray(order))
+    text = bool(len(splits.eval.samples)) and isinstance(splits.eval.samples[0], str)
+    # cold rba trials (fits and memo forgotten before each) next to the naive trial, results compared
+    for spans in configs:
+        C.clear_trial_caches(session)
+        t_rba, r = C.timed(lambda: C.rba_trial(session, spans))
+        t_naive, n = C.timed(lambda: naive.trial(spans))
+        ref = n["pooled_eval"][order]
+        d_pool = float((r["pooled_eval"] - ref).norm() / ref.norm())
+        row = {"spans": C.spans_text(spans), "naive_s": t_naive, "rba_cold_s": t_rba,
+               "acc_naive": n["accuracy"], "acc_rba": r["accuracy"],
+               "fid_naive": n["fidelity"], "fid_rba": r["fidelity"], "rel_dpooled": d_pool}
+        if text:  # the naive method given rba's batching by length (isolates what statistics + prefix reuse buy)
+            row["naive_by_length_s"], _ = C.timed(lambda: naive.trial(spans, by_length=True))
+        rows.append(row)
+        print(f"  {C.spans_text(spans)}: naive {C.fmt_s(t_naive)}, rba cold {C.fmt_s(t_rba)}"
+              + (f", naive batched by length {C.fmt_s(row['naive_by_length_s'])}" if text else "")
+              + f" (load {C.load()})", flush=True)
+    # cold again, back to back (no naive trial in between: separates the memo's effect from the allocator and
+    # cache effects of alternating with the naive method's large arrays)
+    for row, spans in zip(rows, configs):
+        C.clear_trial_caches(session)
+        row["rba_cold_b2b_s"], _ = C.timed(lambda: C.rba_trial(session, spans))
+    # the same configurations as a search runs them: fits and prefix memo kept across trials
+    C.clear_trial_caches(session)
+    for row, spans in zip(rows, configs):
+        row["rba_search_s"], _ = C.timed(lambda: C.rba_trial(session, spans))
+    for row in rows:
+        row["ratio_cold"] = row["naive_s"] / row["rba_cold_s"]
+        row["ratio_cold_b2b"] = row["naive_s"] / row["rba_cold_b2b_s"]
+        row["ratio_search"] = row["naive_s"] / row["rba_search_s"]
+        if text:
+            row["ratio_search_by_length"] = row["naive_by_length_s"] / row["rba_search_s"]
+    C.table(rows, ["spans", "naive_s"] + (["naive_by_length_s"] if text else []) +
+            ["rba_cold_s", "rba_cold_b2b_s", "rba_search_s", "ratio_cold", "ratio_cold_b2b", "ratio_search"] +
+            (["ratio_search_by_length"] if text else []) + ["acc_naive",
+                   "acc_rba", "fid_naive", "fid_rba", "rel_dpooled"], title=f"{label}: trials")
+    d_acc = max(abs(r["acc_naive"] - r["acc_rba"]) for r in rows)
+    d_fid = max(abs(r["fid_naive"] - r["fid_rba"]) for r in rows)
+    d_pool = max(r["rel_dpooled"] for r in rows)
+    print(f"equal results: max |Δaccuracy| = {d_acc:.4f} (tol {TOL_ACCURACY}), max |Δfidelity| = {d_fid:.2e} "
+          f"(tol {TOL_FIDELITY}), max relative Δpooled = {d_pool:.2e} (tol {TOL_POOLED})", flush=True)
+    assert d_acc <= TOL_ACCURACY, f"{label}: accuracies differ by {d_acc}"
+    assert d_fid <= TOL_FIDELITY, f"{label}: fidelities differ by {d_fid}"
+    assert d_pool <= TOL_POOLED, f"{label}: pooled features differ by {d_pool}"
+    if profile:
+        worst = max(zip(rows, configs), key=lambda rc: rc[0]["rba_cold_s"])[1]
+        C.clear_trial_caches(session)
+        C.profile_top(lambda: C.rba_trial(session, worst), n=15, title=f"rba cold trial {C.spans_text(worst)}, {label}")
+        C.profile_top(lambda: naive.trial(worst), n=10, title=f"naive trial {C.spans_text(worst)}, {label}")
+        from rba.fit import fit_span
+
+        session.stats.scratch.clear()
+        C.profile_top(lambda: [fit_span(session.stats, s, "affine", cfg.fit.ridge) for s in session.pairs], n=8,
+                      title=f"all {len(session.pairs)} span fits from statistics, {label}")
+    trial = {
+        "naive_median_s": C.median(r["naive_s"] for r in rows),
+        "rba_cold_median_s": C.median(r["rba_cold_s"] for r in rows),
+        "rba_search_median_s": C.median(r["rba_search_s"] for r in rows),
+        "rba_cold_b2b_median_s": C.median(r["rba_cold_b2b_s"] for r in rows),
+        "ratio_cold_b2b_median": C.median(r["ratio_cold_b2b"] for r in rows),
+        "naive_by_length_median_s": C.median(r["naive_by_length_s"] for r in rows) if text else None,
+        "ratio_search_by_length_median": C.median(r["ratio_search_by_length"] for r in rows) if text else None,
+        "ratio_cold_median": C.median(r["ratio_cold"] for r in rows),
+        "ratio_search_median": C.median(r["ratio_search"] for r in rows),
+        "ratio_search_min": min(r["ratio_search"] for r in rows),
+        "max_abs_d_accuracy": d_acc, "max_abs_d_fidelity": d_fid, "max_rel_d_pooled": d_pool,
+    }
+    return {"label": label, "setup": setup, "fits": fit, "trials": rows, "trial": trial, "session": session,
+            "naive": naive}
+
+
+def time_to_front(res: dict, *, trials: int, seed: int = 0) -> dict:
+    """Optuna (TPE, same seed) on (fidelity ↑, flops_frac ↓): the naive objective vs rba's, same sequence of
+    proposals (both objectives agree, so the samplers propose the same configurations); time until each study
+    holds the final front."""
+    import optuna
+    import torch.nn.functional as F
+
+    from rba.session import Session
+    from search.space import SpanSpace
+
+    full, naive = res["session"], res["naive"]
+    # a label-free session sharing the model and statistics: its evaluator caches the eval split only, as the
+    # naive fidelity-only trial runs the eval split only
+    session = Session(full.cfg, need_labels=False, progress=False, measure_latency=False)
+    session.__dict__["adapter"] = full.adapter
+    session.__dict__["stats"] = full.stats
+    session.evaluator, session.cost_model
+    space = SpanSpace(session.adapter.num_blocks, session.pairs)
+    cost = session.cost_model
+    reference = session.evaluator.parts["eval"].pooled.double()
+
+    def rba_fidelity(spans) -> float:
+        pooled = session.evaluator.pooled(spans, session.maps(spans), tag="affine")["eval"]
+        return float(F.cosine_similarity(pooled.double(), reference, dim=1, eps=1e-12).mean())
+
+    # warm Optuna up (imports, first-study set-up) outside both timings
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warm = optuna.create_study(directions=["maximize", "minimize"])
+    warm.tell(warm.ask(space.distributions()), [1.0, 1.0])
+
+    def run(kind: str) -> tuple[list[float], list[tuple[str, float, float]]]:
+        C.clear_trial_caches(session)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        done, stamps = [], []
+        t0 = __import__("time").perf_counter()
+        for _ in range(trials):
+            trial = study.ask(space.distributions())
+            spans = space.repair(trial.params)
+            if kind == "naive":
+                fid = naive.trial(spans, labels=False)["fidelity"] if spans else 1.0
+            else:
+                fid = rba_fidelity(spans) if spans else 1.0
+            flops = cost.cost(spans)["flops_frac"]
+            study.tell(trial, [fid, flops])
+            done.append((C.spans_text(spans), round(fid, 4), flops))
+            stamps.append(__import__("time").perf_counter() - t0)
+        return stamps, done
+
+    t_rba, seq_rba = run("rba")
+    t_naive, seq_naive = run("naive")
+    same = [a[0] for a in seq_rba] == [a[0] for a in seq_naive]
+
+    def front_time(stamps, seq):
+        final = _front(seq)
+        for k in range(len(seq)):
+            if _front(seq[: k + 1]) == final:
+                return stamps[k], k + 1
+        return stamps[-1], len(seq)
+
+    tr, kr = front_time(t_rba, seq_rba)
+    tn, kn = front_time(t_naive, seq_naive)
+    return {"trials": trials, "same_proposals": same, "rba_s": tr, "rba_trials": kr, "naive_s": tn,
+            "naive_trials": kn, "ratio": tn / tr, "rba_total_s": t_rba[-1], "naive_total_s": t_naive[-1]}
+
+
+def _front(seq):
+    pts = {}
+    for spans, fid, flops in seq:
+        pts[spans] = (fid, flops)
+    return sorted(s for s, (f, c) in pts.items()
+                  if not any((f2 >= f and c2 <= c) and (f2 > f or c2 < c) for f2, c2 in pts.values()))
+
+
+def main() -> None:
+    p = C.parser(__doc__.splitlines()[0])
+    p.add_argument("--configs", type=int, default=10, help="random configurations per model")
+    p.add_argument("--models", default="minilm,lite0", help="comma-separated: minilm, lite0 (quick mode: tiny-bert adds a tiny text model)")
+    p.add_argument("--minilm-calibration", type=int, default=600,
+                   help="MiniLM calibration documents (600 as studies/minilm_reviews.toml ≈ 16k tokens; 3000, the "
+                        "paper's calibration size, ≈ 79k tokens)")
+    p.add_argument("--lstsq-spans", type=int, default=None,
+                   help="MiniLM: time lstsq on this many spans only (default all) and extrapolate per span (its "
+                        "spans all solve the same n × 385 system); EfficientNet-Lite0's differ, all are timed")
+    p.add_argument("--profile", action="store_true", help="cProfile the slowest rba trial, a naive trial and the fits")
+    p.add_argument("--time-to-front", type=int, default=0, metavar="TRIALS",
+                   help="also run Optuna for TRIALS trials with each objective (MiniLM; slow: naive ≈ 10 s a trial)")
+    args = p.parse_args()
+    C.setup(args)
+    results = []
+    with C.temp_cache() as cache:
+        if args.quick:
+            cfgs = [("tiny ViT (random, synthetic images)", C.vit_config(cache, depth=4, width=32, heads=2,
+                     image_size=32, patch=8, calibration=32, probe=32, eval=32))]
+            if "tiny-bert" in args.models:
+                cfgs.append(("tiny-bert (random, synthetic text)", C.tiny_bert_config(cache)))
+            n_configs, lstsq = 3, None
+        else:
+            cfgs = []
+            if "minilm" in args.models:
+                n_cal = args.minilm_calibration
+                cfgs.append((f"all-MiniLM-L6-v2, reviews (cal {n_cal} / probe 1000 / eval 1000)",
+                             C.minilm_config(cache, calibration=n_cal)))
+            if "lite0" in args.models:
+                cfgs.append(("EfficientNet-Lite0, Fashion-MNIST 64 px (cal 2000 / probe 1000 / eval 1000)",
+                             C.lite0_config(cache)))
+            n_configs, lstsq = args.configs, args.lstsq_spans
+        for label, cfg in cfgs:
+            res = bench_model(label, cfg, n_configs=n_configs, lstsq_spans=lstsq if "MiniLM" in label else None,
+                              profile=args.profile)
+            if args.time_to_front and not args.quick and "MiniLM" in label:
+                res["time_to_front"] = time_to_front(res, trials=args.time_to_front)
+            elif args.quick and args.time_to_front:
+                res["time_to_front"] = time_to_front(res, trials=min(args.time_to_front, 6))
+            results.append(res)
+            C.free()
+
+    summary = []
+    for r in results:
+        f, t = r["fits"], r["trial"] or {k: float("nan") for k in ("naive_median_s", "rba_cold_median_s",
+                                                                    "rba_search_median_s")}
+        summary.append({"model": r["label"].split(" (")[0].split(",")[0], "lstsq (all spans)": C.fmt_s(f["lstsq_total_s"]),
+                        "stats fits (all spans)": C.fmt_s(f["stats_fit_total_s"]),
+                        "naive trial (median)": C.fmt_s(t["naive_median_s"]),
+                        "rba trial cold (median)": C.fmt_s(t["rba_cold_median_s"]),
+                        "rba trial in search (median)": C.fmt_s(t["rba_search_median_s"])})
+    C.table(summary, title="summary (absolute times)")
+    for r in results:
+        name = r["label"].split(" (")[0].split(",")[0]
+        f, t = r["fits"], r["trial"]
+        C.ratio_line(f"span fit, lstsq / statistics [{name}]", f["ratio"], target=">= 1000x", met=f["ratio"] >= 1000,
+                     detail=f"{C.fmt_s(f['lstsq_total_s'])} vs {C.fmt_s(f['stats_fit_total_s'])} for {f['spans']} spans; "
+                            f"warm {f['ratio_warm']:.0f}x; {f['vectors']:,} calibration vectors")
+        if t is None:
+            continue
+        C.ratio_line(f"trial, naive / rba cold [{name}]", t["ratio_cold_median"],
+                     detail=f"median of {len(r['trials'])}: {C.fmt_s(t['naive_median_s'])} vs {C.fmt_s(t['rba_cold_median_s'])}")
+        C.ratio_line(f"trial, naive / rba cold back-to-back [{name}]", t["ratio_cold_b2b_median"],
+                     detail=f"median of {len(r['trials'])}: {C.fmt_s(t['naive_median_s'])} vs "
+                            f"{C.fmt_s(t['rba_cold_b2b_median_s'])}")
+        C.ratio_line(f"trial, naive / rba in search [{name}]", t["ratio_search_median"], target=">= 5x",
+                     met=t["ratio_search_median"] >= 5,
+                     detail=f"median of {len(r['trials'])}: {C.fmt_s(t['naive_median_s'])} vs "
+                            f"{C.fmt_s(t['rba_search_median_s'])}; worst {t['ratio_search_min']:.2f}x")
+        if t["ratio_search_by_length_median"] is not None:
+            C.ratio_line(f"trial, naive batched by length / rba in search [{name}]", t["ratio_search_by_length_median"],
+                         detail=f"median of {len(r['trials'])}: {C.fmt_s(t['naive_by_length_median_s'])} vs "
+                                f"{C.fmt_s(t['rba_search_median_s'])}; the naive method given rba's length batching")
+        if "time_to_front" in r:
+            tf = r["time_to_front"]
+            C.ratio_line(f"time to front, naive / rba [{name}]", tf["ratio"], target=">= 20x", met=tf["ratio"] >= 20,
+                         detail=f"{C.fmt_s(tf['naive_s'])} ({tf['naive_trials']} trials) vs {C.fmt_s(tf['rba_s'])} "
+                                f"({tf['rba_trials']} trials) of {tf['trials']}; same proposals: {tf['same_proposals']}")
+    C.write_json(args.json, {"results": [{k: v for k, v in r.items() if k not in ("session", "naive")} for r in results]})
+
+
+if __name__ == "__main__":
+    main()
