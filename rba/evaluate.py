@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rba.adapters._base import Adapter, Context, Span
+from rba._threads import single_thread
 from rba.capture import check_finite, iter_batches, length_order
 
 __all__ = ["SplitCache", "Evaluator", "LinearProbe"]
@@ -79,7 +80,7 @@ class LinearProbe:
         self.max_iter = max_iter
 
     def fit(self, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> "LinearProbe":
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), single_thread():
             return self._fit(x.double().cpu().clone(), y.cpu().clone(), num_classes)
 
     def _fit(self, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> "LinearProbe":

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from rba.adapters._base import Span
+from rba._threads import single_thread
 from rba.capture import Statistics
 from rba.errors import SpanError
 
@@ -71,7 +72,9 @@ def fit_span(stats: Statistics, span: Span, kind: str = "affine", ridge: float =
     if stats.dims[i] != stats.dims[j] and kind == "identity":
         raise SpanError(f"span {i}-{j}: an identity map needs equal sizes, boundaries have D = {stats.dims[i]} and {stats.dims[j]}")
     stats.require(span)
-    return _FITS[kind](stats, span, ridge)
+    with single_thread():
+        return _FITS[kind](stats, span, ridge)
+
 
 
 def ill_conditioning(stats: Statistics, k: int, *, with_bias: bool = True) -> float:
