@@ -216,6 +216,7 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
         kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": ctx.progress,
                                   "include_dashboard": False}
         if s.ray_address:
+            _check_reachable(s.ray_address)
             ray.init(address=s.ray_address, **kwargs)
         else:
             ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
@@ -274,3 +275,23 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
     finally:
         if started:
             ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Refuse an unreachable ``--address`` at once (ray.init would retry for minutes)."""
+    import socket
+
+    from rba.errors import RBAError
+
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RBAError(f"Ray address {address!r} is not HOST:PORT (e.g. 127.0.0.1:6379, as `ray start --head` prints)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RBAError(
+            f"Ray address {address} is unreachable ({exc.strerror or exc}): start the cluster with "
+            "`ray start --head` and pass the address it prints, or drop --address to run a local Ray"
+        ) from None

@@ -567,3 +567,15 @@ def test_export_detects_a_model_file_from_another_export(tmp_path, capsys):
     (tmp_path / "e1" / "model.safetensors").write_bytes((tmp_path / "e2" / "model.safetensors").read_bytes())
     rc, _, err = run_main(capsys, "evaluate", cfg, "--export", tmp_path / "e1", "--quiet")
     assert_one_line_error(rc, err, "model.safetensors does not match the checksum in", "rerun `rba export`")
+
+
+def test_unreachable_ray_address_is_refused_at_once(tmp_path, capsys):
+    """--backend ray --address to a closed loopback port: one line, exit 2, within seconds, no output files."""
+    cfg = write_config(tmp_path / "ray.toml", vit_sections(tmp_path))
+    t0 = time.time()
+    code = main(["search", str(cfg), "--backend", "ray", "--address", "127.0.0.1:1", "--trials", "2",
+                 "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Ray address 127.0.0.1:1 is unreachable" in err and "ray start --head" in err
+    assert "Traceback" not in err and time.time() - t0 < 60
+    assert not (tmp_path / "out" / "trials.csv").exists()
