@@ -81,3 +81,21 @@ def ridge_lstsq(x, y, ridge, bias=True):
 @pytest.fixture
 def images():
     return np.random.default_rng(0).integers(0, 256, size=(24, 3, 32, 32), dtype=np.uint8)
+
+
+def staged_forward(adapter, x, maps=None):
+    """Hand-written staged forward: embed → blocks, or ``apply_map(h, W, b)`` over each span in ``maps``
+    ({(i, j): (W, b)}) → pool."""
+    maps = maps or {}
+    h, ctx = adapter.embed(x)
+    k = 0
+    while k < adapter.num_blocks:
+        span = next(((i, j) for (i, j) in maps if i == k), None)
+        if span is None:
+            h = adapter.run_block(k, h, ctx)
+            k += 1
+        else:
+            w, b = maps[span]
+            h = adapter.apply_map(h, w, b)
+            k = span[1]
+    return adapter.pool(h, ctx)

@@ -10,6 +10,7 @@ from torch import nn
 from rba.adapters._cnn import BlockList
 from rba.adapters._registry import create_adapter
 from rba.apply import SpanMap, replace_
+from conftest import staged_forward
 from rba.config import Config
 from rba.errors import ModelError
 
@@ -33,21 +34,7 @@ def rand_images(n=2, c=3, s=48, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, c, s, s), dtype=np.uint8)
 
 
-def staged(adapter, x, maps=None):
-    """embed → blocks (or apply_map over a replaced span) → pool."""
-    maps = maps or {}
-    h, ctx = adapter.embed(x)
-    k = 0
-    while k < adapter.num_blocks:
-        span = next(((i, j) for (i, j) in maps if i == k), None)
-        if span is None:
-            h = adapter.run_block(k, h, ctx)
-            k += 1
-        else:
-            w, b = maps[span]
-            h = adapter.apply_map(h, w, b)
-            k = span[1]
-    return adapter.pool(h, ctx)
+staged = staged_forward
 
 
 def block_shapes(adapter, x, blocks):
