@@ -21,7 +21,7 @@ sys.path.insert(0, str(BENCH))
 #: script → ratio lines its --quick output must contain
 EXPECTED = {
     "per_trial.py": ["RATIO span fit, lstsq / statistics", "RATIO trial, naive / rba cold",
-                     "RATIO trial, naive / rba in search"],
+                     "RATIO trial, naive / rba in search", "RATIO time to front, naive / rba"],
     "capture_overhead.py": ["RATIO capture / forward"],
     "memory.py": ["RATIO peak RSS naive / rba", "RATIO rba peak RSS growth", "RATIO naive peak RSS growth"],
     "proxy_sweep.py": ["RATIO proxy sweep configurations/s", "RATIO spearman(-Σ ls_residual, fidelity)"],
@@ -36,6 +36,8 @@ def test_quick_mode_runs_and_prints_ratios(script, tmp_path):
     args = [sys.executable, str(BENCH / script), "--quick", "--json", str(tmp_path / "out.json")]
     if script == "scaling.py":
         args += ["--plot", str(tmp_path / "scaling.png")]
+    if script == "per_trial.py":
+        args += ["--time-to-front", "4"]  # the Optuna path (search.space encoding) too
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert proc.returncode == 0, f"{script} --quick failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
