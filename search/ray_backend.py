@@ -180,6 +180,24 @@ class ConstrainedOptunaSearch(OptunaSearch):
             self.fail(trial_id, "failed (error text unavailable)")
 
 
+def _error_text(trial) -> str:
+    """The failed trial's traceback text. ``handle_error`` has just written it to the driver's staging
+    folder (``trial.error_file``); ``trial.get_error()`` reads the storage copy, which only exists after Tune
+    syncs the experiment, so it is the fallback, not the first choice."""
+    try:
+        local = trial.error_file
+        if local and os.path.exists(local):
+            with open(local, encoding="utf-8", errors="replace") as f:
+                return f.read()
+    except Exception:
+        pass
+    try:
+        err = trial.get_error()
+        return str(err) if err is not None else ""
+    except Exception:
+        return ""
+
+
 class RecordErrors(Callback):
     """Gives the searcher each failed trial's error text (after Tune's retries are spent)."""
 
@@ -187,12 +205,7 @@ class RecordErrors(Callback):
         self.searcher = searcher
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        text = ""
-        try:
-            err = trial.get_error()
-            text = str(err) if err is not None else ""
-        except Exception:
-            pass
+        text = _error_text(trial)
         lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
         errs = [ln for ln in lines if "Error" in ln or "Exception" in ln]
         message = (errs[-1] if errs else (lines[-1] if lines else "trial failed"))[:500]
