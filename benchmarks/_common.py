@@ -363,8 +363,10 @@ def rba_trial(session, spans: Sequence[Span], *, tag: str = "affine") -> dict[st
 
 
 def clear_trial_caches(session) -> None:
-    """Forget fits and the evaluator's prefix memo (a cold trial: only the boundary cache stays)."""
+    """Forget fits (and the per-boundary factorisations) and the evaluator's prefix memo (a cold trial: only
+    the boundary cache stays)."""
     session._fits.clear()
+    session.stats.scratch.clear()
     ev = session.evaluator
     ev._memo.clear()
     ev._memo_bytes = 0
@@ -520,6 +522,17 @@ def profile_top(fn: Callable[[], Any], n: int = 12, sort: str = "tottime", title
 
 
 # ---------------------------------------------------------------------------------------------- uniform sampling
+def hypervolume(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """Hypervolume of (fidelity ↑, flops_frac ↓) points against ``reference`` (Optuna's own computation);
+    points not better than the reference in both count nothing."""
+    from optuna._hypervolume import compute_hypervolume
+
+    loss = np.array([[-f, c] for f, c in points if f > reference[0] and c < reference[1]], dtype=float)
+    if not len(loss):
+        return 0.0
+    return float(compute_hypervolume(loss, np.array([-reference[0], reference[1]], dtype=float)))
+
+
 def count_configurations(num_blocks: int, pairs: Sequence[Span]) -> list[int]:
     """``N[k]``: number of configurations of blocks k..L-1 (``N[0]`` is the total, the empty one included)."""
     by_start: dict[int, list[int]] = {}

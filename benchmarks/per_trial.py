@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -186,80 +187,121 @@ def bench_model(label: str, cfg, *, n_configs: int, lstsq_spans: int | None, see
             "naive": naive}
 
 
-def time_to_front(res: dict, *, trials: int, seed: int = 0) -> dict:
-    """Optuna (TPE, same seed) on (fidelity ↑, flops_frac ↓): the naive objective vs rba's, same sequence of
-    proposals (both objectives agree, so the samplers propose the same configurations); time until each study
-    holds the final front."""
+#: fixed hypervolume reference point of the time-to-front comparison (fidelity ↑, flops_frac ↓)
+REF_FIDELITY, REF_FLOPS = 0.5, 1.0
+
+
+def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, screening: bool = False) -> dict:
+    """Time for rba's search to reach the hypervolume a naive Optuna search reaches after ``trials`` trials.
+
+    Naive: ``optuna`` with the sampler rba's search uses (``search.study.make_sampler``: TPE, multivariate,
+    the seed), the same encoding and repair, naive trials (lstsq fits + full forward over the eval split).
+    rba: ``search.run_search`` as a user runs it (BR priors enqueued first, fits from statistics, prefix reuse
+    and memo; ``screening`` optional), same sampler and seed. Objectives fidelity ↑ and flops_frac ↓
+    (label-free), hypervolume with the fixed reference point (REF_FIDELITY, REF_FLOPS). Per seed: the naive
+    time is the earliest trial at which its hypervolume reached its 50-trial value, rba's the earliest
+    completed trial whose study reached at least that value."""
+    import copy
+    import datetime as dt
+    import shutil
+    import time
+
     import optuna
-    import torch.nn.functional as F
 
     from rba.session import Session
+    from search import run_search
     from search.space import SpanSpace
+    from search.study import make_sampler
 
     full, naive = res["session"], res["naive"]
-    if naive.reference is None:
-        naive.prepare_reference()
     # a label-free session sharing the model and statistics: its evaluator caches the eval split only, as the
     # naive fidelity-only trial runs the eval split only
-    session = Session(full.cfg, need_labels=False, progress=False, measure_latency=False)
+    base = copy.deepcopy(full.cfg)
+    base.search.objectives = ["fidelity", "flops"]
+    session = Session(base, need_labels=False, progress=False, measure_latency=False)
     session.__dict__["adapter"] = full.adapter
     session.__dict__["stats"] = full.stats
-    session.evaluator, session.cost_model
+    setup = {"rba_capture_s": res["setup"]["rba_capture_s"], "naive_materialise_s": res["setup"]["naive_materialise_s"]}
+    setup["rba_cache_eval_s"], _ = C.timed(lambda: session.evaluator)
+    session.cost_model
+    setup["naive_reference_s"], _ = C.timed(naive.prepare_reference)
     space = SpanSpace(session.adapter.num_blocks, session.pairs)
     cost = session.cost_model
-    reference = session.evaluator.parts["eval"].pooled.double()
-
-    def rba_fidelity(spans) -> float:
-        pooled = session.evaluator.pooled(spans, session.maps(spans), tag="affine")["eval"]
-        return float(F.cosine_similarity(pooled.double(), reference, dim=1, eps=1e-12).mean())
-
-    # warm Optuna up (imports, first-study set-up) outside both timings
+    ref = (REF_FIDELITY, REF_FLOPS)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warm = optuna.create_study(directions=["maximize", "minimize"])
+    warm = optuna.create_study(directions=["maximize", "minimize"])  # imports and first-study set-up, untimed
     warm.tell(warm.ask(space.distributions()), [1.0, 1.0])
 
-    def run(kind: str) -> tuple[list[float], list[tuple[str, float, float]]]:
-        C.clear_trial_caches(session)
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
-        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-        done, stamps = [], []
-        t0 = __import__("time").perf_counter()
+    def search_cfg(seed: int, n: int, out: Path):
+        c = copy.deepcopy(base)
+        c.search.method, c.search.sampler = "optuna", "tpe"
+        c.search.seed, c.search.trials, c.search.priors, c.search.screening = seed, n, True, screening
+        c.search.backend = "optuna"
+        c.output.dir = str(out)
+        return c.validate()
+
+    def naive_search(seed: int) -> list[tuple[float, float, float]]:
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(search_cfg(seed, trials, Path(".")), "optuna"))
+        points, t0 = [], time.perf_counter()
         for _ in range(trials):
             trial = study.ask(space.distributions())
             spans = space.repair(trial.params)
-            if kind == "naive":
-                fid = naive.trial(spans, labels=False)["fidelity"] if spans else 1.0
-            else:
-                fid = rba_fidelity(spans) if spans else 1.0
+            fid = naive.trial(spans, labels=False)["fidelity"] if spans else 1.0
             flops = cost.cost(spans)["flops_frac"]
             study.tell(trial, [fid, flops])
-            done.append((C.spans_text(spans), round(fid, 4), flops))
-            stamps.append(__import__("time").perf_counter() - t0)
-        return stamps, done
+            points.append((time.perf_counter() - t0, fid, flops))
+        return points
 
-    t_rba, seq_rba = run("rba")
-    t_naive, seq_naive = run("naive")
-    same = [a[0] for a in seq_rba] == [a[0] for a in seq_naive]
+    def rba_search(seed: int, target: float, out: Path) -> tuple[list[tuple[float, float, float]], int]:
+        """Runs in stages (15, 30, 50 trials: a resumed study) until the target hypervolume is reached."""
+        if out.exists():
+            shutil.rmtree(out)
+        points, elapsed, evaluations = [], 0.0, 0
+        for n in [n for n in (15, 30) if n < trials] + [trials]:
+            c = search_cfg(seed, n, out)
+            t0 = dt.datetime.now()
+            session.cfg = c
+            r = run_search(c, progress=False, session=session)
+            wall = (dt.datetime.now() - t0).total_seconds()
+            study = optuna.load_study(study_name=r.study_name, storage=r.storage)
+            done = sorted((t for t in study.trials if t.state.name == "COMPLETE" and t.datetime_complete >= t0),
+                          key=lambda t: t.datetime_complete)
+            points += [(elapsed + (t.datetime_complete - t0).total_seconds(), t.user_attrs["result"]["fidelity"],
+                        t.user_attrs["result"]["flops_frac"]) for t in done]
+            elapsed += wall
+            evaluations = len(points)
+            if C.hypervolume([(f, c) for _, f, c in points], ref) >= target - 1e-12:
+                break
+        return points, evaluations
 
-    def front_time(stamps, seq):
-        final = _front(seq)
-        for k in range(len(seq)):
-            if _front(seq[: k + 1]) == final:
-                return stamps[k], k + 1
-        return stamps[-1], len(seq)
-
-    tr, kr = front_time(t_rba, seq_rba)
-    tn, kn = front_time(t_naive, seq_naive)
-    return {"trials": trials, "same_proposals": same, "rba_s": tr, "rba_trials": kr, "naive_s": tn,
-            "naive_trials": kn, "ratio": tn / tr, "rba_total_s": t_rba[-1], "naive_total_s": t_naive[-1]}
-
-
-def _front(seq):
-    pts = {}
-    for spans, fid, flops in seq:
-        pts[spans] = (fid, flops)
-    return sorted(s for s, (f, c) in pts.items()
-                  if not any((f2 >= f and c2 <= c) and (f2 > f or c2 < c) for f2, c2 in pts.values()))
+    rows = []
+    for seed in seeds:
+        C.clear_trial_caches(session)
+        nv = naive_search(seed)
+        hv_n = [C.hypervolume([(f, c) for _, f, c in nv[: k + 1]], ref) for k in range(len(nv))]
+        target = hv_n[-1]
+        k_n = next(k for k, h in enumerate(hv_n) if h >= target - 1e-12)
+        C.clear_trial_caches(session)
+        rb, _ = rba_search(seed, target, out / f"rba-s{seed}")
+        hv_r = [C.hypervolume([(f, c) for _, f, c in rb[: k + 1]], ref) for k in range(len(rb))]
+        k_r = next((k for k, h in enumerate(hv_r) if h >= target - 1e-12), None)
+        row = {"seed": seed, "naive_hv": target, "naive_trials": k_n + 1, "naive_s": nv[k_n][0],
+               "naive_all_s": nv[-1][0], "rba_hv": hv_r[-1], "rba_trials": None if k_r is None else k_r + 1,
+               "rba_s": None if k_r is None else rb[k_r][0]}
+        row["ratio"] = row["naive_s"] / row["rba_s"] if row["rba_s"] else float("nan")
+        setup_n = setup["naive_materialise_s"] + setup["naive_reference_s"]
+        setup_r = setup["rba_capture_s"] + setup["rba_cache_eval_s"]
+        row["ratio_with_setup"] = (row["naive_s"] + setup_n) / (row["rba_s"] + setup_r) if row["rba_s"] else float("nan")
+        rows.append(row)
+        print(f"  seed {seed}: naive HV {target:.4f} after {trials} trials, reached at trial {k_n + 1} "
+              f"({C.fmt_s(row['naive_s'])}); rba " + (f"reached it at trial {k_r + 1} ({C.fmt_s(row['rba_s'])})"
+              if k_r is not None else f"did not reach it in {len(rb)} trials (HV {hv_r[-1]:.4f})")
+              + f" (load {C.load()})", flush=True)
+    ok = [r["ratio"] for r in rows if r["rba_s"]]
+    return {"trials": trials, "seeds": list(seeds), "screening": screening, "reference": {"fidelity": REF_FIDELITY, "flops_frac": REF_FLOPS},
+            "setup": setup, "rows": rows, "ratio_median": C.median(ok) if ok else float("nan"),
+            "ratio_min": min(ok) if ok else float("nan"),
+            "ratio_with_setup_median": C.median([r["ratio_with_setup"] for r in rows if r["rba_s"]]) if ok else float("nan")}
 
 
 def main() -> None:
@@ -274,7 +316,10 @@ def main() -> None:
                         "spans all solve the same n × 385 system); EfficientNet-Lite0's differ, all are timed")
     p.add_argument("--profile", action="store_true", help="cProfile the slowest rba trial, a naive trial and the fits")
     p.add_argument("--time-to-front", type=int, default=0, metavar="TRIALS",
-                   help="also run Optuna for TRIALS trials with each objective (MiniLM; slow: naive ≈ 10 s a trial)")
+                   help="also time rba's search to the hypervolume a naive Optuna search reaches after TRIALS trials "
+                        "(the issue's setting: 50; MiniLM; slow: a naive trial takes ≈ 10 s, per seed)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds of --time-to-front")
+    p.add_argument("--screening", action="store_true", help="--time-to-front: rba's search with [search] screening on")
     args = p.parse_args()
     C.setup(args)
     results = []
@@ -298,10 +343,10 @@ def main() -> None:
         for label, cfg in cfgs:
             res = bench_model(label, cfg, n_configs=n_configs, lstsq_spans=lstsq if "MiniLM" in label else None,
                               profile=args.profile)
-            if args.time_to_front and not args.quick and "MiniLM" in label:
-                res["time_to_front"] = time_to_front(res, trials=args.time_to_front)
-            elif args.quick and args.time_to_front:
-                res["time_to_front"] = time_to_front(res, trials=min(args.time_to_front, 6))
+            if args.time_to_front and (args.quick or "MiniLM" in label):
+                n = min(args.time_to_front, 6) if args.quick else args.time_to_front
+                res["time_to_front"] = time_to_front(res, trials=n, seeds=args.seeds[:1] if args.quick else args.seeds,
+                                                     out=Path(cache) / "time_to_front", screening=args.screening)
             results.append(res)
             C.free()
 
@@ -323,10 +368,13 @@ def main() -> None:
                             f"warm {f['ratio_warm']:.0f}x; {f['vectors']:,} calibration vectors")
         if "time_to_front" in r:
             tf = r["time_to_front"]
-            C.ratio_line(f"time to front, naive / rba [{name}]", tf["ratio"], target=">= 20x", met=tf["ratio"] >= 20,
-                         detail=f"{C.fmt_s(tf['naive_s'])} ({tf['naive_trials']} trials) vs {C.fmt_s(tf['rba_s'])} "
-                                f"({tf['rba_trials']} trials) of {tf['trials']}; same proposals: {tf['same_proposals']}; "
-                                f"all trials {C.fmt_s(tf['naive_total_s'])} vs {C.fmt_s(tf['rba_total_s'])}")
+            C.table([{k: (C.fmt_s(v) if k.endswith("_s") and v is not None else v) for k, v in row.items()}
+                     for row in tf["rows"]], title=f"{name}: time to front (naive Optuna, {tf['trials']} trials)")
+            C.ratio_line(f"time to front, naive / rba [{name}]", tf["ratio_median"], target=">= 20x",
+                         met=tf["ratio_median"] >= 20,
+                         detail=f"median over seeds {tf['seeds']}, worst {tf['ratio_min']:.1f}x; with one-time setup "
+                                f"{tf['ratio_with_setup_median']:.1f}x; reference point fidelity {REF_FIDELITY}, "
+                                f"flops_frac {REF_FLOPS}; screening {tf['screening']}")
         if t is None:
             continue
         C.ratio_line(f"trial, naive / rba cold [{name}]", t["ratio_cold_median"],

@@ -36,8 +36,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
@@ -84,15 +84,11 @@ def _with(cfg, out: Path, **search):
 
 
 def hypervolume(trials: pd.DataFrame, ref_fidelity: float, ref_flops: float = 1.0) -> float:
-    from optuna._hypervolume import compute_hypervolume
+    import _common as C
 
     done = trials[(trials["state"] == "COMPLETE") & trials["feasible"].fillna(True).astype(bool)]
-    loss = np.stack([-done["fidelity"].to_numpy(float), done["flops_frac"].to_numpy(float)], axis=1)
-    ref = np.array([-ref_fidelity, ref_flops])
-    loss = loss[(loss < ref).all(axis=1)]
-    if not len(loss):
-        return 0.0
-    return float(compute_hypervolume(loss, ref))
+    return C.hypervolume(list(zip(done["fidelity"].to_numpy(float), done["flops_frac"].to_numpy(float))),
+                         (ref_fidelity, ref_flops))
 
 
 def main() -> int:

@@ -2,7 +2,8 @@
 
 Affine: ``W = (A_i + λI) \\ B_ij`` with A_i = Σ x̃_i x̃_iᵀ, B_ij = Σ x̃_i x_jᵀ, λ = ridge · mean diagonal of the
 system (tr(A_i)/(D+1) for affine); the bias row is ridged like the rest. Linear drops the bias row/column.
-Identity maps x to x (the skip baseline). ``SSE = s_j − 2·tr(Wᵀ B) + tr(Wᵀ A W)``.
+Identity maps x to x (the skip baseline). ``SSE = s_j − 2·tr(Wᵀ B) + tr(Wᵀ A W)``, which for the ridge solution
+is ``s_j − tr(WᵀB) − λ‖W‖²``. The factorisation of A_i + λI is computed once per start boundary.
 """
 
 from __future__ import annotations
@@ -88,24 +89,43 @@ def ill_conditioning(stats: Statistics, k: int, *, with_bias: bool = True) -> fl
     return cache[key]
 
 
-def _solve(a: torch.Tensor, b: torch.Tensor, ridge: float, span: Span) -> tuple[torch.Tensor, float]:
-    """(A + λI) \\ B by Cholesky; if that fails (ridge 0 on singular A), raise λ tenfold until it works."""
+def _inverse(stats: Statistics, k: int, ridge: float, span: Span, *, with_bias: bool) -> tuple[torch.Tensor, float]:
+    """(A_k + λI)⁻¹ and λ for the Gram matrix at boundary k, computed once per boundary and reused by every
+    span that starts there (a search fits many spans from the same start). Cholesky; if that fails (ridge 0 on
+    a singular A), λ is raised tenfold until it works."""
+    cache = stats.scratch.setdefault("inverse", {})
+    key = (k, with_bias, ridge)
+    if key in cache:
+        return cache[key]
+    a = stats.gram[k] if with_bias else stats.gram[k][:-1, :-1]
     scale = float(torch.diagonal(a).mean())
-    if scale <= 0:
+    if not scale > 0:
         raise SpanError(f"span {span[0]}-{span[1]}: the input boundary's vectors are all zero; nothing to fit")
     lam = ridge * scale
     eye = torch.eye(a.shape[0], dtype=a.dtype)
     for _ in range(20):
         chol, info = torch.linalg.cholesky_ex(a + lam * eye)
         if int(info) == 0:
-            return torch.cholesky_solve(b, chol), lam
+            cache[key] = torch.cholesky_inverse(chol), lam
+            return cache[key]
         lam = max(lam * 10, 1e-12 * scale)
         warnings.warn(
             f"span {span[0]}-{span[1]}: normal equations not positive definite; ridge raised to λ = {lam:.3g}",
             RankDeficientWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     raise SpanError(f"span {span[0]}-{span[1]}: normal equations could not be solved (statistics hold NaN/Inf?)")
+
+
+def _solve(stats: Statistics, span: Span, ridge: float, *, with_bias: bool) -> tuple[torch.Tensor, float, float]:
+    """W = (A_i + λI)⁻¹ B_ij and its SSE. Because (A + λI)W = B, tr(WᵀAW) = tr(WᵀB) − λ‖W‖², so
+    SSE = s_j − tr(WᵀB) − λ‖W‖² needs no second D³ product."""
+    i, j = span
+    b = stats.cross[span] if with_bias else stats.cross[span][:-1]
+    inv, lam = _inverse(stats, i, ridge, span, with_bias=with_bias)
+    w = inv @ b
+    sse = stats.sum_sq(j) - float((w * b).sum()) - lam * float((w * w).sum())
+    return w, lam, max(sse, 0.0)
 
 
 def _warn_if_singular(stats: Statistics, span: Span, with_bias: bool, lam: float) -> None:
@@ -122,35 +142,27 @@ def _warn_if_singular(stats: Statistics, span: Span, with_bias: bool, lam: float
             )
 
 
-def _sse(stats: Statistics, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, j: int) -> float:
-    sse = stats.sum_sq(j) - 2 * float((w * b).sum()) + float((w * (a @ w)).sum())
-    return max(sse, 0.0)
-
-
 @register_fit("affine")
 def _fit_affine(stats: Statistics, span: Span, ridge: float) -> SpanFit:
-    i, j = span
-    a, b = stats.gram[i], stats.cross[span]
-    w, lam = _solve(a, b, ridge, span)
+    w, lam, sse = _solve(stats, span, ridge, with_bias=True)
     _warn_if_singular(stats, span, True, lam)
-    return SpanFit(span, "affine", w[:-1], w[-1], _sse(stats, a, b, w, j), lam)
+    return SpanFit(span, "affine", w[:-1], w[-1], sse, lam)
 
 
 @register_fit("linear")
 def _fit_linear(stats: Statistics, span: Span, ridge: float) -> SpanFit:
-    i, j = span
-    a, b = stats.gram[i][:-1, :-1], stats.cross[span][:-1]
-    w, lam = _solve(a, b, ridge, span)
+    w, lam, sse = _solve(stats, span, ridge, with_bias=False)
     _warn_if_singular(stats, span, False, lam)
-    return SpanFit(span, "linear", w, None, _sse(stats, a, b, w, j), lam)
+    return SpanFit(span, "linear", w, None, sse, lam)
 
 
 @register_fit("identity")
 def _fit_identity(stats: Statistics, span: Span, ridge: float) -> SpanFit:
     i, j = span
-    a, b = stats.gram[i][:-1, :-1], stats.cross[span][:-1]
-    w = torch.eye(stats.dims[i], dtype=torch.float64)
-    return SpanFit(span, "identity", w, None, _sse(stats, a, b, w, j), 0.0)
+    # ‖x_i − x_j‖² summed: s_i − 2·tr(B) + s_j
+    cross = float(torch.diagonal(stats.cross[span][:-1]).sum())
+    sse = max(stats.sum_sq(i) - 2 * cross + stats.sum_sq(j), 0.0)
+    return SpanFit(span, "identity", torch.eye(stats.dims[i], dtype=torch.float64), None, sse, 0.0)
 
 
 def span_module(fit: SpanFit, layout: str, dtype: torch.dtype = torch.float32) -> nn.Module:
