@@ -45,16 +45,10 @@ def measure(label: str, cfg, *, max_span: int | None, batch_sizes, repeats: int,
     @torch.inference_mode()
     def staged(bs):
         """The capture's own code path (embed, every block, vectors, finiteness check) without statistics."""
-        from rba.capture import check_finite
+        from rba.capture import boundary_vectors
 
-        for _, chunk in iter_batches(samples, bs):
-            h, ctx = adapter.embed(adapter.collate(chunk))
-            vecs = [adapter.vectors(h, ctx)]
-            for k in range(adapter.num_blocks):
-                h = adapter.run_block(k, h, ctx)
-                vecs.append(adapter.vectors(h, ctx))
-            for k, v in enumerate(vecs):
-                check_finite(v, k, "calibration split")
+        for _ in boundary_vectors(adapter, samples, bs):
+            pass
 
     rows = []
     for bs in batch_sizes:

@@ -213,6 +213,20 @@ def check_finite(h: torch.Tensor, k: int, where: str) -> None:
         )
 
 
+def boundary_vectors(adapter: Adapter, samples: Sequence[Any], batch_size: int):
+    """Per batch of the calibration samples: (batch size, every boundary's vectors), each checked finite —
+    the forward path of the statistics pass (call under ``torch.inference_mode()``)."""
+    for _, chunk in iter_batches(samples, batch_size):
+        h, ctx = adapter.embed(adapter.collate(chunk))
+        vecs = [adapter.vectors(h, ctx)]
+        for k in range(adapter.num_blocks):
+            h = adapter.run_block(k, h, ctx)
+            vecs.append(adapter.vectors(h, ctx))
+        for k, v in enumerate(vecs):
+            check_finite(v, k, "calibration split")
+        yield len(chunk), vecs
+
+
 @torch.inference_mode()
 def capture_statistics(adapter: Adapter, samples: Sequence[Any], *, pairs: Sequence[Span], batch_size: int = 64,
                        dtype: str = "float32", max_memory_gb: float = 8.0, progress: bool = True,
@@ -237,15 +251,8 @@ def capture_statistics(adapter: Adapter, samples: Sequence[Any], *, pairs: Seque
     if order is not None:
         samples = [samples[i] for i in order]
     bar = tqdm(total=len(samples), desc="capture", unit="sample", disable=not progress, leave=False)
-    for _, chunk in iter_batches(samples, batch_size):
-        h, ctx = adapter.embed(adapter.collate(chunk))
-        vecs = [adapter.vectors(h, ctx)]
-        for k in range(adapter.num_blocks):
-            h = adapter.run_block(k, h, ctx)
-            vecs.append(adapter.vectors(h, ctx))
-        for k, v in enumerate(vecs):
-            check_finite(v, k, "calibration split")
+    for n, vecs in boundary_vectors(adapter, samples, batch_size):
         collector.update(vecs)
-        bar.update(len(chunk))
+        bar.update(n)
     bar.close()
     return collector.result(key=key, meta=meta)

@@ -84,18 +84,21 @@ def images():
 
 
 def staged_forward(adapter, x, maps=None):
-    """Hand-written staged forward: embed → blocks, or ``apply_map(h, W, b)`` over each span in ``maps``
-    ({(i, j): (W, b)}) → pool."""
-    maps = maps or {}
+    """Hand-written staged forward of one collated batch: embed → blocks → pool, with span (i, j) in ``maps``
+    applied where block i would run: a module (``m(h)``) or a vector map (W, b) (torch or numpy, applied in
+    float64 through ``adapter.apply_map``)."""
+    by_start = {i: (j, m) for (i, j), m in (maps or {}).items()}
     h, ctx = adapter.embed(x)
     k = 0
     while k < adapter.num_blocks:
-        span = next(((i, j) for (i, j) in maps if i == k), None)
-        if span is None:
-            h = adapter.run_block(k, h, ctx)
-            k += 1
+        if k not in by_start:
+            h, k = adapter.run_block(k, h, ctx), k + 1
+            continue
+        j, m = by_start[k]
+        if callable(m):
+            h = m(h)
         else:
-            w, b = maps[span]
-            h = adapter.apply_map(h, w, b)
-            k = span[1]
+            w, b = (None if t is None else torch.as_tensor(t).double() for t in m)
+            h = adapter.apply_map(h.double(), w, b).to(h.dtype)
+        k = j
     return adapter.pool(h, ctx)

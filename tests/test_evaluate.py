@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_vit_config
+from conftest import staged_forward, tiny_vit_config
 from rba.apply import replaced
 from rba.session import Session
 
@@ -19,17 +19,8 @@ def session(tmp_path_factory):
 
 def _full_forward(adapter, samples, spans, maps):
     """Hand-written forward: every block from the input, spans applied where they start."""
-    by_start = {i: (j, m) for (i, j), m in zip(spans, maps)}
     with torch.inference_mode():
-        h, ctx = adapter.embed(adapter.collate(samples))
-        k = 0
-        while k < adapter.num_blocks:
-            if k in by_start:
-                j, m = by_start[k]
-                h, k = m(h), j
-            else:
-                h, k = adapter.run_block(k, h, ctx), k + 1
-        return adapter.pool(h, ctx)
+        return staged_forward(adapter, adapter.collate(samples), dict(zip(spans, maps)))
 
 
 @pytest.mark.parametrize("text", ["none", "2-4", "1-3,4-6", "0-1,1-2,5-6", "3-6"])

@@ -16,7 +16,7 @@ from torch import nn
 
 from rba.adapters._base import Adapter, Context
 from rba.adapters._timm import ImagePreprocess
-from rba.adapters._weights import file_digest, load_into, load_weights
+from rba.adapters._weights import file_digest, load_into, load_weights, weights_path
 from rba.errors import ModelError, did_you_mean
 
 __all__ = ["BlockList", "TimmCNN", "TorchvisionResNet", "EfficientNetLite", "build_torchvision",
@@ -195,12 +195,7 @@ def build_torchvision(cfg) -> Adapter:
     builders = torchvision.models.list_models(module=torchvision.models)
     if m.name not in builders:
         raise ModelError(f"unknown torchvision model {m.name!r}.{did_you_mean(m.name, builders, n=3)}")
-    weights = cfg.resolve_path(m.weights)
-    if m.pretrained and weights is None:
-        raise ModelError(
-            f"torchvision model {m.name!r} needs pretrained weights: set model.weights to a local file "
-            "(nothing is downloaded), or pretrained = false for random weights"
-        )
+    weights = weights_path(cfg, f"torchvision model {m.name!r}")
     kwargs, seed = _seed_of(m.options)
     try:
         with torch.random.fork_rng():

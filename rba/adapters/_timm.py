@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from rba.adapters._base import Adapter, Context
-from rba.adapters._weights import file_digest, load_into, load_weights
+from rba.adapters._weights import file_digest, load_into, load_weights, weights_path
 from rba.errors import ModelError, did_you_mean
 
 __all__ = ["TimmViT", "build_timm", "create_timm_model", "ImagePreprocess"]
@@ -60,12 +60,7 @@ def create_timm_model(cfg, **extra) -> tuple[torch.nn.Module, dict[str, Any]]:
     if not timm.is_model(m.name):
         hint = did_you_mean(m.name, timm.list_models(), n=3)
         raise ModelError(f"unknown timm model {m.name!r}.{hint} (`python -c \"import timm; print(timm.list_models('vit*'))\"` lists them)")
-    weights = cfg.resolve_path(m.weights)
-    if m.pretrained and weights is None:
-        raise ModelError(
-            f"model {m.name!r} needs pretrained weights: set model.weights to a local file "
-            "(nothing is downloaded), or pretrained = false for random weights"
-        )
+    weights = weights_path(cfg, f"model {m.name!r}")
     kwargs = dict(m.options) | extra
     seed = int(kwargs.pop("seed", 0))
     try:

@@ -79,6 +79,19 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
 _digests: dict[tuple[str, int, int], str] = {}
 
 
+def weights_path(cfg, what: str) -> Path | None:
+    """``model.weights`` resolved, or None for random weights; refuses ``pretrained = true`` without a file
+    (nothing is ever downloaded). ``what`` names the model in the message."""
+    m = cfg.model
+    weights = cfg.resolve_path(m.weights)
+    if m.pretrained and weights is None:
+        raise ModelError(
+            f"{what} needs pretrained weights: set model.weights to a local file "
+            "(nothing is downloaded), or pretrained = false for random weights"
+        )
+    return weights
+
+
 def file_digest(path: str | Path) -> str:
     """Short sha256 of a weights file (part of the model's identity, hence of every cache key); cached on
     (path, size, mtime) so that large files are hashed once per process."""

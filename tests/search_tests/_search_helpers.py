@@ -65,22 +65,13 @@ def lstsq_fit(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, n
 
 def staged_forward(adapter, samples, spans, weights: dict, batch_size: int = 48) -> torch.Tensor:
     """Pooled output with every block run from the input and span (i, j) applied as x·W + b (numpy
-    weights), written independently of rba's evaluator and replacement modules."""
-    by_start = {i: (j, weights[(i, j)]) for i, j in spans}
-    pooled = []
+    weights, float64), written independently of rba's evaluator and replacement modules."""
+    from conftest import staged_forward as forward_batch
+
+    maps = {span: weights[span] for span in spans}
     with torch.inference_mode():
-        for start in range(0, len(samples), batch_size):
-            h, ctx = adapter.embed(adapter.collate(samples[start : start + batch_size]))
-            k = 0
-            while k < adapter.num_blocks:
-                if k in by_start:
-                    j, (w, b) = by_start[k]
-                    h = (h.double() @ torch.from_numpy(w) + torch.from_numpy(b)).float()
-                    k = j
-                else:
-                    h, k = adapter.run_block(k, h, ctx), k + 1
-            pooled.append(adapter.pool(h, ctx).double())
-    return torch.cat(pooled)
+        return torch.cat([forward_batch(adapter, adapter.collate(samples[s : s + batch_size]), maps).double()
+                          for s in range(0, len(samples), batch_size)])
 
 
 def dominates(a, b, directions) -> bool:
