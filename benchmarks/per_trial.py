@@ -191,7 +191,8 @@ def bench_model(label: str, cfg, *, n_configs: int, lstsq_spans: int | None, see
 REF_FIDELITY, REF_FLOPS = 0.5, 1.0
 
 
-def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, screening: bool = False) -> dict:
+def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, screening: bool = False,
+                  naive_rows: dict[int, dict] | None = None) -> dict:
     """Time for rba's search to reach the hypervolume a naive Optuna search reaches after ``trials`` trials.
 
     Naive: ``optuna`` with the sampler rba's search uses (``search.study.make_sampler``: TPE, multivariate,
@@ -200,7 +201,11 @@ def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, sc
     and memo; ``screening`` optional), same sampler and seed. Objectives fidelity ↑ and flops_frac ↓
     (label-free), hypervolume with the fixed reference point (REF_FIDELITY, REF_FLOPS). Per seed: the naive
     time is the earliest trial at which its hypervolume reached its 50-trial value, rba's the earliest
-    completed trial whose study reached at least that value."""
+    completed trial whose study reached at least that value.
+
+    ``naive_rows`` (seed → row of an earlier run's JSON, ``--reuse-naive``): take the naive search's target
+    hypervolume and times from there instead of running it again (for a seed, its proposals and values are
+    deterministic; its timings are that run's)."""
     import copy
     import datetime as dt
     import shutil
@@ -277,10 +282,15 @@ def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, sc
     rows = []
     for seed in seeds:
         C.clear_trial_caches(session)
-        nv = naive_search(seed)
-        hv_n = [C.hypervolume([(f, c) for _, f, c in nv[: k + 1]], ref) for k in range(len(nv))]
-        target = hv_n[-1]
-        k_n = next(k for k, h in enumerate(hv_n) if h >= target - 1e-12)
+        if naive_rows is not None:
+            old = naive_rows[seed]
+            target, k_n = old["naive_hv"], old["naive_trials"] - 1
+            nv = [(old["naive_s"], None, None)] * (k_n + 1) + [(old["naive_all_s"], None, None)] * (trials - k_n - 1)
+        else:
+            nv = naive_search(seed)
+            hv_n = [C.hypervolume([(f, c) for _, f, c in nv[: k + 1]], ref) for k in range(len(nv))]
+            target = hv_n[-1]
+            k_n = next(k for k, h in enumerate(hv_n) if h >= target - 1e-12)
         C.clear_trial_caches(session)
         rb, _ = rba_search(seed, target, out / f"rba-s{seed}")
         hv_r = [C.hypervolume([(f, c) for _, f, c in rb[: k + 1]], ref) for k in range(len(rb))]
@@ -299,7 +309,7 @@ def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, sc
               + f" (load {C.load()})", flush=True)
     ok = [r["ratio"] for r in rows if r["rba_s"]]
     return {"trials": trials, "seeds": list(seeds), "screening": screening, "reference": {"fidelity": REF_FIDELITY, "flops_frac": REF_FLOPS},
-            "setup": setup, "rows": rows, "ratio_median": C.median(ok) if ok else float("nan"),
+            "naive_reused": naive_rows is not None, "setup": setup, "rows": rows, "ratio_median": C.median(ok) if ok else float("nan"),
             "ratio_min": min(ok) if ok else float("nan"),
             "ratio_with_setup_median": C.median([r["ratio_with_setup"] for r in rows if r["rba_s"]]) if ok else float("nan")}
 
@@ -320,6 +330,9 @@ def main() -> None:
                         "(the issue's setting: 50; MiniLM; slow: a naive trial takes ≈ 10 s, per seed)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds of --time-to-front")
     p.add_argument("--screening", action="store_true", help="--time-to-front: rba's search with [search] screening on")
+    p.add_argument("--reuse-naive", type=Path, default=None, metavar="JSON",
+                   help="--time-to-front: the naive searches' results (target hypervolume, times) from an earlier "
+                        "run's --json instead of running them again")
     args = p.parse_args()
     C.setup(args)
     results = []
@@ -345,8 +358,17 @@ def main() -> None:
                               profile=args.profile)
             if args.time_to_front and (args.quick or "MiniLM" in label):
                 n = min(args.time_to_front, 6) if args.quick else args.time_to_front
+                naive_rows = None
+                if args.reuse_naive:
+                    import json
+
+                    earlier = json.loads(args.reuse_naive.read_text())["results"][0]["time_to_front"]
+                    if (earlier["trials"], earlier["reference"]) != (n, {"fidelity": REF_FIDELITY, "flops_frac": REF_FLOPS}):
+                        raise SystemExit(f"{args.reuse_naive}: other trials or reference point; run the naive searches again")
+                    naive_rows = {r["seed"]: r for r in earlier["rows"]}
                 res["time_to_front"] = time_to_front(res, trials=n, seeds=args.seeds[:1] if args.quick else args.seeds,
-                                                     out=Path(cache) / "time_to_front", screening=args.screening)
+                                                     out=Path(cache) / "time_to_front", screening=args.screening,
+                                                     naive_rows=naive_rows)
             results.append(res)
             C.free()
 

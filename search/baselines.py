@@ -3,6 +3,10 @@ through ``--method`` (exhaustive, random, br-greedy, block-drop) on the same obj
 
 * **best single spans**: the span with the highest br (the paper's metric) and the one with the lowest
   ls_residual.
+* **proxy front**: the statistics-only Pareto front of (Σ ls_residual, cost) over *every* configuration,
+  exact — costs and the proxy add over spans, so a DP over boundaries keeps each suffix's non-dominated set —
+  and a few of its members spread over the cost range become priors (the front a search is after, guessed
+  from statistics; Spearman ≈ 0.9 against fidelity on MiniLM, see benchmarks/RESULTS.md).
 * **BR-greedy** (the paper's heuristic): repeatedly take the highest-br span that does not overlap the spans
   already chosen; every prefix of that sequence is one configuration (1 span, 2 spans, ...).
 * **block-drop** (ShortGPT / SLEB-style removal): single blocks ranked by their Block Influence
@@ -19,8 +23,11 @@ import pandas as pd
 from rba.adapters._base import Span
 from rba.capture import Statistics
 
-__all__ = ["span_scores", "best_single_spans", "br_greedy", "block_drop_order", "prior_configurations",
-           "EXHAUSTIVE_LIMIT"]
+__all__ = ["span_scores", "best_single_spans", "br_greedy", "block_drop_order", "proxy_front", "spread", "front_priors",
+           "prior_configurations", "EXHAUSTIVE_LIMIT"]
+
+#: proxy-front members enqueued as priors
+PROXY_FRONT_PRIORS = 8
 
 #: the most configurations ``--method exhaustive`` evaluates
 EXHAUSTIVE_LIMIT = 5000
@@ -77,12 +84,60 @@ def block_drop_order(stats: Statistics, pairs: Sequence[Span]) -> list[list[Span
     return out
 
 
-def prior_configurations(table: pd.DataFrame) -> list[tuple[str, list[Span]]]:
-    """Priors enqueued first: best single spans by br and by ls_residual, then BR-greedy combinations
-    (two spans or more); duplicates removed, order kept."""
+def proxy_front(num_blocks: int, pairs: Sequence[Span], proxy: dict[Span, float],
+                cost: dict[Span, float]) -> list[tuple[float, float, list[Span]]]:
+    """Every configuration's (Σ proxy, Σ cost) over its spans, reduced to the non-dominated ones (both
+    minimised), exactly: the front of the configurations from boundary k on is the front of "block k kept"
+    (the front from k + 1) and "span (k, j)" (its values + the front from j). Returns (proxy, cost, spans)
+    sorted by cost; ``cost`` is each span's change of the cost (negative: it saves)."""
+    by_start: dict[int, list[int]] = {}
+    for i, j in pairs:
+        by_start.setdefault(i, []).append(j)
+    fronts: list[list[tuple[float, float, tuple[Span, ...]]]] = [[] for _ in range(num_blocks + 1)]
+    fronts[num_blocks] = [(0.0, 0.0, ())]
+    for k in range(num_blocks - 1, -1, -1):
+        candidates = list(fronts[k + 1])
+        for j in by_start.get(k, []):
+            p, c = proxy[(k, j)], cost[(k, j)]
+            candidates += [(p + q, c + d, ((k, j),) + rest) for q, d, rest in fronts[j]]
+        candidates.sort(key=lambda t: (t[1], t[0]))
+        kept, best = [], float("inf")
+        for q, d, spans in candidates:
+            if q < best:
+                kept.append((q, d, spans))
+                best = q
+        fronts[k] = kept
+    return [(q, d, list(spans)) for q, d, spans in fronts[0]]
+
+
+def spread(configurations: Sequence[list[Span]], count: int) -> list[list[Span]]:
+    """``count`` of the configurations (in their order) evenly spaced, first and last included."""
+    n = len(configurations)
+    if n <= count:
+        return list(configurations)
+    picks = sorted({round(k * (n - 1) / (count - 1)) for k in range(count)}) if count > 1 else [0]
+    return [configurations[k] for k in picks]
+
+
+def front_priors(table: pd.DataFrame, objective, count: int = PROXY_FRONT_PRIORS) -> list[list[Span]]:
+    """``count`` members of the proxy front (Σ ls_residual of ``table`` against the objective's cost), spread
+    over the cost range, that meet the budgets; the unmodified configuration excluded."""
+    session = objective.session
+    ls = {(int(a), int(b)): float(v) for a, b, v in zip(table["start"], table["end"], table["ls_residual"])}
+    pairs = [p for p in session.pairs if p in ls and ls[p] == ls[p]]  # NaN scores: not proposed
+    front = proxy_front(session.adapter.num_blocks, pairs, ls,
+                        {p: d for p, d in objective.span_cost_deltas(objective.cost_name).items() if p in ls})
+    members = [spans for _, _, spans in front if spans and objective.feasible(spans)]
+    return spread(members, count)
+
+
+def prior_configurations(table: pd.DataFrame, front: Sequence[list[Span]] = ()) -> list[tuple[str, list[Span]]]:
+    """Priors enqueued first: best single spans by br and by ls_residual, members of the proxy front
+    (``front``, already chosen), then BR-greedy combinations (two spans or more); duplicates removed, order kept."""
     seen: set[tuple[Span, ...]] = set()
     out = []
-    candidates = best_single_spans(table) + [(f"br-greedy {len(c)}", c) for c in br_greedy(table) if len(c) >= 2]
+    candidates = (best_single_spans(table) + [("proxy front", list(c)) for c in front if c]
+                  + [(f"br-greedy {len(c)}", c) for c in br_greedy(table) if len(c) >= 2])
     for label, spans in candidates:
         key = tuple(spans)
         if key not in seen:

@@ -119,12 +119,28 @@ class Objective:
         frac = self.fractions(cost)
         return {name: frac[name] - b for name, b in self.budgets.items()}
 
+    @property
+    def cost_name(self) -> str:
+        """The cost the search trades against (the first of flops / params / latency among the objectives;
+        flops when none is, or when latency was not measured)."""
+        name = next((o for o in self.objectives if o in BUDGET_KEYS), "flops")
+        if name == "latency" and not math.isfinite(self.fractions(self.base_cost())["latency"]):
+            return "flops"
+        return name
+
+    def span_cost_deltas(self, name: str) -> dict[Span, float]:
+        """Span → how much replacing it changes the cost fraction ``name`` (costs add over spans)."""
+        base = self.fractions(self.base_cost())[name]
+        return {p: self.fractions(self.cost([p]))[name] - base for p in self.session.pairs}
+
+    def feasible(self, spans: Sequence[Span]) -> bool:
+        return all(v <= 0 for v in self.constraints(self.cost(spans)).values())
+
     def reachable(self, name: str) -> tuple[float, list[Span]]:
         """The smallest cost fraction any configuration reaches for ``name`` (flops|params|latency), and
         one configuration reaching it (exact: costs add over spans, so a DP over boundaries finds it)."""
         L = self.session.adapter.num_blocks
-        base = self.fractions(self.base_cost())[name]
-        delta = {p: self.fractions(self.cost([p]))[name] - base for p in self.session.pairs}
+        delta = self.span_cost_deltas(name)
         best: list[float] = [0.0] * (L + 1)
         how: list[int] = [-1] * (L + 1)
         by_start: dict[int, list[int]] = {}

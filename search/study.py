@@ -32,7 +32,8 @@ from rba._io import atomic_path, atomic_write_json, atomic_write_text
 from rba.config import Config, config_hash
 from rba.errors import ConfigError, RBAError
 from rba.spans import format_spans, parse_spans
-from search.baselines import EXHAUSTIVE_LIMIT, block_drop_order, br_greedy, prior_configurations, span_scores
+from search.baselines import (EXHAUSTIVE_LIMIT, block_drop_order, br_greedy, front_priors, prior_configurations,
+                              span_scores)
 from search.objective import OBJECTIVES, RESULT_COLUMNS, Objective
 from search.space import SpanSpace
 
@@ -288,7 +289,8 @@ def plan(ctx: StudyContext, study, fresh: bool) -> int:
     waiting = _waiting_spans(ctx, study)
     method = ctx.method
     if method == "optuna":
-        planned = prior_configurations(ctx.table) if (cfg.search.priors and fresh) else []
+        planned = (prior_configurations(ctx.table, front_priors(ctx.table, ctx.objective))
+                   if (cfg.search.priors and fresh) else [])
         planned = [(f"prior: {label}", s) for label, s in planned][: max(0, ctx.total - len(done))]
     elif method == "exhaustive":
         planned = [("exhaustive", s) for s in ctx.space.configurations()]

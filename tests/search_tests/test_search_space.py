@@ -121,3 +121,43 @@ def test_repair_ties_replace_fewer_blocks():
     # a span too long for max_span is cut, not extended
     short = SpanSpace(5, _all_spans(5, max_span=2))
     assert short.repair(["start", "continue", "continue", "keep", "keep"]) == [(0, 2)]
+
+
+@pytest.mark.parametrize("L,pairs", [(6, _all_spans(6)), (7, _all_spans(7, max_span=3)), SPARSE],
+                         ids=["L6-all", "L7-max3", "sparse"])
+def test_proxy_front_is_the_brute_force_front(L, pairs):
+    """The DP's front of (Σ proxy, Σ cost) equals the non-dominated set of an explicit enumeration."""
+    import random
+
+    from search.baselines import proxy_front
+
+    rng = random.Random(L * 100 + len(pairs))
+    proxy = {p: rng.random() for p in pairs}
+    # a span's cost change: a map is cheaper than its blocks, a little more for longer spans
+    cost = {(i, j): -(j - i) + 0.3 * rng.random() for i, j in pairs}
+    def configurations(k):  # every configuration of blocks k.., recursively (block k kept, or a span from k)
+        if k == L:
+            return [[]]
+        out = configurations(k + 1)
+        for i, j in pairs:
+            if i == k:
+                out = out + [[(i, j)] + rest for rest in configurations(j)]
+        return out
+
+    points = [(sum(proxy[s] for s in c), sum(cost[s] for s in c), c) for c in configurations(0)]
+    expected = sorted((p, c) for p, c, _ in points
+                      if not any(q <= p and d <= c and (q < p or d < c) for q, d, _ in points))
+    front = proxy_front(L, pairs, proxy, cost)
+    assert sorted((round(p, 12), round(c, 12)) for p, c, _ in front) == [(round(p, 12), round(c, 12)) for p, c in expected]
+    for p, c, spans in front:  # each member's values are its own spans' sums, and it is a valid configuration
+        check_spans(spans, num_blocks=L)
+        assert p == pytest.approx(sum(proxy[s] for s in spans)) and c == pytest.approx(sum(cost[s] for s in spans))
+    assert [c for _, c, _ in front] == sorted(c for _, c, _ in front)
+
+
+def test_spread_keeps_ends_and_order():
+    from search.baselines import spread
+
+    items = [[(k, k + 1)] for k in range(10)]
+    assert spread(items, 4) == [items[0], items[3], items[6], items[9]]
+    assert spread(items[:3], 8) == items[:3]
