@@ -258,11 +258,12 @@ def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, sc
         return points
 
     def rba_search(seed: int, target: float, out: Path) -> tuple[list[tuple[float, float, float]], int]:
-        """Runs in stages (15, 30, 50 trials: a resumed study) until the target hypervolume is reached."""
+        """Runs in stages (15, 30, 50, 100, 150 trials: a resumed study) until the target hypervolume is reached."""
         if out.exists():
             shutil.rmtree(out)
         points, elapsed, evaluations = [], 0.0, 0
-        for n in [n for n in (15, 30) if n < trials] + [trials]:
+        # rba may take more trials than the naive search did (up to 3×): the target is a hypervolume, not a count
+        for n in [n for n in (15, 30) if n < trials] + [trials, 2 * trials, 3 * trials]:
             c = search_cfg(seed, n, out)
             t0 = dt.datetime.now()
             session.cfg = c
