@@ -33,10 +33,11 @@ latency_repeats = 1
 
 
 @pytest.fixture(scope="module")
-def reviews(request):
+def reviews(request, tmp_path_factory):
     from rba.datasets import prepare_reviews
 
-    folder = request.config.cache.mkdir("rba-data")
+    cache = getattr(request.config, "cache", None)  # absent under `-p no:cacheprovider`
+    folder = cache.mkdir("rba-data") if cache is not None else tmp_path_factory.mktemp("rba-data")
     return prepare_reviews(folder / "reviews.csv")
 
 
