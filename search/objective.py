@@ -139,26 +139,12 @@ class Objective:
     def reachable(self, name: str) -> tuple[float, list[Span]]:
         """The smallest cost fraction any configuration reaches for ``name`` (flops|params|latency), and
         one configuration reaching it (exact: costs add over spans, so a DP over boundaries finds it)."""
-        L = self.session.adapter.num_blocks
-        delta = self.span_cost_deltas(name)
-        best: list[float] = [0.0] * (L + 1)
-        how: list[int] = [-1] * (L + 1)
-        by_start: dict[int, list[int]] = {}
-        for i, j in self.session.pairs:
-            by_start.setdefault(i, []).append(j)
-        for k in range(L - 1, -1, -1):
-            best[k], how[k] = best[k + 1], -1
-            for j in by_start.get(k, []):
-                v = delta[(k, j)] + best[j]
-                if v < best[k]:
-                    best[k], how[k] = v, j
-        spans, k = [], 0
-        while k < L:
-            if how[k] < 0:
-                k += 1
-            else:
-                spans.append((k, how[k]))
-                k = how[k]
+        from search.baselines import proxy_front
+
+        pairs = self.session.pairs
+        # with a zero proxy the front is the single cheapest configuration
+        front = proxy_front(self.session.adapter.num_blocks, pairs, dict.fromkeys(pairs, 0.0), self.span_cost_deltas(name))
+        spans = front[0][2]
         return self.fractions(self.cost(spans))[name], spans
 
     def check_budgets(self) -> None:
