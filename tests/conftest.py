@@ -1,4 +1,5 @@
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -102,3 +103,16 @@ def staged_forward(adapter, x, maps=None):
             h = adapter.apply_map(h.double(), w, b).to(h.dtype)
         k = j
     return adapter.pool(h, ctx)
+
+
+def slowed_cli(module: str, qualname: str, seconds: float) -> list[str]:
+    """argv that runs ``rba.cli`` with ``module.qualname`` (a method) delayed by ``seconds`` per call.
+
+    Tests that SIGKILL a run mid-way need the work they interrupt to last longer than one poll, whatever the
+    machine's speed: tiny models finish a trial or a capture batch in milliseconds on a fast one.
+    """
+    owner, method = qualname.rsplit(".", 1)
+    code = (f"import sys, time; from {module} import {owner} as owner; call = owner.{method}; "
+            f"owner.{method} = lambda *a, **k: (time.sleep({seconds}), call(*a, **k))[1]; "
+            "from rba.cli import main; sys.exit(main(sys.argv[1:]))")
+    return [sys.executable, "-c", code]

@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import slowed_cli
 from rba.cli import main
 from rba.config import dict_to_toml
 
@@ -430,8 +431,9 @@ def test_kill_during_capture_then_rerun_gives_the_same_statistics(tmp_path, caps
     b.mkdir()
     cfg_b = write_config(b / "study.toml", _scores_sections(b))
     with open(b / "stdout.txt", "w") as out, open(b / "stderr.txt", "w") as err_f:
-        proc = subprocess.Popen([sys.executable, "-m", "rba.cli", "scores", str(cfg_b), "--out", str(b / "out")],
-                                cwd=b, stdout=out, stderr=err_f, env=_env())
+        # each capture batch held for 0.2 s: the kill lands mid-capture on any machine
+        proc = subprocess.Popen([*slowed_cli("rba.capture", "StatisticsCollector.update", 0.2), "scores", str(cfg_b),
+                                 "--out", str(b / "out")], cwd=b, stdout=out, stderr=err_f, env=_env())
         try:
             deadline = time.monotonic() + 240
             done = 0

@@ -16,6 +16,7 @@ import pytest
 
 from _search_helpers import single_thread  # noqa: F401  (autouse fixture)
 from _search_helpers import dominates, make_config, study_dict, write_config
+from conftest import slowed_cli
 from rba.config import load_config
 from rba.errors import RBAError
 from rba.session import Session
@@ -100,8 +101,9 @@ def test_sigkill_then_resume_keeps_finished_trials(tmp_path, cache):
     raw = study_dict(cache, tmp_path / "out", search={"trials": total, "objectives": ["fidelity", "flops"]})
     path = write_config(tmp_path / "kill.toml", raw)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "rba.cli", "search", str(path), "--quiet"], cwd=str(REPO),
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # each trial of the killed run held for 0.5 s: the kill lands while one is RUNNING on any machine
+    proc = subprocess.Popen([*slowed_cli("search.objective", "Objective.__call__", 0.5), "search", str(path),
+                             "--quiet"], cwd=str(REPO), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     db = tmp_path / "out" / "study.db"
     deadline = time.time() + 120
     killed_running = False
