@@ -40,7 +40,7 @@ def export_model(session, spans, out: str | Path, *, maps=None, kind: str | None
     handle = replace_(adapter, spans, maps)
     try:
         with atomic_path(out / "model.safetensors") as tmp:
-            save_model(adapter.model, str(tmp))
+            save_model(adapter.model, str(tmp), force_contiguous=True)
     finally:
         handle.restore()
     cfg = session.cfg

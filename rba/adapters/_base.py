@@ -109,9 +109,9 @@ class Adapter(abc.ABC):
 
     def apply_map(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """Apply a vector map y = x·W + b to every vector of a boundary tensor (W is D_in × D_out)."""
-        if self.layout == "pixels":
-            y = torch.einsum("nchw,cd->ndhw", h, weight)
-            return y if bias is None else y + bias.view(1, -1, 1, 1)
+        if self.layout == "pixels":  # channels-last in and out: the permutes are views, the product one GEMM
+            y = h.permute(0, 2, 3, 1) @ weight
+            return (y if bias is None else y + bias).permute(0, 3, 1, 2)
         y = h @ weight
         return y if bias is None else y + bias
 

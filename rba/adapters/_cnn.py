@@ -80,16 +80,38 @@ def _example(preprocess: ImagePreprocess, device: torch.device) -> torch.Tensor:
     return torch.zeros(1, preprocess.channels, s, s, device=device)
 
 
+class _PixelAdapter(Adapter):
+    """CNN adapters: image preprocessing, and the model and its inputs in channels-last memory format.
+
+    Channels-last is what oneDNN's CPU convolutions (depthwise ones above all) run fastest on (EfficientNet-Lite0
+    forward 1.5× faster on one core), and it makes a boundary's pixel vectors a view instead of a copy. Results
+    equal the default format's to float rounding.
+    """
+
+    layout = "pixels"
+    preprocess: ImagePreprocess
+
+    def __init__(self, model: nn.Module, blocks, *, identity: dict[str, Any]):
+        super().__init__(model.to(memory_format=torch.channels_last), blocks, identity=identity)
+
+    def collate(self, samples):
+        return self.preprocess(samples)
+
+    def _input(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs.to(self.device, memory_format=torch.channels_last)
+
+    def example_inputs(self):
+        return _example(self.preprocess, self.device)
+
+
 # ---------------------------------------------------------------------------------------------- timm
-class TimmCNN(Adapter):
+class TimmCNN(_PixelAdapter):
     """timm CNNs whose residual blocks sit in stages: ``ResNet`` (``conv1/bn1/act1/maxpool``,
     ``layer1..layer4``), ``EfficientNet`` and ``MobileNetV3`` (``conv_stem/bn1``, ``blocks[stage][i]``).
 
     embed = the stem; blocks = every block of every stage, in order; pool = the model's
     ``forward_head(pre_logits=True)`` (after EfficientNet's ``conv_head/bn2``); logits = its classifier.
     """
-
-    layout = "pixels"
 
     def __init__(self, model: nn.Module, identity: dict[str, Any], image_size: int | None = None):
         from timm.models.efficientnet import EfficientNet as TimmEfficientNet
@@ -119,11 +141,8 @@ class TimmCNN(Adapter):
         self._post = post
         self.preprocess = ImagePreprocess.for_timm(model, image_size)
 
-    def collate(self, samples):
-        return self.preprocess(samples)
-
     def embed(self, inputs):
-        x = inputs.to(self.device)
+        x = self._input(inputs)
         for layer in self._stem:
             x = layer(x)
         return x, Context()
@@ -141,29 +160,21 @@ class TimmCNN(Adapter):
 
     def forward(self, inputs):
         m = self.model
-        return m.forward_head(m.forward_features(inputs.to(self.device)), pre_logits=True)
-
-    def example_inputs(self):
-        return _example(self.preprocess, self.device)
+        return m.forward_head(m.forward_features(self._input(inputs)), pre_logits=True)
 
 
 # ---------------------------------------------------------------------------------------------- torchvision
-class TorchvisionResNet(Adapter):
+class TorchvisionResNet(_PixelAdapter):
     """torchvision ResNet / ResNeXt / Wide-ResNet: stem ``conv1/bn1/relu/maxpool``, blocks of
     ``layer1..layer4``, pooled = ``flatten(avgpool(h))``, logits = ``fc``."""
-
-    layout = "pixels"
 
     def __init__(self, model: nn.Module, identity: dict[str, Any], image_size: int):
         super().__init__(model, BlockList([model.layer1, model.layer2, model.layer3, model.layer4]), identity=identity)
         self.preprocess = ImagePreprocess(image_size, IMAGENET_MEAN, IMAGENET_STD, channels=model.conv1.in_channels)
 
-    def collate(self, samples):
-        return self.preprocess(samples)
-
     def embed(self, inputs):
         m = self.model
-        x = m.maxpool(m.relu(m.bn1(m.conv1(inputs.to(self.device)))))
+        x = m.maxpool(m.relu(m.bn1(m.conv1(self._input(inputs)))))
         return x, Context()
 
     def pool(self, h, ctx):
@@ -177,13 +188,10 @@ class TorchvisionResNet(Adapter):
         captured: list[torch.Tensor] = []
         handle = self.model.fc.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
         try:
-            self.model(inputs.to(self.device))
+            self.model(self._input(inputs))
         finally:
             handle.remove()
         return captured[0]
-
-    def example_inputs(self):
-        return _example(self.preprocess, self.device)
 
 
 def build_torchvision(cfg) -> Adapter:
@@ -229,7 +237,25 @@ class _CalledAsMBConv(nn.Module):
         return self.module(x)
 
 
-class EfficientNetLite(Adapter):
+def _fold_symmetric_padding(model: nn.Module) -> int:
+    """Let each convolution pad its own input where the model's static "same" padding is symmetric (stride 1).
+
+    The same zeros either way, without a padded copy of every feature map (a tenth of a Lite0 forward);
+    stride-2 convolutions pad one side more and keep their ``ZeroPad2d``. Returns how many were folded.
+    """
+    folded = 0
+    for conv in model.modules():
+        pad = getattr(conv, "static_padding", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(pad, nn.ZeroPad2d) and conv.padding == (0, 0):
+            left, right, top, bottom = pad.padding
+            if left == right and top == bottom:
+                conv.padding = (top, left)
+                conv.static_padding = nn.Identity()
+                folded += 1
+    return folded
+
+
+class EfficientNetLite(_PixelAdapter):
     """``efficientnet_lite_pytorch.EfficientNet``: stem ``_conv_stem/_bn0/_swish``, blocks ``_blocks`` (called
     with the same ``drop_connect_rate`` as ``extract_features``; a no-op in eval mode), pooled =
     ``avg_pool(_swish(_bn1(_conv_head(h))))`` (1280 features), logits = ``_fc``.
@@ -238,18 +264,14 @@ class EfficientNetLite(Adapter):
     for the configured image size and inputs are resized to it.
     """
 
-    layout = "pixels"
-
     def __init__(self, model: nn.Module, identity: dict[str, Any], image_size: int, channels: int = 3):
+        _fold_symmetric_padding(model)
         super().__init__(model, model._blocks, identity=identity)
         self.preprocess = ImagePreprocess(image_size, (127.5,), (127.5,), channels=channels, scale=1.0)
 
-    def collate(self, samples):
-        return self.preprocess(samples)
-
     def embed(self, inputs):
         m = self.model
-        return m._swish(m._bn0(m._conv_stem(inputs.to(self.device)))), Context()
+        return m._swish(m._bn0(m._conv_stem(self._input(inputs)))), Context()
 
     def _drop_connect_rate(self, k: int) -> float | None:
         # exactly as EfficientNet.extract_features computes it
@@ -274,11 +296,8 @@ class EfficientNetLite(Adapter):
 
     def forward(self, inputs):
         m = self.model
-        x = m.extract_features(inputs.to(self.device))
+        x = m.extract_features(self._input(inputs))
         return torch.flatten(m._avg_pooling(x), 1)
-
-    def example_inputs(self):
-        return _example(self.preprocess, self.device)
 
 
 def build_efficientnet_lite(cfg) -> Adapter:

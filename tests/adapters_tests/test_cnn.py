@@ -251,6 +251,19 @@ def test_efficientnet_lite0_pretrained():
         pooled = staged(small, x)
         close(pooled, small.forward(x))
         close(small.logits(pooled), small.model(x), tol=1e-4)
+    # the adapter runs the model channels-last with symmetric "same" padding folded into the convolutions; an
+    # untouched EfficientNet with the same weights (default memory format, ZeroPad2d everywhere) agrees
+    from efficientnet_lite_pytorch import EfficientNet
+
+    untouched = EfficientNet.from_name("efficientnet-lite0", image_size=64).eval()
+    untouched.load_state_dict(state)
+    pads = [m for m in untouched.modules() if isinstance(getattr(m, "static_padding", None), nn.ZeroPad2d)]
+    kept = [m for m in small.model.modules() if isinstance(getattr(m, "static_padding", None), nn.ZeroPad2d)]
+    assert len(kept) < len(pads) and all(m.stride != (1, 1) for m in kept)
+    assert small.model._conv_head.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        close(small.model(x), untouched(x), tol=1e-4)
+        close(pooled, torch.flatten(untouched._avg_pooling(untouched.extract_features(x)), 1), tol=1e-4)
     # another class count keeps the pretrained body and a fresh head
     ten = make("efficientnet-lite", "efficientnet-lite0", size=64, pretrained=True, num_classes=10)
     assert ten.model._fc.out_features == 10
