@@ -6,8 +6,8 @@ import torch
 
 from conftest import TINY_MODELS, materialise, tiny_config, tiny_samples
 from rba.adapters import create_adapter
-from rba.capture import Statistics, capture_statistics, statistics_nbytes
-from rba.errors import CacheError
+from rba.capture import Statistics, capture_statistics, check_finite, statistics_nbytes
+from rba.errors import CacheError, DataError
 
 
 @pytest.fixture(params=list(TINY_MODELS))
@@ -99,3 +99,18 @@ def test_save_load_roundtrip_and_checksum(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(CacheError, match="checksum"):
         Statistics.load(path)
+
+
+@pytest.mark.parametrize("values,bad", [
+    ([1.0, float("nan"), 2.0], 1),
+    ([float("inf"), float("-inf"), 0.0], 2),  # their sum is NaN
+    ([3e38, 3e38, float("inf")], 1),          # overflowing sum and a real Inf
+])
+def test_check_finite_names_the_bad_values(values, bad):
+    with pytest.raises(DataError, match=rf"^{bad} NaN/Inf values at boundary 4 on the eval split"):
+        check_finite(torch.tensor([values, [0.0, 0.0, 0.0]]), 4, "eval split")
+
+
+def test_check_finite_accepts_finite_values_whose_sum_overflows():
+    check_finite(torch.full((4, 3), 3e38), 0, "calibration split")  # sum = inf in float32, every value finite
+    check_finite(torch.zeros(0, 3), 0, "calibration split")
