@@ -2,20 +2,23 @@
 
 import json
 
+import pytest
 import torch
 
-from conftest import tiny_vit_config
+from conftest import tiny_config
 from rba.apply import replaced
 from rba.export import export_model, load_export
 from rba.session import Session
 
 
-def test_export_reloads_and_reproduces(tmp_path):
-    session = Session(tiny_vit_config(tmp_path), progress=False)
-    spans = session.parse("1-3,4-6")
+# the CNN runs channels-last: its convolution weights are saved from non-contiguous tensors and reloaded into them
+@pytest.mark.parametrize("model,text", [("vit", "1-3,4-6"), ("cnn", "0-2,3-4")])
+def test_export_reloads_and_reproduces(tmp_path, model, text):
+    session = Session(tiny_config(tmp_path, model), progress=False)
+    spans = session.parse(text)
     out = export_model(session, spans, tmp_path / "exp")
     recipe = json.loads((out / "recipe.json").read_text())
-    assert recipe["spans"] == "1-3,4-6" and recipe["statistics_hash"] == session.stats.key
+    assert recipe["spans"] == text and recipe["statistics_hash"] == session.stats.key
     assert "torch" in recipe["versions"] and recipe["fit"]["kind"] == "affine"
     assert not list(out.glob(".*tmp"))
     reloaded = load_export(out)
