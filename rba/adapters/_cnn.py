@@ -84,8 +84,8 @@ class _PixelAdapter(Adapter):
     """CNN adapters: image preprocessing, and the model and its inputs in channels-last memory format.
 
     Channels-last is what oneDNN's CPU convolutions (depthwise ones above all) run fastest on (EfficientNet-Lite0
-    forward 1.5× faster on one core), and it makes a boundary's pixel vectors a view instead of a copy. Results
-    equal the default format's to float rounding.
+    at 64 px, one core: 2.4–3.2 instead of 4.0–4.4 ms/sample, benchmarks/RESULTS.md §5), and it makes a
+    boundary's pixel vectors a view instead of a copy. Results equal the default format's to float rounding.
     """
 
     layout = "pixels"
