@@ -20,7 +20,8 @@ from rba._io import atomic_path, atomic_write_json, file_sha256
 from rba.adapters._base import Adapter, Span
 from rba.errors import CacheError, DataError
 
-__all__ = ["Statistics", "StatisticsCollector", "capture_statistics", "statistics_nbytes", "iter_batches", "length_order"]
+__all__ = ["Statistics", "StatisticsCollector", "capture_statistics", "statistics_nbytes", "iter_batches", "length_order",
+           "add_products"]
 
 STATS_FORMAT = 1
 
@@ -133,6 +134,18 @@ def statistics_nbytes(dims: Sequence[int], pairs: Sequence[Span]) -> int:
     return 8 * (grams + crosses + len(pairs))
 
 
+def add_products(gram: torch.Tensor, x: torch.Tensor, crosses: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """``gram += x̃ᵀx̃`` and ``total += x̃ᵀy`` for each ``(total, y)`` of ``crosses``, with x̃ = [x | 1].
+
+    Separate products added straight into the float64 totals: no concatenated copy of the targets and no
+    float64 temporaries (one capture update 20 % faster at MiniLM's sizes, 2× at CNN pixel counts)."""
+    xt = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
+    xtT = xt.T
+    gram.add_(xtT @ xt)
+    for total, y in crosses:
+        total.add_(xtT @ y)
+
+
 class StatisticsCollector:
     """Running float64 totals, updated batch by batch with the vectors of every boundary."""
 
@@ -157,17 +170,13 @@ class StatisticsCollector:
         n_b = xs[0].shape[0]
         if n_b == 0:
             return
-        # Separate products x̃_iᵀx̃_i, x̃_iᵀx_j added straight into the float64 totals: no concatenated copy of
-        # the targets and no float64 temporaries (one update 20 % faster at MiniLM's sizes, 2× at CNN pixel counts).
-        # Cosines come from row dot products over the norms, one norm per boundary.
+        # cosines from row dot products over the norms, one norm per boundary
         norms = [torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12) for x in xs]
         for i, xi in enumerate(xs):
             # boundaries may hold different vector counts (CNN stages); spans join equal ones
-            xt = torch.cat([xi, torch.ones(xi.shape[0], 1, dtype=self.dtype, device=xi.device)], dim=1)
-            xtT = xt.T
-            self.gram[i].add_(xtT @ xt)
-            for j in self._targets.get(i, []):
-                self.cross[(i, j)].add_(xtT @ xs[j])
+            targets = self._targets.get(i, [])
+            add_products(self.gram[i], xi, [(self.cross[(i, j)], xs[j]) for j in targets])
+            for j in targets:
                 cos = (xi * xs[j]).sum(dim=1) / (norms[i] * norms[j])
                 self.cos_sum[(i, j)] += cos.sum(dtype=torch.float64)
         self.n += n_b

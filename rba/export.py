@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-
 from rba._io import atomic_path, atomic_write_json, file_sha256, package_versions
 from rba.adapters import Adapter, create_adapter
 from rba.apply import Skip, SpanMap, replace_

@@ -77,7 +77,6 @@ def fit_span(stats: Statistics, span: Span, kind: str = "affine", ridge: float =
         return _FITS[kind](stats, span, ridge)
 
 
-
 def ill_conditioning(stats: Statistics, k: int, *, with_bias: bool = True) -> float:
     """Smallest / largest eigenvalue of the unridged Gram matrix at boundary k."""
     cache = stats.scratch.setdefault("conditioning", {})

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from rba.adapters._base import Span
-from rba.capture import Statistics, check_finite, iter_batches
+from rba.capture import Statistics, add_products, check_finite, iter_batches
 from rba.fit import SpanFit, fit_span, span_module
 
 __all__ = ["SequentialFitter", "PrefixStatistics"]
@@ -190,14 +190,7 @@ class SequentialFitter:
             for i in starts:
                 x = modified[i]
                 check_finite(x, i, "calibration split (sequential fit)")
-                xt = torch.cat([x, torch.ones(x.shape[0], 1, dtype=dtype, device=x.device)], dim=1)
-                prod = xt.T @ torch.cat([xt] + [original[j] for j in by_i[i]], dim=1)
-                d = xt.shape[1]
-                gram[i] += prod[:, :d].double()
-                off = d
-                for j in by_i[i]:
-                    cross[(i, j)] += prod[:, off : off + dims[j]].double()
-                    off += dims[j]
+                add_products(gram[i], x, [(cross[(i, j)], original[j]) for j in by_i[i]])
             n += modified[starts[0]].shape[0]
             bar.update(len(chunk))
         bar.close()

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 from rba.adapters._base import Span
 from rba.errors import BudgetError, ConfigError
 from rba.spans import format_spans
+from search.baselines import proxy_front
 
 __all__ = ["Objective", "OBJECTIVES", "RESULT_COLUMNS", "BUDGET_KEYS"]
 
@@ -139,8 +140,6 @@ class Objective:
     def reachable(self, name: str) -> tuple[float, list[Span]]:
         """The smallest cost fraction any configuration reaches for ``name`` (flops|params|latency), and
         one configuration reaching it (exact: costs add over spans, so a DP over boundaries finds it)."""
-        from search.baselines import proxy_front
-
         pairs = self.session.pairs
         # with a zero proxy the front is the single cheapest configuration
         front = proxy_front(self.session.adapter.num_blocks, pairs, dict.fromkeys(pairs, 0.0), self.span_cost_deltas(name))
