@@ -8,6 +8,7 @@ the recipe names and loads the saved weights strictly.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ def export_model(session, spans, out: str | Path, *, maps=None, kind: str | None
         handle.restore()
     cfg = session.cfg
     model_cfg = dataclasses.asdict(cfg.model)
+    # trust is the loading caller's decision, never the file's: the recipe does not carry it
+    model_cfg.pop("trust_code", None)
     if model_cfg.get("weights"):
         model_cfg["weights"] = str(cfg.resolve_path(model_cfg["weights"]))
     recipe = {
@@ -64,8 +67,18 @@ def export_model(session, spans, out: str | Path, *, maps=None, kind: str | None
         "model_sha256": file_sha256(out / "model.safetensors"),
         "versions": package_versions(),
     }
+    recipe["recipe_sha256"] = _recipe_checksum(recipe)
     atomic_write_json(out / "recipe.json", recipe)
     return out
+
+
+def _recipe_checksum(recipe: dict[str, Any]) -> str:
+    """sha256 of the recipe's canonical JSON (which holds the weights' checksum), less this field itself.
+
+    It detects corruption and mixed exports, never tampering: whoever edits a recipe can recompute it. What a
+    recipe may make the loader do is therefore limited by the caller (see ``load_export``), not by this."""
+    body = {k: v for k, v in recipe.items() if k != "recipe_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def read_recipe(folder: str | Path) -> dict[str, Any]:
@@ -80,20 +93,43 @@ def read_recipe(folder: str | Path) -> dict[str, Any]:
     if not isinstance(recipe, dict) or recipe.get("format") != RECIPE_FORMAT:
         fmt = recipe.get("format") if isinstance(recipe, dict) else None
         raise RBAError(f"{path} has recipe format {fmt}, this rba reads {RECIPE_FORMAT}")
-    expected = recipe.get("model_sha256")
-    if expected and file_sha256(folder / "model.safetensors") != expected:
+    if not recipe.get("recipe_sha256") or not recipe.get("model_sha256"):
+        raise RBAError(f"{path} has no checksum (recipe_sha256 and model_sha256), so its weights cannot be verified: "
+                       "rerun `rba export` into this folder")
+    if _recipe_checksum(recipe) != recipe["recipe_sha256"]:
+        raise RBAError(f"{path} does not match its own checksum (edited or corrupted): rerun `rba export` into this "
+                       "folder")
+    if file_sha256(folder / "model.safetensors") != recipe["model_sha256"]:
         raise RBAError(f"{folder / 'model.safetensors'} does not match the checksum in {path} (an interrupted or "
                        "mixed export): rerun `rba export` into this folder")
     return recipe
 
 
-def load_export(folder: str | Path, device: str = "cpu") -> Adapter:
-    """Rebuild the approximated model saved in ``folder``; returns its adapter (``.model`` is the nn.Module)."""
+def load_export(folder: str | Path, device: str = "cpu", *, trust_code: bool = False,
+                factory: str | None = None) -> Adapter:
+    """Rebuild the approximated model saved in ``folder``; returns its adapter (``.model`` is the nn.Module).
+
+    An export of a ``kind = "module"`` model names a factory that rebuilding it would import and call, i.e.
+    run code. The export never decides that: the caller does, with ``trust_code=True``, and ``factory`` (the
+    ``model.name`` the caller's own config trusts) limits that trust to one factory."""
     from safetensors.torch import load_model
 
     folder = Path(folder)
     recipe = read_recipe(folder)
     model_cfg = dict(recipe["model"])
+    model_cfg.pop("trust_code", None)
+    if model_cfg.get("kind") == "module":
+        named = model_cfg.get("name")
+        if not trust_code:
+            raise RBAError(
+                f"{folder / 'recipe.json'} names the model factory {named!r} (kind = \"module\"), which loading it "
+                "would import and call; an export never decides to run code: load it with a config whose [model] "
+                f"has kind = \"module\", name = {named!r} and trust_code = true (or load_export(..., trust_code=True))"
+            )
+        if factory is not None and factory != named:
+            raise RBAError(f"{folder / 'recipe.json'} names the model factory {named!r}, but your config trusts only "
+                           f"{factory!r}: load it with the config it was exported from")
+        model_cfg["trust_code"] = True
     model_cfg["pretrained"] = False if model_cfg["kind"] in ("timm", "torchvision", "module") else model_cfg["pretrained"]
     model_cfg["device"] = "cpu"
     cfg = Config(model=ModelConfig(**model_cfg), data=DataConfig(**recipe["preprocess"]))

@@ -180,7 +180,10 @@ class Session:
         from rba.evaluate import SplitCache
         from rba.export import load_export
 
-        exported = load_export(folder, device=str(self.adapter.device))
+        model = self.cfg.model
+        trusted = model.kind == "module" and model.trust_code
+        exported = load_export(folder, device=str(self.adapter.device), trust_code=trusted,
+                               factory=model.name if trusted else None)
         spans = parse_spans(exported.export_recipe["spans"])
         kind = exported.export_recipe["fit"]["kind"]
         bs = self.cfg.evaluate.batch_size
