@@ -195,7 +195,7 @@ def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, sc
                   naive_rows: dict[int, dict] | None = None) -> dict:
     """Time for rba's search to reach the hypervolume a naive Optuna search reaches after ``trials`` trials.
 
-    Naive: ``optuna`` with the sampler rba's search uses (``search.study.make_sampler``: TPE, multivariate,
+    Naive: ``optuna`` with the sampler rba's search uses (``search.samplers.make_sampler``: TPE, multivariate,
     the seed), the same encoding and repair, naive trials (lstsq fits + full forward over the eval split).
     rba: ``search.run_search`` as a user runs it (BR priors enqueued first, fits from statistics, prefix reuse
     and memo; ``screening`` optional), same sampler and seed. Objectives fidelity ↑ and flops_frac ↓
@@ -216,7 +216,7 @@ def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, sc
     from rba.session import Session
     from search import run_search
     from search.space import SpanSpace
-    from search.study import make_sampler
+    from search.samplers import make_sampler
 
     full, naive = res["session"], res["naive"]
     # a label-free session sharing the model and statistics: its evaluator caches the eval split only, as the

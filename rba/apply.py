@@ -13,7 +13,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from rba.adapters._base import Adapter, Span
+from rba.adapters._base import Adapter
+from rba.spans import Span
 
 __all__ = ["SpanMap", "Skip", "replace_", "replaced", "Replacement"]
 

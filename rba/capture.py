@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from rba._io import atomic_path, atomic_write_json, file_sha256
-from rba.adapters._base import Adapter, Span
+from rba.adapters._base import Adapter
+from rba.spans import Span
 from rba.errors import CacheError, DataError
 
 __all__ = ["Statistics", "StatisticsCollector", "capture_statistics", "statistics_nbytes", "iter_batches", "length_order",

@@ -11,7 +11,8 @@ from typing import Any, Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from rba.adapters._base import Adapter, Span
+from rba.adapters._base import Adapter
+from rba.spans import Span
 
 __all__ = ["CostModel"]
 

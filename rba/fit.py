@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from rba.adapters._base import Span
+from rba.spans import Span
 from rba._threads import single_thread
 from rba.capture import Statistics
 from rba.errors import SpanError

@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from rba.adapters._base import Span
+from rba.spans import Span
 from rba.capture import Statistics, add_products, check_finite, iter_batches
 from rba.fit import SpanFit, fit_span, span_module
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from rba.adapters._base import Span
 from rba.errors import SpanError
 
-__all__ = ["parse_spans", "format_spans", "check_spans"]
+__all__ = ["Span", "parse_spans", "format_spans", "check_spans"]
+
+#: a span (i, j): blocks i..j-1 replaced by one map from boundary i to boundary j
+Span = tuple[int, int]
 
 _SPAN = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from rba.adapters._base import Span
+from rba.spans import Span
 from rba.capture import Statistics
 
 __all__ = ["span_scores", "best_single_spans", "br_greedy", "block_drop_order", "proxy_front", "spread", "front_priors",

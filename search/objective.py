@@ -31,7 +31,7 @@ import threading
 import warnings
 from typing import Any, Sequence
 
-from rba.adapters._base import Span
+from rba.spans import Span
 from rba.errors import BudgetError, ConfigError
 from rba.spans import format_spans
 from search.baselines import proxy_front

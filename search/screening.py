@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Sequence
 
-from rba.adapters._base import Span
+from rba.spans import Span
 
 __all__ = ["Screen"]
 

@@ -18,7 +18,7 @@ import random
 from functools import cached_property
 from typing import Any, Iterator, Mapping, Sequence
 
-from rba.adapters._base import Span
+from rba.spans import Span
 
 __all__ = ["SpanSpace", "KEEP", "START", "CONTINUE", "CHOICES"]
 

@@ -21,7 +21,6 @@ import json
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from rba.spans import format_spans, parse_spans
 from search.baselines import (EXHAUSTIVE_LIMIT, block_drop_order, br_greedy, front_priors, prior_configurations,
                               span_scores)
 from search.objective import OBJECTIVES, RESULT_COLUMNS, Objective
+from search.samplers import make_sampler
 from search.space import SpanSpace
 
 __all__ = ["StudyContext", "SearchResult", "run_search", "run_study", "prepare", "study_identity", "open_study",
@@ -199,27 +199,6 @@ def _storage(url: str):
     from search._storage import open_storage
 
     return open_storage(url)
-
-
-def make_sampler(cfg: Config, method: str):
-    import optuna
-
-    seed = cfg.search.seed
-    if method != "optuna":
-        return optuna.samplers.RandomSampler(seed=seed)  # never asked: baselines enqueue every trial
-    name = cfg.search.sampler
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True)
-        if name == "nsga2":
-            pop = max(8, min(50, cfg.search.trials // 4))
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=pop)
-        if name == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed)
-    raise ConfigError(f"unknown sampler {name!r}")
 
 
 def open_study(ctx: StudyContext, sampler=None):

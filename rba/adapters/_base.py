@@ -16,9 +16,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from rba.spans import Span
+
 __all__ = ["Adapter", "Context", "Span", "Layout"]
 
-Span = tuple[int, int]
 #: "tokens": boundaries are (N, T, D) with a (N, T) mask of real tokens; vectors are the real tokens.
 #: "pixels": boundaries are (N, C, H, W); vectors are the N·H·W positions, each of C channels.
 Layout = str

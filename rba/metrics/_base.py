@@ -6,7 +6,7 @@ import abc
 
 import torch
 
-from rba.adapters._base import Span
+from rba.spans import Span
 from rba.capture import Statistics
 
 __all__ = ["Metric"]

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from rba.adapters._base import Span
+from rba.spans import Span
 from rba.capture import Statistics
 from rba.fit import fit_span
 from rba.metrics._base import Metric

@@ -92,7 +92,7 @@ def test_random_sample_distinct_and_valid():
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random", "gp"])
 def test_every_sampler_drives_the_encoding(sampler):
     from rba.config import Config
-    from search.study import make_sampler
+    from search.samplers import make_sampler
 
     cfg = Config.from_dict({"search": {"sampler": sampler, "trials": 12, "seed": 1}})
     space = SpanSpace(5, _all_spans(5, max_span=3))
