@@ -1,8 +1,9 @@
 """Replacement modules and swapping them into a model.
 
-A span (i, j) becomes one :class:`SpanMap` at ``blocks[i]`` and a :class:`Skip` at ``blocks[i+1..j-1]``; the
-model's own forward then runs the approximation. :func:`replace_` does that in place and returns a handle whose
-``restore()`` (or ``with`` exit) puts the original blocks back.
+:func:`span_module` builds a span's replacement module from its fit (the module its fit plug-in declares,
+loaded with the solution). A span (i, j) puts that module at ``blocks[i]`` and a :class:`Skip` at
+``blocks[i+1..j-1]``; the model's own forward then runs the approximation. :func:`replace_` does that in place
+and returns a handle whose ``restore()`` (or ``with`` exit) puts the original blocks back.
 """
 
 from __future__ import annotations
@@ -13,48 +14,21 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from rba._modules import Skip, SpanMap
 from rba.adapters._base import Adapter
+from rba.fit import SpanFit, get_fit
 from rba.spans import Span
 
-__all__ = ["SpanMap", "Skip", "replace_", "replaced", "Replacement"]
+__all__ = ["SpanMap", "Skip", "span_module", "replace_", "replaced", "Replacement"]
 
 
-class SpanMap(nn.Module):
-    """One affine map y = x·W + b applied to every vector (token or pixel position) of a boundary tensor.
-
-    Stored as an ``nn.Linear`` (weight = Wᵀ), so an export holds an ordinary linear layer.
-    """
-
-    def __init__(self, dim_in: int, dim_out: int, *, bias: bool = True, layout: str = "tokens", span: Span = (0, 1)):
-        super().__init__()
-        self.linear = nn.Linear(dim_in, dim_out, bias=bias)
-        self.layout = layout
-        self.span = tuple(span)
-
-    @classmethod
-    def from_solution(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, layout: str, span: Span) -> "SpanMap":
-        """``weight`` is D_in × D_out (the solved W); ``bias`` is D_out or None."""
-        m = cls(weight.shape[0], weight.shape[1], bias=bias is not None, layout=layout, span=span)
-        with torch.no_grad():
-            m.linear.weight.copy_(weight.T.to(m.linear.weight.dtype))
-            if bias is not None:
-                m.linear.bias.copy_(bias.to(m.linear.bias.dtype))
-        return m
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.layout == "pixels":
-            return self.linear(h.movedim(1, -1)).movedim(-1, 1)
-        return self.linear(h)
-
-    def extra_repr(self) -> str:
-        return f"span={self.span[0]}-{self.span[1]}, layout={self.layout}"
-
-
-class Skip(nn.Module):
-    """Stands in for a block inside a replaced span: passes its input through."""
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h
+def span_module(fit: SpanFit, layout: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The replacement module for a fitted span: its plug-in's module, holding the solution in ``dtype``."""
+    plugin = get_fit(fit.kind)
+    module = plugin.module(fit.dim_in, fit.dim_out, layout=layout, span=fit.span).to(dtype)
+    state = {name: t.to(dtype) for name, t in plugin.state_dict(fit).items()}
+    module.load_state_dict(state, strict=True)
+    return module
 
 
 class Replacement:

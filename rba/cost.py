@@ -1,5 +1,6 @@
 """Compute cost of a configuration: FLOPs and parameters (counted once per block), latency (a per-block
-table measured once). Spans cost their matmul; everything else is the unmodified model's."""
+table measured once). A span costs what its fit plug-in's module costs (:meth:`rba.fit.Fit.num_params`,
+:meth:`~rba.fit.Fit.flops_per_vector`); everything else is the unmodified model's."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rba.adapters._base import Adapter
+from rba.fit import get_fit
 from rba.spans import Span
 
 __all__ = ["CostModel"]
@@ -53,7 +55,8 @@ class CostModel:
     dims: list[int]
     base_latency_ms: float = float("nan")
     block_latency_ms: list[float] = field(default_factory=list)
-    map_latency_ms: dict[int, float] = field(default_factory=dict)
+    map_latency_table: dict[int, float] = field(default_factory=dict)
+    """start width D → measured latency of one affine D×D map on a batch"""
     batch_size: int = 1
     reference_length: float = 0.0
 
@@ -66,14 +69,21 @@ class CostModel:
         return self.base_latency_ms + sum(self.block_latency_ms)
 
     def map_flops(self, span: Span, kind: str) -> int:
-        if kind == "identity":
-            return 0
+        """Per-sample FLOPs of the map the fit plug-in ``kind`` declares for ``span``."""
         i, j = span
-        return int(round(2 * self.dims[i] * self.dims[j] * self.vectors_per_sample[i]))
+        return int(round(get_fit(kind).flops_per_vector(self.dims[i], self.dims[j]) * self.vectors_per_sample[i]))
 
     @staticmethod
     def map_params(dim_in: int, dim_out: int, kind: str) -> int:
-        return {"affine": dim_in * dim_out + dim_out, "linear": dim_in * dim_out, "identity": 0}[kind]
+        return get_fit(kind).num_params(dim_in, dim_out)
+
+    def map_latency_ms(self, span: Span, kind: str) -> float:
+        """The latency table times one affine D×D map per start width; another map is priced by its FLOPs
+        relative to that one (the identity is free, a linear map costs what the affine one does)."""
+        i, j = span
+        measured = self.map_latency_table.get(self.dims[i], 0.0)
+        reference = get_fit("affine").flops_per_vector(self.dims[i], self.dims[j])
+        return measured * (get_fit(kind).flops_per_vector(self.dims[i], self.dims[j]) / reference)
 
     def cost(self, spans: Sequence[Span], kind: str = "affine") -> dict[str, float]:
         flops = self.total_flops
@@ -83,7 +93,7 @@ class CostModel:
             flops += self.map_flops((i, j), kind) - sum(self.block_flops[i:j])
             params += self.map_params(self.dims[i], self.dims[j], kind) - sum(self.block_params[i:j])
             if self.block_latency_ms:
-                latency += self.map_latency_ms.get(self.dims[i], 0.0) if kind != "identity" else 0.0
+                latency += self.map_latency_ms((i, j), kind)
                 latency -= sum(self.block_latency_ms[i:j])
         return {
             "flops": float(flops),
@@ -175,7 +185,7 @@ class CostModel:
                 maps[d] = _time_ms(lambda: m(s), repeats)
         self.base_latency_ms = embed_ms + head_ms
         self.block_latency_ms = block_ms
-        self.map_latency_ms = maps
+        self.map_latency_table = maps
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict

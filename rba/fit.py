@@ -1,80 +1,215 @@
-"""Closed-form span fits from streamed statistics (float64, ridge-stabilised normal equations, Cholesky).
+"""Span fits: one plug-in class (:class:`Fit`), its registry, and the built-in closed-form fits.
 
-Affine: ``W = (A_i + λI) \\ B_ij`` with A_i = Σ x̃_i x̃_iᵀ, B_ij = Σ x̃_i x_jᵀ, λ = ridge · mean diagonal of the
-system (tr(A_i)/(D+1) for affine); the bias row is ridged like the rest. Linear drops the bias row/column.
-Identity maps x to x (the skip baseline). ``SSE = s_j − 2·tr(Wᵀ B) + tr(Wᵀ A W)``, which for the ridge solution
-is ``s_j − tr(WᵀB) − λ‖W‖²``. The factorisation of A_i + λI is computed once per start boundary.
+A fit plug-in states what it learns from (``needs``: the streamed ``"statistics"``, or ``"vectors"``, a bounded
+sample of paired calibration vectors for fits that train), returns a :class:`SpanFit` (its tensors, the SSE on
+what it saw), and declares its replacement module (:meth:`Fit.module`), from which the cost model reads
+parameters and FLOPs. Building the module from a solution and swapping it into a model is :mod:`rba.apply`'s job.
+
+Built in, from the statistics (float64, ridge-stabilised normal equations, Cholesky):
+
+* ``affine``: ``W = (A_i + λI) \\ B_ij`` with A_i = Σ x̃_i x̃_iᵀ, B_ij = Σ x̃_i x_jᵀ, λ = ridge · mean diagonal
+  of the system (tr(A_i)/(D+1)); the bias row is ridged like the rest.
+* ``linear``: the same without the bias row/column.
+* ``identity``: x ↦ x, the skip baseline (no parameters).
+
+``SSE = s_j − 2·tr(Wᵀ B) + tr(Wᵀ A W)``, which for the ridge solution is ``s_j − tr(WᵀB) − λ‖W‖²``. The
+factorisation of A_i + λI is computed once per start boundary.
 """
 
 from __future__ import annotations
 
+import abc
 import warnings
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from rba.spans import Span
+from rba._modules import Skip, SpanMap
 from rba._threads import single_thread
 from rba.capture import Statistics
-from rba.errors import SpanError
+from rba.errors import SpanError, did_you_mean
+from rba.spans import Span
 
-__all__ = ["SpanFit", "fit_span", "register_fit", "RankDeficientWarning", "span_module", "ill_conditioning"]
+__all__ = ["Fit", "FitInput", "SpanFit", "RankDeficientWarning", "fit_span", "get_fit", "list_fits", "register_fit",
+           "ill_conditioning"]
 
 #: smallest/largest eigenvalue of the unridged system below which the ridge is what makes it solvable
 RANK_DEFICIENT_RATIO = 1e-10
+
+Needs = Literal["statistics", "vectors"]
 
 
 class RankDeficientWarning(UserWarning):
     """The normal equations of a span are (numerically) singular; the ridge takes over."""
 
 
+@dataclass(frozen=True)
+class FitInput:
+    """What a fit plug-in receives for one span (i, j): ``statistics`` when it ``needs = "statistics"``, else
+    ``vectors`` = (x_i, x_j), a bounded sample of paired calibration vectors, (n, dim_in) and (n, dim_out)."""
+
+    span: Span
+    dim_in: int
+    dim_out: int
+    ridge: float = 1e-6
+    statistics: Statistics | None = None
+    vectors: tuple[torch.Tensor, torch.Tensor] | None = None
+    seed: int = 0
+
+
 @dataclass
 class SpanFit:
+    """A fit plug-in's solution for one span: its tensors (float64, named as the plug-in chooses) and the
+    squared error Σ‖x̂_j − x_j‖² on the vectors it was fitted on."""
+
     span: Span
     kind: str
-    weight: torch.Tensor
-    """D_in × D_out float64"""
-    bias: torch.Tensor | None
-    """D_out float64, or None (linear, identity)"""
+    dim_in: int
+    dim_out: int
+    tensors: dict[str, torch.Tensor]
     sse: float
-    """Σ‖x̂_j − x_j‖² over the calibration vectors"""
-    ridge_lambda: float
+    ridge_lambda: float = 0.0
+    info: dict[str, float] = field(default_factory=dict)
+    """anything else the plug-in reports (e.g. a trained fit's final loss)"""
+
+    @property
+    def weight(self) -> torch.Tensor | None:
+        """D_in × D_out (affine, linear, identity), else None"""
+        return self.tensors.get("weight")
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.tensors.get("bias")
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.to(self.weight.dtype) @ self.weight
-        return y if self.bias is None else y + self.bias
+        """The fitted map applied to vectors x (n, D_in), in float64."""
+        return get_fit(self.kind).predict(self, x)
 
     @property
     def num_params(self) -> int:
-        if self.kind == "identity":
-            return 0
-        return self.weight.numel() + (0 if self.bias is None else self.bias.numel())
+        return get_fit(self.kind).num_params(self.dim_in, self.dim_out)
 
 
-_FITS: dict[str, Callable[[Statistics, Span, float], SpanFit]] = {}
+class Fit(abc.ABC):
+    """A fit plug-in: learns one span's replacement map from its input and declares the module that applies it.
+
+    Subclasses implement :meth:`fit` and :meth:`module`; register them with ``@register_fit("name")``. The
+    defaults of :meth:`state_dict`, :meth:`predict`, :meth:`num_params` and :meth:`flops_per_vector` derive
+    everything else from the module.
+    """
+
+    #: what :meth:`fit` reads from its :class:`FitInput`: ``statistics`` or ``vectors``
+    needs: ClassVar[Needs] = "statistics"
+    #: trained by an optimiser (not closed form); shown wherever fits are listed
+    trained: ClassVar[bool] = False
+    #: the registry name, set by :func:`register_fit`
+    name: str = ""
+
+    @abc.abstractmethod
+    def fit(self, data: FitInput) -> SpanFit:
+        """The solution for ``data.span``."""
+
+    @abc.abstractmethod
+    def module(self, dim_in: int, dim_out: int, *, layout: str, span: Span) -> nn.Module:
+        """The replacement module's skeleton (shapes right, values arbitrary) for a boundary tensor of
+        ``layout``: what a reloaded export is rebuilt from before its weights are loaded."""
+
+    def state_dict(self, fit: SpanFit) -> dict[str, torch.Tensor]:
+        """The solution as the skeleton's ``state_dict`` (default: the fit's tensors under the same names)."""
+        return fit.tensors
+
+    def predict(self, fit: SpanFit, x: torch.Tensor) -> torch.Tensor:
+        """The solution applied to vectors x (n, dim_in) in float64 (default: through a float64 module)."""
+        m = self.module(fit.dim_in, fit.dim_out, layout="tokens", span=fit.span).double()
+        m.load_state_dict({k: t.double() for k, t in self.state_dict(fit).items()}, strict=True)
+        with torch.no_grad():
+            return m(x.double())
+
+    def num_params(self, dim_in: int, dim_out: int) -> int:
+        return _module_costs(self, dim_in, dim_out)[0]
+
+    def flops_per_vector(self, dim_in: int, dim_out: int) -> int:
+        """Forward FLOPs of the map per vector, as ``torch.utils.flop_counter`` counts them."""
+        return _module_costs(self, dim_in, dim_out)[1]
 
 
-def register_fit(kind: str):
-    """Register a closed-form fit ``fn(stats, span, ridge) -> SpanFit`` under ``[fit] kind``."""
+_COSTS: dict[tuple[str, int, int], tuple[int, int]] = {}
 
-    def deco(fn):
-        _FITS[kind] = fn
-        return fn
+
+def _module_costs(plugin: Fit, dim_in: int, dim_out: int) -> tuple[int, int]:
+    """(parameters, FLOPs per vector) of the plug-in's module, counted once per shape on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    key = (plugin.name or type(plugin).__name__, dim_in, dim_out)
+    if key not in _COSTS:
+        with torch.device("meta"):
+            m = plugin.module(dim_in, dim_out, layout="tokens", span=(0, 1))
+            x = torch.empty(1, dim_in)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            m(x)
+        _COSTS[key] = (sum(p.numel() for p in m.parameters()), int(counter.get_total_flops()))
+    return _COSTS[key]
+
+
+_FITS: dict[str, Fit] = {}
+
+
+def register_fit(name: str):
+    """Class decorator: register a :class:`Fit` subclass under ``[fit] kind = name``."""
+
+    def deco(cls: type[Fit]) -> type[Fit]:
+        if not (isinstance(cls, type) and issubclass(cls, Fit)):
+            raise TypeError(f"register_fit({name!r}) decorates a subclass of rba.fit.Fit, got {cls!r}")
+        if name in _FITS:
+            raise ValueError(f"fit kind {name!r} is already registered ({type(_FITS[name]).__name__})")
+        plugin = cls()
+        plugin.name = name
+        _FITS[name] = plugin
+        return cls
 
     return deco
 
 
-def fit_span(stats: Statistics, span: Span, kind: str = "affine", ridge: float = 1e-6) -> SpanFit:
-    if kind not in _FITS:
-        raise SpanError(f"unknown fit kind {kind!r}; known: {', '.join(sorted(_FITS))}")
+def list_fits() -> list[str]:
+    """Registered fit kinds, sorted."""
+    return sorted(_FITS)
+
+
+def get_fit(name: str) -> Fit:
+    """The plug-in registered as ``name``; a :class:`SpanError` naming the known ones (and the closest) otherwise."""
+    try:
+        return _FITS[name]
+    except KeyError:
+        raise SpanError(f"unknown fit kind {name!r}; known: {', '.join(list_fits())}.{did_you_mean(name, _FITS)} "
+                        "Set [fit] kind to one of them") from None
+
+
+def fit_span(stats: Statistics | None, span: Span, kind: str = "affine", ridge: float = 1e-6, *,
+             vectors: tuple[torch.Tensor, torch.Tensor] | None = None, seed: int = 0) -> SpanFit:
+    """Fit ``span`` with the plug-in ``kind``, from ``stats`` or from paired ``vectors`` (x_i, x_j), as it needs."""
+    plugin = get_fit(kind)
     i, j = span
-    if stats.dims[i] != stats.dims[j] and kind == "identity":
-        raise SpanError(f"span {i}-{j}: an identity map needs equal sizes, boundaries have D = {stats.dims[i]} and {stats.dims[j]}")
-    stats.require(span)
+    if plugin.needs == "statistics":
+        if stats is None:
+            raise SpanError(f"fit kind {kind!r} fits from statistics, but none were given for span {i}-{j}")
+        stats.require(span)
+        dims = stats.dims[i], stats.dims[j]
+    else:
+        if vectors is None:
+            raise SpanError(f"fit kind {kind!r} trains on calibration vectors (x_i, x_j), but none were given for "
+                            f"span {i}-{j}")
+        x, y = vectors
+        if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+            raise SpanError(f"span {i}-{j}: vectors must be paired (n, D_in) and (n, D_out), got {tuple(x.shape)} "
+                            f"and {tuple(y.shape)}")
+        dims = x.shape[1], y.shape[1]
+    data = FitInput(span=span, dim_in=int(dims[0]), dim_out=int(dims[1]), ridge=ridge, seed=seed,
+                    statistics=stats if plugin.needs == "statistics" else None,
+                    vectors=vectors if plugin.needs == "vectors" else None)
     with single_thread():
-        return _FITS[kind](stats, span, ridge)
+        return plugin.fit(data)
 
 
 def ill_conditioning(stats: Statistics, k: int, *, with_bias: bool = True) -> float:
@@ -88,6 +223,7 @@ def ill_conditioning(stats: Statistics, k: int, *, with_bias: bool = True) -> fl
     return cache[key]
 
 
+# ---------------------------------------------------------------------- closed-form fits from statistics
 def _inverse(stats: Statistics, k: int, ridge: float, span: Span, *, with_bias: bool) -> tuple[torch.Tensor, float]:
     """(A_k + λI)⁻¹ and λ for the Gram matrix at boundary k, computed once per boundary and reused by every
     span that starts there (a search fits many spans from the same start). Cholesky; if that fails (ridge 0 on
@@ -124,6 +260,7 @@ def _solve(stats: Statistics, span: Span, ridge: float, *, with_bias: bool) -> t
     inv, lam = _inverse(stats, i, ridge, span, with_bias=with_bias)
     w = inv @ b
     sse = stats.sum_sq(j) - float((w * b).sum()) - lam * float((w * w).sum())
+    _warn_if_singular(stats, span, with_bias, lam)
     return w, lam, max(sse, 0.0)
 
 
@@ -137,38 +274,64 @@ def _warn_if_singular(stats: Statistics, span: Span, with_bias: bool, lam: float
                 f"span {span[0]}-{span[1]}: statistics at boundary {span[0]} are rank-deficient "
                 f"(eigenvalue ratio {ratio:.1e}); the ridge (λ = {lam:.3g}) takes over",
                 RankDeficientWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
 
+class _LinearMapFit(Fit):
+    """Least squares x_j ≈ x_i·W (+ b) from the statistics; the module is one :class:`SpanMap`."""
+
+    with_bias: ClassVar[bool] = True
+
+    def fit(self, data: FitInput) -> SpanFit:
+        w, lam, sse = _solve(data.statistics, data.span, data.ridge, with_bias=self.with_bias)
+        tensors = {"weight": w[:-1], "bias": w[-1]} if self.with_bias else {"weight": w}
+        return SpanFit(data.span, self.name, data.dim_in, data.dim_out, tensors, sse, lam)
+
+    def module(self, dim_in: int, dim_out: int, *, layout: str, span: Span) -> nn.Module:
+        return SpanMap(dim_in, dim_out, bias=self.with_bias, layout=layout, span=span)
+
+    def state_dict(self, fit: SpanFit) -> dict[str, torch.Tensor]:
+        out = {"linear.weight": fit.weight.T}
+        if self.with_bias:
+            out["linear.bias"] = fit.bias
+        return out
+
+    def predict(self, fit: SpanFit, x: torch.Tensor) -> torch.Tensor:
+        y = x.to(fit.weight.dtype) @ fit.weight
+        return y if fit.bias is None else y + fit.bias
+
+
 @register_fit("affine")
-def _fit_affine(stats: Statistics, span: Span, ridge: float) -> SpanFit:
-    w, lam, sse = _solve(stats, span, ridge, with_bias=True)
-    _warn_if_singular(stats, span, True, lam)
-    return SpanFit(span, "affine", w[:-1], w[-1], sse, lam)
+class AffineFit(_LinearMapFit):
+    with_bias = True
 
 
 @register_fit("linear")
-def _fit_linear(stats: Statistics, span: Span, ridge: float) -> SpanFit:
-    w, lam, sse = _solve(stats, span, ridge, with_bias=False)
-    _warn_if_singular(stats, span, False, lam)
-    return SpanFit(span, "linear", w, None, sse, lam)
+class LinearFit(_LinearMapFit):
+    with_bias = False
 
 
 @register_fit("identity")
-def _fit_identity(stats: Statistics, span: Span, ridge: float) -> SpanFit:
-    i, j = span
-    # ‖x_i − x_j‖² summed: s_i − 2·tr(B) + s_j
-    cross = float(torch.diagonal(stats.cross[span][:-1]).sum())
-    sse = max(stats.sum_sq(i) - 2 * cross + stats.sum_sq(j), 0.0)
-    return SpanFit(span, "identity", torch.eye(stats.dims[i], dtype=torch.float64), None, sse, 0.0)
+class IdentityFit(Fit):
+    """x_j ≈ x_i: the skip baseline (block-drop). Its SSE is Σ‖x_i − x_j‖² = s_i − 2·tr(B) + s_j."""
 
+    def fit(self, data: FitInput) -> SpanFit:
+        i, j = data.span
+        if data.dim_in != data.dim_out:
+            raise SpanError(f"span {i}-{j}: an identity map needs equal sizes, boundaries have D = {data.dim_in} "
+                            f"and {data.dim_out}")
+        stats = data.statistics
+        cross = float(torch.diagonal(stats.cross[data.span][:-1]).sum())
+        sse = max(stats.sum_sq(i) - 2 * cross + stats.sum_sq(j), 0.0)
+        return SpanFit(data.span, self.name, data.dim_in, data.dim_out,
+                       {"weight": torch.eye(data.dim_in, dtype=torch.float64)}, sse, 0.0)
 
-def span_module(fit: SpanFit, layout: str, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """The replacement module for a fitted span (identity spans become a parameter-free skip)."""
-    from rba.apply import Skip, SpanMap
-
-    if fit.kind == "identity":
+    def module(self, dim_in: int, dim_out: int, *, layout: str, span: Span) -> nn.Module:
         return Skip()
-    m = SpanMap.from_solution(fit.weight, fit.bias, layout=layout, span=fit.span)
-    return m.to(dtype)
+
+    def state_dict(self, fit: SpanFit) -> dict[str, torch.Tensor]:
+        return {}
+
+    def predict(self, fit: SpanFit, x: torch.Tensor) -> torch.Tensor:
+        return x.double()

@@ -28,7 +28,9 @@ from torch import nn
 
 from rba.spans import Span
 from rba.capture import Statistics, add_products, check_finite, iter_batches
-from rba.fit import SpanFit, fit_span, span_module
+from rba.apply import span_module
+from rba.errors import SpanError
+from rba.fit import SpanFit, fit_span, get_fit
 
 __all__ = ["SequentialFitter", "PrefixStatistics"]
 
@@ -95,6 +97,9 @@ class SequentialFitter:
         if not prefix or kind == "identity":
             # nothing replaced before it (or a data-free map): the independent fit, exactly
             return self.session.fit(span, kind)
+        if get_fit(kind).needs != "statistics":
+            raise SpanError(f"fit kind {kind!r} trains on calibration vectors, and sequential fitting supports fits "
+                            "from statistics only: set [fit] mode = \"independent\"")
         key = (prefix, span, kind)
         if key in self._fits:
             self._fits.move_to_end(key)

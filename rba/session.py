@@ -21,12 +21,22 @@ from rba.capture import Statistics, capture_statistics
 from rba.config import Config, config_hash
 from rba.data import Dataset, Splits, load_dataset, make_splits
 from rba.errors import CacheError
-from rba.fit import SpanFit, fit_span, span_module
+from rba.apply import span_module
+from rba.errors import ModelError
+from rba.fit import SpanFit, fit_span, get_fit
 from rba.spans import check_spans, format_spans, parse_spans
 
 __all__ = ["Session"]
 
 RESULT_COLUMNS = ["spans", "accuracy", "fidelity", "flops", "flops_frac", "params", "params_frac", "latency_ms"]
+
+#: most paired calibration vectors handed to a fit that trains on vectors (``needs = "vectors"``)
+MAX_FIT_VECTORS = 16384
+
+
+def maps_tag(kind: str, mode: str) -> str:
+    """What the evaluator's prefix memo keys replacement modules by: maps differ by fit kind and mode."""
+    return f"{kind}/{mode}"
 
 
 def _log(msg: str) -> None:
@@ -124,12 +134,48 @@ class Session:
         return (int(row.start), int(row.end))
 
     def fit(self, span: Span, kind: str | None = None) -> SpanFit:
+        """The independent fit of ``span`` (on the unmodified network), from what its plug-in needs."""
         kind = kind or self.cfg.fit.kind
         if (span, kind) not in self._fits:
-            self._fits[(span, kind)] = fit_span(self.stats, span, kind, self.cfg.fit.ridge)
+            if get_fit(kind).needs == "vectors":
+                fit = fit_span(None, span, kind, self.cfg.fit.ridge, vectors=self.fit_vectors(span),
+                               seed=self.cfg.data.seed)
+            else:
+                fit = fit_span(self.stats, span, kind, self.cfg.fit.ridge)
+            self._fits[(span, kind)] = fit
         return self._fits[(span, kind)]
 
-    def maps(self, spans: Sequence[Span], kind: str | None = None) -> list[nn.Module]:
+    @torch.inference_mode()
+    def fit_vectors(self, span: Span, limit: int = MAX_FIT_VECTORS) -> tuple[torch.Tensor, torch.Tensor]:
+        """Paired vectors (x_i, x_j) of the unmodified network for a fit that trains on vectors: those of the
+        first calibration samples, up to ``limit`` (the split is already a random draw), on the CPU."""
+        from rba.capture import boundary_vectors
+
+        i, j = span
+        xs, ys, n = [], [], 0
+        for _, vecs in boundary_vectors(self.adapter, self.splits.calibration.samples, self.cfg.capture.batch_size):
+            xs.append(vecs[i].float().cpu())
+            ys.append(vecs[j].float().cpu())
+            n += xs[-1].shape[0]
+            if n >= limit:
+                break
+        return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
+
+    @cached_property
+    def sequential(self):
+        """Sequential fits (``[fit] mode = "sequential"``) of this session's configurations."""
+        from rba.sequential import SequentialFitter
+
+        return SequentialFitter(self)
+
+    def maps(self, spans: Sequence[Span], kind: str | None = None, mode: str | None = None) -> list[nn.Module]:
+        """Replacement modules for the configuration ``spans`` (sorted), on the model's device and dtype.
+
+        The one place ``[fit] mode`` is honoured: every command (evaluate, export, search) gets its maps here."""
+        kind = kind or self.cfg.fit.kind
+        mode = mode or self.cfg.fit.mode
+        if mode == "sequential":
+            return self.sequential.maps(spans, kind)
         dtype = next(self.adapter.model.parameters()).dtype
         return [span_module(self.fit(s, kind), self.adapter.layout, dtype).to(self.adapter.device) for s in spans]
 
@@ -151,14 +197,15 @@ class Session:
         return Evaluator(self.adapter, self.splits, head=e.head, batch_size=e.batch_size, probe_c=e.probe_c,
                          need_labels=self.need_labels, starts=starts, progress=self.progress)
 
-    def evaluate(self, spans: Sequence[Span], kind: str | None = None) -> dict[str, Any]:
+    def evaluate(self, spans: Sequence[Span], kind: str | None = None, mode: str | None = None) -> dict[str, Any]:
         """All result columns for one configuration (spans already validated)."""
         kind = kind or self.cfg.fit.kind
+        mode = mode or self.cfg.fit.mode
         spans = sorted(spans)
         with warnings.catch_warnings():
             warnings.simplefilter("default")
-            maps = self.maps(spans, kind)
-        scores = self.evaluator.score(spans, maps, tag=kind)
+            maps = self.maps(spans, kind, mode)
+        scores = self.evaluator.score(spans, maps, tag=maps_tag(kind, mode))
         return {"spans": format_spans(spans)} | scores | self.cost_model.cost(spans, kind)
 
     # ------------------------------------------------------------------ output folder records

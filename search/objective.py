@@ -1,9 +1,9 @@
 """The one objective every backend and baseline calls: configuration → fits → cost → evaluation → result.
 
-``Objective(session)(spans)`` fits every span (independently from the cached statistics, or sequentially with
-``[fit] mode = "sequential"``, see :mod:`rba.sequential`), prices the configuration with the session's cost
-model, evaluates it with the session's evaluator (prefix reuse and prefix memo) and returns the result
-columns plus feasibility and the constraint values. Results are memoised per configuration string.
+``Objective(session)(spans)`` fits every span through the session (independently from the cached statistics,
+or sequentially with ``[fit] mode = "sequential"``: :meth:`rba.session.Session.maps` handles the mode), prices
+the configuration with the session's cost model, evaluates it with the session's evaluator (prefix reuse and
+prefix memo) and returns the result columns plus feasibility and the constraint values. Results are memoised per configuration string.
 
 Objective values (what the samplers see):
 
@@ -71,7 +71,6 @@ class Objective:
         self.budgets = {k: float(v) for k, v in budgets.items() if v is not None}
         self._memo: dict[str, dict[str, Any]] = {}
         self._lock = threading.RLock()
-        self._sequential = None
         self.evaluations = 0
         """number of configurations evaluated (memo misses)"""
 
@@ -86,7 +85,9 @@ class Objective:
 
     @property
     def tag(self) -> str:
-        return f"{self.kind}/{self.mode}"
+        from rba.session import maps_tag
+
+        return maps_tag(self.kind, self.mode)
 
     def values(self, result: dict[str, Any]) -> list[float]:
         return [float(result[c]) for c in self.columns]
@@ -159,21 +160,11 @@ class Objective:
                 )
 
     # ------------------------------------------------------------------ fits and evaluation
-    @property
-    def sequential(self):
-        if self._sequential is None:
-            from rba.sequential import SequentialFitter
-
-            self._sequential = SequentialFitter(self.session)
-        return self._sequential
-
     def maps(self, spans: Sequence[Span]):
-        spans = sorted(spans)
+        """Replacement modules for ``spans``: the session's, in this objective's fit kind and mode."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # rank-deficient boundaries: the ridge handles them
-            if self.mode == "sequential":
-                return self.sequential.maps(spans, self.kind)
-            return self.session.maps(spans, self.kind)
+            return self.session.maps(sorted(spans), self.kind, mode=self.mode)
 
     def proxy(self, spans: Sequence[Span]) -> float:
         """Statistics-only quality proxy for screening: Σ ls_residual of the spans (lower is better)."""
