@@ -140,7 +140,8 @@ class Export(_Command):
         from rba.session import Session
 
         cfg = self.load(args, use_out=False)
-        session = Session(cfg, need_labels=False, progress=not args.quiet)
+        # labels, when the data has them, let the export carry the classifier head fitted for these spans
+        session = Session(cfg, progress=not args.quiet)
         spans = session.parse(args.spans)
         out = export_model(session, spans, args.out)
         print(f"wrote {out / 'model.safetensors'} and {out / 'recipe.json'}", file=sys.stderr)

@@ -109,6 +109,15 @@ class LinearProbe:
         z = (x.double().cpu() - self.mean) / self.std
         return (z @ self.w + self.b).argmax(1)
 
+    def as_linear(self) -> nn.Linear:
+        """The probe as one float64 ``nn.Linear`` on raw pooled features (the standardisation folded in)."""
+        w = self.w / self.std[:, None]
+        linear = nn.Linear(w.shape[0], w.shape[1], dtype=torch.float64)
+        with torch.no_grad():
+            linear.weight.copy_(w.T)
+            linear.bias.copy_(self.b - (self.mean / self.std) @ self.w)
+        return linear
+
 
 class Evaluator:
     """Evaluates configurations (spans + replacement modules) with prefix reuse and a prefix memo."""
@@ -214,9 +223,15 @@ class Evaluator:
 
                 raise ModelError("evaluate.head = \"native\" but this model has no classification head: use \"probe\"")
             pred = logits.argmax(1).cpu()
-        elif self.head == "fixed-probe":
-            pred = self.fixed_probe.predict(pooled["eval"])
         else:
-            probe = LinearProbe(self.probe_c).fit(pooled["probe"], self.parts["probe"].labels, self.num_classes)
-            pred = probe.predict(pooled["eval"])
+            pred = self.probe_for(pooled).predict(pooled["eval"])
         return float((pred == ev.labels).double().mean())
+
+    def probe_for(self, pooled: dict[str, torch.Tensor]) -> LinearProbe | None:
+        """The linear probe that scores these pooled representations: the fixed one, or one fitted on
+        ``pooled["probe"]`` (head "probe"); None for the native head or without labels."""
+        if self.head == "fixed-probe":
+            return self.fixed_probe
+        if self.head == "probe" and "probe" in self.parts and self.parts["probe"].labels is not None:
+            return LinearProbe(self.probe_c).fit(pooled["probe"], self.parts["probe"].labels, self.num_classes)
+        return None

@@ -1,8 +1,19 @@
-"""Export a configuration as a model that reloads: ``model.safetensors`` (the approximated model's weights,
-with an ``nn.Linear`` in place of each span) and ``recipe.json`` (how to rebuild it).
+"""Export a configuration as a model that reloads: ``model.safetensors`` (the approximated model's weights, with
+each span's replacement module in place of its blocks, and the fitted classifier head when there is one) and
+``recipe.json`` (how to rebuild it).
 
-``load_export(dir)`` rebuilds the base architecture (no pretrained weights needed), swaps in the span modules
-the recipe names and loads the saved weights strictly.
+``load_export(dir)`` rebuilds the base architecture (no pretrained weights needed), puts in the module each span's
+fit kind declares (:meth:`rba.fit.Fit.module`) and the head, and loads the saved weights strictly.
+:func:`head_logits` classifies with the reloaded model.
+
+Recipe format 2 (strict: unknown keys and missing fields are refused, and so is any other format):
+
+``format`` (2), ``model`` (the config's [model] less trust_code), ``identity`` (the adapter's model identity),
+``preprocess``, ``spans``, ``span_modules`` (per span: ``span``, ``kind`` from the fit registry, ``trained``,
+``dim_in``, ``dim_out``; the weights are the module's in model.safetensors), ``head`` (null, or ``kind``
+probe | fixed-probe | native with ``features`` and ``classes``; a probe is the float64 ``nn.Linear``
+``rba_head`` of the saved model), ``layout``, ``dims``, ``fit`` (kind, ridge, mode), ``statistics_hash``,
+``model_sha256``, ``versions`` and ``recipe_sha256``.
 """
 
 from __future__ import annotations
@@ -11,65 +22,168 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
 
 from rba._io import atomic_path, atomic_write_json, file_sha256, package_versions
 from rba.adapters import Adapter, create_adapter
-from rba.apply import Skip, SpanMap, replace_
+from rba.apply import replace_
 from rba.config import Config, DataConfig, ModelConfig
 from rba.errors import RBAError
+from rba.fit import get_fit
 from rba.spans import format_spans, parse_spans
 
-__all__ = ["export_model", "load_export", "RECIPE_FORMAT"]
+__all__ = ["export_model", "load_export", "read_recipe", "head_logits", "RECIPE_FORMAT"]
 
-RECIPE_FORMAT = 1
+RECIPE_FORMAT = 2
+#: the attribute of the saved model that holds a fitted probe head
+HEAD_ATTR = "rba_head"
 
 
-def export_model(session, spans, out: str | Path, *, maps=None, kind: str | None = None) -> Path:
+# ---------------------------------------------------------------------- the recipe's schema
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _SpanModule(_Strict):
+    span: tuple[int, int]
+    kind: str
+    trained: bool
+    dim_in: int
+    dim_out: int
+
+
+class _Head(_Strict):
+    kind: Literal["probe", "fixed-probe", "native"]
+    features: int
+    classes: int
+
+
+class _Preprocess(_Strict):
+    max_length: int
+    image_size: int | None
+
+
+class _FitRecord(_Strict):
+    kind: str
+    ridge: float
+    mode: Literal["independent", "sequential"]
+
+
+class Recipe(_Strict):
+    format: Literal[2]
+    model: dict[str, Any]
+    identity: dict[str, Any]
+    preprocess: _Preprocess
+    spans: str
+    span_modules: list[_SpanModule]
+    head: _Head | None
+    layout: Literal["tokens", "pixels"]
+    dims: list[int]
+    fit: _FitRecord
+    statistics_hash: str
+    model_sha256: str
+    versions: dict[str, Any]
+    recipe_sha256: str
+
+
+def _schema_problems(exc: ValidationError) -> str:
+    """Pydantic's errors as one line: unknown keys, missing fields, then wrong values, each named by its path."""
+    unknown, missing, wrong = [], [], []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            unknown.append(where)
+        elif err["type"] == "missing":
+            missing.append(where)
+        else:
+            wrong.append(f"{where} ({err['msg']})")
+    parts = [f"{label}: {', '.join(names)}" for label, names in
+             (("unknown keys", unknown), ("missing fields", missing), ("invalid values", wrong)) if names]
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------- writing
+def export_model(session, spans, out: str | Path, *, kind: str | None = None, mode: str | None = None) -> Path:
     """Write the approximated model for ``spans`` to ``out``; returns the folder.
 
-    ``maps`` (with the fit ``kind`` they were made with) overrides the session's own fits, e.g. sequential
-    fits or the identity maps of block-drop."""
+    The maps are the session's for fit ``kind`` and ``mode`` (default: the config's ``[fit]``), exactly what
+    ``rba evaluate`` and the search score. With labels and a probe head, the probe fitted for this configuration
+    (or the fixed probe) is saved as the head; with the native head, the model's own head is already saved."""
     from safetensors.torch import save_model
 
+    from rba.session import maps_tag
+
     out = Path(out)
+    cfg = session.cfg
+    kind = kind or cfg.fit.kind
+    mode = mode or cfg.fit.mode
+    spans = sorted(spans)
     adapter = session.adapter
-    kind = kind or session.cfg.fit.kind
-    if maps is None:
-        maps = session.maps(spans, kind)
+    maps = session.maps(spans, kind, mode)
+    head, head_record = _fitted_head(session, spans, maps, maps_tag(kind, mode))
     handle = replace_(adapter, spans, maps)
     try:
+        if head is not None:
+            setattr(adapter.model, HEAD_ATTR, head.to(adapter.device))
         with atomic_path(out / "model.safetensors") as tmp:
             save_model(adapter.model, str(tmp), force_contiguous=True)
     finally:
+        if head is not None:
+            delattr(adapter.model, HEAD_ATTR)
         handle.restore()
-    cfg = session.cfg
     model_cfg = dataclasses.asdict(cfg.model)
     # trust is the loading caller's decision, never the file's: the recipe does not carry it
     model_cfg.pop("trust_code", None)
     if model_cfg.get("weights"):
         model_cfg["weights"] = str(cfg.resolve_path(model_cfg["weights"]))
+    dims = adapter.dims()
+    plugin = get_fit(kind)
     recipe = {
         "format": RECIPE_FORMAT,
         "model": model_cfg,
         "identity": adapter.identity,
         "preprocess": {"max_length": cfg.data.max_length, "image_size": cfg.data.image_size},
         "spans": format_spans(spans),
-        "span_modules": [{"span": [i, j], "module": "skip" if isinstance(m, Skip) else "linear",
-                          "bias": bool(getattr(getattr(m, "linear", None), "bias", None) is not None)}
-                         for (i, j), m in zip(spans, maps)],
+        "span_modules": [{"span": [i, j], "kind": kind, "trained": plugin.trained, "dim_in": dims[i],
+                          "dim_out": dims[j]} for i, j in spans],
+        "head": head_record,
         "layout": adapter.layout,
-        "dims": adapter.dims(),
-        "fit": dataclasses.asdict(cfg.fit) | {"kind": kind},
+        "dims": dims,
+        "fit": {"kind": kind, "ridge": cfg.fit.ridge, "mode": mode},
         "statistics_hash": session.stats.key,
         # model.safetensors and recipe.json are written one after the other: the checksum ties them together, so
         # a kill between the two (new model, old recipe) is detected by load_export instead of trusted
         "model_sha256": file_sha256(out / "model.safetensors"),
         "versions": package_versions(),
     }
+    recipe = json.loads(json.dumps(recipe))  # what reading it back gives (tuples become lists)
     recipe["recipe_sha256"] = _recipe_checksum(recipe)
+    Recipe.model_validate(recipe)  # what is written must read back
     atomic_write_json(out / "recipe.json", recipe)
     return out
+
+
+def _fitted_head(session, spans, maps, tag: str) -> tuple[nn.Linear | None, dict[str, Any] | None]:
+    """(head module to save, its recipe entry) for this configuration; (None, None) without labels."""
+    if not session.need_labels:
+        return None, None
+    evaluator = session.evaluator
+    if evaluator.head == "native":
+        with torch.inference_mode():
+            pooled = evaluator.parts["eval"].pooled[:1].to(session.adapter.device)
+            logits = session.adapter.logits(pooled)
+        if logits is None:
+            return None, None
+        return None, {"kind": "native", "features": int(pooled.shape[1]), "classes": int(logits.shape[1])}
+    probe = evaluator.probe_for(evaluator.pooled(spans, maps, tag))
+    if probe is None:
+        return None, None
+    head = probe.as_linear()
+    return head, {"kind": evaluator.head, "features": head.in_features, "classes": head.out_features}
 
 
 def _recipe_checksum(recipe: dict[str, Any]) -> str:
@@ -81,7 +195,9 @@ def _recipe_checksum(recipe: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+# ---------------------------------------------------------------------- reading
 def read_recipe(folder: str | Path) -> dict[str, Any]:
+    """The verified recipe of an export: format 2, strict keys, checksums of recipe and weights."""
     folder = Path(folder)
     path = folder / "recipe.json"
     if not path.exists() or not (folder / "model.safetensors").exists():
@@ -92,22 +208,32 @@ def read_recipe(folder: str | Path) -> dict[str, Any]:
         raise RBAError(f"{path} is not valid JSON ({exc}): rerun `rba export`") from None
     if not isinstance(recipe, dict) or recipe.get("format") != RECIPE_FORMAT:
         fmt = recipe.get("format") if isinstance(recipe, dict) else None
-        raise RBAError(f"{path} has recipe format {fmt}, this rba reads {RECIPE_FORMAT}")
+        raise RBAError(f"{path} has recipe format {fmt}, and this rba reads format {RECIPE_FORMAT} only: export the "
+                       "configuration again with `rba export` (same config and --spans)")
     if not recipe.get("recipe_sha256") or not recipe.get("model_sha256"):
         raise RBAError(f"{path} has no checksum (recipe_sha256 and model_sha256), so its weights cannot be verified: "
                        "rerun `rba export` into this folder")
+    try:
+        Recipe.model_validate(recipe)
+    except ValidationError as exc:
+        raise RBAError(f"{path} does not follow recipe format {RECIPE_FORMAT} ({_schema_problems(exc)}): rerun "
+                       "`rba export` into this folder") from None
     if _recipe_checksum(recipe) != recipe["recipe_sha256"]:
         raise RBAError(f"{path} does not match its own checksum (edited or corrupted): rerun `rba export` into this "
                        "folder")
     if file_sha256(folder / "model.safetensors") != recipe["model_sha256"]:
         raise RBAError(f"{folder / 'model.safetensors'} does not match the checksum in {path} (an interrupted or "
                        "mixed export): rerun `rba export` into this folder")
+    spans = parse_spans(recipe["spans"])
+    if [tuple(e["span"]) for e in recipe["span_modules"]] != list(spans):
+        raise RBAError(f"{path}: span_modules do not list the spans {recipe['spans']!r}: rerun `rba export`")
     return recipe
 
 
 def load_export(folder: str | Path, device: str = "cpu", *, trust_code: bool = False,
                 factory: str | None = None) -> Adapter:
-    """Rebuild the approximated model saved in ``folder``; returns its adapter (``.model`` is the nn.Module).
+    """Rebuild the approximated model saved in ``folder``; returns its adapter (``.model`` is the nn.Module,
+    ``.export_recipe`` the recipe; :func:`head_logits` classifies with it).
 
     An export of a ``kind = "module"`` model names a factory that rebuilding it would import and call, i.e.
     run code. The export never decides that: the caller does, with ``trust_code=True``, and ``factory`` (the
@@ -130,20 +256,19 @@ def load_export(folder: str | Path, device: str = "cpu", *, trust_code: bool = F
             raise RBAError(f"{folder / 'recipe.json'} names the model factory {named!r}, but your config trusts only "
                            f"{factory!r}: load it with the config it was exported from")
         model_cfg["trust_code"] = True
+    # every fit kind must be known before anything is built
+    plugins = [get_fit(entry["kind"]) for entry in recipe["span_modules"]]
     model_cfg["pretrained"] = False if model_cfg["kind"] in ("timm", "torchvision", "module") else model_cfg["pretrained"]
     model_cfg["device"] = "cpu"
     cfg = Config(model=ModelConfig(**model_cfg), data=DataConfig(**recipe["preprocess"]))
     adapter = create_adapter(cfg)
     spans = parse_spans(recipe["spans"])
-    dims = recipe["dims"]
-    modules = []
-    for entry in recipe["span_modules"]:
-        i, j = entry["span"]
-        if entry["module"] == "skip":
-            modules.append(Skip())
-        else:
-            modules.append(SpanMap(dims[i], dims[j], bias=entry["bias"], layout=recipe["layout"], span=(i, j)))
+    modules = [plugin.module(e["dim_in"], e["dim_out"], layout=recipe["layout"], span=tuple(e["span"]))
+               for plugin, e in zip(plugins, recipe["span_modules"])]
     replace_(adapter, spans, modules)  # permanent: this adapter is the approximated model
+    head = recipe["head"]
+    if head is not None and head["kind"] != "native":
+        setattr(adapter.model, HEAD_ATTR, nn.Linear(head["features"], head["classes"], dtype=torch.float64))
     try:
         load_model(adapter.model, str(folder / "model.safetensors"), strict=True)
     except Exception as exc:
@@ -153,3 +278,18 @@ def load_export(folder: str | Path, device: str = "cpu", *, trust_code: bool = F
     if device != "cpu":
         adapter.to(device)
     return adapter
+
+
+@torch.inference_mode()
+def head_logits(exported: Adapter, inputs: Any) -> torch.Tensor:
+    """Class logits of a reloaded export on collated ``inputs`` (``exported.collate(samples)``): the exported
+    head (the probe fitted for this configuration, the fixed probe, or the model's own) on its pooled output."""
+    head = exported.export_recipe["head"]
+    if head is None:
+        raise RBAError(f"the export {exported.identity.get('export')} has no classifier head (it was exported without "
+                       "labels): export it again from a config whose data has labels")
+    pooled = exported.forward(inputs)
+    if head["kind"] == "native":
+        return exported.logits(pooled)
+    linear = getattr(exported.model, HEAD_ATTR)
+    return linear(pooled.to(linear.weight.dtype))

@@ -6,6 +6,7 @@ adapter → splits → statistics (disk cache keyed by content hash) → fits �
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from functools import cached_property
@@ -220,19 +221,24 @@ class Session:
         } | extra)
 
     def evaluate_export(self, folder: str | Path) -> dict[str, Any]:
-        """Score an exported model end to end on this session's splits (latency measured, not modelled)."""
+        """Score an exported model end to end on this session's splits (latency measured, not modelled).
+
+        The export must come from this config's model and preprocessing: anything else is refused before any
+        evaluation runs, naming both model identities."""
         import statistics as st
         import time
 
         from rba.evaluate import SplitCache
-        from rba.export import load_export
+        from rba.export import HEAD_ATTR, load_export
 
         model = self.cfg.model
         trusted = model.kind == "module" and model.trust_code
         exported = load_export(folder, device=str(self.adapter.device), trust_code=trusted,
                                factory=model.name if trusted else None)
-        spans = parse_spans(exported.export_recipe["spans"])
-        kind = exported.export_recipe["fit"]["kind"]
+        recipe = exported.export_recipe
+        self._check_export_identity(folder, recipe)
+        spans = parse_spans(recipe["spans"])
+        kind = recipe["fit"]["kind"]
         bs = self.cfg.evaluate.batch_size
         pooled = {}
         for name in self.evaluator.parts:
@@ -250,7 +256,34 @@ class Session:
                 exported.forward(batch)
                 times.append((time.perf_counter() - t0) * 1000 / n)
         costs = self.cost_model.cost(spans, kind)
-        costs["params"] = float(sum(p.numel() for p in exported.model.parameters()))
+        # the model's parameters, as for a configuration: an exported probe head is the classifier, not the model
+        head = getattr(exported.model, HEAD_ATTR, None)
+        head_params = 0 if head is None else sum(p.numel() for p in head.parameters())
+        costs["params"] = float(sum(p.numel() for p in exported.model.parameters()) - head_params)
         costs["params_frac"] = costs["params"] / self.cost_model.total_params
         costs["latency_ms"] = st.median(times)
         return {"spans": format_spans(spans)} | scores | costs
+
+    def _check_export_identity(self, folder: str | Path, recipe: dict[str, Any]) -> None:
+        """Refuse an export of another model, or of the same model with other input dimensions."""
+        d = self.cfg.data
+        ours = {"identity": self.adapter.identity, "preprocess": {"max_length": d.max_length, "image_size": d.image_size}}
+        theirs = {"identity": recipe["identity"], "preprocess": recipe["preprocess"]}
+        # compared as JSON, the form the recipe was written in (tuples become lists)
+        if json.dumps(ours, sort_keys=True, default=str) != json.dumps(theirs, sort_keys=True, default=str):
+            raise ModelError(
+                f"{folder} was exported from {_describe_model(**theirs)}, but this config describes "
+                f"{_describe_model(**ours)}: evaluate the export with the config it was exported from, or export "
+                "this config's model with `rba export`"
+            )
+
+
+def _describe_model(identity: dict[str, Any], preprocess: dict[str, Any]) -> str:
+    """A model identity in one phrase: kind:name, options, weights digest, input dimensions."""
+    words = [f"{identity.get('kind')}:{identity.get('name')}"]
+    rest = {k: v for k, v in identity.items() if k not in ("kind", "name")}
+    if isinstance(rest.get("weights"), str) and len(rest["weights"]) > 16:
+        rest["weights"] = rest["weights"][:12] + "…"
+    words += [f"{k}={json.dumps(v, sort_keys=True, default=str)}" for k, v in sorted(rest.items())]
+    words += [f"{k}={v}" for k, v in sorted(preprocess.items()) if v is not None]
+    return " ".join(words)

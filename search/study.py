@@ -438,8 +438,7 @@ def run_study(cfg: Config, progress: bool = True) -> Path:
              "## Front", "", _markdown(result.front), ""]
     if chosen is not None:
         spans = parse_spans(chosen["spans"])
-        folder = export_model(session, spans, out / "export", maps=ctx.objective.maps(spans),
-                              kind=ctx.objective.kind)
+        folder = export_model(session, spans, out / "export", kind=ctx.objective.kind, mode=ctx.objective.mode)
         measured = session.evaluate_export(folder)
         lines += ["## Exported configuration", "",
                   f"`{chosen['spans']}` (best {'accuracy' if 'accuracy' in ctx.objective.objectives else ctx.objective.objectives[0]} "
