@@ -101,7 +101,7 @@ def _schema_problems(exc: ValidationError) -> str:
             missing.append(where)
         else:
             wrong.append(f"{where} ({err['msg']})")
-    parts = [f"{label}: {', '.join(names)}" for label, names in
+    parts = [f"{label}: {', '.join(sorted(names))}" for label, names in
              (("unknown keys", unknown), ("missing fields", missing), ("invalid values", wrong)) if names]
     return "; ".join(parts)
 

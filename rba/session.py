@@ -284,6 +284,7 @@ def _describe_model(identity: dict[str, Any], preprocess: dict[str, Any]) -> str
     rest = {k: v for k, v in identity.items() if k not in ("kind", "name")}
     if isinstance(rest.get("weights"), str) and len(rest["weights"]) > 16:
         rest["weights"] = rest["weights"][:12] + "…"
-    words += [f"{k}={json.dumps(v, sort_keys=True, default=str)}" for k, v in sorted(rest.items())]
+    words += [f"{k}={v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)}"
+              for k, v in sorted(rest.items())]
     words += [f"{k}={v}" for k, v in sorted(preprocess.items()) if v is not None]
     return " ".join(words)

@@ -33,3 +33,138 @@ def test_export_reloads_and_reproduces(tmp_path, model, text):
     a = session.evaluate(spans)
     b = session.evaluate_export(out)
     assert abs(a["fidelity"] - b["fidelity"]) < 1e-5 and a["accuracy"] == b["accuracy"] and a["params"] == b["params"]
+
+
+# ---------------------------------------------------------------------- recipe format 2
+from safetensors.torch import load_file  # noqa: E402
+
+from rba.errors import RBAError  # noqa: E402
+from rba.export import RECIPE_FORMAT, head_logits  # noqa: E402
+from rba.fit import list_fits  # noqa: E402
+from test_fit_plugins import translator  # noqa: E402,F401  (fixture: registers the test-only vector fit)
+from test_reliability import assert_one_line_error, run_main, vit_sections, write_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def vit_session(tmp_path_factory):
+    return Session(tiny_config(tmp_path_factory.mktemp("fmt2"), "vit"), progress=False, measure_latency=False)
+
+
+def test_format_2_round_trip_for_every_fit_kind(vit_session, tmp_path, translator):
+    session = vit_session
+    spans = session.parse("1-3,4-5")
+    kinds = list_fits()
+    assert {"affine", "linear", "identity", "test-translator"} <= set(kinds)
+    samples = session.splits.eval.samples[:6]
+    for kind in kinds:
+        out = export_model(session, spans, tmp_path / kind, kind=kind)
+        recipe = json.loads((out / "recipe.json").read_text())
+        assert recipe["format"] == RECIPE_FORMAT == 2
+        assert [(m["kind"], m["span"], m["trained"]) for m in recipe["span_modules"]] == \
+            [(kind, [1, 3], kind == "test-translator"), (kind, [4, 5], kind == "test-translator")]
+        maps = session.maps(spans, kind)
+        saved = load_file(str(out / "model.safetensors"))
+        # the kind's weights are in model.safetensors under the replaced block, exactly as fitted
+        for (i, j), m in zip(spans, maps):
+            assert {k for k in saved if k.startswith(f"blocks.{i}.")} == {f"blocks.{i}.{n}" for n in m.state_dict()}
+            for name, t in m.state_dict().items():
+                torch.testing.assert_close(saved[f"blocks.{i}.{name}"], t, rtol=0, atol=0)
+            assert not [k for k in saved for b in range(i + 1, j) if k.startswith(f"blocks.{b}.")]  # skipped
+        reloaded = load_export(out)
+        with torch.inference_mode():
+            with replaced(session.adapter, spans, maps):
+                ref = session.adapter.forward(session.adapter.collate(samples))
+            got = reloaded.forward(reloaded.collate(samples))
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+        assert type(reloaded.blocks[1]) is type(maps[0])
+
+
+def test_unknown_fit_kind_in_a_recipe_is_one_line(tmp_path, capsys, translator, monkeypatch):
+    import rba.fit
+
+    cfg = write_config(tmp_path / "vit.toml", vit_sections(tmp_path))
+    from rba.config import load_config
+
+    export_model(Session(load_config(cfg), progress=False), [(1, 3)], tmp_path / "exp", kind="test-translator")
+    monkeypatch.setattr(rba.fit, "_FITS", {k: v for k, v in rba.fit._FITS.items() if k != "test-translator"})
+    rc, _, err = run_main(capsys, "evaluate", cfg, "--export", tmp_path / "exp", "--quiet")
+    assert_one_line_error(rc, err, "unknown fit kind 'test-translator'")
+
+
+def _rewrite(folder, edit):
+    """Edit recipe.json and recompute its checksum as anyone could, so that only the schema can refuse it."""
+    import hashlib
+
+    path = folder / "recipe.json"
+    recipe = json.loads(path.read_text())
+    edit(recipe)
+    body = {k: v for k, v in recipe.items() if k != "recipe_sha256"}
+    recipe["recipe_sha256"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    path.write_text(json.dumps(recipe))
+
+
+@pytest.mark.parametrize("edit,needles", [
+    (lambda r: r.update(trust_code=True), ["unknown keys: trust_code"]),
+    (lambda r: r["span_modules"][0].update(module="linear", bias=True), ["unknown keys: span_modules.0.bias, span_modules.0.module"]),
+    (lambda r: (r.pop("layout"), r["span_modules"][0].pop("dim_in")), ["missing fields: layout, span_modules.0.dim_in"]),
+    (lambda r: r.update(format=1), ["recipe format 1", "reads format 2 only"]),
+])
+def test_recipe_keys_are_strict(tmp_path, capsys, edit, needles):
+    cfg = write_config(tmp_path / "vit.toml", vit_sections(tmp_path))
+    rc, _, err = run_main(capsys, "export", cfg, "--spans", "1-3", "--out", tmp_path / "exp", "--quiet")
+    assert rc == 0, err
+    _rewrite(tmp_path / "exp", edit)
+    rc, _, err = run_main(capsys, "evaluate", cfg, "--export", tmp_path / "exp", "--quiet")
+    assert_one_line_error(rc, err, *needles)
+    with pytest.raises(RBAError, match=needles[0].split(":")[0]):
+        load_export(tmp_path / "exp")
+
+
+def test_exported_probe_head_classifies_like_the_session(tmp_path):
+    session = Session(tiny_config(tmp_path, "vit"), progress=False, measure_latency=False)
+    assert session.cfg.evaluate.head == "probe"
+    spans = session.parse("1-3,4-6")
+    out = export_model(session, spans, tmp_path / "exp")
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["head"] == {"kind": "probe", "features": 64, "classes": 4}
+    # the session's probe for this configuration: fitted on the approximated network's probe-split features
+    ev = session.evaluator
+    pooled = ev.pooled(spans, session.maps(spans), tag="affine/independent")
+    probe = ev.probe_for(pooled)
+    expected = probe.predict(pooled["eval"])
+    reloaded = load_export(out)
+    logits = head_logits(reloaded, reloaded.collate(session.splits.eval.samples))
+    assert logits.shape == (len(session.splits.eval), 4)
+    assert torch.equal(logits.argmax(1), expected)
+    # and the logits are the probe's own: ((x − mean) / std)·w + b on the reloaded model's features
+    z = (reloaded.forward(reloaded.collate(session.splits.eval.samples)).double() - probe.mean) / probe.std
+    torch.testing.assert_close(logits, z @ probe.w + probe.b, rtol=1e-9, atol=1e-9)
+    acc = float((logits.argmax(1) == ev.parts["eval"].labels).double().mean())
+    assert acc == session.evaluate(spans)["accuracy"]
+
+
+def test_export_without_labels_has_no_head(tmp_path):
+    session = Session(tiny_config(tmp_path, "vit"), need_labels=False, progress=False, measure_latency=False)
+    out = export_model(session, session.parse("1-3"), tmp_path / "exp")
+    assert json.loads((out / "recipe.json").read_text())["head"] is None
+    reloaded = load_export(out)
+    with pytest.raises(RBAError, match="no classifier head"):
+        head_logits(reloaded, reloaded.collate(session.splits.eval.samples[:2]))
+
+
+@pytest.mark.parametrize("other,needle", [
+    ({"model": {"options": {"depth": 4}}}, "'depth': 4"),
+    ({"data": {"image_size": 48}}, "image_size=48"),
+])
+def test_evaluate_export_of_another_model_is_refused(tmp_path, capsys, other, needle):
+    cfg = write_config(tmp_path / "vit.toml", vit_sections(tmp_path))
+    rc, _, err = run_main(capsys, "export", cfg, "--spans", "1-3", "--out", tmp_path / "exp", "--quiet")
+    assert rc == 0, err
+    sections = vit_sections(tmp_path)
+    for key, value in other.items():
+        sections[key] = sections[key] | value
+    wrong = write_config(tmp_path / "other.toml", sections)
+    rc, _, err = run_main(capsys, "evaluate", wrong, "--export", tmp_path / "exp", "--quiet")
+    assert_one_line_error(rc, err, "was exported from timm:test_vit", "but this config describes timm:test_vit",
+                          "image_size=32", "with the config it was exported from")
+    assert needle.replace("'", '"') in err or needle in err

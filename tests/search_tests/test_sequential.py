@@ -4,6 +4,8 @@ the network with the earlier spans replaced (target: the unmodified network's bo
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,34 @@ def test_one_calibration_pass_per_prefix(session):
     assert fitter.passes == 2
     fitter.fits(session.parse("0-2"))  # a first span: the independent fit, no pass
     assert fitter.passes == 2
+
+
+def test_sequential_mode_gives_the_same_maps_to_search_evaluate_and_export(session, tmp_path):
+    """``[fit] mode = "sequential"`` is honoured in one place (Session.maps): the search's objective, ``rba
+    evaluate`` (Session.evaluate) and ``rba export`` use the same sequential maps, not independent ones."""
+    from safetensors.torch import load_file
+
+    from rba.export import export_model, load_export
+
+    assert session.cfg.fit.mode == "sequential"
+    spans = session.parse("0-1,1-2,2-4")
+    objective = Objective(session)
+    searched = objective.maps(spans)
+    evaluated = session.maps(spans)
+    independent = session.maps(spans, mode="independent")
+    out = export_model(session, spans, tmp_path / "exp")
+    saved = load_file(str(out / "model.safetensors"))
+    for (i, _), s, e, ind in zip(spans, searched, evaluated, independent):
+        assert torch.equal(s.linear.weight, e.linear.weight) and torch.equal(s.linear.bias, e.linear.bias)
+        assert torch.equal(saved[f"blocks.{i}.linear.weight"], s.linear.weight)
+        assert torch.equal(saved[f"blocks.{i}.linear.bias"], s.linear.bias)
+    # the later spans' sequential fits differ from the independent ones, so the mode really took effect
+    assert not torch.equal(searched[1].linear.weight, independent[1].linear.weight)
+    assert json.loads((out / "recipe.json").read_text())["fit"]["mode"] == "sequential"
+    # the same maps give the same score wherever the configuration is scored
+    result = session.evaluate(spans)
+    assert result["fidelity"] == objective(spans)["fidelity"]
+    assert session.evaluate_export(out)["fidelity"] == pytest.approx(result["fidelity"], abs=1e-5)
+    assert session.evaluate(spans, mode="independent")["fidelity"] != result["fidelity"]
+    reloaded = load_export(out)
+    assert torch.equal(reloaded.blocks[1].linear.weight, searched[1].linear.weight)
