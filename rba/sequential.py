@@ -106,12 +106,12 @@ class SequentialFitter:
             return self._fits[key]
         stats = self._prefix_stats(prefix, kind)
         fit = fit_span(stats.view(self.session.stats, span), span, kind, self.session.cfg.fit.ridge)
-        size = fit.weight.numel() * 8
+        size = _nbytes(fit)
         self._fits[key] = fit
         self._fit_bytes += size
         while self._fit_bytes > self.memo_bytes and len(self._fits) > 1:
             _, old = self._fits.popitem(last=False)
-            self._fit_bytes -= old.weight.numel() * 8
+            self._fit_bytes -= _nbytes(old)
         return fit
 
     def _module(self, prefix: Prefix, span: Span, kind: str) -> nn.Module:
@@ -201,6 +201,10 @@ class SequentialFitter:
         bar.close()
         return PrefixStatistics(prefix=prefix, n=n, gram={k: v.cpu() for k, v in gram.items()},
                                 cross={k: v.cpu() for k, v in cross.items()})
+
+
+def _nbytes(fit: SpanFit) -> int:
+    return sum(t.numel() * t.element_size() for t in fit.tensors.values())
 
 
 def _fmt(prefix: Prefix) -> str:

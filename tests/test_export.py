@@ -120,17 +120,19 @@ def test_recipe_keys_are_strict(tmp_path, capsys, edit, needles):
         load_export(tmp_path / "exp")
 
 
-def test_exported_probe_head_classifies_like_the_session(tmp_path):
-    session = Session(tiny_config(tmp_path, "vit"), progress=False, measure_latency=False)
-    assert session.cfg.evaluate.head == "probe"
+@pytest.mark.parametrize("head", ["probe", "fixed-probe"])
+def test_exported_probe_head_classifies_like_the_session(tmp_path, head):
+    session = Session(tiny_config(tmp_path, "vit", evaluate={"head": head}), progress=False, measure_latency=False)
     spans = session.parse("1-3,4-6")
     out = export_model(session, spans, tmp_path / "exp")
     recipe = json.loads((out / "recipe.json").read_text())
-    assert recipe["head"] == {"kind": "probe", "features": 64, "classes": 4}
+    assert recipe["head"] == {"kind": head, "features": 64, "classes": 4}
     # the session's probe for this configuration: fitted on the approximated network's probe-split features
+    # (head "probe"), or once on the unmodified network's (head "fixed-probe")
     ev = session.evaluator
     pooled = ev.pooled(spans, session.maps(spans), tag="affine/independent")
     probe = ev.probe_for(pooled)
+    assert (probe is ev.fixed_probe) == (head == "fixed-probe")
     expected = probe.predict(pooled["eval"])
     reloaded = load_export(out)
     logits = head_logits(reloaded, reloaded.collate(session.splits.eval.samples))
