@@ -170,3 +170,17 @@ def test_evaluate_export_of_another_model_is_refused(tmp_path, capsys, other, ne
     assert_one_line_error(rc, err, "was exported from timm:test_vit", "but this config describes timm:test_vit",
                           "image_size=32", "with the config it was exported from")
     assert needle.replace("'", '"') in err or needle in err
+
+
+def test_evaluate_export_of_another_model_through_the_real_binary(tmp_path):
+    from test_reliability import run_cli
+
+    cfg = write_config(tmp_path / "vit.toml", vit_sections(tmp_path))
+    proc = run_cli("export", cfg, "--spans", "1-3", "--out", tmp_path / "exp", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    sections = vit_sections(tmp_path)
+    sections["data"] = sections["data"] | {"image_size": 48}
+    wrong = write_config(tmp_path / "other.toml", sections)
+    proc = run_cli("evaluate", wrong, "--export", tmp_path / "exp", "--quiet", cwd=tmp_path)
+    assert_one_line_error(proc.returncode, proc.stderr, "image_size=32 max_length=128, but this config",
+                          "image_size=48 max_length=128:")
