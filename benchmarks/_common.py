@@ -404,10 +404,8 @@ class Naive:
         parts: list[list[np.ndarray]] = [[] for _ in range(a.num_blocks + 1)]
         for _, chunk in iter_batches(samples, batch_size or self.batch_size):
             h, ctx = a.embed(a.collate(chunk))
-            parts[0].append(a.vectors(h, ctx).to(self.dtype).numpy().copy())
-            for k in range(a.num_blocks):
-                h = a.run_block(k, h, ctx)
-                parts[k + 1].append(a.vectors(h, ctx).to(self.dtype).numpy().copy())
+            for k, h in a.boundaries(h, ctx):
+                parts[k].append(a.vectors(h, ctx).to(self.dtype).numpy().copy())
         self.states = []
         for k in range(len(parts)):
             self.states.append(np.concatenate(parts[k]))
@@ -460,18 +458,11 @@ class Naive:
             out = torch.empty_like(pooled)
             out[torch.as_tensor(order)] = pooled
             return out
-        by_start = {i: (j, m) for (i, j), m in zip(spans, maps)}
+        replace = dict(zip(spans, maps))
         out = []
         for _, chunk in iter_batches(samples, self.batch_size):
             h, ctx = a.embed(a.collate(chunk))
-            k = 0
-            while k < a.num_blocks:
-                if k in by_start:
-                    j, m = by_start[k]
-                    h, k = m(h), j
-                else:
-                    h, k = a.run_block(k, h, ctx), k + 1
-            out.append(a.pool(h, ctx).float())
+            out.append(a.pool(a.last_boundary(h, ctx, replace=replace), ctx).float())
         return torch.cat(out)
 
     def trial(self, spans: Sequence[Span], *, labels: bool = True, by_length: bool = False) -> dict[str, Any]:

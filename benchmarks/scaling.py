@@ -40,9 +40,7 @@ def measure(depth: int, width: int, *, cache, n: int, image_size: int, patch: in
         for split in (s.splits.probe, s.splits.eval):
             for _, chunk in iter_batches(split.samples, cfg.evaluate.batch_size):
                 h, ctx = adapter.embed(adapter.collate(chunk))
-                for k in range(adapter.num_blocks):
-                    h = adapter.run_block(k, h, ctx)
-                adapter.pool(h, ctx)
+                adapter.pool(adapter.last_boundary(h, ctx), ctx)
 
     t_full = C.median(C.repeat(full_forward, repeats=2, warmup=1))
     rng = np.random.default_rng(0)

@@ -226,10 +226,7 @@ def boundary_vectors(adapter: Adapter, samples: Sequence[Any], batch_size: int):
     the forward path of the statistics pass (call under ``torch.inference_mode()``)."""
     for _, chunk in iter_batches(samples, batch_size):
         h, ctx = adapter.embed(adapter.collate(chunk))
-        vecs = [adapter.vectors(h, ctx)]
-        for k in range(adapter.num_blocks):
-            h = adapter.run_block(k, h, ctx)
-            vecs.append(adapter.vectors(h, ctx))
+        vecs = [adapter.vectors(h_k, ctx) for _, h_k in adapter.boundaries(h, ctx)]
         for k, v in enumerate(vecs):
             check_finite(v, k, "calibration split")
         yield len(chunk), vecs

@@ -124,20 +124,16 @@ class CostModel:
         one = adapter.collate(probe[ref : ref + 1])
         L = adapter.num_blocks
 
-        states: list[torch.Tensor] = []
         holder: dict[str, Any] = {}
 
         def run_embed():
             holder["h"], holder["ctx"] = adapter.embed(one)
 
         embed_flops = _count_flops(run_embed)
-        h, ctx = holder["h"], holder["ctx"]
-        block_flops = []
-        for k in range(L):
-            states.append(h)
-            block_flops.append(_count_flops(lambda: holder.__setitem__("h", adapter.run_block(k, h, ctx))))
-            h = holder["h"]
-        states.append(h)
+        ctx = holder["ctx"]
+        states = [h for _, h in adapter.boundaries(holder["h"], ctx)]
+        block_flops = [_count_flops(lambda: adapter.run_block(k, states[k], ctx)) for k in range(L)]
+        h = states[-1]
 
         def run_head():
             pooled = adapter.pool(h, ctx)
@@ -170,12 +166,9 @@ class CostModel:
                                 else np.repeat(np.asarray(one_sample), batch_size, axis=0))
         h, ctx = adapter.embed(batch)
         embed_ms = _time_ms(lambda: adapter.embed(batch), repeats)
-        block_ms = []
-        states = [h]
-        for k in range(adapter.num_blocks):
-            block_ms.append(_time_ms(lambda: adapter.run_block(k, h, ctx), repeats))
-            h = adapter.run_block(k, h, ctx)
-            states.append(h)
+        states = [h for _, h in adapter.boundaries(h, ctx)]
+        block_ms = [_time_ms(lambda: adapter.run_block(k, states[k], ctx), repeats) for k in range(adapter.num_blocks)]
+        h = states[-1]
         head_ms = _time_ms(lambda: adapter.logits(adapter.pool(h, ctx)), repeats)
         maps = {}
         for k, d in enumerate(self.dims):

@@ -53,12 +53,11 @@ class SplitCache:
             labels = None if labels is None else np.asarray(labels)[order]
         bar = tqdm(total=len(samples), desc=f"cache {name}", unit="sample", disable=not progress, leave=False)
         for _, chunk in iter_batches(samples, batch_size):
+            kept = {}
             h, ctx = adapter.embed(adapter.collate(chunk))
-            kept = {0: h} if 0 in keep else {}
-            for k in range(L):
-                h = adapter.run_block(k, h, ctx)
-                if k + 1 in keep:
-                    kept[k + 1] = h
+            for k, h in adapter.boundaries(h, ctx):
+                if k in keep:
+                    kept[k] = h
             check_finite(h, L, f"{name} split")
             contexts.append(ctx)
             states.append(kept)
@@ -154,10 +153,9 @@ class Evaluator:
     def pooled(self, spans: Sequence[Span], maps: Sequence[nn.Module], tag: str = "") -> dict[str, torch.Tensor]:
         """Pooled representation of every cached split under the configuration ``spans`` → ``maps``."""
         spans = list(spans)
-        L = self.adapter.num_blocks
         if not spans:
             return {name: part.pooled for name, part in self.parts.items()}
-        by_start = {i: (j, m) for (i, j), m in zip(spans, maps)}
+        replace = dict(zip(spans, maps))
         # longest memoised prefix of this configuration, else the cached original state at the first start
         start_s, boundary = 0, spans[0][0]
         states = None
@@ -175,21 +173,20 @@ class Evaluator:
         for name, part in self.parts.items():
             pooled = []
             for b, ctx in enumerate(part.contexts):
-                h, k = states[name][b], boundary
-                while k < L:
-                    if k in by_start:
-                        j, m = by_start[k]
-                        h, k = m(h), j
-                        idx = span_ends[k]
-                        if idx + 1 > start_s:
-                            new_memo.setdefault((tag, tuple(spans[: idx + 1])), {}).setdefault(name, []).append(h)
-                    else:
-                        h, k = self.adapter.run_block(k, h, ctx), k + 1
+                for k, h in self.adapter.boundaries(states[name][b], ctx, start=boundary, replace=replace):
+                    idx = span_ends.get(k)
+                    if idx is not None and idx + 1 > start_s:  # the state after span idx: memo of that prefix
+                        new_memo.setdefault((tag, tuple(spans[: idx + 1])), {}).setdefault(name, []).append(h)
                 pooled.append(self.adapter.pool(h, ctx).float())
             out[name] = torch.cat(pooled)
         for key, val in new_memo.items():
             self._remember(key, val)
         return out
+
+    def clear_memo(self) -> None:
+        """Forget the states memoised per configuration prefix (the split caches stay)."""
+        self._memo.clear()
+        self._memo_bytes = 0
 
     def _remember(self, key: tuple, states: dict[str, list[torch.Tensor]]) -> None:
         size = sum(t.numel() * t.element_size() for v in states.values() for t in v)

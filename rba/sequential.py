@@ -154,7 +154,7 @@ class SequentialFitter:
             raise ValueError(f"no valid span can follow {_fmt(prefix)}")
         targets = sorted({j for _, j in pairs})
         target_set = set(targets)
-        by_start = {i: (j, m) for (i, j), m in zip(prefix, maps)}
+        replace = dict(zip(prefix, maps))
         first = prefix[0][0]
         dtype = {"float32": torch.float32, "float64": torch.float64}[session.cfg.capture.dtype]
         dev = adapter.device
@@ -173,25 +173,16 @@ class SequentialFitter:
             h, ctx = adapter.embed(adapter.collate(chunk))
             original: dict[int, torch.Tensor] = {}
             start_state = h
-            for k in range(max(targets)):
-                h = adapter.run_block(k, h, ctx)
-                if k + 1 == first:
+            for k, h in adapter.boundaries(h, ctx, stop=max(targets)):
+                if k == first:
                     start_state = h
-                if k + 1 in target_set:
-                    original[k + 1] = adapter.vectors(h, ctx).to(dtype)
+                if k in target_set:
+                    original[k] = adapter.vectors(h, ctx).to(dtype)
             # the modified network, from the prefix's first start to the last span start after it
             modified: dict[int, torch.Tensor] = {}
-            h, k = start_state, first
-            while True:
+            for k, h in adapter.boundaries(start_state, ctx, start=first, stop=starts[-1], replace=replace):
                 if k in gram:
                     modified[k] = adapter.vectors(h, ctx).to(dtype)
-                if k >= starts[-1]:
-                    break
-                if k in by_start:
-                    j, m = by_start[k]
-                    h, k = m(h), j
-                else:
-                    h, k = adapter.run_block(k, h, ctx), k + 1
             for i in starts:
                 x = modified[i]
                 check_finite(x, i, "calibration split (sequential fit)")

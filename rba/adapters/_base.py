@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -91,6 +91,34 @@ class Adapter(abc.ABC):
         """Boundary k → boundary k+1 through the original block k."""
         return self.blocks[k](h)
 
+    def boundaries(self, h: torch.Tensor, ctx: Context, *, start: int = 0, stop: int | None = None,
+                   replace: Mapping[Span, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                   ) -> Iterator[tuple[int, torch.Tensor]]:
+        """The forward through the blocks: ``(k, h_k)`` for every boundary reached, from ``(start, h)`` to
+        boundary ``stop`` (default: the last, L).
+
+        ``replace`` maps spans (i, j) to modules (h → h): where block i would run, the module runs instead
+        and the walk jumps to boundary j, so boundaries inside a replaced span are never yielded. Every
+        forward over the blocks (capture, evaluation, sequential fits, cost, boundary shapes) is this loop.
+        """
+        stop = self.num_blocks if stop is None else stop
+        jumps = {i: (j, m) for (i, j), m in (replace or {}).items()}
+        k = start
+        yield k, h
+        while k < stop:
+            if k in jumps:
+                j, module = jumps[k]
+                h, k = module(h), j
+            else:
+                h, k = self.run_block(k, h, ctx), k + 1
+            yield k, h
+
+    def last_boundary(self, h: torch.Tensor, ctx: Context, **kwargs: Any) -> torch.Tensor:
+        """The representation where :meth:`boundaries` ends (same arguments)."""
+        for _, h in self.boundaries(h, ctx, **kwargs):
+            pass
+        return h
+
     @abc.abstractmethod
     def pool(self, h: torch.Tensor, ctx: Context) -> torch.Tensor:
         """Last boundary → the model's own pooled representation (N, F)."""
@@ -141,12 +169,7 @@ class Adapter(abc.ABC):
         if self._boundary_shapes is None:
             inputs = sample_inputs if sample_inputs is not None else self.example_inputs()
             with torch.inference_mode():
-                h, ctx = self.embed(inputs)
-                shapes = [self._shape_key(h)]
-                for k in range(self.num_blocks):
-                    h = self.run_block(k, h, ctx)
-                    shapes.append(self._shape_key(h))
-            self._boundary_shapes = shapes
+                self._boundary_shapes = [self._shape_key(h) for _, h in self.boundaries(*self.embed(inputs))]
         return self._boundary_shapes
 
     def _shape_key(self, h: torch.Tensor) -> tuple[int, ...]:
