@@ -362,16 +362,6 @@ def rba_trial(session, spans: Sequence[Span], *, tag: str = "affine") -> dict[st
     return scores | {"pooled_eval": pooled["eval"]}
 
 
-def clear_trial_caches(session) -> None:
-    """Forget fits (and the per-boundary factorisations) and the evaluator's prefix memo (a cold trial: only
-    the boundary cache stays)."""
-    session._fits.clear()
-    session.stats.scratch.clear()
-    ev = session.evaluator
-    ev._memo.clear()
-    ev._memo_bytes = 0
-
-
 # ---------------------------------------------------------------------------------------------- the naive method
 class Naive:
     """What users do with the paper's published code: keep every hidden state of the calibration split in

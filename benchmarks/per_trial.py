@@ -119,7 +119,7 @@ def bench_model(label: str, cfg, *, n_configs: int, lstsq_spans: int | None, see
     text = bool(len(splits.eval.samples)) and isinstance(splits.eval.samples[0], str)
     # cold rba trials (fits and memo forgotten before each) next to the naive trial, results compared
     for spans in configs:
-        C.clear_trial_caches(session)
+        session.clear_caches()
         t_rba, r = C.timed(lambda: C.rba_trial(session, spans))
         t_naive, n = C.timed(lambda: naive.trial(spans))
         ref = n["pooled_eval"][order]
@@ -136,10 +136,10 @@ def bench_model(label: str, cfg, *, n_configs: int, lstsq_spans: int | None, see
     # cold again, back to back (no naive trial in between: separates the memo's effect from the allocator and
     # cache effects of alternating with the naive method's large arrays)
     for row, spans in zip(rows, configs):
-        C.clear_trial_caches(session)
+        session.clear_caches()
         row["rba_cold_b2b_s"], _ = C.timed(lambda: C.rba_trial(session, spans))
     # the same configurations as a search runs them: fits and prefix memo kept across trials
-    C.clear_trial_caches(session)
+    session.clear_caches()
     for row, spans in zip(rows, configs):
         row["rba_search_s"], _ = C.timed(lambda: C.rba_trial(session, spans))
     for row in rows:
@@ -162,7 +162,7 @@ def bench_model(label: str, cfg, *, n_configs: int, lstsq_spans: int | None, see
     assert d_pool <= TOL_POOLED, f"{label}: pooled features differ by {d_pool}"
     if profile:
         worst = max(zip(rows, configs), key=lambda rc: rc[0]["rba_cold_s"])[1]
-        C.clear_trial_caches(session)
+        session.clear_caches()
         C.profile_top(lambda: C.rba_trial(session, worst), n=15, title=f"rba cold trial {C.spans_text(worst)}, {label}")
         C.profile_top(lambda: naive.trial(worst), n=10, title=f"naive trial {C.spans_text(worst)}, {label}")
         from rba.fit import fit_span
@@ -223,9 +223,8 @@ def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, sc
     # naive fidelity-only trial runs the eval split only
     base = copy.deepcopy(full.cfg)
     base.search.objectives = ["fidelity", "flops"]
-    session = Session(base, need_labels=False, progress=False, measure_latency=False)
-    session.__dict__["adapter"] = full.adapter
-    session.__dict__["stats"] = full.stats
+    session = Session(base, need_labels=False, progress=False, measure_latency=False, adapter=full.adapter,
+                      stats=full.stats)
     setup = {"rba_capture_s": res["setup"]["rba_capture_s"], "naive_materialise_s": res["setup"]["naive_materialise_s"]}
     setup["rba_cache_eval_s"], _ = C.timed(lambda: session.evaluator)
     session.cost_model
@@ -282,7 +281,7 @@ def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, sc
 
     rows = []
     for seed in seeds:
-        C.clear_trial_caches(session)
+        session.clear_caches()
         if naive_rows is not None:
             old = naive_rows[seed]
             target, k_n = old["naive_hv"], old["naive_trials"] - 1
@@ -292,7 +291,7 @@ def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, sc
             hv_n = [C.hypervolume([(f, c) for _, f, c in nv[: k + 1]], ref) for k in range(len(nv))]
             target = hv_n[-1]
             k_n = next(k for k, h in enumerate(hv_n) if h >= target - 1e-12)
-        C.clear_trial_caches(session)
+        session.clear_caches()
         rb, _ = rba_search(seed, target, out / f"rba-s{seed}")
         hv_r = [C.hypervolume([(f, c) for _, f, c in rb[: k + 1]], ref) for k in range(len(rb))]
         k_r = next((k for k, h in enumerate(hv_r) if h >= target - 1e-12), None)

@@ -49,7 +49,7 @@ def measure(depth: int, width: int, *, cache, n: int, image_size: int, patch: in
     naive = C.Naive(adapter, s.splits, batch_size=cfg.evaluate.batch_size)
     for _ in range(configs):
         spans = C.sample_configuration(adapter.num_blocks, s.pairs, rng, counts) or [s.pairs[0]]
-        C.clear_trial_caches(s)
+        s.clear_caches()
         trials.append(C.timed(lambda: C.rba_trial(s, spans))[0])
         # the naive trial's forward part with the same maps: from the input, probe and eval (its lstsq excluded)
         maps = s.maps(spans)

@@ -90,8 +90,12 @@ class Statistics:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "Statistics":
-        """Read and verify a cache written by :meth:`save`; raise :class:`CacheError` if anything is off."""
+    def load(cls, path: str | Path, *, request: dict[str, Any] | None = None) -> "Statistics":
+        """Read and verify a cache written by :meth:`save`; raise :class:`CacheError` if anything is off.
+
+        ``request``: what the caller needs the statistics of (model identity and weights digest, calibration
+        fingerprint, preprocessing, capture settings; its hash is the cache key). A cache whose key is another
+        one -- a file copied or renamed into place -- is refused, naming the parts that differ."""
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -104,6 +108,8 @@ class Statistics:
             raise CacheError(f"statistics cache {side} is unreadable: {exc}") from None
         if info.get("format") != STATS_FORMAT:
             raise CacheError(f"statistics cache {path} has format {info.get('format')}, expected {STATS_FORMAT}")
+        if request is not None:
+            _check_request(path, info, request)
         if file_sha256(path) != info.get("sha256"):
             raise CacheError(f"statistics cache {path} fails its checksum (truncated or corrupted)")
         try:
@@ -126,6 +132,24 @@ class Statistics:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CacheError(f"statistics cache {path} is inconsistent with its {side.name} ({type(exc).__name__}: {exc})") from None
+
+
+def _check_request(path: Path, info: dict[str, Any], request: dict[str, Any]) -> None:
+    from rba.config import config_hash
+
+    want, found = config_hash(request), info.get("key")
+    if found == want:
+        return
+    built_for = info.get("meta", {}).get("request")
+    if isinstance(built_for, dict):
+        asked = json.loads(json.dumps(request, default=str))  # as the sidecar holds it: tuples become lists
+        differ = sorted(k for k in asked.keys() | built_for.keys() if asked.get(k) != built_for.get(k))
+        what = (f"its {', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'}" if differ
+                else "its key differs")
+    else:
+        what = "it records no request"
+    raise CacheError(f"statistics cache {path} was built for another request ({what}: key {found!r}, "
+                     f"expected {want!r})")
 
 
 def statistics_nbytes(dims: Sequence[int], pairs: Sequence[Span]) -> int:

@@ -11,7 +11,7 @@ import sys
 import warnings
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
@@ -26,6 +26,12 @@ from rba.apply import span_module
 from rba.errors import ModelError
 from rba.fit import SpanFit, fit_span, get_fit
 from rba.spans import check_spans, format_spans, parse_spans
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from rba.cost import CostModel
+    from rba.evaluate import Evaluator
 
 __all__ = ["Session"]
 
@@ -45,18 +51,29 @@ def _log(msg: str) -> None:
 
 
 class Session:
+    """One config's model, data, statistics, fits, costs and evaluator, each built on first use.
+
+    ``need_labels``: whether accuracy is wanted (None: whenever the data has labels). ``adapter``, ``stats``
+    and ``cost_model`` hand over parts already built for this same config (a Ray worker receives them from the
+    driver), so they are used instead of being rebuilt; statistics are checked against this config's key.
+    """
+
     def __init__(self, cfg: Config, *, need_labels: bool | None = None, progress: bool = True,
-                 measure_latency: bool = True):
+                 measure_latency: bool = True, adapter: Adapter | None = None, stats: Statistics | None = None,
+                 cost_model: CostModel | None = None):
         self.cfg = cfg
         self.progress = progress
         self.measure_latency = measure_latency
         self._need_labels = need_labels
         self._fits: dict[tuple[Span, str], SpanFit] = {}
+        self._given_adapter = adapter
+        self._given_stats = stats
+        self._given_cost_model = cost_model
 
     # ------------------------------------------------------------------ model and data
     @cached_property
     def adapter(self) -> Adapter:
-        return create_adapter(self.cfg)
+        return self._given_adapter if self._given_adapter is not None else create_adapter(self.cfg)
 
     @cached_property
     def dataset(self) -> Dataset:
@@ -77,16 +94,22 @@ class Session:
         return self.adapter.valid_spans(self.cfg.search.max_span)
 
     # ------------------------------------------------------------------ statistics
-    def statistics_key(self) -> str:
+    def statistics_request(self) -> dict[str, Any]:
+        """What the statistics depend on: model identity (with its weights digest), calibration data,
+        preprocessing and capture settings. Its hash is the cache key; the cache records it and is verified
+        against it on load."""
         d = self.cfg.data
-        return config_hash({
+        return {
             "format": 1,
             "model": self.adapter.identity,
             "calibration": self.splits.calibration.fingerprint(),
             "preprocess": {"max_length": d.max_length, "image_size": d.image_size},
             "dtype": self.cfg.capture.dtype,
             "pairs": self.pairs,
-        })
+        }
+
+    def statistics_key(self) -> str:
+        return config_hash(self.statistics_request())
 
     def cache_dir(self) -> Path:
         c = self.cfg.capture.cache_dir
@@ -94,11 +117,17 @@ class Session:
 
     @cached_property
     def stats(self) -> Statistics:
-        key = self.statistics_key()
+        request = self.statistics_request()
+        key = config_hash(request)
+        if self._given_stats is not None:
+            if self._given_stats.key != key:
+                raise ValueError(f"the statistics handed to this Session have key {self._given_stats.key!r}, but "
+                                 f"its config needs {key!r} (another model, calibration split or capture setting)")
+            return self._given_stats
         path = self.cache_dir() / f"stats-{key}.safetensors"
         if path.exists():
             try:
-                stats = Statistics.load(path)
+                stats = Statistics.load(path, request=request)
                 if self.progress:
                     _log(f"statistics: loaded cache {path}")
                 return stats
@@ -113,7 +142,7 @@ class Session:
             max_memory_gb=self.cfg.capture.max_memory_gb,
             progress=self.progress,
             key=key,
-            meta={"model": self.adapter.identity, "samples": len(self.splits.calibration)},
+            meta={"model": self.adapter.identity, "samples": len(self.splits.calibration), "request": request},
         )
         stats.save(path)
         return stats
@@ -182,15 +211,17 @@ class Session:
 
     # ------------------------------------------------------------------ cost and evaluation
     @cached_property
-    def cost_model(self):
+    def cost_model(self) -> CostModel:
         from rba.cost import CostModel
 
+        if self._given_cost_model is not None:
+            return self._given_cost_model
         return CostModel.measure(self.adapter, self.splits.eval.samples, batch_size=self.cfg.evaluate.batch_size,
                                  latency_repeats=self.cfg.evaluate.latency_repeats,
                                  measure_latency=self.measure_latency)
 
     @cached_property
-    def evaluator(self):
+    def evaluator(self) -> Evaluator:
         from rba.evaluate import Evaluator
 
         e = self.cfg.evaluate
@@ -198,16 +229,40 @@ class Session:
         return Evaluator(self.adapter, self.splits, head=e.head, batch_size=e.batch_size, probe_c=e.probe_c,
                          need_labels=self.need_labels, starts=starts, progress=self.progress)
 
-    def evaluate(self, spans: Sequence[Span], kind: str | None = None, mode: str | None = None) -> dict[str, Any]:
-        """All result columns for one configuration (spans already validated)."""
+    def evaluate(self, spans: str | Sequence[Span], kind: str | None = None, mode: str | None = None) -> dict[str, Any]:
+        """All result columns for one configuration: validated spans, or text for :meth:`parse`."""
         kind = kind or self.cfg.fit.kind
         mode = mode or self.cfg.fit.mode
-        spans = sorted(spans)
+        spans = sorted(self.parse(spans) if isinstance(spans, str) else spans)
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             maps = self.maps(spans, kind, mode)
         scores = self.evaluator.score(spans, maps, tag=maps_tag(kind, mode))
         return {"spans": format_spans(spans)} | scores | self.cost_model.cost(spans, kind)
+
+    def scores(self) -> pd.DataFrame:
+        """One row per valid span: ``start, end`` and every registered metric (br, cosine, cka, ls_residual)."""
+        from rba.metrics import score_table
+
+        return score_table(self.stats, self.cfg.fit.ridge)
+
+    def export(self, spans: str | Sequence[Span], out: str | Path) -> Path:
+        """Write ``out/model.safetensors`` and ``out/recipe.json`` for this configuration; reload it with
+        :func:`rba.load_export`."""
+        from rba.export import export_model
+
+        return export_model(self, self.parse(spans) if isinstance(spans, str) else spans, out)
+
+    def clear_caches(self) -> None:
+        """Forget what is kept per configuration -- span fits (sequential ones too), the statistics'
+        factorisations, the evaluator's prefix memo -- so that the next evaluation starts cold. The model, splits,
+        statistics, split caches and cost model stay."""
+        self._fits.clear()
+        self.__dict__.pop("sequential", None)  # its memo of prefix passes and fits goes with it
+        if "stats" in self.__dict__:
+            self.stats.scratch.clear()
+        if "evaluator" in self.__dict__:
+            self.evaluator.clear_memo()
 
     # ------------------------------------------------------------------ output folder records
     def write_run_info(self, out: Path, **extra: Any) -> None:
