@@ -22,7 +22,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -34,7 +34,10 @@ from rba.apply import replace_
 from rba.config import Config, DataConfig, ModelConfig
 from rba.errors import RBAError
 from rba.fit import get_fit
-from rba.spans import format_spans, parse_spans
+from rba.spans import Span, format_spans, parse_spans
+
+if TYPE_CHECKING:
+    from rba.session import Session
 
 __all__ = ["export_model", "load_export", "read_recipe", "head_logits", "RECIPE_FORMAT"]
 
@@ -107,7 +110,8 @@ def _schema_problems(exc: ValidationError) -> str:
 
 
 # ---------------------------------------------------------------------- writing
-def export_model(session, spans, out: str | Path, *, kind: str | None = None, mode: str | None = None) -> Path:
+def export_model(session: Session, spans: Sequence[Span], out: str | Path, *, kind: str | None = None,
+                 mode: str | None = None) -> Path:
     """Write the approximated model for ``spans`` to ``out``; returns the folder.
 
     The maps are the session's for fit ``kind`` and ``mode`` (default: the config's ``[fit]``), exactly what

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
@@ -31,6 +31,9 @@ from rba.capture import Statistics, add_products, check_finite, iter_batches
 from rba.apply import span_module
 from rba.errors import SpanError
 from rba.fit import SpanFit, fit_span, get_fit
+
+if TYPE_CHECKING:
+    from rba.session import Session
 
 __all__ = ["SequentialFitter", "PrefixStatistics"]
 
@@ -64,7 +67,7 @@ class PrefixStatistics:
 class SequentialFitter:
     """Sequential fits and replacement modules for configurations of one :class:`~rba.session.Session`."""
 
-    def __init__(self, session, *, memo_bytes: int = 1 << 30, progress: bool = False):
+    def __init__(self, session: Session, *, memo_bytes: int = 1 << 30, progress: bool = False):
         self.session = session
         self.memo_bytes = memo_bytes
         self.progress = progress

@@ -1,0 +1,112 @@
+"""The public API (``import rba``): a lean import, a short ``__all__``, and the same results as the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import rba
+
+REPO = Path(__file__).resolve().parent.parent
+
+TOML = """
+[model]
+kind = "timm"
+name = "test_vit"
+pretrained = false
+[data]
+kind = "synthetic"
+image_size = 32
+calibration = 32
+probe = 32
+eval = 32
+options = {{ modality = "image", classes = 3 }}
+[capture]
+cache_dir = "{cache}"
+[evaluate]
+latency_repeats = 1
+[search]
+max_span = 3
+"""
+
+
+def cli(*args, cwd):
+    r = subprocess.run([sys.executable, "-m", "rba.cli", *map(str, args), "--quiet"], cwd=cwd, capture_output=True,
+                       text=True, timeout=300, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("api")
+    path = tmp / "tiny.toml"
+    path.write_text(TOML.format(cache=tmp / "cache"))
+    return tmp, path
+
+
+def test_import_is_lean_and_all_names_resolve():
+    code = ("import sys, rba; heavy = {'torch', 'optuna', 'pandas', 'numpy', 'timm', 'transformers', 'ray', 'search'}; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy)); print(rba.__all__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    loaded, names = r.stdout.splitlines()
+    assert loaded == "[]"
+    for name in eval(names):
+        assert getattr(rba, name) is not None
+    assert set(dir(rba)) >= set(rba.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        rba.nope  # noqa: B018
+
+
+def test_scores_and_evaluate_equal_the_cli(study):
+    tmp, path = study
+    cli("scores", path, "--out", tmp / "cli", cwd=tmp)
+    session = rba.Session(rba.load_config(path), progress=False)
+    api = session.scores()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp / "cli" / "scores.csv"), api, rtol=1e-5)  # CSV keeps 6 digits
+
+    r = cli("evaluate", path, "--spans", "1-3,4-5", "--json", cwd=tmp)
+    from_cli = json.loads(r.stdout)
+    from_api = session.evaluate("1-3,4-5")
+    assert from_cli.keys() == from_api.keys()
+    for key, value in from_api.items():
+        if key != "latency_ms":  # timed separately in each process
+            assert from_cli[key] == pytest.approx(value, rel=1e-6), key
+
+
+def test_export_equals_the_cli(study):
+    tmp, path = study
+    cli("export", path, "--spans", "2-4", "--out", tmp / "cli_export", cwd=tmp)
+    session = rba.Session(rba.load_config(path), need_labels=False, progress=False)
+    session.export("2-4", tmp / "api_export")
+    a, b = rba.load_export(tmp / "cli_export"), rba.load_export(tmp / "api_export")
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0)
+    x = a.collate(session.splits.eval.samples[:4])
+    with torch.inference_mode():
+        torch.testing.assert_close(a.forward(x), b.forward(x), rtol=0, atol=0)
+
+
+def test_search_equals_the_cli(study):
+    tmp, path = study
+    cli("search", path, "--method", "random", "--trials", "5", "--objectives", "fidelity,flops", "--out",
+        tmp / "cli_search", cwd=tmp)
+    cfg = rba.load_config(path)
+    result = rba.search(cfg, out=tmp / "api_search", method="random", trials=5, objectives=["fidelity", "flops"])
+    assert cfg.search.trials != 5 and cfg.output.dir is None  # the caller's config is left as it was
+    columns = ["number", "spans", "fidelity", "flops", "flops_frac", "params", "feasible", "state"]
+    from_cli = pd.read_csv(tmp / "cli_search" / "trials.csv")[columns]
+    from_api = pd.read_csv(tmp / "api_search" / "trials.csv")[columns]
+    assert len(from_api) == 5
+    pd.testing.assert_frame_equal(from_cli, from_api)
+    pd.testing.assert_frame_equal(result.trials[columns].reset_index(drop=True), from_api, check_dtype=False,
+                                  rtol=1e-5)
