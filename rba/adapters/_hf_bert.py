@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from rba.adapters._base import Adapter, Context
-from rba.adapters._weights import file_digest, load_into, load_weights
+from rba.adapters._builder import load_pretrained, seeded, split_seed
+from rba.adapters._weights import file_digest
 from rba.errors import ModelError, did_you_mean
 
 __all__ = ["HFBert", "SentenceTransformerBert", "build_sentence_transformer", "build_huggingface", "MINILM_NAMES"]
@@ -252,8 +253,7 @@ def build_huggingface(cfg) -> Adapter:
     _offline()
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    options = dict(m.options)
-    seed = int(options.pop("seed", 0))
+    options, seed = split_seed(m.options)
     weights = cfg.resolve_path(m.weights)
     identity: dict[str, Any] = {"kind": m.kind, "name": m.name}
     if m.name == TINY_NAME:
@@ -269,9 +269,7 @@ def build_huggingface(cfg) -> Adapter:
         if m.pretrained and weights is None:
             raise ModelError("tiny-bert has no pretrained weights: set pretrained = false (random weights) "
                              "or model.weights to a local file")
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            model = BertModel(config, add_pooling_layer=False)
+        model = seeded(lambda: BertModel(config, add_pooling_layer=False), {}, seed, what="tiny-bert")
         folder = None
     else:
         if m.name in MINILM_NAMES:
@@ -287,16 +285,13 @@ def build_huggingface(cfg) -> Adapter:
                 model = AutoModel.from_pretrained(str(folder), local_files_only=True)
             else:
                 config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-                with torch.random.fork_rng():
-                    torch.manual_seed(seed)
-                    model = AutoModel.from_config(config)
+                model = seeded(lambda: AutoModel.from_config(config), {}, seed, what=f"AutoModel for {folder}")
         except ModelError:
             raise
         except Exception as exc:
             raise ModelError(f"cannot load a transformers encoder from {folder}: {exc}") from None
     if weights is not None and m.pretrained:
-        load_into(model, load_weights(weights), str(weights))
-        identity["weights"] = file_digest(Path(weights))
+        identity["weights"] = load_pretrained(model, Path(weights))
     elif m.pretrained and folder is not None:
         identity["weights"] = _folder_digest(folder)
     else:

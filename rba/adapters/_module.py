@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rba.adapters._base import Adapter, Context
-from rba.adapters._weights import file_digest, load_into, load_weights
+from rba.adapters._builder import build_model
 from rba.errors import ModelError
 
 __all__ = ["ModuleAdapter", "build_module", "resolve_attr"]
@@ -195,28 +195,20 @@ def build_module(cfg) -> Adapter:
     if m.pretrained and weights is None:
         raise ModelError(f"model {m.name!r}: set model.weights to a local weights file, or pretrained = false to use "
                          "the factory's own (seeded random) initialisation")
-    kwargs = dict(m.options)
-    seed = int(kwargs.pop("seed", 0))
-    try:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            model = factory(**kwargs)
-    except TypeError as exc:
-        raise ModelError(f"{m.name} could not be called with options {kwargs}: {exc}") from None
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"{m.name} returned a {type(model).__name__}, not a torch nn.Module")
+
+    def check_module(model: Any) -> None:
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"{m.name} returned a {type(model).__name__}, not a torch nn.Module")
+        blocks = resolve_attr(model, m.blocks)
+        if not isinstance(blocks, (nn.ModuleList, nn.Sequential)):
+            raise ModelError(f"model.blocks = {m.blocks!r} is a {type(blocks).__name__}; it must name an nn.ModuleList "
+                             "or nn.Sequential of blocks")
+        if len(blocks) == 0:
+            raise ModelError(f"model.blocks = {m.blocks!r} is empty")
+
+    model, identity = build_model(cfg, factory, what=m.name, weights=weights, check=check_module)
+    identity["blocks"] = m.blocks
     blocks = resolve_attr(model, m.blocks)
-    if not isinstance(blocks, (nn.ModuleList, nn.Sequential)):
-        raise ModelError(f"model.blocks = {m.blocks!r} is a {type(blocks).__name__}; it must name an nn.ModuleList "
-                         "or nn.Sequential of blocks")
-    if len(blocks) == 0:
-        raise ModelError(f"model.blocks = {m.blocks!r} is empty")
-    identity: dict[str, Any] = {"kind": m.kind, "name": m.name, "blocks": m.blocks, "options": kwargs, "seed": seed}
-    if weights is not None and m.pretrained:
-        load_into(model, load_weights(weights), str(weights))
-        identity["weights"] = file_digest(weights)
-    else:
-        identity["weights"] = "random"
-    adapter = ModuleAdapter(model.eval(), blocks, identity, cfg.data.image_size, _first_input_channels(model))
+    adapter = ModuleAdapter(model, blocks, identity, cfg.data.image_size, _first_input_channels(model))
     adapter.check_chaining()
     return adapter

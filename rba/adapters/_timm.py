@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from rba.adapters._base import Adapter, Context
-from rba.adapters._weights import file_digest, load_into, load_weights, weights_path
+from rba.adapters._builder import build_model
+from rba.adapters._weights import weights_path
 from rba.errors import ModelError, did_you_mean
 
 __all__ = ["TimmViT", "build_timm", "create_timm_model", "ImagePreprocess"]
@@ -61,29 +62,25 @@ def create_timm_model(cfg, **extra) -> tuple[torch.nn.Module, dict[str, Any]]:
         hint = did_you_mean(m.name, timm.list_models(), n=3)
         raise ModelError(f"unknown timm model {m.name!r}.{hint} (`python -c \"import timm; print(timm.list_models('vit*'))\"` lists them)")
     weights = weights_path(cfg, f"model {m.name!r}")
-    kwargs = dict(m.options) | extra
-    seed = int(kwargs.pop("seed", 0))
-    try:
-        with torch.random.fork_rng():
-            # random init is seeded so that the same config gives the same model (and cache key)
-            torch.manual_seed(seed)
-            model = timm.create_model(m.name, pretrained=False, **kwargs)
-    except TypeError as exc:
-        raise ModelError(f"timm could not build {m.name!r} with options {kwargs}: {exc}") from None
-    identity: dict[str, Any] = {"kind": m.kind, "name": m.name, "options": kwargs, "seed": seed}
-    if weights is not None and m.pretrained:
-        state = load_weights(weights)
-        filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
-        if filter_fn is not None:
-            try:
-                state = filter_fn(state, model)
-            except Exception:
-                pass  # the strict load below reports the mismatch
-        load_into(model, state, str(weights))
-        identity["weights"] = file_digest(weights)
-    else:
-        identity["weights"] = "random"
-    return model.eval(), identity
+    return build_model(cfg, lambda **kwargs: timm.create_model(m.name, pretrained=False, **kwargs),
+                       what=f"timm.create_model({m.name!r})", weights=weights, extra=extra,
+                       convert=_timm_checkpoint_filter)
+
+
+def _timm_checkpoint_filter(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """timm's own conversion of original checkpoints (JAX, DINOv2, …) to its key names, where the model's
+    family has one."""
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    return state if filter_fn is None else filter_fn(state, model)
+
+
+def _fixed_input_size(name: str) -> bool:
+    """Whether a timm model is built for one input size (ViTs: position embeddings), so that a configured
+    ``data.image_size`` must go to its constructor; CNNs take any size."""
+    import timm.models
+
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    return bool(pretrained_cfg is not None and pretrained_cfg.fixed_input_size)
 
 
 class TimmViT(Adapter):
@@ -128,15 +125,9 @@ def build_timm(cfg) -> Adapter:
     """``[model] kind = "timm"``: a ViT-family model (``model.blocks``) or a CNN (ResNet-style stages)."""
     image_size = cfg.data.image_size
     extra = {}
-    if image_size is not None:
+    if image_size is not None and _fixed_input_size(cfg.model.name):
         extra["img_size"] = image_size
-    try:
-        model, identity = create_timm_model(cfg, **extra)
-    except ModelError as exc:
-        if "img_size" in extra and "could not build" in str(exc):  # CNNs take any input size
-            model, identity = create_timm_model(cfg)
-        else:
-            raise
+    model, identity = create_timm_model(cfg, **extra)
     if hasattr(model, "blocks") and hasattr(model, "patch_embed"):
         return TimmViT(model, identity, image_size=image_size)
     from rba.adapters._cnn import TimmCNN

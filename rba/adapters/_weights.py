@@ -12,7 +12,7 @@ from torch import nn
 
 from rba.errors import ModelError
 
-__all__ = ["load_weights", "load_into", "file_digest"]
+__all__ = ["load_weights", "load_into", "describe_mismatch", "file_digest", "weights_path"]
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -58,6 +58,14 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load ``state`` strictly; a mismatch names the first missing/unexpected keys and shape clashes."""
+    mismatch = describe_mismatch(model, state, source)
+    if mismatch:
+        raise ModelError(mismatch)
+    model.load_state_dict(state, strict=True)
+
+
+def describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> str | None:
+    """How ``state`` fails to fit ``model`` (counts and a first example of each kind), or None when it fits."""
     own = model.state_dict()
     clashes = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
     missing = [k for k in own if k not in state]
@@ -71,9 +79,9 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
             parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        raise ModelError(f"weights file {source} does not match the architecture: " + "; ".join(parts)
-                         + ". Check model.name and model.options against the file")
-    model.load_state_dict(state, strict=True)
+        return (f"weights file {source} does not match the architecture: " + "; ".join(parts)
+                + ". Check model.name and model.options against the file")
+    return None
 
 
 _digests: dict[tuple[str, int, int], str] = {}
