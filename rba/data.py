@@ -18,6 +18,8 @@ from rba.errors import DataError
 __all__ = ["Dataset", "Splits", "load_dataset", "make_splits"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+#: label cells that mean "no label" (pandas' default NA strings, compared lower-cased): never a class of their own
+_MISSING_LABELS = {"", "nan", "-nan", "na", "n/a", "<na>", "#n/a", "null", "none"}
 
 
 @dataclass
@@ -147,9 +149,18 @@ def _text_csv(path: Path, text_col: str, label_col: str | None, *, label_require
                 f"{path} has no label column {label_col!r} (columns: {', '.join(map(str, frame.columns))}); "
                 "set data.label, or data.label = \"\" for unlabelled data"
             )
-        classes = sorted({str(v) for v in frame[label_col].tolist()})
-        lookup = {c: i for i, c in enumerate(classes)}
-        labels = np.array([lookup[str(v)] for v in frame[label_col].tolist()], dtype=np.int64)
+        cells = [str(v) for v in frame[label_col].tolist()]
+        missing = [row for row, cell in enumerate(cells) if cell.strip().lower() in _MISSING_LABELS]
+        if missing and label_required:
+            rows = ", ".join(str(r + 1) for r in missing[:5]) + (", …" if len(missing) > 5 else "")
+            raise DataError(
+                f"{path}: {len(missing)} rows have an empty or NaN {label_col!r} label (data rows {rows}): fill in or "
+                "remove those rows, or set data.label = \"\" to read the data unlabelled"
+            )
+        if not missing:  # (with missing labels where none are needed, the data loads unlabelled)
+            classes = sorted(set(cells))
+            lookup = {c: i for i, c in enumerate(classes)}
+            labels = np.array([lookup[c] for c in cells], dtype=np.int64)
     keep = [i for i, t in enumerate(texts) if t.strip()]
     texts = [texts[i] for i in keep]
     if labels is not None:
@@ -163,7 +174,7 @@ def _npz(path: Path) -> Dataset:
             if "images" not in z:
                 raise DataError(f"{path} has no 'images' array (arrays: {', '.join(z.files)})")
             images = z["images"]
-            labels = z["labels"].astype(np.int64) if "labels" in z else None
+            labels = _npz_labels(path, z["labels"]) if "labels" in z else None
     except DataError:
         raise
     except Exception as exc:
@@ -177,9 +188,31 @@ def _npz(path: Path) -> Dataset:
     return Dataset(images, labels, "image", source=str(path))
 
 
+def _npz_labels(path: Path, labels: np.ndarray) -> np.ndarray:
+    """``labels`` as int64 class ids, or one DataError: a label must be one whole number ≥ 0 per image."""
+    if labels.ndim != 1:
+        raise DataError(f"{path}: 'labels' must be 1-D (one class id per image), got shape {labels.shape}; "
+                        "one-hot labels: save labels.argmax(1)")
+    if labels.dtype.kind == "f":
+        bad = int((~np.isfinite(labels)).sum())
+        if bad:
+            raise DataError(f"{path}: 'labels' holds {bad} NaN/Inf values: give every image a class id, or drop "
+                            "the 'labels' array for unlabelled data")
+        if (labels != np.round(labels)).any():
+            raise DataError(f"{path}: 'labels' holds fractional values; class ids are whole numbers")
+    elif labels.dtype.kind not in "iub":
+        raise DataError(f"{path}: 'labels' must hold integer class ids, got dtype {labels.dtype}")
+    if len(labels) and labels.min() < 0:
+        raise DataError(f"{path}: 'labels' holds negative values ({labels.min():g}); class ids run from 0")
+    return labels.astype(np.int64)
+
+
 def _image_folder(path: Path) -> Dataset:
     from PIL import Image
 
+    if not path.is_dir():
+        raise DataError(f"data.path {path} is a file, but kind = \"image-folder\" reads a folder with one "
+                        "sub-folder of images per class (for an .npz file set kind = \"npz\")")
     classes = sorted(p.name for p in path.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{path} holds no class sub-folders (image-folder wants one sub-folder per class)")
@@ -189,7 +222,11 @@ def _image_folder(path: Path) -> Dataset:
         for f in sorted((path / c).iterdir()):
             if f.suffix.lower() not in _IMAGE_SUFFIXES:
                 continue
-            img = Image.open(f).convert("RGB")
+            try:
+                with Image.open(f) as opened:
+                    img = opened.convert("RGB")  # decodes the whole file: truncation shows here
+            except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable image data
+                raise DataError(f"cannot read the image {f}: {exc}; replace or remove the file") from None
             if size is None:
                 size = img.size
             if img.size != size:
