@@ -154,7 +154,7 @@ def _text_csv(path: Path, text_col: str, label_col: str | None, *, label_require
         if missing and label_required:
             rows = ", ".join(str(r + 1) for r in missing[:5]) + (", …" if len(missing) > 5 else "")
             raise DataError(
-                f"{path}: {len(missing)} rows have an empty or NaN {label_col!r} label (data rows {rows}): fill in or "
+                f"{path}: {len(missing)} rows have no label in column {label_col!r} (empty or NaN: data rows {rows}); fill in or "
                 "remove those rows, or set data.label = \"\" to read the data unlabelled"
             )
         if not missing:  # (with missing labels where none are needed, the data loads unlabelled)
