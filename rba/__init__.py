@@ -10,6 +10,7 @@ The public API; the ``rba`` command line is a thin layer over it::
     session.evaluate("2-4")                # accuracy, fidelity, flops, params, latency of one configuration
     session.export("2-4", "runs/m_2-4")    # model.safetensors + recipe.json
     approx = rba.load_export("runs/m_2-4")  # its adapter; approx.model is the nn.Module
+    rba.head_logits(approx, inputs)        # the exported classifier head's logits
     result = rba.search(cfg, trials=40)    # trials and Pareto front (Optuna or Ray Tune)
 
 Importing ``rba`` is cheap: torch, the model libraries and Optuna load when a name that needs them is first used.
@@ -27,15 +28,15 @@ if TYPE_CHECKING:
     from rba.adapters import register_adapter
     from rba.config import Config, load_config
     from rba.errors import RBAError
-    from rba.export import load_export
+    from rba.export import head_logits, load_export
     from rba.fit import register_fit
     from rba.session import Session
     from search import SearchResult
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "Config", "load_config", "Session", "search", "load_export", "register_adapter",
-           "register_fit", "RBAError"]
+__all__ = ["__version__", "Config", "load_config", "Session", "search", "load_export", "head_logits",
+           "register_adapter", "register_fit", "RBAError"]
 
 # public name -> the module that defines it, imported on first access (PEP 562)
 _HOMES = {
@@ -43,6 +44,7 @@ _HOMES = {
     "load_config": "rba.config",
     "Session": "rba.session",
     "load_export": "rba.export",
+    "head_logits": "rba.export",
     "register_adapter": "rba.adapters",
     "register_fit": "rba.fit",
     "RBAError": "rba.errors",

@@ -84,7 +84,7 @@ def test_scores_and_evaluate_equal_the_cli(study):
 def test_export_equals_the_cli(study):
     tmp, path = study
     cli("export", path, "--spans", "2-4", "--out", tmp / "cli_export", cwd=tmp)
-    session = rba.Session(rba.load_config(path), need_labels=False, progress=False)
+    session = rba.Session(rba.load_config(path), progress=False)
     session.export("2-4", tmp / "api_export")
     a, b = rba.load_export(tmp / "cli_export"), rba.load_export(tmp / "api_export")
     sa, sb = a.model.state_dict(), b.model.state_dict()
@@ -94,6 +94,7 @@ def test_export_equals_the_cli(study):
     x = a.collate(session.splits.eval.samples[:4])
     with torch.inference_mode():
         torch.testing.assert_close(a.forward(x), b.forward(x), rtol=0, atol=0)
+        torch.testing.assert_close(rba.head_logits(a, x), rba.head_logits(b, x), rtol=0, atol=0)
 
 
 def test_search_equals_the_cli(study):

@@ -112,3 +112,14 @@ def test_load_names_what_differs(tmp_path):
                          ("model", lambda r: r | {"model": r["model"] | {"weights": "0123abcd"}})]:
         with pytest.raises(CacheError, match=rf"was built for another request \(its {part} differ"):
             Statistics.load(path, request=change(request))
+
+
+def test_clear_caches_forgets_sequential_fits(tmp_path):
+    session = Session(tiny_vit_config(tmp_path, fit={"mode": "sequential"}), progress=False, measure_latency=False)
+    first = _without_latency(session.evaluate("1-2,3-5"))
+    assert session.sequential.passes == 1
+    assert _without_latency(session.evaluate("1-2,3-5")) == first and session.sequential.passes == 1  # memoised
+    fitter = session.sequential
+    session.clear_caches()
+    assert _without_latency(session.evaluate("1-2,3-5")) == first
+    assert session.sequential is not fitter and session.sequential.passes == 1  # the pass ran again
