@@ -19,11 +19,12 @@ TINY_MODELS = {
 }
 
 
-def tiny_config(tmp_path, model="vit", **sections):
-    """A tiny random model on synthetic data; sections override entries."""
+def tiny_config(tmp_path, family="vit", /, **sections):
+    """A tiny random model of ``family`` (a key of TINY_MODELS) on synthetic data; sections override entries
+    (``model={"options": {"seed": 1}}`` too)."""
     from rba.config import Config
 
-    model_section, modality = TINY_MODELS[model]
+    model_section, modality = TINY_MODELS[family]
     raw = {
         "model": dict(model_section),
         "data": {"kind": "synthetic", "calibration": 40, "probe": 40, "eval": 40,

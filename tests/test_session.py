@@ -70,9 +70,8 @@ def test_handed_over_parts_are_used_and_checked(tmp_path):
 
 
 def _seeded_vit(tmp_path, seed: int):
-    cfg = tiny_vit_config(tmp_path)
-    cfg.model.options = {"seed": seed}  # another random init: another model identity, same everything else
-    return cfg
+    # another random init: another model identity, same everything else
+    return tiny_vit_config(tmp_path, model={"options": {"seed": seed}})
 
 
 def test_foreign_cache_under_the_expected_name_is_rebuilt(tmp_path, capsys):
