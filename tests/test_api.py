@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ max_span = 3
 
 def cli(*args, cwd):
     r = subprocess.run([sys.executable, "-m", "rba.cli", *map(str, args), "--quiet"], cwd=cwd, capture_output=True,
-                       text=True, timeout=300, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+                       text=True, timeout=300, env=os.environ | {"PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr
     return r
 
