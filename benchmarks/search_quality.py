@@ -44,7 +44,7 @@ import torch  # noqa: E402
 
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", type=Path, default=ROOT / "studies" / "minilm_reviews.toml")
+    p.add_argument("--config", default="minilm_reviews", help="config file, or shipped study name (paths from the checkout)")
     p.add_argument("--quick", action="store_true", help="tiny random ViT on synthetic images (smoke test)")
     p.add_argument("--trials", type=int, default=60)
     p.add_argument("--big", type=int, default=100, help="trials of the wall-time run (0: skip)")
@@ -108,7 +108,9 @@ def main() -> int:
         args.trials, args.big, args.seeds = min(args.trials, 12), min(args.big, 16), args.seeds[:1]
         args.out = tmp / "out"
     else:
-        cfg = load_config(args.config)
+        # a shipped study by name reads ROOT/data/reviews.csv (where _common.reviews_csv puts it), whatever the cwd
+        cfg = load_config(args.config) if Path(args.config).exists() else load_config(
+            ROOT / "studies" / f"{args.config}.toml", base_dir=ROOT)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"config": str(args.config) if not args.quick else "quick", "threads": torch.get_num_threads(),

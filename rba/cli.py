@@ -9,45 +9,61 @@ import argparse
 import inspect
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from rba.errors import RBAError
+from rba.errors import ConfigError, RBAError
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
-# flag, config key, type, help
-_OVERRIDES: list[tuple[str, str, Any, str]] = [
+# flag, config key, type, help. Each subcommand shows only the groups it uses.
+_MODEL_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--max-span", "search.max_span", int, "longest span considered"),
+    ("--device", "model.device", str, "cpu, cuda or auto"),
+]
+_SEARCH_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--trials", "search.trials", int, "total trials of the study"),
     ("--backend", "search.backend", str, "optuna (default) or ray"),
     ("--method", "search.method", str, "optuna, exhaustive, random, br-greedy, block-drop"),
-    ("--sampler", "search.sampler", str, "tpe, nsga2, random, gp"),
+    ("--sampler", "search.sampler", str, "tpe, nsga2, random, gp (or a registered sampler)"),
     ("--seed", "search.seed", int, "sampler seed (data splits use data.seed)"),
     ("--objectives", "search.objectives", lambda s: [x.strip() for x in s.split(",") if x.strip()],
      "comma-separated: accuracy, fidelity, flops, params, latency"),
     ("--budget-flops", "search.budget_flops", float, "at most this fraction of the unmodified model's FLOPs"),
     ("--budget-params", "search.budget_params", float, "at most this fraction of its parameters"),
     ("--budget-latency", "search.budget_latency", float, "at most this fraction of its latency"),
-    ("--max-span", "search.max_span", int, "longest span considered"),
     ("--storage", "search.storage", str, "Optuna storage URL (default: sqlite in the output folder)"),
     ("--study-name", "search.study_name", str, "Optuna study name"),
     ("--n-jobs", "search.n_jobs", int, "parallel Optuna workers"),
     ("--timeout", "search.timeout", float, "stop the search after this many seconds"),
     ("--address", "search.ray_address", str, "join an existing Ray cluster"),
     ("--max-concurrent", "search.max_concurrent", int, "Ray: concurrent trials"),
-    ("--device", "model.device", str, "cpu, cuda or auto"),
 ]
+#: paths in /proc, /sys and /dev accept no output files, though a root process may look allowed to write there
+_SYSTEM_DIRS = ("/proc", "/sys", "/dev")
 
 
 def _flag_dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors in rba's one-line form (``rba: error: …``, exit 2)."""
+
+    def error(self, message: str):
+        print(f"rba: error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 class _Command:
     """Base of subcommands: ``add_arguments`` and ``take_action(args) -> exit code``."""
 
-    uses_output = True
+    #: the config-override flags this command accepts
+    flags: list[tuple[str, str, Any, str]] = _MODEL_FLAGS
+    #: --out sets the output folder (output.dir)
+    takes_output_dir = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         pass
@@ -55,25 +71,64 @@ class _Command:
     def take_action(self, args: argparse.Namespace) -> int:
         raise NotImplementedError
 
-    @staticmethod
-    def add_config(parser: argparse.ArgumentParser, out_help: str | None = "output folder (default runs/<config name>)") -> None:
-        parser.add_argument("config", help="study config (TOML)")
-        if out_help:
-            parser.add_argument("--out", help=out_help)
+    def add_config(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("config", help="study config: a TOML file, or the name of a shipped study (rba ls studies)")
+        if self.takes_output_dir:
+            parser.add_argument("--out", help="output folder (default: output.dir, else runs/<config name>)")
         group = parser.add_argument_group("config overrides (flags > file > defaults)")
-        for flag, _, typ, help_ in _OVERRIDES:
+        for flag, _, typ, help_ in self.flags:
             group.add_argument(flag, dest=_flag_dest(flag), type=typ, default=None, help=help_)
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    @staticmethod
-    def load(args: argparse.Namespace, *, use_out: bool = True):
-        from rba.config import load_config
+    def load(self, args: argparse.Namespace):
+        """The config with the flags applied, checked against this machine before any long work."""
+        from rba.config import load_study
 
-        cfg = load_config(args.config)
-        flags = {key: getattr(args, _flag_dest(flag)) for flag, key, _, _ in _OVERRIDES}
-        if use_out:
-            flags["output.dir"] = getattr(args, "out", None)
-        return cfg.override(flags)
+        cfg = load_study(args.config)
+        flags = {key: getattr(args, _flag_dest(flag)) for flag, key, _, _ in self.flags}
+        if self.takes_output_dir and args.out is not None:
+            flags["output.dir"] = str(Path(args.out).absolute())  # a flag's path is relative to the shell
+        cfg.override(flags)
+        _check_device(cfg)
+        _check_cache_dir(cfg.cache_dir())
+        if self.takes_output_dir:
+            _check_writable_dir(cfg.output_dir(), "output folder")
+        return cfg
+
+
+def _check_device(cfg) -> None:
+    if cfg.model.device not in ("cuda", "auto"):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if cfg.model.device == "cuda":
+        raise ConfigError("model.device = 'cuda' but torch sees no CUDA GPU on this machine: use --device cpu, or "
+                          "auto (the GPU when there is one)")
+    print("rba: note: model.device = 'auto' and no CUDA GPU is visible: running on the CPU", file=sys.stderr)
+    cfg.model.device = "cpu"
+
+
+def _check_writable_dir(path: Path, what: str) -> None:
+    """``path`` is, or can become, a folder this process writes to; checked before the long work starts."""
+    resolved = path.resolve()
+    system = next((d for d in _SYSTEM_DIRS if resolved == Path(d) or Path(d) in resolved.parents), None)
+    if system:
+        raise ConfigError(f"{what} {path} is inside {system}, a system folder that holds no files of yours: "
+                          "choose another folder")
+    if resolved.exists() and not resolved.is_dir():
+        raise ConfigError(f"{what} {path} is an existing file, not a folder: choose another path")
+    existing = next(p for p in [resolved, *resolved.parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {path} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path} is not writable ({existing} does not allow this user to write): "
+                          "choose another folder")
+
+
+def _check_cache_dir(path: Path) -> None:
+    _check_writable_dir(path, "statistics cache folder (capture.cache_dir)")
 
 
 class Scores(_Command):
@@ -104,8 +159,10 @@ class Scores(_Command):
 class Evaluate(_Command):
     """Evaluate one configuration (--spans "2-5,7-9" | none) or an exported model (--export DIR)."""
 
+    takes_output_dir = False
+
     def add_arguments(self, parser):
-        self.add_config(parser, out_help=None)
+        self.add_config(parser)
         which = parser.add_mutually_exclusive_group(required=True)
         which.add_argument("--spans", help='spans to replace, e.g. "2-5,7-9"; "none" (unmodified); "best" '
                            "(the single span with the lowest ls_residual)")
@@ -115,7 +172,8 @@ class Evaluate(_Command):
     def take_action(self, args):
         from rba.session import Session
 
-        cfg = self.load(args, use_out=False)
+        cfg = self.load(args)
+        cfg.require_splits("evaluate", accuracy=True)
         session = Session(cfg, progress=not args.quiet)
         if args.export:
             result = session.evaluate_export(args.export)
@@ -130,8 +188,10 @@ class Evaluate(_Command):
 class Export(_Command):
     """Export a configuration as model.safetensors + recipe.json (reload with rba.export.load_export)."""
 
+    takes_output_dir = False
+
     def add_arguments(self, parser):
-        self.add_config(parser, out_help=None)
+        self.add_config(parser)
         parser.add_argument("--spans", required=True, help='spans to replace, e.g. "2-5,7-9"')
         parser.add_argument("--out", required=True, help="export folder")
 
@@ -139,7 +199,9 @@ class Export(_Command):
         from rba.export import export_model
         from rba.session import Session
 
-        cfg = self.load(args, use_out=False)
+        cfg = self.load(args)
+        cfg.require_splits("export", accuracy=False)
+        _check_writable_dir(Path(args.out), "export folder")
         # labels, when the data has them, let the export carry the classifier head fitted for these spans
         session = Session(cfg, progress=not args.quiet)
         spans = session.parse(args.spans)
@@ -151,6 +213,8 @@ class Export(_Command):
 class Search(_Command):
     """Search span sets (Optuna or Ray Tune): trials.csv/.parquet, pareto.csv/.png in the output folder."""
 
+    flags = _MODEL_FLAGS + _SEARCH_FLAGS
+
     def add_arguments(self, parser):
         self.add_config(parser)
 
@@ -158,12 +222,15 @@ class Search(_Command):
         from search import run_search
 
         cfg = self.load(args)
+        cfg.require_splits("search", accuracy="accuracy" in cfg.search.objectives)
         run_search(cfg, progress=not args.quiet)
         return 0
 
 
 class Run(_Command):
     """Whole study: scores → search → export of the best front member → report."""
+
+    flags = _MODEL_FLAGS + _SEARCH_FLAGS
 
     def add_arguments(self, parser):
         self.add_config(parser)
@@ -172,6 +239,7 @@ class Run(_Command):
         from search import run_study
 
         cfg = self.load(args)
+        cfg.require_splits("run", accuracy="accuracy" in cfg.search.objectives)
         run_study(cfg, progress=not args.quiet)
         return 0
 
@@ -183,35 +251,69 @@ class Data(_Command):
         from rba.datasets import DATASETS
 
         parser.add_argument("name", choices=sorted(DATASETS))
-        parser.add_argument("--out", help="file to write (default data/<name>.csv or .npz)")
+        parser.add_argument("--out", help="file to write (default ./data/<name>.csv or .npz)")
 
     def take_action(self, args):
         from rba.datasets import DATASETS
 
         suffix = ".csv" if args.name == "reviews" else ".npz"
         out = Path(args.out) if args.out else Path("data") / f"{args.name}{suffix}"
+        if out.is_dir():
+            raise ConfigError(f"--out {out} is a folder: give the file to write, e.g. {out / (args.name + suffix)}")
+        _check_writable_dir(out.parent, "folder of --out")
         path = DATASETS[args.name](out)
         print(f"{args.name}: {path}", file=sys.stderr)
         return 0
 
 
 class Ls(_Command):
-    """List studies (configs in studies/) or adapter kinds."""
+    """List what the registries hold: shipped studies, adapter (model) kinds, fit kinds, metrics, samplers."""
 
     def add_arguments(self, parser):
-        parser.add_argument("what", choices=["studies", "adapters"])
+        parser.add_argument("what", choices=list(_LISTINGS))
 
     def take_action(self, args):
-        if args.what == "adapters":
-            from rba.adapters import list_adapters
-
-            print("\n".join(list_adapters()))
-        else:
-            root = Path(__file__).resolve().parent.parent / "studies"
-            for p in sorted(root.glob("*.toml")):
-                first = next((ln.lstrip("# ").strip() for ln in p.read_text().splitlines() if ln.startswith("#")), "")
-                print(f"{p.stem:32s} {first}")
+        for line in _LISTINGS[args.what]():
+            print(line)
         return 0
+
+
+def _list_studies() -> list[str]:
+    from rba.config import list_studies
+
+    lines = []
+    for name, path in list_studies().items():
+        first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+        lines.append(f"{name:32s} {first}")
+    return lines
+
+
+def _list_adapters() -> list[str]:
+    from rba.adapters import list_adapters
+
+    return list_adapters()
+
+
+def _list_fits() -> list[str]:
+    from rba.fit import list_fits
+
+    return list_fits()
+
+
+def _list_metrics() -> list[str]:
+    from rba.metrics import list_metrics
+
+    return list_metrics()
+
+
+def _list_samplers() -> list[str]:
+    from rba.samplers import list_samplers
+
+    return list_samplers()
+
+
+_LISTINGS = {"studies": _list_studies, "adapters": _list_adapters, "fits": _list_fits, "metrics": _list_metrics,
+             "samplers": _list_samplers}
 
 
 _COMMANDS: dict[str, type[_Command]] = {
@@ -237,7 +339,10 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rba", description="Redundant blocks: scores, replacement, search.")
+    from rba import __version__
+
+    parser = _Parser(prog="rba", description="Redundant blocks: scores, replacement, search.")
+    parser.add_argument("--version", action="version", version=f"rba {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, cls in _COMMANDS.items():
         cmd = cls()
@@ -255,18 +360,30 @@ def _show_rba_warning(message, category, filename, lineno, file=None, line=None,
         _default(message, category, filename, lineno, file, line)
 
 
+def _quiet_libraries() -> None:
+    """--quiet also silences the progress bars of the libraries rba loads models with (transformers, the hub)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:  # imported already (rba used in-process): its switch is read at import
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     import functools
     import warnings
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "quiet", False):
+        _quiet_libraries()
     saved = warnings.showwarning
     warnings.showwarning = functools.partial(_show_rba_warning, _default=saved)
     try:
         return args.handler.take_action(args)
     except RBAError as exc:
-        print(f"rba: error: {exc}", file=sys.stderr)
+        print(f"rba: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)  # one line, whatever it holds
         return 2
     except KeyboardInterrupt:
         print("rba: interrupted", file=sys.stderr)

@@ -9,10 +9,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from rba.errors import ConfigError, did_you_mean
 
@@ -26,17 +32,30 @@ __all__ = [
     "SearchConfig",
     "OutputConfig",
     "load_config",
+    "load_study",
+    "list_studies",
+    "default_cache_dir",
     "config_hash",
     "dict_to_toml",
 ]
 
 CONFIG_VERSION = 1
 
+# pydantic checks every value against its annotation (strict: no "3" for 3, no true for 1), including on
+# assignment (CLI overrides); its errors become one-line ConfigErrors in _config_error.
+_SCHEMA = pydantic.ConfigDict(strict=True, validate_assignment=True, allow_inf_nan=False)
 
-@dataclass
+#: torch and numpy seed generators take 32-bit seeds
+_SEED = Annotated[int, Field(ge=0, le=2**32 - 1)]
+_COUNT = Annotated[int, Field(ge=0)]
+_POSITIVE_INT = Annotated[int, Field(ge=1)]
+
+
+@dataclass(config=_SCHEMA)
 class ModelConfig:
     kind: str = "timm"
-    """timm | sentence-transformers | huggingface | efficientnet-lite | torchvision | module"""
+    """a registered adapter kind (``rba ls adapters``): timm | sentence-transformers | huggingface |
+    efficientnet-lite | torchvision | module"""
     name: str = ""
     weights: str | None = None
     """a local weights file (safetensors, or a torch checkpoint loaded with weights_only=True)"""
@@ -48,64 +67,61 @@ class ModelConfig:
     """kind = "module" imports and calls the factory the config names, i.e. runs code: opt in explicitly"""
     options: dict[str, Any] = field(default_factory=dict)
     """extra keyword arguments for the model constructor (e.g. timm ``depth``, ``embed_dim``)"""
-    device: str = "cpu"
-    """cpu | cuda | auto"""
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
 
 
-@dataclass
+@dataclass(config=_SCHEMA)
 class DataConfig:
-    kind: str = "text-csv"
-    """text-csv | npz | image-folder | synthetic"""
+    kind: Literal["text-csv", "npz", "image-folder", "synthetic"] = "text-csv"
     path: str | None = None
     text: str = "text"
     label: str | None = "label"
-    calibration: int = 1000
-    probe: int = 1000
-    eval: int = 1000
-    seed: int = 0
-    max_length: int = 128
-    image_size: int | None = None
+    calibration: _POSITIVE_INT = 1000
+    probe: _COUNT = 1000
+    eval: _COUNT = 1000
+    seed: _SEED = 0
+    max_length: _POSITIVE_INT = 128
+    image_size: _POSITIVE_INT | None = None
     options: dict[str, Any] = field(default_factory=dict)
     """kind-specific settings (synthetic data: shape, classes)"""
 
 
-@dataclass
+@dataclass(config=_SCHEMA)
 class CaptureConfig:
-    batch_size: int = 64
-    dtype: str = "float32"
+    batch_size: _POSITIVE_INT = 64
+    dtype: Literal["float32", "float64"] = "float32"
     """float32: batch products in float32 added into float64 totals; float64: everything in float64"""
     cache_dir: str | None = None
-    """statistics cache folder (default: <output dir>/../.rba_cache, shared by studies)"""
-    max_memory_gb: float = 8.0
+    """statistics cache folder (default: $XDG_CACHE_HOME/rba, else ~/.cache/rba, shared by all studies)"""
+    max_memory_gb: Annotated[float, Field(gt=0)] = 8.0
     """refuse to allocate statistics larger than this"""
 
 
-@dataclass
+@dataclass(config=_SCHEMA)
 class FitConfig:
     kind: str = "affine"
-    """affine | linear | identity"""
-    ridge: float = 1e-6
-    mode: str = "independent"
-    """independent | sequential"""
+    """a registered fit kind (``rba ls fits``): affine | linear | identity"""
+    ridge: Annotated[float, Field(ge=0)] = 1e-6
+    mode: Literal["independent", "sequential"] = "independent"
 
 
-@dataclass
+@dataclass(config=_SCHEMA)
 class EvaluateConfig:
-    head: str = "probe"
-    """probe | fixed-probe | native"""
-    batch_size: int = 64
-    probe_c: float = 1.0
+    head: Literal["probe", "fixed-probe", "native"] = "probe"
+    batch_size: _POSITIVE_INT = 64
+    probe_c: Annotated[float, Field(gt=0)] = 1.0
     """inverse L2 regularisation of the probe (as scikit-learn's C)"""
-    latency_repeats: int = 5
+    latency_repeats: _POSITIVE_INT = 5
 
 
-@dataclass
+@dataclass(config=_SCHEMA)
 class SearchConfig:
-    trials: int = 50
-    backend: str = "optuna"
-    method: str = "optuna"
+    trials: _COUNT = 50
+    backend: Literal["optuna", "ray"] = "optuna"
+    method: Literal["optuna", "exhaustive", "random", "br-greedy", "block-drop"] = "optuna"
     sampler: str = "tpe"
-    seed: int = 0
+    """a registered sampler (``rba.samplers``): tpe | nsga2 | random | gp"""
+    seed: _SEED = 0
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "flops"])
     budget_flops: float | None = None
     budget_params: float | None = None
@@ -114,20 +130,20 @@ class SearchConfig:
     priors: bool = True
     storage: str | None = None
     study_name: str | None = None
-    n_jobs: int = 1
-    timeout: float | None = None
+    n_jobs: _POSITIVE_INT = 1
+    timeout: Annotated[float, Field(gt=0)] | None = None
     ray_address: str | None = None
-    max_concurrent: int = 2
-    max_failures: int = 1
+    max_concurrent: _POSITIVE_INT = 2
+    max_failures: _COUNT = 1
     screening: bool = False
 
 
-@dataclass
+@dataclass(config=_SCHEMA)
 class OutputConfig:
     dir: str | None = None
 
 
-@dataclass
+@dataclass(config=_SCHEMA)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -138,7 +154,8 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     #: the file name without extension, used for the default output folder
     name: str = "rba"
-    #: folder of the config file: relative paths in the config are resolved against it
+    #: relative paths in the config resolve against this folder: the config file's own folder, or the working
+    #: directory for a shipped study run by name
     base_dir: str = "."
 
     # ------------------------------------------------------------------ building
@@ -146,15 +163,14 @@ class Config:
     def from_dict(cls, raw: dict[str, Any], *, name: str = "rba", base_dir: str = ".") -> "Config":
         if not isinstance(raw, dict):
             raise ConfigError("the config's top level must be a table of sections")
-        sections = {f.name: f for f in fields(cls) if f.name not in ("name", "base_dir")}
+        sections = _sections()
         kwargs: dict[str, Any] = {}
         for key, value in raw.items():
             if key not in sections:
                 raise ConfigError(_unknown("section", key, sections))
-            section_cls = sections[key].default_factory().__class__  # type: ignore[misc]
             if not isinstance(value, dict):
                 raise ConfigError(f"[{key}] must be a table, got {type(value).__name__}")
-            kwargs[key] = _build_section(section_cls, key, value)
+            kwargs[key] = _build_section(sections[key], key, value)
         cfg = cls(**kwargs, name=name, base_dir=base_dir)
         return cfg.validate()
 
@@ -168,56 +184,65 @@ class Config:
             valid = {f.name for f in fields(target)}
             if key not in valid:
                 raise ConfigError(_unknown(f"key in [{section}]", key, valid))
-            setattr(target, key, _coerce(type(target), key, value, section))
+            try:
+                setattr(target, key, value)
+            except pydantic.ValidationError as exc:
+                raise _config_error(exc, section, {key: value}) from None
         return self.validate()
 
     def validate(self) -> "Config":
-        _choice("model.kind", self.model.kind, ["timm", "sentence-transformers", "huggingface", "efficientnet-lite", "torchvision", "module"])
-        _choice("model.device", self.model.device, ["cpu", "cuda", "auto"])
-        _choice("data.kind", self.data.kind, ["text-csv", "npz", "image-folder", "synthetic"])
-        _choice("capture.dtype", self.capture.dtype, ["float32", "float64"])
-        _choice("fit.kind", self.fit.kind, ["affine", "linear", "identity"])
-        _choice("fit.mode", self.fit.mode, ["independent", "sequential"])
-        _choice("evaluate.head", self.evaluate.head, ["probe", "fixed-probe", "native"])
-        _choice("search.backend", self.search.backend, ["optuna", "ray"])
-        _choice("search.method", self.search.method, ["optuna", "exhaustive", "random", "br-greedy", "block-drop"])
-        _choice("search.sampler", self.search.sampler, ["tpe", "nsga2", "random", "gp"])
+        """Checks across keys and against the registries (pydantic has checked each value on its own)."""
+        from rba.adapters import list_adapters
+        from rba.fit import list_fits
+        from rba.samplers import list_samplers
+        from rba.session import OBJECTIVES
+
+        _choice("model.kind", self.model.kind, list_adapters())
+        _choice("fit.kind", self.fit.kind, list_fits())
+        _choice("search.sampler", self.search.sampler, list_samplers())
         for obj in self.search.objectives:
-            _choice("search.objectives", obj, ["accuracy", "fidelity", "flops", "params", "latency"])
+            _choice("search.objectives", obj, list(OBJECTIVES))
         if len(set(self.search.objectives)) != len(self.search.objectives):
             raise ConfigError(f"search.objectives lists a name twice: {self.search.objectives}")
         if not self.search.objectives:
-            raise ConfigError("search.objectives is empty: name at least one of accuracy, fidelity, flops, params, latency")
+            raise ConfigError(f"search.objectives is empty: name at least one of {', '.join(OBJECTIVES)}")
         if self.search.max_span is not None and self.search.max_span < 1:
             raise ConfigError(f"search.max_span = {self.search.max_span}: it must be at least 1 (a span covers one block or more)")
-        for key in ("calibration", "probe", "eval"):
-            if getattr(self.data, key) < 0:
-                raise ConfigError(f"data.{key} = {getattr(self.data, key)} must not be negative")
-        if self.data.calibration < 1:
-            raise ConfigError("data.calibration must be at least 1: statistics need calibration samples")
         for key in ("budget_flops", "budget_params", "budget_latency"):
             v = getattr(self.search, key)
-            if v is not None and not (0 < v):
+            if v is not None and not (0 < v < math.inf):
                 raise ConfigError(f"search.{key} = {v}: a budget is a positive fraction of the unmodified model (e.g. 0.7)")
-        if self.fit.ridge < 0:
-            raise ConfigError(f"fit.ridge = {self.fit.ridge} must be ≥ 0")
-        if self.capture.batch_size < 1 or self.evaluate.batch_size < 1:
-            raise ConfigError("batch sizes must be at least 1")
-        if self.search.trials < 0:
-            raise ConfigError("search.trials must be ≥ 0")
         return self
+
+    def require_splits(self, command: str, *, accuracy: bool) -> None:
+        """Commands that score configurations need eval samples, and probe samples when a probe is fitted."""
+        if self.data.eval < 1:
+            raise ConfigError(f"data.eval = 0, but `rba {command}` scores configurations on the eval split: "
+                              "set data.eval to at least 1")
+        if accuracy and self.evaluate.head != "native" and self.data.probe < 1:
+            raise ConfigError(f"data.probe = 0, but evaluate.head = {self.evaluate.head!r} fits a classifier on "
+                              "the probe split for accuracy: set data.probe to at least 1, or evaluate.head = "
+                              "\"native\"")
 
     # ------------------------------------------------------------------ paths and serialisation
     def resolve_path(self, path: str | None) -> Path | None:
+        """``path`` as the config means it: relative paths start at :attr:`base_dir`."""
         if path is None:
             return None
         p = Path(path).expanduser()
         return p if p.is_absolute() else (Path(self.base_dir) / p)
 
     def output_dir(self) -> Path:
+        """``output.dir`` (relative to the config), else ``runs/<config name>`` in the working directory."""
         if self.output.dir:
-            return Path(self.output.dir)
-        return Path("runs") / self.name
+            return self.resolve_path(self.output.dir)
+        return Path.cwd() / "runs" / self.name
+
+    def cache_dir(self) -> Path:
+        """``capture.cache_dir`` (relative to the config), else the user's cache folder (one for all studies)."""
+        if self.capture.cache_dir:
+            return self.resolve_path(self.capture.cache_dir)
+        return default_cache_dir()
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -226,8 +251,22 @@ class Config:
         return d
 
     def to_toml(self) -> str:
+        """The config as TOML with its relative paths resolved, so the file reads back the same from anywhere."""
+        d = self.to_dict()
+        for section, key in _PATH_KEYS:
+            if d[section][key]:
+                d[section][key] = str(self.resolve_path(d[section][key]).absolute())
         header = f"# rba resolved config (version {CONFIG_VERSION}, name {self.name!r})\n"
-        return header + dict_to_toml(self.to_dict())
+        return header + dict_to_toml(d)
+
+
+#: the keys holding paths, resolved against Config.base_dir
+_PATH_KEYS = [("data", "path"), ("model", "weights"), ("output", "dir"), ("capture", "cache_dir")]
+
+
+def default_cache_dir() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache") / "rba"
 
 
 def dict_to_toml(sections: dict[str, dict[str, Any]]) -> str:
@@ -240,11 +279,13 @@ def dict_to_toml(sections: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-def load_config(path: str | Path) -> Config:
-    """Read a TOML config file. Errors name the file and the problem."""
+def load_config(path: str | Path, *, base_dir: str | Path | None = None) -> Config:
+    """Read a TOML config file; relative paths in it resolve against ``base_dir`` (default: the file's folder).
+
+    Errors name the file and the problem."""
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"config file not found: {p}")
+        raise ConfigError(f"config file not found: {p} (give a TOML file, or a study name that `rba ls studies` lists)")
     if p.is_dir():
         raise ConfigError(f"config path is a folder, not a TOML file: {p}")
     try:
@@ -253,7 +294,32 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{p} is not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{p} is not a text file") from None
-    return Config.from_dict(raw, name=p.stem, base_dir=str(p.parent.resolve()))
+    base = Path(base_dir) if base_dir is not None else p.parent
+    return Config.from_dict(raw, name=p.stem, base_dir=str(base.resolve()))
+
+
+def list_studies() -> dict[str, Path]:
+    """The shipped study configs by name: ``studies/*.toml`` of a source checkout, or their installed copies
+    (the wheel puts them in ``rba/studies``)."""
+    here = Path(__file__).resolve().parent
+    for folder in (here.parent / "studies", here / "studies"):
+        if any(folder.glob("*.toml")):
+            return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+    return {}
+
+
+def load_study(name_or_path: str | Path) -> Config:
+    """A config file by path (paths inside resolve against its folder), or a shipped study by name (paths inside
+    resolve against the working directory, where ``rba data`` writes and ``runs/`` goes)."""
+    p = Path(name_or_path)
+    if not p.exists() and p.suffix != ".toml":
+        studies = list_studies()
+        if str(name_or_path) in studies:
+            return load_config(studies[str(name_or_path)], base_dir=Path.cwd())
+        if studies:
+            raise ConfigError(f"no config file or shipped study named {str(name_or_path)!r}."
+                              f"{did_you_mean(name_or_path, studies)} Studies: {', '.join(studies)}")
+    return load_config(p)
 
 
 def config_hash(payload: Any) -> str:
@@ -273,45 +339,53 @@ def _choice(key: str, value: Any, options: list[str]) -> None:
         raise ConfigError(f"{key} = {value!r} is not one of {', '.join(options)}.{did_you_mean(value, options)}")
 
 
+def _sections() -> dict[str, type]:
+    return {f.name: f.default_factory for f in fields(Config) if f.name not in ("name", "base_dir")}  # type: ignore[misc]
+
+
 def _build_section(section_cls, section: str, values: dict[str, Any]):
     valid = {f.name for f in fields(section_cls)}
-    kwargs = {}
-    for key, value in values.items():
+    for key in values:
         if key not in valid:
             raise ConfigError(_unknown(f"key in [{section}]", key, valid))
-        kwargs[key] = _coerce(section_cls, key, value, section)
-    return section_cls(**kwargs)
+    try:
+        return section_cls(**values)
+    except pydantic.ValidationError as exc:
+        raise _config_error(exc, section, values) from None
 
 
-_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,),
-    "str | None": (str, type(None)),
-    "int": (int,),
-    "int | None": (int, type(None)),
-    "float": (float, int),
-    "float | None": (float, int, type(None)),
-    "bool": (bool,),
-    "list[str]": (list,),
-    "dict[str, Any]": (dict,),
+_TYPE_WORDS = {
+    "int_type": "int", "int_parsing": "int", "int_from_float": "int", "float_type": "a number",
+    "float_parsing": "a number", "string_type": "str", "bool_type": "true or false", "bool_parsing": "true or false",
+    "list_type": "a list", "dict_type": "a table",
 }
+_BOUND_WORDS = {"greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "greater than"),
+                "less_than_equal": ("le", "at most"), "less_than": ("lt", "less than")}
 
 
-def _coerce(section_cls, key: str, value: Any, section: str) -> Any:
-    ftype = {f.name: f.type for f in fields(section_cls)}[key]
-    allowed = _TYPES.get(str(ftype))
-    if allowed is None:
-        return value
-    if bool in allowed and not isinstance(value, bool):
-        raise ConfigError(f"{section}.{key} must be true or false, got {value!r}")
-    if bool not in allowed and isinstance(value, bool):
-        raise ConfigError(f"{section}.{key} must be a {ftype}, got a boolean")
-    if not isinstance(value, allowed):
-        raise ConfigError(f"{section}.{key} must be {ftype}, got {type(value).__name__} {value!r}")
-    if str(ftype) == "list[str]" and not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{section}.{key} must be a list of strings, got {value!r}")
-    if float in allowed and isinstance(value, int):
-        return float(value)
-    return value
+def _config_error(exc: pydantic.ValidationError, section: str, values: dict[str, Any]) -> ConfigError:
+    """The first problem pydantic found, as one line naming the key, the value and what it must be."""
+    err = exc.errors(include_url=False)[0]
+    key = str(err["loc"][0]) if err["loc"] else "?"
+    where = f"{section}.{key}"
+    value = values.get(key, err.get("input"))
+    kind, ctx = err["type"], err.get("ctx", {})
+    if kind in _BOUND_WORDS:
+        name, words = _BOUND_WORDS[kind]
+        return ConfigError(f"{where} = {value!r}: it must be {words} {ctx[name]:g}")
+    if kind == "finite_number":
+        return ConfigError(f"{where} = {value!r}: it must be a finite number")
+    if kind == "literal_error":
+        options = [o.strip().strip("'") for o in ctx["expected"].replace(" or ", ", ").split(",")]
+        return ConfigError(f"{where} = {value!r} is not one of {', '.join(options)}.{did_you_mean(value, options)}")
+    if len(err["loc"]) > 1 and isinstance(err["loc"][1], int):
+        return ConfigError(f"{where} must be a list of strings, got {value!r}")
+    if kind in _TYPE_WORDS:
+        expected = _TYPE_WORDS[kind]
+        if isinstance(value, bool) and kind != "bool_type":
+            return ConfigError(f"{where} must be {expected}, got a boolean")
+        return ConfigError(f"{where} must be {expected}, got {type(value).__name__} {value!r}")
+    return ConfigError(f"{where} = {value!r}: {err['msg'][0].lower()}{err['msg'][1:]}")
 
 
 def _toml_value(v: Any) -> str:

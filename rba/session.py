@@ -36,6 +36,15 @@ if TYPE_CHECKING:
 __all__ = ["Session"]
 
 RESULT_COLUMNS = ["spans", "accuracy", "fidelity", "flops", "flops_frac", "params", "params_frac", "latency_ms"]
+#: objective name -> (result column, direction). The search optimises these result columns, so their names
+#: live with the columns, and a config's ``search.objectives`` is validated without importing the search package.
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "accuracy": ("accuracy", "maximize"),
+    "fidelity": ("fidelity", "maximize"),
+    "flops": ("flops_frac", "minimize"),
+    "params": ("params_frac", "minimize"),
+    "latency": ("latency_ms", "minimize"),
+}
 
 #: most paired calibration vectors handed to a fit that trains on vectors (``needs = "vectors"``)
 MAX_FIT_VECTORS = 16384
@@ -112,8 +121,7 @@ class Session:
         return config_hash(self.statistics_request())
 
     def cache_dir(self) -> Path:
-        c = self.cfg.capture.cache_dir
-        return Path(c) if c else Path(".rba_cache")
+        return self.cfg.cache_dir()
 
     @cached_property
     def stats(self) -> Statistics:

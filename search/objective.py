@@ -33,20 +33,12 @@ from typing import Any, Sequence
 
 from rba.spans import Span
 from rba.errors import BudgetError, ConfigError
+from rba.session import OBJECTIVES, RESULT_COLUMNS
 from rba.spans import format_spans
 from search.baselines import proxy_front
 
 __all__ = ["Objective", "OBJECTIVES", "RESULT_COLUMNS", "BUDGET_KEYS"]
 
-#: objective name → (result column, direction)
-OBJECTIVES: dict[str, tuple[str, str]] = {
-    "accuracy": ("accuracy", "maximize"),
-    "fidelity": ("fidelity", "maximize"),
-    "flops": ("flops_frac", "minimize"),
-    "params": ("params_frac", "minimize"),
-    "latency": ("latency_ms", "minimize"),
-}
-RESULT_COLUMNS = ["spans", "accuracy", "fidelity", "flops", "flops_frac", "params", "params_frac", "latency_ms"]
 #: budget name → SearchConfig field
 BUDGET_KEYS = {"flops": "budget_flops", "params": "budget_params", "latency": "budget_latency"}
 #: fault injection for tests of failure handling: a configuration string whose evaluation raises

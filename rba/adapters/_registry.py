@@ -1,12 +1,11 @@
-"""A small registry of adapter builders keyed by model kind, with lazy imports and "did you mean"."""
+"""The adapter registry: model kind -> builder ``fn(cfg) -> Adapter``, built-ins imported lazily."""
 
 from __future__ import annotations
 
-import fnmatch
-import importlib
 from typing import TYPE_CHECKING, Callable
 
-from rba.errors import ModelError, did_you_mean
+from rba._registry import Registry
+from rba.errors import ModelError
 
 if TYPE_CHECKING:
     from rba.adapters._base import Adapter
@@ -14,35 +13,29 @@ if TYPE_CHECKING:
 
 __all__ = ["register_adapter", "create_adapter", "list_adapters", "is_adapter"]
 
-# kind -> "module:function" (imported on first use, so timm/transformers load only when needed)
-_entrypoints: dict[str, str | Callable] = {}
+# built-ins are "module:function" strings, so timm/transformers load only when their kind is used
+_ADAPTERS: Registry[Callable[["Config"], "Adapter"]] = Registry("model kind")
 
 
-def register_adapter(kind: str, target: str | Callable) -> None:
-    if kind in _entrypoints:
-        raise ValueError(f"adapter kind {kind!r} is already registered")
-    _entrypoints[kind] = target
+def register_adapter(kind: str, target: str | Callable[["Config"], "Adapter"]) -> None:
+    """Make ``[model] kind = KIND`` build its adapter with ``target(cfg)`` (a callable or ``"module:function"``)."""
+    _ADAPTERS.register(kind, target)
 
 
 def is_adapter(kind: str) -> bool:
-    return kind in _entrypoints
+    return kind in _ADAPTERS
 
 
 def list_adapters(pattern: str = "*") -> list[str]:
-    return sorted(k for k in _entrypoints if fnmatch.fnmatch(k, pattern))
+    return sorted(_ADAPTERS.names(pattern))
 
 
 def create_adapter(cfg: "Config") -> "Adapter":
     """Build the adapter (model + blocks + preprocessing) that ``cfg.model`` describes."""
     kind = cfg.model.kind
-    if kind not in _entrypoints:
-        raise ModelError(f"unknown model kind {kind!r}.{did_you_mean(kind, _entrypoints)} "
-                         f"Known kinds: {', '.join(list_adapters())}")
-    target = _entrypoints[kind]
-    if isinstance(target, str):
-        module, fn = target.split(":")
-        target = getattr(importlib.import_module(module), fn)
-    adapter = target(cfg)
+    if kind not in _ADAPTERS:
+        raise ModelError(_ADAPTERS.unknown(kind))
+    adapter = _ADAPTERS.get(kind)(cfg)
     device = cfg.model.device
     if device == "auto":
         import torch

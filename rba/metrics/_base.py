@@ -19,6 +19,13 @@ class Metric(abc.ABC):
     name: str = ""
     #: True when larger means "more redundant" (safer to replace)
     higher_is_redundant: bool = True
+    #: panel title in scores.png (default: the column name)
+    label: str = ""
+
+    @classmethod
+    def build(cls, *, ridge: float) -> "Metric":
+        """The instance the score table uses; metrics that fit spans take the config's ``fit.ridge``."""
+        return cls()
 
     @abc.abstractmethod
     @torch.no_grad()

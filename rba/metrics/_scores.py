@@ -18,6 +18,7 @@ class BlockRedundancy(Metric):
     """br = −Σ‖x_i − x_j‖² / (n·D): per-vector, per-dimension mean (never per sample)."""
 
     name = "br"
+    label = "BR = −MSE (higher: more redundant)"
 
     def __call__(self, stats: Statistics, span: Span) -> float:
         i, j = span
@@ -40,6 +41,7 @@ class LinearCKA(Metric):
     """Linear CKA over vectors: ‖C_ij‖²_F / (‖C_ii‖_F ‖C_jj‖_F) with centred (cross-)covariances."""
 
     name = "cka"
+    label = "linear CKA"
 
     def __call__(self, stats: Statistics, span: Span) -> float:
         i, j = span
@@ -57,9 +59,14 @@ class LSResidual(Metric):
 
     name = "ls_residual"
     higher_is_redundant = False
+    label = "LS residual (lower: more redundant)"
 
     def __init__(self, ridge: float = 1e-6):
         self.ridge = ridge
+
+    @classmethod
+    def build(cls, *, ridge: float) -> "LSResidual":
+        return cls(ridge)
 
     def __call__(self, stats: Statistics, span: Span) -> float:
         fit = fit_span(stats, span, "affine", self.ridge)

@@ -8,23 +8,26 @@ from pathlib import Path
 import pandas as pd
 
 from rba.capture import Statistics
-from rba.metrics._scores import BlockRedundancy, Cosine, LinearCKA, LSResidual
+from rba.metrics._registry import get_metric, list_metrics
 
-__all__ = ["score_table", "plot_scores", "SCORE_COLUMNS"]
+__all__ = ["score_table", "plot_scores", "score_columns"]
 
-SCORE_COLUMNS = ["start", "end", "br", "cosine", "cka", "ls_residual"]
+
+def score_columns() -> list[str]:
+    """``start, end`` and one column per registered metric (br, cosine, cka, ls_residual, then plug-ins)."""
+    return ["start", "end", *list_metrics()]
 
 
 def score_table(stats: Statistics, ridge: float = 1e-6) -> pd.DataFrame:
-    metrics = [BlockRedundancy(), Cosine(), LinearCKA(), LSResidual(ridge)]
+    metrics = {name: get_metric(name).build(ridge=ridge) for name in list_metrics()}
     rows = []
     with warnings.catch_warnings():
         # rank-deficient boundaries are expected here (post-LN models); the ridge handles them and
         # fits used for replacement warn where it matters
         warnings.simplefilter("ignore")
         for span in stats.pairs:
-            rows.append({"start": span[0], "end": span[1]} | {m.name: m(stats, span) for m in metrics})
-    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+            rows.append({"start": span[0], "end": span[1]} | {name: m(stats, span) for name, m in metrics.items()})
+    return pd.DataFrame(rows, columns=score_columns())
 
 
 def plot_scores(table: pd.DataFrame, path: str | Path, title: str = "") -> None:
@@ -38,15 +41,17 @@ def plot_scores(table: pd.DataFrame, path: str | Path, title: str = "") -> None:
     from rba._io import atomic_path
 
     L = int(table["end"].max()) if len(table) else 1
-    metrics = [("br", "BR = −MSE (higher: more redundant)"), ("cosine", "cosine"), ("cka", "linear CKA"),
-               ("ls_residual", "LS residual (lower: more redundant)")]
-    fig, axes = plt.subplots(1, 4, figsize=(4.2 * 4, 4.2), constrained_layout=True)
-    for ax, (col, label) in zip(axes, metrics):
+    columns = [c for c in table.columns if c not in ("start", "end")]
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 4.2), constrained_layout=True,
+                             squeeze=False)
+    for ax, col in zip(axes[0], columns):
+        metric = get_metric(col) if col in list_metrics() else None
+        label = (metric.label if metric else "") or col
+        cmap = "viridis" if metric is None or metric.higher_is_redundant else "viridis_r"
         grid = np.full((L + 1, L + 1), np.nan)
-        for r in table.itertuples():
-            grid[r.start, r.end] = getattr(r, col)
-        im = ax.imshow(grid[: L, 1:], origin="upper", cmap="viridis" if col != "ls_residual" else "viridis_r",
-                       aspect="auto")
+        for start, end, value in zip(table["start"], table["end"], table[col]):
+            grid[start, end] = value
+        im = ax.imshow(grid[: L, 1:], origin="upper", cmap=cmap, aspect="auto")
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("end boundary j")
         ax.set_ylabel("start boundary i")

@@ -1,0 +1,61 @@
+"""A named registry with lazy ``"module:attr"`` targets: the one list of the names a config may use.
+
+Configs are validated against these registries (``model.kind``, ``fit.kind``, ``search.sampler``), ``rba ls``
+prints them, and "did you mean" hints read them, so a name registered by a plug-in is accepted everywhere at
+once. A lazy target is imported on first :meth:`Registry.get`, so listing names never loads torch models,
+transformers or optuna.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+from typing import Any, Callable, Generic, TypeVar
+
+from rba.errors import did_you_mean
+
+__all__ = ["Registry"]
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Names in registration order (built-ins first), each bound to an object or a lazy ``"module:attr"``."""
+
+    def __init__(self, what: str, *, check: Callable[[Any], None] | None = None):
+        self.what = what
+        self._check = check
+        self._targets: dict[str, T | str] = {}
+
+    def register(self, name: str, target: T | str) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a {self.what} name must be a non-empty string, got {name!r}")
+        if name in self._targets:
+            raise ValueError(f"{self.what} {name!r} is already registered")
+        if isinstance(target, str):
+            if target.count(":") != 1:
+                raise ValueError(f"a lazy {self.what} target is written 'module:attr', got {target!r}")
+        elif self._check is not None:
+            self._check(target)
+        self._targets[name] = target
+
+    def get(self, name: str) -> T:
+        """The registered object, importing a lazy target on first use."""
+        target = self._targets[name]
+        if isinstance(target, str):
+            module, attr = target.split(":")
+            target = getattr(importlib.import_module(module), attr)
+            if self._check is not None:
+                self._check(target)
+            self._targets[name] = target
+        return target
+
+    def names(self, pattern: str = "*") -> list[str]:
+        return [n for n in self._targets if fnmatch.fnmatch(n, pattern)]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._targets
+
+    def unknown(self, name: object) -> str:
+        """``unknown <what> 'x'. Did you mean 'y'? Known: a, b`` (for errors outside config validation)."""
+        return f"unknown {self.what} {name!r}.{did_you_mean(name, self._targets)} Known: {', '.join(self._targets)}"
