@@ -360,6 +360,23 @@ def _show_rba_warning(message, category, filename, lineno, file=None, line=None,
         _default(message, category, filename, lineno, file, line)
 
 
+#: installed packages name their plug-in modules under this entry-point group; importing a module registers
+#: its adapters, fits, metrics or samplers (``register_adapter``, ``register_fit``, ``register_metric``, …)
+PLUGIN_GROUP = "rba.plugins"
+
+
+def _load_plugins() -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken plug-in is the user's environment, not an rba bug: say which one
+            raise ConfigError(f"the plug-in {ep.name!r} ({ep.value}, entry point group {PLUGIN_GROUP}) failed to "
+                              f"load: {type(exc).__name__}: {exc}; fix or uninstall the package that "
+                              "provides it") from None
+
+
 def _quiet_libraries() -> None:
     """--quiet also silences the progress bars of the libraries rba loads models with (transformers, the hub)."""
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
@@ -381,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     saved = warnings.showwarning
     warnings.showwarning = functools.partial(_show_rba_warning, _default=saved)
     try:
+        _load_plugins()
         return args.handler.take_action(args)
     except RBAError as exc:
         print(f"rba: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)  # one line, whatever it holds

@@ -36,6 +36,8 @@ def create_adapter(cfg: "Config") -> "Adapter":
     if kind not in _ADAPTERS:
         raise ModelError(_ADAPTERS.unknown(kind))
     adapter = _ADAPTERS.get(kind)(cfg)
+    if cfg.data.image_size is not None:
+        _check_image_size(adapter, cfg)
     device = cfg.model.device
     if device == "auto":
         import torch
@@ -44,6 +46,18 @@ def create_adapter(cfg: "Config") -> "Adapter":
     if device != "cpu":
         adapter.to(device)
     return adapter
+
+
+def _check_image_size(adapter: "Adapter", cfg: "Config") -> None:
+    """One forward pass at ``data.image_size`` (the shapes are needed anyway), so a size the model cannot take
+    is reported now, naming the key, and not as a library assertion in the middle of the capture."""
+    try:
+        adapter.boundary_shapes()
+    except (AssertionError, RuntimeError, ValueError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ModelError(f"data.image_size = {cfg.data.image_size} does not fit {cfg.model.kind} model "
+                         f"{cfg.model.name!r} ({reason}): set data.image_size to a size the model takes, e.g. "
+                         "its training size") from None
 
 
 register_adapter("timm", "rba.adapters._timm:build_timm")

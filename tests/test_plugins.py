@@ -1,0 +1,221 @@
+"""Plug-ins from outside the package: a module in its own folder registers an adapter (model kind), a fit kind
+and a metric; the real ``rba`` binary finds it through the ``rba.plugins`` entry point, and a config naming the
+new kinds validates, lists and runs ``scores``, ``evaluate`` and ``search``.
+
+The new metric's column is checked against numpy on the activations the plug-in model produces (run here
+by hand, not through rba).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rba.config import dict_to_toml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PLUGIN = textwrap.dedent('''
+    """An rba plug-in living outside the package: importing it registers one of each kind."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from rba.adapters import Adapter, Context, register_adapter
+    from rba.fit import SpanFit, register_fit
+    from rba.metrics import Metric, register_metric
+
+
+    class Block(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.fc = nn.Linear(dim, dim)
+
+        def forward(self, x):
+            return x + torch.tanh(self.fc(x))
+
+
+    class PatchMLP(nn.Module):
+        """4×4 patches → tokens → residual tanh blocks → mean over tokens."""
+
+        def __init__(self, dim=12, depth=4, seed=0):
+            super().__init__()
+            torch.manual_seed(seed)
+            self.patch = nn.Conv2d(3, dim, 4, stride=4)
+            self.blocks = nn.ModuleList(Block(dim) for _ in range(depth))
+
+        def tokens(self, x):
+            return self.patch(x).flatten(2).transpose(1, 2)
+
+        def forward(self, x):
+            h = self.tokens(x)
+            for block in self.blocks:
+                h = block(h)
+            return h.mean(1)
+
+
+    def images(samples):
+        return torch.as_tensor(np.asarray(samples)).float() / 255.0
+
+
+    class PatchMLPAdapter(Adapter):
+        layout = "tokens"
+
+        def __init__(self, cfg):
+            model = PatchMLP(**cfg.model.options)
+            super().__init__(model, model.blocks, identity={"kind": "patch-mlp", "name": cfg.model.name,
+                                                            "options": dict(cfg.model.options)})
+            self.image_size = cfg.data.image_size
+
+        def collate(self, samples):
+            return images(samples)
+
+        def embed(self, inputs):
+            return self.model.tokens(inputs.to(self.device)), Context()
+
+        def pool(self, h, ctx):
+            return h.mean(1)
+
+        def forward(self, inputs):
+            return self.model(inputs.to(self.device))
+
+        def example_inputs(self):
+            return torch.zeros(1, 3, self.image_size, self.image_size)
+
+
+    class EnergyRatio(Metric):
+        """Σ‖x_j‖² / Σ‖x_i‖²: how much a span grows its representation."""
+
+        name = "energy_ratio"
+
+        def __call__(self, stats, span):
+            i, j = span
+            return stats.sum_sq(j) / stats.sum_sq(i)
+
+
+    @register_fit("mean-shift")
+    def fit_mean_shift(stats, span, ridge):
+        """x_j ≈ x_i + (mean x_j − mean x_i): a span as a constant shift."""
+        i, j = span
+        n = stats.count(i)
+        bias = (stats.sum_x(j) - stats.sum_x(i)).double() / n
+        weight = torch.eye(stats.dims[i], dtype=torch.float64)
+        cross = float(torch.diagonal(stats.cross[span][:-1, :]).sum())
+        sq = stats.sum_sq(i) - 2 * cross + stats.sum_sq(j)
+        return SpanFit(span, "mean-shift", weight, bias, max(sq - n * float(bias @ bias), 0.0), 0.0)
+
+
+    register_adapter("patch-mlp", PatchMLPAdapter)
+    register_metric("energy_ratio", EnergyRatio)
+''')
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory):
+    """A folder holding the plug-in module and the metadata of a distribution that declares it under the
+    ``rba.plugins`` entry-point group (what ``pip install`` of a plug-in package leaves behind)."""
+    folder = tmp_path_factory.mktemp("plugin")
+    (folder / "rba_patch_plugin.py").write_text(PLUGIN)
+    dist = folder / "rba_patch_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: rba-patch-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[rba.plugins]\npatch = rba_patch_plugin\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(folder)]),
+               XDG_CACHE_HOME=str(folder / "xdg"))
+    return folder, env
+
+
+def rba(*args, env, cwd):
+    return subprocess.run([sys.executable, "-m", "rba.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def sections(fit_kind: str) -> dict:
+    return {
+        "model": {"kind": "patch-mlp", "name": "patch-mlp-12", "pretrained": False, "options": {"dim": 12, "depth": 4}},
+        "data": {"kind": "synthetic", "image_size": 16, "calibration": 24, "probe": 24, "eval": 24,
+                 "options": {"modality": "image", "classes": 3, "shape": [3, 16, 16]}},
+        "fit": {"kind": fit_kind},
+        "evaluate": {"latency_repeats": 1},
+        "search": {"objectives": ["fidelity", "flops"], "trials": 4, "priors": False},
+    }
+
+
+def test_ls_lists_the_plugin_names(plugin_env):
+    folder, env = plugin_env
+    listed = {what: rba("ls", what, env=env, cwd=folder).stdout.split() for what in ("adapters", "fits", "metrics")}
+    assert "patch-mlp" in listed["adapters"] and "timm" in listed["adapters"]
+    assert listed["fits"] == ["affine", "linear", "identity", "mean-shift"]
+    assert listed["metrics"] == ["br", "cosine", "cka", "ls_residual", "energy_ratio"]
+
+
+def test_a_config_naming_plugins_runs_scores_evaluate_and_search(plugin_env):
+    folder, env = plugin_env
+    cfg = folder / "patch.toml"
+    cfg.write_text(dict_to_toml(sections("affine")))
+    r = rba("scores", cfg, "--quiet", env=env, cwd=folder)
+    assert r.returncode == 0, r.stderr
+    table = pd.read_csv(folder / "runs" / "patch" / "scores.csv")
+    assert list(table.columns) == ["start", "end", "br", "cosine", "cka", "ls_residual", "energy_ratio"]
+    assert len(table) == 10  # every span of 4 equal-shaped blocks
+
+    # the new column against numpy on the plug-in model's activations, materialised here
+    sys.path.insert(0, str(folder))
+    try:
+        import torch
+
+        from rba.config import load_config
+        from rba.data import load_dataset, make_splits
+
+        plugin = __import__("rba_patch_plugin")
+        config = load_config(cfg)
+        splits = make_splits(load_dataset(config), config, need_labels=False)
+        model = plugin.PatchMLP(dim=12, depth=4)
+        with torch.inference_mode():
+            h = model.tokens(plugin.images(splits.calibration.samples))
+            energy = [float((h.double() ** 2).sum())]
+            for block in model.blocks:
+                h = block(h)
+                energy.append(float((h.double() ** 2).sum()))
+    finally:
+        sys.path.remove(str(folder))
+    expected = [energy[j] / energy[i] for i, j in zip(table.start, table.end)]
+    np.testing.assert_allclose(table.energy_ratio, expected, rtol=1e-5)
+
+    r = rba("evaluate", cfg, "--spans", "1-3", "--json", "--quiet", env=env, cwd=folder)
+    assert r.returncode == 0, r.stderr
+    assert '"spans": "1-3"' in r.stdout
+    r = rba("search", cfg, "--quiet", env=env, cwd=folder)
+    assert r.returncode == 0, r.stderr
+    trials = pd.read_csv(folder / "runs" / "patch" / "trials.csv")
+    assert len(trials) == 4 and trials.state.eq("COMPLETE").all()
+
+
+def test_a_plugin_fit_kind_is_a_valid_config_value(plugin_env):
+    folder, env = plugin_env
+    cfg = folder / "shift.toml"
+    cfg.write_text(dict_to_toml(sections("mean-shift")))
+    r = rba("scores", cfg, "--quiet", env=env, cwd=folder)
+    assert r.returncode == 0, r.stderr
+    bad = folder / "typo.toml"
+    bad.write_text(dict_to_toml(sections("mean-shfit")))
+    r = rba("scores", bad, env=env, cwd=folder)
+    assert r.returncode == 2 and "fit.kind = 'mean-shfit' is not one of affine, linear, identity, mean-shift" in r.stderr
+    assert "Did you mean 'mean-shift'?" in r.stderr
+
+
+def test_without_the_plugin_its_names_are_refused(plugin_env):
+    folder, env = plugin_env
+    cfg = folder / "patch.toml"
+    cfg.write_text(dict_to_toml(sections("affine")))
+    elsewhere = folder / "elsewhere"  # not the plug-in's folder, which `python -m` would put on sys.path
+    elsewhere.mkdir(exist_ok=True)
+    r = rba("scores", cfg, env=dict(env, PYTHONPATH=str(ROOT)), cwd=elsewhere)
+    assert r.returncode == 2 and "model.kind = 'patch-mlp' is not one of" in r.stderr
