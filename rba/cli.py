@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = cls()
         p = sub.add_parser(name, help=inspect.getdoc(cls), description=inspect.getdoc(cls))
         cmd.add_arguments(p)
-        p.set_defaults(handler=cmd)
+        p.set_defaults(handler=cmd, command_parser=p)
     return parser
 
 
@@ -392,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the subcommand, whose --help lists what it takes
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "quiet", False):
         _quiet_libraries()
     saved = warnings.showwarning
