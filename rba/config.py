@@ -372,7 +372,9 @@ def _config_error(exc: pydantic.ValidationError, section: str, values: dict[str,
     kind, ctx = err["type"], err.get("ctx", {})
     if kind in _BOUND_WORDS:
         name, words = _BOUND_WORDS[kind]
-        return ConfigError(f"{where} = {value!r}: it must be {words} {ctx[name]:g}")
+        bound = ctx[name]
+        return ConfigError(f"{where} = {value!r}: it must be {words} {bound:g}" if isinstance(bound, float)
+                           else f"{where} = {value!r}: it must be {words} {bound}")
     if kind == "finite_number":
         return ConfigError(f"{where} = {value!r}: it must be a finite number")
     if kind == "literal_error":

@@ -12,7 +12,8 @@ __all__ = ["Span", "parse_spans", "format_spans", "check_spans"]
 #: a span (i, j): blocks i..j-1 replaced by one map from boundary i to boundary j
 Span = tuple[int, int]
 
-_SPAN = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+# at most 18 digits per boundary: any real model fits, and longer numbers would hit int()'s 4300-digit guard
+_SPAN = re.compile(r"^\s*(\d{1,18})\s*-\s*(\d{1,18})\s*$")
 
 
 def format_spans(spans: Sequence[Span]) -> str:

@@ -47,6 +47,7 @@ def test_bad_config_names_the_problem(raw, needle):
     ({"data": {"image_size": -32}}, "data.image_size = -32: it must be at least 1"),
     ({"data": {"seed": -1}}, "data.seed = -1: it must be at least 0"),
     ({"search": {"seed": -7}}, "search.seed = -7: it must be at least 0"),
+    ({"data": {"seed": 2**40}}, "data.seed = 1099511627776: it must be at most 4294967295"),
     ({"data": {"max_length": 0}}, "data.max_length = 0: it must be at least 1"),
     ({"data": {"calibration": 0}}, "data.calibration = 0: it must be at least 1"),
     ({"data": {"probe": -1}}, "data.probe = -1: it must be at least 0"),
