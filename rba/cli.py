@@ -41,8 +41,8 @@ _SEARCH_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--address", "search.ray_address", str, "join an existing Ray cluster"),
     ("--max-concurrent", "search.max_concurrent", int, "Ray: concurrent trials"),
 ]
-#: paths in /proc, /sys and /dev accept no output files, though a root process may look allowed to write there
-_SYSTEM_DIRS = ("/proc", "/sys", "/dev")
+#: kernel file systems accept no output files, though a root process may look allowed to write there
+_SYSTEM_DIRS = ("/proc", "/sys")
 
 
 def _flag_dest(flag: str) -> str:
@@ -90,7 +90,7 @@ class _Command:
             flags["output.dir"] = str(Path(args.out).absolute())  # a flag's path is relative to the shell
         cfg.override(flags)
         _check_device(cfg)
-        _check_cache_dir(cfg.cache_dir())
+        _check_writable_dir(cfg.cache_dir(), "statistics cache folder (capture.cache_dir)")
         if self.takes_output_dir:
             _check_writable_dir(cfg.output_dir(), "output folder")
         return cfg
@@ -107,7 +107,6 @@ def _check_device(cfg) -> None:
         raise ConfigError("model.device = 'cuda' but torch sees no CUDA GPU on this machine: use --device cpu, or "
                           "auto (the GPU when there is one)")
     print("rba: note: model.device = 'auto' and no CUDA GPU is visible: running on the CPU", file=sys.stderr)
-    cfg.model.device = "cpu"
 
 
 def _check_writable_dir(path: Path, what: str) -> None:
@@ -125,10 +124,6 @@ def _check_writable_dir(path: Path, what: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{what} {path} is not writable ({existing} does not allow this user to write): "
                           "choose another folder")
-
-
-def _check_cache_dir(path: Path) -> None:
-    _check_writable_dir(path, "statistics cache folder (capture.cache_dir)")
 
 
 class Scores(_Command):
