@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import tomllib
+import typing
 from dataclasses import field, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -210,7 +210,7 @@ class Config:
             raise ConfigError(f"search.max_span = {self.search.max_span}: it must be at least 1 (a span covers one block or more)")
         for key in ("budget_flops", "budget_params", "budget_latency"):
             v = getattr(self.search, key)
-            if v is not None and not (0 < v < math.inf):
+            if v is not None and v <= 0:
                 raise ConfigError(f"search.{key} = {v}: a budget is a positive fraction of the unmodified model (e.g. 0.7)")
         return self
 
@@ -378,7 +378,7 @@ def _config_error(exc: pydantic.ValidationError, section: str, values: dict[str,
     if kind == "finite_number":
         return ConfigError(f"{where} = {value!r}: it must be a finite number")
     if kind == "literal_error":
-        options = [o.strip().strip("'") for o in ctx["expected"].replace(" or ", ", ").split(",")]
+        options = list(typing.get_args(typing.get_type_hints(_sections()[section])[key]))
         return ConfigError(f"{where} = {value!r} is not one of {', '.join(options)}.{did_you_mean(value, options)}")
     if len(err["loc"]) > 1 and isinstance(err["loc"][1], int):
         return ConfigError(f"{where} must be a list of strings, got {value!r}")

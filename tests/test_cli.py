@@ -191,6 +191,15 @@ def test_outputs_land_where_the_readme_says_from_any_working_directory(tmp_path)
     r = rba("scores", cfg, "--quiet", "--max-span", "2", "--out", "mine", cwd=second, env=env)
     assert r.returncode == 0, r.stderr
     assert (second / "mine" / "scores.csv").exists()
+    # search writes into the same default folder; export writes where --out says, relative to the shell
+    r = rba("search", cfg, "--quiet", "--max-span", "2", "--trials", "2", "--objectives", "fidelity,flops", cwd=first,
+            env=env)
+    assert r.returncode == 0, r.stderr
+    assert len(pd.read_csv(first / "runs" / "study" / "trials.csv")) >= 2
+    r = rba("export", cfg, "--quiet", "--max-span", "2", "--spans", "1-2", "--out", "exp", cwd=second, env=env)
+    assert r.returncode == 0, r.stderr
+    assert (second / "exp" / "recipe.json").exists()
+    assert len(list((tmp_path / "xdg" / "rba").glob("stats-*.safetensors"))) == 1
     # output.dir and capture.cache_dir in the file are relative to the file
     cfg = npz_study(tmp_path / "configs", output={"dir": "results"}, capture={"cache_dir": "cache"})
     r = rba("scores", cfg, "--quiet", "--max-span", "2", cwd=first, env=env)
