@@ -22,15 +22,11 @@ from rba.config import dict_to_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PLUGIN = textwrap.dedent('''
-    """An rba plug-in living outside the package: importing it registers one of each kind."""
+# the model alone (no registration), so this test process can run it without registering the plug-in here
+MODEL = textwrap.dedent('''
     import numpy as np
     import torch
     from torch import nn
-
-    from rba.adapters import Adapter, Context, register_adapter
-    from rba.fit import SpanFit, register_fit
-    from rba.metrics import Metric, register_metric
 
 
     class Block(nn.Module):
@@ -63,6 +59,16 @@ PLUGIN = textwrap.dedent('''
 
     def images(samples):
         return torch.as_tensor(np.asarray(samples)).float() / 255.0
+''')
+
+PLUGIN = textwrap.dedent('''
+    """An rba plug-in living outside the package: importing it registers one of each kind."""
+    import torch
+
+    from patch_model import PatchMLP, images
+    from rba.adapters import Adapter, Context, register_adapter
+    from rba.fit import SpanFit, register_fit
+    from rba.metrics import Metric, register_metric
 
 
     class PatchMLPAdapter(Adapter):
@@ -122,6 +128,7 @@ def plugin_env(tmp_path_factory):
     """A folder holding the plug-in module and the metadata of a distribution that declares it under the
     ``rba.plugins`` entry-point group (what ``pip install`` of a plug-in package leaves behind)."""
     folder = tmp_path_factory.mktemp("plugin")
+    (folder / "patch_model.py").write_text(MODEL)
     (folder / "rba_patch_plugin.py").write_text(PLUGIN)
     dist = folder / "rba_patch_plugin-0.1.dist-info"
     dist.mkdir()
@@ -171,11 +178,11 @@ def test_a_config_naming_plugins_runs_scores_evaluate_and_search(plugin_env):
     try:
         import torch
 
-        from rba.config import load_config
+        from rba.config import Config
         from rba.data import load_dataset, make_splits
 
-        plugin = __import__("rba_patch_plugin")
-        config = load_config(cfg)
+        plugin = __import__("patch_model")  # the model only: registering here would leak into other tests
+        config = Config.from_dict({"data": sections("affine")["data"]})  # the same calibration split
         splits = make_splits(load_dataset(config), config, need_labels=False)
         model = plugin.PatchMLP(dim=12, depth=4)
         with torch.inference_mode():
@@ -186,6 +193,10 @@ def test_a_config_naming_plugins_runs_scores_evaluate_and_search(plugin_env):
                 energy.append(float((h.double() ** 2).sum()))
     finally:
         sys.path.remove(str(folder))
+    from rba.adapters import list_adapters
+    from rba.metrics import list_metrics
+
+    assert "patch-mlp" not in list_adapters() and "energy_ratio" not in list_metrics()
     expected = [energy[j] / energy[i] for i, j in zip(table.start, table.end)]
     np.testing.assert_allclose(table.energy_ratio, expected, rtol=1e-5)
 
