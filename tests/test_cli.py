@@ -152,7 +152,7 @@ def test_ls_lists_every_registry():
     out = {what: rba("ls", what, cwd=ROOT).stdout.split() for what in ("adapters", "fits", "metrics", "samplers")}
     assert out == {"adapters": ["efficientnet-lite", "huggingface", "module", "sentence-transformers", "timm",
                                 "torchvision"],
-                   "fits": ["affine", "linear", "identity"],
+                   "fits": ["affine", "identity", "linear"],
                    "metrics": ["br", "cosine", "cka", "ls_residual"],
                    "samplers": ["tpe", "nsga2", "random", "gp"]}
 

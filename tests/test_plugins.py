@@ -8,6 +8,7 @@ by hand, not through rba).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -64,10 +65,11 @@ MODEL = textwrap.dedent('''
 PLUGIN = textwrap.dedent('''
     """An rba plug-in living outside the package: importing it registers one of each kind."""
     import torch
+    from torch import nn
 
     from patch_model import PatchMLP, images
     from rba.adapters import Adapter, Context, register_adapter
-    from rba.fit import SpanFit, register_fit
+    from rba.fit import Fit, SpanFit, register_fit
     from rba.metrics import Metric, register_metric
 
 
@@ -106,16 +108,33 @@ PLUGIN = textwrap.dedent('''
             return stats.sum_sq(j) / stats.sum_sq(i)
 
 
+    class Shift(nn.Module):
+        """h + b on every vector of a boundary tensor."""
+
+        def __init__(self, dim, layout):
+            super().__init__()
+            self.bias = nn.Parameter(torch.zeros(dim))
+            self.layout = layout
+
+        def forward(self, h):
+            return h + (self.bias.view(1, -1, 1, 1) if self.layout == "pixels" else self.bias)
+
+
     @register_fit("mean-shift")
-    def fit_mean_shift(stats, span, ridge):
-        """x_j ≈ x_i + (mean x_j − mean x_i): a span as a constant shift."""
-        i, j = span
-        n = stats.count(i)
-        bias = (stats.sum_x(j) - stats.sum_x(i)).double() / n
-        weight = torch.eye(stats.dims[i], dtype=torch.float64)
-        cross = float(torch.diagonal(stats.cross[span][:-1, :]).sum())
-        sq = stats.sum_sq(i) - 2 * cross + stats.sum_sq(j)
-        return SpanFit(span, "mean-shift", weight, bias, max(sq - n * float(bias @ bias), 0.0), 0.0)
+    class MeanShift(Fit):
+        """x_j ≈ x_i + (mean x_j − mean x_i): a span as a constant shift, from the streamed sums."""
+
+        def fit(self, data):
+            stats, (i, j) = data.statistics, data.span
+            n = stats.count(i)
+            bias = (stats.sum_x(j) - stats.sum_x(i)).double() / n
+            cross = float(torch.diagonal(stats.cross[data.span][:-1, :]).sum())
+            sq = stats.sum_sq(i) - 2 * cross + stats.sum_sq(j)  # Σ‖x_i − x_j‖²
+            return SpanFit(data.span, self.name, data.dim_in, data.dim_out, {"bias": bias},
+                           max(sq - n * float(bias @ bias), 0.0))
+
+        def module(self, dim_in, dim_out, *, layout, span):
+            return Shift(dim_out, layout)
 
 
     register_adapter("patch-mlp", PatchMLPAdapter)
@@ -159,14 +178,14 @@ def test_ls_lists_the_plugin_names(plugin_env):
     folder, env = plugin_env
     listed = {what: rba("ls", what, env=env, cwd=folder).stdout.split() for what in ("adapters", "fits", "metrics")}
     assert "patch-mlp" in listed["adapters"] and "timm" in listed["adapters"]
-    assert listed["fits"] == ["affine", "linear", "identity", "mean-shift"]
+    assert listed["fits"] == ["affine", "identity", "linear", "mean-shift"]
     assert listed["metrics"] == ["br", "cosine", "cka", "ls_residual", "energy_ratio"]
 
 
 def test_a_config_naming_plugins_runs_scores_evaluate_and_search(plugin_env):
     folder, env = plugin_env
     cfg = folder / "patch.toml"
-    cfg.write_text(dict_to_toml(sections("affine")))
+    cfg.write_text(dict_to_toml(sections("mean-shift")))
     r = rba("scores", cfg, "--quiet", env=env, cwd=folder)
     assert r.returncode == 0, r.stderr
     table = pd.read_csv(folder / "runs" / "patch" / "scores.csv")
@@ -202,23 +221,24 @@ def test_a_config_naming_plugins_runs_scores_evaluate_and_search(plugin_env):
 
     r = rba("evaluate", cfg, "--spans", "1-3", "--json", "--quiet", env=env, cwd=folder)
     assert r.returncode == 0, r.stderr
-    assert '"spans": "1-3"' in r.stdout
+    result = json.loads(r.stdout)
+    # costs come from the plug-in's module: blocks 1 and 2 (12·12 + 12 parameters each) become one 12-vector
+    # shift, in a model of 3·12·4·4 + 12 (patch conv) + 4 · 156 parameters
+    total = 3 * 12 * 4 * 4 + 12 + 4 * (12 * 12 + 12)
+    assert result["spans"] == "1-3" and result["params"] == total - 2 * 156 + 12
+    assert 0 < result["fidelity"] <= 1
     r = rba("search", cfg, "--quiet", env=env, cwd=folder)
     assert r.returncode == 0, r.stderr
     trials = pd.read_csv(folder / "runs" / "patch" / "trials.csv")
     assert len(trials) == 4 and trials.state.eq("COMPLETE").all()
 
 
-def test_a_plugin_fit_kind_is_a_valid_config_value(plugin_env):
+def test_a_misspelt_plugin_name_gets_a_hint(plugin_env):
     folder, env = plugin_env
-    cfg = folder / "shift.toml"
-    cfg.write_text(dict_to_toml(sections("mean-shift")))
-    r = rba("scores", cfg, "--quiet", env=env, cwd=folder)
-    assert r.returncode == 0, r.stderr
     bad = folder / "typo.toml"
     bad.write_text(dict_to_toml(sections("mean-shfit")))
     r = rba("scores", bad, env=env, cwd=folder)
-    assert r.returncode == 2 and "fit.kind = 'mean-shfit' is not one of affine, linear, identity, mean-shift" in r.stderr
+    assert r.returncode == 2 and "fit.kind = 'mean-shfit' is not one of affine, identity, linear, mean-shift" in r.stderr
     assert "Did you mean 'mean-shift'?" in r.stderr
 
 
