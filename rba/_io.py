@@ -13,14 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "remove_stale_tmp", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "file_sha256", "package_versions"]
+__all__ = ["pid_alive", "atomic_path", "remove_stale_tmp", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "file_sha256", "package_versions"]
 
 
 #: this host's name as it appears in temporary file names (letters, digits and _ only)
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -45,7 +46,7 @@ def remove_stale_tmp(path: str | Path) -> list[Path]:
         return removed
     for f in candidates:
         m = pattern.fullmatch(f.name)
-        if m and m.group(1) == _HOST and int(m.group(2)) != os.getpid() and not _pid_alive(int(m.group(2))):
+        if m and m.group(1) == _HOST and int(m.group(2)) != os.getpid() and not pid_alive(int(m.group(2))):
             try:
                 f.unlink()
                 removed.append(f)

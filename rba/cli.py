@@ -36,7 +36,7 @@ _SEARCH_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--budget-latency", "search.budget_latency", float, "at most this fraction of its latency"),
     ("--storage", "search.storage", str, "Optuna storage URL (default: sqlite in the output folder)"),
     ("--study-name", "search.study_name", str, "Optuna study name"),
-    ("--n-jobs", "search.n_jobs", int, "parallel Optuna workers"),
+    ("--n-jobs", "search.n_jobs", int, argparse.SUPPRESS),  # removed: refused with what to do instead
     ("--timeout", "search.timeout", float, "stop the search after this many seconds"),
     ("--address", "search.ray_address", str, "join an existing Ray cluster"),
     ("--max-concurrent", "search.max_concurrent", int, "Ray: concurrent trials"),

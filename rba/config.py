@@ -130,7 +130,6 @@ class SearchConfig:
     priors: bool = True
     storage: str | None = None
     study_name: str | None = None
-    n_jobs: _POSITIVE_INT = 1
     timeout: Annotated[float, Field(gt=0)] | None = None
     ray_address: str | None = None
     max_concurrent: _POSITIVE_INT = 2
@@ -183,7 +182,7 @@ class Config:
             target = getattr(self, section)
             valid = {f.name for f in fields(target)}
             if key not in valid:
-                raise ConfigError(_unknown(f"key in [{section}]", key, valid))
+                raise ConfigError(_unknown(f"key in [{section}]", key, valid, section))
             try:
                 setattr(target, key, value)
             except pydantic.ValidationError as exc:
@@ -329,7 +328,17 @@ def config_hash(payload: Any) -> str:
 
 
 # ---------------------------------------------------------------------- helpers
-def _unknown(what: str, key: str, valid) -> str:
+#: keys that no longer exist → what to do instead
+_REMOVED = {
+    "search.n_jobs": "search.n_jobs (--n-jobs) was removed: a process runs one trial at a time (evaluations "
+                     "share one model and were serialised anyway); for parallel trials start several `rba search` "
+                     "processes on the same --out or --storage, or use --backend ray with --max-concurrent",
+}
+
+
+def _unknown(what: str, key: str, valid, section: str | None = None) -> str:
+    if f"{section}.{key}" in _REMOVED:
+        return _REMOVED[f"{section}.{key}"]
     valid = sorted(valid)
     return f"unknown {what} {key!r}.{did_you_mean(key, valid)} Valid: {', '.join(valid)}"
 
@@ -347,7 +356,7 @@ def _build_section(section_cls, section: str, values: dict[str, Any]):
     valid = {f.name for f in fields(section_cls)}
     for key in values:
         if key not in valid:
-            raise ConfigError(_unknown(f"key in [{section}]", key, valid))
+            raise ConfigError(_unknown(f"key in [{section}]", key, valid, section))
     try:
         return section_cls(**values)
     except pydantic.ValidationError as exc:

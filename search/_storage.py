@@ -1,37 +1,168 @@
-"""Optuna RDB storage for studies; for SQLite, write-ahead logging with ``synchronous=NORMAL`` (a commit no
-longer waits for an fsync, and a killed process still loses nothing it committed), and trial state changes
-serialised within the process: SQLite ignores ``SELECT … FOR UPDATE``, so two ``n_jobs`` threads could both
-pop the same enqueued trial (seen: a prior run twice)."""
+"""The study storage, and which RUNNING trials still have a live process.
+
+**Heartbeats** (Optuna's ``RDBStorage`` mechanism): while a trial runs, its process records a heartbeat every
+``RBA_HEARTBEAT_S`` seconds (default 30). A RUNNING trial without one for twice that long is stale: any
+process working on the study fails it (``optuna.storages.fail_stale_trials``, which ``study.optimize`` runs
+before each trial) and Optuna's ``RetryHeartbeatStaleTrialCallback`` enqueues its configuration again, with
+``source`` = ``rerun of trial N``. Live trials of other processes are never touched, so several processes
+can work on one study.
+
+A trial whose process ran on this host and has exited (user attribute ``worker`` = ``host:pid``) is failed at
+once when a run starts (:func:`recover_abandoned`), through the same callback: a killed local run need not
+wait for the grace period.
+
+For SQLite: write-ahead logging with ``synchronous=NORMAL`` (a commit does not wait for an fsync; a killed
+process still loses nothing it committed), and every transaction takes the write lock when it begins
+(``BEGIN IMMEDIATE``). SQLite ignores ``SELECT … FOR UPDATE``, so with the driver's deferred transactions two
+processes could both read an enqueued trial as WAITING and run it twice, or one fail on a read lock it cannot
+upgrade.
+"""
 
 from __future__ import annotations
 
-import threading
+import copy
+import os
+import socket
+import time
+import warnings
 
 import optuna
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-__all__ = ["open_storage"]
+from rba.files import pid_alive
+from rba.errors import ConfigError
 
-_STATE_LOCK = threading.Lock()
+__all__ = ["open_storage", "heartbeat_interval", "worker_label", "live_trials", "recover_abandoned",
+           "HEARTBEAT_ENV", "RERUNS"]
+
+#: environment variable: seconds between a running trial's heartbeats (the grace period is twice that)
+HEARTBEAT_ENV = "RBA_HEARTBEAT_S"
+DEFAULT_HEARTBEAT_S = 30
+#: how many times the configuration of a trial whose process died is run again
+RERUNS = 3
 
 
-class SerialisedRDBStorage(optuna.storages.RDBStorage):
-    def set_trial_state_values(self, trial_id, state, values=None):
-        with _STATE_LOCK:
-            return super().set_trial_state_values(trial_id, state=state, values=values)
+def heartbeat_interval() -> int:
+    raw = os.environ.get(HEARTBEAT_ENV, "")
+    if not raw:
+        return DEFAULT_HEARTBEAT_S
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{HEARTBEAT_ENV}={raw!r}: the heartbeat interval is a whole number of seconds, at least 1 "
+                          f"(unset it for the default of {DEFAULT_HEARTBEAT_S})")
+    return value
 
 
-def _pragmas(dbapi_connection, _record) -> None:
+class RerunStale(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a stale trial; the rerun carries only ``source`` = ``rerun of trial N`` (not the
+    stale trial's ``worker`` or result attributes)."""
+
+    def __call__(self, study, trial):
+        trial = copy.deepcopy(trial)
+        trial.user_attrs = {"source": f"rerun of trial {trial.number}"}
+        super().__call__(study, trial)
+
+
+def _sqlite_connect(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None  # no deferred BEGIN from the driver: _begin_immediate issues its own
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    if not url.startswith("sqlite"):
-        return optuna.storages.RDBStorage(url)
-    storage = SerialisedRDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    event.listen(storage.engine, "connect", _pragmas)
-    storage.engine.dispose()  # connections opened while creating the tables pick the pragmas up on reconnect
-    return storage
+def _begin_immediate(connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Storage(optuna.storages.RDBStorage):
+    """``RDBStorage`` with the SQLite settings applied whenever its engine is built (also when Ray unpickles it)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._tune_engine()
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._tune_engine()
+
+    def _tune_engine(self) -> None:
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", _begin_immediate)
+            self.engine.dispose()  # connections opened while creating the tables reconnect with the settings
+
+
+def _rerun() -> RerunStale:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return RerunStale(max_retry=RERUNS)
+
+
+def open_storage(url: str, *, heartbeats: bool = True) -> Storage:
+    """The study storage at ``url``; with ``heartbeats``, every :func:`heartbeat_interval` seconds, a grace
+    period twice that, stale trials rerun up to :data:`RERUNS` times (Optuna runs heartbeats only inside
+    ``study.optimize``: the Ray backend, which asks and tells, opens it without)."""
+    kwargs: dict = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
+    if heartbeats:
+        interval = heartbeat_interval()
+        kwargs |= {"heartbeat_interval": interval, "grace_period": 2 * interval, "heartbeat_stale_trial_callback": _rerun()}
+    attempts = 3
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return Storage(url, **kwargs)
+        except (OperationalError, IntegrityError):
+            # two processes creating the tables of a new database at once (seen: "table already exists", and a
+            # duplicate schema version row): the later one finds them made when it tries again
+            attempts -= 1
+            if not attempts:
+                raise
+            time.sleep(0.5)
+
+
+# ---------------------------------------------------------------------- which process runs a trial
+def worker_label() -> str:
+    """``host:pid`` of this process, recorded on every trial it runs (user attribute ``worker``)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _exited_here(trial) -> bool:
+    """The trial's process ran on this host and no longer runs."""
+    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid))
+
+
+def live_trials(study) -> list:
+    """RUNNING trials whose process may still run (another host's, or one on this host that still runs)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if not _exited_here(t)]
+
+
+def recover_abandoned(study, storage: Storage) -> list[int]:
+    """Fail the RUNNING trials whose process on this host has exited and enqueue their configuration again
+    with the stale-trial callback (as a missed heartbeat would). Returns the failed trials' numbers."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    rerun = _rerun()
+    recovered = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _exited_here(t):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        try:
+            storage.set_trial_user_attr(trial_id, "error",
+                                        f"interrupted: its process ({t.user_attrs['worker']}) ended while it ran")
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue  # another process recovered it first
+        rerun(study, storage.get_trial(trial_id))
+        recovered.append(t.number)
+    return recovered

@@ -35,7 +35,7 @@ EXHAUSTIVE_LIMIT = 5000
 
 def span_scores(stats: Statistics, pairs: Sequence[Span], ridge: float) -> pd.DataFrame:
     """scores.csv's table restricted to ``pairs`` (the spans of the search space)."""
-    from rba.metrics._table import score_table
+    from rba.metrics import score_table
 
     table = score_table(stats, ridge)
     keep = {tuple(p) for p in pairs}

@@ -26,7 +26,6 @@ Budgets are fractions of the unmodified model; the constraint value of a budget 
 from __future__ import annotations
 
 import math
-import os
 import threading
 import warnings
 from typing import Any, Sequence
@@ -41,8 +40,6 @@ __all__ = ["Objective", "OBJECTIVES", "RESULT_COLUMNS", "BUDGET_KEYS"]
 
 #: budget name → SearchConfig field
 BUDGET_KEYS = {"flops": "budget_flops", "params": "budget_params", "latency": "budget_latency"}
-#: fault injection for tests of failure handling: a configuration string whose evaluation raises
-FAULT_ENV = "RBA_FAULT_SPANS"
 
 
 class Objective:
@@ -179,8 +176,6 @@ class Objective:
         with self._lock:
             if key in self._memo:
                 return _copy(self._memo[key])
-            if os.environ.get(FAULT_ENV) == key:
-                raise RuntimeError(f"injected fault for configuration {key!r} ({FAULT_ENV})")
             cost = self.cost(spans)
             constraints = self.constraints(cost)
             maps = self.maps(spans)

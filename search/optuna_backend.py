@@ -1,8 +1,10 @@
-"""Optuna backend: ``study.optimize`` over the shared objective (``search.n_jobs`` threads, ``search.timeout``).
+"""Optuna backend: ``study.optimize`` over the shared objective, one trial at a time (``search.timeout``).
 
 Only COMPLETE trials count towards ``search.trials``: a failed trial (recorded FAIL, its error in the user
 attribute ``error``) or a screened-out one (PRUNED) is replaced by a new proposal, in rounds, until the total
-is reached, the timeout passes, or a whole round completes nothing.
+is reached, the timeout passes, or a whole round completes nothing. The total is the study's, not the
+process's: several processes on one study each stop once it has ``trials`` COMPLETE trials (Optuna's
+``MaxTrialsCallback``), so together they finish between ``trials`` and ``trials + processes − 1``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import time
 
 from rba.errors import RBAError
 from rba.spans import format_spans
-from search.study import StudyContext, TrialFailure, complete_count, record, record_screened
+from search._storage import worker_label
+from search.recording import StudyContext, TrialFailure, complete_count, record, record_screened
 
 __all__ = ["run_optuna", "trial_function"]
 
@@ -22,8 +25,10 @@ def trial_function(ctx: StudyContext):
     import optuna
 
     objective, space, screen = ctx.objective, ctx.space, ctx.screen
+    worker = worker_label()
 
     def run(trial: optuna.Trial):
+        trial.set_user_attr("worker", worker)
         spans = space.suggest(trial)
         trial.set_user_attr("spans", format_spans(spans))
         if screen is not None:
@@ -45,6 +50,7 @@ def trial_function(ctx: StudyContext):
 
 
 def run_optuna(ctx: StudyContext, study, n: int) -> None:
+    from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
     from tqdm.auto import tqdm
 
@@ -57,10 +63,13 @@ def run_optuna(ctx: StudyContext, study, n: int) -> None:
 
     def callback(study, trial):
         if trial.state == TrialState.COMPLETE:
-            bar.update(1)
+            bar.update(complete_count(study) - bar.n)  # other processes on the study complete trials too
         elif trial.state == TrialState.FAIL:
             bar.write(f"trial {trial.number} failed: {trial.user_attrs.get('error', '?')}")
+        if baseline and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            study.stop()  # a baseline runs its planned configurations only, whoever runs them
 
+    callbacks = [callback] if baseline else [callback, MaxTrialsCallback(ctx.total, states=(TrialState.COMPLETE,))]
     deadline = None if cfg.search.timeout is None else time.time() + cfg.search.timeout
     try:
         while True:
@@ -71,8 +80,8 @@ def run_optuna(ctx: StudyContext, study, n: int) -> None:
             if timeout is not None and timeout <= 0:
                 break
             before = complete_count(study)
-            study.optimize(fn, n_trials=missing, n_jobs=cfg.search.n_jobs, timeout=timeout, catch=(TrialFailure,),
-                           callbacks=[callback], gc_after_trial=False, show_progress_bar=False)
+            study.optimize(fn, n_trials=missing, timeout=timeout, catch=(TrialFailure,), callbacks=callbacks,
+                           gc_after_trial=False, show_progress_bar=False)
             if baseline:
                 break
             if complete_count(study) == before:

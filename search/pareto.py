@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from rba._io import atomic_path
+from rba.files import atomic_path
 
 __all__ = ["TRIAL_COLUMNS", "trials_frame", "front_frame", "write_tables", "plot_front", "AXIS_LABELS"]
 

@@ -34,8 +34,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from rba.config import config_hash
 from rba.spans import format_spans
-from search.objective import FAULT_ENV, RESULT_COLUMNS
-from search.study import StudyContext, complete_count, record, record_screened
+from search._storage import worker_label
+from search.objective import RESULT_COLUMNS
+from search.recording import StudyContext, complete_count, needs_labels, record, record_screened
 
 __all__ = ["run_ray", "SharedState"]
 
@@ -47,6 +48,8 @@ class SharedState:
     cfg: Any
     stats: Any
     cost_model: Any
+    #: the driver's objective class (a subclass of :class:`~search.objective.Objective` runs as itself)
+    objective_type: type
     kind: str
     key: str
     num_blocks: int
@@ -64,13 +67,11 @@ def _worker_objective(shared: SharedState):
     objective = _WORKER_OBJECTIVES.get(shared.key)
     if objective is None:
         from rba.session import Session
-        from search.objective import Objective
-        from search.study import needs_labels
 
         session = Session(shared.cfg, need_labels=needs_labels(shared.cfg), progress=False)
         session.__dict__["stats"] = shared.stats  # cached_property slots: no recapture, no re-measurement
         session.__dict__["cost_model"] = shared.cost_model
-        objective = Objective(session, kind=shared.kind)
+        objective = shared.objective_type(session, kind=shared.kind)
         _WORKER_OBJECTIVES.clear()
         _WORKER_OBJECTIVES[shared.key] = objective
     return objective
@@ -101,6 +102,7 @@ class ConstrainedOptunaSearch(OptunaSearch):
         self._driver_key = driver_key
         self._failed: set[str] = set()
         self._failed_spans: set[str] = set()
+        self._worker = worker_label()  # the driver asks and tells every trial
 
     @property
     def _ctx(self) -> StudyContext:
@@ -130,6 +132,7 @@ class ConstrainedOptunaSearch(OptunaSearch):
             ot_trial = self._ot_trials[trial_id]
             spans = self._ctx.space.repair(params)
             key = format_spans(spans)
+            ot_trial.set_user_attr("worker", self._worker)
             ot_trial.set_user_attr("spans", key)
             if key in self._failed_spans and "source" not in ot_trial.user_attrs:
                 # it already failed after its retries in this run: do not spend a worker on it again
@@ -224,8 +227,6 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
     if not ray.is_initialized():
         root = str(Path(__file__).resolve().parent.parent)
         env = {"PYTHONPATH": os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-        if os.environ.get(FAULT_ENV):
-            env[FAULT_ENV] = os.environ[FAULT_ENV]
         kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": ctx.progress,
                                   "include_dashboard": False}
         if s.ray_address:
@@ -238,7 +239,8 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
         cpus = ray.cluster_resources().get("CPU", 1.0)
         concurrent = max(1, s.max_concurrent)
         per_trial = 1 if s.ray_address else max(1, int(cpus // concurrent))
-        shared = SharedState(cfg=cfg, stats=session.stats, cost_model=session.cost_model, kind=ctx.objective.kind,
+        shared = SharedState(cfg=cfg, stats=session.stats, cost_model=session.cost_model,
+                             objective_type=type(ctx.objective), kind=ctx.objective.kind,
                              key=config_hash(ctx.identity) + session.stats.key,
                              num_blocks=ctx.space.num_blocks, pairs=list(ctx.space.pairs), threads=per_trial)
         trainable = tune.with_resources(tune.with_parameters(_trainable, shared=shared), {"cpu": per_trial})
@@ -259,7 +261,7 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
         mode = ["max" if d == "maximize" else "min" for d in ctx.objective.directions]
         missing = total - complete_count(study)
         searcher = ConstrainedOptunaSearch(space=ctx.space.distributions(), metric=metric, mode=mode,
-                                           sampler=sampler, study_name=ctx.study_name, storage=study._storage,
+                                           sampler=sampler, study_name=ctx.study_name, storage=ctx.storage,
                                            driver_key=driver_key)
         tuner = tune.Tuner(
             trainable,

@@ -3,7 +3,7 @@
 from rba.metrics._base import Metric
 from rba.metrics._registry import get_metric, list_metrics, register_metric
 from rba.metrics._scores import BlockRedundancy, Cosine, LinearCKA, LSResidual, RandomMetric
-from rba.metrics._table import score_columns, score_table
+from rba.metrics._table import plot_scores, score_columns, score_table
 
 __all__ = ["Metric", "BlockRedundancy", "Cosine", "LinearCKA", "LSResidual", "RandomMetric", "register_metric",
-           "list_metrics", "get_metric", "score_columns", "score_table"]
+           "list_metrics", "get_metric", "score_columns", "score_table", "plot_scores"]

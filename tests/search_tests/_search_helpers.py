@@ -74,6 +74,22 @@ def staged_forward(adapter, samples, spans, weights: dict, batch_size: int = 48)
                           for s in range(0, len(samples), batch_size)])
 
 
+def faulty_objective(fault: str) -> type:
+    """An :class:`~search.objective.Objective` subclass whose evaluation of configuration ``fault`` (e.g.
+    ``"1-3"``) always raises. Defined in a function, so pickling ships the class by value: the Ray backend runs
+    the driver's objective class in its workers, and the fault travels with it."""
+    from rba.spans import format_spans
+    from search.objective import Objective
+
+    class FaultyObjective(Objective):
+        def __call__(self, spans):
+            if format_spans(spans) == fault:
+                raise RuntimeError(f"injected fault for configuration {fault!r}")
+            return super().__call__(spans)
+
+    return FaultyObjective
+
+
 def dominates(a, b, directions) -> bool:
     """a dominates b: no worse in every objective, strictly better in one."""
     better = worse = False

@@ -7,12 +7,11 @@ import pandas as pd
 import pytest
 
 from _search_helpers import single_thread  # noqa: F401  (autouse fixture)
-from _search_helpers import make_config
+from _search_helpers import faulty_objective, make_config
 from search.pareto import TRIAL_COLUMNS
-from search.objective import FAULT_ENV
 
 
-def test_ray_backend_writes_the_same_files(tmp_path, monkeypatch):
+def test_ray_backend_writes_the_same_files(tmp_path):
     ray = pytest.importorskip("ray")
     from search import run_search
     from search.baselines import prior_configurations, span_scores
@@ -25,8 +24,7 @@ def test_ray_backend_writes_the_same_files(tmp_path, monkeypatch):
     # the first prior (best single span by br) raises in the worker, every time
     first = prior_configurations(span_scores(session.stats, session.pairs, cfg.fit.ridge))[0][1]
     fault = ",".join(f"{i}-{j}" for i, j in first)
-    monkeypatch.setenv(FAULT_ENV, fault)
-    res = run_search(cfg, progress=False, session=session)
+    res = run_search(cfg, progress=False, session=session, objective=faulty_objective(fault)(session))
     assert not ray.is_initialized()  # the backend shut down the Ray it started
     for name in ("trials.csv", "trials.parquet", "pareto.csv", "pareto.png", "config.resolved.toml", "run.json"):
         assert (res.out / name).exists(), name

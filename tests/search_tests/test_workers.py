@@ -1,0 +1,194 @@
+"""Several real ``rba search`` processes on one study: they share its total, never fail each other's live
+trials, and a worker killed with SIGKILL has its trial recovered by the survivor after the heartbeat grace
+period. A Ray run refuses a study another process is working on."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from _search_helpers import single_thread  # noqa: F401  (autouse fixture)
+from _search_helpers import study_dict, write_config
+from conftest import slowed_cli
+from rba.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+HEARTBEAT_S = 1  # grace period: 2 s
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A statistics cache filled once, so that workers started together spend their start-up alike."""
+    from rba.config import load_config
+    from rba.session import Session
+
+    folder = tmp_path_factory.mktemp("workers-cache")
+    config = write_config(folder / "warm.toml", study_dict(folder, folder / "warm-out"))
+    Session(load_config(config), need_labels=False, progress=False).stats
+    return folder
+
+
+def _worker(config: Path, log: Path, hold_s: float = 0.3) -> subprocess.Popen:
+    """``rba search CONFIG`` in its own process, each trial held for ``hold_s`` so that workers overlap."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", RBA_HEARTBEAT_S=str(HEARTBEAT_S))
+    return subprocess.Popen([*slowed_cli("search.objective", "Objective.__call__", hold_s), "search", str(config),
+                             "--quiet"], cwd=str(REPO), env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+
+
+def _rows(db: Path, sql: str) -> list[tuple]:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute(sql).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []
+
+
+def _states(db: Path) -> dict[str, int]:
+    return dict(_rows(db, "select state, count(*) from trials group by state"))
+
+
+def _wait_for(predicate, timeout_s: float = 180, what: str = "") -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _finish(*procs: subprocess.Popen, logs: list[Path], timeout_s: float = 240) -> list[int]:
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=timeout_s))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes.append(proc.wait())
+    for code, log in zip(codes, logs):
+        assert code in (0, -signal.SIGKILL), log.read_text()[-3000:]
+    return codes
+
+
+def _trials(db: Path) -> dict[int, dict]:
+    """number → state, worker and source (user attributes read straight from SQLite, not through rba)."""
+    out = {number: {"state": state, "start": start, "complete": complete}
+           for number, state, start, complete in _rows(db, "select number, state, datetime_start, datetime_complete "
+                                                           "from trials")}
+    for number, key, value in _rows(db, "select t.number, a.key, a.value_json from trial_user_attributes a "
+                                        "join trials t on t.trial_id = a.trial_id where a.key in ('worker', 'source')"):
+        out[number][key] = value.strip('"')
+    return out
+
+
+def _check_integrity(db: Path) -> None:
+    assert _rows(db, "pragma integrity_check") == [("ok",)]
+
+
+def _two_workers(tmp_path: Path, cache: Path, total: int, storage: str | None = None):
+    extra = {"storage": storage} if storage else {}
+    configs = [write_config(tmp_path / f"w{k}.toml", study_dict(
+        cache, tmp_path / ("out" if storage is None else f"out{k}"),
+        search={"trials": total, "objectives": ["fidelity", "flops"], "sampler": "random"} | extra))
+        for k in (1, 2)]
+    return configs
+
+
+@pytest.mark.parametrize("shared", ["folder", "sqlite-url"])
+def test_two_workers_share_the_total(tmp_path, cache, shared):
+    """Two processes on one study (one --out folder, or one sqlite:/// URL used from two --out folders): both
+    exit 0, neither fails the other's trial, and together they complete between trials and trials + 1."""
+    total = 12
+    db = tmp_path / ("out/study.db" if shared == "folder" else "shared.db")
+    configs = _two_workers(tmp_path, cache, total, storage=None if shared == "folder" else f"sqlite:///{db}")
+    logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
+    first, second = _worker(configs[0], logs[0], hold_s=0.5), _worker(configs[1], logs[1], hold_s=0.5)
+    assert _finish(first, second, logs=logs) == [0, 0]
+    trials = _trials(db)
+    complete = [t for t in trials.values() if t["state"] == "COMPLETE"]
+    assert total <= len(complete) <= total + 1
+    assert not [t for t in trials.values() if t["state"] in ("FAIL", "RUNNING")]
+    assert {t["worker"].rsplit(":", 1)[1] for t in complete} == {str(first.pid), str(second.pid)}  # both worked
+    _check_integrity(db)
+
+
+def test_killed_worker_trial_recovered_after_grace_period(tmp_path, cache):
+    """kill -9 one of two workers while it runs a trial: the survivor fails that trial once its heartbeat is
+    older than the grace period, runs its configuration again, and the study still reaches its total."""
+    total = 14
+    db = tmp_path / "out" / "study.db"
+    configs = _two_workers(tmp_path, cache, total)
+    logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
+    first, second = _worker(configs[0], logs[0], hold_s=0.6), _worker(configs[1], logs[1], hold_s=0.6)
+
+    def first_is_running_a_trial() -> bool:
+        running = [t for t in _trials(db).values() if t["state"] == "RUNNING"]
+        return any(t.get("worker", "").endswith(f":{first.pid}") for t in running) and \
+            any(t.get("worker", "").endswith(f":{second.pid}") for t in _trials(db).values())
+
+    _wait_for(first_is_running_a_trial, what="both workers running trials")
+    first.send_signal(signal.SIGKILL)
+    killed_at = datetime.datetime.now()
+    assert _finish(first, second, logs=logs) == [-signal.SIGKILL, 0]
+    trials = _trials(db)
+    killed = [n for n, t in trials.items() if t.get("worker", "").endswith(f":{first.pid}") and t["state"] == "FAIL"]
+    assert len(killed) == 1, trials
+    failed_at = datetime.datetime.fromisoformat(trials[killed[0]]["complete"])
+    # failed by the survivor's heartbeat check, not at once: the grace period (2 heartbeats) minus the at most
+    # one heartbeat interval between the trial's last heartbeat and the kill
+    assert (failed_at - killed_at).total_seconds() >= HEARTBEAT_S - 0.1
+    reruns = [t for t in trials.values() if t.get("source") == f"rerun of trial {killed[0]}"]
+    assert len(reruns) == 1 and reruns[0]["state"] == "COMPLETE"
+    assert reruns[0]["worker"].endswith(f":{second.pid}")
+    assert sum(t["state"] == "COMPLETE" for t in trials.values()) >= total
+    assert not [t for t in trials.values() if t["state"] == "RUNNING"]
+    _check_integrity(db)
+
+
+def test_ray_refuses_a_study_another_process_runs(tmp_path, cache, capsys):
+    """--backend ray on a study with a live trial of another process: one line, exit 2, before Ray starts;
+    that process goes on and finishes."""
+    configs = _two_workers(tmp_path, cache, 12)
+    db = tmp_path / "out" / "study.db"
+    log = tmp_path / "w1.log"
+    first = _worker(configs[0], log, hold_s=0.5)
+    _wait_for(lambda: _states(db).get("RUNNING", 0) >= 1 and _states(db).get("COMPLETE", 0) >= 1, what="a trial")
+    code = main(["search", str(configs[1]), "--backend", "ray", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("rba: error: ")
+    assert "is being run by another process" in err and f":{first.pid}" in err and "--backend ray" in err
+    import ray
+
+    assert not ray.is_initialized()
+    assert _finish(first, logs=[log]) == [0]
+    assert _states(db).get("COMPLETE", 0) == 12
+
+
+def test_bad_heartbeat_setting_is_one_line(tmp_path, cache, capsys, monkeypatch):
+    config = _two_workers(tmp_path, cache, 2)[0]
+    monkeypatch.setenv("RBA_HEARTBEAT_S", "0.5")
+    code = main(["search", str(config), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "RBA_HEARTBEAT_S='0.5'" in err and "at least 1" in err
+    assert not (tmp_path / "out" / "study.db").exists()
+
+
+@pytest.mark.parametrize("how", ["flag", "config key"])
+def test_removed_n_jobs_is_one_line(tmp_path, cache, capsys, how):
+    raw = study_dict(cache, tmp_path / "out")
+    if how == "config key":
+        raw["search"]["n_jobs"] = 2
+    config = write_config(tmp_path / "jobs.toml", raw)
+    code = main(["search", str(config), "--quiet"] + (["--n-jobs", "2"] if how == "flag" else []))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "search.n_jobs (--n-jobs) was removed" in err
+    assert "several `rba search` processes" in err and not (tmp_path / "out").exists()
