@@ -31,12 +31,12 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy import event
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 
 from rba.files import pid_alive
-from rba.errors import ConfigError
+from rba.errors import ConfigError, RBAError
 
-__all__ = ["open_storage", "heartbeat_interval", "worker_label", "live_trials", "recover_abandoned",
+__all__ = ["StorageError", "open_storage", "storage_error", "heartbeat_interval", "worker_label", "live_trials", "recover_abandoned",
            "HEARTBEAT_ENV", "RERUNS"]
 
 #: environment variable: seconds between a running trial's heartbeats (the grace period is twice that)
@@ -44,6 +44,10 @@ HEARTBEAT_ENV = "RBA_HEARTBEAT_S"
 DEFAULT_HEARTBEAT_S = 30
 #: how many times the configuration of a trial whose process died is run again
 RERUNS = 3
+
+
+class StorageError(RBAError):
+    """The study storage cannot be opened or read."""
 
 
 def heartbeat_interval() -> int:
@@ -120,13 +124,35 @@ def open_storage(url: str, *, heartbeats: bool = True) -> Storage:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 return Storage(url, **kwargs)
-        except (OperationalError, IntegrityError):
+        except (OperationalError, IntegrityError) as exc:
             # two processes creating the tables of a new database at once (seen: "table already exists", and a
             # duplicate schema version row): the later one finds them made when it tries again
             attempts -= 1
-            if not attempts:
-                raise
-            time.sleep(0.5)
+            if attempts and (isinstance(exc, IntegrityError) or "already exists" in str(exc)):
+                time.sleep(0.5)
+                continue
+            raise storage_error(url, exc) from None
+        except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
+            raise StorageError(f"--storage {url!r} is not a storage URL this installation can open ({_reason(exc)}): "
+                               "use sqlite:///PATH/study.db, or a database URL whose driver is installed "
+                               "(e.g. postgresql://user@host/db with psycopg2)") from None
+        except DBAPIError as exc:
+            raise storage_error(url, exc) from None
+
+
+def storage_error(url: str, exc: Exception) -> StorageError:
+    """The one-line error for a database that is there but cannot be used as a study storage."""
+    reason = _reason(exc)
+    if "not a database" in reason or "malformed" in reason:
+        return StorageError(f"the study storage {url} is not a readable database ({reason}): it is corrupt or another "
+                            "kind of file; move it away to start the study afresh, or point --storage / --out elsewhere")
+    return StorageError(f"cannot open the study storage {url} ({reason}): check that its folder exists and is "
+                        "writable (or that the database server runs), or choose another --storage / --out")
+
+
+def _reason(exc: Exception) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig if orig is not None else exc).splitlines()[0]
 
 
 # ---------------------------------------------------------------------- which process runs a trial

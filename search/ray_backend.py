@@ -20,6 +20,7 @@ Ray's ``OptunaSearch`` on the same space, sampler and storage as the Optuna back
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -33,6 +34,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from rba.config import config_hash
+from rba.errors import RBAError
 from rba.spans import format_spans
 from search._storage import worker_label
 from search.objective import RESULT_COLUMNS
@@ -228,12 +230,17 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
         root = str(Path(__file__).resolve().parent.parent)
         env = {"PYTHONPATH": os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
         kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": ctx.progress,
-                                  "include_dashboard": False}
-        if s.ray_address:
-            _check_reachable(s.ray_address)
-            ray.init(address=s.ray_address, **kwargs)
-        else:
-            ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+                                  "include_dashboard": False,
+                                  # --quiet: no "Started a local Ray instance" / "Connecting to …" INFO lines
+                                  "logging_level": logging.INFO if ctx.progress else logging.WARNING}
+        try:
+            if s.ray_address:
+                ray.init(address=s.ray_address, **kwargs)
+            else:
+                ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+        except ConnectionError as exc:  # e.g. --address auto with no cluster running
+            raise RBAError(f"cannot join the Ray cluster at --address {s.ray_address}: {str(exc).splitlines()[0]} "
+                           "Start one with `ray start --head`, or drop --address to run a local Ray") from None
         started = True
     try:
         cpus = ray.cluster_resources().get("CPU", 1.0)
@@ -292,11 +299,16 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
             ray.shutdown()
 
 
-def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
-    """Refuse an unreachable ``--address`` at once (ray.init would retry for minutes)."""
-    import socket
+#: HTTP/2 client connection preface and an empty SETTINGS frame (RFC 9113 §3.4)
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
-    from rba.errors import RBAError
+
+def check_address(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse a ``--address`` that is not a reachable Ray cluster at once: ray.init retries an unreachable one,
+    or one whose port accepts connections but is not Ray, for minutes. A Ray head's address is its GCS, a gRPC
+    (HTTP/2) server, which answers the HTTP/2 preface with a SETTINGS frame; Ray has no public call to ask
+    this quickly, so the probe is written here."""
+    import socket
 
     if address in ("auto", "local") or address.startswith("ray://"):
         return
@@ -304,9 +316,20 @@ def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
     if not host or not port.isdigit():
         raise RBAError(f"Ray address {address!r} is not HOST:PORT (e.g. 127.0.0.1:6379, as `ray start --head` prints)")
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as conn:
+            conn.settimeout(timeout_s)
+            conn.sendall(_H2_PREFACE)
+            head = conn.recv(9)
+    except socket.timeout:
+        head = b""
     except OSError as exc:
         raise RBAError(
             f"Ray address {address} is unreachable ({exc.strerror or exc}): start the cluster with "
             "`ray start --head` and pass the address it prints, or drop --address to run a local Ray"
         ) from None
+    if len(head) < 4 or head[3] != 0x04:  # the frame type of SETTINGS
+        raise RBAError(
+            f"Ray address {address} accepts connections but is not a Ray cluster (no gRPC answer within "
+            f"{timeout_s:g} s): pass the address `ray start --head` prints (its GCS port, 6379 by default), or drop "
+            "--address to run a local Ray"
+        )

@@ -36,11 +36,61 @@ from search.report import finish, write_report
 from search.samplers import make_sampler
 from search.space import SpanSpace
 
-__all__ = ["run_search", "run_study", "prepare", "open_study", "plan", "StudyBusyError"]
+__all__ = ["run_search", "run_study", "prepare", "check_inputs", "open_study", "plan", "storage_url", "StudyBusyError",
+           "StudyFileError"]
 
 
 class StudyBusyError(RBAError):
     """Another process is working on the study, and this run cannot share it."""
+
+
+class StudyFileError(RBAError):
+    """A study file in the output folder cannot be read."""
+
+
+def storage_url(cfg: Config) -> str:
+    """``search.storage``, or the SQLite file ``study.db`` in the output folder."""
+    return cfg.search.storage or f"sqlite:///{(cfg.output_dir() / 'study.db').resolve()}"
+
+
+def _read_marker(path: Path) -> dict | None:
+    """``study.json`` (the identity, study name and storage of the folder's study), or None when absent."""
+    if not path.exists():
+        return None
+    try:
+        marker = json.loads(path.read_text())
+        if not isinstance(marker, dict) or not isinstance(marker.get("identity"), dict):
+            raise ValueError("no identity in it")
+        return marker
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StudyFileError(f"{path} cannot be read ({str(exc).splitlines()[0]}): it only repeats the identity stored "
+                             "in the study itself; delete it and rerun to resume the study, or use another --out") from None
+
+
+def check_inputs(cfg: Config):
+    """What can be checked before any long work: the heartbeat setting, the Ray address, ``study.json`` and the
+    storage (opened when it is named or already exists; a new default ``study.db`` is created only later).
+    Returns the open storage, or None."""
+    import optuna
+    from sqlalchemy.exc import DBAPIError
+
+    from search._storage import heartbeat_interval, open_storage, storage_error
+
+    heartbeat_interval()
+    if cfg.search.backend == "ray" and cfg.search.ray_address:
+        from search.ray_backend import check_address
+
+        check_address(cfg.search.ray_address)
+    _read_marker(cfg.output_dir() / "study.json")
+    if not (cfg.search.storage or (cfg.output_dir() / "study.db").exists()):
+        return None
+    url = storage_url(cfg)
+    storage = open_storage(url, heartbeats=cfg.search.backend != "ray")
+    try:
+        optuna.get_all_study_names(storage)
+    except (DBAPIError, optuna.exceptions.StorageInternalError) as exc:
+        raise storage_error(url, exc) from None
+    return storage
 
 
 # ---------------------------------------------------------------------- setup
@@ -67,7 +117,7 @@ def prepare(cfg: Config, *, progress: bool = True, session=None, objective: Obje
     space = SpanSpace(session.adapter.num_blocks, session.pairs)
     out = cfg.output_dir()
     out.mkdir(parents=True, exist_ok=True)
-    storage = s.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    storage = storage_url(cfg)
     name = s.study_name or "rba"
     identity = study_identity(cfg, session, kind=kind, method=method)
     ctx = StudyContext(cfg=cfg, session=session, objective=objective, space=space, out=out, storage_url=storage,
@@ -87,16 +137,14 @@ def open_study(ctx: StudyContext, sampler=None):
 
     from search._storage import open_storage, recover_abandoned
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by the backends, in one line
     marker = ctx.out / "study.json"
-    if marker.exists():
-        try:
-            old = json.loads(marker.read_text())
-        except json.JSONDecodeError:
-            old = None
-        if old is not None and old.get("identity") != ctx.identity:
-            raise refusal(f"output folder {ctx.out}", old.get("identity", {}), ctx.identity)
-    ctx.storage = storage = open_storage(ctx.storage_url, heartbeats=ctx.cfg.search.backend != "ray")
+    old = _read_marker(marker)
+    if old is not None and old["identity"] != ctx.identity:
+        raise refusal(f"output folder {ctx.out}", old["identity"], ctx.identity)
+    if ctx.storage is None:
+        ctx.storage = open_storage(ctx.storage_url, heartbeats=ctx.cfg.search.backend != "ray")
+    storage = ctx.storage
     try:
         study = optuna.create_study(storage=storage, study_name=ctx.study_name, directions=ctx.objective.directions,
                                     sampler=sampler)
@@ -195,39 +243,71 @@ def run_search(cfg: Config, progress: bool = True, *, session=None, objective: O
 
     ``session`` / ``objective``: reuse ones built earlier (``rba run``, benchmarks); by default both are built
     from ``cfg``."""
-    from search._storage import heartbeat_interval
-
     t0 = time.time()
-    heartbeat_interval()  # a bad RBA_HEARTBEAT_S stops here, before any work
+    storage = check_inputs(cfg)
     ctx = prepare(cfg, progress=progress, session=session, objective=objective)
+    ctx.storage = storage
     if progress:
         log(f"search: {ctx.space.describe()}; method {ctx.method}, backend {cfg.search.backend}, "
             f"objectives {', '.join(ctx.objective.objectives)}; output {ctx.out}")
     sampler = make_sampler(cfg, ctx.method)
-    study, fresh = open_study(ctx, sampler)
-    if cfg.search.backend == "ray":
-        _refuse_if_shared(ctx, study)
-    if cfg.search.screening:
-        from search.screening import Screen
-
-        ctx.screen = Screen(ctx.objective)
-        ctx.screen.seed([parse_spans(s) for s in _complete_spans(study)])
-    n = plan(ctx, study, fresh)
-    if not fresh and progress:
-        log(f"resume: {complete_count(study)} of {ctx.total if ctx.method == 'optuna' else 'planned'} trials "
-            f"complete; running {n} more")
-    if n > 0:
+    before = {p for p in _study_files(ctx) if p.exists()}
+    study = None
+    try:
+        study, fresh = open_study(ctx, sampler)
         if cfg.search.backend == "ray":
-            from search.ray_backend import run_ray
+            _refuse_if_shared(ctx, study)
+        if cfg.search.screening:
+            from search.screening import Screen
 
-            run_ray(ctx, study, n, sampler)
-        else:
-            from search.optuna_backend import run_optuna
+            ctx.screen = Screen(ctx.objective)
+            ctx.screen.seed([parse_spans(s) for s in _complete_spans(study)])
+        n = plan(ctx, study, fresh)
+        if not fresh and progress:
+            log(f"resume: {complete_count(study)} of {ctx.total if ctx.method == 'optuna' else 'planned'} trials "
+                f"complete; running {n} more")
+        if n > 0:
+            if cfg.search.backend == "ray":
+                from search.ray_backend import run_ray
 
-            run_optuna(ctx, study, n)
+                run_ray(ctx, study, n, sampler)
+            else:
+                from search.optuna_backend import run_optuna
+
+                run_optuna(ctx, study, n)
+    except BaseException:
+        if study is not None and fresh and _never_ran(study):
+            _forget(ctx, study, keep=before)
+        raise
     result = finish(ctx, study)
     result.wall_s = time.time() - t0
     return result
+
+
+def _study_files(ctx: StudyContext) -> list[Path]:
+    files = [ctx.out / "study.json"]
+    if not ctx.cfg.search.storage:
+        files += [ctx.out / name for name in ("study.db", "study.db-wal", "study.db-shm")]
+    return files
+
+
+def _never_ran(study) -> bool:
+    from optuna.trial import TrialState
+
+    return all(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+
+
+def _forget(ctx: StudyContext, study, keep: set[Path]) -> None:
+    """Undo the creation of a study whose start failed before any trial ran, so that the corrected rerun
+    starts afresh instead of meeting the failed attempt's identity."""
+    import optuna
+
+    if ctx.cfg.search.storage:
+        optuna.delete_study(study_name=ctx.study_name, storage=ctx.storage)
+    ctx.storage.engine.dispose()
+    for path in _study_files(ctx):
+        if path not in keep:
+            path.unlink(missing_ok=True)
 
 
 def _complete_spans(study) -> list[str]:

@@ -1,0 +1,136 @@
+"""Bad storage and Ray inputs through the CLI: one line ``rba: error: …``, exit 2, before any long work, and a
+start that fails leaves no study behind; Ctrl-C stops with one line, exit 130, and the study resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from _search_helpers import single_thread  # noqa: F401  (autouse fixture)
+from _search_helpers import study_dict, write_config
+from conftest import slowed_cli
+from rba.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _one_line_error(capsys, argv: list[str], *needles: str) -> str:
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("rba: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def _config(tmp_path: Path, **search) -> Path:
+    raw = study_dict(tmp_path / "cache", tmp_path / "out", search={"trials": 3, "priors": False} | search)
+    return write_config(tmp_path / "study.toml", raw)
+
+
+def _no_statistics(tmp_path: Path) -> bool:
+    """Nothing was captured: the error came before the long work."""
+    return not list((tmp_path / "cache").glob("**/stats-*"))
+
+
+@pytest.mark.parametrize("url, needles", [
+    ("bogus", ["--storage 'bogus' is not a storage URL", "sqlite:///"]),
+    ("nosuchdb://x/y", ["--storage 'nosuchdb://x/y' is not a storage URL"]),
+    ("sqlite:////nonexistent-folder/x/study.db", ["cannot open the study storage", "unable to open database file"]),
+])
+def test_bad_storage_url(tmp_path, capsys, url, needles):
+    _one_line_error(capsys, ["search", _config(tmp_path), "--storage", url, "--quiet"], *needles)
+    assert _no_statistics(tmp_path) and not (tmp_path / "out").exists()
+
+
+def test_corrupt_study_files(tmp_path, capsys):
+    config = _config(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.db").write_bytes(os.urandom(4096))
+    _one_line_error(capsys, ["search", config, "--quiet"], f"{out / 'study.db'}", "not a readable database",
+                    "move it away")
+    (out / "study.db").unlink()
+    (out / "study.json").write_text('{"identity": {"model": ')
+    _one_line_error(capsys, ["search", config, "--quiet"], f"{out / 'study.json'} cannot be read", "delete it")
+    assert _no_statistics(tmp_path)
+    # as the message says: without study.json the study runs (and writes it again)
+    (out / "study.json").unlink()
+    assert main(["search", str(config), "--quiet"]) == 0
+    assert (out / "study.json").exists()
+
+
+def test_failed_start_leaves_no_study_behind(tmp_path, capsys):
+    """--address auto with no Ray cluster: one line, and no study.db / study.json, so the corrected rerun (here
+    with other objectives, i.e. another identity) is not refused as a different study."""
+    pytest.importorskip("ray")
+    config = _config(tmp_path)
+    _one_line_error(capsys, ["search", config, "--backend", "ray", "--address", "auto", "--quiet"],
+                    "cannot join the Ray cluster at --address auto", "ray start --head")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("study")) == []
+    assert main(["search", str(config), "--objectives", "fidelity,params", "--quiet"]) == 0
+
+
+def test_port_that_is_not_ray_is_refused_quickly(tmp_path, capsys):
+    """An address whose port accepts TCP but is not Ray: one line within 30 s (ray.init would wait minutes)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+
+    def answer():  # a line-based server: reads nothing, sends a banner, keeps the connection open
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.sendall(b"220 not ray\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    t0 = time.time()
+    try:
+        _one_line_error(capsys, ["search", _config(tmp_path), "--backend", "ray", "--address", f"127.0.0.1:{port}",
+                                 "--quiet"], f"Ray address 127.0.0.1:{port} accepts connections but is not a Ray cluster")
+    finally:
+        server.close()
+    assert time.time() - t0 < 30 and _no_statistics(tmp_path)
+
+
+def test_ctrl_c_one_line_exit_130_then_resume(tmp_path):
+    config = _config(tmp_path, trials=8)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([*slowed_cli("search.objective", "Objective.__call__", 0.5), "search", str(config),
+                             "--quiet"], cwd=str(REPO), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    db = tmp_path / "out" / "study.db"
+
+    def complete() -> int:
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            try:
+                return con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return 0
+
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not (db.exists() and complete() >= 2):
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.count("\n") == 1 and err.startswith("rba: interrupted"), err
+    done = complete()
+    assert 2 <= done < 8
+    assert main(["search", str(config), "--quiet"]) == 0
+    assert complete() == 8
