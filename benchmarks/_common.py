@@ -506,6 +506,7 @@ def profile_top(fn: Callable[[], Any], n: int = 12, sort: str = "tottime", title
 def hypervolume(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:
     """Hypervolume of (fidelity ↑, flops_frac ↓) points against ``reference`` (Optuna's own computation);
     points not better than the reference in both count nothing."""
+    # Optuna has no public hypervolume function (only plots of its history): its private one, here only
     from optuna._hypervolume import compute_hypervolume
 
     loss = np.array([[-f, c] for f, c in points if f > reference[0] and c < reference[1]], dtype=float)

@@ -100,7 +100,7 @@ def main() -> int:
     from rba.session import Session
     from search import run_search
     from search.objective import Objective
-    from search.study import needs_labels
+    from search.recording import needs_labels
 
     tmp = Path(tempfile.mkdtemp(prefix="rba-search-quality-"))
     if args.quick:
