@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from rba.files import atomic_write_text
 from rba.config import config_hash
+from rba.files import atomic_write_text
 from rba.spans import format_spans, parse_spans
 from search.baselines import br_greedy
 from search.objective import OBJECTIVES, RESULT_COLUMNS

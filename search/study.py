@@ -23,9 +23,9 @@ import json
 import time
 from pathlib import Path
 
-from rba.files import atomic_path, atomic_write_json
 from rba.config import Config, config_hash
 from rba.errors import ConfigError, RBAError
+from rba.files import atomic_path, atomic_write_json
 from rba.spans import format_spans, parse_spans
 from search.baselines import (EXHAUSTIVE_LIMIT, block_drop_order, br_greedy, front_priors, prior_configurations,
                               span_scores)
