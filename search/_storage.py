@@ -7,9 +7,10 @@ before each trial) and Optuna's ``RetryHeartbeatStaleTrialCallback`` enqueues it
 ``source`` = ``rerun of trial N``. Live trials of other processes are never touched, so several processes
 can work on one study.
 
-A trial whose process ran on this host and has exited (user attribute ``worker`` = ``host:pid``) is failed at
-once when a run starts (:func:`recover_abandoned`), through the same callback: a killed local run need not
-wait for the grace period.
+A trial whose process ran on this host and has exited (user attribute ``worker`` = ``host:pid``, set as the
+trial starts) is failed at once when a run starts (:func:`recover_abandoned`), through the same callback: a
+killed local run need not wait for the grace period. So is a trial killed before its label was set, when every
+process that ever labelled a trial of the study ran on this host and has exited.
 
 For SQLite: write-ahead logging with ``synchronous=NORMAL`` (a commit does not wait for an fsync; a killed
 process still loses nothing it committed), and every transaction takes the write lock when it begins
@@ -21,6 +22,7 @@ upgrade.
 from __future__ import annotations
 
 import copy
+import datetime
 import os
 import socket
 import time
@@ -36,8 +38,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModu
 from rba.files import pid_alive
 from rba.errors import ConfigError, RBAError
 
-__all__ = ["StorageError", "open_storage", "storage_error", "heartbeat_interval", "worker_label", "live_trials", "recover_abandoned",
-           "HEARTBEAT_ENV", "RERUNS"]
+__all__ = ["StorageError", "open_storage", "storage_error", "heartbeat_interval", "worker_label", "live_trials",
+           "abandoned_trials", "recover_abandoned", "HEARTBEAT_ENV", "RERUNS"]
 
 #: environment variable: seconds between a running trial's heartbeats (the grace period is twice that)
 HEARTBEAT_ENV = "RBA_HEARTBEAT_S"
@@ -161,30 +163,47 @@ def worker_label() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _exited_here(trial) -> bool:
-    """The trial's process ran on this host and no longer runs."""
-    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+#: a live process labels its trial (``worker``) a few milliseconds after starting it; a trial unlabelled for longer
+#: was started by a process killed in between
+LABEL_WINDOW_S = 0.5
+
+
+def _exited_here(label: str) -> bool:
+    """The process ``host:pid`` ran on this host and no longer runs."""
+    host, _, pid = label.rpartition(":")
     return host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid))
+
+
+def abandoned_trials(study) -> list:
+    """RUNNING trials whose process is known to have ended: labelled by a process on this host that has exited;
+    or unlabelled, older than :data:`LABEL_WINDOW_S`, in a study whose every labelling process ran on this host
+    and has exited (its process was killed between starting and labelling it)."""
+    trials = study.get_trials(deepcopy=False)
+    labels = {str(t.user_attrs["worker"]) for t in trials if "worker" in t.user_attrs}
+    all_gone = all(_exited_here(label) for label in labels)
+    now = datetime.datetime.now()  # Optuna stamps datetime_start with the local time of the trial's process
+    return [t for t in trials if t.state == TrialState.RUNNING and (
+        _exited_here(str(t.user_attrs["worker"])) if "worker" in t.user_attrs else
+        all_gone and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > LABEL_WINDOW_S)]
 
 
 def live_trials(study) -> list:
     """RUNNING trials whose process may still run (another host's, or one on this host that still runs)."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if not _exited_here(t)]
+    gone = {t.number for t in abandoned_trials(study)}
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in gone]
 
 
 def recover_abandoned(study, storage: Storage) -> list[int]:
-    """Fail the RUNNING trials whose process on this host has exited and enqueue their configuration again
-    with the stale-trial callback (as a missed heartbeat would). Returns the failed trials' numbers."""
+    """Fail the :func:`abandoned_trials` and enqueue their configuration again with the stale-trial callback (as
+    a missed heartbeat would). Returns the failed trials' numbers."""
     study_id = storage.get_study_id_from_name(study.study_name)
     rerun = _rerun()
     recovered = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _exited_here(t):
-            continue
+    for t in abandoned_trials(study):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        owner = t.user_attrs.get("worker", "a process on this host")
         try:
-            storage.set_trial_user_attr(trial_id, "error",
-                                        f"interrupted: its process ({t.user_attrs['worker']}) ended while it ran")
+            storage.set_trial_user_attr(trial_id, "error", f"interrupted: its process ({owner}) ended while it ran")
             if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:

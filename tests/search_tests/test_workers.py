@@ -128,14 +128,18 @@ def test_killed_worker_trial_recovered_after_grace_period(tmp_path, cache):
     db = tmp_path / "out" / "study.db"
     configs = _two_workers(tmp_path, cache, total)
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
-    first, second = _worker(configs[0], logs[0], hold_s=0.6), _worker(configs[1], logs[1], hold_s=0.6)
+    first, second = _worker(configs[0], logs[0], hold_s=1.5), _worker(configs[1], logs[1], hold_s=1.5)
 
-    def first_is_running_a_trial() -> bool:
-        running = [t for t in _trials(db).values() if t["state"] == "RUNNING"]
-        return any(t.get("worker", "").endswith(f":{first.pid}") for t in running) and \
-            any(t.get("worker", "").endswith(f":{second.pid}") for t in _trials(db).values())
+    def first_is_early_in_a_trial() -> bool:
+        """The first worker runs a trial it started under 0.5 s ago (so the kill lands inside its 1.5 s hold),
+        and the second has started one (so it is past its start-up, where it would recover the trial at once)."""
+        trials = _trials(db).values()
+        now = datetime.datetime.now()
+        return any(t["state"] == "RUNNING" and t.get("worker", "").endswith(f":{first.pid}")
+                   and (now - datetime.datetime.fromisoformat(t["start"])).total_seconds() < 0.5 for t in trials) \
+            and any(t.get("worker", "").endswith(f":{second.pid}") for t in trials)
 
-    _wait_for(first_is_running_a_trial, what="both workers running trials")
+    _wait_for(first_is_early_in_a_trial, what="both workers running trials")
     first.send_signal(signal.SIGKILL)
     killed_at = datetime.datetime.now()
     assert _finish(first, second, logs=logs) == [-signal.SIGKILL, 0]
