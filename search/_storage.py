@@ -174,23 +174,34 @@ def _exited_here(label: str) -> bool:
     return host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid))
 
 
-def abandoned_trials(study) -> list:
-    """RUNNING trials whose process is known to have ended: labelled by a process on this host that has exited;
-    or unlabelled, older than :data:`LABEL_WINDOW_S`, in a study whose every labelling process ran on this host
-    and has exited (its process was killed between starting and labelling it)."""
+def _running(study) -> tuple[list, list]:
+    """The RUNNING trials, split into (abandoned, live)."""
     trials = study.get_trials(deepcopy=False)
     labels = {str(t.user_attrs["worker"]) for t in trials if "worker" in t.user_attrs}
     all_gone = all(_exited_here(label) for label in labels)
     now = datetime.datetime.now()  # Optuna stamps datetime_start with the local time of the trial's process
-    return [t for t in trials if t.state == TrialState.RUNNING and (
-        _exited_here(str(t.user_attrs["worker"])) if "worker" in t.user_attrs else
-        all_gone and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > LABEL_WINDOW_S)]
+    abandoned, live = [], []
+    for t in trials:
+        if t.state != TrialState.RUNNING:
+            continue
+        if "worker" in t.user_attrs:
+            gone = _exited_here(str(t.user_attrs["worker"]))
+        else:
+            gone = all_gone and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > LABEL_WINDOW_S
+        (abandoned if gone else live).append(t)
+    return abandoned, live
+
+
+def abandoned_trials(study) -> list:
+    """RUNNING trials whose process is known to have ended: labelled by a process on this host that has exited;
+    or unlabelled, older than :data:`LABEL_WINDOW_S`, in a study whose every labelling process ran on this host
+    and has exited (its process was killed between starting and labelling it)."""
+    return _running(study)[0]
 
 
 def live_trials(study) -> list:
     """RUNNING trials whose process may still run (another host's, or one on this host that still runs)."""
-    gone = {t.number for t in abandoned_trials(study)}
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in gone]
+    return _running(study)[1]
 
 
 def recover_abandoned(study, storage: Storage) -> list[int]:
