@@ -9,8 +9,9 @@ can work on one study.
 
 A trial whose process ran on this host and has exited (user attribute ``worker`` = ``host:pid``, set as the
 trial starts) is failed at once when a run starts (:func:`recover_abandoned`), through the same callback: a
-killed local run need not wait for the grace period. So is a trial killed before its label was set, when every
-process that ever labelled a trial of the study ran on this host and has exited.
+killed local run need not wait for the grace period. Every process registers itself in the study before its
+first trial (study user attribute ``rba_worker:host:pid``), so a trial killed before its label was set is
+recovered the same way when every other registered process ran on this host and has exited.
 
 For SQLite: write-ahead logging with ``synchronous=NORMAL`` (a commit does not wait for an fsync; a killed
 process still loses nothing it committed), and every transaction takes the write lock when it begins
@@ -39,7 +40,7 @@ from rba.files import pid_alive
 from rba.errors import ConfigError, RBAError
 
 __all__ = ["StorageError", "open_storage", "storage_error", "heartbeat_interval", "worker_label", "live_trials",
-           "abandoned_trials", "recover_abandoned", "HEARTBEAT_ENV", "RERUNS"]
+           "abandoned_trials", "recover_abandoned", "register_worker", "HEARTBEAT_ENV", "RERUNS", "WORKER_ATTR"]
 
 #: environment variable: seconds between a running trial's heartbeats (the grace period is twice that)
 HEARTBEAT_ENV = "RBA_HEARTBEAT_S"
@@ -163,9 +164,13 @@ def worker_label() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-#: a live process labels its trial (``worker``) a few milliseconds after starting it; a trial unlabelled for longer
-#: was started by a process killed in between
-LABEL_WINDOW_S = 0.5
+#: prefix of the study user attributes that register the processes which worked on the study
+WORKER_ATTR = "rba_worker:"
+
+
+def register_worker(study) -> None:
+    """Record this process in the study before it runs any trial (a trial is labelled only once it runs)."""
+    study.set_user_attr(WORKER_ATTR + worker_label(), datetime.datetime.now().isoformat(timespec="seconds"))
 
 
 def _exited_here(label: str) -> bool:
@@ -176,26 +181,19 @@ def _exited_here(label: str) -> bool:
 
 def _running(study) -> tuple[list, list]:
     """The RUNNING trials, split into (abandoned, live)."""
-    trials = study.get_trials(deepcopy=False)
-    labels = {str(t.user_attrs["worker"]) for t in trials if "worker" in t.user_attrs}
-    all_gone = all(_exited_here(label) for label in labels)
-    now = datetime.datetime.now()  # Optuna stamps datetime_start with the local time of the trial's process
+    others = {k[len(WORKER_ATTR):] for k in study.user_attrs if k.startswith(WORKER_ATTR)} - {worker_label()}
+    all_gone = all(_exited_here(label) for label in others)
     abandoned, live = [], []
-    for t in trials:
-        if t.state != TrialState.RUNNING:
-            continue
-        if "worker" in t.user_attrs:
-            gone = _exited_here(str(t.user_attrs["worker"]))
-        else:
-            gone = all_gone and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > LABEL_WINDOW_S
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        gone = _exited_here(str(t.user_attrs["worker"])) if "worker" in t.user_attrs else all_gone
         (abandoned if gone else live).append(t)
     return abandoned, live
 
 
 def abandoned_trials(study) -> list:
-    """RUNNING trials whose process is known to have ended: labelled by a process on this host that has exited;
-    or unlabelled, older than :data:`LABEL_WINDOW_S`, in a study whose every labelling process ran on this host
-    and has exited (its process was killed between starting and labelling it)."""
+    """RUNNING trials whose process is known to have ended: labelled (user attribute ``worker``) by a process
+    on this host that has exited; or unlabelled (its process was killed between starting the trial and
+    labelling it) when every other process registered on the study ran on this host and has exited."""
     return _running(study)[0]
 
 

@@ -53,6 +53,13 @@ def storage_url(cfg: Config) -> str:
     return cfg.search.storage or f"sqlite:///{(cfg.output_dir() / 'study.db').resolve()}"
 
 
+def _open_storage(cfg: Config):
+    from search._storage import open_storage
+
+    # Optuna records heartbeats only inside study.optimize; the Ray backend asks and tells
+    return open_storage(storage_url(cfg), heartbeats=cfg.search.backend != "ray")
+
+
 def _read_marker(path: Path) -> dict | None:
     """``study.json`` (the identity, study name and storage of the folder's study), or None when absent."""
     if not path.exists():
@@ -74,7 +81,7 @@ def check_inputs(cfg: Config):
     import optuna
     from sqlalchemy.exc import DBAPIError
 
-    from search._storage import heartbeat_interval, open_storage, storage_error
+    from search._storage import heartbeat_interval, storage_error
 
     heartbeat_interval()
     if cfg.search.backend == "ray" and cfg.search.ray_address:
@@ -84,12 +91,11 @@ def check_inputs(cfg: Config):
     _read_marker(cfg.output_dir() / "study.json")
     if not (cfg.search.storage or (cfg.output_dir() / "study.db").exists()):
         return None
-    url = storage_url(cfg)
-    storage = open_storage(url, heartbeats=cfg.search.backend != "ray")
+    storage = _open_storage(cfg)
     try:
         optuna.get_all_study_names(storage)
     except (DBAPIError, optuna.exceptions.StorageInternalError) as exc:
-        raise storage_error(url, exc) from None
+        raise storage_error(storage_url(cfg), exc) from None
     return storage
 
 
@@ -135,7 +141,7 @@ def open_study(ctx: StudyContext, sampler=None):
     Returns ``(study, fresh)``; the storage is kept in ``ctx.storage``."""
     import optuna
 
-    from search._storage import open_storage, recover_abandoned
+    from search._storage import recover_abandoned, register_worker
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by the backends, in one line
     marker = ctx.out / "study.json"
@@ -143,7 +149,7 @@ def open_study(ctx: StudyContext, sampler=None):
     if old is not None and old["identity"] != ctx.identity:
         raise refusal(f"output folder {ctx.out}", old["identity"], ctx.identity)
     if ctx.storage is None:
-        ctx.storage = open_storage(ctx.storage_url, heartbeats=ctx.cfg.search.backend != "ray")
+        ctx.storage = _open_storage(ctx.cfg)
     storage = ctx.storage
     try:
         study = optuna.create_study(storage=storage, study_name=ctx.study_name, directions=ctx.objective.directions,
@@ -162,6 +168,7 @@ def open_study(ctx: StudyContext, sampler=None):
             raise refusal(f"study {ctx.study_name!r} in {ctx.storage_url}", old, ctx.identity)
     atomic_write_json(marker, {"identity": ctx.identity, "identity_hash": config_hash(ctx.identity),
                                "study_name": ctx.study_name, "storage": ctx.storage_url})
+    register_worker(study)
     for number in recover_abandoned(study, storage):
         log(f"resume: trial {number} was left running by a process that has ended; marked FAIL, rerun")
     return study, fresh

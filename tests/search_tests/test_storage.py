@@ -14,7 +14,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from search._storage import LABEL_WINDOW_S, abandoned_trials, live_trials, open_storage, recover_abandoned
+from search._storage import WORKER_ATTR, abandoned_trials, live_trials, open_storage, recover_abandoned
 
 HOST = socket.gethostname()
 
@@ -26,7 +26,10 @@ def dead_pid():
     return proc.pid
 
 
-def _running(study, number: int, worker: str | None, age_s: float) -> None:
+def _running(study, number: int, worker: str | None, age_s: float = 0.0) -> None:
+    """A RUNNING trial labelled by ``worker`` (None: not labelled yet), whose process registered in the study."""
+    if worker is not None:
+        study.set_user_attr(WORKER_ATTR + worker, "registered")
     study.add_trial(FrozenTrial(
         number=number, state=TrialState.RUNNING, value=None, values=None,
         datetime_start=datetime.datetime.now() - datetime.timedelta(seconds=age_s), datetime_complete=None,
@@ -43,10 +46,10 @@ def _study(tmp_path):
 
 def test_labelled_trials_of_exited_local_processes_are_abandoned(tmp_path, dead_pid):
     study, storage = _study(tmp_path)
-    _running(study, 0, f"{HOST}:{dead_pid}", 0.0)  # its process has exited: abandoned at once
+    _running(study, 0, f"{HOST}:{dead_pid}")  # its process has exited: abandoned at once
     _running(study, 1, f"{HOST}:{os.getppid()}", 60.0)  # a live process on this host
     _running(study, 2, "another-host:1234", 60.0)  # another host: left to the heartbeats
-    _running(study, 3, None, 60.0)  # unlabelled, but a process of another host may own it
+    _running(study, 3, None, 60.0)  # unlabelled, and live processes are registered: it may be theirs
     assert [t.number for t in abandoned_trials(study)] == [0]
     assert [t.number for t in live_trials(study)] == [1, 2, 3]
     assert recover_abandoned(study, storage) == [0]
@@ -58,11 +61,16 @@ def test_labelled_trials_of_exited_local_processes_are_abandoned(tmp_path, dead_
     assert recover_abandoned(study, storage) == []  # recovered once
 
 
-def test_unlabelled_trial_is_abandoned_when_every_labelling_process_has_exited(tmp_path, dead_pid):
+@pytest.mark.parametrize("other", [None, "live here", "another host"])
+def test_unlabelled_trial_is_abandoned_only_when_every_registered_process_has_exited(tmp_path, dead_pid, other):
     study, storage = _study(tmp_path)
-    _running(study, 0, f"{HOST}:{dead_pid}", 5.0)
-    _running(study, 1, None, LABEL_WINDOW_S + 1.0)  # killed between starting the trial and labelling it
-    _running(study, 2, None, 0.0)  # just started by a live process that has not labelled it yet
-    assert [t.number for t in abandoned_trials(study)] == [0, 1]
-    assert sorted(recover_abandoned(study, storage)) == [0, 1]
-    assert [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))] == [2]
+    _running(study, 0, f"{HOST}:{dead_pid}")
+    _running(study, 1, None)  # its process was killed between starting it and labelling it, or has just started it
+    if other is not None:  # a process that registered and has not labelled a trial yet
+        study.set_user_attr(WORKER_ATTR + (f"{HOST}:{os.getppid()}" if other == "live here" else "another-host:1"), "")
+    expected = [0, 1] if other is None else [0]
+    assert [t.number for t in abandoned_trials(study)] == expected
+    assert sorted(recover_abandoned(study, storage)) == expected
+    # this process's own registration never makes a trial look abandoned or live
+    study.set_user_attr(WORKER_ATTR + f"{HOST}:{os.getpid()}", "")
+    assert [t.number for t in live_trials(study)] == ([] if other is None else [1])
