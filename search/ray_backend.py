@@ -70,9 +70,9 @@ def _worker_objective(shared: SharedState):
     if objective is None:
         from rba.session import Session
 
-        session = Session(shared.cfg, need_labels=needs_labels(shared.cfg), progress=False)
-        session.__dict__["stats"] = shared.stats  # cached_property slots: no recapture, no re-measurement
-        session.__dict__["cost_model"] = shared.cost_model
+        # the driver's statistics and cost model: no recapture, no re-measurement
+        session = Session(shared.cfg, need_labels=needs_labels(shared.cfg), progress=False, stats=shared.stats,
+                          cost_model=shared.cost_model)
         objective = shared.objective_type(session, kind=shared.kind)
         _WORKER_OBJECTIVES.clear()
         _WORKER_OBJECTIVES[shared.key] = objective
