@@ -124,7 +124,7 @@ def test_two_workers_share_the_total(tmp_path, cache, shared):
 def test_killed_worker_trial_recovered_after_grace_period(tmp_path, cache):
     """kill -9 one of two workers while it runs a trial: the survivor fails that trial once its heartbeat is
     older than the grace period, runs its configuration again, and the study still reaches its total."""
-    total = 14
+    total = 20
     db = tmp_path / "out" / "study.db"
     configs = _two_workers(tmp_path, cache, total)
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
@@ -132,14 +132,23 @@ def test_killed_worker_trial_recovered_after_grace_period(tmp_path, cache):
 
     def first_is_early_in_a_trial() -> bool:
         """The first worker runs a trial it started under 0.5 s ago (so the kill lands inside its 1.5 s hold),
-        and the second has started one (so it is past its start-up, where it would recover the trial at once)."""
+        the second has started one (so it is past its start-up, where it would recover the trial at once), and
+        at least 8 trials remain (so the survivor still starts trials after the grace period)."""
         trials = _trials(db).values()
+        done = sum(t["state"] == "COMPLETE" for t in trials)
+        assert done <= total - 8, "the second worker started too late: the first ran most trials alone"
         now = datetime.datetime.now()
         return any(t["state"] == "RUNNING" and t.get("worker", "").endswith(f":{first.pid}")
                    and (now - datetime.datetime.fromisoformat(t["start"])).total_seconds() < 0.5 for t in trials) \
             and any(t.get("worker", "").endswith(f":{second.pid}") for t in trials)
 
-    _wait_for(first_is_early_in_a_trial, what="both workers running trials")
+    try:
+        _wait_for(first_is_early_in_a_trial, what="both workers running trials")
+    except AssertionError:
+        for proc in (first, second):  # leave no worker running behind a failed test
+            proc.kill()
+            proc.wait()
+        raise
     first.send_signal(signal.SIGKILL)
     killed_at = datetime.datetime.now()
     assert _finish(first, second, logs=logs) == [-signal.SIGKILL, 0]
