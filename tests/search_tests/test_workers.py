@@ -107,11 +107,12 @@ def _two_workers(tmp_path: Path, cache: Path, total: int, storage: str | None = 
 def test_two_workers_share_the_total(tmp_path, cache, shared):
     """Two processes on one study (one --out folder, or one sqlite:/// URL used from two --out folders): both
     exit 0, neither fails the other's trial, and together they complete between trials and trials + 1."""
-    total = 12
+    total = 16
     db = tmp_path / ("out/study.db" if shared == "folder" else "shared.db")
     configs = _two_workers(tmp_path, cache, total, storage=None if shared == "folder" else f"sqlite:///{db}")
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
-    first, second = _worker(configs[0], logs[0], hold_s=0.5), _worker(configs[1], logs[1], hold_s=0.5)
+    # 16 trials of at least 0.6 s: the second worker's start-up may lag the first's by seconds on a loaded machine
+    first, second = _worker(configs[0], logs[0], hold_s=0.6), _worker(configs[1], logs[1], hold_s=0.6)
     assert _finish(first, second, logs=logs) == [0, 0]
     trials = _trials(db)
     complete = [t for t in trials.values() if t["state"] == "COMPLETE"]
