@@ -104,7 +104,7 @@ def test_unknown_key_and_missing_config(study):
 
 # ---------------------------------------------------------------------- help, version, usage errors
 SEARCH_ONLY = ["--trials", "--backend", "--method", "--sampler", "--seed", "--objectives", "--budget-flops",
-               "--storage", "--study-name", "--n-jobs", "--timeout", "--address", "--max-concurrent"]
+               "--storage", "--study-name", "--timeout", "--address", "--max-concurrent"]
 
 
 @pytest.mark.parametrize("command", ["scores", "evaluate", "export"])

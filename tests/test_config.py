@@ -58,7 +58,7 @@ def test_bad_config_names_the_problem(raw, needle):
     ({"fit": {"ridge": float("nan")}}, "fit.ridge = nan: it must be a finite number"),
     ({"fit": {"ridge": float("inf")}}, "fit.ridge = inf: it must be a finite number"),
     ({"fit": {"ridge": -1e-3}}, "fit.ridge = -0.001: it must be at least 0"),
-    ({"search": {"n_jobs": 0}}, "search.n_jobs = 0: it must be at least 1"),
+    ({"search": {"n_jobs": 2}}, "search.n_jobs (--n-jobs) was removed: a process runs one trial at a time"),
     ({"search": {"max_concurrent": 0}}, "search.max_concurrent = 0: it must be at least 1"),
     ({"search": {"timeout": float("nan")}}, "search.timeout = nan: it must be a finite number"),
     ({"search": {"budget_flops": float("nan")}}, "search.budget_flops = nan: it must be a finite number"),
@@ -83,7 +83,7 @@ def test_bad_value_names_key_value_and_bound(raw, needle):
 
 @pytest.mark.parametrize("flag,value,needle", [
     ("search.seed", -1, "search.seed = -1: it must be at least 0"),
-    ("search.n_jobs", 0, "search.n_jobs = 0: it must be at least 1"),
+    ("search.n_jobs", 2, "search.n_jobs (--n-jobs) was removed: a process runs one trial at a time"),
     ("search.max_concurrent", -2, "search.max_concurrent = -2: it must be at least 1"),
     ("search.trials", -1, "search.trials = -1: it must be at least 0"),
     ("model.device", "tpu", "model.device = 'tpu' is not one of cpu, cuda, auto"),

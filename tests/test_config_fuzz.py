@@ -60,7 +60,7 @@ def test_any_config_loads_or_raises_one_config_error(raw):
         assert_one_line(exc)
         return
     # accepted: every value is of its declared type and in range
-    assert cfg.data.calibration >= 1 and cfg.evaluate.batch_size >= 1 and cfg.search.n_jobs >= 1
+    assert cfg.data.calibration >= 1 and cfg.evaluate.batch_size >= 1 and cfg.search.max_concurrent >= 1
     assert math.isfinite(cfg.fit.ridge) and cfg.fit.ridge >= 0 and cfg.evaluate.probe_c > 0
     assert all(isinstance(o, str) for o in cfg.search.objectives)
 
