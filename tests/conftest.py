@@ -117,3 +117,14 @@ def slowed_cli(module: str, qualname: str, seconds: float) -> list[str]:
             f"owner.{method} = lambda *a, **k: (time.sleep({seconds}), call(*a, **k))[1]; "
             "from rba.cli import main; sys.exit(main(sys.argv[1:]))")
     return [sys.executable, "-c", code]
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """In-process ``rba.cli.main(... "--quiet")`` sets library variables in ``os.environ`` (right for a process,
+    wrong for the next test's subprocesses, which would inherit them): every test starts from the same env."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
