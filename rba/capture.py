@@ -1,17 +1,25 @@
 """One forward pass over the calibration split that streams sufficient statistics at every boundary.
 
-For every boundary k, with x̃ = [x, 1]: ``gram[k] = Σ x̃ x̃ᵀ``; for every tracked span (i, j):
-``cross[i, j] = Σ x̃_i x_jᵀ`` and ``cos_sum[i, j] = Σ cos(x_i, x_j)``; plus the vector count n. Memory is
-O(L²·D²) whatever n is. Each batch's products are computed in the capture dtype (float32 by default) and added
-into float64 totals. Everything about scores and fits follows from these without touching data again.
+Every boundary k has a centre c_k: the mean of its vectors in the first batch, rounded to the capture dtype.
+With u = [x − c_k, 1] and v = x − c_k, the capture accumulates ``gram[k] = Σ u uᵀ`` and ``sq[k] = Σ ‖v‖²``;
+for every tracked span (i, j): ``cross[i, j] = Σ u_i v_jᵀ`` and ``cos_sum[i, j] = Σ cos(x_i, x_j)``; plus the
+vector count n. Memory is O(L²·D²) whatever n is. Each batch's products are computed in the capture dtype
+(float32 by default) on the centred vectors and added into float64 totals; ``sq`` is summed in float64.
+
+Why centred: a float32 product rounds relative to its operands, so products of raw vectors carry errors of the
+size of the vectors' mean (large in residual streams and LayerNorm outputs), while the scores and fits need
+differences of sums at the size of the spread around it. Everything is exact in the original coordinates: a
+shift is an affine change of variables, and :class:`Statistics` recovers the plain totals Σ x̃ x̃ᵀ, Σ x̃_i x_jᵀ
+(x̃ = [x, 1]) in float64 where a reader needs them. Everything about scores and fits follows from these without
+touching data again.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence as SequenceABC
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,28 +30,67 @@ from rba.spans import Span
 from rba.errors import CacheError, DataError
 
 __all__ = ["Statistics", "StatisticsCollector", "capture_statistics", "statistics_nbytes", "iter_batches", "length_order",
-           "add_products"]
+           "add_products", "centred", "STATS_FORMAT"]
 
-STATS_FORMAT = 1
+#: version of the statistics' content and file layout; a cache of another format is rebuilt.
+#: 1: plain totals of float32 products. 2: totals about a per-boundary centre, Σ‖x − c‖² in float64.
+STATS_FORMAT = 2
 
 
-@dataclass
 class Statistics:
-    dims: list[int]
-    """vector size D at every boundary 0..L"""
-    pairs: list[Span]
-    """the spans whose cross statistics were collected"""
-    n: int
-    """number of vectors at boundary 0 (see :meth:`count` for the others)"""
-    gram: list[torch.Tensor]
-    """(D_k+1)×(D_k+1) float64 per boundary: Σ x̃ x̃ᵀ"""
-    cross: dict[Span, torch.Tensor]
-    """(D_i+1)×D_j float64 per span: Σ x̃_i x_jᵀ"""
-    cos_sum: dict[Span, float]
-    meta: dict[str, Any] = field(default_factory=dict)
-    key: str = ""
-    #: derived values computed on demand (conditioning, warnings issued); never saved
-    scratch: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """Streamed statistics of every boundary and every tracked span.
+
+    Stored about a centre c_k per boundary (``center``; zeros when built from plain totals): with
+    u = [x − c_k, 1] and v = x − c_k, ``centred_gram[k] = Σ u uᵀ``, ``centred_cross[(i, j)] = Σ u_i v_jᵀ``,
+    ``centred_sq[k] = Σ ‖v‖²``. ``gram`` and ``cross`` give the plain totals Σ x̃ x̃ᵀ and Σ x̃_i x_jᵀ
+    (x̃ = [x, 1]), recovered in float64 on access.
+
+    Build it either from plain totals (``gram``, ``cross``: the centre is zero) or from centred ones
+    (``center``, ``centred_gram``, ``centred_cross``, ``centred_sq``), as the capture does.
+    """
+
+    def __init__(self, dims: Sequence[int], pairs: Sequence[Span], n: int,
+                 gram: Sequence[torch.Tensor] | None = None, cross: Mapping[Span, torch.Tensor] | None = None,
+                 cos_sum: Mapping[Span, float] | None = None, meta: dict[str, Any] | None = None, key: str = "", *,
+                 center: Sequence[torch.Tensor] | None = None, centred_gram: Sequence[torch.Tensor] | None = None,
+                 centred_cross: Mapping[Span, torch.Tensor] | None = None,
+                 centred_sq: Sequence[float] | None = None):
+        plain = gram is not None or cross is not None
+        centred = centred_gram is not None or centred_cross is not None or center is not None
+        if plain == centred:
+            raise TypeError("Statistics takes either plain totals (gram, cross) or centred ones (center, "
+                            "centred_gram, centred_cross, centred_sq)")
+        #: vector size D at every boundary 0..L
+        self.dims = [int(d) for d in dims]
+        #: the spans whose cross statistics were collected
+        self.pairs = list(pairs)
+        #: number of vectors at boundary 0 (see :meth:`count` for the others)
+        self.n = int(n)
+        if plain:
+            if gram is None or cross is None:
+                raise TypeError("plain totals need both gram and cross")
+            centred_gram, centred_cross = list(gram), dict(cross)
+            center = [torch.zeros(d, dtype=torch.float64) for d in self.dims]
+            centred_sq = [float(torch.diagonal(g)[:-1].sum()) for g in centred_gram]
+        elif centred_gram is None or centred_cross is None or center is None or centred_sq is None:
+            raise TypeError("centred statistics need center, centred_gram, centred_cross and centred_sq")
+        #: c_k per boundary (float64 holding values of the capture dtype)
+        self.center = [c.to(torch.float64) for c in center]
+        #: (D_k+1)×(D_k+1) float64 per boundary: Σ u uᵀ, u = [x − c_k, 1]
+        self.centred_gram = list(centred_gram)
+        #: (D_i+1)×D_j float64 per span: Σ u_i (x_j − c_j)ᵀ
+        self.centred_cross = dict(centred_cross)
+        #: Σ ‖x − c_k‖² per boundary, summed in float64
+        self.centred_sq = [float(s) for s in centred_sq]
+        #: Σ cos(x_i, x_j) per span
+        self.cos_sum = dict(cos_sum or {})
+        self.meta = meta or {}
+        self.key = key
+        #: derived values computed on demand (conditioning, warnings issued); never saved
+        self.scratch: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"Statistics(dims={self.dims}, pairs={len(self.pairs)} spans, n={self.n}, key={self.key!r})"
 
     @property
     def num_blocks(self) -> int:
@@ -51,18 +98,82 @@ class Statistics:
 
     def count(self, k: int) -> int:
         """Number of vectors at boundary k (Σ 1·1, the bias corner of its Gram matrix)."""
-        return int(round(float(self.gram[k][-1, -1])))
+        return int(round(float(self.centred_gram[k][-1, -1])))
+
+    def centred_sum(self, k: int) -> torch.Tensor:
+        """Σ (x − c_k) over vectors at boundary k."""
+        return self.centred_gram[k][-1, :-1]
 
     def sum_x(self, k: int) -> torch.Tensor:
         """Σ x over vectors at boundary k."""
-        return self.gram[k][-1, :-1]
+        return self.centred_sum(k) + self.count(k) * self.center[k]
 
     def sum_sq(self, k: int) -> float:
         """Σ ‖x‖² over vectors at boundary k."""
-        return float(torch.diagonal(self.gram[k])[:-1].sum())
+        c = self.center[k]
+        return self.centred_sq[k] + 2 * float(c @ self.centred_sum(k)) + self.count(k) * float(c @ c)
+
+    def total_variation(self, k: int) -> float:
+        """Σ ‖x − x̄‖² at boundary k (centre-free, so no large sums cancel)."""
+        s = self.centred_sum(k)
+        return self.centred_sq[k] - float(s @ s) / self.count(k)
+
+    def covariance(self, k: int) -> torch.Tensor:
+        """Σ (x − x̄)(x − x̄)ᵀ at boundary k."""
+        s = self.centred_sum(k)
+        return self.centred_gram[k][:-1, :-1] - torch.outer(s, s) / self.count(k)
+
+    def cross_covariance(self, span: Span) -> torch.Tensor:
+        """Σ (x_i − x̄_i)(x_j − x̄_j)ᵀ for span (i, j)."""
+        i, _ = span
+        b = self.centred_cross[span]
+        return b[:-1] - torch.outer(self.centred_sum(i), b[-1]) / self.count(i)
+
+    def squared_distance(self, span: Span) -> float:
+        """Σ ‖x_i − x_j‖² for span (i, j) of equal sizes: Σ‖u_i − v_j + d‖² with d = c_i − c_j."""
+        i, j = span
+        b = self.centred_cross[span]
+        d = self.center[i] - self.center[j]
+        uv = float(torch.diagonal(b[:-1]).sum())
+        shift = 2 * float(d @ (self.centred_sum(i) - b[-1])) + self.count(i) * float(d @ d)
+        return max(self.centred_sq[i] - 2 * uv + self.centred_sq[j] + shift, 0.0)
+
+    def plain_gram(self, k: int) -> torch.Tensor:
+        """Σ x̃ x̃ᵀ with x̃ = [x, 1], recovered in float64: Tᵀ (Σ u uᵀ) T with T = [[I, 0], [cᵀ, 1]]."""
+        g, c = self.centred_gram[k], self.center[k]
+        if not c.any():
+            return g
+        s, n = g[-1, :-1], g[-1, -1]
+        out = g.clone()
+        cs = torch.outer(c, s)
+        out[:-1, :-1] += cs + cs.T + n * torch.outer(c, c)
+        out[-1, :-1] += n * c
+        out[:-1, -1] += n * c
+        return out
+
+    def plain_cross(self, span: Span) -> torch.Tensor:
+        """Σ x̃_i x_jᵀ, recovered in float64 from Σ u_i v_jᵀ: Tᵀ (Σ u_i v_jᵀ + (Σ u_i) c_jᵀ)."""
+        i, j = span
+        b, ci, cj = self.centred_cross[span], self.center[i], self.center[j]
+        if not ci.any() and not cj.any():
+            return b
+        su = self.centred_gram[i][-1]  # Σ u_i, its last entry n
+        out = b + torch.outer(su, cj)
+        out[:-1] += torch.outer(ci, out[-1])
+        return out
+
+    @property
+    def gram(self) -> Sequence[torch.Tensor]:
+        """Σ x̃ x̃ᵀ per boundary (plain totals, recovered on access)."""
+        return _Lazy(len(self.dims), self.plain_gram)
+
+    @property
+    def cross(self) -> Mapping[Span, torch.Tensor]:
+        """Σ x̃_i x_jᵀ per span (plain totals, recovered on access)."""
+        return _LazyMap(self.pairs, self.plain_cross)
 
     def require(self, span: Span) -> None:
-        if span not in self.cross:
+        if span not in self.centred_cross:
             raise KeyError(f"span {span[0]}-{span[1]} was not captured (max_span too small, or not a valid span)")
 
     # ------------------------------------------------------------------ persistence
@@ -71,8 +182,10 @@ class Statistics:
         from safetensors.torch import save_file
 
         path = Path(path)
-        tensors = {f"gram.{k}": g.contiguous() for k, g in enumerate(self.gram)}
-        tensors |= {f"cross.{i}.{j}": c.contiguous() for (i, j), c in self.cross.items()}
+        tensors = {f"gram.{k}": g.contiguous() for k, g in enumerate(self.centred_gram)}
+        tensors |= {f"center.{k}": c.contiguous() for k, c in enumerate(self.center)}
+        tensors |= {f"cross.{i}.{j}": c.contiguous() for (i, j), c in self.centred_cross.items()}
+        tensors["sq"] = torch.tensor(self.centred_sq, dtype=torch.float64)
         tensors["cos_sum"] = torch.tensor([self.cos_sum[p] for p in self.pairs], dtype=torch.float64)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp))
@@ -124,14 +237,51 @@ class Statistics:
                 dims=dims,
                 pairs=pairs,  # type: ignore[arg-type]
                 n=int(info["n"]),
-                gram=[tensors[f"gram.{k}"] for k in range(len(dims))],
-                cross={(i, j): tensors[f"cross.{i}.{j}"] for i, j in pairs},
+                center=[tensors[f"center.{k}"] for k in range(len(dims))],
+                centred_gram=[tensors[f"gram.{k}"] for k in range(len(dims))],
+                centred_cross={(i, j): tensors[f"cross.{i}.{j}"] for i, j in pairs},
+                centred_sq=tensors["sq"].tolist(),
                 cos_sum=dict(zip(pairs, cos)),  # type: ignore[arg-type]
                 meta=info.get("meta", {}),
                 key=info.get("key", ""),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CacheError(f"statistics cache {path} is inconsistent with its {side.name} ({type(exc).__name__}: {exc})") from None
+
+
+class _Lazy(SequenceABC):
+    """A read-only sequence whose items are computed on access."""
+
+    def __init__(self, size: int, item):
+        self._size, self._item = size, item
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self._item(i) for i in range(*k.indices(self._size))]
+        if not -self._size <= k < self._size:
+            raise IndexError(k)
+        return self._item(k % self._size)
+
+
+class _LazyMap(Mapping):
+    """A read-only mapping over ``keys`` whose values are computed on access."""
+
+    def __init__(self, keys: Sequence[Span], item):
+        self._keys, self._set, self._item = list(keys), set(keys), item
+
+    def __getitem__(self, key):
+        if key not in self._set:
+            raise KeyError(key)
+        return self._item(key)
+
+    def __iter__(self) -> Iterator[Span]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 def _check_request(path: Path, info: dict[str, Any], request: dict[str, Any]) -> None:
@@ -154,7 +304,7 @@ def _check_request(path: Path, info: dict[str, Any], request: dict[str, Any]) ->
 
 def statistics_nbytes(dims: Sequence[int], pairs: Sequence[Span]) -> int:
     """Bytes of the float64 totals for these boundaries and spans."""
-    grams = sum((d + 1) ** 2 for d in dims)
+    grams = sum((d + 1) ** 2 + d + 1 for d in dims)  # Gram, centre and Σ‖x − c‖²
     crosses = sum((dims[i] + 1) * dims[j] for i, j in pairs)
     return 8 * (grams + crosses + len(pairs))
 
@@ -163,7 +313,8 @@ def add_products(gram: torch.Tensor, x: torch.Tensor, crosses: Sequence[tuple[to
     """``gram += x̃ᵀx̃`` and ``total += x̃ᵀy`` for each ``(total, y)`` of ``crosses``, with x̃ = [x | 1].
 
     Separate products added straight into the float64 totals: no concatenated copy of the targets and no
-    float64 temporaries (one capture update 20 % faster at MiniLM's sizes, 2× at CNN pixel counts)."""
+    float64 temporaries (one capture update 20 % faster at MiniLM's sizes, 2× at CNN pixel counts). Callers
+    pass vectors shifted by their boundary's centre (:func:`centred`)."""
     xt = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
     xtT = xt.T
     gram.add_(xtT @ xt)
@@ -171,8 +322,17 @@ def add_products(gram: torch.Tensor, x: torch.Tensor, crosses: Sequence[tuple[to
         total.add_(xtT @ y)
 
 
+def centred(x: torch.Tensor, center: torch.Tensor, sq: torch.Tensor | None = None) -> torch.Tensor:
+    """``x − center`` in x's dtype, adding Σ‖x − center‖² (summed in float64) to the scalar ``sq`` if given."""
+    v = x - center
+    if sq is not None:
+        sq += (v * v).sum(dtype=torch.float64)
+    return v
+
+
 class StatisticsCollector:
-    """Running float64 totals, updated batch by batch with the vectors of every boundary."""
+    """Running float64 totals about each boundary's centre (its first batch's mean), updated batch by batch
+    with the vectors of every boundary."""
 
     def __init__(self, dims: Sequence[int], pairs: Sequence[Span], *, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu"):
@@ -180,7 +340,9 @@ class StatisticsCollector:
         self.pairs = sorted(pairs)
         self.dtype = dtype
         self.n = 0
+        self.center: list[torch.Tensor | None] = [None] * len(self.dims)
         self.gram = [torch.zeros(d + 1, d + 1, dtype=torch.float64, device=device) for d in self.dims]
+        self.sq = [torch.zeros((), dtype=torch.float64, device=device) for _ in self.dims]
         self.cross = {p: torch.zeros(self.dims[p[0]] + 1, self.dims[p[1]], dtype=torch.float64, device=device) for p in self.pairs}
         self.cos_sum = {p: torch.zeros((), dtype=torch.float64, device=device) for p in self.pairs}
         self._targets: dict[int, list[int]] = {}
@@ -195,12 +357,16 @@ class StatisticsCollector:
         n_b = xs[0].shape[0]
         if n_b == 0:
             return
+        for k, x in enumerate(xs):
+            if self.center[k] is None and x.shape[0]:
+                self.center[k] = x.mean(dim=0)  # in the capture dtype: x − c is what the products see
+        vs = [centred(x, self.center[k], self.sq[k]) if x.shape[0] else x for k, x in enumerate(xs)]
         # cosines from row dot products over the norms, one norm per boundary
         norms = [torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12) for x in xs]
         for i, xi in enumerate(xs):
             # boundaries may hold different vector counts (CNN stages); spans join equal ones
             targets = self._targets.get(i, [])
-            add_products(self.gram[i], xi, [(self.cross[(i, j)], xs[j]) for j in targets])
+            add_products(self.gram[i], vs[i], [(self.cross[(i, j)], vs[j]) for j in targets])
             for j in targets:
                 cos = (xi * xs[j]).sum(dim=1) / (norms[i] * norms[j])
                 self.cos_sum[(i, j)] += cos.sum(dtype=torch.float64)
@@ -211,8 +377,11 @@ class StatisticsCollector:
             dims=self.dims,
             pairs=self.pairs,
             n=self.n,
-            gram=[g.cpu() for g in self.gram],
-            cross={p: c.cpu() for p, c in self.cross.items()},
+            center=[torch.zeros(d, dtype=torch.float64) if c is None else c.to(torch.float64).cpu()
+                    for d, c in zip(self.dims, self.center)],
+            centred_gram=[g.cpu() for g in self.gram],
+            centred_cross={p: c.cpu() for p, c in self.cross.items()},
+            centred_sq=[float(s) for s in self.sq],
             cos_sum={p: float(c) for p, c in self.cos_sum.items()},
             meta=meta or {},
             key=key,

@@ -213,33 +213,57 @@ def fit_span(stats: Statistics | None, span: Span, kind: str = "affine", ridge: 
 
 
 def ill_conditioning(stats: Statistics, k: int, *, with_bias: bool = True) -> float:
-    """Smallest / largest eigenvalue of the unridged Gram matrix at boundary k."""
+    """Smallest / largest eigenvalue of the unridged Gram matrix Σ x̃ x̃ᵀ at boundary k (plain coordinates)."""
     cache = stats.scratch.setdefault("conditioning", {})
     key = (k, with_bias)
     if key not in cache:
-        a = stats.gram[k] if with_bias else stats.gram[k][:-1, :-1]
+        a = stats.plain_gram(k)
+        a = a if with_bias else a[:-1, :-1]
         ev = torch.linalg.eigvalsh(a)
         cache[key] = float(ev[0].clamp_min(0) / ev[-1]) if float(ev[-1]) > 0 else 0.0
     return cache[key]
 
 
 # ---------------------------------------------------------------------- closed-form fits from statistics
+def _ridge_metric(c: torch.Tensor) -> torch.Tensor:
+    """T⁻ᵀT⁻¹ for the shift x̃ = u·T, T = [[I, 0], [cᵀ, 1]]: the plain ridge λ‖W‖² is λ·tr(W'ᵀ M W') in the
+    centred unknowns W' = T·W."""
+    d = c.shape[0]
+    m = torch.empty(d + 1, d + 1, dtype=torch.float64)
+    m[:d, :d] = torch.eye(d, dtype=torch.float64) + torch.outer(c, c)
+    m[:d, d] = -c
+    m[d, :d] = -c
+    m[d, d] = 1.0
+    return m
+
+
 def _inverse(stats: Statistics, k: int, ridge: float, span: Span, *, with_bias: bool) -> tuple[torch.Tensor, float]:
-    """(A_k + λI)⁻¹ and λ for the Gram matrix at boundary k, computed once per boundary and reused by every
-    span that starts there (a search fits many spans from the same start). Cholesky; if that fails (ridge 0 on
-    a singular A), λ is raised tenfold until it works."""
+    """The inverse of the ridged normal matrix at boundary k, and λ, computed once per boundary and reused by
+    every span that starts there (a search fits many spans from the same start). Cholesky; if that fails
+    (ridge 0 on a singular A), λ is raised tenfold until it works.
+
+    With the bias (affine): (Σ u uᵀ + λM)⁻¹ in the centred coordinates u = [x − c, 1], M = T⁻ᵀT⁻¹, which is
+    the plain problem (A + λI) exactly, changed by the shift. Without it (linear): (Σ x xᵀ + λI)⁻¹, the plain
+    Gram recovered in float64. λ = ridge · tr(A)/(D+1) with A the plain system, as documented."""
     cache = stats.scratch.setdefault("inverse", {})
     key = (k, with_bias, ridge)
     if key in cache:
         return cache[key]
-    a = stats.gram[k] if with_bias else stats.gram[k][:-1, :-1]
-    scale = float(torch.diagonal(a).mean())
+    n = stats.count(k)
+    if with_bias:
+        a = stats.centred_gram[k]
+        metric = _ridge_metric(stats.center[k])
+        plain_trace = stats.sum_sq(k) + n
+    else:
+        a = stats.plain_gram(k)[:-1, :-1]
+        metric = torch.eye(a.shape[0], dtype=a.dtype)
+        plain_trace = stats.sum_sq(k)
+    scale = plain_trace / a.shape[0]
     if not scale > 0:
         raise SpanError(f"span {span[0]}-{span[1]}: the input boundary's vectors are all zero; nothing to fit")
     lam = ridge * scale
-    eye = torch.eye(a.shape[0], dtype=a.dtype)
     for _ in range(20):
-        chol, info = torch.linalg.cholesky_ex(a + lam * eye)
+        chol, info = torch.linalg.cholesky_ex(a + lam * metric)
         if int(info) == 0:
             cache[key] = torch.cholesky_inverse(chol), lam
             return cache[key]
@@ -253,13 +277,30 @@ def _inverse(stats: Statistics, k: int, ridge: float, span: Span, *, with_bias: 
 
 
 def _solve(stats: Statistics, span: Span, ridge: float, *, with_bias: bool) -> tuple[torch.Tensor, float, float]:
-    """W = (A_i + λI)⁻¹ B_ij and its SSE. Because (A + λI)W = B, tr(WᵀAW) = tr(WᵀB) − λ‖W‖², so
-    SSE = s_j − tr(WᵀB) − λ‖W‖² needs no second D³ product."""
+    """W (rows: the input's D, then the bias row when ``with_bias``) minimising Σ‖x̃_i W − x_j‖² + λ‖W‖², and
+    its SSE.
+
+    Affine, in the centred coordinates: (Σ u uᵀ + λM) W' = Σ u_i x_jᵀ, then W = T⁻¹W' (the weight rows are
+    W'[:-1], the bias is W'[-1] − c_iᵀW'[:-1]). The SSE comes from the centred sums, which carry no mean:
+    with W'' = W' less c_j in its bias row, (Σ u uᵀ)W'' = Σ u v_jᵀ − λMW', so
+    SSE = Σ‖v_j‖² − tr(W''ᵀ Σ u v_jᵀ) − λ·tr(W''ᵀMW'), and MW' = [W'[:-1] − c_i b; b] with b the bias.
+    Linear: plain sums, SSE = s_j − tr(WᵀB) − λ‖W‖² (because (A + λI)W = B)."""
     i, j = span
-    b = stats.cross[span] if with_bias else stats.cross[span][:-1]
     inv, lam = _inverse(stats, i, ridge, span, with_bias=with_bias)
-    w = inv @ b
-    sse = stats.sum_sq(j) - float((w * b).sum()) - lam * float((w * w).sum())
+    if with_bias:
+        bu, ci, cj = stats.centred_cross[span], stats.center[i], stats.center[j]
+        su = stats.centred_gram[i][-1]
+        wp = inv @ (bu + torch.outer(su, cj))
+        bias = wp[-1] - ci @ wp[:-1]
+        w = torch.cat([wp[:-1], bias[None]])
+        w2 = wp.clone()
+        w2[-1] -= cj
+        mw = torch.cat([wp[:-1] - torch.outer(ci, bias), bias[None]])
+        sse = stats.centred_sq[j] - float((w2 * bu).sum()) - lam * float((w2 * mw).sum())
+    else:
+        b = stats.plain_cross(span)[:-1]
+        w = inv @ b
+        sse = stats.sum_sq(j) - float((w * b).sum()) - lam * float((w * w).sum())
     _warn_if_singular(stats, span, with_bias, lam)
     return w, lam, max(sse, 0.0)
 
@@ -321,9 +362,7 @@ class IdentityFit(Fit):
         if data.dim_in != data.dim_out:
             raise SpanError(f"span {i}-{j}: an identity map needs equal sizes, boundaries have D = {data.dim_in} "
                             f"and {data.dim_out}")
-        stats = data.statistics
-        cross = float(torch.diagonal(stats.cross[data.span][:-1]).sum())
-        sse = max(stats.sum_sq(i) - 2 * cross + stats.sum_sq(j), 0.0)
+        sse = data.statistics.squared_distance(data.span)
         return SpanFit(data.span, self.name, data.dim_in, data.dim_out,
                        {"weight": torch.eye(data.dim_in, dtype=torch.float64)}, sse, 0.0)
 

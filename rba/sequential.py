@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from rba.spans import Span
-from rba.capture import Statistics, add_products, check_finite, iter_batches
+from rba.capture import Statistics, add_products, centred, check_finite, iter_batches
 from rba.apply import span_module
 from rba.errors import SpanError
 from rba.fit import SpanFit, fit_span, get_fit
@@ -47,21 +47,25 @@ class PrefixStatistics:
     prefix: Prefix
     n: int
     gram: dict[int, torch.Tensor]
-    """start boundary i → Σ x̃_i x̃_iᵀ of the modified network (float64)"""
+    """start boundary i → Σ u_i u_iᵀ of the modified network, u_i = [x_i − c_i, 1] (float64)"""
     cross: dict[Span, torch.Tensor]
-    """span (i, j) → Σ x̃_i(modified) x_j(original)ᵀ (float64)"""
+    """span (i, j) → Σ u_i(modified) (x_j(original) − c_j)ᵀ (float64)"""
+    sq: dict[int, float]
+    """start boundary i → Σ ‖x_i − c_i‖² of the modified network (float64)"""
 
     def nbytes(self) -> int:
         return sum(t.numel() * 8 for t in self.gram.values()) + sum(t.numel() * 8 for t in self.cross.values())
 
     def view(self, original: Statistics, span: Span) -> Statistics:
         """A :class:`Statistics` that :func:`rba.fit.fit_span` reads for ``span``: boundary i is the modified
-        input, boundary j (its Σ‖x_j‖², for the SSE) and everything else the original network's."""
+        input, boundary j (its Σ‖x_j − c_j‖², for the SSE) and everything else the original network's. The
+        sums are about the original statistics' centres c_k (close to the modified network's means too)."""
         i, _ = span
-        gram = list(original.gram)
-        gram[i] = self.gram[i]
-        return Statistics(dims=original.dims, pairs=[span], n=self.n, gram=gram, cross={span: self.cross[span]},
-                          cos_sum={span: float("nan")}, meta={"sequential_prefix": list(self.prefix)})
+        gram, sq = list(original.centred_gram), list(original.centred_sq)
+        gram[i], sq[i] = self.gram[i], self.sq[i]
+        return Statistics(dims=original.dims, pairs=[span], n=self.n, center=original.center, centred_gram=gram,
+                          centred_cross={span: self.cross[span]}, centred_sq=sq, cos_sum={span: float("nan")},
+                          meta={"sequential_prefix": list(self.prefix)})
 
 
 class SequentialFitter:
@@ -162,7 +166,10 @@ class SequentialFitter:
         dtype = {"float32": torch.float32, "float64": torch.float64}[session.cfg.capture.dtype]
         dev = adapter.device
         dims = session.stats.dims
+        # about the original statistics' centres, in the capture dtype (see rba.capture)
+        center = {k: session.stats.center[k].to(dtype=dtype, device=dev) for k in set(starts) | target_set}
         gram = {i: torch.zeros(dims[i] + 1, dims[i] + 1, dtype=torch.float64, device=dev) for i in starts}
+        sq = {i: torch.zeros((), dtype=torch.float64, device=dev) for i in starts}
         cross = {p: torch.zeros(dims[p[0]] + 1, dims[p[1]], dtype=torch.float64, device=dev) for p in pairs}
         by_i: dict[int, list[int]] = {}
         for i, j in pairs:
@@ -180,7 +187,7 @@ class SequentialFitter:
                 if k == first:
                     start_state = h
                 if k in target_set:
-                    original[k] = adapter.vectors(h, ctx).to(dtype)
+                    original[k] = centred(adapter.vectors(h, ctx).to(dtype), center[k])
             # the modified network, from the prefix's first start to the last span start after it
             modified: dict[int, torch.Tensor] = {}
             for k, h in adapter.boundaries(start_state, ctx, start=first, stop=starts[-1], replace=replace):
@@ -189,12 +196,12 @@ class SequentialFitter:
             for i in starts:
                 x = modified[i]
                 check_finite(x, i, "calibration split (sequential fit)")
-                add_products(gram[i], x, [(cross[(i, j)], original[j]) for j in by_i[i]])
+                add_products(gram[i], centred(x, center[i], sq[i]), [(cross[(i, j)], original[j]) for j in by_i[i]])
             n += modified[starts[0]].shape[0]
             bar.update(len(chunk))
         bar.close()
         return PrefixStatistics(prefix=prefix, n=n, gram={k: v.cpu() for k, v in gram.items()},
-                                cross={k: v.cpu() for k, v in cross.items()})
+                                cross={k: v.cpu() for k, v in cross.items()}, sq={k: float(v) for k, v in sq.items()})
 
 
 def _nbytes(fit: SpanFit) -> int:

@@ -18,7 +18,7 @@ from torch import nn
 
 from rba._io import atomic_write_json, atomic_write_text, package_versions
 from rba.adapters import Adapter, Span, create_adapter
-from rba.capture import Statistics, capture_statistics
+from rba.capture import STATS_FORMAT, Statistics, capture_statistics
 from rba.config import Config, config_hash
 from rba.data import Dataset, Splits, load_dataset, make_splits
 from rba.errors import CacheError
@@ -109,7 +109,7 @@ class Session:
         against it on load."""
         d = self.cfg.data
         return {
-            "format": 1,
+            "format": STATS_FORMAT,
             "model": self.adapter.identity,
             "calibration": self.splits.calibration.fingerprint(),
             "preprocess": {"max_length": d.max_length, "image_size": d.image_size},

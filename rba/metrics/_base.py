@@ -35,12 +35,9 @@ class Metric(abc.ABC):
     @staticmethod
     def _centered_cov(stats: Statistics, k: int) -> torch.Tensor:
         """Σ (x − x̄)(x − x̄)ᵀ at boundary k."""
-        n = stats.count(k)
-        mu = stats.sum_x(k) / n
-        return stats.gram[k][:-1, :-1] - n * torch.outer(mu, mu)
+        return stats.covariance(k)
 
     @staticmethod
     def _total_variation(stats: Statistics, k: int) -> float:
         """Σ ‖x − x̄‖² at boundary k."""
-        s = stats.sum_x(k)
-        return stats.sum_sq(k) - float(s @ s) / stats.count(k)
+        return stats.total_variation(k)

@@ -21,11 +21,8 @@ class BlockRedundancy(Metric):
     label = "BR = −MSE (higher: more redundant)"
 
     def __call__(self, stats: Statistics, span: Span) -> float:
-        i, j = span
-        d = stats.dims[i]
-        cross_trace = float(torch.diagonal(stats.cross[span][:-1, :]).sum())
-        sq = stats.sum_sq(i) - 2 * cross_trace + stats.sum_sq(j)
-        return -max(sq, 0.0) / (stats.count(i) * d)
+        i, _ = span
+        return -stats.squared_distance(span) / (stats.count(i) * stats.dims[i])
 
 
 class Cosine(Metric):
@@ -45,9 +42,7 @@ class LinearCKA(Metric):
 
     def __call__(self, stats: Statistics, span: Span) -> float:
         i, j = span
-        n = stats.count(i)
-        mu_i, mu_j = stats.sum_x(i) / n, stats.sum_x(j) / n
-        c_ij = stats.cross[span][:-1, :] - n * torch.outer(mu_i, mu_j)
+        c_ij = stats.cross_covariance(span)
         c_ii, c_jj = self._centered_cov(stats, i), self._centered_cov(stats, j)
         denom = float(torch.linalg.matrix_norm(c_ii) * torch.linalg.matrix_norm(c_jj))
         return float((c_ij**2).sum()) / denom if denom > 0 else math.nan
