@@ -7,6 +7,12 @@ runs and takes the median.
 
     python benchmarks/capture_overhead.py           # MiniLM (all spans, float32 and float64), ViT-B-size model
     python benchmarks/capture_overhead.py --quick   # tiny random ViT
+    python benchmarks/capture_overhead.py --precision   # ls_residual of tiny residuals against float64 lstsq
+
+``--precision``: a nearly-affine block (x·M + b + δ·tanh(x̂·P), float32) applied to MiniLM's real boundary-2
+vectors, batch by batch as the capture sees them; its ls_residual from the float32 capture (centred, as rba
+accumulates), from the former accumulation (plain float32 products of [x, 1]), and from the float64 capture,
+each against float64 ridge lstsq (numpy) on the materialised states.
 """
 
 from __future__ import annotations
@@ -74,6 +80,74 @@ def measure(label: str, cfg, *, max_span: int | None, batch_sizes, repeats: int,
     return rows
 
 
+class NearlyAffine(torch.nn.Module):
+    """x ↦ x·M + b + δ·tanh(x̂·P) (x̂ standardised): a linear layer plus a perturbation that sets the residual."""
+
+    def __init__(self, x: torch.Tensor, delta: float, seed: int = 0):
+        super().__init__()
+        d = x.shape[1]
+        g = torch.Generator().manual_seed(seed)
+        self.m = torch.eye(d) * 0.8 + 0.2 * torch.randn(d, d, generator=g) / d**0.5
+        self.b = torch.randn(d, generator=g)
+        self.p = torch.randn(d, d, generator=g) / d**0.5
+        self.mean, self.std = x.mean(0), x.std(0).clamp_min(1e-6)
+        self.delta = delta
+
+    def forward(self, x):
+        return x @ self.m + self.b + self.delta * torch.tanh(((x - self.mean) / self.std) @ self.p)
+
+
+def precision(label: str, cfg, *, boundary: int, deltas, batch_size: int) -> list[dict]:
+    import numpy as np
+
+    from rba.capture import Statistics, StatisticsCollector, boundary_vectors, length_order
+    from rba.metrics import LSResidual
+    from rba.session import Session
+
+    session = Session(cfg, need_labels=False, progress=False, measure_latency=False)
+    samples = session.splits.calibration.samples
+    order = length_order(samples)
+    if order is not None:
+        samples = [samples[i] for i in order]
+    with torch.inference_mode():
+        batches = [vecs[boundary].float().clone() for _, vecs in boundary_vectors(session.adapter, samples, batch_size)]
+    x = torch.cat(batches)
+    n, d = x.shape
+    span = (0, 1)
+    rows = []
+    for delta in deltas:
+        block = NearlyAffine(x, delta)
+        ys = [block(xb) for xb in batches]
+        got = {}
+        for dtype in (torch.float32, torch.float64):
+            col = StatisticsCollector([d, d], [span], dtype=dtype)
+            for xb, yb in zip(batches, ys):
+                col.update([xb, yb])
+            got[str(dtype).split(".")[1]] = col.result()
+        # the former accumulation (statistics format 1): plain float32 products of [x, 1] into float64 totals
+        gram = [torch.zeros(d + 1, d + 1, dtype=torch.float64) for _ in range(2)]
+        cross = torch.zeros(d + 1, d, dtype=torch.float64)
+        for xb, yb in zip(batches, ys):
+            xt, yt = (torch.cat([v, torch.ones(len(v), 1)], dim=1) for v in (xb, yb))
+            gram[0] += (xt.T @ xt).double()
+            gram[1] += (yt.T @ yt).double()
+            cross += (xt.T @ yb).double()
+        got["former float32"] = Statistics([d, d], [span], n, gram=gram, cross={span: cross})
+        xn, yn = x.double().numpy(), torch.cat(ys).double().numpy()
+        xt = np.hstack([xn, np.ones((n, 1))])
+        lam = 1e-6 * np.einsum("ij,ij->", xt, xt) / (d + 1)
+        w = np.linalg.lstsq(np.vstack([xt, np.sqrt(lam) * np.eye(d + 1)]), np.vstack([yn, np.zeros((d + 1, d))]),
+                            rcond=None)[0]
+        ref = float(((xt @ w - yn) ** 2).sum() / ((yn - yn.mean(0)) ** 2).sum())
+        row = {"model": label, "boundary": boundary, "n": n, "D": d, "delta": delta, "ls_residual (lstsq)": ref}
+        for name, st in got.items():
+            row[f"rel err {name}"] = abs(LSResidual(1e-6)(st, span) - ref) / ref
+        rows.append(row)
+        print("  " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+              flush=True)
+    return rows
+
+
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=None)
@@ -81,9 +155,28 @@ def main() -> None:
     p.add_argument("--vit-image-size", type=int, default=64, help="ViT input size (patch 16: 64 px → 17 tokens)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: minilm, vit")
     p.add_argument("--profile", action="store_true", help="print a cProfile of one capture per model")
+    p.add_argument("--precision", action="store_true",
+                   help="instead of timing: ls_residual of a nearly-affine block against float64 lstsq")
     args = p.parse_args()
     C.setup(args)
     rows: list[dict] = []
+    if args.precision:
+        with C.temp_cache() as cache:
+            if args.quick:
+                cfg = C.vit_config(cache, depth=4, width=32, heads=2, image_size=32, patch=8, calibration=64, eval=0)
+                rows = precision("tiny ViT", cfg, boundary=2, deltas=[0.1, 0.01], batch_size=16)
+            else:
+                cfg = C.minilm_config(cache, probe=0, eval=0)
+                rows = precision("all-MiniLM-L6-v2 (600 reviews)", cfg, boundary=2, batch_size=64,
+                                 deltas=[0.1, 0.03, 0.01, 0.003, 0.001])
+        C.table(rows, title="ls_residual of a nearly-affine block: relative error against float64 lstsq")
+        for r in rows:
+            C.ratio_line(f"ls_residual error, float32 capture [{r['model']}, residual {r['ls_residual (lstsq)']:.2g}]",
+                         r["rel err float32"], unit="", target="<= 1e-3", met=r["rel err float32"] <= 1e-3,
+                         detail=f"former accumulation {r['rel err former float32']:.2g}, "
+                                f"float64 capture {r['rel err float64']:.2g}")
+        C.write_json(args.json, {"rows": rows})
+        return
     with C.temp_cache() as cache:
         if args.quick:
             cfg = C.vit_config(cache, depth=4, width=32, heads=2, image_size=32, patch=8, calibration=64, eval=0)

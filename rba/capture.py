@@ -30,7 +30,8 @@ from rba.spans import Span
 from rba.errors import CacheError, DataError
 
 __all__ = ["Statistics", "StatisticsCollector", "capture_statistics", "statistics_nbytes", "iter_batches", "length_order",
-           "add_products", "centred", "STATS_FORMAT"]
+           "add_products", "add_augmented_products", "centred",
+           "STATS_FORMAT"]
 
 #: version of the statistics' content and file layout; a cache of another format is rebuilt.
 #: 1: plain totals of float32 products. 2: totals about a per-boundary centre, Σ‖x − c‖² in float64.
@@ -312,22 +313,42 @@ def statistics_nbytes(dims: Sequence[int], pairs: Sequence[Span]) -> int:
 def add_products(gram: torch.Tensor, x: torch.Tensor, crosses: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """``gram += x̃ᵀx̃`` and ``total += x̃ᵀy`` for each ``(total, y)`` of ``crosses``, with x̃ = [x | 1].
 
-    Separate products added straight into the float64 totals: no concatenated copy of the targets and no
-    float64 temporaries (one capture update 20 % faster at MiniLM's sizes, 2× at CNN pixel counts). Callers
-    pass vectors shifted by their boundary's centre (:func:`centred`)."""
+    Callers pass vectors shifted by their boundary's centre (:func:`centred`)."""
     xt = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
+    add_augmented_products(gram, xt, crosses)
+
+
+def add_augmented_products(gram: torch.Tensor, xt: torch.Tensor,
+                           crosses: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """:func:`add_products` for an x̃ = [x | 1] already built. Separate products added straight into the
+    float64 totals: no concatenated copy of the targets and no float64 temporaries (one capture update 20 %
+    faster at MiniLM's sizes, 2× at CNN pixel counts)."""
     xtT = xt.T
     gram.add_(xtT @ xt)
     for total, y in crosses:
         total.add_(xtT @ y)
 
 
+def _sum_sq(v: torch.Tensor) -> torch.Tensor:
+    """Σ‖v‖² summed in float64 over rows (each row's ‖v‖² in v's dtype: one pass, no float64 copy of v)."""
+    return torch.linalg.vecdot(v, v).sum(dtype=torch.float64)
+
+
 def centred(x: torch.Tensor, center: torch.Tensor, sq: torch.Tensor | None = None) -> torch.Tensor:
     """``x − center`` in x's dtype, adding Σ‖x − center‖² (summed in float64) to the scalar ``sq`` if given."""
     v = x - center
     if sq is not None:
-        sq += (v * v).sum(dtype=torch.float64)
+        sq += _sum_sq(v)
     return v
+
+
+def _centred_augmented(x: torch.Tensor, center: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+    """[x − center | 1] in one buffer (the shift written straight into it), adding Σ‖x − center‖² to ``sq``."""
+    xt = torch.empty(x.shape[0], x.shape[1] + 1, dtype=x.dtype, device=x.device)
+    torch.sub(x, center, out=xt[:, :-1])
+    xt[:, -1] = 1
+    sq += _sum_sq(xt[:, :-1])
+    return xt
 
 
 class StatisticsCollector:
@@ -360,13 +381,15 @@ class StatisticsCollector:
         for k, x in enumerate(xs):
             if self.center[k] is None and x.shape[0]:
                 self.center[k] = x.mean(dim=0)  # in the capture dtype: x − c is what the products see
-        vs = [centred(x, self.center[k], self.sq[k]) if x.shape[0] else x for k, x in enumerate(xs)]
+        # [x − c | 1] per boundary; the targets of cross products are its first D columns (a strided view)
+        xts = [_centred_augmented(x, self.center[k], self.sq[k]) if x.shape[0] else
+               torch.ones(0, x.shape[1] + 1, dtype=x.dtype, device=x.device) for k, x in enumerate(xs)]
         # cosines from row dot products over the norms, one norm per boundary
         norms = [torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12) for x in xs]
         for i, xi in enumerate(xs):
             # boundaries may hold different vector counts (CNN stages); spans join equal ones
             targets = self._targets.get(i, [])
-            add_products(self.gram[i], vs[i], [(self.cross[(i, j)], vs[j]) for j in targets])
+            add_augmented_products(self.gram[i], xts[i], [(self.cross[(i, j)], xts[j][:, :-1]) for j in targets])
             for j in targets:
                 cos = (xi * xs[j]).sum(dim=1) / (norms[i] * norms[j])
                 self.cos_sum[(i, j)] += cos.sum(dtype=torch.float64)

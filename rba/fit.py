@@ -13,7 +13,9 @@ Built in, from the statistics (float64, ridge-stabilised normal equations, Chole
 * ``identity``: x ↦ x, the skip baseline (no parameters).
 
 ``SSE = s_j − 2·tr(Wᵀ B) + tr(Wᵀ A W)``, which for the ridge solution is ``s_j − tr(WᵀB) − λ‖W‖²``. The
-factorisation of A_i + λI is computed once per start boundary.
+factorisation of A_i + λI is computed once per start boundary. The statistics are sums about a centre per
+boundary (:mod:`rba.capture`); the affine fit solves this same problem in those shifted coordinates, and the
+linear fit reads the plain sums recovered from them.
 """
 
 from __future__ import annotations
