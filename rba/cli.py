@@ -223,9 +223,12 @@ class Search(_Command):
 
 
 class Run(_Command):
-    """Whole study: scores → search → export of the best front member → report."""
+    """Whole study: scores → search → export of the cheapest front member within --max-drop → report."""
 
-    flags = _MODEL_FLAGS + _SEARCH_FLAGS
+    flags = _MODEL_FLAGS + _SEARCH_FLAGS + [
+        ("--max-drop", "run.max_drop", float, "export the cheapest front member at most this far (absolute) below "
+         "the unmodified model's first quality objective (default 0.01)"),
+    ]
 
     def add_arguments(self, parser):
         self.add_config(parser)

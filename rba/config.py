@@ -29,6 +29,7 @@ __all__ = [
     "CaptureConfig",
     "FitConfig",
     "EvaluateConfig",
+    "RunConfig",
     "SearchConfig",
     "OutputConfig",
     "load_config",
@@ -138,6 +139,13 @@ class SearchConfig:
 
 
 @dataclass(config=_SCHEMA)
+class RunConfig:
+    max_drop: Annotated[float, Field(ge=0)] = 0.01
+    """``rba run`` exports the cheapest front member whose first quality objective is at most this far (absolute)
+    below the unmodified model's"""
+
+
+@dataclass(config=_SCHEMA)
 class OutputConfig:
     dir: str | None = None
 
@@ -150,6 +158,7 @@ class Config:
     fit: FitConfig = field(default_factory=FitConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    run: RunConfig = field(default_factory=RunConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     #: the file name without extension, used for the default output folder
     name: str = "rba"

@@ -219,6 +219,12 @@ def test_run_study_exports_and_reports(tmp_path, cache):
     for name in ("scores.csv", "trials.csv", "pareto.csv", "pareto.png", "export/model.safetensors",
                  "export/recipe.json"):
         assert (out / name).exists(), name
-    front = pd.read_csv(out / "pareto.csv")
-    chosen = front[front["spans"] != "none"].sort_values("accuracy", ascending=False).iloc[0]["spans"]
+    pareto = pd.read_csv(out / "pareto.csv")
+    ref, front = pareto.iloc[0], pareto.iloc[1:]
+    assert ref["state"] == "REFERENCE" and ref["spans"] == "none"
+    # the export rule on accuracy (the first quality objective), default max_drop 0.01
+    cand = front[front["spans"] != "none"]
+    within = cand[ref["accuracy"] - cand["accuracy"] <= 0.01 + 1e-12]
+    chosen = (within.sort_values(["flops_frac", "accuracy"], ascending=[True, False]) if len(within)
+              else cand.sort_values(["accuracy", "flops_frac"], ascending=[False, True])).iloc[0]["spans"]
     assert f"`{chosen}`" in text and "export (measured)" in text

@@ -1,0 +1,156 @@
+"""``rba run`` end to end on a tiny ViT: the files, the completed front (reference row, accuracy filled, sorted
+by cost, rows matching ``trials.csv``), the export rule (``--max-drop``), an export that classifies, the
+interleaved latency measurement and the baselines section."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "search_tests"))
+from _search_helpers import make_config, single_thread  # noqa: E402,F401  (autouse fixture)
+
+from rba.cli import main as cli_main  # noqa: E402
+from rba.session import Session  # noqa: E402
+from search import run_study  # noqa: E402
+from search.report import measure_speedup  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("run-cache")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, cache):
+    """A fidelity-only run with the default probe head (the trials compute no accuracy), a FLOPs budget and a
+    max_drop that some front members meet (the random tiny ViT keeps fidelity 0.85-0.97)."""
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = make_config(tmp, cache, search={"trials": 8, "objectives": ["fidelity", "flops"], "budget_flops": 0.9},
+                      run={"max_drop": 0.12})
+    report = run_study(cfg, progress=False)
+    return cfg, report
+
+
+def _expected_pick(front: pd.DataFrame, reference: pd.Series, max_drop: float) -> tuple[str, bool]:
+    """The rule, written out on the table: cheapest (flops_frac) configuration within max_drop of the reference
+    fidelity, else the best fidelity."""
+    cand = front[front["spans"] != "none"]
+    best, within = None, False
+    for _, r in cand.iterrows():
+        if reference["fidelity"] - r["fidelity"] <= max_drop + 1e-12:
+            if not within or (r["flops_frac"], -r["fidelity"]) < (best["flops_frac"], -best["fidelity"]):
+                best, within = r, True
+        elif not within and (best is None or (-r["fidelity"], r["flops_frac"]) < (-best["fidelity"], best["flops_frac"])):
+            best = r
+    return best["spans"], within
+
+
+def test_files_and_front_table(study):
+    cfg, report = study
+    out = cfg.output_dir()
+    for name in ("report.md", "scores.csv", "scores.png", "trials.csv", "trials.parquet", "pareto.csv", "pareto.png",
+                 "export/model.safetensors", "export/recipe.json", "export/latency.json", "config.resolved.toml"):
+        assert (out / name).exists(), name
+    trials = pd.read_csv(out / "trials.csv")
+    pareto = pd.read_csv(out / "pareto.csv")
+    ref, front = pareto.iloc[0], pareto.iloc[1:]
+    # the unmodified model is a reference row, not a trial
+    assert ref["state"] == "REFERENCE" and ref["spans"] == "none" and pd.isna(ref["number"])
+    assert ref["fidelity"] == pytest.approx(1.0) and ref["flops_frac"] == pytest.approx(1.0)
+    assert len(front) >= 1 and (front["state"] == "COMPLETE").all() and front["feasible"].all()
+    assert list(front["flops_frac"]) == sorted(front["flops_frac"])
+    assert (front["flops_frac"] <= 0.9 + 1e-9).all()
+    # fidelity-only: the trials leave accuracy empty, the front and the reference get it
+    assert trials["accuracy"].isna().all()
+    assert pareto["accuracy"].notna().all() and pareto["accuracy"].between(0, 1).all()
+    # every front row is its trial's row (accuracy aside)
+    by_number = trials.set_index("number")
+    for _, row in front.iterrows():
+        t = by_number.loc[int(row["number"])]
+        assert t["spans"] == row["spans"] and t["state"] == "COMPLETE"
+        for c in ("fidelity", "flops", "flops_frac", "params", "params_frac", "latency_ms"):
+            assert row[c] == pytest.approx(t[c], rel=1e-9), c
+    # the front is non-dominated among the feasible complete trials
+    done = trials[(trials["state"] == "COMPLETE") & trials["feasible"].astype(bool)]
+    for _, row in front.iterrows():
+        assert not ((done["fidelity"] >= row["fidelity"]) & (done["flops_frac"] <= row["flops_frac"])
+                    & ((done["fidelity"] > row["fidelity"]) | (done["flops_frac"] < row["flops_frac"]))).any()
+    text = report.read_text()
+    assert "## Export rule" in text and "max_drop = 0.12" in text
+    assert "## Baselines at the same budgets" in text and "BR-greedy" in text and "block-drop" in text
+
+
+def test_export_follows_the_rule_and_classifies(study):
+    import rba
+
+    cfg, report = study
+    out = cfg.output_dir()
+    pareto = pd.read_csv(out / "pareto.csv")
+    expected, within = _expected_pick(pareto.iloc[1:], pareto.iloc[0], 0.12)
+    assert within  # the rule's main branch: the cheapest member within the drop
+    recipe = json.loads((out / "export" / "recipe.json").read_text())
+    assert recipe["spans"] == expected
+    assert f"`{expected}`" in report.read_text()
+    # the export classifies: its saved head's top-1 on the eval split is the front's accuracy for it
+    session = Session(cfg, progress=False)
+    exported = rba.load_export(out / "export")
+    samples, labels = session.splits.eval.samples, np.asarray(session.splits.eval.labels)
+    logits = torch.cat([rba.head_logits(exported, exported.collate(samples[s : s + 16]))
+                        for s in range(0, len(samples), 16)])
+    assert logits.shape == (len(samples), 4)
+    accuracy = float((logits.argmax(1).numpy() == labels).mean())
+    row = pareto[pareto["spans"] == expected].iloc[0]
+    assert accuracy == pytest.approx(row["accuracy"], abs=1.0 / len(samples) + 1e-9)
+
+
+def test_max_drop_zero_picks_best_quality_with_warning(study, capsys):
+    """Rerun (the study resumes, no new trial) with --max-drop 0 through the CLI: nothing compressed keeps a
+    fidelity of exactly 1, so the rule falls back to the best fidelity and says so."""
+    cfg, _ = study
+    out = cfg.output_dir()
+    config = Path(cfg.base_dir) / f"{cfg.name}.toml"
+    before = pd.read_csv(out / "trials.csv")
+    assert cli_main(["run", str(config), "--max-drop", "0"]) == 0
+    assert "warning: no feasible front member is within 0" in capsys.readouterr().err
+    after = pd.read_csv(out / "trials.csv")
+    assert len(after) == len(before)
+    pareto = pd.read_csv(out / "pareto.csv")
+    expected, within = _expected_pick(pareto.iloc[1:], pareto.iloc[0], 0.0)
+    assert not within
+    assert json.loads((out / "export" / "recipe.json").read_text())["spans"] == expected
+    assert "max_drop = 0 " in (out / "report.md").read_text()
+
+
+def test_max_drop_refused_when_negative(study, capsys):
+    cfg, _ = study
+    config = Path(cfg.base_dir) / f"{cfg.name}.toml"
+    assert cli_main(["run", str(config), "--max-drop", "-0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rba: error:") and "max_drop" in err[0]
+
+
+def test_speedup_is_measured_back_to_back():
+    """Two modules whose forward costs are known: the ratio comes out near the true one, with its spread."""
+    import time
+
+    class Slow:
+        def __init__(self, seconds):
+            self.seconds = seconds
+
+        def collate(self, samples):
+            return samples
+
+        def forward(self, batch):
+            time.sleep(self.seconds)
+
+    speed = measure_speedup(Slow(0.02), Slow(0.005), list(range(10)), batch_size=4, repeats=5)
+    assert speed["batch_size"] == 4 and speed["repeats"] == 5 and speed["threads"] >= 1
+    assert speed["original_ms"] == pytest.approx(20 / 4, rel=0.5) and speed["export_ms"] == pytest.approx(5 / 4, rel=0.5)
+    assert 2.0 < speed["speedup"] < 4.5 and speed["speedup_q1"] <= speed["speedup"] <= speed["speedup_q3"]
