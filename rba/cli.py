@@ -71,8 +71,13 @@ class _Command:
     def take_action(self, args: argparse.Namespace) -> int:
         raise NotImplementedError
 
-    def add_config(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("config", help="study config: a TOML file, or the name of a shipped study (rba ls studies)")
+    def add_config(self, parser: argparse.ArgumentParser, *, several: bool = False) -> None:
+        if several:
+            parser.add_argument("config", nargs="+", help="study configs (TOML files or shipped study names, "
+                                "rba ls studies) or sweep files (base = \"x.toml\" and a [sweep] table)")
+        else:
+            parser.add_argument("config", help="study config: a TOML file, or the name of a shipped study (rba ls "
+                                "studies)")
         if self.takes_output_dir:
             parser.add_argument("--out", help="output folder (default: output.dir, else runs/<config name>)")
         group = parser.add_argument_group("config overrides (flags > file > defaults)")
@@ -85,10 +90,13 @@ class _Command:
         from rba.config import load_study
 
         cfg = load_study(args.config)
-        flags = {key: getattr(args, _flag_dest(flag)) for flag, key, _, _ in self.flags}
         if self.takes_output_dir and args.out is not None:
-            flags["output.dir"] = str(Path(args.out).absolute())  # a flag's path is relative to the shell
-        cfg.override(flags)
+            cfg.override({"output.dir": str(Path(args.out).absolute())})  # a flag's path is relative to the shell
+        return self.configure(cfg, args)
+
+    def configure(self, cfg, args: argparse.Namespace):
+        """``cfg`` with the override flags applied (--out aside), checked against this machine."""
+        cfg.override({key: getattr(args, _flag_dest(flag)) for flag, key, _, _ in self.flags})
         _check_device(cfg)
         _check_writable_dir(cfg.cache_dir(), "statistics cache folder (capture.cache_dir)")
         if self.takes_output_dir:
@@ -223,7 +231,9 @@ class Search(_Command):
 
 
 class Run(_Command):
-    """Whole study: scores → search → export of the cheapest front member within --max-drop → report."""
+    """Whole study: scores → search → export of the cheapest front member within --max-drop → report.
+    Several configs, or a sweep file, run one study after another (each resumes), with summary.csv and
+    fronts.png over all of them."""
 
     flags = _MODEL_FLAGS + _SEARCH_FLAGS + [
         ("--max-drop", "run.max_drop", float, "export the cheapest front member at most this far (absolute) below "
@@ -231,14 +241,29 @@ class Run(_Command):
     ]
 
     def add_arguments(self, parser):
-        self.add_config(parser)
+        self.add_config(parser, several=True)
 
     def take_action(self, args):
         from search import run_study
+        from search.sweep import expand, is_sweep, write_summary
 
-        cfg = self.load(args)
-        cfg.require_splits("run", accuracy="accuracy" in cfg.search.objectives)
-        run_study(cfg, progress=not args.quiet)
+        def configure(cfg):
+            cfg = self.configure(cfg, args)
+            cfg.require_splits("run", accuracy="accuracy" in cfg.search.objectives)
+            return cfg
+
+        out = Path(args.out) if args.out is not None else None
+        if len(args.config) == 1 and not is_sweep(args.config[0]):
+            run_study(configure(self.load(argparse.Namespace(**(vars(args) | {"config": args.config[0]})))),
+                      progress=not args.quiet)
+            return 0
+        studies, folder = expand(args.config, out, configure)
+        _check_writable_dir(folder, "summary folder")
+        for k, study in enumerate(studies, 1):
+            print(f"run: study {k} of {len(studies)}: {study.label} → {study.cfg.output_dir()}", file=sys.stderr)
+            run_study(study.cfg, progress=not args.quiet)
+        summary = write_summary(studies, folder)
+        print(f"run: {len(studies)} studies; wrote {summary} and {folder / 'fronts.png'}", file=sys.stderr)
         return 0
 
 

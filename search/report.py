@@ -240,7 +240,7 @@ def write_report(result: SearchResult, *, started: float) -> Path:
              f"- trials: {int((result.trials['state'] == 'COMPLETE').sum())} complete of {len(result.trials)}; "
              f"front: {len(front)} configurations", "",
              "Files: scores.csv, scores.png, trials.csv, trials.parquet, pareto.csv, pareto.png, "
-             "config.resolved.toml, run.json" + (", export/" if choice.row is not None else ""), "",
+             "config.resolved.toml, run.json, summary.json" + (", export/" if choice.row is not None else ""), "",
              "## Front", "",
              f"Sorted by {cost}; the first row is the unmodified model (a reference, not a trial). Accuracy is "
              "evaluated here for front members whose trials did not compute it (when the data has labels).", "",
@@ -285,6 +285,15 @@ def write_report(result: SearchResult, *, started: float) -> Path:
     else:
         lines += ["No feasible configuration: nothing exported.", ""]
     lines += [f"Wall time: {time.time() - started:.1f} s.", ""]
+    summary = {"trials_complete": int((result.trials["state"] == "COMPLETE").sum()), "front_size": len(front),
+               "quality": quality, "cost": cost, "reference_quality": float(reference[quality]),
+               "max_drop": max_drop, "within_drop": choice.within, "rule": choice.reason}
+    if choice.row is not None:
+        summary |= {"export_spans": str(choice.row["spans"]), "export_quality": float(choice.row[quality]),
+                    "export_cost": float(choice.row[cost])}
+        summary |= {c: float(measured[c]) for c in ("accuracy", "fidelity", "flops_frac", "params_frac")}
+        summary |= {k: speed[k] for k in ("speedup", "speedup_q1", "speedup_q3")}
+    atomic_write_json(result.out / "summary.json", summary)
     report = result.out / "report.md"
     atomic_write_text(report, "\n".join(lines))
     if ctx.progress:
