@@ -154,3 +154,28 @@ def test_speedup_is_measured_back_to_back():
     assert speed["batch_size"] == 4 and speed["repeats"] == 5 and speed["threads"] >= 1
     assert speed["original_ms"] == pytest.approx(20 / 4, rel=0.5) and speed["export_ms"] == pytest.approx(5 / 4, rel=0.5)
     assert 2.0 < speed["speedup"] < 4.5 and speed["speedup_q1"] <= speed["speedup"] <= speed["speedup_q3"]
+
+
+def test_sentence_transformer_runs_with_an_export_head():
+    """An export's probe head is an attribute of the model; a SentenceTransformer (an nn.Sequential) must not run
+    it as a stage (``rba run`` on all-MiniLM-L6-v2 with the probe head crashed in the export's evaluation)."""
+    from torch import nn
+
+    from rba.adapters import create_adapter
+    from rba.config import Config
+    from rba.export import HEAD_ATTR
+
+    cfg = Config.from_dict({"model": {"kind": "sentence-transformers", "name": "all-MiniLM-L6-v2"}})
+    adapter = create_adapter(cfg)
+    texts = ["a fine film", "dull, far too long and badly acted"]
+    batch = adapter.collate(texts)
+    with torch.inference_mode():
+        expected = adapter.st.encode(texts, convert_to_tensor=True)
+        setattr(adapter.model, HEAD_ATTR, nn.Linear(expected.shape[1], 2))
+        got = adapter.forward(batch)
+        h, ctx = adapter.embed(batch)
+        for k in range(adapter.num_blocks):
+            h = adapter.run_block(k, h, ctx)
+        pooled = adapter.pool(h, ctx)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=1e-4)

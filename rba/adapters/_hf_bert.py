@@ -197,13 +197,22 @@ class SentenceTransformerBert(HFBert):
     def pool(self, h: torch.Tensor, ctx: Context) -> torch.Tensor:
         mask = ctx.mask if ctx.mask is not None else torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
         features: dict[str, Any] = {"token_embeddings": h, "attention_mask": mask.long()}
-        for module in list(self.st.children())[1:]:
+        for module in self._pipeline()[1:]:
             features = module(features)
         return self._truncate(features["sentence_embedding"])
 
     def forward(self, inputs: Any) -> torch.Tensor:
-        features = self.st(dict(self._inputs(inputs)))
+        features: dict[str, Any] = dict(self._inputs(inputs))
+        for module in self._pipeline():
+            features = module(features)
         return self._truncate(features["sentence_embedding"])
+
+    def _pipeline(self) -> list[nn.Module]:
+        """The SentenceTransformer's modules in order, without an export's classifier head: the head is an
+        attribute of the model, which nn.Sequential would otherwise run as its last stage."""
+        from rba.export import HEAD_ATTR
+
+        return [m for name, m in self.st.named_children() if name != HEAD_ATTR]
 
     def _truncate(self, pooled: torch.Tensor) -> torch.Tensor:
         return pooled if not self.truncate_dim else pooled[..., : self.truncate_dim]
