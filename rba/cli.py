@@ -254,8 +254,10 @@ class Run(_Command):
 
         out = Path(args.out) if args.out is not None else None
         if len(args.config) == 1 and not is_sweep(args.config[0]):
-            run_study(configure(self.load(argparse.Namespace(**(vars(args) | {"config": args.config[0]})))),
-                      progress=not args.quiet)
+            report = run_study(configure(self.load(argparse.Namespace(**(vars(args) | {"config": args.config[0]})))),
+                               progress=not args.quiet)
+            if args.quiet:  # otherwise the run has said so
+                print(f"run: wrote {report}", file=sys.stderr)
             return 0
         studies, folder = expand(args.config, out, configure)
         _check_writable_dir(folder, "summary folder")
