@@ -136,24 +136,36 @@ def test_max_drop_refused_when_negative(study, capsys):
     assert len(err) == 1 and err[0].startswith("rba: error:") and "max_drop" in err[0]
 
 
-def test_speedup_is_measured_back_to_back():
-    """Two modules whose forward costs are known: the ratio comes out near the true one, with its spread."""
-    import time
+def test_speedup_is_measured_back_to_back(monkeypatch):
+    """Two models whose forward costs are known on a fake clock (the test times nothing): interleaved calls
+    after a warm-up, per-sample medians, the speed-up as the median per-pair ratio with its quartiles."""
+    clock = [0.0]
+    calls = []
+    monkeypatch.setattr("search.report.time.perf_counter", lambda: clock[0])
 
-    class Slow:
-        def __init__(self, seconds):
-            self.seconds = seconds
+    class Fake:
+        def __init__(self, name, seconds):
+            self.name, self.seconds, self.n = name, seconds, 0
 
         def collate(self, samples):
             return samples
 
         def forward(self, batch):
-            time.sleep(self.seconds)
+            assert len(batch) == 4
+            calls.append(self.name)
+            # the original slows down for one repeat (load), the export for another
+            slow = (self.name == "o" and len(calls) == 7) or (self.name == "e" and len(calls) == 10)
+            clock[0] += self.seconds * (3 if slow else 1)
 
-    speed = measure_speedup(Slow(0.02), Slow(0.005), list(range(10)), batch_size=4, repeats=5)
-    assert speed["batch_size"] == 4 and speed["repeats"] == 5 and speed["threads"] >= 1
-    assert speed["original_ms"] == pytest.approx(20 / 4, rel=0.5) and speed["export_ms"] == pytest.approx(5 / 4, rel=0.5)
-    assert 2.0 < speed["speedup"] < 4.5 and speed["speedup_q1"] <= speed["speedup"] <= speed["speedup_q3"]
+    speed = measure_speedup(Fake("o", 0.02), Fake("e", 0.005), list(range(10)), batch_size=4, repeats=5)
+    assert calls == ["o", "e"] * 7  # two warm-up pairs, then five interleaved pairs
+    assert speed["batch_size"] == 4 and speed["repeats"] == 5 and speed["threads"] == torch.get_num_threads()
+    assert speed["original_ms"] == pytest.approx(20 / 4) and speed["export_ms"] == pytest.approx(5 / 4)
+    # ratios per pair: 12 (original slow), 4/3 (export slow), and 4 three times
+    ratios = np.array([12.0, 4 / 3, 4.0, 4.0, 4.0])
+    assert speed["speedup"] == pytest.approx(4.0)
+    assert speed["speedup_q1"] == pytest.approx(np.percentile(ratios, 25))
+    assert speed["speedup_q3"] == pytest.approx(np.percentile(ratios, 75))
 
 
 def test_sentence_transformer_runs_with_an_export_head():
