@@ -62,4 +62,6 @@ def test_installed_copy_lists_and_loads_studies_by_name(installed, tmp_path):
     r = subprocess.run([sys.executable, "-m", "rba.cli", "ls", "studies"], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert [line.split()[0] for line in r.stdout.splitlines()] == ["efficientnet_lite0_fashion", "minilm_reviews"]
+    shipped = sorted(p.stem for p in (ROOT / "studies").glob("*.toml"))
+    assert "quickstart" in shipped and "minilm_reviews" in shipped
+    assert [line.split()[0] for line in r.stdout.splitlines()] == shipped
