@@ -1,5 +1,5 @@
 """Shared helpers of the benchmark scripts: timing, peak RSS, result tables, config builders for the real and
-tiny models, random configurations, and the *naive* method (what users do with the paper's published code).
+tiny models, random configurations, and the *naive* method (the paper's published code path).
 
 Nothing here asserts a timing: the scripts print absolute times and ratios measured in the same run.
 """
@@ -28,7 +28,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def _early_threads() -> str | None:
     """Thread count for the BLAS libraries, which read it only when numpy / torch load: ``--threads N`` applies
-    to numpy's lstsq (the naive method) as to torch; ``--quick`` means one thread (smoke tests run next to other
+    to torch (the naive method's lstsq included) and numpy (the float64 extra column) alike; ``--quick`` means one thread (smoke tests run next to other
     work, and two threads on a busy 2-core machine stall on every small op)."""
     argv = sys.argv[1:]
     for k, a in enumerate(argv):
@@ -364,22 +364,27 @@ def rba_trial(session, spans: Sequence[Span], *, tag: str = "affine") -> dict[st
 
 # ---------------------------------------------------------------------------------------------- the naive method
 class Naive:
-    """What users do with the paper's published code: keep every hidden state of the calibration split in
-    memory, solve ``numpy.linalg.lstsq`` on the materialised, ridge-augmented system per span, and run the
-    full forward pass over the probe and eval splits for every trial; then the same probe classifier.
+    """What the paper's published code does (TOAST, whose linear translator calls latentis'
+    ``lstsq_align_state``): keep every hidden state of the calibration split in memory, fit each span with
+    ``torch.linalg.lstsq(x, y)`` in **float32** on the materialised states (the default driver, one map over all
+    vectors, no ridge), and run the full forward pass over the probe and eval splits for every trial; then the
+    same probe classifier. When rba fits affine maps (``affine=True``) the inputs get a ones column, so both
+    methods solve the same least-squares problem (rba adds its tiny ridge; on rank-deficient post-LN inputs the
+    two solutions differ in the null directions, their predictions slightly: see TOL_* in ``per_trial.py``).
 
-    The ridge is the one rba uses (λ = ridge · mean diagonal of X̃ᵀX̃, bias row ridged too), so the two methods
-    solve the same problem and must agree to float32-accumulation tolerance.
+    ``fit_f64`` is the earlier, slower baseline (``numpy.linalg.lstsq`` in float64 on a ridge-augmented copy):
+    an extra, labelled column only, never a headline.
     """
 
     def __init__(self, adapter, splits, *, ridge: float = 1e-6, batch_size: int = 64, probe_c: float = 1.0,
-                 dtype=torch.float32):
+                 dtype=torch.float32, affine: bool = True):
         self.adapter = adapter
         self.splits = splits
-        self.ridge = ridge
+        self.ridge = ridge  # fit_f64 only: the authors' fit has none
         self.batch_size = batch_size
         self.probe_c = probe_c
         self.dtype = dtype
+        self.affine = affine
         self.states: list[np.ndarray] | None = None
         self.reference: torch.Tensor | None = None
 
@@ -410,8 +415,20 @@ class Naive:
         self.reference = self.pooled(self.splits.eval.samples, [], [])
 
     # ---------------------------------------------------------------- per trial
-    def fit(self, span: Span) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """``numpy.linalg.lstsq`` on ``[X̃; √λ I] W = [Y; 0]`` (float64); returns (W, b, SSE)."""
+    def fit(self, span: Span) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The authors' fit: ``torch.linalg.lstsq(x, y)`` in float32 (default driver, no ridge), x with a ones
+        column when affine; returns (W, b) (b None when not affine). Nothing else: no SSE, no checks."""
+        i, j = span
+        x = torch.from_numpy(self.states[i])
+        y = torch.from_numpy(self.states[j])
+        if self.affine:
+            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
+        w = torch.linalg.lstsq(x, y).solution
+        return (w[:-1], w[-1]) if self.affine else (w, None)
+
+    def fit_f64(self, span: Span) -> tuple[torch.Tensor, torch.Tensor]:
+        """The earlier baseline (extra column only): ``numpy.linalg.lstsq`` (float64, SVD driver) on
+        ``[X̃; √λ I] W = [Y; 0]`` with rba's ridge λ = ridge · mean diagonal of X̃ᵀX̃; returns (W, b)."""
         i, j = span
         x = self.states[i].astype(np.float64)
         y = self.states[j].astype(np.float64)
@@ -421,16 +438,22 @@ class Naive:
         xa = np.vstack([xt, np.sqrt(lam) * np.eye(xt.shape[1])])
         ya = np.vstack([y, np.zeros((xt.shape[1], y.shape[1]))])
         w, *_ = np.linalg.lstsq(xa, ya, rcond=None)
-        sse = float(((xt @ w - y) ** 2).sum())
         w = torch.from_numpy(w)
-        return w[:-1], w[-1], sse
+        return w[:-1], w[-1]
+
+    def sse(self, span: Span, w: torch.Tensor, b: torch.Tensor | None) -> float:
+        """Σ‖x_i·W + b − x_j‖² over the calibration vectors, in float64 (for the equality checks, untimed)."""
+        i, j = span
+        x, y = torch.from_numpy(self.states[i]).double(), torch.from_numpy(self.states[j]).double()
+        pred = x @ w.double() + (0 if b is None else b.double())
+        return float(((pred - y) ** 2).sum())
 
     def maps(self, spans: Sequence[Span]):
         from rba.apply import SpanMap
 
         out = []
         for s in spans:
-            w, b, _ = self.fit(s)
+            w, b = self.fit(s)
             out.append(SpanMap.from_solution(w, b, layout=self.adapter.layout, span=s).float())
         return out
 

@@ -1,14 +1,17 @@
-"""Per-trial cost of rba against the naive method (the paper's published code as users run it).
+"""Per-trial cost of rba against the naive method (the paper's published code path).
 
-Naive: keep every hidden state of the calibration split in memory, ``numpy.linalg.lstsq`` on the materialised,
-ridge-augmented system per span, full forward pass over the probe and eval splits for each trial, same probe
-classifier. rba: span fits in closed form from the streamed statistics, evaluation with prefix reuse (cached
-boundary states of the probe/eval splits) and the prefix memo.
+Naive: keep every hidden state of the calibration split in memory, fit each span with the authors' solver
+(``torch.linalg.lstsq`` in float32 on the materialised states, default driver, no ridge; a ones column for the
+affine map), full forward pass over the probe and eval splits for each trial, same probe classifier. rba: span
+fits in closed form from the streamed statistics, evaluation with prefix reuse (cached boundary states of the
+probe/eval splits) and the prefix memo.
 
-Both methods score the same random configurations; their accuracies and fidelities are asserted equal to a
-stated tolerance. Printed: one-time setup costs, span fit from statistics vs lstsq (all spans), and per-trial
-time (median over the configurations), each with its ratio. Optionally (``--time-to-front``) an Optuna study
-on the naive objective vs on rba's, the same sampler and seed: time until each reaches the same front.
+Both methods score the same random configurations, alternating per configuration (equal load); their accuracies,
+fidelities and pooled features are compared after the timed calls, to stated tolerances (TOL_*). Printed:
+one-time setup costs, span fits from statistics (cold = first fit on freshly loaded statistics, the headline;
+warm = cache hit) vs the authors' lstsq over all spans, and per-trial time (median over the configurations),
+each with its ratio. Optionally (``--time-to-front``) an Optuna study on the naive objective vs rba's search,
+the same sampler and seed, back to back per seed: time until each reaches the same front.
 
     python benchmarks/per_trial.py            # all-MiniLM-L6-v2 + EfficientNet-Lite0, 10 configurations each
     python benchmarks/per_trial.py --quick    # tiny random models (smoke test)
@@ -27,56 +30,77 @@ import _common as C  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-#: equality of the two methods' results (naive lstsq in float64 on float32 states vs rba's float32 batch
-#: products into float64 totals): fidelity to 1e-4 absolute, accuracy to 0.5 points (5 of 1000 eval samples,
-#: the probe's L-BFGS sees features that differ by ~1e-5), pooled features to 1e-3 relative.
-TOL_FIDELITY = 1e-4
-TOL_ACCURACY = 0.005
-TOL_POOLED = 1e-3
+#: equality of the two methods' results. The naive fit is the authors' (float32 lstsq, no ridge); rba's is a
+#: ridge fit (λ = 1e-6 · mean diagonal) from float64 statistics. On post-LN inputs (MiniLM: rank-deficient
+#: boundaries) the two solutions differ in the near-null directions, so results agree to float32/ridge
+#: precision, not to rounding. Measured (MiniLM cal 3000 and Lite0, 10 configurations each, benchmarks/RESULTS.md
+#: §1; the issue's own re-measurement: max |Δfidelity| 8e-4, |Δaccuracy| 0.005): the tolerances below are about
+#: 2.5× the largest difference seen. Accuracy: 1 point = 10 of 1000 eval samples (the probe's L-BFGS sees
+#: features that differ by ~1e-3).
+TOL_FIDELITY = 2e-3
+TOL_ACCURACY = 0.01
+TOL_POOLED = 2e-2
 
 
-def fits(session, naive, pairs, *, lstsq_spans: int | None) -> dict:
-    """All span fits from the statistics (cold: conditioning check included; warm: cached) vs lstsq."""
+def fits(session, naive, pairs, *, lstsq_spans: int | None, f64: bool = False, rounds: int = 3) -> dict:
+    """All span fits from the statistics vs the authors' lstsq.
+
+    Cold (the headline) = the first fit of every span on freshly loaded statistics: the per-boundary caches
+    (factorisation, conditioning check) emptied first, so each boundary's Cholesky and eigen-analysis are paid;
+    the median over ``rounds`` such passes. Warm = the same fits again with those caches kept (a cache hit, as
+    in a search that fits a span whose start boundary it has seen). Equality checks run after the timed calls."""
     from rba.fit import fit_span
 
     stats, ridge = session.stats, session.cfg.fit.ridge
-    stats.scratch.clear()
-    cold = {}
-    for s in pairs:
-        cold[s], fit = C.timed(lambda: fit_span(stats, s, "affine", ridge))
+
+    def all_cold() -> dict:
+        stats.scratch.clear()
+        return {s: C.timed(lambda: fit_span(stats, s, "affine", ridge))[0] for s in pairs}
+
+    passes = [all_cold() for _ in range(rounds)]
+    cold_total = C.median(sum(p.values()) for p in passes)
     warm = {s: C.median(C.repeat(lambda: fit_span(stats, s, "affine", ridge), repeats=3, warmup=0)) for s in pairs}
-    # lstsq on the largest input first: the spans lstsq is timed on are every span (or a sample of them)
     chosen = list(pairs) if lstsq_spans is None else list(pairs)[:: max(1, len(pairs) // lstsq_spans)][:lstsq_spans]
-    lst, err_w, err_sse = {}, 0.0, 0.0
-    for s in chosen:
-        lst[s], (w, b, sse) = C.timed(lambda: naive.fit(s))
+    lst, lst64, sol = {}, {}, {}
+    for s in chosen:  # timed: the authors' fit alone
+        lst[s], sol[s] = C.timed(lambda: naive.fit(s))
+        if f64:
+            lst64[s], _ = C.timed(lambda: naive.fit_f64(s))
+    err_pred, err_sse = 0.0, 0.0
+    for s in chosen:  # untimed: same problem, same predictions (to the ridge / float32 precision)
+        w, b = sol[s]
         f = fit_span(stats, s, "affine", ridge)
-        # compare predictions on the calibration vectors (post-LN inputs are rank-deficient: W itself is only
-        # pinned down by the tiny ridge in the null directions, predictions and SSE are)
         x = torch.from_numpy(naive.states[s[0]]).double()
-        ref, got = x @ w + b, f.predict(x)
-        err_w = max(err_w, float((got - ref).norm() / ref.norm()))
+        ref, got = x @ w.double() + b.double(), f.predict(x)
+        err_pred = max(err_pred, float((got - ref).norm() / ref.norm()))
+        sse = naive.sse(s, w, b)
         err_sse = max(err_sse, abs(f.sse - sse) / max(sse, 1e-30))
     n_all = len(pairs)
     lstsq_total = sum(lst.values()) / len(lst) * n_all  # per-span mean × all spans when sampled
-    return {
+    out = {
         "spans": n_all,
         "lstsq_spans_timed": len(lst),
-        "stats_fit_total_s": sum(cold.values()),
+        "cold_rounds": rounds,
+        "stats_fit_total_s": cold_total,
+        "stats_fit_cold_rounds_s": [sum(p.values()) for p in passes],
         "stats_fit_warm_total_s": sum(warm.values()),
-        "stats_fit_per_span_s": sum(cold.values()) / n_all,
+        "stats_fit_per_span_s": cold_total / n_all,
         "lstsq_total_s": lstsq_total,
         "lstsq_per_span_s": sum(lst.values()) / len(lst),
-        "ratio": lstsq_total / sum(cold.values()),
+        "ratio": lstsq_total / cold_total,
         "ratio_warm": lstsq_total / sum(warm.values()),
-        "max_rel_prediction_diff": err_w,
+        "max_rel_prediction_diff": err_pred,
         "max_rel_sse_diff": err_sse,
         "vectors": stats.n,
     }
+    if f64:
+        out["lstsq_f64_total_s"] = sum(lst64.values()) / len(lst64) * n_all
+        out["ratio_f64"] = out["lstsq_f64_total_s"] / cold_total
+    return out
 
 
 def bench_model(label: str, cfg, *, n_configs: int, lstsq_spans: int | None, seed: int = 0,
-                profile: bool = False) -> dict:
+                profile: bool = False, f64: bool = False) -> dict:
     from rba.session import Session
 
     print(f"\n# {label}", flush=True)
@@ -98,15 +122,22 @@ def bench_model(label: str, cfg, *, n_configs: int, lstsq_spans: int | None, see
     setup["spans"] = len(session.pairs)
     C.table([{k: (C.fmt_s(v) if k.endswith("_s") else v) for k, v in setup.items()}], title=f"{label}: one-time setup")
 
-    fit = fits(session, naive, session.pairs, lstsq_spans=lstsq_spans)
-    C.table([{
+    print(f"# span fits: load at start {C.load()}", flush=True)
+    fit = fits(session, naive, session.pairs, lstsq_spans=lstsq_spans, f64=f64)
+    print(f"# span fits: load at end {C.load()}", flush=True)
+    row = {
         "spans": fit["spans"], "vectors": fit["vectors"],
         "stats fit (all, cold)": C.fmt_s(fit["stats_fit_total_s"]),
-        "stats fit (all, warm)": C.fmt_s(fit["stats_fit_warm_total_s"]),
-        "lstsq (all)": C.fmt_s(fit["lstsq_total_s"]),
+        "stats fit (all, warm = cache hit)": C.fmt_s(fit["stats_fit_warm_total_s"]),
+        "authors' lstsq f32 (all)": C.fmt_s(fit["lstsq_total_s"]),
         "lstsq per span": C.fmt_s(fit["lstsq_per_span_s"]),
-        "max rel Δprediction": f"{fit['max_rel_prediction_diff']:.1e}", "max rel ΔSSE": f"{fit['max_rel_sse_diff']:.1e}",
-    }], title=f"{label}: span fits (lstsq timed on {fit['lstsq_spans_timed']} of {fit['spans']} spans)")
+    }
+    if f64:
+        row["extra: numpy f64 ridge lstsq (all)"] = C.fmt_s(fit["lstsq_f64_total_s"])
+    row |= {"max rel Δprediction": f"{fit['max_rel_prediction_diff']:.1e}",
+            "max rel ΔSSE": f"{fit['max_rel_sse_diff']:.1e}"}
+    C.table([row], title=f"{label}: span fits (lstsq timed on {fit['lstsq_spans_timed']} of {fit['spans']} spans; "
+                         f"cold = median of {fit['cold_rounds']} passes)")
 
     if n_configs == 0:
         return {"label": label, "setup": setup, "fits": fit, "trials": [], "trial": None, "session": session,
@@ -117,7 +148,9 @@ def bench_model(label: str, cfg, *, n_configs: int, lstsq_spans: int | None, see
     order = getattr(session.evaluator.parts["eval"], "order", None)
     order = torch.as_tensor(np.arange(len(splits.eval)) if order is None else np.asarray(order))
     text = bool(len(splits.eval.samples)) and isinstance(splits.eval.samples[0], str)
-    # cold rba trials (fits and memo forgotten before each) next to the naive trial, results compared
+    # cold rba trials (fits and memo forgotten before each) next to the naive trial: the two sides alternate per
+    # configuration, so both see the same machine load; results compared after the timed calls
+    print(f"# trials (interleaved): load at start {C.load()}", flush=True)
     for spans in configs:
         session.clear_caches()
         t_rba, r = C.timed(lambda: C.rba_trial(session, spans))
@@ -133,6 +166,7 @@ def bench_model(label: str, cfg, *, n_configs: int, lstsq_spans: int | None, see
         print(f"  {C.spans_text(spans)}: naive {C.fmt_s(t_naive)}, rba cold {C.fmt_s(t_rba)}"
               + (f", naive batched by length {C.fmt_s(row['naive_by_length_s'])}" if text else "")
               + f" (load {C.load()})", flush=True)
+    print(f"# trials (interleaved): load at end {C.load()}", flush=True)
     # cold again, back to back (no naive trial in between: separates the memo's effect from the allocator and
     # cache effects of alternating with the naive method's large arrays)
     for row, spans in zip(rows, configs):
@@ -157,9 +191,10 @@ def bench_model(label: str, cfg, *, n_configs: int, lstsq_spans: int | None, see
     d_pool = max(r["rel_dpooled"] for r in rows)
     print(f"equal results: max |Δaccuracy| = {d_acc:.4f} (tol {TOL_ACCURACY}), max |Δfidelity| = {d_fid:.2e} "
           f"(tol {TOL_FIDELITY}), max relative Δpooled = {d_pool:.2e} (tol {TOL_POOLED})", flush=True)
-    assert d_acc <= TOL_ACCURACY, f"{label}: accuracies differ by {d_acc}"
-    assert d_fid <= TOL_FIDELITY, f"{label}: fidelities differ by {d_fid}"
-    assert d_pool <= TOL_POOLED, f"{label}: pooled features differ by {d_pool}"
+    # checked after every number is printed and written (main): a difference fails the run, never loses it
+    unequal = [f"{label}: {what} differ by {d:.3g} > {tol}" for what, d, tol in
+               (("accuracies", d_acc, TOL_ACCURACY), ("fidelities", d_fid, TOL_FIDELITY),
+                ("pooled features (relative)", d_pool, TOL_POOLED)) if d > tol]
     if profile:
         worst = max(zip(rows, configs), key=lambda rc: rc[0]["rba_cold_s"])[1]
         session.clear_caches()
@@ -184,15 +219,14 @@ def bench_model(label: str, cfg, *, n_configs: int, lstsq_spans: int | None, see
         "max_abs_d_accuracy": d_acc, "max_abs_d_fidelity": d_fid, "max_rel_d_pooled": d_pool,
     }
     return {"label": label, "setup": setup, "fits": fit, "trials": rows, "trial": trial, "session": session,
-            "naive": naive}
+            "naive": naive, "unequal": unequal}
 
 
 #: fixed hypervolume reference point of the time-to-front comparison (fidelity ↑, flops_frac ↓)
 REF_FIDELITY, REF_FLOPS = 0.5, 1.0
 
 
-def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, screening: bool = False,
-                  naive_rows: dict[int, dict] | None = None) -> dict:
+def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, screening: bool = False) -> dict:
     """Time for rba's search to reach the hypervolume a naive Optuna search reaches after ``trials`` trials.
 
     Naive: ``optuna`` with the sampler rba's search uses (``search.samplers.make_sampler``: TPE, multivariate,
@@ -203,9 +237,9 @@ def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, sc
     time is the earliest trial at which its hypervolume reached its 50-trial value, rba's the earliest
     completed trial whose study reached at least that value.
 
-    ``naive_rows`` (seed → row of an earlier run's JSON, ``--reuse-naive``): take the naive search's target
-    hypervolume and times from there instead of running it again (for a seed, its proposals and values are
-    deterministic; its timings are that run's)."""
+    Equal load: for each seed the naive search and rba's run back to back in one time window (naive, then rba,
+    which needs the naive target), seed after seed; the 1/5/15-minute load is printed and recorded at the start
+    and end of each side."""
     import copy
     import datetime as dt
     import shutil
@@ -282,17 +316,20 @@ def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, sc
     rows = []
     for seed in seeds:
         session.clear_caches()
-        if naive_rows is not None:
-            old = naive_rows[seed]
-            target, k_n = old["naive_hv"], old["naive_trials"] - 1
-            nv = [(old["naive_s"], None, None)] * (k_n + 1) + [(old["naive_all_s"], None, None)] * (trials - k_n - 1)
-        else:
-            nv = naive_search(seed)
-            hv_n = [C.hypervolume([(f, c) for _, f, c in nv[: k + 1]], ref) for k in range(len(nv))]
-            target = hv_n[-1]
-            k_n = next(k for k, h in enumerate(hv_n) if h >= target - 1e-12)
+        load = {"naive_load_start": C.load()}
+        print(f"  seed {seed}: naive search, load at start {load['naive_load_start']}", flush=True)
+        nv = naive_search(seed)
+        load["naive_load_end"] = C.load()
+        print(f"  seed {seed}: naive search, load at end {load['naive_load_end']}", flush=True)
+        hv_n = [C.hypervolume([(f, c) for _, f, c in nv[: k + 1]], ref) for k in range(len(nv))]
+        target = hv_n[-1]
+        k_n = next(k for k, h in enumerate(hv_n) if h >= target - 1e-12)
         session.clear_caches()
+        load["rba_load_start"] = C.load()
+        print(f"  seed {seed}: rba search, load at start {load['rba_load_start']}", flush=True)
         rb, _ = rba_search(seed, target, out / f"rba-s{seed}")
+        load["rba_load_end"] = C.load()
+        print(f"  seed {seed}: rba search, load at end {load['rba_load_end']}", flush=True)
         hv_r = [C.hypervolume([(f, c) for _, f, c in rb[: k + 1]], ref) for k in range(len(rb))]
         k_r = next((k for k, h in enumerate(hv_r) if h >= target - 1e-12), None)
         row = {"seed": seed, "naive_hv": target, "naive_trials": k_n + 1, "naive_s": nv[k_n][0],
@@ -302,6 +339,7 @@ def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, sc
         setup_n = setup["naive_materialise_s"] + setup["naive_reference_s"]
         setup_r = setup["rba_capture_s"] + setup["rba_cache_eval_s"]
         row["ratio_with_setup"] = (row["naive_s"] + setup_n) / (row["rba_s"] + setup_r) if row["rba_s"] else float("nan")
+        row |= load
         rows.append(row)
         print(f"  seed {seed}: naive HV {target:.4f} after {trials} trials, reached at trial {k_n + 1} "
               f"({C.fmt_s(row['naive_s'])}); rba " + (f"reached it at trial {k_r + 1} ({C.fmt_s(row['rba_s'])})"
@@ -309,8 +347,8 @@ def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, sc
               + f" (load {C.load()})", flush=True)
     ok = [r["ratio"] for r in rows if r["rba_s"]]
     return {"trials": trials, "seeds": list(seeds), "screening": screening, "reference": {"fidelity": REF_FIDELITY, "flops_frac": REF_FLOPS},
-            "naive_reused": naive_rows is not None, "setup": setup, "rows": rows, "ratio_median": C.median(ok) if ok else float("nan"),
-            "ratio_min": min(ok) if ok else float("nan"),
+            "setup": setup, "rows": rows, "ratio_median": C.median(ok) if ok else float("nan"),
+            "ratio_min": min(ok) if len(ok) == len(rows) else float("nan"),
             "ratio_with_setup_median": C.median([r["ratio_with_setup"] for r in rows if r["rba_s"]]) if ok else float("nan")}
 
 
@@ -330,9 +368,9 @@ def main() -> None:
                         "(the issue's setting: 50; MiniLM; slow: a naive trial takes ≈ 10 s, per seed)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds of --time-to-front")
     p.add_argument("--screening", action="store_true", help="--time-to-front: rba's search with [search] screening on")
-    p.add_argument("--reuse-naive", type=Path, default=None, metavar="JSON",
-                   help="--time-to-front: the naive searches' results (target hypervolume, times) from an earlier "
-                        "run's --json instead of running them again")
+    p.add_argument("--naive-f64", action="store_true",
+                   help="also time the earlier float64 baseline (numpy lstsq on a ridge-augmented copy) as an extra, "
+                        "labelled column of the span-fit table (never a headline)")
     args = p.parse_args()
     C.setup(args)
     results = []
@@ -355,20 +393,11 @@ def main() -> None:
             n_configs, lstsq = args.configs, args.lstsq_spans
         for label, cfg in cfgs:
             res = bench_model(label, cfg, n_configs=n_configs, lstsq_spans=lstsq if "MiniLM" in label else None,
-                              profile=args.profile)
+                              profile=args.profile, f64=args.naive_f64)
             if args.time_to_front and (args.quick or "MiniLM" in label):
                 n = min(args.time_to_front, 6) if args.quick else args.time_to_front
-                naive_rows = None
-                if args.reuse_naive:
-                    import json
-
-                    earlier = json.loads(args.reuse_naive.read_text())["results"][0]["time_to_front"]
-                    if (earlier["trials"], earlier["reference"]) != (n, {"fidelity": REF_FIDELITY, "flops_frac": REF_FLOPS}):
-                        raise SystemExit(f"{args.reuse_naive}: other trials or reference point; run the naive searches again")
-                    naive_rows = {r["seed"]: r for r in earlier["rows"]}
                 res["time_to_front"] = time_to_front(res, trials=n, seeds=args.seeds[:1] if args.quick else args.seeds,
-                                                     out=Path(cache) / "time_to_front", screening=args.screening,
-                                                     naive_rows=naive_rows)
+                                                     out=Path(cache) / "time_to_front", screening=args.screening)
             results.append(res)
             C.free()
 
@@ -376,8 +405,9 @@ def main() -> None:
     for r in results:
         f, t = r["fits"], r["trial"] or {k: float("nan") for k in ("naive_median_s", "rba_cold_median_s",
                                                                     "rba_search_median_s")}
-        summary.append({"model": r["label"].split(" (")[0].split(",")[0], "lstsq (all spans)": C.fmt_s(f["lstsq_total_s"]),
-                        "stats fits (all spans)": C.fmt_s(f["stats_fit_total_s"]),
+        summary.append({"model": r["label"].split(" (")[0].split(",")[0],
+                        "authors' lstsq f32 (all spans)": C.fmt_s(f["lstsq_total_s"]),
+                        "stats fits, cold (all spans)": C.fmt_s(f["stats_fit_total_s"]),
                         "naive trial (median)": C.fmt_s(t["naive_median_s"]),
                         "rba trial cold (median)": C.fmt_s(t["rba_cold_median_s"]),
                         "rba trial in search (median)": C.fmt_s(t["rba_search_median_s"])})
@@ -385,34 +415,47 @@ def main() -> None:
     for r in results:
         name = r["label"].split(" (")[0].split(",")[0]
         f, t = r["fits"], r["trial"]
-        C.ratio_line(f"span fit, lstsq / statistics [{name}]", f["ratio"], target=">= 1000x", met=f["ratio"] >= 1000,
-                     detail=f"{C.fmt_s(f['lstsq_total_s'])} vs {C.fmt_s(f['stats_fit_total_s'])} for {f['spans']} spans; "
-                            f"warm {f['ratio_warm']:.0f}x; {f['vectors']:,} calibration vectors")
+        C.ratio_line(f"span fit, lstsq / statistics, cold [{name}]", f["ratio"], target=">= 1000x",
+                     met=f["ratio"] >= 1000,
+                     detail=f"authors' float32 torch lstsq {C.fmt_s(f['lstsq_total_s'])} vs cold fits from statistics "
+                            f"{C.fmt_s(f['stats_fit_total_s'])} for {f['spans']} spans; {f['vectors']:,} calibration "
+                            f"vectors")
+        C.ratio_line(f"span fit, lstsq / statistics, warm (cache hit) [{name}]", f["ratio_warm"],
+                     detail=f"{C.fmt_s(f['stats_fit_warm_total_s'])}: per-boundary factorisation kept")
+        if "ratio_f64" in f:
+            C.ratio_line(f"span fit, extra column: numpy float64 ridge lstsq / statistics, cold [{name}]", f["ratio_f64"],
+                         detail=f"{C.fmt_s(f['lstsq_f64_total_s'])}; the earlier, slower baseline, not the authors' fit")
         if "time_to_front" in r:
             tf = r["time_to_front"]
             C.table([{k: (C.fmt_s(v) if k.endswith("_s") and v is not None else v) for k, v in row.items()}
                      for row in tf["rows"]], title=f"{name}: time to front (naive Optuna, {tf['trials']} trials)")
-            C.ratio_line(f"time to front, naive / rba [{name}]", tf["ratio_median"], target=">= 20x",
-                         met=tf["ratio_median"] >= 20,
-                         detail=f"median over seeds {tf['seeds']}, worst {tf['ratio_min']:.1f}x; with one-time setup "
+            C.ratio_line(f"time to front, naive / rba, worst seed [{name}]", tf["ratio_min"], target=">= 20x on every seed",
+                         met=tf["ratio_min"] >= 20,
+                         detail=f"seeds {tf['seeds']}: " + ", ".join(f"{r['ratio']:.1f}x" for r in tf["rows"])
+                                + f"; median {tf['ratio_median']:.1f}x; with one-time setup "
                                 f"{tf['ratio_with_setup_median']:.1f}x; reference point fidelity {REF_FIDELITY}, "
                                 f"flops_frac {REF_FLOPS}; screening {tf['screening']}")
         if t is None:
             continue
-        C.ratio_line(f"trial, naive / rba cold [{name}]", t["ratio_cold_median"],
-                     detail=f"median of {len(r['trials'])}: {C.fmt_s(t['naive_median_s'])} vs {C.fmt_s(t['rba_cold_median_s'])}")
+        C.ratio_line(f"trial, naive / rba cold [{name}]", t["ratio_cold_median"], target=">= 5x",
+                     met=t["ratio_cold_median"] >= 5,
+                     detail=f"median of {len(r['trials'])}, interleaved per configuration (equal load): "
+                            f"{C.fmt_s(t['naive_median_s'])} vs {C.fmt_s(t['rba_cold_median_s'])}")
         C.ratio_line(f"trial, naive / rba cold back-to-back [{name}]", t["ratio_cold_b2b_median"],
                      detail=f"median of {len(r['trials'])}: {C.fmt_s(t['naive_median_s'])} vs "
-                            f"{C.fmt_s(t['rba_cold_b2b_median_s'])}")
-        C.ratio_line(f"trial, naive / rba in search [{name}]", t["ratio_search_median"], target=">= 5x",
-                     met=t["ratio_search_median"] >= 5,
+                            f"{C.fmt_s(t['rba_cold_b2b_median_s'])}; rba side timed after the naive pass")
+        C.ratio_line(f"trial, naive / rba in search [{name}]", t["ratio_search_median"],
                      detail=f"median of {len(r['trials'])}: {C.fmt_s(t['naive_median_s'])} vs "
-                            f"{C.fmt_s(t['rba_search_median_s'])}; worst {t['ratio_search_min']:.2f}x")
+                            f"{C.fmt_s(t['rba_search_median_s'])}; worst {t['ratio_search_min']:.2f}x; fits and memo "
+                            f"kept; rba side timed after the naive pass")
         if t["ratio_search_by_length_median"] is not None:
             C.ratio_line(f"trial, naive batched by length / rba in search [{name}]", t["ratio_search_by_length_median"],
                          detail=f"median of {len(r['trials'])}: {C.fmt_s(t['naive_by_length_median_s'])} vs "
                                 f"{C.fmt_s(t['rba_search_median_s'])}; the naive method given rba's length batching")
     C.write_json(args.json, {"results": [{k: v for k, v in r.items() if k not in ("session", "naive")} for r in results]})
+    unequal = [u for r in results for u in r.get("unequal", [])]
+    if unequal:  # after every number is out: the run fails, its results stay
+        raise SystemExit("results differ beyond tolerance: " + "; ".join(unequal))
 
 
 if __name__ == "__main__":

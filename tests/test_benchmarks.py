@@ -151,8 +151,40 @@ def test_pareto_mask_matches_brute_force():
     assert front == expect and got.sum() == len(expect)
 
 
+def test_naive_fit_is_the_authors_float32_lstsq():
+    """The naive baseline's fit is the paper's code's: least squares in float32 without ridge (checked against
+    numpy's float64 lstsq on the same system), with a ones column when affine."""
+    import _common as C
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((500, 12)).astype(np.float32)
+    w_true, b_true = rng.standard_normal((12, 7)), rng.standard_normal(7)
+    y = (x @ w_true + b_true + 0.1 * rng.standard_normal((500, 7))).astype(np.float32)
+    naive = C.Naive(None, None)
+    naive.states = [x, y]
+    w, b = naive.fit((0, 1))
+    assert w.dtype == b.dtype == __import__("torch").float32 and w.shape == (12, 7) and b.shape == (7,)
+    xt = np.hstack([x.astype(np.float64), np.ones((500, 1))])
+    ref, *_ = np.linalg.lstsq(xt, y.astype(np.float64), rcond=None)
+    np.testing.assert_allclose(w.numpy(), ref[:-1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(b.numpy(), ref[-1], rtol=1e-4, atol=1e-5)
+    # its SSE (computed for the untimed equality checks) is the residual of that solution
+    assert abs(naive.sse((0, 1), w, b) - float(((xt @ ref - y) ** 2).sum())) <= 1e-4 * float(((xt @ ref - y) ** 2).sum())
+    linear = C.Naive(None, None, affine=False)
+    linear.states = [x, y]
+    w0, b0 = linear.fit((0, 1))
+    ref0, *_ = np.linalg.lstsq(x.astype(np.float64), y.astype(np.float64), rcond=None)
+    assert b0 is None
+    np.testing.assert_allclose(w0.numpy(), ref0, rtol=1e-4, atol=1e-5)
+    # the extra float64 column solves the ridge problem: with ridge 0 it is the same solution
+    naive.ridge = 0.0
+    w64, b64 = naive.fit_f64((0, 1))
+    np.testing.assert_allclose(w64.numpy(), ref[:-1], rtol=1e-9, atol=1e-10)
+
+
 def test_naive_lstsq_fit_matches_closed_form_fit(tmp_path):
-    """The naive baseline solves the same ridge problem as rba's fit from statistics."""
+    """The naive baseline and rba's fit from statistics solve the same problem (up to rba's tiny ridge and the
+    naive side's float32): same predictions and SSE on real boundary vectors of a small model."""
     import _common as C
 
     from rba.fit import fit_span
@@ -163,11 +195,15 @@ def test_naive_lstsq_fit_matches_closed_form_fit(tmp_path):
     naive = C.Naive(s.adapter, s.splits, ridge=cfg.fit.ridge, batch_size=cfg.capture.batch_size)
     naive.materialise()
     assert naive.states[0].shape == (s.stats.n, 16)
+    import torch
+
     for span in [(0, 1), (1, 3), (0, 3)]:
-        w, b, sse = naive.fit(span)
+        w, b = naive.fit(span)
         f = fit_span(s.stats, span, "affine", cfg.fit.ridge)
-        np.testing.assert_allclose(f.weight.numpy(), w.numpy(), rtol=1e-3, atol=1e-4)
-        np.testing.assert_allclose(f.bias.numpy(), b.numpy(), rtol=1e-3, atol=1e-4)
+        x = torch.from_numpy(naive.states[span[0]]).double()
+        ref, got = x @ w.double() + b.double(), f.predict(x)
+        assert float((got - ref).norm() / ref.norm()) < 1e-4
+        sse = naive.sse(span, w, b)
         # the statistics' SSE is a difference of large sums: its error scales with Σ‖y‖², not with the SSE
         total = float(s.stats.sum_sq(span[1]))
         assert abs(f.sse - sse) <= 1e-3 * sse + 1e-5 * total
