@@ -95,8 +95,8 @@ def worker(method: str, n: int, quick: bool, batch: int) -> dict:
 
 def predicted_naive_mb(n: int, quick: bool) -> float:
     """States (float32, every boundary) + what the float32 lstsq builds on top (the input with its ones column,
-    LAPACK's copies of input and targets, the solution's work arrays): an upper bound of 6 float32 copies of one
-    boundary's vectors, so that the budget check errs on the side of not starting a run."""
+    LAPACK's copies of input and targets, the solution's work arrays): estimated (not measured) as 6 float32
+    copies of one boundary's vectors; only used to skip a run that would not fit the memory budget."""
     spec = model_config(quick)
     tokens = (spec["image_size"] // spec["patch"]) ** 2 + 1
     per_boundary = n * tokens * spec["width"] * 4
