@@ -8,6 +8,12 @@
    deterministic: same fits, same forward), so the sampler sees exactly the numbers a fresh run would see and
    all seeds cost minutes, not hours; their wall time is sampler + storage only. The script checks the replay
    claim on the fresh runs below (largest difference between a fresh evaluation and the exhaustive one).
+   Per run: distinct configurations among the trials written to trials.csv (a repeated proposal costs no
+   evaluation and is left out, so ``repeats_evaluated`` is 0), priors enqueued over a budget
+   (``infeasible_priors``, 0: their exact cost is known before any evaluation), and the hypervolume share after
+   the first ``--trials // 2`` and all ``--trials`` evaluated configurations. ``--budget-flops`` puts every
+   run, the exhaustive one included, under a FLOPs budget (the hypervolume counts feasible trials only).
+   Before/after comparisons run this script on two commits.
 3. **Fresh wall times** (new session and objective, statistics loaded from the cache): one ``--trials`` run
    with priors and one without (seed 0), and one ``--big``-trial run.
 
@@ -53,6 +59,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--no-fresh", action="store_true", help="skip the fresh wall-time runs")
+    p.add_argument("--budget-flops", type=float, default=None, help="FLOPs budget of every run (default: none)")
     return p.parse_args()
 
 
@@ -69,12 +76,13 @@ def _quick_config(tmp: Path):
     return Config.from_dict(raw, name="quick", base_dir=str(tmp))
 
 
-def _with(cfg, out: Path, **search):
+def _with(cfg, out: Path, budget_flops: float | None = None, **search):
     """A copy of ``cfg`` with search settings and output folder replaced (objectives fidelity, flops)."""
     import copy
 
     c = copy.deepcopy(cfg)
     c.search.objectives = ["fidelity", "flops"]
+    c.search.budget_flops = budget_flops
     for k, v in search.items():
         setattr(c.search, k, v)
     c.output.dir = str(out)
@@ -89,6 +97,18 @@ def hypervolume(trials: pd.DataFrame, ref_fidelity: float, ref_flops: float = 1.
     done = trials[(trials["state"] == "COMPLETE") & trials["feasible"].fillna(True).astype(bool)]
     return C.hypervolume(list(zip(done["fidelity"].to_numpy(float), done["flops_frac"].to_numpy(float))),
                          (ref_fidelity, ref_flops))
+
+
+def waste(res) -> dict:
+    """Trials written to trials.csv that repeat an earlier configuration, and priors enqueued over a budget."""
+    import optuna
+
+    done = res.trials[res.trials["state"] == "COMPLETE"]
+    study = optuna.load_study(study_name=res.study_name, storage=res.storage)
+    priors = [t for t in study.get_trials(deepcopy=False) if str(t.user_attrs.get("source", "")).startswith("prior")]
+    return {"repeats_evaluated": int(len(done) - done["spans"].nunique()),
+            "repeats_proposed": sum("duplicate_of" in t.user_attrs for t in study.get_trials(deepcopy=False)),
+            "infeasible_priors": sum(not (t.user_attrs.get("result") or {}).get("feasible", True) for t in priors)}
 
 
 def main() -> int:
@@ -122,7 +142,7 @@ def main() -> int:
         print(msg, file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ 1. exhaustive: the true front
-    exh_cfg = _with(cfg, out / "exhaustive", method="exhaustive", priors=False)
+    exh_cfg = _with(cfg, out / "exhaustive", args.budget_flops, method="exhaustive", priors=False)
     t0 = time.time()
     session = Session(exh_cfg, need_labels=needs_labels(exh_cfg), progress=False)
     session.stats, session.cost_model, session.evaluator  # noqa: B018 (build them: setup, timed apart)
@@ -144,28 +164,34 @@ def main() -> int:
     rows = []
     for priors in (True, False):
         for seed in args.seeds:
-            c = _with(cfg, out / f"tpe-{'priors' if priors else 'nopriors'}-s{seed}", method="optuna", sampler="tpe",
-                      trials=args.trials, seed=seed, priors=priors)
+            c = _with(cfg, out / f"tpe-{'priors' if priors else 'nopriors'}-s{seed}", args.budget_flops,
+                      method="optuna", sampler="tpe", trials=args.trials, seed=seed, priors=priors)
             t0 = time.time()
             res = run_search(c, progress=False, session=session, objective=shared)
             wall = time.time() - t0
             hv = hypervolume(res.trials, ref_fid)
+            half = hypervolume(res.trials.sort_values("number").head(args.trials // 2), ref_fid)
             done = res.trials[res.trials["state"] == "COMPLETE"]
             rows.append({"priors": priors, "seed": seed, "hv_fraction": hv / hv_true if hv_true else float("nan"),
-                         "distinct_configurations": int(done["spans"].nunique()), "front": len(res.front),
-                         "replay_wall_s": wall})
+                         f"hv_fraction_at_{args.trials // 2}": half / hv_true if hv_true else float("nan"),
+                         "distinct_configurations": int(done["spans"].nunique()), **waste(res),
+                         "front": len(res.front), "replay_wall_s": wall})
             log(f"tpe priors={priors} seed={seed}: HV {hv / hv_true:.4f} of the true front; "
                 f"{done['spans'].nunique()} distinct configurations in {args.trials} trials")
     table = pd.DataFrame(rows)
     report["tpe"] = rows
-    summary = table.groupby("priors")["hv_fraction"].agg(["mean", "min", "max"]).reset_index()
+    summary = table.groupby("priors")[["hv_fraction", f"hv_fraction_at_{args.trials // 2}",
+                                        "distinct_configurations"]].agg(["mean", "min", "max"])
+    summary.columns = [f"{a} {b}" for a, b in summary.columns]
+    summary = summary.reset_index()
     report["tpe_summary"] = summary.to_dict(orient="records")
 
     # ------------------------------------------------------------------ 3. fresh wall times
     exh_values = exh.trials.set_index("spans")["fidelity"]
 
     def fresh(name: str, trials: int, priors: bool) -> dict:
-        c = _with(cfg, out / name, method="optuna", sampler="tpe", trials=trials, seed=0, priors=priors)
+        c = _with(cfg, out / name, args.budget_flops, method="optuna", sampler="tpe", trials=trials, seed=0,
+                  priors=priors)
         t0 = time.time()
         s = Session(c, need_labels=needs_labels(c), progress=False)
         res = run_search(c, progress=False, session=s)
@@ -176,7 +202,7 @@ def main() -> int:
                    "distinct_configurations": int(done["spans"].nunique()),
                    "evaluations": res.context.objective.evaluations,
                    "hv_fraction": hypervolume(res.trials, ref_fid) / hv_true,
-                   "max_abs_fidelity_diff_vs_exhaustive": diff}
+                   "max_abs_fidelity_diff_vs_exhaustive": diff, **waste(res)}
         log(f"fresh {name}: {trials} trials in {wall:.0f} s ({out_row['evaluations']} evaluations); "
             f"HV {out_row['hv_fraction']:.4f}; replay check: max |Δ fidelity| {diff:.2e}")
         return out_row

@@ -1,10 +1,13 @@
 """Optuna backend: ``study.optimize`` over the shared objective, one trial at a time (``search.timeout``).
 
-Only COMPLETE trials count towards ``search.trials``: a failed trial (recorded FAIL, its error in the user
-attribute ``error``) or a screened-out one (PRUNED) is replaced by a new proposal, in rounds, until the total
-is reached, the timeout passes, or a whole round completes nothing. The total is the study's, not the
-process's: several processes on one study each stop once it has ``trials`` COMPLETE trials (Optuna's
-``MaxTrialsCallback``), so together they finish between ``trials`` and ``trials + processes − 1``.
+Only distinct COMPLETE configurations count towards ``search.trials`` (capped at the size of the space): a
+repeated proposal is told COMPLETE with the earlier trial's values and the user attribute ``duplicate_of`` (no
+evaluation; see :func:`search.recording.record_duplicate`), and a configuration not yet evaluated is enqueued
+after it. A failed trial (recorded FAIL, its error in the user attribute ``error``) or a screened-out one
+(PRUNED) is replaced by a new proposal, in rounds, until the total is reached, the timeout passes, or a whole
+round completes nothing new. The total is the study's, not the process's: several processes on one study each
+stop once it has ``trials`` distinct COMPLETE configurations, so together they finish between ``trials`` and
+``trials + processes − 1``.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import time
 from rba.errors import RBAError
 from rba.spans import format_spans
 from search._storage import worker_label
-from search.recording import StudyContext, TrialFailure, complete_count, record, record_screened
+from search.recording import (StudyContext, TrialFailure, complete_count, completed, enqueue_unseen, record,
+                              record_duplicate, record_screened)
 
 __all__ = ["run_optuna", "trial_function"]
 
 
 def trial_function(ctx: StudyContext):
-    """The function Optuna calls: suggest → repair → (screen) → objective → record."""
+    """The function Optuna calls: suggest → repair → (repeat?) → (screen) → objective → record."""
     import optuna
 
     objective, space, screen = ctx.objective, ctx.space, ctx.screen
@@ -30,7 +34,13 @@ def trial_function(ctx: StudyContext):
     def run(trial: optuna.Trial):
         trial.set_user_attr("worker", worker)
         spans = space.suggest(trial)
-        trial.set_user_attr("spans", format_spans(spans))
+        key = format_spans(spans)
+        trial.set_user_attr("spans", key)
+        done = completed(trial.study)
+        if key in done:  # a repeat: no evaluation, the earlier values; a new configuration comes next
+            if ctx.method == "optuna":
+                enqueue_unseen(ctx, trial.study, done, seed=ctx.cfg.search.seed + trial.number)
+            return record_duplicate(trial, done[key])
         if screen is not None:
             ok, proxy = screen.admit(spans, force="source" in trial.user_attrs)
             if not ok:
@@ -50,7 +60,6 @@ def trial_function(ctx: StudyContext):
 
 
 def run_optuna(ctx: StudyContext, study, n: int) -> None:
-    from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
     from tqdm.auto import tqdm
 
@@ -69,8 +78,13 @@ def run_optuna(ctx: StudyContext, study, n: int) -> None:
         if baseline and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             study.stop()  # a baseline runs its planned configurations only, whoever runs them
 
-    callbacks = [callback] if baseline else [callback, MaxTrialsCallback(ctx.total, states=(TrialState.COMPLETE,))]
+    def enough(study, trial):
+        if complete_count(study) >= ctx.total:
+            study.stop()  # the total counts distinct configurations (Optuna's MaxTrialsCallback counts repeats)
+
+    callbacks = [callback] if baseline else [callback, enough]
     deadline = None if cfg.search.timeout is None else time.time() + cfg.search.timeout
+    idle = 0
     try:
         while True:
             missing = n if baseline else ctx.total - complete_count(study)
@@ -84,8 +98,13 @@ def run_optuna(ctx: StudyContext, study, n: int) -> None:
                            gc_after_trial=False, show_progress_bar=False)
             if baseline:
                 break
-            if complete_count(study) == before:
-                print(f"search: a round of {missing} trials completed none; stopping", file=sys.stderr)
+            if complete_count(study) > before:
+                idle = 0
+                continue
+            # a round of repeats enqueued new configurations: run them (at most 3 rounds in a row without progress)
+            idle += 1
+            if idle >= 3 or not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                print(f"search: a round of {missing} trials completed no new configuration; stopping", file=sys.stderr)
                 break
     finally:
         bar.close()

@@ -31,12 +31,15 @@ AXIS_LABELS = {
 
 
 def trials_frame(study) -> pd.DataFrame:
-    """Every trial that ran (waiting ones left out), in trial order, with :data:`TRIAL_COLUMNS`."""
+    """Every trial that ran (waiting ones and repeats of an earlier configuration left out), in trial order,
+    with :data:`TRIAL_COLUMNS`."""
     from optuna.trial import TrialState
+
+    from search.recording import DUPLICATE_ATTR
 
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.WAITING:
+        if t.state == TrialState.WAITING or DUPLICATE_ATTR in t.user_attrs:
             continue
         ua = t.user_attrs
         res = ua.get("result") or {}

@@ -14,8 +14,9 @@ Ray's ``OptunaSearch`` on the same space, sampler and storage as the Optuna back
   ``search``); otherwise ``ray.init(num_cpus=os.cpu_count())`` starts a local one, with ``max_concurrent``
   trials each given ``num_cpus // max_concurrent`` CPUs.
 * **Failures**: a trial that raises is retried ``max_failures`` times (``FailureConfig``); then it is
-  recorded FAIL with its error (user attribute ``error``) and the study goes on. Only completed trials count
-  towards ``trials``.
+  recorded FAIL with its error (user attribute ``error``) and the study goes on. Only distinct completed
+  configurations count towards ``trials``; a repeated proposal never reaches a worker (see
+  :func:`search.recording.record_duplicate`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from rba.errors import RBAError
 from rba.spans import format_spans
 from search._storage import worker_label
 from search.objective import RESULT_COLUMNS
-from search.recording import StudyContext, complete_count, needs_labels, record, record_screened
+from search.recording import (DUPLICATE_ATTR, StudyContext, complete_count, completed, enqueue_unseen, needs_labels,
+                              record, record_duplicate, record_screened)
 
 __all__ = ["run_ray", "SharedState"]
 
@@ -136,6 +138,26 @@ class ConstrainedOptunaSearch(OptunaSearch):
             key = format_spans(spans)
             ot_trial.set_user_attr("worker", self._worker)
             ot_trial.set_user_attr("spans", key)
+            done = completed(self._ot_study)
+            if key in done:  # a repeat: told with the earlier values, no worker spent; a new configuration next
+                if self._ctx.method == "optuna":
+                    enqueue_unseen(self._ctx, self._ot_study, done, seed=self._ctx.cfg.search.seed + ot_trial.number)
+                values = record_duplicate(ot_trial, done[key])
+                self._ot_study.tell(ot_trial, values, state=TrialState.COMPLETE)
+                del self._ot_trials[trial_id]
+                continue
+            running = {t.user_attrs.get("spans"): t.number for tid, t in self._ot_trials.items()
+                       if tid != trial_id and tid not in self._completed_trials}
+            if key in running:
+                # a repeat of a trial still running: its values are not known yet, so it is told FAIL (samplers
+                # skip it) and left out of the tables like any repeat; a new configuration comes next
+                if self._ctx.method == "optuna":
+                    enqueue_unseen(self._ctx, self._ot_study, set(done) | set(running),
+                                   seed=self._ctx.cfg.search.seed + ot_trial.number)
+                ot_trial.set_user_attr(DUPLICATE_ATTR, int(running[key]))
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+                del self._ot_trials[trial_id]
+                continue
             if key in self._failed_spans and "source" not in ot_trial.user_attrs:
                 # it already failed after its retries in this run: do not spend a worker on it again
                 ot_trial.set_user_attr("error", "skipped: this configuration failed earlier in this run")

@@ -19,7 +19,10 @@ from search.objective import RESULT_COLUMNS, Objective
 from search.space import SpanSpace
 
 __all__ = ["StudyContext", "SearchResult", "TrialFailure", "needs_labels", "record", "record_screened",
-           "complete_count", "log"]
+           "record_duplicate", "complete_count", "completed", "enqueue_unseen", "DUPLICATE_ATTR", "log"]
+
+#: user attribute of a trial whose configuration an earlier trial already evaluated: that trial's number
+DUPLICATE_ATTR = "duplicate_of"
 
 
 class TrialFailure(Exception):
@@ -45,7 +48,8 @@ class StudyContext:
 
     @property
     def total(self) -> int:
-        return int(self.cfg.search.trials)
+        """``search.trials``: distinct configurations to complete, capped at the size of the space."""
+        return int(min(self.cfg.search.trials, self.space.count()))
 
 
 @dataclass
@@ -90,7 +94,52 @@ def record_screened(trial, spans, proxy: float, objective: Objective) -> None:
         trial.set_constraint(name, float(value))
 
 
-def complete_count(study) -> int:
+def completed(study) -> dict[str, Any]:
+    """Configuration string → the first COMPLETE trial that evaluated it (duplicates left out)."""
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    out: dict[str, Any] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        key = t.user_attrs.get("spans")
+        if DUPLICATE_ATTR not in t.user_attrs and key not in out:
+            out[key] = t
+    return out
+
+
+def complete_count(study) -> int:
+    """Distinct configurations completed (what ``search.trials`` counts): duplicates do not count."""
+    return len(completed(study))
+
+
+def record_duplicate(trial, earlier) -> list[float]:
+    """Mark ``trial`` as a repeat of the COMPLETE trial ``earlier``; returns the values to tell it with.
+
+    The repeat is told COMPLETE with the earlier trial's values and constraints, not FAIL or PRUNED: Optuna's
+    multi-objective samplers (TPE, NSGA-II, GP) learn only from COMPLETE trials, so a repeat told otherwise
+    would leave the sampler free to propose the same point again and again. No evaluation runs, ``trials``
+    does not count it (:func:`complete_count`), and the tables leave it out (``search.pareto.trials_frame``)."""
+    trial.set_user_attr(DUPLICATE_ATTR, int(earlier.number))
+    if "result" in earlier.user_attrs:
+        trial.set_user_attr("result", earlier.user_attrs["result"])
+    for name, value in earlier.constraints.items():
+        trial.set_constraint(name, float(value))
+    return list(earlier.values)
+
+
+def enqueue_unseen(ctx: StudyContext, study, seen, seed: int) -> bool:
+    """After a repeated proposal, enqueue one configuration not yet evaluated (drawn uniformly), so that every
+    repeat is followed by a new configuration and a study whose sampler keeps repeating itself still reaches
+    ``trials`` (or the whole space). Returns False when every configuration has been evaluated."""
+    from rba.spans import format_spans
+
+    space = ctx.space
+    seen = set(seen)
+    n = space.count()
+    if len(seen) >= n:
+        return False
+    draws = space.sample(n, seed=seed) if n <= 4096 else space.sample(64, seed=seed)
+    for spans in draws:
+        if format_spans(spans) not in seen:
+            study.enqueue_trial(space.encode(spans), user_attrs={"source": "unseen after a repeat"})
+            return True
+    return False

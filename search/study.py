@@ -31,7 +31,7 @@ from search.baselines import (EXHAUSTIVE_LIMIT, block_drop_order, br_greedy, fro
                               span_scores)
 from search.identity import IDENTITY_ATTR, IdentityError, refusal, study_identity
 from search.objective import Objective
-from search.recording import SearchResult, StudyContext, complete_count, log, needs_labels
+from search.recording import SearchResult, StudyContext, complete_count, completed, log, needs_labels
 from search.report import finish, write_report
 from search.samplers import make_sampler
 from search.space import SpanSpace
@@ -214,13 +214,15 @@ def plan(ctx: StudyContext, study, fresh: bool) -> int:
     cfg = ctx.cfg
     if ctx.table is None:
         ctx.table = span_scores(ctx.session.stats, ctx.session.pairs, cfg.fit.ridge)
-    done = {t.user_attrs.get("spans") for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    done = set(completed(study))
     waiting = _waiting_spans(ctx, study)
     method = ctx.method
     if method == "optuna":
         planned = (prior_configurations(ctx.table, front_priors(ctx.table, ctx.objective))
                    if (cfg.search.priors and fresh) else [])
-        planned = [(f"prior: {label}", s) for label, s in planned][: max(0, ctx.total - len(done))]
+        # a prior whose exact cost (known from the statistics) breaks a budget would be evaluated for nothing
+        planned = [(f"prior: {label}", s) for label, s in planned
+                   if ctx.objective.feasible(s)][: max(0, ctx.total - len(done))]
     elif method == "exhaustive":
         planned = [("exhaustive", s) for s in ctx.space.configurations()]
     elif method == "random":

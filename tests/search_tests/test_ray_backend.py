@@ -14,15 +14,18 @@ from search.pareto import TRIAL_COLUMNS
 def test_ray_backend_writes_the_same_files(tmp_path):
     ray = pytest.importorskip("ray")
     from search import run_search
-    from search.baselines import prior_configurations, span_scores
+    from search.baselines import front_priors, prior_configurations, span_scores
     from rba.session import Session
 
     cfg = make_config(tmp_path, tmp_path / "cache",
                       search={"backend": "ray", "trials": 4, "max_concurrent": 2, "max_failures": 1,
                               "budget_flops": 0.8})
     session = Session(cfg, need_labels=False, progress=False)
-    # the first prior (best single span by br) raises in the worker, every time
-    first = prior_configurations(span_scores(session.stats, session.pairs, cfg.fit.ridge))[0][1]
+    # the first prior enqueued (within the budget: priors over it are not enqueued) raises in the worker, every time
+    from search.objective import Objective
+
+    table, objective = span_scores(session.stats, session.pairs, cfg.fit.ridge), Objective(session)
+    first = next(s for _, s in prior_configurations(table, front_priors(table, objective)) if objective.feasible(s))
     fault = ",".join(f"{i}-{j}" for i, j in first)
     res = run_search(cfg, progress=False, session=session, objective=faulty_objective(fault)(session))
     assert not ray.is_initialized()  # the backend shut down the Ray it started

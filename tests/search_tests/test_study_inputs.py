@@ -117,7 +117,10 @@ def test_ctrl_c_one_line_exit_130_then_resume(tmp_path):
         try:
             con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
             try:
-                return con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+                # distinct configurations: repeats (user attribute duplicate_of) do not count
+                return con.execute("select count(*) from trials where state = 'COMPLETE' and trial_id not in "
+                                   "(select trial_id from trial_user_attributes where key = 'duplicate_of')"
+                                   ).fetchone()[0]
             finally:
                 con.close()
         except sqlite3.Error:

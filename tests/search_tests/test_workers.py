@@ -80,14 +80,26 @@ def _finish(*procs: subprocess.Popen, logs: list[Path], timeout_s: float = 240) 
 
 
 def _trials(db: Path) -> dict[int, dict]:
-    """number → state, worker and source (user attributes read straight from SQLite, not through rba)."""
+    """number → state, worker, source, spans and duplicate_of (user attributes read straight from SQLite, not
+    through rba)."""
     out = {number: {"state": state, "start": start, "complete": complete}
            for number, state, start, complete in _rows(db, "select number, state, datetime_start, datetime_complete "
                                                            "from trials")}
     for number, key, value in _rows(db, "select t.number, a.key, a.value_json from trial_user_attributes a "
-                                        "join trials t on t.trial_id = a.trial_id where a.key in ('worker', 'source')"):
+                                        "join trials t on t.trial_id = a.trial_id where a.key in ('worker', 'source', 'spans', "
+                                        "'duplicate_of')"):
         out[number][key] = value.strip('"')
     return out
+
+
+def _distinct_complete(trials: dict[int, dict]) -> set[str]:
+    """The configurations of the COMPLETE trials that are not repeats (what ``trials`` counts); every repeat
+    names an earlier COMPLETE trial of the same configuration."""
+    for n, t in trials.items():
+        if "duplicate_of" in t:
+            earlier = trials[int(t["duplicate_of"])]
+            assert earlier["state"] == "COMPLETE" and earlier["spans"] == t["spans"] and "duplicate_of" not in earlier
+    return {t["spans"] for t in trials.values() if t["state"] == "COMPLETE" and "duplicate_of" not in t}
 
 
 def _check_integrity(db: Path) -> None:
@@ -116,7 +128,7 @@ def test_two_workers_share_the_total(tmp_path, cache, shared):
     assert _finish(first, second, logs=logs) == [0, 0]
     trials = _trials(db)
     complete = [t for t in trials.values() if t["state"] == "COMPLETE"]
-    assert total <= len(complete) <= total + 1
+    assert total <= len(_distinct_complete(trials)) <= total + 1
     assert not [t for t in trials.values() if t["state"] in ("FAIL", "RUNNING")]
     assert {t["worker"].rsplit(":", 1)[1] for t in complete} == {str(first.pid), str(second.pid)}  # both worked
     _check_integrity(db)
@@ -135,8 +147,9 @@ def test_killed_worker_trial_recovered_after_grace_period(tmp_path, cache):
         """The first worker runs a trial it started under 0.5 s ago (so the kill lands inside its 1.5 s hold),
         the second has started one (so it is past its start-up, where it would recover the trial at once), and
         at least 8 trials remain (so the survivor still starts trials after the grace period)."""
-        trials = _trials(db).values()
-        done = sum(t["state"] == "COMPLETE" for t in trials)
+        rows = _trials(db)
+        trials = rows.values()
+        done = len(_distinct_complete(rows))
         assert done <= total - 8, "the second worker started too late: the first ran most trials alone"
         now = datetime.datetime.now()
         return any(t["state"] == "RUNNING" and t.get("worker", "").endswith(f":{first.pid}")
@@ -184,7 +197,7 @@ def test_ray_refuses_a_study_another_process_runs(tmp_path, cache, capsys):
 
     assert not ray.is_initialized()
     assert _finish(first, logs=[log]) == [0]
-    assert _states(db).get("COMPLETE", 0) == 12
+    assert len(_distinct_complete(_trials(db))) == 12
 
 
 def test_bad_heartbeat_setting_is_one_line(tmp_path, cache, capsys, monkeypatch):
