@@ -30,13 +30,15 @@ if TYPE_CHECKING:
     from rba.errors import RBAError
     from rba.export import head_logits, load_export
     from rba.fit import register_fit
+    from rba.metrics import register_metric
+    from rba.samplers import register_sampler
     from rba.session import Session
     from search import SearchResult
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "Config", "load_config", "Session", "search", "load_export", "head_logits",
-           "register_adapter", "register_fit", "RBAError"]
+           "register_adapter", "register_fit", "register_metric", "register_sampler", "RBAError"]
 
 # public name -> the module that defines it, imported on first access (PEP 562)
 _HOMES = {
@@ -47,6 +49,8 @@ _HOMES = {
     "head_logits": "rba.export",
     "register_adapter": "rba.adapters",
     "register_fit": "rba.fit",
+    "register_metric": "rba.metrics",
+    "register_sampler": "rba.samplers",
     "RBAError": "rba.errors",
 }
 

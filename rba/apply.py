@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rba._modules import Skip, SpanMap
-from rba.adapters._base import Adapter
+from rba.adapters import Adapter
 from rba.fit import SpanFit, get_fit
 from rba.spans import Span
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from rba._io import atomic_path, atomic_write_json, file_sha256
-from rba.adapters._base import Adapter
+from rba.adapters import Adapter
 from rba.spans import Span
 from rba.errors import CacheError, DataError
 

@@ -142,7 +142,7 @@ class Scores(_Command):
 
     def take_action(self, args):
         from rba._io import atomic_path
-        from rba.metrics._table import plot_scores, score_table
+        from rba.metrics import plot_scores, score_table
         from rba.session import Session
 
         cfg = self.load(args)

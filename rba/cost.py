@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from rba.adapters._base import Adapter
+from rba.adapters import Adapter
 from rba.fit import get_fit
 from rba.spans import Span
 

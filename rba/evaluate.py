@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rba.adapters._base import Adapter, Context
+from rba.adapters import Adapter, Context
 from rba.spans import Span
 from rba._threads import single_thread
 from rba.capture import check_finite, iter_batches, length_order

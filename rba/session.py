@@ -165,7 +165,7 @@ class Session:
                            max_span=self.cfg.search.max_span)
 
     def best_span(self) -> Span:
-        from rba.metrics._table import score_table
+        from rba.metrics import score_table
 
         table = score_table(self.stats, self.cfg.fit.ridge)
         row = table.loc[table["ls_residual"].idxmin()]

@@ -13,28 +13,12 @@ import pytest
 import torch
 
 import rba
+from test_cli import TOML as CLI_TOML
 
 REPO = Path(__file__).resolve().parent.parent
 
-TOML = """
-[model]
-kind = "timm"
-name = "test_vit"
-pretrained = false
-[data]
-kind = "synthetic"
-image_size = 32
-calibration = 32
-probe = 32
-eval = 32
-options = {{ modality = "image", classes = 3 }}
-[capture]
-cache_dir = "{cache}"
-[evaluate]
-latency_repeats = 1
-[search]
-max_span = 3
-"""
+# the CLI tests' tiny ViT study, with a short max_span so the search space stays small
+TOML = CLI_TOML + "[search]\nmax_span = 3\n"
 
 
 def cli(*args, cwd):
