@@ -22,6 +22,8 @@ __all__ = ["main", "build_parser"]
 _MODEL_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--max-span", "search.max_span", int, "longest span considered"),
     ("--device", "model.device", str, "cpu, cuda or auto"),
+    ("--forward-dtype", "model.forward_dtype", str, "float32, bfloat16 or float16: the model's forward dtype "
+     "(statistics stay float64)"),
 ]
 _SEARCH_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--trials", "search.trials", int, "total trials of the study"),
@@ -107,13 +109,10 @@ class _Command:
 def _check_device(cfg) -> None:
     if cfg.model.device not in ("cuda", "auto"):
         return
-    import torch
+    from rba._device import resolve_device
 
-    if torch.cuda.is_available():
+    if resolve_device(cfg.model.device).type == "cuda":
         return
-    if cfg.model.device == "cuda":
-        raise ConfigError("model.device = 'cuda' but torch sees no CUDA GPU on this machine: use --device cpu, or "
-                          "auto (the GPU when there is one)")
     print("rba: note: model.device = 'auto' and no CUDA GPU is visible: running on the CPU", file=sys.stderr)
 
 

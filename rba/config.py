@@ -69,6 +69,10 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)
     """extra keyword arguments for the model constructor (e.g. timm ``depth``, ``embed_dim``)"""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    """where capture, fits and evaluation run: cpu, cuda (an error without a GPU), auto (the GPU if any)"""
+    forward_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """the dtype the model runs its forward in; statistics are still accumulated in float64 (``capture.dtype``
+    sets the batch products' dtype, float32 or float64), fits solved in float64"""
 
 
 @dataclass(config=_SCHEMA)

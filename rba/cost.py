@@ -173,7 +173,7 @@ class CostModel:
         maps = {}
         for k, d in enumerate(self.dims):
             if d not in maps:
-                m = SpanMap(d, d, layout=adapter.layout).to(states[k].device)
+                m = SpanMap(d, d, layout=adapter.layout).to(states[k].device, states[k].dtype)
                 s = states[k]
                 maps[d] = _time_ms(lambda: m(s), repeats)
         self.base_latency_ms = embed_ms + head_ms

@@ -214,7 +214,7 @@ class Evaluator:
         if ev.labels is None:
             return float("nan")
         if self.head == "native":
-            logits = self.adapter.logits(pooled["eval"].to(self.adapter.device))
+            logits = self.adapter.logits(pooled["eval"].to(self.adapter.device, self.adapter.dtype))
             if logits is None:
                 from rba.errors import ModelError
 

@@ -178,7 +178,7 @@ def _fitted_head(session, spans, maps, tag: str) -> tuple[nn.Linear | None, dict
     evaluator = session.evaluator
     if evaluator.head == "native":
         with torch.inference_mode():
-            pooled = evaluator.parts["eval"].pooled[:1].to(session.adapter.device)
+            pooled = evaluator.parts["eval"].pooled[:1].to(session.adapter.device, session.adapter.dtype)
             logits = session.adapter.logits(pooled)
         if logits is None:
             return None, None

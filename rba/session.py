@@ -108,7 +108,7 @@ class Session:
         preprocessing and capture settings. Its hash is the cache key; the cache records it and is verified
         against it on load."""
         d = self.cfg.data
-        return {
+        request = {
             "format": STATS_FORMAT,
             "model": self.adapter.identity,
             "calibration": self.splits.calibration.fingerprint(),
@@ -116,6 +116,9 @@ class Session:
             "dtype": self.cfg.capture.dtype,
             "pairs": self.pairs,
         }
+        if self.cfg.model.forward_dtype != "float32":  # (float32 forwards keep the keys they always had)
+            request["forward_dtype"] = self.cfg.model.forward_dtype
+        return request
 
     def statistics_key(self) -> str:
         return config_hash(self.statistics_request())

@@ -74,9 +74,18 @@ class Adapter(abc.ABC):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the model computes in (``[model] forward_dtype``)."""
+        return next(self.model.parameters()).dtype
+
     def to(self, device: torch.device | str) -> "Adapter":
         self.model.to(device)
         return self
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        """An input tensor on the model's device; floating inputs (images) also in the model's dtype."""
+        return x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
 
     # ------------------------------------------------------------------ staged forward
     @abc.abstractmethod

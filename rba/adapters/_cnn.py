@@ -71,9 +71,9 @@ class BlockList:
         return f"BlockList({len(self)} blocks in {len(self._containers)} containers)"
 
 
-def _example(preprocess: ImagePreprocess, device: torch.device) -> torch.Tensor:
+def _example(preprocess: ImagePreprocess, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     s = preprocess.image_size
-    return torch.zeros(1, preprocess.channels, s, s, device=device)
+    return torch.zeros(1, preprocess.channels, s, s, device=device, dtype=dtype)
 
 
 class _PixelAdapter(Adapter):
@@ -94,10 +94,10 @@ class _PixelAdapter(Adapter):
         return self.preprocess(samples)
 
     def _input(self, inputs: torch.Tensor) -> torch.Tensor:
-        return inputs.to(self.device, memory_format=torch.channels_last)
+        return inputs.to(self.device, self.dtype, memory_format=torch.channels_last)
 
     def example_inputs(self):
-        return _example(self.preprocess, self.device)
+        return _example(self.preprocess, self.device, self.dtype)
 
 
 # ---------------------------------------------------------------------------------------------- timm

@@ -130,7 +130,7 @@ class HFBert(Adapter):
         """transformers 4.x layers return tuples, 5.x tensors: ask the first layer once."""
         d = self.encoder_model.config.hidden_size
         with torch.inference_mode():
-            out = self.blocks[0](torch.zeros(1, 2, d, device=self.device))
+            out = self.blocks[0](torch.zeros(1, 2, d, device=self.device, dtype=self.dtype))
         return isinstance(out, tuple)
 
     # ------------------------------------------------------------------ staged forward

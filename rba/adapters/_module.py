@@ -108,7 +108,7 @@ class ModuleAdapter(Adapter):
     def example_inputs(self):
         if self.image_size is None:
             raise ModelError("[model] kind = \"module\" needs data.image_size to know the model's input size")
-        return torch.zeros(1, self.channels, self.image_size, self.image_size, device=self.device)
+        return torch.zeros(1, self.channels, self.image_size, self.image_size, device=self.device, dtype=self.dtype)
 
     # ------------------------------------------------------------------ stages
     def _run_until(self, inputs: torch.Tensor, block: nn.Module, *, output: bool) -> torch.Tensor:
@@ -125,7 +125,7 @@ class ModuleAdapter(Adapter):
 
         handle = block.register_forward_hook(hook) if output else block.register_forward_pre_hook(pre_hook)
         try:
-            self.model(inputs.to(self.device))
+            self.model(self.to_model(inputs))
         except _Stop:
             pass
         finally:
@@ -158,7 +158,7 @@ class ModuleAdapter(Adapter):
         """Raise ModelError when the model's forward does more than chain its blocks (staged ≠ forward)."""
         with torch.inference_mode(), torch.random.fork_rng():
             torch.manual_seed(0)
-            x = torch.rand(2, *self.example_inputs().shape[1:], device=self.device)
+            x = torch.rand(2, *self.example_inputs().shape[1:], device=self.device, dtype=self.dtype)
             h = self.last_boundary(*self.embed(x))
             ref = self._run_until(x, self.blocks[len(self.blocks) - 1], output=True)
         if h.shape != ref.shape or (h - ref).abs().max() > 1e-4 * (1 + ref.abs().max()):

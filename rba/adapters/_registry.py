@@ -38,14 +38,12 @@ def create_adapter(cfg: "Config") -> "Adapter":
     adapter = _ADAPTERS.get(kind)(cfg)
     if cfg.data.image_size is not None:
         _check_image_size(adapter, cfg)
-    device = cfg.model.device
-    if device == "auto":
-        import torch
+    from rba._device import resolve_device, set_forward_dtype
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cpu":
+    device = resolve_device(cfg.model.device)
+    if device.type != "cpu":
         adapter.to(device)
-    return adapter
+    return set_forward_dtype(adapter, cfg.model.forward_dtype, what=f"{kind} model {cfg.model.name!r}")
 
 
 def _check_image_size(adapter: "Adapter", cfg: "Config") -> None:

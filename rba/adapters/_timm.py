@@ -100,7 +100,7 @@ class TimmViT(Adapter):
 
     def embed(self, inputs):
         m = self.model
-        x = m.patch_embed(inputs.to(self.device))
+        x = m.patch_embed(self.to_model(inputs))
         x = m._pos_embed(x)
         x = m.patch_drop(x)
         x = m.norm_pre(x)
@@ -114,11 +114,11 @@ class TimmViT(Adapter):
 
     def forward(self, inputs):
         m = self.model
-        return m.forward_head(m.forward_features(inputs.to(self.device)), pre_logits=True)
+        return m.forward_head(m.forward_features(self.to_model(inputs)), pre_logits=True)
 
     def example_inputs(self):
         s = self.preprocess.image_size
-        return torch.zeros(1, self.preprocess.channels, s, s, device=self.device)
+        return torch.zeros(1, self.preprocess.channels, s, s, device=self.device, dtype=self.dtype)
 
 
 def build_timm(cfg) -> Adapter:
