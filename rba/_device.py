@@ -44,6 +44,9 @@ def set_forward_dtype(adapter: Adapter, name: str, *, what: str) -> Adapter:
     if dtype == torch.float32 and adapter.dtype == torch.float32:
         return adapter
     adapter.model.to(dtype)
+    # part of the model's identity, so statistics caches, study identities and exports tell the dtypes apart
+    # (float32, the default, adds nothing: the identities of float32 models are unchanged)
+    adapter.identity = dict(adapter.identity) | {"forward_dtype": name}
     try:
         with torch.inference_mode():
             h, ctx = adapter.embed(adapter.example_inputs())

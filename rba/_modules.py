@@ -34,8 +34,8 @@ class SpanMap(nn.Module):
         return m
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.layout == "pixels":
-            return self.linear(h.movedim(1, -1)).movedim(-1, 1)
+        if self.layout == "pixels":  # N×C×H×W; explicit permutes (the ONNX exporter mistranslates movedim's -1)
+            return self.linear(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return self.linear(h)
 
     def extra_repr(self) -> str:

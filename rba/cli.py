@@ -188,7 +188,8 @@ class Evaluate(_Command):
 
 
 class Export(_Command):
-    """Export a configuration as model.safetensors + recipe.json (reload with rba.export.load_export)."""
+    """Export a configuration as model.safetensors + recipe.json (reload with rba.export.load_export); with
+    --format onnx also model.onnx and, once, unmodified.onnx, both checked in ONNX Runtime."""
 
     takes_output_dir = False
 
@@ -196,6 +197,8 @@ class Export(_Command):
         self.add_config(parser)
         parser.add_argument("--spans", required=True, help='spans to replace, e.g. "2-5,7-9"')
         parser.add_argument("--out", required=True, help="export folder")
+        parser.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
+                            help="onnx: also write the export and the unmodified model as ONNX (onnxruntime)")
 
     def take_action(self, args):
         from rba.export import export_model
@@ -204,11 +207,22 @@ class Export(_Command):
         cfg = self.load(args)
         cfg.require_splits("export", accuracy=False)
         _check_writable_dir(Path(args.out), "export folder")
+        if args.format == "onnx":
+            from rba.onnx import check_onnx_exportable
+
+            check_onnx_exportable(cfg)
         # labels, when the data has them, let the export carry the classifier head fitted for these spans
         session = Session(cfg, progress=not args.quiet)
         spans = session.parse(args.spans)
         out = export_model(session, spans, args.out)
         print(f"wrote {out / 'model.safetensors'} and {out / 'recipe.json'}", file=sys.stderr)
+        if args.format == "onnx":
+            from rba.onnx import export_onnx
+
+            meta = export_onnx(session, out)
+            diff = meta["max_rel_diff"]
+            print(f"wrote {out / 'model.onnx'} and {out / 'unmodified.onnx'}; ONNX Runtime vs PyTorch, max relative "
+                  f"difference: export {diff['model']:.2g}, unmodified {diff['unmodified']:.2g}", file=sys.stderr)
         return 0
 
 

@@ -147,6 +147,9 @@ class RunConfig:
     max_drop: Annotated[float, Field(ge=0)] = 0.01
     """``rba run`` exports the cheapest front member whose first quality objective is at most this far (absolute)
     below the unmodified model's"""
+    onnx: bool = False
+    """``rba run`` also writes the export (and the unmodified model) as ONNX and reports the measured ONNX Runtime
+    speed-up next to FLOPs"""
 
 
 @dataclass(config=_SCHEMA)

@@ -108,7 +108,7 @@ class Session:
         preprocessing and capture settings. Its hash is the cache key; the cache records it and is verified
         against it on load."""
         d = self.cfg.data
-        request = {
+        return {
             "format": STATS_FORMAT,
             "model": self.adapter.identity,
             "calibration": self.splits.calibration.fingerprint(),
@@ -116,9 +116,6 @@ class Session:
             "dtype": self.cfg.capture.dtype,
             "pairs": self.pairs,
         }
-        if self.cfg.model.forward_dtype != "float32":  # (float32 forwards keep the keys they always had)
-            request["forward_dtype"] = self.cfg.model.forward_dtype
-        return request
 
     def statistics_key(self) -> str:
         return config_hash(self.statistics_request())
@@ -328,7 +325,17 @@ class Session:
         costs["params"] = float(sum(p.numel() for p in exported.model.parameters()) - head_params)
         costs["params_frac"] = costs["params"] / self.cost_model.total_params
         costs["latency_ms"] = st.median(times)
-        return {"spans": format_spans(spans)} | scores | costs
+        result = {"spans": format_spans(spans)} | scores | costs
+        from rba.onnx import onnx_speedup, onnx_state
+
+        state = onnx_state(folder)
+        if state == "current":  # written by `rba export --format onnx`: ONNX Runtime latency of both, interleaved
+            speed = onnx_speedup(folder, repeats=max(7, self.cfg.evaluate.latency_repeats))
+            result |= {k: v for k, v in speed.items() if k.startswith("onnx_")}
+        elif state == "stale":
+            _log(f"rba: note: {Path(folder) / 'model.onnx'} belongs to an earlier export into this folder: ONNX "
+                 "Runtime latency not measured (rerun `rba export … --format onnx`)")
+        return result
 
     def _check_export_identity(self, folder: str | Path, recipe: dict[str, Any]) -> None:
         """Refuse an export of another model, or of the same model with other input dimensions."""

@@ -270,6 +270,7 @@ def write_report(result: SearchResult, *, started: float) -> Path:
         speed = measure_speedup(session.adapter, exported, session.splits.eval.samples,
                                 batch_size=cfg.evaluate.batch_size, repeats=max(7, cfg.evaluate.latency_repeats))
         atomic_write_json(result.out / "export" / "latency.json", speed)
+        onnx_lines, onnx_speed = _onnx_speedup(cfg, session, folder, measured["flops_frac"])
         lines += ["## Exported configuration", "",
                   f"`{choice.row['spans']}`, written to `export/` (model.safetensors + recipe.json, with its "
                   "classifier head when the data has labels: `rba.head_logits`). Reloaded and evaluated end to end:", "",
@@ -281,7 +282,7 @@ def write_report(result: SearchResult, *, started: float) -> Path:
                   f"export, batch {speed['batch_size']}, {speed['threads']} threads): unmodified "
                   f"{speed['original_ms']:.4g} ms/sample, export {speed['export_ms']:.4g} ms/sample (medians); "
                   f"speed-up {speed['speedup']:.3g}× (quartiles {speed['speedup_q1']:.3g}–{speed['speedup_q3']:.3g}). "
-                  "Written to export/latency.json.", ""]
+                  "Written to export/latency.json.", "", *onnx_lines]
     else:
         lines += ["No feasible configuration: nothing exported.", ""]
     lines += [f"Wall time: {time.time() - started:.1f} s.", ""]
@@ -293,12 +294,30 @@ def write_report(result: SearchResult, *, started: float) -> Path:
                     "export_cost": float(choice.row[cost])}
         summary |= {c: float(measured[c]) for c in ("accuracy", "fidelity", "flops_frac", "params_frac")}
         summary |= {k: speed[k] for k in ("speedup", "speedup_q1", "speedup_q3")}
+        summary |= onnx_speed
     atomic_write_json(result.out / "summary.json", summary)
     report = result.out / "report.md"
     atomic_write_text(report, "\n".join(lines))
     if ctx.progress:
         log(f"run: wrote {report}")
     return report
+
+
+def _onnx_speedup(cfg, session, folder: Path, flops_frac: float) -> tuple[list[str], dict]:
+    """With ``[run] onnx``: the export and the unmodified model as ONNX, and their ONNX Runtime speed-up
+    (report lines, summary keys); nothing otherwise."""
+    if not cfg.run.onnx:
+        return [], {}
+    from rba.onnx import export_onnx, onnx_speedup
+
+    meta = export_onnx(session, folder)
+    s = onnx_speedup(folder, repeats=max(7, cfg.evaluate.latency_repeats))
+    return [f"ONNX Runtime (export/model.onnx against export/unmodified.onnx, both checked against PyTorch: max "
+            f"relative difference {max(meta['max_rel_diff'].values()):.2g}; {s['repeats']} interleaved repeats, batch "
+            f"{s['batch_size']}, {s['threads']} threads): unmodified {s['onnx_unmodified_ms']:.4g} ms/sample, export "
+            f"{s['onnx_export_ms']:.4g} ms/sample (medians); speed-up {s['onnx_speedup']:.3g}× (quartiles "
+            f"{s['onnx_speedup_q1']:.3g}–{s['onnx_speedup_q3']:.3g}) at flops_frac {flops_frac:.3g}.", ""], \
+        {k: v for k, v in s.items() if k.startswith("onnx_")}
 
 
 def _markdown(df: pd.DataFrame) -> str:

@@ -104,7 +104,7 @@ def test_bfloat16_fit_error_against_a_float32_forward(tmp_path):
                           progress=False, measure_latency=False)
         tables[dtype] = score_table(session.stats, 1e-6).set_index(["start", "end"])
         keys[dtype] = session.statistics_request()
-    assert "forward_dtype" not in keys["float32"] and keys["bfloat16"]["forward_dtype"] == "bfloat16"
+    assert "forward_dtype" not in keys["float32"]["model"] and keys["bfloat16"]["model"]["forward_dtype"] == "bfloat16"
     f32, b16 = tables["float32"]["ls_residual"], tables["bfloat16"]["ls_residual"]
     rel = ((b16 - f32).abs() / f32).max()
     assert 0 < rel < 0.05, rel

@@ -1,0 +1,290 @@
+"""ONNX export of an rba export, checked in ONNX Runtime, and its measured ONNX Runtime speed-up.
+
+``rba export CONFIG --spans S --out DIR --format onnx`` writes, next to ``model.safetensors`` and
+``recipe.json``:
+
+- ``model.onnx``: the approximated model as reloaded from the export (what users deploy), classifier head
+  included; outputs ``pooled`` (the model's pooled representation) and, when the export has a head, ``logits``;
+- ``unmodified.onnx``: the unmodified model with its own head (the probe of the unmodified network, the fixed
+  probe, or the native head), written once: a later export of the same model into the same folder keeps it;
+- ``onnx_feed.npz``: one batch of the eval split, collated (the inputs both graphs were checked on, and what
+  :func:`onnx_speedup` times);
+- ``onnx.json``: input and output names, the measured differences, the export it belongs to.
+
+Inputs: images ``pixels`` (N×C×H×W float32, the model's own preprocessing applied); text ``input_ids`` and
+``attention_mask`` (N×T int64). The batch axis (and the token axis) are dynamic. Before anything is renamed into
+place, both graphs run in ONNX Runtime on the feed and their outputs must equal the PyTorch models' to a max
+relative difference (max |onnx − torch| / max |torch|, per output) of at most :data:`MAX_REL_DIFF`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from rba._io import atomic_path, atomic_write_json, package_versions
+from rba.errors import ConfigError, RBAError
+
+if TYPE_CHECKING:
+    from rba.adapters import Adapter
+    from rba.config import Config
+    from rba.session import Session
+
+__all__ = ["export_onnx", "onnx_speedup", "check_onnx_exportable", "MAX_REL_DIFF", "ONNX_MODEL", "ONNX_UNMODIFIED"]
+
+ONNX_MODEL = "model.onnx"
+ONNX_UNMODIFIED = "unmodified.onnx"
+ONNX_FEED = "onnx_feed.npz"
+ONNX_META = "onnx.json"
+#: the largest max relative difference accepted between ONNX Runtime's and PyTorch's outputs
+MAX_REL_DIFF = 1e-4
+OPSET = 17
+
+
+def check_onnx_exportable(cfg: Config) -> None:
+    """Refuse, before any model is loaded, what the ONNX export does not cover."""
+    if cfg.model.forward_dtype != "float32":
+        raise ConfigError(f"model.forward_dtype = {cfg.model.forward_dtype!r}: the ONNX export writes float32 models "
+                          "only (ONNX Runtime's CPU kernels are float32); export with --forward-dtype float32")
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"--format onnx needs the packages onnx and onnxruntime ({exc}): pip install onnx "
+                          "onnxruntime") from None
+
+
+class _Deployed(nn.Module):
+    """An adapter's end-to-end forward plus its classifier head, as one module with tensor inputs."""
+
+    def __init__(self, adapter: Adapter, head: nn.Module | None, native: bool):
+        super().__init__()
+        self.adapter = adapter
+        self.model = adapter.model  # registered, so the weights are the graph's initialisers
+        self.head = None if head is None else copy.deepcopy(head).float()
+        self.native = native
+        self.text = _is_text(adapter)
+
+    def forward(self, *inputs: torch.Tensor):
+        x = {"input_ids": inputs[0], "attention_mask": inputs[1]} if self.text else inputs[0]
+        pooled = self.adapter.forward(x).float()
+        if self.native:
+            return pooled, self.adapter.logits(pooled).float()
+        if self.head is not None:
+            return pooled, self.head(pooled)
+        return pooled
+
+
+def _is_text(adapter: Adapter) -> bool:
+    return hasattr(adapter, "tokenizer")
+
+
+def _input_names(adapter: Adapter) -> list[str]:
+    return ["input_ids", "attention_mask"] if _is_text(adapter) else ["pixels"]
+
+
+def _feed(adapter: Adapter, samples: Sequence[Any]) -> dict[str, np.ndarray]:
+    batch = adapter.collate(samples)
+    if _is_text(adapter):
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else mask
+        return {"input_ids": ids.long().numpy(), "attention_mask": mask.long().numpy()}
+    return {"pixels": batch.float().contiguous().numpy()}
+
+
+def _tracing_inputs(adapter: Adapter, feed: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+    """Inputs to trace with: the feed's first samples; for text two texts of different lengths, so that the
+    traced graph holds the padding path of the attention mask (an unpadded batch may skip it)."""
+    if _is_text(adapter):
+        b = adapter.collate(["a", "a longer example sentence that needs more tokens"])
+        return b["input_ids"].long(), b["attention_mask"].long()
+    return (torch.from_numpy(feed["pixels"][:2]),)
+
+
+def _rel_diff(got: np.ndarray, want: np.ndarray) -> float:
+    scale = float(np.abs(want).max()) or 1.0
+    return float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max() / scale)
+
+
+def _ort_session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _write_onnx(module: _Deployed, adapter: Adapter, feed: dict[str, np.ndarray], reference: list[np.ndarray],
+                path: Path, what: str) -> float:
+    """Trace ``module`` to ``path`` (atomically), run it in ONNX Runtime on ``feed`` and compare with
+    ``reference`` (the PyTorch outputs); returns the largest relative difference."""
+    names = _input_names(adapter)
+    outputs = ["pooled", "logits"][: len(reference)]
+    axes = {n: ({0: "batch", 1: "tokens"} if _is_text(adapter) else {0: "batch"}) for n in names}
+    axes |= {n: {0: "batch"} for n in outputs}
+    with atomic_path(path) as tmp:
+        try:
+            with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module.eval(), _tracing_inputs(adapter, feed), str(tmp), input_names=names,
+                                  output_names=outputs, dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+        except Exception as exc:  # a tracer failure is the model's, not the user's input: name it in one line
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise RBAError(f"cannot export {what} to ONNX ({type(exc).__name__}: {reason}): this model or fit kind "
+                           "is not supported by the ONNX export") from None
+        got = _ort_session(tmp).run(outputs, feed)
+        diffs = [_rel_diff(g, w) for g, w in zip(got, reference)]
+        worst = max(diffs)
+        if not worst <= MAX_REL_DIFF:
+            raise RBAError(f"{what} in ONNX Runtime differs from PyTorch by {worst:.3g} (max relative difference, "
+                           f"outputs {', '.join(outputs)}; at most {MAX_REL_DIFF:g} is accepted): not written")
+    return worst
+
+
+@torch.inference_mode()
+def _reference(adapter: Adapter, feed: dict[str, np.ndarray], head_fn) -> list[np.ndarray]:
+    """The PyTorch outputs on ``feed``: the adapter's own forward, then ``head_fn(pooled)`` (None: no head)."""
+    x = ({"input_ids": torch.from_numpy(feed["input_ids"]), "attention_mask": torch.from_numpy(feed["attention_mask"])}
+         if _is_text(adapter) else torch.from_numpy(feed["pixels"]))
+    pooled = adapter.forward(x)
+    out = [pooled.float().numpy()]
+    if head_fn is not None:
+        out.append(head_fn(pooled).double().numpy())
+    return out
+
+
+def _unmodified_key(session: Session, head_record: dict | None) -> str:
+    from rba.config import config_hash
+
+    cfg = session.cfg
+    probe = session.splits.probe.fingerprint() if head_record and head_record["kind"] != "native" else None
+    return config_hash({"identity": session.adapter.identity, "max_length": cfg.data.max_length,
+                        "image_size": cfg.data.image_size, "head": head_record, "probe": probe,
+                        "probe_c": cfg.evaluate.probe_c, "feed": cfg.evaluate.batch_size})
+
+
+def export_onnx(session: Session, folder: str | Path) -> dict[str, Any]:
+    """Write ``folder/model.onnx`` for the rba export in ``folder`` (made by :func:`rba.export.export_model` from
+    ``session``) and, once per model, ``folder/unmodified.onnx``; both checked in ONNX Runtime. Returns what
+    ``onnx.json`` records."""
+    from rba.export import HEAD_ATTR, _fitted_head, load_export, read_recipe
+    from rba.session import maps_tag
+
+    check_onnx_exportable(session.cfg)
+    folder = Path(folder)
+    recipe = read_recipe(folder)
+    model = session.cfg.model
+    trusted = model.kind == "module" and model.trust_code
+    exported = load_export(folder, trust_code=trusted, factory=model.name if trusted else None)
+    samples = session.splits.eval.samples[: session.cfg.evaluate.batch_size]
+    feed = _feed(exported, samples)
+    head = recipe["head"]
+    native = head is not None and head["kind"] == "native"
+    linear = getattr(exported.model, HEAD_ATTR, None)
+    module = _Deployed(exported, linear, native)
+    head_fn = (exported.logits if native else
+               (lambda p: linear(p.to(linear.weight.dtype))) if linear is not None else None)
+    diffs = {"model": _write_onnx(module, exported, feed, _reference(exported, feed, head_fn),
+                                  folder / ONNX_MODEL, f"the export {folder}")}
+
+    meta_path = folder / ONNX_META
+    old = _read_meta(meta_path)
+    base_head, base_record = _fitted_head(session, [], [], maps_tag(session.cfg.fit.kind, session.cfg.fit.mode))
+    key = _unmodified_key(session, base_record)
+    if old.get("unmodified_key") == key and (folder / ONNX_UNMODIFIED).exists():
+        diffs["unmodified"] = old["max_rel_diff"]["unmodified"]  # the same model's: written once, kept
+    else:
+        base = session.adapter
+        if base.device.type != "cpu":
+            base = copy.deepcopy(base).to("cpu")
+        base_native = base_record is not None and base_record["kind"] == "native"
+        base_module = _Deployed(base, base_head, base_native)
+        base_fn = (base.logits if base_native else
+                   (lambda p: base_head(p.to(base_head.weight.dtype))) if base_head is not None else None)
+        diffs["unmodified"] = _write_onnx(base_module, base, feed, _reference(base, feed, base_fn),
+                                          folder / ONNX_UNMODIFIED, "the unmodified model")
+    with atomic_path(folder / ONNX_FEED) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **feed)
+    import onnx
+    import onnxruntime
+
+    meta = {"format": 1, "inputs": list(feed), "outputs": ["pooled", "logits"][: 1 + (head is not None)],
+            "batch_size": len(samples), "max_rel_diff": diffs, "tolerance": MAX_REL_DIFF, "opset": OPSET,
+            "recipe_sha256": recipe["recipe_sha256"], "spans": recipe["spans"], "unmodified_key": key,
+            "versions": package_versions() | {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}}
+    atomic_write_json(meta_path, meta)
+    return meta
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def onnx_state(folder: str | Path) -> str | None:
+    """None: ``folder`` holds no ONNX export; ``"current"``: it holds one of its rba export; ``"stale"``: one
+    written for an earlier export into the same folder (re-exported since without --format onnx)."""
+    folder = Path(folder)
+    if not (folder / ONNX_MODEL).exists():
+        return None
+    meta = _read_meta(folder / ONNX_META)
+    recipe = _read_meta(folder / "recipe.json")
+    return "current" if meta and recipe.get("recipe_sha256") == meta.get("recipe_sha256") else "stale"
+
+
+def onnx_speedup(export_dir: str | Path, *, repeats: int = 20, threads: int | None = None,
+                 warmup: int = 2) -> dict[str, Any]:
+    """ONNX Runtime latency of the unmodified model and the export in ``export_dir`` (written by
+    ``rba export --format onnx``), on the batch in ``onnx_feed.npz``, measured interleaved (unmodified, export,
+    then export, unmodified, … so that load changes and order hit both alike) after ``warmup`` runs of each.
+
+    Returns per-sample medians (``onnx_unmodified_ms``, ``onnx_export_ms``), the speed-up (median of the
+    per-repeat ratios) with its quartiles (``onnx_speedup``, ``onnx_speedup_q1``, ``onnx_speedup_q3``),
+    ``repeats``, ``threads`` and ``batch_size``."""
+    import statistics as st
+
+    folder = Path(export_dir)
+    meta = _read_meta(folder / ONNX_META)
+    files = [folder / ONNX_MODEL, folder / ONNX_UNMODIFIED, folder / ONNX_FEED]
+    if not meta or not all(f.exists() for f in files):
+        raise RBAError(f"{folder} holds no complete ONNX export (model.onnx, unmodified.onnx, onnx_feed.npz, "
+                       "onnx.json): write one with `rba export CONFIG --spans … --out DIR --format onnx`")
+    if onnx_state(folder) != "current":
+        raise RBAError(f"{folder / ONNX_MODEL} was written for another export than {folder / 'recipe.json'} (the "
+                       "folder was exported again without --format onnx): rerun `rba export … --format onnx`")
+    threads = int(threads or torch.get_num_threads())
+    with np.load(folder / ONNX_FEED) as data:
+        feed = {k: data[k] for k in data.files}
+    n = len(next(iter(feed.values())))
+    sessions = {"unmodified": _ort_session(folder / ONNX_UNMODIFIED, threads),
+                "export": _ort_session(folder / ONNX_MODEL, threads)}
+    for _ in range(warmup):
+        for s in sessions.values():
+            s.run(None, feed)
+    times: dict[str, list[float]] = {"unmodified": [], "export": []}
+    for r in range(repeats):
+        for name in (("unmodified", "export") if r % 2 == 0 else ("export", "unmodified")):
+            t0 = time.perf_counter()
+            sessions[name].run(None, feed)
+            times[name].append((time.perf_counter() - t0) * 1000 / n)
+    ratios = np.array(times["unmodified"]) / np.array(times["export"])
+    q1, q3 = np.percentile(ratios, [25, 75])
+    return {"onnx_unmodified_ms": st.median(times["unmodified"]), "onnx_export_ms": st.median(times["export"]),
+            "onnx_speedup": float(np.median(ratios)), "onnx_speedup_q1": float(q1), "onnx_speedup_q3": float(q3),
+            "repeats": repeats, "threads": threads, "batch_size": n}
