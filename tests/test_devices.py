@@ -79,7 +79,7 @@ def test_bfloat16_forward_statistics_are_float64_sums_of_its_vectors(tmp_path, f
 
 def test_bfloat16_evaluation_runs_maps_in_the_model_and_matches_a_hand_written_forward(tmp_path):
     cfg = tiny_config(tmp_path, model={"forward_dtype": "bfloat16"}, search={"max_span": 2})
-    session = Session(cfg, progress=False, measure_latency=False)
+    session = Session(cfg, progress=False, measure_latency=False, need_labels=False)  # fidelity only
     spans = [(1, 3)]
     result = session.evaluate(spans)
     (m,) = session.maps(spans)
