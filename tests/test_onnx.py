@@ -17,6 +17,7 @@ from rba.config import load_config
 from rba.export import head_logits, load_export
 from rba.onnx import MAX_REL_DIFF, export_onnx
 from rba.session import Session
+from search.report import _onnx_speedup
 from test_reliability import assert_one_line_error, run_main, vit_sections, write_config
 
 
@@ -73,9 +74,12 @@ def test_vit_export_onnx_matches_pytorch_writes_the_unmodified_model_once_and_me
     # two blocks less: fewer weights in the graph (the head is tiny next to a block)
     assert _initialised(out / "model.onnx") < _initialised(out / "unmodified.onnx")
 
-    # the same model exported again into the folder (through the API, one session): unmodified.onnx is kept
+    # the same model exported again into the folder by `rba run`'s report step ([run] onnx = true, one session):
+    # unmodified.onnx is kept, and the report gets the measured ONNX Runtime speed-up next to FLOPs
     before = (out / "unmodified.onnx").stat()
-    export_onnx(session, session.export("2-4", out))
+    session.cfg.run.onnx = True
+    lines, summary = _onnx_speedup(session.cfg, session, session.export("2-4", out), 0.5)
+    assert "ONNX Runtime" in lines[0] and "at flops_frac 0.5" in lines[0] and summary["onnx_speedup"] > 0
     after = (out / "unmodified.onnx").stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # written once, kept
     assert json.loads((out / "onnx.json").read_text())["spans"] == "2-4"
