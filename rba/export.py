@@ -267,7 +267,8 @@ def load_export(folder: str | Path, device: str = "cpu", *, trust_code: bool = F
     cfg = Config(model=ModelConfig(**model_cfg), data=DataConfig(**recipe["preprocess"]))
     adapter = create_adapter(cfg)
     spans = parse_spans(recipe["spans"])
-    modules = [plugin.module(e["dim_in"], e["dim_out"], layout=recipe["layout"], span=tuple(e["span"]))
+    # in the model's forward dtype (a bfloat16 export holds bfloat16 maps)
+    modules = [plugin.module(e["dim_in"], e["dim_out"], layout=recipe["layout"], span=tuple(e["span"])).to(adapter.dtype)
                for plugin, e in zip(plugins, recipe["span_modules"])]
     replace_(adapter, spans, modules)  # permanent: this adapter is the approximated model
     head = recipe["head"]

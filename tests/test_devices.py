@@ -14,7 +14,8 @@ from conftest import materialise, staged_forward, tiny_config, tiny_samples
 from rba.adapters import create_adapter
 from rba.capture import capture_statistics
 from rba.cli import main as cli_main
-from rba.errors import ConfigError, ModelError
+from rba.errors import ConfigError
+from rba.export import load_export
 from rba.metrics import score_table
 from rba.session import Session
 
@@ -93,6 +94,12 @@ def test_bfloat16_evaluation_runs_maps_in_the_model_and_matches_a_hand_written_f
     # batched (32) against all at once: bfloat16 rounds a little differently per batch
     assert result["fidelity"] == pytest.approx(want, abs=2e-3)
     assert result["fidelity"] < 0.999  # the map changed something, so the comparison means something
+    # exported and reloaded, the approximated model runs in bfloat16, maps included
+    reloaded = load_export(session.export(spans, tmp_path / "exp"))
+    assert reloaded.dtype == torch.bfloat16 and reloaded.identity["forward_dtype"] == "bfloat16"
+    with torch.inference_mode():
+        got = reloaded.forward(reloaded.collate(samples)).double()
+    assert torch.nn.functional.cosine_similarity(got, approx, dim=1).min() > 0.999
 
 
 def test_bfloat16_fit_error_against_a_float32_forward(tmp_path):
