@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from rba.config import Config
     from rba.session import Session
 
-__all__ = ["export_onnx", "onnx_speedup", "check_onnx_exportable", "MAX_REL_DIFF", "ONNX_MODEL", "ONNX_UNMODIFIED"]
+__all__ = ["export_onnx", "onnx_speedup", "onnx_state", "check_onnx_exportable", "MAX_REL_DIFF", "ONNX_MODEL",
+           "ONNX_UNMODIFIED"]
 
 ONNX_MODEL = "model.onnx"
 ONNX_UNMODIFIED = "unmodified.onnx"
