@@ -263,6 +263,10 @@ class Run(_Command):
         def configure(cfg):
             cfg = self.configure(cfg, args)
             cfg.require_splits("run", accuracy="accuracy" in cfg.search.objectives)
+            if cfg.run.onnx:  # refused now, not after the search
+                from rba.onnx import check_onnx_exportable
+
+                check_onnx_exportable(cfg)
             return cfg
 
         out = Path(args.out) if args.out is not None else None

@@ -130,3 +130,9 @@ def test_onnx_export_of_a_half_precision_forward_is_one_line_before_any_work(tmp
                           "--forward-dtype", "bfloat16", "--quiet")
     assert_one_line_error(rc, err, "model.forward_dtype = 'bfloat16'", "ONNX export writes float32 models only")
     assert not (tmp_path / "exp").exists() and not (tmp_path / "cache").exists()
+    # `rba run` with [run] onnx = true refuses it before the search, not after
+    cfg = write_config(tmp_path / "run.toml", vit_sections(tmp_path, run={"onnx": True},
+                                                           model={"forward_dtype": "bfloat16"}))
+    rc, _, err = run_main(capsys, "run", cfg, "--out", tmp_path / "out", "--quiet")
+    assert_one_line_error(rc, err, "ONNX export writes float32 models only")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
