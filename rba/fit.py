@@ -12,6 +12,9 @@ Built in, from the statistics (float64, ridge-stabilised normal equations, Chole
 * ``linear``: the same without the bias row/column.
 * ``identity``: x ↦ x, the skip baseline (no parameters).
 
+Built in, trained on calibration vectors (:mod:`rba._translators`, the paper's translator baselines):
+``mlp`` and ``res-mlp``, Adam on the MSE between boundaries i and j, as :class:`TrainSettings` say.
+
 ``SSE = s_j − 2·tr(Wᵀ B) + tr(Wᵀ A W)``, which for the ridge solution is ``s_j − tr(WᵀB) − λ‖W‖²``. The
 factorisation of A_i + λI is computed once per start boundary. The statistics are sums about a centre per
 boundary (:mod:`rba.capture`); the affine fit solves this same problem in those shifted coordinates, and the
@@ -34,8 +37,8 @@ from rba.capture import Statistics
 from rba.errors import SpanError, did_you_mean
 from rba.spans import Span
 
-__all__ = ["Fit", "FitInput", "SpanFit", "RankDeficientWarning", "fit_span", "get_fit", "list_fits", "register_fit",
-           "ill_conditioning"]
+__all__ = ["Fit", "FitInput", "SpanFit", "TrainSettings", "RankDeficientWarning", "fit_span", "get_fit", "list_fits",
+           "register_fit", "ill_conditioning"]
 
 #: smallest/largest eigenvalue of the unridged system below which the ridge is what makes it solvable
 RANK_DEFICIENT_RATIO = 1e-10
@@ -45,6 +48,16 @@ Needs = Literal["statistics", "vectors"]
 
 class RankDeficientWarning(UserWarning):
     """The normal equations of a span are (numerically) singular; the ridge takes over."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a fit that trains (``trained = True``) runs its optimiser: ``steps`` Adam steps at learning rate
+    ``lr`` on minibatches of ``batch_size`` paired vectors (the whole sample when it is smaller)."""
+
+    steps: int = 300
+    lr: float = 1e-3
+    batch_size: int = 1024
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,7 @@ class FitInput:
     statistics: Statistics | None = None
     vectors: tuple[torch.Tensor, torch.Tensor] | None = None
     seed: int = 0
+    train: TrainSettings = TrainSettings()
 
 
 @dataclass
@@ -189,8 +203,10 @@ def get_fit(name: str) -> Fit:
 
 
 def fit_span(stats: Statistics | None, span: Span, kind: str = "affine", ridge: float = 1e-6, *,
-             vectors: tuple[torch.Tensor, torch.Tensor] | None = None, seed: int = 0) -> SpanFit:
-    """Fit ``span`` with the plug-in ``kind``, from ``stats`` or from paired ``vectors`` (x_i, x_j), as it needs."""
+             vectors: tuple[torch.Tensor, torch.Tensor] | None = None, seed: int = 0,
+             train: TrainSettings | None = None) -> SpanFit:
+    """Fit ``span`` with the plug-in ``kind``, from ``stats`` or from paired ``vectors`` (x_i, x_j), as it needs;
+    a fit that trains runs with ``train`` (default: :class:`TrainSettings`) and ``seed``."""
     plugin = get_fit(kind)
     i, j = span
     if plugin.needs == "statistics":
@@ -208,6 +224,7 @@ def fit_span(stats: Statistics | None, span: Span, kind: str = "affine", ridge: 
                             f"and {tuple(y.shape)}")
         dims = x.shape[1], y.shape[1]
     data = FitInput(span=span, dim_in=int(dims[0]), dim_out=int(dims[1]), ridge=ridge, seed=seed,
+                    train=train or TrainSettings(),
                     statistics=stats if plugin.needs == "statistics" else None,
                     vectors=vectors if plugin.needs == "vectors" else None)
     with single_thread():
@@ -376,3 +393,7 @@ class IdentityFit(Fit):
 
     def predict(self, fit: SpanFit, x: torch.Tensor) -> torch.Tensor:
         return x.double()
+
+
+# the trained fits (mlp, res-mlp) register themselves; imported last, as they build on the names above
+import rba._translators  # noqa: E402,F401

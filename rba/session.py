@@ -24,7 +24,7 @@ from rba.data import Dataset, Splits, load_dataset, make_splits
 from rba.errors import CacheError
 from rba.apply import span_module
 from rba.errors import ModelError
-from rba.fit import SpanFit, fit_span, get_fit
+from rba.fit import SpanFit, TrainSettings, fit_span, get_fit
 from rba.spans import check_spans, format_spans, parse_spans
 
 if TYPE_CHECKING:
@@ -45,9 +45,6 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
     "params": ("params_frac", "minimize"),
     "latency": ("latency_ms", "minimize"),
 }
-
-#: most paired calibration vectors handed to a fit that trains on vectors (``needs = "vectors"``)
-MAX_FIT_VECTORS = 16384
 
 
 def maps_tag(kind: str, mode: str) -> str:
@@ -75,6 +72,7 @@ class Session:
         self.measure_latency = measure_latency
         self._need_labels = need_labels
         self._fits: dict[tuple[Span, str], SpanFit] = {}
+        self._vectors: dict[int, torch.Tensor] = {}
         self._given_adapter = adapter
         self._given_stats = stats
         self._given_cost_model = cost_model
@@ -176,28 +174,37 @@ class Session:
         kind = kind or self.cfg.fit.kind
         if (span, kind) not in self._fits:
             if get_fit(kind).needs == "vectors":
-                fit = fit_span(None, span, kind, self.cfg.fit.ridge, vectors=self.fit_vectors(span),
-                               seed=self.cfg.data.seed)
+                f = self.cfg.fit
+                fit = fit_span(None, span, kind, f.ridge, vectors=self.fit_vectors(span), seed=self.cfg.data.seed,
+                               train=TrainSettings(steps=f.steps, lr=f.lr, batch_size=f.batch_size))
             else:
                 fit = fit_span(self.stats, span, kind, self.cfg.fit.ridge)
             self._fits[(span, kind)] = fit
         return self._fits[(span, kind)]
 
-    @torch.inference_mode()
-    def fit_vectors(self, span: Span, limit: int = MAX_FIT_VECTORS) -> tuple[torch.Tensor, torch.Tensor]:
-        """Paired vectors (x_i, x_j) of the unmodified network for a fit that trains on vectors: those of the
-        first calibration samples, up to ``limit`` (the split is already a random draw), on the CPU."""
-        from rba.capture import boundary_vectors
+    def keep_vectors(self, spans: Sequence[Span]) -> None:
+        """Keep the bounded sample of calibration vectors (``fit.max_vectors`` per boundary) at the boundaries of
+        ``spans`` that are not held yet: one forward pass over the first calibration samples for all of them,
+        its memory printed and capped by ``capture.max_memory_gb`` counting what is already held."""
+        from rba.vectors import collect_vectors
 
-        i, j = span
-        xs, ys, n = [], [], 0
-        for _, vecs in boundary_vectors(self.adapter, self.splits.calibration.samples, self.cfg.capture.batch_size):
-            xs.append(vecs[i].float().cpu())
-            ys.append(vecs[j].float().cpu())
-            n += xs[-1].shape[0]
-            if n >= limit:
-                break
-        return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
+        missing = sorted({k for span in spans for k in span} - set(self._vectors))
+        if not missing:
+            return
+        held = sum(v.numel() * v.element_size() for v in self._vectors.values()) / 2**30
+        c = self.cfg.capture
+        self._vectors |= collect_vectors(self.adapter, self.splits.calibration.samples, missing,
+                                         limit=self.cfg.fit.max_vectors, batch_size=c.batch_size,
+                                         max_memory_gb=c.max_memory_gb - held, progress=self.progress)
+
+    def fit_vectors(self, span: Span) -> tuple[torch.Tensor, torch.Tensor]:
+        """Paired vectors (x_i, x_j) of the unmodified network for a fit that trains on vectors: those of the
+        first calibration samples (the split is already a random draw), ``fit.max_vectors`` at most, float32 on
+        the CPU, from the sample :meth:`keep_vectors` holds."""
+        self.keep_vectors([span])
+        x, y = self._vectors[span[0]], self._vectors[span[1]]
+        n = min(x.shape[0], y.shape[0])
+        return x[:n], y[:n]
 
     @cached_property
     def sequential(self):
@@ -214,6 +221,8 @@ class Session:
         mode = mode or self.cfg.fit.mode
         if mode == "sequential":
             return self.sequential.maps(spans, kind)
+        if get_fit(kind).needs == "vectors":
+            self.keep_vectors(spans)  # one pass for every boundary this configuration needs
         dtype = next(self.adapter.model.parameters()).dtype
         return [span_module(self.fit(s, kind), self.adapter.layout, dtype).to(self.adapter.device) for s in spans]
 

@@ -54,7 +54,7 @@ def test_scores_writes_csv_png_and_run_info(study):
     r = rba("scores", cfg, "--out", tmp / "out", "--max-span", "3", "--quiet", cwd=tmp)
     assert r.returncode == 0, r.stderr
     table = pd.read_csv(tmp / "out" / "scores.csv")
-    assert list(table.columns) == ["start", "end", "br", "cosine", "cka", "ls_residual"]
+    assert list(table.columns) == ["start", "end", "br", "cosine", "cka", "ls_residual", "svcca"]
     assert len(table) == 6 + 5 + 4 and (table.end - table.start).max() == 3
     assert (tmp / "out" / "scores.png").stat().st_size > 1000
     info = json.loads((tmp / "out" / "run.json").read_text())
@@ -149,11 +149,11 @@ def test_usage_errors_are_one_line_exit_2(argv, needle, capsys):
 
 
 def test_ls_lists_every_registry():
-    out = {what: rba("ls", what, cwd=ROOT).stdout.split() for what in ("adapters", "fits", "metrics", "samplers")}
+    out = {what: rba("ls", what, cwd=ROOT).stdout.splitlines() for what in ("adapters", "fits", "metrics", "samplers")}
     assert out == {"adapters": ["efficientnet-lite", "huggingface", "module", "sentence-transformers", "timm",
                                 "torchvision"],
-                   "fits": ["affine", "identity", "linear"],
-                   "metrics": ["br", "cosine", "cka", "ls_residual"],
+                   "fits": ["affine", "identity", "linear", "mlp (trained)", "res-mlp (trained)"],
+                   "metrics": ["br", "cosine", "cka", "ls_residual", "svcca"],
                    "samplers": ["tpe", "nsga2", "random", "gp"]}
 
 

@@ -176,10 +176,10 @@ def sections(fit_kind: str) -> dict:
 
 def test_ls_lists_the_plugin_names(plugin_env):
     folder, env = plugin_env
-    listed = {what: rba("ls", what, env=env, cwd=folder).stdout.split() for what in ("adapters", "fits", "metrics")}
+    listed = {what: rba("ls", what, env=env, cwd=folder).stdout.splitlines() for what in ("adapters", "fits", "metrics")}
     assert "patch-mlp" in listed["adapters"] and "timm" in listed["adapters"]
-    assert listed["fits"] == ["affine", "identity", "linear", "mean-shift"]
-    assert listed["metrics"] == ["br", "cosine", "cka", "ls_residual", "energy_ratio"]
+    assert listed["fits"] == ["affine", "identity", "linear", "mean-shift", "mlp (trained)", "res-mlp (trained)"]
+    assert listed["metrics"] == ["br", "cosine", "cka", "ls_residual", "svcca", "energy_ratio"]
 
 
 def test_a_config_naming_plugins_runs_scores_evaluate_and_search(plugin_env):
@@ -189,7 +189,7 @@ def test_a_config_naming_plugins_runs_scores_evaluate_and_search(plugin_env):
     r = rba("scores", cfg, "--quiet", env=env, cwd=folder)
     assert r.returncode == 0, r.stderr
     table = pd.read_csv(folder / "runs" / "patch" / "scores.csv")
-    assert list(table.columns) == ["start", "end", "br", "cosine", "cka", "ls_residual", "energy_ratio"]
+    assert list(table.columns) == ["start", "end", "br", "cosine", "cka", "ls_residual", "svcca", "energy_ratio"]
     assert len(table) == 10  # every span of 4 equal-shaped blocks
 
     # the new column against numpy on the plug-in model's activations, materialised here

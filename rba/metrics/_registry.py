@@ -5,6 +5,7 @@ from __future__ import annotations
 from rba._registry import Registry
 from rba.metrics._base import Metric
 from rba.metrics._scores import BlockRedundancy, Cosine, LinearCKA, LSResidual
+from rba.metrics._svcca import SVCCA
 
 __all__ = ["register_metric", "list_metrics", "get_metric"]
 
@@ -25,7 +26,7 @@ def register_metric(name: str, metric: type[Metric] | str) -> None:
 
 
 def list_metrics() -> list[str]:
-    """Metric names = score columns after start, end: built-ins first (br, cosine, cka, ls_residual)."""
+    """Metric names = score columns after start, end: built-ins first (br, cosine, cka, ls_residual, svcca)."""
     return _METRICS.names()
 
 
@@ -35,5 +36,5 @@ def get_metric(name: str) -> type[Metric]:
     return _METRICS.get(name)
 
 
-for _cls in (BlockRedundancy, Cosine, LinearCKA, LSResidual):
+for _cls in (BlockRedundancy, Cosine, LinearCKA, LSResidual, SVCCA):
     register_metric(_cls.name, _cls)

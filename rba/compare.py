@@ -1,0 +1,182 @@
+"""Fit kinds compared span by span (``rba compare-fits``): the closed-form maps against the trained translators.
+
+For every single span asked for and every fit kind: the fit time (trained fits: their training; fits from
+statistics: a cold solve, factorisation included), the mean squared error per vector and dimension on the vectors
+it was fitted on (``train_mse``) and on held-out eval-split vectors (``heldout_mse``, and ``heldout_rel``: the
+held-out SSE over Σ‖x_j − x̄_j‖², scale-free like ls_residual), then the configuration's fidelity, accuracy (with
+labels), parameter and FLOP fractions, as ``rba evaluate`` scores them. Trained kinds are marked so in every
+table and plot. Files: ``fits.csv`` (rewritten after each span, so a stopped run keeps its finished spans),
+``fits.md`` and ``fits.png``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+from rba._io import atomic_path, atomic_write_text
+from rba.errors import ConfigError
+from rba.fit import get_fit
+from rba.spans import Span, format_spans
+
+__all__ = ["compare_fits", "fit_label", "COMPARE_COLUMNS", "DEFAULT_KINDS"]
+
+DEFAULT_KINDS = ("identity", "affine", "mlp", "res-mlp")
+COMPARE_COLUMNS = ["span", "start", "end", "kind", "trained", "fit_s", "train_mse", "heldout_mse", "heldout_rel",
+                   "fidelity", "accuracy", "params_frac", "flops_frac"]
+
+
+def fit_label(kind: str) -> str:
+    """A fit kind as tables and plots show it: trained kinds carry ``(trained)``."""
+    return f"{kind} (trained)" if get_fit(kind).trained else kind
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_KINDS, *, out: str | Path | None = None,
+                 progress: bool = True) -> pd.DataFrame:
+    """The comparison table (``COMPARE_COLUMNS``, one row per span and kind); with ``out``, also its files.
+
+    ``session`` is a :class:`rba.session.Session`; ``spans`` are single spans, each evaluated alone."""
+    from rba.vectors import collect_vectors
+
+    cfg = session.cfg
+    plugins = {kind: get_fit(kind) for kind in kinds}  # unknown kinds are refused before any work
+    if cfg.fit.mode != "independent":
+        raise ConfigError(f"compare-fits compares independent fits: fit.mode = {cfg.fit.mode!r}; set it to "
+                          "\"independent\"")
+    spans = [tuple(s) for s in spans]
+    for s in spans:
+        session.parse(format_spans([s]))  # validated against the model (and max_span) before any long work
+    if not spans:
+        raise ConfigError("compare-fits got no spans: give --spans, or a model with valid spans")
+    out = None if out is None else Path(out)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    stats = session.stats
+    boundaries = sorted({k for s in spans for k in s})
+    t0 = time.perf_counter()
+    if any(p.needs == "vectors" for p in plugins.values()):
+        session.keep_vectors(spans)
+    sample_s = time.perf_counter() - t0
+    held = collect_vectors(session.adapter, session.splits.eval.samples, boundaries, limit=cfg.fit.max_vectors,
+                           batch_size=cfg.capture.batch_size, max_memory_gb=cfg.capture.max_memory_gb,
+                           progress=progress, what="held-out (eval)")
+    rows: list[dict] = []
+    for n, span in enumerate(spans):
+        i, j = span
+        y = held[j].double()
+        total = float(((y - y.mean(0)) ** 2).sum())
+        for kind, plugin in plugins.items():
+            session._fits.pop((span, kind), None)  # a cold fit: its time is what one span costs
+            stats.scratch.clear()
+            t = time.perf_counter()
+            fit = session.fit(span, kind)
+            fit_s = time.perf_counter() - t
+            n_fit = fit.info.get("vectors", stats.count(i))
+            with torch.no_grad():
+                sse = float(((fit.predict(held[i]) - y) ** 2).sum())
+            result = session.evaluate([span], kind=kind)
+            rows.append({
+                "span": format_spans([span]), "start": i, "end": j, "kind": kind, "trained": plugin.trained,
+                "fit_s": fit_s, "train_mse": fit.sse / (n_fit * fit.dim_out),
+                "heldout_mse": sse / (y.shape[0] * y.shape[1]), "heldout_rel": sse / total if total > 0 else math.nan,
+                "fidelity": result["fidelity"], "accuracy": result.get("accuracy", math.nan),
+                "params_frac": result["params_frac"], "flops_frac": result["flops_frac"],
+            })
+        table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+        if out is not None:
+            with atomic_path(out / "fits.csv") as tmp:
+                table.to_csv(tmp, index=False, float_format="%.6g")
+        if progress:
+            _log(f"compare-fits: span {format_spans([span])} done ({n + 1}/{len(spans)})")
+    table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+    if out is not None:
+        atomic_write_text(out / "fits.md", _report(session, table, sample_s, n_held=held[boundaries[0]].shape[0]))
+        plot_comparison(table, out / "fits.png", title=session.adapter.describe())
+        session.write_run_info(out, command="compare-fits", kinds=list(kinds))
+    return table
+
+
+def _summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per fit kind: the mean of every measure over the spans, trained kinds labelled."""
+    cols = ["fit_s", "train_mse", "heldout_mse", "heldout_rel", "fidelity", "accuracy"]
+    summary = table.groupby("kind", sort=False)[cols].mean()
+    summary.index = [fit_label(k) for k in summary.index]
+    return summary
+
+
+def _report(session, table: pd.DataFrame, sample_s: float, n_held: int) -> str:
+    cfg = session.cfg
+    f = cfg.fit
+    wide = table.assign(kind=[fit_label(k) for k in table["kind"]]).drop(columns=["start", "end", "trained"])
+    fmt = {"float_format": lambda v: f"{v:.4g}"}
+    lines = [
+        f"# Fit kinds compared per span: {session.adapter.describe()}",
+        "",
+        f"- calibration: {session.stats.n} vectors in the statistics; trained fits: the first "
+        f"{f.max_vectors} calibration vectors per boundary (kept in {sample_s:.2f} s), {f.steps} Adam steps, "
+        f"lr {f.lr:g}, minibatch {f.batch_size}, seed {cfg.data.seed}",
+        f"- held-out: the first {n_held} eval-split vectors; accuracy/fidelity: the eval split, as `rba evaluate`",
+        "- fit_s: a cold fit of one span (trained fits: their training time; closed forms: the solve from statistics)",
+        "- *(trained)* kinds are fitted by an optimiser, not in closed form",
+        "",
+        "## Mean over spans",
+        "",
+        "```",
+        _summary(table).to_string(**fmt),
+        "```",
+        "",
+        "## Per span",
+        "",
+        "```",
+        wide.to_string(index=False, **fmt),
+        "```",
+        "",
+        "![fit kinds per span](fits.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_comparison(table: pd.DataFrame, path: str | Path, title: str = "") -> None:
+    """Grouped bars per span: held-out relative error, fidelity and fit time of each kind; trained kinds
+    hatched and labelled ``(trained)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("heldout_rel", "held-out SSE / total variation (lower: better)", True),
+              ("fidelity", "fidelity (pooled cosine)", False), ("fit_s", "fit time, s", True)]
+    wide = {col: table.pivot(index="span", columns="kind", values=col) for col, _, _ in panels}
+    spans = list(dict.fromkeys(table["span"]))
+    kinds = list(dict.fromkeys(table["kind"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(9.0, 1.1 * len(spans) * len(panels)), 4.2),
+                             constrained_layout=True, squeeze=False)
+    width = 0.8 / max(1, len(kinds))
+    for ax, (col, label, log) in zip(axes[0], panels):
+        w = wide[col].reindex(index=spans, columns=kinds)
+        for n, kind in enumerate(kinds):
+            trained = get_fit(kind).trained
+            ax.bar([s + (n - (len(kinds) - 1) / 2) * width for s in range(len(spans))], w[kind].to_numpy(),
+                   width, label=fit_label(kind), hatch="//" if trained else None, edgecolor="black", linewidth=0.4)
+        ax.set_xticks(range(len(spans)), spans, rotation=45 if len(spans) > 8 else 0, fontsize=7)
+        ax.set_xlabel("span")
+        ax.set_title(label, fontsize=9)
+        if log and (w.to_numpy() > 0).any():
+            ax.set_yscale("log")
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

@@ -1,0 +1,220 @@
+"""Trained translators (fit kinds mlp, res-mlp): training against a direct PyTorch loop written here from the
+paper's description, the session's bounded vector sample, export → reload, and `rba compare-fits` against
+numpy on materialised vectors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import materialise, ridge_lstsq, staged_forward, tiny_config
+from rba.cli import main as cli_main
+from rba.errors import ConfigError, DataError
+from rba.export import load_export
+from rba.fit import TrainSettings, fit_span, get_fit, list_fits
+from rba.session import Session
+
+
+#: fewer samples than the default tiny config: 16 each (5 vectors per sample)
+SMALL = {"calibration": 16, "probe": 16, "eval": 16}
+
+
+# ---------------------------------------------------------------------- a direct loop, written from the paper
+class PaperResBlock(nn.Module):
+    """TOAST's LearningBlock: LayerNorm → Linear–SiLU–Dropout(0.2)–Linear, + the normalised input → LayerNorm."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Dropout(0.2), nn.Linear(d, d))
+
+    def forward(self, x):
+        n = self.norm1(x)
+        return self.norm2(self.ff(n) + n)
+
+
+def paper_module(kind, d):
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(d, d // 2), nn.GELU(), nn.Linear(d // 2, d))
+    return PaperResBlock(d)
+
+
+def direct_loop(kind, x, y, *, steps, lr, batch_size, seed):
+    """Adam on F.mse_loss; init from torch.manual_seed(seed); minibatches in turn from one permutation per epoch
+    drawn by torch.Generator(seed) (the whole sample, in order, when it is no larger than a batch)."""
+    torch.manual_seed(seed)
+    m = paper_module(kind, x.shape[1])
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(m.parameters(), lr=lr)
+    n = x.shape[0]
+    batches = []
+    if batch_size >= n:
+        batches = [torch.arange(n)] * steps
+    else:
+        while len(batches) < steps:
+            perm = torch.randperm(n, generator=g)
+            batches += [perm[k : k + batch_size] for k in range(0, n - batch_size + 1, batch_size)]
+    losses = []
+    m.train()
+    for idx in batches[:steps]:
+        opt.zero_grad()
+        loss = F.mse_loss(m(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return m.eval(), losses
+
+
+# the paper's module names → rba's: the same tensors in the same creation order
+RENAME = {"mlp": {"0": "fc1", "2": "fc2"}, "res-mlp": {"ff.0": "fc1", "ff.3": "fc2", "norm1": "norm1", "norm2": "norm2"}}
+
+
+def renamed(kind, state):
+    out = {}
+    for name, t in state.items():
+        prefix, leaf = name.rsplit(".", 1)
+        out[f"{RENAME[kind][prefix]}.{leaf}"] = t
+    return out
+
+
+def pairs(n=240, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = torch.tanh(x @ torch.randn(d, d, generator=g) / 4) + 0.1 * x
+    return x, y
+
+
+@pytest.mark.parametrize("kind", ["mlp", "res-mlp"])
+@pytest.mark.parametrize("batch_size", [64, 1024])  # minibatches (epochs of 3 batches, 15 left over), full batch
+def test_training_is_the_direct_loop(kind, batch_size):
+    x, y = pairs()
+    settings = TrainSettings(steps=12, lr=1e-2, batch_size=batch_size)
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    fit = fit_span(None, (1, 3), kind, vectors=(x, y), seed=7, train=settings)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), before)  # the caller's random state is left alone
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # fits run on one thread; kernels round differently per thread count
+    try:
+        with torch.random.fork_rng():
+            ref, losses = direct_loop(kind, x, y, steps=12, lr=1e-2, batch_size=batch_size, seed=7)
+    finally:
+        torch.set_num_threads(threads)
+    want = renamed(kind, ref.state_dict())
+    assert set(fit.tensors) == set(want)
+    for name, t in want.items():
+        torch.testing.assert_close(fit.tensors[name], t.double(), rtol=0, atol=0, msg=name)
+    assert fit.info["first_loss"] == losses[0] and fit.info["final_loss"] == losses[-1]
+    assert losses[-1] < losses[0]  # it trained
+    with torch.no_grad():
+        out = ref(x).double()
+    assert fit.sse == pytest.approx(float(((out - y.double()) ** 2).sum()), rel=1e-6)
+    torch.testing.assert_close(fit.predict(x), out, rtol=1e-5, atol=1e-6)  # float64 predict, dropout off
+    assert fit.num_params == sum(p.numel() for p in ref.parameters())
+    assert get_fit(kind).trained and get_fit(kind).needs == "vectors"
+    # seeded: the same seed gives the same weights, another seed others
+    again = fit_span(None, (1, 3), kind, vectors=(x, y), seed=7, train=settings)
+    other = fit_span(None, (1, 3), kind, vectors=(x, y), seed=8, train=settings)
+    assert all(torch.equal(again.tensors[k], fit.tensors[k]) for k in fit.tensors)
+    assert not torch.equal(other.tensors["fc1.weight"], fit.tensors["fc1.weight"])
+
+
+def test_paper_defaults_and_registry(tmp_path):
+    assert TrainSettings() == TrainSettings(steps=300, lr=1e-3, batch_size=1024)
+    assert {"mlp", "res-mlp"} <= set(list_fits())
+    d = 16
+    assert get_fit("mlp").num_params(d, d) == d * (d // 2) + d // 2 + (d // 2) * d + d
+    assert get_fit("res-mlp").num_params(d, d) == 2 * (d * d + d) + 4 * d  # two linears, two LayerNorms
+    with pytest.raises(ConfigError, match="fit.steps"):
+        tiny_config(tmp_path, "vit", fit={"kind": "mlp", "steps": 0})
+
+
+def hand_mlp(h, t):
+    z = h.double() @ t["fc1.weight"].T + t["fc1.bias"]
+    z = 0.5 * z * (1 + torch.erf(z / math.sqrt(2)))
+    return z @ t["fc2.weight"].T + t["fc2.bias"]
+
+
+def test_session_vectors_export_and_reload(tmp_path):
+    """The session trains on its first fit.max_vectors calibration vectors; the export reloads (recipe format 2,
+    span_modules[].kind = mlp, trained) and gives the outputs of the model with the hand-written map in place."""
+    cfg = tiny_config(tmp_path, "vit", fit={"kind": "mlp", "steps": 15, "max_vectors": 65}, data=SMALL)
+    session = Session(cfg, need_labels=False, progress=False, measure_latency=False)
+    span = (1, 3)
+    xs = materialise(session.adapter, session.splits.calibration.samples, batch_size=cfg.capture.batch_size)
+    x, y = session.fit_vectors(span)
+    assert x.shape == (65, xs[1].shape[1])
+    np.testing.assert_allclose(x.numpy(), xs[1][:65], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(y.numpy(), xs[3][:65], rtol=1e-6, atol=1e-6)
+    fit = session.fit(span)
+    assert fit.info["vectors"] == 65
+    out = session.export("1-3", tmp_path / "exp")
+    recipe = (out / "recipe.json").read_text()
+    assert '"kind": "mlp"' in recipe and '"trained": true' in recipe
+    exported = load_export(out)  # no code trusted: the module comes from the fit registry
+    a = session.adapter
+    batch = a.collate(session.splits.eval.samples[:16])
+    with torch.inference_mode():
+        got = exported.forward(batch)
+        want = staged_forward(a, batch, {span: lambda h: hand_mlp(h, fit.tensors).to(h.dtype)})
+        unmodified = staged_forward(a, batch)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, unmodified, atol=1e-3)
+
+
+def test_vector_memory_is_capped_before_the_pass(tmp_path):
+    cfg = tiny_config(tmp_path, "vit", fit={"kind": "res-mlp", "max_vectors": 10**6},
+                      capture={"max_memory_gb": 0.01}, data=SMALL)
+    session = Session(cfg, progress=False, measure_latency=False)
+    session.stats  # the statistics fit in the cap; the vector sample (1e6 × 64 × 4 B at two boundaries) does not
+    with pytest.raises(DataError, match="fit.max_vectors"):
+        session.fit((2, 4))
+
+
+def test_compare_fits_against_numpy(tmp_path, capsys):
+    """`rba compare-fits`: one row per span and kind, trained kinds marked; held-out errors recomputed here with
+    numpy lstsq (affine) and the identity on materialised eval vectors."""
+    cfg = tiny_config(tmp_path, "vit", fit={"steps": 10, "max_vectors": 60}, data=SMALL)
+    path = tmp_path / "c.toml"
+    path.write_text(cfg.to_toml())
+    code = cli_main(["compare-fits", str(path), "--quiet", "--spans", "1-3,2-3", "--out", str(tmp_path / "cmp")])
+    assert code == 0
+    table = pd.read_csv(tmp_path / "cmp" / "fits.csv")
+    assert list(zip(table["span"], table["kind"])) == [(s, k) for s in ("1-3", "2-3")
+                                                      for k in ("identity", "affine", "mlp", "res-mlp")]
+    assert table.set_index("kind")["trained"].groupby(level=0).all().to_dict() == {
+        "identity": False, "affine": False, "mlp": True, "res-mlp": True}
+    assert (table["fit_s"] > 0).all()
+    report = (tmp_path / "cmp" / "fits.md").read_text()
+    assert "mlp (trained)" in report and "res-mlp (trained)" in report and (tmp_path / "cmp" / "fits.png").exists()
+    session = Session(cfg, progress=False, measure_latency=False)
+    cal = materialise(session.adapter, session.splits.calibration.samples, batch_size=cfg.capture.batch_size)
+    ev = materialise(session.adapter, session.splits.eval.samples, batch_size=cfg.capture.batch_size)
+    for (i, j), rows in zip([(1, 3), (2, 3)], (table[table.span == "1-3"], table[table.span == "2-3"])):
+        rows = rows.set_index("kind")
+        xe, ye = ev[i][:60], ev[j][:60]
+        total = ((ye - ye.mean(0)) ** 2).sum()
+        assert rows.loc["identity", "heldout_mse"] == pytest.approx(((xe - ye) ** 2).mean(), rel=1e-5)
+        w, _ = ridge_lstsq(cal[i], cal[j], cfg.fit.ridge)
+        pred = np.hstack([xe, np.ones((len(xe), 1))]) @ w
+        assert rows.loc["affine", "heldout_rel"] == pytest.approx(((pred - ye) ** 2).sum() / total, rel=1e-3)
+    assert "res-mlp" in capsys.readouterr().out
+
+
+def test_cli_lists_trained_fits_and_refuses_unknown_kinds(tmp_path, capsys):
+    assert cli_main(["ls", "fits"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["affine", "identity", "linear", "mlp (trained)",
+                                                    "res-mlp (trained)"]
+    path = tmp_path / "c.toml"
+    path.write_text(tiny_config(tmp_path, "vit").to_toml())
+    assert cli_main(["compare-fits", str(path), "--kinds", "affine,mpl", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rba: error: unknown fit kind 'mpl'") and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
