@@ -371,9 +371,9 @@ def _list_adapters() -> list[str]:
 
 
 def _list_fits() -> list[str]:
-    from rba.fit import get_fit, list_fits
+    from rba.fit import fit_label, list_fits
 
-    return [f"{name} (trained)" if get_fit(name).trained else name for name in list_fits()]
+    return [fit_label(name) for name in list_fits()]
 
 
 def _list_metrics() -> list[str]:

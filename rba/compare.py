@@ -22,19 +22,14 @@ import torch
 
 from rba._io import atomic_path, atomic_write_text
 from rba.errors import ConfigError
-from rba.fit import get_fit
+from rba.fit import fit_label, get_fit
 from rba.spans import Span, format_spans
 
-__all__ = ["compare_fits", "fit_label", "COMPARE_COLUMNS", "DEFAULT_KINDS"]
+__all__ = ["compare_fits", "plot_comparison", "COMPARE_COLUMNS", "DEFAULT_KINDS"]
 
 DEFAULT_KINDS = ("identity", "affine", "mlp", "res-mlp")
 COMPARE_COLUMNS = ["span", "start", "end", "kind", "trained", "fit_s", "train_mse", "heldout_mse", "heldout_rel",
                    "fidelity", "accuracy", "params_frac", "flops_frac"]
-
-
-def fit_label(kind: str) -> str:
-    """A fit kind as tables and plots show it: trained kinds carry ``(trained)``."""
-    return f"{kind} (trained)" if get_fit(kind).trained else kind
 
 
 def _log(msg: str) -> None:

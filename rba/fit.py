@@ -37,7 +37,7 @@ from rba.capture import Statistics
 from rba.errors import SpanError, did_you_mean
 from rba.spans import Span
 
-__all__ = ["Fit", "FitInput", "SpanFit", "TrainSettings", "RankDeficientWarning", "fit_span", "get_fit", "list_fits",
+__all__ = ["Fit", "FitInput", "SpanFit", "TrainSettings", "RankDeficientWarning", "fit_label", "fit_span", "get_fit", "list_fits",
            "register_fit", "ill_conditioning"]
 
 #: smallest/largest eigenvalue of the unridged system below which the ridge is what makes it solvable
@@ -200,6 +200,11 @@ def get_fit(name: str) -> Fit:
     except KeyError:
         raise SpanError(f"unknown fit kind {name!r}; known: {', '.join(list_fits())}.{did_you_mean(name, _FITS)} "
                         "Set [fit] kind to one of them") from None
+
+
+def fit_label(kind: str) -> str:
+    """A fit kind as tables, plots and reports show it: a trained kind carries ``(trained)``."""
+    return f"{kind} (trained)" if get_fit(kind).trained else kind
 
 
 def fit_span(stats: Statistics | None, span: Span, kind: str = "affine", ridge: float = 1e-6, *,

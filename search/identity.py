@@ -14,6 +14,7 @@ from typing import Any
 
 from rba.config import Config
 from rba.errors import RBAError
+from rba.fit import get_fit
 
 __all__ = ["IDENTITY_ATTR", "IdentityError", "study_identity", "identity_diff", "refusal"]
 
@@ -35,11 +36,14 @@ def study_identity(cfg: Config, session, *, kind: str, method: str) -> dict[str,
     if data.get("path"):
         data["path"] = str(cfg.resolve_path(data["path"]))
     s = cfg.search
+    fit = {"kind": kind, "ridge": cfg.fit.ridge, "mode": cfg.fit.mode, "capture_dtype": cfg.capture.dtype}
+    if get_fit(kind).trained:  # a trained fit's maps also depend on how it trains
+        fit |= {"steps": cfg.fit.steps, "lr": cfg.fit.lr, "batch_size": cfg.fit.batch_size,
+                "max_vectors": cfg.fit.max_vectors}
     return _plain({
         "model": session.adapter.identity,
         "data": data,
-        "fit": {"kind": kind, "ridge": cfg.fit.ridge, "mode": cfg.fit.mode,
-                "capture_dtype": cfg.capture.dtype},
+        "fit": fit,
         "evaluate": {"head": cfg.evaluate.head, "probe_c": cfg.evaluate.probe_c},
         "objectives": list(s.objectives),
         "budgets": {"flops": s.budget_flops, "params": s.budget_params, "latency": s.budget_latency},

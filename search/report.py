@@ -13,6 +13,7 @@ import pandas as pd
 
 from rba.config import config_hash
 from rba.files import atomic_path, atomic_write_json, atomic_write_text
+from rba.fit import fit_label
 from rba.spans import format_spans, parse_spans
 from search.baselines import br_greedy
 from search.objective import OBJECTIVES, RESULT_COLUMNS
@@ -234,7 +235,7 @@ def write_report(result: SearchResult, *, started: float) -> Path:
              f"- model: {session.adapter.describe()}",
              f"- data: {cfg.data.kind} {cfg.data.path or ''} (calibration {len(session.splits.calibration)}, "
              f"probe {len(session.splits.probe)}, eval {len(session.splits.eval)})",
-             f"- fit: {ctx.objective.kind}, mode {cfg.fit.mode}, ridge {cfg.fit.ridge:g}",
+             f"- fit: {fit_label(ctx.objective.kind)}, mode {cfg.fit.mode}, ridge {cfg.fit.ridge:g}",
              f"- search: {ctx.method} ({cfg.search.backend}, sampler {cfg.search.sampler}), objectives "
              f"{', '.join(ctx.objective.objectives)}, budgets {ctx.objective.budgets or 'none'}; {ctx.space.describe()}",
              f"- trials: {int((result.trials['state'] == 'COMPLETE').sum())} complete of {len(result.trials)}; "
