@@ -5,8 +5,9 @@ statistics: a cold solve, factorisation included), the mean squared error per ve
 it was fitted on (``train_mse``) and on held-out eval-split vectors (``heldout_mse``, and ``heldout_rel``: the
 held-out SSE over Σ‖x_j − x̄_j‖², scale-free like ls_residual), then the configuration's fidelity, accuracy (with
 labels), parameter and FLOP fractions, as ``rba evaluate`` scores them. Trained kinds are marked so in every
-table and plot. Files: ``fits.csv`` (rewritten after each span, so a stopped run keeps its finished spans),
-``fits.md`` and ``fits.png``.
+table and plot. Files: ``fits.csv`` (rewritten after each span, so a stopped run keeps its finished spans, and a
+rerun into the same folder with the same config and kinds goes on from them), ``compare.json`` (what the rows
+depend on), ``fits.md`` and ``fits.png``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from rba._io import atomic_path, atomic_write_text
+from rba._io import atomic_path, atomic_write_json, atomic_write_text
+from rba.config import config_hash
 from rba.errors import ConfigError
 from rba.fit import fit_label, get_fit
 from rba.spans import Span, format_spans
@@ -54,13 +56,13 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
     if not spans:
         raise ConfigError("compare-fits got no spans: give --spans, or a model with valid spans")
     out = None if out is None else Path(out)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    done = _finished_rows(session, out, kinds) if out is not None else {}
     stats = session.stats
-    boundaries = sorted({k for s in spans for k in s})
+    todo = [s for s in spans if format_spans([s]) not in done]
+    boundaries = sorted({k for s in todo for k in s})
     t0 = time.perf_counter()
     if any(p.needs == "vectors" for p in plugins.values()):
-        session.keep_vectors(spans)
+        session.keep_vectors(todo)
     sample_s = time.perf_counter() - t0
     held = collect_vectors(session.adapter, session.splits.eval.samples, boundaries, limit=cfg.fit.max_vectors,
                            batch_size=cfg.capture.batch_size, max_memory_gb=cfg.capture.max_memory_gb,
@@ -68,6 +70,9 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
     rows: list[dict] = []
     for n, span in enumerate(spans):
         i, j = span
+        if format_spans([span]) in done:
+            rows += done[format_spans([span])]
+            continue
         y = held[j].double()
         total = float(((y - y.mean(0)) ** 2).sum())
         for kind, plugin in plugins.items():
@@ -95,10 +100,42 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
             _log(f"compare-fits: span {format_spans([span])} done ({n + 1}/{len(spans)})")
     table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     if out is not None:
-        atomic_write_text(out / "fits.md", _report(session, table, sample_s, n_held=held[boundaries[0]].shape[0]))
+        n_held = min((v.shape[0] for v in held.values()), default=cfg.fit.max_vectors)
+        atomic_write_text(out / "fits.md", _report(session, table, sample_s, n_held=n_held))
         plot_comparison(table, out / "fits.png", title=session.adapter.describe())
         session.write_run_info(out, command="compare-fits", kinds=list(kinds))
     return table
+
+
+def _identity(session, kinds: Sequence[str]) -> dict:
+    """What the comparison's rows depend on: model, data, capture, fit and evaluation settings, the kinds."""
+    d = session.cfg.to_dict()
+    return {"model": session.adapter.identity, "data": d["data"], "capture_dtype": d["capture"]["dtype"],
+            "fit": d["fit"], "evaluate": {k: d["evaluate"][k] for k in ("head", "probe_c")}, "kinds": list(kinds)}
+
+
+def _finished_rows(session, out: Path, kinds: Sequence[str]) -> dict[str, list[dict]]:
+    """Rows of the spans a previous run into ``out`` finished (every kind), by span; refuses a folder holding
+    another comparison rather than overwrite it. Records this comparison's identity there."""
+    record = out / "compare.json"
+    key = config_hash(_identity(session, kinds))
+    if record.exists():
+        import json
+
+        found = json.loads(record.read_text()).get("identity")
+        if found != key:
+            raise ConfigError(f"{out} holds a comparison of another config or other kinds (identity {found}, this "
+                              f"one {key}): choose another --out, or remove that folder")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record, {"identity": key, "detail": _identity(session, kinds)})
+    if not (out / "fits.csv").exists():
+        return {}
+    old = pd.read_csv(out / "fits.csv", dtype={"span": str})
+    done = {}
+    for span, rows in old.groupby("span", sort=False):
+        if list(rows["kind"]) == list(kinds):
+            done[span] = rows.to_dict("records")
+    return done
 
 
 def _summary(table: pd.DataFrame) -> pd.DataFrame:

@@ -206,6 +206,15 @@ def test_compare_fits_against_numpy(tmp_path, capsys):
         pred = np.hstack([xe, np.ones((len(xe), 1))]) @ w
         assert rows.loc["affine", "heldout_rel"] == pytest.approx(((pred - ye) ** 2).sum() / total, rel=1e-3)
     assert "res-mlp" in capsys.readouterr().out
+    # a rerun into the same folder goes on from the finished spans (here: all of them, nothing refitted) ...
+    args = ["compare-fits", str(path), "--quiet", "--spans", "1-3,2-3", "--out", str(tmp_path / "cmp")]
+    assert cli_main(args) == 0
+    again = pd.read_csv(tmp_path / "cmp" / "fits.csv")
+    pd.testing.assert_frame_equal(again, table)  # fit times too: the same rows, not new fits
+    # ... and a folder holding another comparison is refused, not overwritten
+    assert cli_main(args + ["--kinds", "affine"]) == 2
+    assert "holds a comparison of another config" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cmp" / "fits.csv"), again)
 
 
 def test_cli_lists_trained_fits_and_refuses_unknown_kinds(tmp_path, capsys):
