@@ -30,7 +30,7 @@ from rba.spans import Span, format_spans
 __all__ = ["compare_fits", "plot_comparison", "COMPARE_COLUMNS", "DEFAULT_KINDS"]
 
 DEFAULT_KINDS = ("identity", "affine", "mlp", "res-mlp")
-COMPARE_COLUMNS = ["span", "start", "end", "kind", "trained", "fit_s", "train_mse", "heldout_mse", "heldout_rel",
+COMPARE_COLUMNS = ["span", "start", "end", "kind", "trained", "fit_s", "fit_vectors", "train_mse", "heldout_mse", "heldout_rel",
                    "fidelity", "accuracy", "params_frac", "flops_frac"]
 
 
@@ -87,7 +87,7 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
             result = session.evaluate([span], kind=kind)
             rows.append({
                 "span": format_spans([span]), "start": i, "end": j, "kind": kind, "trained": plugin.trained,
-                "fit_s": fit_s, "train_mse": fit.sse / (n_fit * fit.dim_out),
+                "fit_s": fit_s, "fit_vectors": int(n_fit), "train_mse": fit.sse / (n_fit * fit.dim_out),
                 "heldout_mse": sse / (y.shape[0] * y.shape[1]), "heldout_rel": sse / total if total > 0 else math.nan,
                 "fidelity": result["fidelity"], "accuracy": result.get("accuracy", math.nan),
                 "params_frac": result["params_frac"], "flops_frac": result["flops_frac"],
@@ -140,7 +140,7 @@ def _finished_rows(session, out: Path, kinds: Sequence[str]) -> dict[str, list[d
 
 def _summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per fit kind: the mean of every measure over the spans, trained kinds labelled."""
-    cols = ["fit_s", "train_mse", "heldout_mse", "heldout_rel", "fidelity", "accuracy"]
+    cols = ["fit_s", "fit_vectors", "train_mse", "heldout_mse", "heldout_rel", "fidelity", "accuracy"]
     summary = table.groupby("kind", sort=False)[cols].mean()
     summary.index = [fit_label(k) for k in summary.index]
     return summary
@@ -154,9 +154,9 @@ def _report(session, table: pd.DataFrame, sample_s: float, n_held: int) -> str:
     lines = [
         f"# Fit kinds compared per span: {session.adapter.describe()}",
         "",
-        f"- calibration: {session.stats.n} vectors in the statistics; trained fits: the first "
-        f"{f.max_vectors} calibration vectors per boundary (kept in {sample_s:.2f} s), {f.steps} Adam steps, "
-        f"lr {f.lr:g}, minibatch {f.batch_size}, seed {cfg.data.seed}",
+        f"- calibration: {session.stats.n} vectors in the statistics (fits from statistics see them all); trained "
+        f"fits: the first ≤ {f.max_vectors} calibration vectors per boundary (`fit_vectors`; kept in {sample_s:.2f} s), "
+        f"{f.steps} Adam steps, lr {f.lr:g}, minibatch {f.batch_size}, seed {cfg.data.seed}",
         f"- held-out: the first {n_held} eval-split vectors; accuracy/fidelity: the eval split, as `rba evaluate`",
         "- fit_s: a cold fit of one span (trained fits: their training time; closed forms: the solve from statistics)",
         "- *(trained)* kinds are fitted by an optimiser, not in closed form",

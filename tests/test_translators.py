@@ -192,6 +192,9 @@ def test_compare_fits_against_numpy(tmp_path, capsys):
     assert table.set_index("kind")["trained"].groupby(level=0).all().to_dict() == {
         "identity": False, "affine": False, "mlp": True, "res-mlp": True}
     assert (table["fit_s"] > 0).all()
+    # statistics fits see every calibration vector (16 images × 5 tokens), trained ones the kept sample
+    assert table.groupby("kind")["fit_vectors"].max().to_dict() == {"identity": 80, "affine": 80, "mlp": 60,
+                                                                     "res-mlp": 60}
     report = (tmp_path / "cmp" / "fits.md").read_text()
     assert "mlp (trained)" in report and "res-mlp (trained)" in report and (tmp_path / "cmp" / "fits.png").exists()
     session = Session(cfg, progress=False, measure_latency=False)
