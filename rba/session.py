@@ -169,9 +169,14 @@ class Session:
         row = table.loc[table["ls_residual"].idxmin()]
         return (int(row.start), int(row.end))
 
-    def fit(self, span: Span, kind: str | None = None) -> SpanFit:
-        """The independent fit of ``span`` (on the unmodified network), from what its plug-in needs."""
+    def fit(self, span: Span, kind: str | None = None, *, refit: bool = False) -> SpanFit:
+        """The independent fit of ``span`` (on the unmodified network), from what its plug-in needs; kept for
+        reuse (``refit=True`` fits it again, cold: the statistics' factorisations are dropped too)."""
         kind = kind or self.cfg.fit.kind
+        if refit:
+            self._fits.pop((span, kind), None)
+            if "stats" in self.__dict__:
+                self.stats.scratch.clear()
         if (span, kind) not in self._fits:
             if get_fit(kind).needs == "vectors":
                 f = self.cfg.fit
