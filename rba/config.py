@@ -60,6 +60,8 @@ class ModelConfig:
     name: str = ""
     weights: str | None = None
     """a local weights file (safetensors, or a torch checkpoint loaded with weights_only=True)"""
+    weights_hint: str | None = None
+    """how to obtain ``weights`` (e.g. the command that trains them): named in the error when the file is missing"""
     pretrained: bool = True
     """false: random initialisation (tests); true: the asset package's weights or ``weights``"""
     blocks: str | None = None

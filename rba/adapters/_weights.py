@@ -97,6 +97,11 @@ def weights_path(cfg, what: str) -> Path | None:
             f"{what} needs pretrained weights: set model.weights to a local file "
             "(nothing is downloaded), or pretrained = false for random weights"
         )
+    if weights is not None and m.pretrained and not weights.exists():  # before the model is even built
+        how = (f"make it with: {m.weights_hint}" if m.weights_hint else
+               "set model.weights to a local file (relative paths start at the config's folder, or at the working "
+               "directory for a study run by name), or pretrained = false for random weights")
+        raise ModelError(f"weights file not found: {weights}; {how}")
     return weights
 
 
