@@ -91,6 +91,11 @@ class DataConfig:
     image_size: _POSITIVE_INT | None = None
     options: dict[str, Any] = field(default_factory=dict)
     """kind-specific settings (synthetic data: shape, classes)"""
+    calibration_path: str | None = None
+    """cross-dataset transfer: draw the calibration split (statistics and fits) from this data set instead;
+    probe and eval still come from ``path``. Unset: everything from ``path``"""
+    calibration_kind: Literal["text-csv", "npz", "image-folder"] | None = None
+    """the kind of ``calibration_path`` (default: ``kind``)"""
 
 
 @dataclass(config=_SCHEMA)
@@ -233,6 +238,9 @@ class Config:
             raise ConfigError(f"search.objectives is empty: name at least one of {', '.join(OBJECTIVES)}")
         if self.search.max_span is not None and self.search.max_span < 1:
             raise ConfigError(f"search.max_span = {self.search.max_span}: it must be at least 1 (a span covers one block or more)")
+        if self.data.calibration_kind is not None and self.data.calibration_path is None:
+            raise ConfigError(f"data.calibration_kind = {self.data.calibration_kind!r} but data.calibration_path is "
+                              "not set: give the calibration data set's path, or drop calibration_kind")
         for key in ("budget_flops", "budget_params", "budget_latency"):
             v = getattr(self.search, key)
             if v is not None and v <= 0:
@@ -286,7 +294,8 @@ class Config:
 
 
 #: the keys holding paths, resolved against Config.base_dir
-_PATH_KEYS = [("data", "path"), ("model", "weights"), ("output", "dir"), ("capture", "cache_dir")]
+_PATH_KEYS = [("data", "path"), ("data", "calibration_path"), ("model", "weights"), ("output", "dir"),
+              ("capture", "cache_dir")]
 
 
 def default_cache_dir() -> Path:

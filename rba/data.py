@@ -1,5 +1,6 @@
 """Data sets as raw samples (texts, or uint8 N×C×H×W images) with optional integer labels, and the three
-disjoint splits (calibration, probe, eval) drawn once with ``data.seed``.
+disjoint splits (calibration, probe, eval) drawn once with ``data.seed``. For a cross-dataset transfer
+(``data.calibration_path``) the calibration split comes from a second data set.
 
 Preprocessing is the adapter's job (tokenizer, timm normalisation, EfficientNet-Lite scaling): data stays raw.
 """
@@ -15,7 +16,7 @@ import numpy as np
 
 from rba.errors import DataError
 
-__all__ = ["Dataset", "Splits", "load_dataset", "make_splits"]
+__all__ = ["Dataset", "Splits", "load_dataset", "load_calibration_dataset", "make_splits"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 #: label cells that mean "no label" (pandas' default NA strings, compared lower-cased): never a class of their own
@@ -78,37 +79,70 @@ def load_dataset(cfg, *, need_labels: bool | None = None) -> Dataset:
     d = cfg.data
     if d.kind == "synthetic":
         return _synthetic(d)
-    path = cfg.resolve_path(d.path)
-    if path is None:
-        raise DataError(f"[data] kind = {d.kind!r} needs a path: set data.path in the config")
-    if not path.exists():
-        raise DataError(f"data path not found: {path} (set data.path; relative paths are read from the config's folder)")
-    if d.kind == "text-csv":
-        ds = _text_csv(path, d.text, d.label, label_required=need_labels is not False)
-    elif d.kind == "npz":
-        ds = _npz(path)
-    elif d.kind == "image-folder":
-        ds = _image_folder(path)
-    else:  # validated by the config
-        raise DataError(f"unknown data kind {d.kind!r}")
-    if len(ds) == 0:
-        raise DataError(f"the data set at {path} holds no samples (e.g. a CSV with only its header row, or only "
-                        "blank texts): point data.path at a file with data")
+    return _load(cfg, d.kind, d.path, "data.path", need_labels=need_labels)
+
+
+def load_calibration_dataset(cfg, main: Dataset | None = None) -> Dataset | None:
+    """The calibration data set of a cross-dataset transfer (``data.calibration_path``, read as
+    ``data.calibration_kind``, default ``data.kind``), or None when the calibration split comes from ``data.path``.
+
+    Its labels are never needed (statistics are label-free). ``main``: the data set of ``data.path``, whose
+    modality (texts or images) the calibration data must share."""
+    d = cfg.data
+    if d.calibration_path is None:
+        return None
+    kind = d.calibration_kind or d.kind
+    if kind == "synthetic":
+        raise DataError("data.calibration_path needs a file kind: set data.calibration_kind to text-csv, npz or "
+                        "image-folder (data.kind is synthetic)")
+    ds = _load(cfg, kind, d.calibration_path, "data.calibration_path", need_labels=False)
+    if main is not None and ds.modality != main.modality:
+        raise DataError(f"data.calibration_path {ds.source} holds {ds.modality}s but data.path holds "
+                        f"{main.modality}s: calibrate on data of the same modality")
     return ds
 
 
-def make_splits(ds: Dataset, cfg, *, need_labels: bool) -> Splits:
+def _load(cfg, kind: str, raw_path: str | None, key: str, *, need_labels: bool | None) -> Dataset:
+    path = cfg.resolve_path(raw_path)
+    if path is None:
+        raise DataError(f"[data] kind = {kind!r} needs a path: set {key} in the config")
+    if not path.exists():
+        raise DataError(f"{'calibration ' if key != 'data.path' else ''}data path not found: {path} (set {key}; "
+                        "relative paths are read from the config's folder)")
+    d = cfg.data
+    if kind == "text-csv":
+        ds = _text_csv(path, d.text, d.label, label_required=need_labels is not False)
+    elif kind == "npz":
+        ds = _npz(path)
+    elif kind == "image-folder":
+        ds = _image_folder(path)
+    else:  # validated by the config
+        raise DataError(f"unknown data kind {kind!r}")
+    if len(ds) == 0:
+        raise DataError(f"the data set at {path} holds no samples (e.g. a CSV with only its header row, or only "
+                        f"blank texts): point {key} at a file with data")
+    return ds
+
+
+def make_splits(ds: Dataset, cfg, *, need_labels: bool, calibration: Dataset | None = None) -> Splits:
     """Disjoint calibration / probe / eval splits drawn with ``data.seed``.
 
     ``need_labels``: accuracy is asked for, so labels must exist and hold at least two classes.
+    ``calibration``: the data set of a cross-dataset transfer (:func:`load_calibration_dataset`): the
+    calibration split is drawn from it, probe and eval from ``ds`` (``indices["calibration"]`` then index it).
     """
     d = cfg.data
-    total = d.calibration + d.probe + d.eval
+    total = (0 if calibration is not None else d.calibration) + d.probe + d.eval
     if total > len(ds):
+        asked = (f"probe {d.probe} + eval {d.eval}" if calibration is not None else
+                 f"calibration {d.calibration} + probe {d.probe} + eval {d.eval}")
         raise DataError(
-            f"the splits ask for {total} samples (calibration {d.calibration} + probe {d.probe} + eval {d.eval}) "
+            f"the splits ask for {total} samples ({asked}) "
             f"but {ds.source or 'the data set'} has only {len(ds)}: lower data.calibration/probe/eval"
         )
+    if calibration is not None and d.calibration > len(calibration):
+        raise DataError(f"data.calibration = {d.calibration} but the calibration data set {calibration.source} has "
+                        f"only {len(calibration)} samples: lower data.calibration")
     if need_labels:
         if ds.labels is None:
             raise DataError(
@@ -122,6 +156,14 @@ def make_splits(ds: Dataset, cfg, *, need_labels: bool) -> Splits:
             )
     rng = np.random.default_rng(d.seed)
     perm = rng.permutation(len(ds))
+    if calibration is not None:
+        cuts = np.cumsum([d.probe, d.eval])
+        idx = {
+            "calibration": np.sort(rng.permutation(len(calibration))[: d.calibration]),
+            "probe": np.sort(perm[: cuts[0]]),
+            "eval": np.sort(perm[cuts[0] : cuts[1]]),
+        }
+        return Splits(calibration.subset(idx["calibration"]), ds.subset(idx["probe"]), ds.subset(idx["eval"]), idx)
     cuts = np.cumsum([d.calibration, d.probe, d.eval])
     idx = {
         "calibration": np.sort(perm[: cuts[0]]),

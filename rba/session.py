@@ -20,7 +20,7 @@ from rba._io import atomic_write_json, atomic_write_text, package_versions
 from rba.adapters import Adapter, Span, create_adapter
 from rba.capture import STATS_FORMAT, Statistics, capture_statistics
 from rba.config import Config, config_hash
-from rba.data import Dataset, Splits, load_dataset, make_splits
+from rba.data import Dataset, Splits, load_calibration_dataset, load_dataset, make_splits
 from rba.errors import CacheError
 from rba.apply import span_module
 from rba.errors import ModelError
@@ -94,7 +94,8 @@ class Session:
 
     @cached_property
     def splits(self) -> Splits:
-        return make_splits(self.dataset, self.cfg, need_labels=self.need_labels)
+        return make_splits(self.dataset, self.cfg, need_labels=self.need_labels,
+                           calibration=load_calibration_dataset(self.cfg, self.dataset))
 
     @cached_property
     def pairs(self) -> list[Span]:
@@ -102,8 +103,9 @@ class Session:
 
     # ------------------------------------------------------------------ statistics
     def statistics_request(self) -> dict[str, Any]:
-        """What the statistics depend on: model identity (with its weights digest), calibration data,
-        preprocessing and capture settings. Its hash is the cache key; the cache records it and is verified
+        """What the statistics depend on: model identity (with its weights digest), calibration data (a content
+        hash of the calibration split, from ``data.calibration_path`` in a transfer), preprocessing and capture
+        settings. Its hash is the cache key; the cache records it and is verified
         against it on load."""
         d = self.cfg.data
         return {

@@ -33,8 +33,12 @@ def _plain(value: Any) -> Any:
 def study_identity(cfg: Config, session, *, kind: str, method: str) -> dict[str, Any]:
     """The identity of the study ``cfg`` describes, for fit kind ``kind`` and search method ``method``."""
     data = dataclasses.asdict(cfg.data)
-    if data.get("path"):
-        data["path"] = str(cfg.resolve_path(data["path"]))
+    for key in ("path", "calibration_path"):
+        if data.get(key):
+            data[key] = str(cfg.resolve_path(data[key]))
+    for key in ("calibration_path", "calibration_kind"):  # a transfer's keys: absent (as before they existed) when unset
+        if data.get(key) is None:
+            data.pop(key, None)
     s = cfg.search
     fit = {"kind": kind, "ridge": cfg.fit.ridge, "mode": cfg.fit.mode, "capture_dtype": cfg.capture.dtype}
     if get_fit(kind).trained:  # a trained fit's maps also depend on how it trains

@@ -1,0 +1,135 @@
+"""Cross-dataset transfer (``data.calibration_path``): statistics and fits come from the calibration data set,
+probe and eval from ``data.path``; the calibration source is part of the statistics key and the study identity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from test_reliability import assert_nothing_written, assert_one_line_error, run_main, vit_sections, write_config
+
+N_EVAL, N_CAL = 16, 8
+
+
+def _save(path, images, labels=None):
+    arrays = {"images": images} | ({} if labels is None else {"labels": labels})
+    np.savez(path, **arrays)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Two image sets of different content: ``target.npz`` (labelled) and ``source.npz`` (darker, unlabelled)."""
+    d = tmp_path_factory.mktemp("transfer")
+    rng = np.random.default_rng(7)
+    _save(d / "target.npz", rng.integers(0, 256, (N_EVAL, 3, 32, 32), dtype=np.uint8), np.arange(N_EVAL) % 2)
+    _save(d / "source.npz", rng.integers(0, 96, (N_CAL, 3, 32, 32), dtype=np.uint8))
+    _save(d / "gray.npz", rng.integers(0, 256, (N_CAL, 1, 32, 32), dtype=np.uint8))
+    return d
+
+
+def _config(folder, **data):
+    from rba.config import load_config
+
+    sections = vit_sections(folder, data={"kind": "npz", "path": "target.npz", "calibration": N_CAL, "probe": 4,
+                                          "eval": 4, "options": {}} | data)
+    return load_config(write_config(folder / f"study{len(list(folder.glob('study*.toml')))}.toml", sections))
+
+
+def _hand_grams(model, images: np.ndarray) -> list[torch.Tensor]:
+    """Σ x̃ x̃ᵀ (x̃ = [x, 1], every token) at every boundary of a timm ViT, by forward hooks on its blocks, with the
+    preprocessing written out (timm's mean and std, no resize at 32 px): independent of rba's capture."""
+    import timm.data
+
+    cfg = timm.data.resolve_data_config({}, model=model)
+    x = torch.as_tensor(images).float() / 255
+    x = (x - torch.tensor(cfg["mean"]).view(1, -1, 1, 1)) / torch.tensor(cfg["std"]).view(1, -1, 1, 1)
+    seen: list[torch.Tensor] = []
+    hooks = [b.register_forward_pre_hook(lambda m, a: seen.append(a[0])) for b in model.blocks]
+    hooks.append(model.blocks[-1].register_forward_hook(lambda m, a, out: seen.append(out)))
+    try:
+        with torch.no_grad():
+            model.forward_features(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    grams = []
+    for h in seen:
+        v = h.reshape(-1, h.shape[-1]).double()
+        v = torch.cat([v, torch.ones(len(v), 1, dtype=torch.float64)], 1)
+        grams.append(v.T @ v)
+    return grams
+
+
+def test_statistics_come_from_the_calibration_data(files):
+    """Every boundary's Gram equals the one computed by hand on source.npz (all of it is the calibration split),
+    and not the one of target.npz; probe and eval are drawn from target.npz."""
+    from rba.session import Session
+
+    session = Session(_config(files, calibration_path="source.npz"), progress=False, measure_latency=False)
+    source = np.load(files / "source.npz")["images"]
+    target = np.load(files / "target.npz")
+    np.testing.assert_array_equal(session.splits.calibration.samples, source)
+    for name in ("probe", "eval"):
+        split = getattr(session.splits, name)
+        np.testing.assert_array_equal(split.samples, target["images"][session.splits.indices[name]])
+        np.testing.assert_array_equal(split.labels, target["labels"][session.splits.indices[name]])
+    assert set(session.splits.indices["probe"]).isdisjoint(session.splits.indices["eval"])
+    model = session.adapter.model
+    want = _hand_grams(model, source)
+    other = _hand_grams(model, target["images"][:N_CAL])
+    for k, g in enumerate(want):
+        got = session.stats.gram[k]
+        scale = g.abs().max()
+        torch.testing.assert_close(got / scale, g / scale, rtol=0, atol=1e-5)  # float32 batch products
+        assert (got - other[k]).abs().max() > 1e-2 * scale  # the target's statistics would fail the check
+
+
+def test_calibration_source_changes_key_and_identity(files):
+    """The statistics key and the study identity change with data.calibration_path; a config without it keeps
+    the identity keys it had before transfers existed."""
+    from rba.session import Session
+    from search.identity import identity_diff, study_identity
+
+    def both(**data):
+        s = Session(_config(files, **data), progress=False, measure_latency=False)
+        return s.statistics_key(), study_identity(s.cfg, s, kind="affine", method="optuna")
+
+    (key_plain, id_plain), (key_src, id_src) = both(), both(calibration_path="source.npz")
+    key_src2, id_src2 = both(calibration_path=str(files / "source.npz"), calibration_kind="npz")
+    assert key_plain != key_src and key_src == key_src2  # the key follows the calibration content
+    assert "calibration_path" not in id_plain["data"] and "calibration_kind" not in id_plain["data"]
+    assert id_src["data"]["calibration_path"] == str(files / "source.npz")
+    assert identity_diff(id_plain, id_src) == [f"data.calibration_path: \"<unset>\" → \"{files / 'source.npz'}\""]
+    assert identity_diff(id_src, id_src2) == ['data.calibration_kind: "<unset>" → "npz"']
+
+
+@pytest.mark.parametrize("data,needles", [
+    ({"calibration_path": "missing.npz"}, ["calibration data path not found", "missing.npz", "data.calibration_path"]),
+    ({"calibration_path": "gray.npz", "calibration_kind": "text-csv"}, ["gray.npz as CSV"]),
+    ({"calibration_kind": "npz"}, ["data.calibration_kind = 'npz' but data.calibration_path is not set"]),
+    ({"calibration_path": "source.npz", "calibration": N_CAL + 1},
+     [f"data.calibration = {N_CAL + 1} but the calibration data set", f"has only {N_CAL} samples"]),
+])
+def test_bad_calibration_source_one_line_error(files, tmp_path, capsys, data, needles):
+    for name in ("target.npz", "source.npz", "gray.npz"):
+        (tmp_path / name).write_bytes((files / name).read_bytes())
+    sections = vit_sections(tmp_path, data={"kind": "npz", "path": "target.npz", "calibration": N_CAL, "probe": 4,
+                                            "eval": 4, "options": {}} | data)
+    rc, _, err = run_main(capsys, "scores", write_config(tmp_path / "study.toml", sections), "--out", tmp_path / "out",
+                          "--quiet")
+    assert_one_line_error(rc, err, *needles)
+    assert_nothing_written(tmp_path)
+
+
+def test_text_calibration_for_an_image_model_is_refused(files, tmp_path):
+    from rba.config import load_config
+    from rba.data import load_calibration_dataset, load_dataset
+    from rba.errors import DataError
+
+    (tmp_path / "texts.csv").write_text("text\nsome words\nmore words\n")
+    cfg = load_config(write_config(tmp_path / "study.toml", vit_sections(tmp_path, data={
+        "kind": "npz", "path": str(files / "target.npz"), "calibration_path": "texts.csv",
+        "calibration_kind": "text-csv", "options": {}})))
+    with pytest.raises(DataError, match="holds texts but data.path holds images"):
+        load_calibration_dataset(cfg, load_dataset(cfg))
