@@ -44,7 +44,7 @@ def installed(tmp_path_factory):
 def test_wheel_carries_the_studies(installed):
     wheel, site = installed
     names = zipfile.ZipFile(wheel).namelist()
-    studies = sorted(p.name for p in (ROOT / "studies").glob("*.toml"))
+    studies = sorted(p.name for p in (ROOT / "studies").iterdir() if p.suffix in (".toml", ".py"))  # configs, scripts
     assert sorted(Path(n).name for n in names if n.startswith("rba/studies/")) == studies
     assert "rba/config.py" in names and "search/samplers.py" in names
 
