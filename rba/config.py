@@ -422,7 +422,9 @@ def _config_error(exc: pydantic.ValidationError, section: str, values: dict[str,
     if kind == "finite_number":
         return ConfigError(f"{where} = {value!r}: it must be a finite number")
     if kind == "literal_error":
-        options = list(typing.get_args(typing.get_type_hints(_sections()[section])[key]))
+        hint = typing.get_type_hints(_sections()[section])[key]
+        literals = [a for a in typing.get_args(hint) if typing.get_origin(a) is Literal]  # Literal[...] | None
+        options = [o for lit in literals for o in typing.get_args(lit)] if literals else list(typing.get_args(hint))
         return ConfigError(f"{where} = {value!r} is not one of {', '.join(options)}.{did_you_mean(value, options)}")
     if len(err["loc"]) > 1 and isinstance(err["loc"][1], int):
         return ConfigError(f"{where} must be a list of strings, got {value!r}")

@@ -110,6 +110,8 @@ def test_calibration_source_changes_key_and_identity(files):
     ({"calibration_path": "missing.npz"}, ["calibration data path not found", "missing.npz", "data.calibration_path"]),
     ({"calibration_path": "gray.npz", "calibration_kind": "text-csv"}, ["gray.npz as CSV"]),
     ({"calibration_kind": "npz"}, ["data.calibration_kind = 'npz' but data.calibration_path is not set"]),
+    ({"calibration_path": "source.npz", "calibration_kind": "csv"},
+     ["data.calibration_kind = 'csv' is not one of text-csv, npz, image-folder"]),
     ({"calibration_path": "source.npz", "calibration": N_CAL + 1},
      [f"data.calibration = {N_CAL + 1} but the calibration data set", f"has only {N_CAL} samples"]),
 ])
