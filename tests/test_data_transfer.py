@@ -112,8 +112,10 @@ def test_calibration_source_changes_key_and_identity(files):
     ({"calibration_kind": "npz"}, ["data.calibration_kind = 'npz' but data.calibration_path is not set"]),
     ({"calibration_path": "source.npz", "calibration_kind": "csv"},
      ["data.calibration_kind = 'csv' is not one of text-csv, npz, image-folder"]),
-    ({"calibration_path": "source.npz", "calibration": N_CAL + 1},
+    ({"calibration_path": "source.npz", "calibration": N_CAL + 1, "probe": 3},
      [f"data.calibration = {N_CAL + 1} but the calibration data set", f"has only {N_CAL} samples"]),
+    ({"calibration_path": "source.npz", "probe": 5},
+     ["the splits ask for 17 samples", "the data.calibration samples of data.path stay unused"]),
 ])
 def test_bad_calibration_source_one_line_error(files, tmp_path, capsys, data, needles):
     for name in ("target.npz", "source.npz", "gray.npz"):
