@@ -77,7 +77,7 @@ def load_dataset(cfg, *, need_labels: bool | None = None) -> Dataset:
     ``need_labels=False`` (label-free commands such as ``rba scores``): a text-csv file without the
     ``data.label`` column loads unlabelled instead of failing."""
     d = cfg.data
-    if d.calibration_path is not None:  # a missing calibration file fails now, before any model is built
+    if d.calibration_path is not None:  # a missing calibration file fails with the data, before any capture
         _existing(cfg, d.calibration_path, "data.calibration_path")
     if d.kind == "synthetic":
         return _synthetic(d)
