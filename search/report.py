@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from rba.config import config_hash
+from rba.errors import RBAError
 from rba.files import atomic_path, atomic_write_json, atomic_write_text
 from rba.fit import fit_label
 from rba.spans import format_spans, parse_spans
@@ -19,7 +21,8 @@ from search.baselines import br_greedy
 from search.objective import OBJECTIVES, RESULT_COLUMNS
 from search.recording import SearchResult, StudyContext, log
 
-__all__ = ["finish", "choose_export", "rule_columns", "measure_speedup", "write_report", "Choice"]
+__all__ = ["finish", "choose_export", "rule_columns", "measure_speedup", "write_report", "render_report",
+           "read_report_inputs", "Choice", "ReportError", "REPORT_FORMAT"]
 
 
 def finish(ctx: StudyContext, study) -> SearchResult:
@@ -126,14 +129,6 @@ def _labelled_session(ctx: StudyContext):
     return lab
 
 
-def _evaluate_rows(session, configurations: list[str], *, kind: str, mode: str, objective) -> pd.DataFrame:
-    rows = []
-    for spans in configurations:
-        r = session.evaluate(spans, kind=kind, mode=mode)
-        rows.append({c: r[c] for c in RESULT_COLUMNS} | {"feasible": objective.feasible(parse_spans(r["spans"]))})
-    return pd.DataFrame(rows)
-
-
 def complete_front(ctx: StudyContext, front: pd.DataFrame, session) -> tuple[pd.DataFrame, dict]:
     """The front sorted by cost with accuracy filled in where the trials left it empty (labels permitting), and
     the unmodified model's results (the reference)."""
@@ -185,123 +180,97 @@ def measure_speedup(original, exported, samples, *, batch_size: int, repeats: in
             "repeats": repeats, "threads": torch.get_num_threads(), "batch_size": n}
 
 
-def _baselines(ctx: StudyContext, session, reference: dict, max_drop: float) -> tuple[pd.DataFrame, list[str]]:
-    """BR-greedy (the search's fit kind) and block-drop (identity) configurations, evaluated like the front,
-    and the configuration the export rule picks from each at the same budgets."""
+# ---------------------------------------------------------------------- rba run: compute, then render from files
+#: report.json's format; ``rba report`` reads this format only
+REPORT_FORMAT = 1
+
+#: the plots ``rba report`` (and ``rba run`` through it) draws
+PLOTS = ("scores.png", "pareto.png", "priors.png", "cost.png")
+
+
+#: what report.json holds (format 1)
+_REPORT_KEYS = {"format", "name", "header", "method", "objectives", "objective_columns", "budgets", "quality", "cost",
+                "max_drop", "choice", "export", "configurations", "metrics", "flops_points", "baselines",
+                "single_spans", "titles", "timing"}
+
+
+class ReportError(RBAError):
+    """A folder ``rba report`` cannot render: not a finished ``rba run`` folder, or a file of it is missing."""
+
+
+def _known_results(trials: pd.DataFrame, front: pd.DataFrame) -> dict[str, dict]:
+    """Configuration string → its row (result columns and ``feasible``) from the completed trials, with the
+    completed front's rows (accuracy filled in) taking precedence."""
+    known: dict[str, dict] = {}
+    done = trials[trials["state"] == "COMPLETE"]
+    for frame in (done, front):
+        for row in frame.to_dict("records"):
+            known[str(row["spans"])] = {c: row[c] for c in RESULT_COLUMNS} | {"feasible": bool(row["feasible"])}
+    return known
+
+
+def _result_row(result: dict) -> dict:
+    return {c: result[c] for c in RESULT_COLUMNS} | {"feasible": bool(result["feasible"])}
+
+
+def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
+    """BR-greedy (the search's fit kind) and block-drop (identity) configurations, each with its results: the
+    trials' where the search evaluated the configuration (same fit kind), else evaluated through the search's
+    objective (its session and budgets; accuracy only where the trials compute it)."""
     from search.baselines import block_drop_order
     from search.objective import Objective
 
-    objectives = ctx.objective.objectives
-    quality, cost = rule_columns(objectives)
-    frames, lines = [], []
-    plans = {"BR-greedy": (ctx.objective.kind, [format_spans(s) for s in br_greedy(ctx.table)] if ctx.table is not None
-                           else []),
-             "block-drop": ("identity", [format_spans(s) for s in block_drop_order(session.stats, session.pairs)])}
+    session = ctx.session
+    plans = {"BR-greedy": (ctx.objective.kind, br_greedy(ctx.table) if ctx.table is not None else []),
+             "block-drop": ("identity", block_drop_order(session.stats, session.pairs))}
+    rows = []
     for method, (kind, configurations) in plans.items():
-        if not configurations:
-            continue
-        objective = ctx.objective if kind == ctx.objective.kind else Objective(session, kind=kind)
-        rows = _evaluate_rows(session, configurations, kind=kind, mode=ctx.objective.mode, objective=objective)
-        rows.insert(0, "method", method)
-        frames.append(rows)
-        pick = choose_export(rows.assign(spans=rows["spans"].astype(str)), reference, objectives, max_drop)
-        if pick.row is None:
-            lines.append(f"- {method}: no configuration within the budgets")
+        objective = ctx.objective if kind == ctx.objective.kind else Objective(session, kind=kind, mode=ctx.objective.mode)
+        for spans in configurations:
+            key = format_spans(spans)
+            if kind == ctx.objective.kind and key in known:
+                row, source = known[key], "trial"
+            else:
+                row, source = _result_row(objective(spans)), "evaluated"
+            rows.append({"method": method} | row | {"source": source})
+    return pd.DataFrame(rows, columns=["method", *RESULT_COLUMNS, "feasible", "source"])
+
+
+def _single_rows(ctx: StudyContext, session, known: dict[str, dict]) -> pd.DataFrame:
+    """Every single valid span with its results (the search's fit kind): reused from the trials or the completed
+    front where they hold every quality this session computes, else evaluated (with accuracy when labels exist)."""
+    rows = []
+    for span in ctx.session.pairs:
+        key = format_spans([span])
+        row = known.get(key)
+        if row is not None and not (session.need_labels and math.isnan(float(row["accuracy"]))):
+            source = "trial"
         else:
-            lines.append(f"- {method}: `{pick.row['spans']}`, {quality} {pick.row[quality]:.4g}, {cost} "
-                         f"{pick.row[cost]:.4g}" + ("" if pick.within else f" (none within {max_drop:g})"))
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return table, lines
+            result = session.evaluate([span], kind=ctx.objective.kind, mode=ctx.objective.mode)
+            row, source = {c: result[c] for c in RESULT_COLUMNS} | {"feasible": ctx.objective.feasible([span])}, \
+                "evaluated"
+        rows.append({"start": span[0], "end": span[1]} | row | {"source": source})
+    return pd.DataFrame(rows, columns=["start", "end", *RESULT_COLUMNS, "feasible", "source"])
 
 
-def write_report(result: SearchResult, *, started: float) -> Path:
-    """``rba run``'s last step: complete the front (accuracy, reference row, sorted by cost), export
-    :func:`choose_export`'s configuration (reloaded, evaluated end to end, its speed-up measured against the
-    unmodified model), compare with the baselines and write ``report.md``. Returns the report's path."""
+def _export(ctx: StudyContext, session, choice: Choice, out: Path) -> dict:
+    """Export the chosen configuration, reload it, evaluate it end to end and measure its speed-up."""
     from rba.export import export_model, load_export
 
-    ctx = result.context
     cfg = ctx.cfg
-    session = _labelled_session(ctx)
-    max_drop = cfg.run.max_drop
-    quality, cost = rule_columns(ctx.objective.objectives)
-    front, reference = complete_front(ctx, result.front, session)
-    with atomic_path(result.out / "pareto.csv") as tmp:
-        pd.concat([reference_row(reference, list(front.columns)), front], ignore_index=True).to_csv(tmp, index=False)
-    choice = choose_export(front, reference, ctx.objective.objectives, max_drop)
-    if not choice.within:
-        log(f"warning: {choice.reason}")
-    lines = [f"# rba study: {cfg.name}", "",
-             f"- model: {session.adapter.describe()}",
-             f"- data: {cfg.data.kind} {cfg.data.path or ''} (calibration {len(session.splits.calibration)}, "
-             f"probe {len(session.splits.probe)}, eval {len(session.splits.eval)})",
-             f"- fit: {fit_label(ctx.objective.kind)}, mode {cfg.fit.mode}, ridge {cfg.fit.ridge:g}",
-             f"- search: {ctx.method} ({cfg.search.backend}, sampler {cfg.search.sampler}), objectives "
-             f"{', '.join(ctx.objective.objectives)}, budgets {ctx.objective.budgets or 'none'}; {ctx.space.describe()}",
-             f"- trials: {int((result.trials['state'] == 'COMPLETE').sum())} complete of {len(result.trials)}; "
-             f"front: {len(front)} configurations", "",
-             "Files: scores.csv, scores.png, trials.csv, trials.parquet, pareto.csv, pareto.png, "
-             "config.resolved.toml, run.json, summary.json" + (", export/" if choice.row is not None else ""), "",
-             "## Front", "",
-             f"Sorted by {cost}; the first row is the unmodified model (a reference, not a trial). Accuracy is "
-             "evaluated here for front members whose trials did not compute it (when the data has labels).", "",
-             _markdown(pd.concat([reference_row(reference, list(front.columns)), front], ignore_index=True)), "",
-             "## Export rule", "",
-             f"The export is the cheapest feasible front member by {cost} whose {quality} is at most "
-             f"max_drop = {max_drop:g} (absolute, `--max-drop`, `[run] max_drop`) below the unmodified model's; if "
-             f"none is, the best-{quality} feasible member, with a warning.", "",
-             f"Picked: {choice.reason}.", ""]
-    if ctx.table is not None:
-        table, picks = _baselines(ctx, session, reference, max_drop)
-        if len(table):
-            lines += ["## Baselines at the same budgets", "",
-                      "The same rule applied to each baseline's configurations (BR-greedy: the paper's heuristic, "
-                      "fitted spans; block-drop: spans replaced by the identity):", "",
-                      f"- search: `{choice.row['spans']}`, {quality} {choice.row[quality]:.4g}, {cost} "
-                      f"{choice.row[cost]:.4g}" if choice.row is not None else "- search: nothing feasible",
-                      *picks, "", _markdown(table), ""]
-    if choice.row is not None:
-        spans = parse_spans(choice.row["spans"])
-        folder = export_model(session, spans, result.out / "export", kind=ctx.objective.kind, mode=ctx.objective.mode)
-        measured = session.evaluate_export(folder)
-        model = cfg.model
-        trusted = model.kind == "module" and model.trust_code
-        exported = load_export(folder, device=str(session.adapter.device), trust_code=trusted,
-                               factory=model.name if trusted else None)
-        speed = measure_speedup(session.adapter, exported, session.splits.eval.samples,
-                                batch_size=cfg.evaluate.batch_size, repeats=max(7, cfg.evaluate.latency_repeats))
-        atomic_write_json(result.out / "export" / "latency.json", speed)
-        onnx_lines, onnx_speed = _onnx_speedup(cfg, session, folder, measured["flops_frac"])
-        lines += ["## Exported configuration", "",
-                  f"`{choice.row['spans']}`, written to `export/` (model.safetensors + recipe.json, with its "
-                  "classifier head when the data has labels: `rba.head_logits`). Reloaded and evaluated end to end:", "",
-                  _markdown(pd.DataFrame([{"source": "unmodified model"} | {c: reference.get(c) for c in RESULT_COLUMNS},
-                                          {"source": "search (modelled latency)"} | {c: choice.row[c] for c in RESULT_COLUMNS},
-                                          {"source": "export (measured)"} | {c: measured.get(c) for c in RESULT_COLUMNS}])),
-                  "",
-                  f"Latency, measured back to back ({speed['repeats']} interleaved repeats of unmodified model and "
-                  f"export, batch {speed['batch_size']}, {speed['threads']} threads): unmodified "
-                  f"{speed['original_ms']:.4g} ms/sample, export {speed['export_ms']:.4g} ms/sample (medians); "
-                  f"speed-up {speed['speedup']:.3g}× (quartiles {speed['speedup_q1']:.3g}–{speed['speedup_q3']:.3g}). "
-                  "Written to export/latency.json.", "", *onnx_lines]
-    else:
-        lines += ["No feasible configuration: nothing exported.", ""]
-    lines += [f"Wall time: {time.time() - started:.1f} s.", ""]
-    summary = {"trials_complete": int((result.trials["state"] == "COMPLETE").sum()), "front_size": len(front),
-               "quality": quality, "cost": cost, "reference_quality": float(reference[quality]),
-               "max_drop": max_drop, "within_drop": choice.within, "rule": choice.reason}
-    if choice.row is not None:
-        summary |= {"export_spans": str(choice.row["spans"]), "export_quality": float(choice.row[quality]),
-                    "export_cost": float(choice.row[cost])}
-        summary |= {c: float(measured[c]) for c in ("accuracy", "fidelity", "flops_frac", "params_frac")}
-        summary |= {k: speed[k] for k in ("speedup", "speedup_q1", "speedup_q3")}
-        summary |= onnx_speed
-    atomic_write_json(result.out / "summary.json", summary)
-    report = result.out / "report.md"
-    atomic_write_text(report, "\n".join(lines))
-    if ctx.progress:
-        log(f"run: wrote {report}")
-    return report
+    spans = parse_spans(choice.row["spans"])
+    folder = export_model(session, spans, out / "export", kind=ctx.objective.kind, mode=ctx.objective.mode)
+    measured = session.evaluate_export(folder)
+    model = cfg.model
+    trusted = model.kind == "module" and model.trust_code
+    exported = load_export(folder, device=str(session.adapter.device), trust_code=trusted,
+                           factory=model.name if trusted else None)
+    speed = measure_speedup(session.adapter, exported, session.splits.eval.samples,
+                            batch_size=cfg.evaluate.batch_size, repeats=cfg.report.speedup_repeats)
+    atomic_write_json(out / "export" / "latency.json", speed)
+    onnx_lines, onnx_speed = _onnx_speedup(cfg, session, folder, measured["flops_frac"])
+    return {"measured": {c: measured.get(c) for c in RESULT_COLUMNS}, "speed": speed, "onnx_lines": onnx_lines,
+            "onnx": onnx_speed}
 
 
 def _onnx_speedup(cfg, session, folder: Path, flops_frac: float) -> tuple[list[str], dict]:
@@ -321,16 +290,381 @@ def _onnx_speedup(cfg, session, folder: Path, flops_frac: float) -> tuple[list[s
         {k: v for k, v in s.items() if k.startswith("onnx_")}
 
 
+def write_report(result: SearchResult, *, started: float, setup_s: float | None = None) -> Path:
+    """``rba run``'s last step: complete the front (accuracy, reference row, sorted by cost), evaluate what the
+    report's sections need (baselines, optionally every single span; configurations the trials evaluated are
+    reused), export :func:`choose_export`'s configuration (reloaded, evaluated end to end, its speed-up measured
+    against the unmodified model) and record it all: ``pareto.csv``, ``baselines.csv``, ``singles.csv``,
+    ``summary.json`` and ``report.json``. Then :func:`render_report` writes ``report.md`` and the plots from
+    those files alone. Returns the report's path."""
+    from rba.metrics import get_metric, list_metrics
+
+    ctx = result.context
+    cfg = ctx.cfg
+    out = result.out
+    phases: dict[str, float] = {}
+    if setup_s is not None:
+        phases["setup (model, data, statistics, scores)"] = setup_s
+    phases["search"] = result.wall_s
+    t = time.time()
+    session = _labelled_session(ctx)
+    max_drop = cfg.run.max_drop
+    quality, cost = rule_columns(ctx.objective.objectives)
+    front, reference = complete_front(ctx, result.front, session)
+    with atomic_path(out / "pareto.csv") as tmp:
+        pd.concat([reference_row(reference, list(front.columns)), front], ignore_index=True).to_csv(tmp, index=False)
+    choice = choose_export(front, reference, ctx.objective.objectives, max_drop)
+    if not choice.within:
+        log(f"warning: {choice.reason}")
+    phases["front accuracy"] = time.time() - t
+    known = _known_results(result.trials, front)
+    baselines = cfg.report.baselines and ctx.table is not None
+    if baselines:
+        t = time.time()
+        with atomic_path(out / "baselines.csv") as tmp:
+            _baseline_rows(ctx, known).to_csv(tmp, index=False)
+        phases["baselines"] = time.time() - t
+    if cfg.report.single_spans:
+        t = time.time()
+        with atomic_path(out / "singles.csv") as tmp:
+            _single_rows(ctx, session, known).to_csv(tmp, index=False)
+        phases["single spans"] = time.time() - t
+    export = None
+    if choice.row is not None:
+        t = time.time()
+        export = _export(ctx, session, choice, out)
+        phases["export, its evaluation and speed-up"] = time.time() - t
+    header = [
+        f"model: {session.adapter.describe()}",
+        f"data: {cfg.data.kind} {cfg.data.path or ''} (calibration {len(session.splits.calibration)}, "
+        f"probe {len(session.splits.probe)}, eval {len(session.splits.eval)})",
+        f"fit: {fit_label(ctx.objective.kind)}, mode {cfg.fit.mode}, ridge {cfg.fit.ridge:g}",
+        f"search: {ctx.method} ({cfg.search.backend}, sampler {cfg.search.sampler}), objectives "
+        f"{', '.join(ctx.objective.objectives)}, budgets {ctx.objective.budgets or 'none'}; {ctx.space.describe()}",
+        f"trials: {int((result.trials['state'] == 'COMPLETE').sum())} complete of {len(result.trials)}; "
+        f"front: {len(front)} configurations",
+    ]
+    trials_complete = int((result.trials["state"] == "COMPLETE").sum())
+    info = {
+        "format": REPORT_FORMAT, "name": cfg.name, "header": header, "method": ctx.method,
+        "objectives": ctx.objective.objectives, "objective_columns": ctx.objective.columns,
+        "budgets": ctx.objective.budgets, "quality": quality, "cost": cost, "max_drop": max_drop,
+        "choice": {"spans": None if choice.row is None else str(choice.row["spans"]), "reason": choice.reason,
+                   "within": choice.within},
+        "export": export, "configurations": int(ctx.space.count()),
+        "metrics": [[m, bool(get_metric(m).higher_is_redundant)] for m in list_metrics()],
+        "flops_points": list(cfg.report.flops_points), "baselines": baselines, "single_spans": cfg.report.single_spans,
+        "titles": {"scores": f"{session.adapter.describe()}, n = {session.stats.n} vectors",
+                   "pareto": f"{session.adapter.describe()}: {ctx.method}"
+                             + (f" ({cfg.search.sampler})" if ctx.method == "optuna" else "")
+                             + f", {trials_complete} trials"},
+        "timing": {"phases": list(phases.items()), "total_s": time.time() - started},  # a list keeps the order
+    }
+    summary = {"trials_complete": trials_complete, "front_size": len(front),
+               "quality": quality, "cost": cost, "reference_quality": float(reference[quality]),
+               "max_drop": max_drop, "within_drop": choice.within, "rule": choice.reason}
+    if export is not None:
+        summary |= {"export_spans": str(choice.row["spans"]), "export_quality": float(choice.row[quality]),
+                    "export_cost": float(choice.row[cost])}
+        summary |= {c: float(export["measured"][c]) for c in ("accuracy", "fidelity", "flops_frac", "params_frac")}
+        summary |= {k: export["speed"][k] for k in ("speedup", "speedup_q1", "speedup_q3")}
+        summary |= export["onnx"]
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / "report.json", info)
+    report = render_report(out)
+    if ctx.progress:
+        log(f"run: wrote {report}")
+    return report
+
+
+# ---------------------------------------------------------------------- rendering (rba report DIR)
+def read_report_inputs(out: Path) -> dict:
+    """report.json and the tables of a finished ``rba run`` folder, checked before anything is written."""
+    out = Path(out)
+    if not out.is_dir():
+        raise ReportError(f"{out} is not a folder: give the output folder of a finished `rba run`")
+    path = out / "report.json"
+    if not path.exists():
+        raise ReportError(f"{out} holds no report.json: it is not the folder of a finished `rba run` (`rba search` "
+                          "writes no report); run `rba run CONFIG --out {out}` to finish the study and write one"
+                          .replace("{out}", str(out)))
+    try:
+        info = json.loads(path.read_text())
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ReportError(f"{path} cannot be read ({str(exc).splitlines()[0]}): rerun `rba run` on this study to "
+                          "write it again (the study resumes, no trial is repeated)") from None
+    if info.get("format") != REPORT_FORMAT:
+        raise ReportError(f"{path} has report format {info.get('format')!r}, and this rba reads format "
+                          f"{REPORT_FORMAT}: rerun `rba run` on this study to write it again")
+    missing = sorted(_REPORT_KEYS - info.keys())
+    if missing:
+        raise ReportError(f"{path} does not follow report format {REPORT_FORMAT} (missing: {', '.join(missing)}): "
+                          "rerun `rba run` on this study to write it again")
+    tables = {"scores": "scores.csv", "trials": "trials.csv", "pareto": "pareto.csv"}
+    if info.get("baselines"):
+        tables["baselines"] = "baselines.csv"
+    if info.get("single_spans"):
+        tables["singles"] = "singles.csv"
+    missing = [name for name in tables.values() if not (out / name).exists()]
+    if missing:
+        raise ReportError(f"{out} lacks {', '.join(missing)}, which its report.json needs: rerun `rba run` on this "
+                          "study to write them again")
+    data = {"info": info}
+    for key, name in tables.items():
+        try:
+            data[key] = pd.read_csv(out / name, dtype={"spans": "string"} if key != "scores" else None)
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise ReportError(f"{out / name} cannot be read ({str(exc).splitlines()[0]}): rerun `rba run` on this "
+                              "study to write it again") from None
+    return data
+
+
+def render_report(out: Path) -> Path:
+    """Write ``report.md`` and every plot of a finished ``rba run`` folder from its files alone (report.json and
+    the CSV tables): no model is loaded and nothing is evaluated. ``rba run`` ends with it; ``rba report DIR``
+    runs it alone. Returns the report's path."""
+    from rba.metrics import plot_scores
+    from search import analysis as A
+    from search.pareto import plot_front
+
+    out = Path(out)
+    data = read_report_inputs(out)
+    info = data["info"]
+    info["metrics"] = dict(info["metrics"])  # metric → higher is more redundant, in the registry's order
+    quality, cost = info["quality"], info["cost"]
+    max_drop = info["max_drop"]
+    trials, pareto, scores = data["trials"], data["pareto"], data["scores"]
+    ref_row = pareto[pareto["state"] == "REFERENCE"]
+    front = pareto[pareto["state"] != "REFERENCE"].reset_index(drop=True)
+    reference = ref_row.iloc[0].to_dict() if len(ref_row) else {c: math.nan for c in RESULT_COLUMNS}
+    baselines = data.get("baselines")
+    singles = data.get("singles")
+    choice = info["choice"]
+    plots = []
+
+    plot_scores(scores, out / "scores.png", title=info["titles"]["scores"])
+    curves = {} if baselines is None else {m: rows for m, rows in baselines.groupby("method", sort=False)}
+    plot_front(out / "pareto.png", trials, front, objective_columns=info["objective_columns"],
+               budgets=info["budgets"], reference=reference, baselines=curves, title=info["titles"]["pareto"])
+    plots += ["scores.png", "pareto.png"]
+    files = ["scores.csv", "scores.png", "trials.csv", "trials.parquet", "pareto.csv", "pareto.png"]
+    files += (["baselines.csv"] if baselines is not None else []) + (["singles.csv"] if singles is not None else [])
+    files += ["config.resolved.toml", "run.json", "summary.json", "report.json"]
+    lines = [f"# rba study: {info['name']}", "", *[f"- {h}" for h in info["header"]], ""]
+    lines_files = len(lines)
+    lines += ["## Front", "",
+              f"Sorted by {cost}; the first row is the unmodified model (a reference, not a trial). Accuracy is "
+              "evaluated here for front members whose trials did not compute it (when the data has labels).", "",
+              _markdown(pareto), "", "![front](pareto.png)", "",
+              "## Export rule", "",
+              f"The export is the cheapest feasible front member by {cost} whose {quality} is at most "
+              f"max_drop = {max_drop:g} (absolute, `--max-drop`, `[run] max_drop`) below the unmodified model's; if "
+              f"none is, the best-{quality} feasible member, with a warning.", "",
+              f"Picked: {choice['reason']}.", ""]
+    lines += _redundancy_section(scores, info)
+    if baselines is not None:
+        lines += _baselines_section(info, front, reference, baselines, choice)
+        lines += _methods_section(info, trials, reference, baselines)
+    lines += _multi_span_section(info, front, trials, singles, reference)
+    if singles is not None:
+        lines += _priors_section(out, info, singles, scores)
+        plots.append("priors.png")
+    else:
+        lines += ["## Metrics as priors (every single span)", "",
+                  "Not computed: set `[report] single_spans = true` to evaluate every single span and correlate each "
+                  "metric with the post-replacement fidelity and accuracy.", ""]
+    lines += _cost_section(out, info, trials)
+    plots.append("cost.png")
+    lines += _export_section(info, reference, front, choice)
+    timing = info["timing"]
+    lines += ["## Wall time", "",
+              f"Wall time: {timing['total_s']:.1f} s (report rendering aside), by phase:", "",
+              _markdown(pd.DataFrame([{"phase": k, "seconds": v} for k, v in timing["phases"]])), ""]
+    files += [p for p in plots if p not in files] + (["export/"] if info["export"] is not None else [])
+    lines[lines_files:lines_files] = [f"Files: {', '.join(files)}", ""]
+    report = out / "report.md"
+    atomic_write_text(report, "\n".join(lines))
+    return report
+
+
+def _redundancy_section(scores: pd.DataFrame, info: dict) -> list[str]:
+    from search.analysis import redundant_spans
+
+    table = redundant_spans(scores, info["metrics"])
+    return ["## Which spans are redundant", "",
+            "Every registered metric over every valid span (scores.csv); a blank cell is a span that changes the "
+            "representation's shape. The table names each metric's most redundant spans and how its ranking of all "
+            "spans agrees with the first metric's (Spearman).", "",
+            "![scores](scores.png)", "", _markdown(table), ""]
+
+
+def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
+                       choice: dict) -> list[str]:
+    quality, cost = info["quality"], info["cost"]
+    lines = ["## Baselines at the same budgets", "",
+             "The same rule applied to each baseline's configurations (BR-greedy: the paper's heuristic, "
+             "fitted spans; block-drop: spans replaced by the identity). Configurations the trials evaluated carry "
+             "the trials' results (`source` = trial; accuracy only where the search computed it):", ""]
+    row = front[front["spans"] == choice["spans"]]
+    if choice["spans"] is not None and len(row):
+        r = row.iloc[0]
+        lines.append(f"- search: `{choice['spans']}`, {quality} {r[quality]:.4g}, {cost} {r[cost]:.4g}")
+    else:
+        lines.append("- search: nothing feasible")
+    for method, rows in baselines.groupby("method", sort=False):
+        pick = choose_export(rows.assign(spans=rows["spans"].astype(str)), reference, info["objectives"],
+                             info["max_drop"])
+        if pick.row is None:
+            lines.append(f"- {method}: no configuration within the budgets")
+        else:
+            lines.append(f"- {method}: `{pick.row['spans']}`, {quality} {pick.row[quality]:.4g}, {cost} "
+                         f"{pick.row[cost]:.4g}" + ("" if pick.within else f" (none within {info['max_drop']:g})"))
+    return lines + ["", _markdown(baselines), ""]
+
+
+def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baselines: pd.DataFrame) -> list[str]:
+    from search.analysis import compare_methods
+
+    quality, cost = info["quality"], info["cost"]
+    methods = {"search": trials} | {m: rows for m, rows in baselines.groupby("method", sort=False)}
+    table, ref = compare_methods(methods, quality=quality, cost=cost, reference=reference,
+                                 flops_points=info["flops_points"])
+    return ["## Search against BR-greedy and block-drop", "",
+            f"Each method's feasible configurations (the search: every completed trial). Hypervolume of ({quality} ↑, "
+            f"{cost} ↓) with the reference point {quality} = {ref[0]:.4g} (the lowest of all methods) and {cost} = "
+            f"{ref[1]:.4g} (the unmodified model); best {quality} within each FLOPs fraction. The front plot above "
+            "draws the baselines as dashed lines.", "", _markdown(table), ""]
+
+
+def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, singles: pd.DataFrame | None,
+                        reference: dict) -> list[str]:
+    from search.analysis import multi_span
+
+    quality, cost = info["quality"], info["cost"]
+    evaluated = trials[trials["state"] == "COMPLETE"]
+    if singles is not None:  # every single span evaluated: the single-span front is complete
+        extra = singles[~singles["spans"].isin(evaluated["spans"])].assign(state="COMPLETE")
+        evaluated = pd.concat([evaluated, extra[[c for c in extra.columns if c in evaluated.columns]]],
+                              ignore_index=True)
+    m = multi_span(front, evaluated, quality=quality, cost=cost, reference=reference)
+    answer = "yes" if m["multi_span_members"] else "no"
+    counts = ", ".join(f"{v} with {k} span{'s' if k != 1 else ''}" for k, v in m["by_count"].items()) or "none"
+    which = ("every single span evaluated ([report] single_spans)" if singles is not None else
+             f"the {m['single_evaluated']} single spans the search evaluated")
+    return ["## Do multi-span sets beat single spans?", "",
+            f"**{answer.capitalize()}**: {m['multi_span_members']} of the front's {m['front_members']} members hold two "
+            f"spans or more ({counts})" + (f": {', '.join('`' + s + '`' for s in m['multi_span_spans'])}."
+                                           if m["multi_span_spans"] else "."),
+            f"The front of configurations with at most one span ({which}) covers {m['single_share']:.3f} of the "
+            f"hypervolume of all evaluated configurations ({m['hypervolume_single']:.4g} of {m['hypervolume_all']:.4g}; "
+            f"reference point {quality} = {m['reference_point'][0]:.4g}, {cost} = {m['reference_point'][1]:.4g}).", ""]
+
+
+def _priors_section(out: Path, info: dict, singles: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
+    from search.analysis import prior_correlations
+
+    metrics = info["metrics"]
+    table = prior_correlations(singles, scores, metrics)
+    _plot_priors(out / "priors.png", singles, scores, metrics)
+    evaluated = int((singles["source"] == "evaluated").sum())
+    return ["## Metrics as priors (every single span)", "",
+            f"Spearman correlation over all {len(singles)} single spans between each metric, oriented so that higher "
+            "means more redundant (ls_residual negated), and the span's post-replacement fidelity and accuracy: a good "
+            f"prior has ρ near 1. {len(singles) - evaluated} spans reuse trial results, {evaluated} were evaluated "
+            "for the report (singles.csv).", "", _markdown(table), "", "![priors](priors.png)", ""]
+
+
+def _plot_priors(path: Path, singles: pd.DataFrame, scores: pd.DataFrame, metrics: dict[str, bool]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    merged = singles.merge(scores, on=["start", "end"], how="inner", suffixes=("", "_score"))
+    names = [m for m in metrics if m in scores.columns]
+    qualities = [q for q in ("fidelity", "accuracy") if merged[q].notna().any()]
+    fig, axes = plt.subplots(len(qualities), len(names), figsize=(3.2 * len(names), 3.0 * len(qualities)),
+                             squeeze=False, constrained_layout=True)
+    for r, q in enumerate(qualities):
+        for c, m in enumerate(names):
+            ax = axes[r][c]
+            ax.scatter(merged[m], merged[q], s=14)
+            ax.set_xlabel(m + ("" if metrics[m] else " (lower: more redundant)"), fontsize=8)
+            ax.set_ylabel(q, fontsize=8)
+            ax.grid(alpha=0.3)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def _cost_section(out: Path, info: dict, trials: pd.DataFrame) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from search.analysis import search_cost
+
+    c = search_cost(trials, search_wall_s=dict(info["timing"]["phases"]).get("search", math.nan),
+                    configurations=info["configurations"], exhaustive_run=info["method"] == "exhaustive")
+    fig, ax = plt.subplots(figsize=(6.0, 2.6), constrained_layout=True)
+    bars = {"one evaluation": c["one_evaluation_s"], "search": c["search_wall_s"],
+            "exhaustive" + (" (estimate)" if c["exhaustive_estimated"] else ""): c["exhaustive_s"]}
+    ax.barh(list(bars), list(bars.values()), color=["0.6", "tab:blue", "tab:red"])
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds (log scale)")
+    ax.grid(alpha=0.3, axis="x")
+    with atomic_path(out / "cost.png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    how = ("an estimate: the number of configurations × one evaluation" if c["exhaustive_estimated"]
+           else "measured: this study was the exhaustive sweep")
+    return ["## Cost of the search", "",
+            f"The search took {c['search_wall_s']:.1f} s wall time ({c['trials']} trials; the eval split's cache and "
+            f"the latency table included, the statistics not), {c['search_in_evaluations']:.1f}× one evaluation ({c['one_evaluation_s']:.3g} s, "
+            f"the median completed trial). An exhaustive sweep of all {c['configurations']:,} configurations takes "
+            f"{c['exhaustive_s']:.4g} s ({how}): {c['exhaustive_over_search']:.3g}× the search.", "",
+            "![cost](cost.png)", ""]
+
+
+def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: dict) -> list[str]:
+    export = info["export"]
+    if export is None:
+        return ["## Exported configuration", "", "No feasible configuration: nothing exported.", ""]
+    row = front[front["spans"] == choice["spans"]].iloc[0]
+    speed = export["speed"]
+    return ["## Exported configuration", "",
+            f"`{choice['spans']}`, written to `export/` (model.safetensors + recipe.json, with its classifier head "
+            "when the data has labels: `rba.head_logits`). Reloaded and evaluated end to end:", "",
+            _markdown(pd.DataFrame([{"source": "unmodified model"} | {c: reference.get(c) for c in RESULT_COLUMNS},
+                                    {"source": "search (modelled latency)"} | {c: row[c] for c in RESULT_COLUMNS},
+                                    {"source": "export (measured)"} | {c: export["measured"].get(c)
+                                                                       for c in RESULT_COLUMNS}])),
+            "",
+            f"Latency, measured back to back ({speed['repeats']} interleaved repeats of unmodified model and export, "
+            f"batch {speed['batch_size']}, {speed['threads']} threads): unmodified {speed['original_ms']:.4g} "
+            f"ms/sample, export {speed['export_ms']:.4g} ms/sample (medians); speed-up {speed['speedup']:.3g}× "
+            f"(quartiles {speed['speedup_q1']:.3g}–{speed['speedup_q3']:.3g}). Written to export/latency.json.", "",
+            *export.get("onnx_lines", [])]
+
+
 def _markdown(df: pd.DataFrame) -> str:
     if not len(df):
         return "(empty)"
     cols = list(df.columns)
 
     def fmt(v):
-        if v is pd.NA:
+        if v is pd.NA or v is None:
             return ""
-        if isinstance(v, float):
-            return "" if math.isnan(v) else (f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}")
+        if isinstance(v, (bool, np.bool_)):
+            return str(bool(v))
+        if isinstance(v, (float, np.floating)):
+            v = float(v)
+            if math.isnan(v):
+                return ""
+            return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
         return str(v)
 
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

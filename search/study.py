@@ -339,4 +339,5 @@ def run_study(cfg: Config, progress: bool = True) -> Path:
     with atomic_path(out / "scores.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     plot_scores(table, out / "scores.png", title=f"{session.adapter.describe()}, n = {session.stats.n} vectors")
-    return write_report(run_search(cfg, progress=progress, session=session), started=t0)
+    setup_s = time.time() - t0
+    return write_report(run_search(cfg, progress=progress, session=session), started=t0, setup_s=setup_s)
