@@ -301,7 +301,7 @@ def cli(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]
 def test_cli_unknown_section_lists_valid_ones(cli):
     folder, r = cli["unknown-section"]
     assert_one_line_error(r.returncode, r.stderr, "unknown section 'serach'. Did you mean 'search'?",
-                          "Valid: capture, data, evaluate, fit, model, output, run, search")
+                          "Valid: capture, data, evaluate, fit, model, output, report, run, search")
     assert_nothing_written(folder)
 
 

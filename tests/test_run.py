@@ -1,10 +1,13 @@
 """``rba run`` end to end on a tiny ViT: the files, the completed front (reference row, accuracy filled, sorted
 by cost, rows matching ``trials.csv``), the export rule (``--max-drop``), an export that classifies, the
-interleaved latency measurement and the baselines section."""
+interleaved latency measurement, the baselines section, the analysis sections against computations written out
+here, and ``rba report DIR`` re-rendering the report from the files without the model."""
 
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,11 +32,12 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, cache):
-    """A fidelity-only run with the default probe head (the trials compute no accuracy), a FLOPs budget and a
-    max_drop that some front members meet (the random tiny ViT keeps fidelity 0.85-0.97)."""
+    """A fidelity-only run with the default probe head (the trials compute no accuracy), a FLOPs budget, a
+    max_drop that some front members meet (the random tiny ViT keeps fidelity 0.85-0.97) and every single span
+    evaluated for the report."""
     tmp = tmp_path_factory.mktemp("run")
     cfg = make_config(tmp, cache, search={"trials": 8, "objectives": ["fidelity", "flops"], "budget_flops": 0.9},
-                      run={"max_drop": 0.12})
+                      run={"max_drop": 0.12}, report={"single_spans": True})
     report = run_study(cfg, progress=False)
     return cfg, report
 
@@ -191,3 +195,133 @@ def test_sentence_transformer_runs_with_an_export_head():
         pooled = adapter.pool(h, ctx)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------- the report: rba report DIR, the analysis
+REPORT_FILES = ["report.md", "scores.png", "pareto.png", "priors.png", "cost.png"]
+
+
+def _copy(study, tmp_path) -> Path:
+    """The study folder without the export and the study storage: what ``rba report`` needs, and no more."""
+    cfg, _ = study
+    out = tmp_path / "copy"
+    shutil.copytree(cfg.output_dir(), out, ignore=shutil.ignore_patterns("export", "study.db*", "study.json"))
+    return out
+
+
+def test_rba_report_regenerates_the_report_without_the_model(study, tmp_path, monkeypatch, capsys):
+    out = _copy(study, tmp_path)
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(f for f in REPORT_FILES if f.endswith(".png"))
+    before = {name: (out / name).read_bytes() for name in REPORT_FILES}
+    for name in REPORT_FILES:
+        (out / name).unlink()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("rba report built a model")
+
+    monkeypatch.setattr("rba.adapters._registry._ADAPTERS.get", no_model)
+    assert cli_main(["report", str(out)]) == 0
+    assert "report: wrote" in capsys.readouterr().err
+    for name, data in before.items():
+        assert (out / name).read_bytes() == data, name
+
+
+@pytest.mark.parametrize("damage", ["no report.json", "no pareto.csv", "bad report.json", "old format", "no folder"])
+def test_rba_report_refuses_what_it_cannot_render(study, tmp_path, capsys, damage):
+    out = _copy(study, tmp_path)
+    for name in REPORT_FILES:
+        (out / name).unlink()
+    target = out
+    if damage == "no report.json":
+        (out / "report.json").unlink()
+    elif damage == "no pareto.csv":
+        (out / "pareto.csv").unlink()
+    elif damage == "bad report.json":
+        (out / "report.json").write_text('{"format": 1')
+    elif damage == "old format":
+        (out / "report.json").write_text(json.dumps({"format": 0}))
+    else:
+        target = out / "missing"
+    assert cli_main(["report", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rba: error:"), err
+    expected = {"no report.json": "holds no report.json", "no pareto.csv": "lacks pareto.csv",
+                "bad report.json": "cannot be read", "old format": "report format 0", "no folder": "is not a folder"}
+    assert expected[damage] in err[0]
+    assert not any((out / name).exists() for name in REPORT_FILES)  # nothing written
+
+
+def _hand_ranks_corr(x, y) -> float:
+    """Spearman ρ as the Pearson correlation of average ranks (pandas ranks, numpy correlation)."""
+    return float(np.corrcoef(pd.Series(list(x)).rank(), pd.Series(list(y)).rank())[0, 1])
+
+
+def _staircase_hv(points, ref_q, ref_c) -> float:
+    """2-D hypervolume (quality up, cost down) by sweeping cost slices: each slice's best quality above ref_q."""
+    pts = [(c, q) for q, c in points if q > ref_q and c < ref_c]
+    edges = sorted({c for c, _ in pts} | {ref_c})
+    area = 0.0
+    for lo, hi in zip(edges, edges[1:]):
+        best = max((q for c, q in pts if c <= lo), default=ref_q)
+        area += (hi - lo) * (best - ref_q)
+    return area
+
+
+def test_report_sections_against_independent_computations(study):
+    cfg, _ = study
+    out = cfg.output_dir()
+    text = (out / "report.md").read_text()
+    scores, trials = pd.read_csv(out / "scores.csv"), pd.read_csv(out / "trials.csv")
+    pareto, singles = pd.read_csv(out / "pareto.csv"), pd.read_csv(out / "singles.csv")
+    baselines = pd.read_csv(out / "baselines.csv")
+    done = trials[trials["state"] == "COMPLETE"]
+
+    # BR-greedy, written out: highest br first, skip overlaps, every prefix a configuration
+    chosen, greedy = [], []
+    for _, r in scores.sort_values(["br", "start", "end"], ascending=[False, True, True]).iterrows():
+        if not any(r["start"] < b and a < r["end"] for a, b in chosen):
+            chosen.append((int(r["start"]), int(r["end"])))
+            greedy.append(",".join(f"{a}-{b}" for a, b in sorted(chosen)))
+    assert list(baselines.loc[baselines["method"] == "BR-greedy", "spans"]) == greedy
+    # block-drop: single blocks by mean cosine of their input and output (Block Influence 1 − cos), highest first
+    one = scores[scores["end"] == scores["start"] + 1].sort_values(["cosine", "start"], ascending=[False, True])
+    drops = [",".join(f"{a}-{a + 1}" for a in sorted(one["start"].iloc[: k + 1])) for k in range(len(one))]
+    assert list(baselines.loc[baselines["method"] == "block-drop", "spans"]) == drops
+    # configurations the trials evaluated are reused, with the trials' values
+    by_spans = done.set_index("spans")
+    for _, r in baselines[baselines["method"] == "BR-greedy"].iterrows():
+        assert r["source"] == ("trial" if r["spans"] in by_spans.index else "evaluated")
+        if r["source"] == "trial":
+            assert r["fidelity"] == pytest.approx(by_spans.loc[r["spans"], "fidelity"], rel=1e-12)
+    assert (baselines.loc[baselines["method"] == "block-drop", "source"] == "evaluated").all()
+
+    # every single span, with accuracy (the data has labels), reusing the trials' fidelity
+    assert sorted(zip(singles["start"], singles["end"])) == sorted(zip(scores["start"], scores["end"]))
+    assert singles["accuracy"].notna().all() and singles["fidelity"].between(-1, 1).all()
+    for _, r in singles.iterrows():
+        if r["spans"] in by_spans.index:
+            assert r["fidelity"] == pytest.approx(by_spans.loc[r["spans"], "fidelity"], rel=1e-12)
+    merged = singles.merge(scores, on=["start", "end"])
+    for metric, sign in (("br", 1), ("ls_residual", -1)):
+        rho = _hand_ranks_corr(sign * merged[metric], merged["fidelity"])
+        assert f"| {metric} | fidelity | {rho:.4g} |" in text, (metric, rho)
+
+    # hypervolume of the search's feasible trials and best fidelity within 50% of the FLOPs
+    feas = done[done["feasible"].astype(bool)]
+    base_feas = baselines[baselines["feasible"].astype(bool)]
+    ref_q = min(feas["fidelity"].min(), base_feas["fidelity"].min())
+    hv = _staircase_hv(list(zip(feas["fidelity"], feas["flops_frac"])), ref_q, 1.0)
+    best50 = feas.loc[feas["flops_frac"] <= 0.5, "fidelity"].max()
+    row = next(ln for ln in text.splitlines() if ln.startswith("| search |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == str(len(feas)) and cells[2] == f"{hv:.4g}" and cells[4] == f"{best50:.4g}"
+
+    # multi-span members of the front, counted by hand
+    front = pareto[pareto["state"] != "REFERENCE"]
+    multi = [s for s in front["spans"] if "," in s]
+    assert (f"**{'Yes' if multi else 'No'}**: {len(multi)} of the front's {len(front)} members") in text
+
+    # the cost question: 34 configurations of 4 blocks × the median completed trial
+    assert f"all 34 configurations takes {34 * done['duration_s'].median():.4g} s (an estimate" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["configurations"] == 34 and not math.isnan(report["timing"]["total_s"])
