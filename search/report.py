@@ -292,7 +292,8 @@ def _onnx_speedup(cfg, session, folder: Path, flops_frac: float) -> tuple[list[s
         {k: v for k, v in s.items() if k.startswith("onnx_")}
 
 
-def write_report(result: SearchResult, *, started: float, setup_s: float | None = None) -> Path:
+def write_report(result: SearchResult, *, started: float, setup_s: float | None = None,
+                 completed_before: int = 0) -> Path:
     """``rba run``'s last step: complete the front (accuracy, reference row, sorted by cost), evaluate what the
     report's sections need (baselines, optionally every single span; configurations the trials evaluated are
     reused), export :func:`choose_export`'s configuration (reloaded, evaluated end to end, its speed-up measured
@@ -360,7 +361,8 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
                    "pareto": f"{session.adapter.describe()}: {ctx.method}"
                              + (f" ({cfg.search.sampler})" if ctx.method == "optuna" else "")
                              + f", {trials_complete} trials"},
-        "timing": {"phases": list(phases.items()), "total_s": time.time() - started},  # a list keeps the order
+        "timing": {"phases": list(phases.items()), "total_s": time.time() - started,  # a list keeps the order
+                   "completed_before": completed_before},
     }
     summary = {"trials_complete": trials_complete, "front_size": len(front),
                "quality": quality, "cost": cost, "reference_quality": float(reference[quality]),
@@ -623,12 +625,17 @@ def _cost_section(out: Path, info: dict, trials: pd.DataFrame) -> list[str]:
     plt.close(fig)
     how = ("an estimate: the number of configurations × one evaluation" if c["exhaustive_estimated"]
            else "measured: this study was the exhaustive sweep")
+    before = info["timing"].get("completed_before", 0)
+    resumed = ([f"The study resumed: {before} of its {c['trials']} completed trials ran before this run, so the "
+                "search time above covers only the rest; the summed trial durations over all runs are "
+                f"{float(trials.loc[trials['state'] == 'COMPLETE', 'duration_s'].sum()):.4g} s.", ""]
+               if before else [])
     return ["## Cost of the search", "",
             f"The search took {c['search_wall_s']:.1f} s wall time ({c['trials']} trials; the eval split's cache and "
             f"the latency table included, the statistics not), {c['search_in_evaluations']:.1f}× one evaluation ({c['one_evaluation_s']:.3g} s, "
             f"the median completed trial). An exhaustive sweep of all {c['configurations']:,} configurations takes "
             f"{c['exhaustive_s']:.4g} s ({how}): {c['exhaustive_over_search']:.3g}× the search.", "",
-            "![cost](cost.png)", ""]
+            *resumed, "![cost](cost.png)", ""]
 
 
 def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: dict) -> list[str]:

@@ -340,4 +340,17 @@ def run_study(cfg: Config, progress: bool = True) -> Path:
         table.to_csv(tmp, index=False, float_format="%.6g")
     plot_scores(table, out / "scores.png", title=f"{session.adapter.describe()}, n = {session.stats.n} vectors")
     setup_s = time.time() - t0
-    return write_report(run_search(cfg, progress=progress, session=session), started=t0, setup_s=setup_s)
+    before = _completed_before(out)
+    return write_report(run_search(cfg, progress=progress, session=session), started=t0, setup_s=setup_s,
+                        completed_before=before)
+
+
+def _completed_before(out: Path) -> int:
+    """Completed trials an earlier run of the study left in ``trials.csv`` (0 for a fresh study): the report
+    says how many trials this run's search time covers."""
+    import pandas as pd
+
+    try:
+        return int((pd.read_csv(out / "trials.csv", usecols=["state"])["state"] == "COMPLETE").sum())
+    except (OSError, ValueError):
+        return 0
