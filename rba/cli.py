@@ -330,7 +330,10 @@ class Report(_Command):
     def take_action(self, args):
         from search.report import render_report
 
-        report = render_report(Path(args.dir))
+        folder = Path(args.dir)
+        if folder.is_dir():
+            _check_writable_dir(folder, "study folder")
+        report = render_report(folder)
         print(f"report: wrote {report} and its plots", file=sys.stderr)
         return 0
 

@@ -374,6 +374,10 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
         summary |= {k: export["speed"][k] for k in ("speedup", "speedup_q1", "speedup_q3")}
         summary |= export["onnx"]
     atomic_write_json(out / "summary.json", summary)
+    # what an earlier run of this folder wrote for a section this run leaves out would read as this run's
+    stale = ([] if baselines else ["baselines.csv"]) + ([] if cfg.report.single_spans else ["singles.csv", "priors.png"])
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
     atomic_write_json(out / "report.json", info)
     report = render_report(out)
     if ctx.progress:

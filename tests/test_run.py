@@ -329,3 +329,19 @@ def test_report_sections_against_independent_computations(study):
     assert f"all 34 configurations takes {34 * done['duration_s'].median():.4g} s (an estimate" in text
     report = json.loads((out / "report.json").read_text())
     assert report["configurations"] == 34 and not math.isnan(report["timing"]["total_s"])
+
+
+def test_rba_report_without_the_optional_sections(study, tmp_path):
+    """A study run with ``[report] baselines = false`` and no single spans: the report leaves those sections out
+    and says how to turn the priors section on."""
+    out = _copy(study, tmp_path)
+    info = json.loads((out / "report.json").read_text())
+    info |= {"baselines": False, "single_spans": False}
+    (out / "report.json").write_text(json.dumps(info))
+    for name in ("baselines.csv", "singles.csv", "priors.png", "report.md"):
+        (out / name).unlink()
+    assert cli_main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "## Baselines at the same budgets" not in text and "## Search against BR-greedy" not in text
+    assert "Not computed: set `[report] single_spans = true`" in text and "## Cost of the search" in text
+    assert not (out / "priors.png").exists() and (out / "cost.png").exists()
