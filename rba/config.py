@@ -156,6 +156,9 @@ class SearchConfig:
     max_concurrent: _POSITIVE_INT = 2
     max_failures: _COUNT = 1
     screening: bool = False
+    early_stop: bool = False
+    """score the eval split in growing subsets (1/4, 1/2, all) and stop a trial that the current front dominates by
+    more than the subset's standard error (Optuna backend, ``method = "optuna"``; docs/method.md)"""
 
 
 @dataclass(config=_SCHEMA)

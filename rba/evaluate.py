@@ -9,7 +9,7 @@ configurations that share leading spans share that work.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,7 +22,7 @@ from rba.spans import Span
 from rba._threads import single_thread
 from rba.capture import check_finite, iter_batches, length_order
 
-__all__ = ["SplitCache", "Evaluator", "LinearProbe"]
+__all__ = ["SplitCache", "Evaluator", "LinearProbe", "SpanForward"]
 
 
 @dataclass
@@ -36,6 +36,8 @@ class SplitCache:
     labels: torch.Tensor | None
     order: np.ndarray
     """row r of ``pooled`` / ``labels`` is sample ``order[r]`` of the split (texts are batched by length)"""
+    sizes: list[int] = field(default_factory=list)
+    """rows per batch: batch b holds rows ``sum(sizes[:b])`` up to ``sum(sizes[:b + 1])``"""
 
     @classmethod
     @torch.inference_mode()
@@ -65,7 +67,12 @@ class SplitCache:
             bar.update(len(chunk))
         bar.close()
         lab = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
-        return cls(contexts, states, torch.cat(pooled), lab, order)
+        return cls(contexts, states, torch.cat(pooled), lab, order, [len(p) for p in pooled])
+
+    def rows(self, batches: Sequence[int]) -> torch.Tensor:
+        """Row indices (into ``pooled`` / ``labels``) of ``batches``, in that order."""
+        ends = np.cumsum(self.sizes)
+        return torch.cat([torch.arange(int(ends[b] - self.sizes[b]), int(ends[b])) for b in batches])
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for s in self.states for t in s.values())
@@ -149,39 +156,34 @@ class Evaluator:
         self.memo_budget = memo_bytes
 
     # ------------------------------------------------------------------ forward with spans
-    @torch.inference_mode()
     def pooled(self, spans: Sequence[Span], maps: Sequence[nn.Module], tag: str = "") -> dict[str, torch.Tensor]:
         """Pooled representation of every cached split under the configuration ``spans`` → ``maps``."""
-        spans = list(spans)
-        if not spans:
-            return {name: part.pooled for name, part in self.parts.items()}
-        replace = dict(zip(spans, maps))
-        # longest memoised prefix of this configuration, else the cached original state at the first start
-        start_s, boundary = 0, spans[0][0]
-        states = None
-        for s in range(len(spans), 0, -1):
-            key = (tag, tuple(spans[:s]))
-            if key in self._memo:
-                self._memo.move_to_end(key)
-                states, start_s, boundary = self._memo[key], s, spans[s - 1][1]
-                break
-        if states is None:
-            states = {name: [st[boundary] for st in part.states] for name, part in self.parts.items()}
-        out = {}
-        span_ends = {j: idx for idx, (_, j) in enumerate(spans)}
-        new_memo: dict[tuple, dict[str, list[torch.Tensor]]] = {}
-        for name, part in self.parts.items():
-            pooled = []
-            for b, ctx in enumerate(part.contexts):
-                for k, h in self.adapter.boundaries(states[name][b], ctx, start=boundary, replace=replace):
-                    idx = span_ends.get(k)
-                    if idx is not None and idx + 1 > start_s:  # the state after span idx: memo of that prefix
-                        new_memo.setdefault((tag, tuple(spans[: idx + 1])), {}).setdefault(name, []).append(h)
-                pooled.append(self.adapter.pool(h, ctx).float())
-            out[name] = torch.cat(pooled)
-        for key, val in new_memo.items():
-            self._remember(key, val)
+        run = self.forward(spans, maps, tag)
+        out = {name: run.pooled(name, range(len(part.contexts))) for name, part in self.parts.items()}
+        run.finish()
         return out
+
+    def forward(self, spans: Sequence[Span], maps: Sequence[nn.Module], tag: str = "") -> "SpanForward":
+        """A configuration's forward over the cached splits that runs the batches it is asked for (a search trial
+        stopped early runs part of the eval split only); see :class:`SpanForward`."""
+        return SpanForward(self, list(spans), list(maps), tag)
+
+    def eval_stages(self, strides: Sequence[int] = (4, 2, 1)) -> list[list[int]]:
+        """The eval split's batches in growing, nested subsets: every ``strides[0]``-th batch, then the batches
+        every ``strides[1]``-th adds, and so on (a stage that adds nothing is left out). Taking every k-th batch
+        spreads each subset over the whole split, which is held in the order texts are batched by length, and
+        otherwise in the data set's order (sorted indices, so possibly class by class)."""
+        count = len(self.parts["eval"].contexts)
+        stages, seen = [], set()
+        for stride in strides:
+            new = [b for b in range(count) if b % stride == 0 and b not in seen]
+            if new:
+                stages.append(new)
+                seen.update(new)
+        rest = [b for b in range(count) if b not in seen]
+        if rest:
+            stages.append(rest)
+        return stages
 
     def clear_memo(self) -> None:
         """Forget the states memoised per configuration prefix (the split caches stay)."""
@@ -202,27 +204,58 @@ class Evaluator:
     def score(self, spans: Sequence[Span], maps: Sequence[nn.Module], tag: str = "") -> dict[str, Any]:
         return self.score_pooled(self.pooled(spans, maps, tag))
 
-    def score_pooled(self, pooled: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Accuracy and fidelity from pooled representations of the cached splits (``{"eval": …, "probe": …}``)."""
+    def score_pooled(self, pooled: dict[str, torch.Tensor], probe: LinearProbe | None = None) -> dict[str, Any]:
+        """Accuracy and fidelity from pooled representations of the cached splits (``{"eval": …, "probe": …}``);
+        ``probe``: the head's probe already fitted on ``pooled["probe"]`` (else it is fitted here)."""
         ev = self.parts["eval"]
-        fidelity = float(F.cosine_similarity(pooled["eval"].double(), ev.pooled.double(), dim=1, eps=1e-12).mean())
-        accuracy = self._accuracy(pooled) if self.need_labels else float("nan")
+        fidelity = float(self._cosines(pooled["eval"], ev.pooled).mean())
+        accuracy = self._accuracy(pooled, probe) if self.need_labels else float("nan")
         return {"accuracy": accuracy, "fidelity": fidelity}
 
-    def _accuracy(self, pooled: dict[str, torch.Tensor]) -> float:
+    def subset_scores(self, pooled_rows: torch.Tensor, rows: torch.Tensor, probe: LinearProbe | None = None,
+                      pooled_probe: torch.Tensor | None = None) -> dict[str, float]:
+        """Accuracy and fidelity on the eval rows ``rows`` (pooled representations ``pooled_rows``), each with the
+        standard error of that estimate of the whole eval split's value: a simple random sample of m of the n
+        eval samples, so SE = √(s²/m · (1 − m/n)), s² being the sample variance of what the score averages
+        (fidelity: the per-sample cosines, ddof 1; accuracy: the proportion p correct, s² = p(1 − p)).
+        ``probe`` / ``pooled_probe``: as for :meth:`score_pooled`."""
+        ev = self.parts["eval"]
+        n, m = len(ev.pooled), len(rows)
+        fpc = max(0.0, 1.0 - m / n)
+        cos = self._cosines(pooled_rows, ev.pooled[rows])
+        var = float(cos.var(correction=1)) if m > 1 else 0.0
+        out = {"fidelity": float(cos.mean()), "fidelity_se": (var / m * fpc) ** 0.5,
+               "accuracy": float("nan"), "accuracy_se": float("nan"), "eval_samples": m, "eval_fraction": m / n}
+        if self.need_labels and ev.labels is not None:
+            pred = self._predict(pooled_rows, probe, pooled_probe)
+            p = float((pred == ev.labels[rows]).double().mean())
+            out["accuracy"], out["accuracy_se"] = p, (p * (1 - p) / m * fpc) ** 0.5
+        return out
+
+    @staticmethod
+    def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return F.cosine_similarity(a.double(), b.double(), dim=1, eps=1e-12)
+
+    def _accuracy(self, pooled: dict[str, torch.Tensor], probe: LinearProbe | None = None) -> float:
         ev = self.parts["eval"]
         if ev.labels is None:
             return float("nan")
+        pred = self._predict(pooled["eval"], probe, pooled.get("probe"))
+        return float((pred == ev.labels).double().mean())
+
+    def _predict(self, pooled_eval: torch.Tensor, probe: LinearProbe | None, pooled_probe: torch.Tensor | None):
+        """Predicted classes of eval rows: the native head's, else the probe's (fitted on ``pooled_probe`` unless
+        given)."""
         if self.head == "native":
-            logits = self.adapter.logits(pooled["eval"].to(self.adapter.device, self.adapter.dtype))
+            logits = self.adapter.logits(pooled_eval.to(self.adapter.device, self.adapter.dtype))
             if logits is None:
                 from rba.errors import ModelError
 
                 raise ModelError("evaluate.head = \"native\" but this model has no classification head: use \"probe\"")
-            pred = logits.argmax(1).cpu()
-        else:
-            pred = self.probe_for(pooled).predict(pooled["eval"])
-        return float((pred == ev.labels).double().mean())
+            return logits.argmax(1).cpu()
+        if probe is None:
+            probe = self.probe_for({"probe": pooled_probe})
+        return probe.predict(pooled_eval)
 
     def probe_for(self, pooled: dict[str, torch.Tensor]) -> LinearProbe | None:
         """The linear probe that scores these pooled representations: the fixed one, or one fitted on
@@ -232,3 +265,53 @@ class Evaluator:
         if self.head == "probe" and "probe" in self.parts and self.parts["probe"].labels is not None:
             return LinearProbe(self.probe_c).fit(pooled["probe"], self.parts["probe"].labels, self.num_classes)
         return None
+
+
+class SpanForward:
+    """One configuration's forward over the cached splits, batch by batch (prefix reuse and prefix memo).
+
+    :meth:`pooled` runs the batches it is given, starting from the longest memoised prefix of the configuration
+    (else from the cached original state at its first start). The states after each span are memoised by
+    :meth:`finish`, and only when every batch of every split has run, so the memo never holds part of a split."""
+
+    def __init__(self, evaluator: Evaluator, spans: list[Span], maps: list[nn.Module], tag: str):
+        self.ev = evaluator
+        self.spans = spans
+        self.replace = dict(zip(spans, maps))
+        self.tag = tag
+        self.start_s, self.boundary, self.states = 0, (spans[0][0] if spans else 0), None
+        for s in range(len(spans), 0, -1):
+            key = (tag, tuple(spans[:s]))
+            if key in evaluator._memo:
+                evaluator._memo.move_to_end(key)
+                self.states, self.start_s, self.boundary = evaluator._memo[key], s, spans[s - 1][1]
+                break
+        self._span_ends = {j: idx for idx, (_, j) in enumerate(spans)}
+        self._new_memo: dict[tuple, dict[str, dict[int, torch.Tensor]]] = {}
+        self._done: dict[str, set[int]] = {name: set() for name in evaluator.parts}
+
+    @torch.inference_mode()
+    def pooled(self, name: str, batches: Sequence[int]) -> torch.Tensor:
+        """Pooled representations of split ``name``'s ``batches`` (rows in that order: ``part.rows(batches)``)."""
+        part = self.ev.parts[name]
+        batches = list(batches)
+        if not self.spans:
+            return part.pooled[part.rows(batches)] if batches else part.pooled[:0]
+        out = []
+        for b in batches:
+            h = self.states[name][b] if self.states is not None else part.states[b][self.boundary]
+            ctx = part.contexts[b]
+            for k, h in self.ev.adapter.boundaries(h, ctx, start=self.boundary, replace=self.replace):
+                idx = self._span_ends.get(k)
+                if idx is not None and idx + 1 > self.start_s:  # the state after span idx: memo of that prefix
+                    self._new_memo.setdefault((self.tag, tuple(self.spans[: idx + 1])), {}).setdefault(name, {})[b] = h
+            out.append(self.ev.adapter.pool(h, ctx).float())
+            self._done[name].add(b)
+        return torch.cat(out) if out else part.pooled[:0]
+
+    def finish(self) -> None:
+        """Memoise the states after each span, if every batch of every split ran."""
+        if any(len(done) < len(self.ev.parts[name].contexts) for name, done in self._done.items()):
+            return
+        for key, val in self._new_memo.items():
+            self.ev._remember(key, {name: [by_batch[b] for b in sorted(by_batch)] for name, by_batch in val.items()})

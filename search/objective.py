@@ -30,16 +30,25 @@ import threading
 import warnings
 from typing import Any, Sequence
 
+import torch
+
 from rba.spans import Span
 from rba.errors import BudgetError, ConfigError
 from rba.session import OBJECTIVES, RESULT_COLUMNS
 from rba.spans import format_spans
 from search.baselines import proxy_front
 
-__all__ = ["Objective", "OBJECTIVES", "RESULT_COLUMNS", "BUDGET_KEYS"]
+__all__ = ["Objective", "OBJECTIVES", "RESULT_COLUMNS", "BUDGET_KEYS", "QUALITY", "STOP_KEYS", "FrontPoint",
+           "dominated_by"]
 
 #: budget name → SearchConfig field
 BUDGET_KEYS = {"flops": "budget_flops", "params": "budget_params", "latency": "budget_latency"}
+#: objectives estimated on the eval split (the others are exact, from the cost model)
+QUALITY = ("accuracy", "fidelity")
+#: what a result stopped early carries besides the result columns
+STOP_KEYS = ("stopped_early", "eval_fraction", "eval_samples", "accuracy_se", "fidelity_se")
+#: a front member as early stopping sees it: (trial number, {objective column: value})
+FrontPoint = tuple[int, dict[str, float]]
 
 
 class Objective:
@@ -61,7 +70,9 @@ class Objective:
         self._memo: dict[str, dict[str, Any]] = {}
         self._lock = threading.RLock()
         self.evaluations = 0
-        """number of configurations evaluated (memo misses)"""
+        """number of configurations evaluated in full (memo misses)"""
+        self.stopped = 0
+        """number of evaluations stopped early"""
 
     # ------------------------------------------------------------------ description
     @property
@@ -169,8 +180,14 @@ class Objective:
                     self._ls[s] = float(metric(self.session.stats, s))
         return float(sum(self._ls[s] for s in spans))
 
-    def __call__(self, spans: Sequence[Span]) -> dict[str, Any]:
-        """Result columns (:data:`RESULT_COLUMNS`) + ``feasible`` + ``constraints`` for a configuration."""
+    def __call__(self, spans: Sequence[Span], front: Sequence[FrontPoint] | None = None) -> dict[str, Any]:
+        """Result columns (:data:`RESULT_COLUMNS`) + ``feasible`` + ``constraints`` for a configuration.
+
+        ``front`` (early stopping, ``[search] early_stop``): the current front's points. The eval split is then
+        scored in growing subsets (:meth:`rba.evaluate.Evaluator.eval_stages`), and the evaluation stops at the
+        first subset where a front point dominates the configuration by more than the subset's standard error
+        (:func:`dominated_by`); the result then holds the subset's scores, ``stopped_early`` (the front point's
+        trial number), ``eval_fraction`` and the standard errors, and is not memoised as a full result."""
         spans = sorted((int(i), int(j)) for i, j in spans)
         key = format_spans(spans)
         with self._lock:
@@ -179,14 +196,78 @@ class Objective:
             cost = self.cost(spans)
             constraints = self.constraints(cost)
             maps = self.maps(spans)
-            scores = self.session.evaluator.score(spans, maps, tag=self.tag)
+            if front and self.quality_columns:
+                scores = self._staged(spans, maps, cost, front)
+            else:
+                scores = self.session.evaluator.score(spans, maps, tag=self.tag)
             result = {"spans": key} | scores | cost
+            extra = {k: scores[k] for k in STOP_KEYS if k in scores}
             result = {c: result[c] for c in RESULT_COLUMNS}
             result["feasible"] = all(v <= 0 for v in constraints.values())
             result["constraints"] = constraints
+            if extra:
+                return result | extra  # a partial evaluation: not memoised
             self._memo[key] = result
             self.evaluations += 1
             return _copy(result)
+
+    @property
+    def quality_columns(self) -> list[str]:
+        """The objectives estimated on the eval split (accuracy, fidelity), as result columns."""
+        return [OBJECTIVES[o][0] for o in self.objectives if o in QUALITY]
+
+    def _staged(self, spans: list[Span], maps, cost: dict[str, float], front: Sequence[FrontPoint]) -> dict[str, Any]:
+        """Scores on growing subsets of the eval split; the probe (if any) is fitted once, on the whole probe split."""
+        ev = self.session.evaluator
+        run = ev.forward(spans, maps, tag=self.tag)
+        pooled_probe = run.pooled("probe", range(len(ev.parts["probe"].contexts))) if "probe" in ev.parts else None
+        probe = ev.probe_for({"probe": pooled_probe}) if ev.need_labels and pooled_probe is not None else None
+        stages = ev.eval_stages()
+        costs = {c: float(cost[c]) for c in self.columns if c not in self.quality_columns}
+        batches: list[int] = []
+        parts: list = []
+        for stage in stages[:-1]:
+            batches += stage
+            parts.append(run.pooled("eval", stage))
+            rows = ev.parts["eval"].rows(batches)
+            part = ev.subset_scores(torch.cat(parts), rows, probe)
+            quality = {c: part[c] for c in self.quality_columns}
+            se = {c: part[f"{c}_se"] for c in self.quality_columns}
+            by = dominated_by(front, costs, quality, se, self.directions_by_column)
+            if by is not None:
+                self.stopped += 1
+                return part | {"stopped_early": by}
+        parts.append(run.pooled("eval", stages[-1]))
+        batches += stages[-1]
+        run.finish()
+        pooled_eval = torch.empty_like(torch.cat(parts))
+        pooled_eval[ev.parts["eval"].rows(batches)] = torch.cat(parts)  # back in the split's order
+        return ev.score_pooled({"eval": pooled_eval, "probe": pooled_probe}, probe)
+
+    @property
+    def directions_by_column(self) -> dict[str, str]:
+        return dict(zip(self.columns, self.directions))
+
+
+def dominated_by(front: Sequence[FrontPoint], costs: dict[str, float], quality: dict[str, float],
+                 se: dict[str, float], directions: dict[str, str]) -> int | None:
+    """The trial number of a front point that dominates a partly evaluated configuration by more than the standard
+    error of its estimates, or None: at most its cost in every cost objective (exact, from the cost model), and
+    better than its estimate by more than one standard error in every quality objective."""
+    for number, point in front:
+        if not all(_no_worse(point[c], v, directions[c]) for c, v in costs.items()):
+            continue
+        if all(_better_by(point[c], v, se[c], directions[c]) for c, v in quality.items()):
+            return int(number)
+    return None
+
+
+def _no_worse(a: float, b: float, direction: str) -> bool:
+    return a <= b if direction == "minimize" else a >= b
+
+
+def _better_by(a: float, b: float, margin: float, direction: str) -> bool:
+    return a > b + margin if direction == "maximize" else a < b - margin
 
 
 def _copy(result: dict[str, Any]) -> dict[str, Any]:

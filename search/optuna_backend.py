@@ -18,8 +18,8 @@ import time
 from rba.errors import RBAError
 from rba.spans import format_spans
 from search._storage import worker_label
-from search.recording import (StudyContext, TrialFailure, complete_count, completed, enqueue_unseen, record,
-                              record_duplicate, record_screened)
+from search.recording import (StudyContext, TrialFailure, complete_count, completed, enqueue_unseen, front_points,
+                              record, record_duplicate, record_screened)
 
 __all__ = ["run_optuna", "trial_function"]
 
@@ -30,6 +30,7 @@ def trial_function(ctx: StudyContext):
 
     objective, space, screen = ctx.objective, ctx.space, ctx.screen
     worker = worker_label()
+    early_stop = ctx.cfg.search.early_stop and ctx.method == "optuna"
 
     def run(trial: optuna.Trial):
         trial.set_user_attr("worker", worker)
@@ -47,7 +48,7 @@ def trial_function(ctx: StudyContext):
                 record_screened(trial, spans, proxy, objective)
                 raise optuna.TrialPruned(f"screened out (proxy {proxy:.4g})")
         try:
-            result = objective(spans)
+            result = objective(spans, front=front_points(trial.study, objective) if early_stop else None)
         except RBAError:
             raise
         except Exception as exc:

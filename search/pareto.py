@@ -18,7 +18,7 @@ from rba.files import atomic_path
 __all__ = ["TRIAL_COLUMNS", "trials_frame", "front_frame", "write_tables", "plot_front", "AXIS_LABELS"]
 
 TRIAL_COLUMNS = ["number", "spans", "accuracy", "fidelity", "flops", "flops_frac", "params", "params_frac",
-                 "latency_ms", "feasible", "state", "duration_s"]
+                 "latency_ms", "feasible", "state", "duration_s", "stopped_early"]
 _FLOAT_COLUMNS = ["accuracy", "fidelity", "flops", "flops_frac", "params", "params_frac", "latency_ms"]
 
 AXIS_LABELS = {
@@ -35,7 +35,7 @@ def trials_frame(study) -> pd.DataFrame:
     with :data:`TRIAL_COLUMNS`."""
     from optuna.trial import TrialState
 
-    from search.recording import DUPLICATE_ATTR
+    from search.recording import DUPLICATE_ATTR, STOPPED_ATTR
 
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -50,6 +50,7 @@ def trials_frame(study) -> pd.DataFrame:
         row["feasible"] = res.get("feasible")
         row["state"] = t.state.name
         row["duration_s"] = t.duration.total_seconds() if t.duration is not None else math.nan
+        row["stopped_early"] = STOPPED_ATTR in ua
         rows.append(row)
     df = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
     df["number"] = df["number"].astype("int64")
@@ -58,15 +59,17 @@ def trials_frame(study) -> pd.DataFrame:
         df[c] = df[c].astype("float64")
     df["feasible"] = df["feasible"].astype("boolean")
     df["state"] = df["state"].astype("string")
+    df["stopped_early"] = df["stopped_early"].astype("bool")
     return df
 
 
 def front_frame(study, trials: pd.DataFrame) -> pd.DataFrame:
-    """The front: Optuna's ``best_trials`` (feasible, non-dominated), one row per distinct configuration."""
+    """The front: Optuna's ``best_trials`` (feasible, non-dominated), one row per distinct configuration; a trial
+    stopped early (its values are estimates on part of the eval split) never enters it."""
     if not len(trials) or not (trials["state"] == "COMPLETE").any():
         return trials.iloc[0:0].copy()
     numbers = {t.number for t in study.best_trials}
-    front = trials[trials["number"].isin(numbers)]
+    front = trials[trials["number"].isin(numbers) & ~trials["stopped_early"]]
     front = front.sort_values("number").drop_duplicates(subset="spans", keep="first")
     return front.reset_index(drop=True)
 

@@ -19,10 +19,14 @@ from search.objective import RESULT_COLUMNS, Objective
 from search.space import SpanSpace
 
 __all__ = ["StudyContext", "SearchResult", "TrialFailure", "needs_labels", "record", "record_screened",
-           "record_duplicate", "complete_count", "completed", "enqueue_unseen", "DUPLICATE_ATTR", "log"]
+           "record_duplicate", "complete_count", "completed", "enqueue_unseen", "DUPLICATE_ATTR", "STOPPED_ATTR",
+           "front_points", "log"]
 
 #: user attribute of a trial whose configuration an earlier trial already evaluated: that trial's number
 DUPLICATE_ATTR = "duplicate_of"
+#: user attribute of a trial stopped early (``[search] early_stop``): the number of the front member that dominated
+#: it; its values are the eval subset's estimates, and the user attribute ``early_stop`` says which subset
+STOPPED_ATTR = "stopped_early"
 
 
 class TrialFailure(Exception):
@@ -83,6 +87,21 @@ def record(trial, result: dict[str, Any], objective: Objective) -> None:
     trial.set_user_attr("result", {c: result[c] for c in RESULT_COLUMNS[1:]} | {"feasible": bool(result["feasible"])})
     for name, value in result["constraints"].items():
         trial.set_constraint(name, float(value))
+    if result.get(STOPPED_ATTR) is not None:
+        trial.set_user_attr(STOPPED_ATTR, int(result[STOPPED_ATTR]))
+        trial.set_user_attr("early_stop", {k: result[k] for k in ("eval_fraction", "eval_samples", "accuracy_se",
+                                                                    "fidelity_se") if k in result})
+
+
+def front_points(study, objective: Objective) -> list[tuple[int, dict[str, float]]]:
+    """The study's current front as early stopping compares against it: Optuna's ``best_trials`` (complete,
+    feasible, non-dominated), less trials stopped early and repeats, as (number, {objective column: value})."""
+    out = []
+    for t in study.best_trials:
+        if STOPPED_ATTR in t.user_attrs or DUPLICATE_ATTR in t.user_attrs:
+            continue
+        out.append((t.number, dict(zip(objective.columns, map(float, t.values)))))
+    return out
 
 
 def record_screened(trial, spans, proxy: float, objective: Objective) -> None:
@@ -119,8 +138,9 @@ def record_duplicate(trial, earlier) -> list[float]:
     would leave the sampler free to propose the same point again and again. No evaluation runs, ``trials``
     does not count it (:func:`complete_count`), and the tables leave it out (``search.pareto.trials_frame``)."""
     trial.set_user_attr(DUPLICATE_ATTR, int(earlier.number))
-    if "result" in earlier.user_attrs:
-        trial.set_user_attr("result", earlier.user_attrs["result"])
+    for attr in ("result", STOPPED_ATTR, "early_stop"):
+        if attr in earlier.user_attrs:
+            trial.set_user_attr(attr, earlier.user_attrs[attr])
     for name, value in earlier.constraints.items():
         trial.set_constraint(name, float(value))
     return list(earlier.values)

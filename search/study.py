@@ -259,6 +259,8 @@ def run_search(cfg: Config, progress: bool = True, *, session=None, objective: O
     if progress:
         log(f"search: {ctx.space.describe()}; method {ctx.method}, backend {cfg.search.backend}, "
             f"objectives {', '.join(ctx.objective.objectives)}; output {ctx.out}")
+    if cfg.search.early_stop and (cfg.search.backend == "ray" or ctx.method != "optuna") and progress:
+        log("search: early_stop applies to method optuna on the optuna backend; these trials run in full")
     sampler = make_sampler(cfg, ctx.method)
     before = {p for p in _study_files(ctx) if p.exists()}
     study = None
