@@ -1,0 +1,83 @@
+"""The rank-deficiency check of the fits: the Cholesky certificate against eigenvalues known by construction,
+and against the full eigen-analysis on statistics of real and collapsed boundaries."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from rba.fit import RANK_DEFICIENT_RATIO, RankDeficientWarning, conditioning_certificate, fit_span
+
+
+def _with_spectrum(eigenvalues, seed=0):
+    """Q diag(λ) Qᵀ for a random orthogonal Q: a symmetric matrix whose eigenvalues are known exactly."""
+    n = len(eigenvalues)
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
+    return torch.from_numpy((q * np.asarray(eigenvalues, dtype=np.float64)) @ q.T)
+
+
+@pytest.mark.parametrize("shape", ["dominant", "flat"])
+@pytest.mark.parametrize("n", [16, 128])
+@pytest.mark.parametrize("ratio", [1e-2, 1e-8, 2e-10, 1.2e-10, 8e-11, 5e-11, 1e-12, 0.0])
+def test_certificate_agrees_with_the_spectrum(shape, n, ratio):
+    # data-like: one dominant direction (the mean) and a spread of others; flat: ‖a‖_F ≫ λ_max, so the cheap upper
+    # bound on λ_max does not decide. The smallest eigenvalue is ratio·λ_max.
+    rest = np.geomspace(1e4, 1e2, n - 2) if shape == "dominant" else np.full(n - 2, 1e6)
+    ev = np.concatenate([[1e6], rest, [ratio * 1e6]])
+    decided = conditioning_certificate(_with_spectrum(ev))
+    truth = ratio < RANK_DEFICIENT_RATIO
+    # a factor 2 from the threshold is enough for the certificate to decide; closer it may hand over (None)
+    if ratio >= 2 * RANK_DEFICIENT_RATIO or ratio <= RANK_DEFICIENT_RATIO / 2:
+        assert decided is truth
+    else:
+        assert decided in (truth, None)
+
+
+def test_layernorm_like_gram_is_certified_without_eigen_analysis(monkeypatch):
+    """Vectors γ⊙z + β with z of zero mean over features (a LayerNorm output): [x, 1] is exactly dependent."""
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((4000, 48))
+    z -= z.mean(1, keepdims=True)
+    z /= z.std(1, keepdims=True)
+    x = z * rng.uniform(0.5, 2, 48) + rng.standard_normal(48)
+    xt = np.hstack([x, np.ones((len(x), 1))])
+    a = torch.from_numpy(xt.T @ xt)
+    ev = np.linalg.eigvalsh(xt.T @ xt)
+    assert ev[0] / ev[-1] < 1e-14  # the reference: rank-deficient up to rounding
+
+    def refuse(*_):
+        raise AssertionError("the certificate should not need an eigen-analysis here")
+
+    monkeypatch.setattr(torch.linalg, "eigvalsh", refuse)
+    assert conditioning_certificate(a) is True
+    assert conditioning_certificate(a[:-1, :-1]) is False  # without the ones column: full rank
+
+
+def test_fit_warning_follows_the_certificate(tmp_path, images):
+    """On real statistics (a tiny ViT, one block collapsed to 3 dimensions): the fit warns exactly where the full
+    eigen-analysis finds a ratio below the threshold."""
+    from torch import nn
+
+    from conftest import tiny_config
+    from rba.adapters import create_adapter
+    from rba.capture import capture_statistics
+
+    adapter = create_adapter(tiny_config(tmp_path, "vit"))
+
+    class Collapse(nn.Module):
+        def forward(self, x):
+            return torch.cat([x[..., :3], torch.zeros_like(x[..., 3:])], dim=-1)
+
+    adapter.model.blocks[1] = Collapse()
+    stats = capture_statistics(adapter, images, pairs=adapter.valid_spans(), dtype="float64", progress=False)
+    for i, j in [(0, 1), (2, 3), (3, 4)]:
+        g = stats.plain_gram(i)
+        ev = torch.linalg.eigvalsh(g)
+        expected = float(ev[0].clamp_min(0) / ev[-1]) < RANK_DEFICIENT_RATIO
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit_span(stats, (i, j), "affine", 1e-6)
+        warned = any(issubclass(w.category, RankDeficientWarning) for w in caught)
+        assert warned is expected, (i, j)
+    assert any(float(torch.linalg.eigvalsh(stats.plain_gram(i))[0]) <= 0 for i in (2, 3))  # the setup collapses
