@@ -24,7 +24,6 @@ linear fit reads the plain sums recovered from them.
 from __future__ import annotations
 
 import abc
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal

@@ -1,5 +1,6 @@
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -117,6 +118,17 @@ def slowed_cli(module: str, qualname: str, seconds: float) -> list[str]:
             f"owner.{method} = lambda *a, **k: (time.sleep({seconds}), call(*a, **k))[1]; "
             "from rba.cli import main; sys.exit(main(sys.argv[1:]))")
     return [sys.executable, "-c", code]
+
+
+def wait_for(condition, *, timeout_s: float, proc=None, interval_s: float = 0.05) -> bool:
+    """Poll ``condition()`` every ``interval_s`` until it holds (True), ``timeout_s`` passes or the subprocess
+    ``proc`` (if given) ends (False): the wait before a test kills a run mid-way, or before it reads a result."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
+        if condition():
+            return True
+        time.sleep(interval_s)
+    return False
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import slowed_cli
+from conftest import slowed_cli, wait_for
 from rba.cli import main
 from rba.config import dict_to_toml
 
@@ -435,15 +435,15 @@ def test_kill_during_capture_then_rerun_gives_the_same_statistics(tmp_path, caps
         proc = subprocess.Popen([*slowed_cli("rba.capture", "StatisticsCollector.update", 0.2), "scores", str(cfg_b),
                                  "--out", str(b / "out")], cwd=b, stdout=out, stderr=err_f, env=_env())
         try:
-            deadline = time.monotonic() + 240
             done = 0
-            while time.monotonic() < deadline and proc.poll() is None:
-                # capture has begun once its size line or its progress bar shows
+
+            def capturing() -> bool:  # capture has begun once its size line or its progress bar shows
+                nonlocal done
                 counts = re.findall(rf"(\d+)/{KILL_CALIBRATION}", (b / "stderr.txt").read_text())
                 done = max(map(int, counts), default=0)
-                if done > 0 or "statistics:" in (b / "stdout.txt").read_text():
-                    break
-                time.sleep(0.02)
+                return done > 0 or "statistics:" in (b / "stdout.txt").read_text()
+
+            wait_for(capturing, timeout_s=240, proc=proc, interval_s=0.02)
             assert proc.poll() is None, "the run ended before it could be killed mid-capture:\n" + (b / "stderr.txt").read_text()
             assert done < KILL_CALIBRATION
             os.kill(proc.pid, signal.SIGKILL)

@@ -10,7 +10,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import torch.nn.functional as F
 
 from _search_helpers import single_thread  # noqa: F401  (autouse fixture)

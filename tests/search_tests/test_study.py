@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +15,7 @@ import pytest
 
 from _search_helpers import single_thread  # noqa: F401  (autouse fixture)
 from _search_helpers import dominates, make_config, study_dict, write_config
-from conftest import slowed_cli
+from conftest import slowed_cli, wait_for
 from rba.config import load_config
 from rba.errors import RBAError
 from rba.session import Session
@@ -105,15 +104,14 @@ def test_sigkill_then_resume_keeps_finished_trials(tmp_path, cache):
     proc = subprocess.Popen([*slowed_cli("search.objective", "Objective.__call__", 0.5), "search", str(path),
                              "--quiet"], cwd=str(REPO), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     db = tmp_path / "out" / "study.db"
-    deadline = time.time() + 120
-    killed_running = False
-    while time.time() < deadline and proc.poll() is None:
+
+    def mid_trial() -> bool:
         st = _states(db) if db.exists() else {}
-        if st.get("COMPLETE", 0) >= 3 and st.get("RUNNING", 0) >= 1:
-            proc.send_signal(signal.SIGKILL)
-            killed_running = True
-            break
-        time.sleep(0.02)
+        return st.get("COMPLETE", 0) >= 3 and st.get("RUNNING", 0) >= 1
+
+    killed_running = wait_for(mid_trial, timeout_s=120, proc=proc, interval_s=0.02)
+    if killed_running:
+        proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert killed_running, f"the study finished or failed before it could be killed: {proc.stderr.read()[-2000:]}"
     import optuna

@@ -7,14 +7,13 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from _search_helpers import study_dict, write_config
-from conftest import slowed_cli
+from conftest import slowed_cli, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,14 +65,9 @@ def test_sweep_on_two_node_cluster_resumes_after_sigkill(tmp_path):
         proc = subprocess.Popen([*slowed_cli("search.ray_backend", "ConstrainedOptunaSearch.suggest", 0.5), *argv], cwd=str(REPO), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         first, second = out / "search.seed=0" / "study.db", out / "search.seed=1" / "study.db"
-        deadline = time.time() + 150
-        killed = False
-        while time.time() < deadline and proc.poll() is None:
-            if _started(second) >= 1 and len(_complete(second)) < total:
-                proc.send_signal(signal.SIGKILL)
-                killed = True
-                break
-            time.sleep(0.05)
+        killed = wait_for(lambda: _started(second) >= 1 and len(_complete(second)) < total, timeout_s=150, proc=proc)
+        if killed:
+            proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         assert killed, f"the sweep finished or failed before the kill: {proc.stderr.read()[-2000:]}"
         assert (out / "search.seed=0" / "report.md").exists() and not (out / "summary.csv").exists()

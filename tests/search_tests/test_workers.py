@@ -9,14 +9,13 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from _search_helpers import single_thread  # noqa: F401  (autouse fixture)
 from _search_helpers import study_dict, write_config
-from conftest import slowed_cli
+from conftest import slowed_cli, wait_for
 from rba.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,15 +54,6 @@ def _rows(db: Path, sql: str) -> list[tuple]:
 
 def _states(db: Path) -> dict[str, int]:
     return dict(_rows(db, "select state, count(*) from trials group by state"))
-
-
-def _wait_for(predicate, timeout_s: float = 180, what: str = "") -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _finish(*procs: subprocess.Popen, logs: list[Path], timeout_s: float = 240) -> list[int]:
@@ -157,7 +147,7 @@ def test_killed_worker_trial_recovered_after_grace_period(tmp_path, cache):
             and any(t.get("worker", "").endswith(f":{second.pid}") for t in trials)
 
     try:
-        _wait_for(first_is_early_in_a_trial, what="both workers running trials")
+        assert wait_for(first_is_early_in_a_trial, timeout_s=180), "timed out waiting for both workers running trials"
     except AssertionError:
         for proc in (first, second):  # leave no worker running behind a failed test
             proc.kill()
@@ -188,7 +178,8 @@ def test_ray_refuses_a_study_another_process_runs(tmp_path, cache, capsys):
     db = tmp_path / "out" / "study.db"
     log = tmp_path / "w1.log"
     first = _worker(configs[0], log, hold_s=0.5)
-    _wait_for(lambda: _states(db).get("RUNNING", 0) >= 1 and _states(db).get("COMPLETE", 0) >= 1, what="a trial")
+    assert wait_for(lambda: _states(db).get("RUNNING", 0) >= 1 and _states(db).get("COMPLETE", 0) >= 1,
+                    timeout_s=180), "timed out waiting for a trial"
     code = main(["search", str(configs[1]), "--backend", "ray", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("rba: error: ")
