@@ -40,7 +40,7 @@ def trial_function(ctx: StudyContext):
         done = completed(trial.study)
         if key in done:  # a repeat: no evaluation, the earlier values; a new configuration comes next
             if ctx.method == "optuna":
-                enqueue_unseen(ctx, trial.study, done, seed=ctx.cfg.search.seed + trial.number)
+                enqueue_unseen(ctx, trial.study, done, seed=ctx.cfg.search.seed + trial.number, trial=trial)
             return record_duplicate(trial, done[key])
         if screen is not None:
             ok, proxy = screen.admit(spans, force="source" in trial.user_attrs)

@@ -141,7 +141,8 @@ class ConstrainedOptunaSearch(OptunaSearch):
             done = completed(self._ot_study)
             if key in done:  # a repeat: told with the earlier values, no worker spent; a new configuration next
                 if self._ctx.method == "optuna":
-                    enqueue_unseen(self._ctx, self._ot_study, done, seed=self._ctx.cfg.search.seed + ot_trial.number)
+                    enqueue_unseen(self._ctx, self._ot_study, done, seed=self._ctx.cfg.search.seed + ot_trial.number,
+                                   trial=ot_trial)
                 values = record_duplicate(ot_trial, done[key])
                 self._ot_study.tell(ot_trial, values, state=TrialState.COMPLETE)
                 del self._ot_trials[trial_id]
