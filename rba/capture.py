@@ -144,10 +144,9 @@ class Statistics:
         g, c = self.centred_gram[k], self.center[k]
         if not c.any():
             return g
-        s, n = g[-1, :-1], g[-1, -1]
+        s, n = g[-1, :-1], float(g[-1, -1])
         out = g.clone()
-        cs = torch.outer(c, s)
-        out[:-1, :-1] += cs + cs.T + n * torch.outer(c, c)
+        out[:-1, :-1].addr_(c, s).addr_(s, c).addr_(c, c, alpha=n)  # in place: no temporaries of the Gram's size
         out[-1, :-1] += n * c
         out[:-1, -1] += n * c
         return out

@@ -275,7 +275,6 @@ def conditioning_certificate(a: torch.Tensor, threshold: float = RANK_DEFICIENT_
     * If a − σ'I breaks down with σ' = threshold·θ − δ, then λ_min ≤ threshold·θ ≤ threshold·λ_max: True.
     * Otherwise None."""
     n = a.shape[0]
-    eye = torch.eye(n, dtype=a.dtype)
     trace = float(torch.diagonal(a).sum())
     if not trace > 0:
         return True if trace == 0 else None
@@ -291,16 +290,19 @@ def conditioning_certificate(a: torch.Tensor, threshold: float = RANK_DEFICIENT_
         theta = max(theta, float(v @ av))
         v = av
 
-    def factors(m: torch.Tensor) -> bool:
+    def factors(shift: float, sign: float = 1.0) -> bool:
+        """Whether sign·a − shift·I factors (one copy of a)."""
+        m = a.neg() if sign < 0 else a.clone()
+        m.diagonal().sub_(shift)
         return int(torch.linalg.cholesky_ex(m).info) == 0
 
-    if factors(a - (threshold * float(torch.linalg.matrix_norm(a)) + delta) * eye):  # λ_max ≤ ‖a‖_F
+    if factors(threshold * float(torch.linalg.matrix_norm(a)) + delta):  # λ_max ≤ ‖a‖_F
         return False
     shift = threshold * theta - delta
-    if shift > 0 and not factors(a - shift * eye):
+    if shift > 0 and not factors(shift):
         return True
     mu = 1.001 * theta  # a tighter upper bound on λ_max, for λ_min just above the threshold
-    if factors(mu * eye - a) and factors(a - (threshold * (mu + (n + 1) * _UNIT_ROUNDOFF * n * mu) + delta) * eye):
+    if factors(-mu, sign=-1.0) and factors(threshold * (mu + (n + 1) * _UNIT_ROUNDOFF * n * mu) + delta):
         return False
     return None
 
@@ -322,16 +324,18 @@ def rank_deficient(stats: Statistics, k: int, *, with_bias: bool = True) -> tupl
 
 
 # ---------------------------------------------------------------------- closed-form fits from statistics
-def _ridge_metric(c: torch.Tensor) -> torch.Tensor:
-    """T⁻ᵀT⁻¹ for the shift x̃ = u·T, T = [[I, 0], [cᵀ, 1]]: the plain ridge λ‖W‖² is λ·tr(W'ᵀ M W') in the
-    centred unknowns W' = T·W."""
-    d = c.shape[0]
-    m = torch.empty(d + 1, d + 1, dtype=torch.float64)
-    m[:d, :d] = torch.eye(d, dtype=torch.float64) + torch.outer(c, c)
-    m[:d, d] = -c
-    m[d, :d] = -c
-    m[d, d] = 1.0
-    return m
+def _ridged(a: torch.Tensor, lam: float, c: torch.Tensor | None) -> torch.Tensor:
+    """a + λ·M, formed in one copy of a: M = I when c is None; else M = T⁻ᵀT⁻¹ for the shift x̃ = u·T,
+    T = [[I, 0], [cᵀ, 1]], i.e. [[I + ccᵀ, −c], [−cᵀ, 1]], so that the plain ridge λ‖W‖² is λ·tr(W'ᵀ M W') in
+    the centred unknowns W' = T·W."""
+    out = a.clone()
+    d = out.shape[0] - (0 if c is None else 1)
+    out.diagonal().add_(lam)
+    if c is not None:
+        out[:d, :d].addr_(c, c, alpha=lam)
+        out[:d, d].sub_(c, alpha=lam)
+        out[d, :d].sub_(c, alpha=lam)
+    return out
 
 
 def _inverse(stats: Statistics, k: int, ridge: float, span: Span, *, with_bias: bool) -> tuple[torch.Tensor, float]:
@@ -349,18 +353,16 @@ def _inverse(stats: Statistics, k: int, ridge: float, span: Span, *, with_bias: 
     n = stats.count(k)
     if with_bias:
         a = stats.centred_gram[k]
-        metric = _ridge_metric(stats.center[k])
         plain_trace = stats.sum_sq(k) + n
     else:
         a = stats.plain_gram(k)[:-1, :-1]
-        metric = torch.eye(a.shape[0], dtype=a.dtype)
         plain_trace = stats.sum_sq(k)
     scale = plain_trace / a.shape[0]
     if not scale > 0:
         raise SpanError(f"span {span[0]}-{span[1]}: the input boundary's vectors are all zero; nothing to fit")
     lam = ridge * scale
     for _ in range(20):
-        chol, info = torch.linalg.cholesky_ex(a + lam * metric)
+        chol, info = torch.linalg.cholesky_ex(_ridged(a, lam, stats.center[k] if with_bias else None))
         if int(info) == 0:
             cache[key] = torch.cholesky_inverse(chol), lam
             return cache[key]
