@@ -60,6 +60,9 @@ def _args() -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--no-fresh", action="store_true", help="skip the fresh wall-time runs")
     p.add_argument("--budget-flops", type=float, default=None, help="FLOPs budget of every run (default: none)")
+    p.add_argument("--uniform-refill", action="store_true",
+                   help="after a repeated proposal enqueue a uniform draw at once, without asking the sampler again "
+                        "(the behaviour before; for before/after comparisons, RESULTS.md §7)")
     return p.parse_args()
 
 
@@ -121,6 +124,11 @@ def main() -> int:
     from search import run_search
     from search.objective import Objective
     from search.recording import needs_labels
+
+    if args.uniform_refill:
+        import search.recording
+
+        search.recording.resample = lambda *a, **k: None
 
     tmp = Path(tempfile.mkdtemp(prefix="rba-search-quality-"))
     if args.quick:
