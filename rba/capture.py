@@ -452,7 +452,7 @@ def capture_statistics(adapter: Adapter, samples: Sequence[Any], *, pairs: Seque
                        dtype: str = "float32", max_memory_gb: float = 8.0, progress: bool = True,
                        key: str = "", meta: dict[str, Any] | None = None) -> Statistics:
     """Run ``adapter`` once over ``samples`` and return the streamed statistics."""
-    from tqdm.auto import tqdm
+    from rba._progress import bar, info
 
     dims = adapter.dims()
     nbytes = statistics_nbytes(dims, pairs)
@@ -463,16 +463,14 @@ def capture_statistics(adapter: Adapter, samples: Sequence[Any], *, pairs: Seque
             f"{msg} exceeds capture.max_memory_gb = {max_memory_gb}: lower search.max_span "
             "(memory grows with the number of spans), or raise capture.max_memory_gb"
         )
-    if progress:
-        tqdm.write(msg)
+    info(msg, enabled=progress)
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     collector = StatisticsCollector(dims, pairs, dtype=torch_dtype, device=adapter.device)
     order = length_order(samples)
     if order is not None:
         samples = [samples[i] for i in order]
-    bar = tqdm(total=len(samples), desc="capture", unit="sample", disable=not progress, leave=False)
-    for n, vecs in boundary_vectors(adapter, samples, batch_size):
-        collector.update(vecs)
-        bar.update(n)
-    bar.close()
+    with bar(len(samples), "capture", "samples", enabled=progress) as progress_bar:
+        for n, vecs in boundary_vectors(adapter, samples, batch_size):
+            collector.update(vecs)
+            progress_bar.update(n)
     return collector.result(key=key, meta=meta)

@@ -85,7 +85,7 @@ class _Command:
         group = parser.add_argument_group("config overrides (flags > file > defaults)")
         for flag, _, typ, help_ in self.flags:
             group.add_argument(flag, dest=_flag_dest(flag), type=typ, default=None, help=help_)
-        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+        add_verbosity(parser)
 
     def load(self, args: argparse.Namespace):
         """The config with the flags applied, checked against this machine before any long work."""
@@ -104,6 +104,14 @@ class _Command:
         if self.takes_output_dir:
             _check_writable_dir(cfg.output_dir(), "output folder")
         return cfg
+
+
+def add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """--quiet and --verbose (one or the other)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quiet", action="store_true", help="nothing on stderr but errors and warnings")
+    group.add_argument("--verbose", "-v", action="store_true",
+                       help="also how long each phase and each trial took")
 
 
 def _check_device(cfg) -> None:
@@ -141,6 +149,7 @@ class Scores(_Command):
 
     def take_action(self, args):
         from rba._io import atomic_path
+        from rba._progress import info
         from rba.metrics import plot_scores, score_table
         from rba.session import Session
 
@@ -154,7 +163,7 @@ class Scores(_Command):
         plot_scores(table, out / "scores.png", title=f"{session.adapter.describe()}, n = {session.stats.n} vectors")
         session.write_run_info(out, command="scores")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        print(f"\nwrote {out / 'scores.csv'} and {out / 'scores.png'}", file=sys.stderr)
+        info(f"\nwrote {out / 'scores.csv'} and {out / 'scores.png'}")
         return 0
 
 
@@ -172,6 +181,7 @@ class Evaluate(_Command):
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     def take_action(self, args):
+        from rba._progress import info
         from rba.session import Session
 
         cfg = self.load(args)
@@ -182,7 +192,7 @@ class Evaluate(_Command):
         else:
             result = session.evaluate(session.parse(args.spans))
         if not args.json and args.spans == "best":
-            print(f"best-scored span (lowest ls_residual): {result['spans']}", file=sys.stderr)
+            info(f"best-scored span (lowest ls_residual): {result['spans']}")
         _print_result(result, args.json)
         return 0
 
@@ -201,6 +211,7 @@ class Export(_Command):
                             help="onnx: also write the export and the unmodified model as ONNX (onnxruntime)")
 
     def take_action(self, args):
+        from rba._progress import info
         from rba.export import export_model
         from rba.session import Session
 
@@ -215,14 +226,14 @@ class Export(_Command):
         session = Session(cfg, progress=not args.quiet)
         spans = session.parse(args.spans)
         out = export_model(session, spans, args.out)
-        print(f"wrote {out / 'model.safetensors'} and {out / 'recipe.json'}", file=sys.stderr)
+        info(f"wrote {out / 'model.safetensors'} and {out / 'recipe.json'}")
         if args.format == "onnx":
             from rba.onnx import export_onnx
 
             meta = export_onnx(session, out)
             diff = meta["max_rel_diff"]
-            print(f"wrote {out / 'model.onnx'} and {out / 'unmodified.onnx'}; ONNX Runtime vs PyTorch, max relative "
-                  f"difference: export {diff['model']:.2g}, unmodified {diff['unmodified']:.2g}", file=sys.stderr)
+            info(f"wrote {out / 'model.onnx'} and {out / 'unmodified.onnx'}; ONNX Runtime vs PyTorch, max relative "
+                 f"difference: export {diff['model']:.2g}, unmodified {diff['unmodified']:.2g}")
         return 0
 
 
@@ -257,6 +268,7 @@ class Run(_Command):
         self.add_config(parser, several=True)
 
     def take_action(self, args):
+        from rba._progress import phase
         from search import run_study
         from search.sweep import expand, is_sweep, write_summary
 
@@ -273,16 +285,17 @@ class Run(_Command):
         if len(args.config) == 1 and not is_sweep(args.config[0]):
             report = run_study(configure(self.load(argparse.Namespace(**(vars(args) | {"config": args.config[0]})))),
                                progress=not args.quiet)
-            if args.quiet:  # otherwise the run has said so
-                print(f"run: wrote {report}", file=sys.stderr)
+            if args.quiet:  # otherwise the run has said so; stderr stays for errors and warnings
+                print(f"run: wrote {report}")
             return 0
         studies, folder = expand(args.config, out, configure)
         _check_writable_dir(folder, "summary folder")
         for k, study in enumerate(studies, 1):
-            print(f"run: study {k} of {len(studies)}: {study.label} → {study.cfg.output_dir()}", file=sys.stderr)
-            run_study(study.cfg, progress=not args.quiet)
+            with phase(f"run: study {k} of {len(studies)}: {study.label} → {study.cfg.output_dir()}"):
+                run_study(study.cfg, progress=not args.quiet)
         summary = write_summary(studies, folder)
-        print(f"run: {len(studies)} studies; wrote {summary} and {folder / 'fronts.png'}", file=sys.stderr)
+        print(f"run: {len(studies)} studies; wrote {summary} and {folder / 'fronts.png'}",
+              file=sys.stdout if args.quiet else sys.stderr)
         return 0
 
 
@@ -454,7 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _show_rba_warning(message, category, filename, lineno, file=None, line=None, _default=None):
     """rba's own warnings (e.g. RankDeficientWarning) as one stderr line, ``rba: warning: …``; others as usual."""
     if getattr(category, "__module__", "").split(".")[0] == "rba":
-        print(f"rba: warning: {message}", file=sys.stderr if file is None else file, flush=True)
+        if file is None:
+            from rba._progress import write
+
+            write(f"rba: warning: {message}")  # above any open progress bar
+        else:
+            print(f"rba: warning: {message}", file=file, flush=True)
     else:
         _default(message, category, filename, lineno, file, line)
 
@@ -496,6 +514,11 @@ def main(argv: list[str] | None = None) -> int:
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "quiet", False):
         _quiet_libraries()
+    from rba import _progress
+
+    before = _progress.level()
+    _progress.configure(_progress.QUIET if getattr(args, "quiet", False)
+                        else _progress.VERBOSE if getattr(args, "verbose", False) else _progress.NORMAL)
     saved = warnings.showwarning
     warnings.showwarning = functools.partial(_show_rba_warning, _default=saved)
     try:
@@ -509,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         warnings.showwarning = saved
+        _progress.configure(before)  # main() called in-process (tests, scripts) leaves the level as it was
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ class SplitCache:
     @torch.inference_mode()
     def build(cls, adapter: Adapter, samples, labels, *, keep: set[int], batch_size: int, name: str,
               progress: bool = False) -> "SplitCache":
-        from tqdm.auto import tqdm
+        from rba._progress import bar as progress_bar
 
         contexts, states, pooled = [], [], []
         L = adapter.num_blocks
@@ -53,19 +53,18 @@ class SplitCache:
         else:
             samples = [samples[i] for i in order]
             labels = None if labels is None else np.asarray(labels)[order]
-        bar = tqdm(total=len(samples), desc=f"cache {name}", unit="sample", disable=not progress, leave=False)
-        for _, chunk in iter_batches(samples, batch_size):
-            kept = {}
-            h, ctx = adapter.embed(adapter.collate(chunk))
-            for k, h in adapter.boundaries(h, ctx):
-                if k in keep:
-                    kept[k] = h
-            check_finite(h, L, f"{name} split")
-            contexts.append(ctx)
-            states.append(kept)
-            pooled.append(adapter.pool(h, ctx).float())
-            bar.update(len(chunk))
-        bar.close()
+        with progress_bar(len(samples), f"evaluation cache ({name} split)", "samples", enabled=progress) as bar:
+            for _, chunk in iter_batches(samples, batch_size):
+                kept = {}
+                h, ctx = adapter.embed(adapter.collate(chunk))
+                for k, h in adapter.boundaries(h, ctx):
+                    if k in keep:
+                        kept[k] = h
+                check_finite(h, L, f"{name} split")
+                contexts.append(ctx)
+                states.append(kept)
+                pooled.append(adapter.pool(h, ctx).float())
+                bar.update(len(chunk))
         lab = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
         return cls(contexts, states, torch.cat(pooled), lab, order, [len(p) for p in pooled])
 

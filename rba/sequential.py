@@ -150,7 +150,7 @@ class SequentialFitter:
     def _capture(self, prefix: Prefix, maps: Sequence[nn.Module]) -> PrefixStatistics:
         """One pass over the calibration split: the original network to every target boundary, and the
         network with ``prefix`` replaced from the prefix's first start to every later span start."""
-        from tqdm.auto import tqdm
+        from rba._progress import bar as progress_bar
 
         session = self.session
         adapter = session.adapter
@@ -177,29 +177,28 @@ class SequentialFitter:
         n = 0
         samples = session.splits.calibration.samples
         self.passes += 1
-        bar = tqdm(total=len(samples), desc=f"sequential pass after {_fmt(prefix)}", unit="sample",
-                   disable=not self.progress, leave=False)
-        for _, chunk in iter_batches(samples, session.cfg.capture.batch_size):
-            h, ctx = adapter.embed(adapter.collate(chunk))
-            original: dict[int, torch.Tensor] = {}
-            start_state = h
-            for k, h in adapter.boundaries(h, ctx, stop=max(targets)):
-                if k == first:
-                    start_state = h
-                if k in target_set:
-                    original[k] = centred(adapter.vectors(h, ctx).to(dtype), center[k])
-            # the modified network, from the prefix's first start to the last span start after it
-            modified: dict[int, torch.Tensor] = {}
-            for k, h in adapter.boundaries(start_state, ctx, start=first, stop=starts[-1], replace=replace):
-                if k in gram:
-                    modified[k] = adapter.vectors(h, ctx).to(dtype)
-            for i in starts:
-                x = modified[i]
-                check_finite(x, i, "calibration split (sequential fit)")
-                add_products(gram[i], centred(x, center[i], sq[i]), [(cross[(i, j)], original[j]) for j in by_i[i]])
-            n += modified[starts[0]].shape[0]
-            bar.update(len(chunk))
-        bar.close()
+        desc = f"sequential pass after {_fmt(prefix)}"
+        with progress_bar(len(samples), desc, "samples", enabled=self.progress) as bar:
+            for _, chunk in iter_batches(samples, session.cfg.capture.batch_size):
+                h, ctx = adapter.embed(adapter.collate(chunk))
+                original: dict[int, torch.Tensor] = {}
+                start_state = h
+                for k, h in adapter.boundaries(h, ctx, stop=max(targets)):
+                    if k == first:
+                        start_state = h
+                    if k in target_set:
+                        original[k] = centred(adapter.vectors(h, ctx).to(dtype), center[k])
+                # the modified network, from the prefix's first start to the last span start after it
+                modified: dict[int, torch.Tensor] = {}
+                for k, h in adapter.boundaries(start_state, ctx, start=first, stop=starts[-1], replace=replace):
+                    if k in gram:
+                        modified[k] = adapter.vectors(h, ctx).to(dtype)
+                for i in starts:
+                    x = modified[i]
+                    check_finite(x, i, "calibration split (sequential fit)")
+                    add_products(gram[i], centred(x, center[i], sq[i]), [(cross[(i, j)], original[j]) for j in by_i[i]])
+                n += modified[starts[0]].shape[0]
+                bar.update(len(chunk))
         return PrefixStatistics(prefix=prefix, n=n, gram={k: v.cpu() for k, v in gram.items()},
                                 cross={k: v.cpu() for k, v in cross.items()}, sq={k: float(v) for k, v in sq.items()})
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from rba._io import atomic_write_json, atomic_write_text, package_versions
+from rba._progress import info, phase, tick
 from rba.adapters import Adapter, Span, create_adapter
 from rba.capture import STATS_FORMAT, Statistics, capture_statistics
 from rba.config import Config, config_hash
@@ -80,11 +81,16 @@ class Session:
     # ------------------------------------------------------------------ model and data
     @cached_property
     def adapter(self) -> Adapter:
-        return self._given_adapter if self._given_adapter is not None else create_adapter(self.cfg)
+        if self._given_adapter is not None:
+            return self._given_adapter
+        m = self.cfg.model
+        with phase(f"model: loading {m.kind} {m.name}", enabled=self.progress):
+            return create_adapter(self.cfg)
 
     @cached_property
     def dataset(self) -> Dataset:
-        return load_dataset(self.cfg, need_labels=self._need_labels)
+        with phase(f"data: reading {self.cfg.data.kind} {self.cfg.data.path or ''}".rstrip(), enabled=self.progress):
+            return load_dataset(self.cfg, need_labels=self._need_labels)
 
     @property
     def need_labels(self) -> bool:
@@ -136,8 +142,7 @@ class Session:
         if path.exists():
             try:
                 stats = Statistics.load(path, request=request)
-                if self.progress:
-                    _log(f"statistics: loaded cache {path}")
+                info(f"statistics: loaded cache {path}", enabled=self.progress)
                 return stats
             except CacheError as exc:
                 _log(f"rba: warning: {exc}; rebuilding it")
@@ -240,9 +245,11 @@ class Session:
 
         if self._given_cost_model is not None:
             return self._given_cost_model
-        return CostModel.measure(self.adapter, self.splits.eval.samples, batch_size=self.cfg.evaluate.batch_size,
-                                 latency_repeats=self.cfg.evaluate.latency_repeats,
-                                 measure_latency=self.measure_latency)
+        what = "FLOPs and per-block latency" if self.measure_latency else "FLOPs"
+        with phase(f"cost model: {what}", enabled=self.progress):
+            return CostModel.measure(self.adapter, self.splits.eval.samples, batch_size=self.cfg.evaluate.batch_size,
+                                     latency_repeats=self.cfg.evaluate.latency_repeats,
+                                     measure_latency=self.measure_latency)
 
     @cached_property
     def evaluator(self) -> Evaluator:
@@ -262,6 +269,7 @@ class Session:
             warnings.simplefilter("default")
             maps = self.maps(spans, kind, mode)
         scores = self.evaluator.score(spans, maps, tag=maps_tag(kind, mode))
+        tick()  # one evaluation, for the phase that counts them (rba run's report)
         return {"spans": format_spans(spans)} | scores | self.cost_model.cost(spans, kind)
 
     def scores(self) -> pd.DataFrame:
@@ -351,6 +359,7 @@ class Session:
         elif state == "stale":
             _log(f"rba: note: {Path(folder) / 'model.onnx'} belongs to an earlier export into this folder: ONNX "
                  "Runtime latency not measured (rerun `rba export … --format onnx`)")
+        tick()  # one evaluation, for the phase that counts them (rba run's report)
         return result
 
     def _check_export_identity(self, folder: str | Path, recipe: dict[str, Any]) -> None:

@@ -15,11 +15,12 @@ from __future__ import annotations
 import sys
 import time
 
+from rba._progress import TrialProgress
 from rba.errors import RBAError
 from rba.spans import format_spans
 from search._storage import worker_label
 from search.recording import (StudyContext, TrialFailure, complete_count, completed, enqueue_unseen, front_points,
-                              record, record_duplicate, record_screened)
+                              record, record_duplicate, record_screened, trial_outcome)
 
 __all__ = ["run_optuna", "trial_function"]
 
@@ -62,20 +63,21 @@ def trial_function(ctx: StudyContext):
 
 def run_optuna(ctx: StudyContext, study, n: int) -> None:
     from optuna.trial import TrialState
-    from tqdm.auto import tqdm
 
     cfg = ctx.cfg
     fn = trial_function(ctx)
     baseline = ctx.method != "optuna"
     total = complete_count(study) + n if baseline else ctx.total
-    bar = tqdm(total=total, initial=complete_count(study), desc="trials", unit="trial", disable=not ctx.progress,
-               dynamic_ncols=True)
+    bar = TrialProgress(total, complete_count(study), enabled=ctx.progress)
+    columns = ctx.objective.columns
 
     def callback(study, trial):
-        if trial.state == TrialState.COMPLETE:
-            bar.update(complete_count(study) - bar.n)  # other processes on the study complete trials too
-        elif trial.state == TrialState.FAIL:
+        if trial.state == TrialState.FAIL:
             bar.write(f"trial {trial.number} failed: {trial.user_attrs.get('error', '?')}")
+        else:  # other processes on the study complete trials too: the count is the study's
+            duration = trial.duration.total_seconds() if trial.duration is not None else None
+            bar.finished(trial.number, complete_count(study), outcome=trial_outcome(trial, columns),
+                         duration_s=duration)
         if baseline and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             study.stop()  # a baseline runs its planned configurations only, whoever runs them
 

@@ -40,7 +40,7 @@ from rba.spans import format_spans
 from search._storage import worker_label
 from search.objective import RESULT_COLUMNS
 from search.recording import (DUPLICATE_ATTR, StudyContext, complete_count, completed, enqueue_unseen, needs_labels,
-                              record, record_duplicate, record_screened)
+                              record, record_duplicate, record_screened, trial_outcome)
 
 __all__ = ["run_ray", "SharedState"]
 
@@ -243,7 +243,8 @@ class RecordErrors(Callback):
 def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
     import ray
     from ray import tune
-    from tqdm.auto import tqdm
+
+    from rba._progress import TrialProgress
 
     cfg = ctx.cfg
     s = cfg.search
@@ -276,14 +277,16 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
         trainable = tune.with_resources(tune.with_parameters(_trainable, shared=shared), {"cpu": per_trial})
         baseline = ctx.method != "optuna"
         total = complete_count(study) + n if baseline else ctx.total
-        bar = tqdm(total=total, initial=complete_count(study), desc="trials (ray)", unit="trial",
-                   disable=not ctx.progress, dynamic_ncols=True)
+        bar = TrialProgress(total, complete_count(study), enabled=ctx.progress, desc="trials (ray)")
 
         def on_complete(ot_trial, state):
-            if state == "COMPLETE":
-                bar.update(1)
-            elif state == "FAIL":
+            if state == "FAIL":
                 bar.write(f"trial {ot_trial.number} failed: {ot_trial.user_attrs.get('error', '?')}")
+                return
+            frozen = study.get_trials(deepcopy=False)[ot_trial.number]  # told by now: its state, values, duration
+            duration = frozen.duration.total_seconds() if frozen.duration is not None else None
+            bar.finished(ot_trial.number, complete_count(study), outcome=trial_outcome(frozen, ctx.objective.columns),
+                         duration_s=duration)
 
         driver_key = shared.key
         _DRIVER[driver_key] = (ctx, on_complete, total)

@@ -6,7 +6,6 @@ The study storage and the liveness of trials live in :mod:`search._storage`.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from search.space import SpanSpace
 
 __all__ = ["StudyContext", "SearchResult", "TrialFailure", "needs_labels", "record", "record_screened",
            "record_duplicate", "complete_count", "completed", "enqueue_unseen", "resample", "DUPLICATE_ATTR", "STOPPED_ATTR",
-           "front_points", "log"]
+           "front_points", "log", "trial_outcome"]
 
 #: user attribute of a trial whose configuration an earlier trial already evaluated: that trial's number
 DUPLICATE_ATTR = "duplicate_of"
@@ -69,7 +68,9 @@ class SearchResult:
 
 
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from rba._progress import write
+
+    write(msg)  # above any open progress bar
 
 
 def needs_labels(cfg: Config) -> bool | None:
@@ -202,3 +203,19 @@ def resample(ctx: StudyContext, study, trial, seen, attempts: int = RESAMPLE_ATT
         if format_spans(spans) not in seen:
             return spans
     return None
+
+
+def trial_outcome(trial, columns: list[str]) -> str:
+    """A finished trial in a few words, for the progress line: its spans and values, or why it has none."""
+    from optuna.trial import TrialState
+
+    spans = trial.user_attrs.get("spans", "?")
+    if trial.state == TrialState.COMPLETE and DUPLICATE_ATTR in trial.user_attrs:
+        return f"{spans}: a repeat of trial {trial.user_attrs[DUPLICATE_ATTR]} (not evaluated again, not counted)"
+    if trial.state == TrialState.COMPLETE:
+        values = ", ".join(f"{c} {v:.4g}" for c, v in zip(columns, trial.values or []))
+        feasible = trial.user_attrs.get("result", {}).get("feasible", True)
+        return f"{spans}: {values}" + ("" if feasible else " (over budget)")
+    if trial.state == TrialState.PRUNED:
+        return f"{spans}: screened out"
+    return f"{spans}: {trial.state.name.lower()}"

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
+from rba._progress import info, phase
 from rba.config import Config, config_hash
 from rba.errors import ConfigError, RBAError
 from rba.files import atomic_path, atomic_write_json
@@ -31,7 +33,7 @@ from search.baselines import (EXHAUSTIVE_LIMIT, block_drop_order, br_greedy, fro
                               span_scores)
 from search.identity import IDENTITY_ATTR, IdentityError, refusal, study_identity
 from search.objective import Objective
-from search.recording import SearchResult, StudyContext, complete_count, completed, log, needs_labels
+from search.recording import SearchResult, StudyContext, complete_count, completed, needs_labels
 from search.report import finish, write_report
 from search.samplers import make_sampler
 from search.space import SpanSpace
@@ -111,7 +113,8 @@ def prepare(cfg: Config, *, progress: bool = True, session=None, objective: Obje
     method = s.method
     kind = "identity" if method == "block-drop" else cfg.fit.kind
     if method == "block-drop" and cfg.fit.kind != "identity":
-        log(f"block-drop: spans are replaced by the identity (fit kind \"identity\" instead of {cfg.fit.kind!r})")
+        info(f"block-drop: spans are replaced by the identity (fit kind \"identity\" instead of {cfg.fit.kind!r})",
+             enabled=progress)
     if session is None:
         session = Session(cfg, need_labels=needs_labels(cfg), progress=progress)
     if objective is None or objective.session is not session:
@@ -155,6 +158,9 @@ def open_study(ctx: StudyContext, sampler=None):
         study = optuna.create_study(storage=storage, study_name=ctx.study_name, directions=ctx.objective.directions,
                                     sampler=sampler)
         fresh = True
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(ctx.objective.columns)  # optuna-dashboard labels the objectives with them
         study.set_user_attr(IDENTITY_ATTR, ctx.identity)
         study.set_user_attr("rba_identity_hash", config_hash(ctx.identity))
     except optuna.exceptions.DuplicatedStudyError:
@@ -170,7 +176,8 @@ def open_study(ctx: StudyContext, sampler=None):
                                "study_name": ctx.study_name, "storage": ctx.storage_url})
     register_worker(study)
     for number in recover_abandoned(study, storage):
-        log(f"resume: trial {number} was left running by a process that has ended; marked FAIL, rerun")
+        info(f"resume: trial {number} was left running by a process that has ended; marked FAIL, rerun",
+             enabled=ctx.progress)
     return study, fresh
 
 
@@ -242,7 +249,7 @@ def plan(ctx: StudyContext, study, fresh: bool) -> int:
     if method == "optuna":
         return max(0, ctx.total - complete_count(study))
     if method != "optuna" and ctx.total != len(planned) and method != "random":
-        log(f"{method}: {len(planned)} planned configurations (search.trials does not apply)")
+        info(f"{method}: {len(planned)} planned configurations (search.trials does not apply)", enabled=ctx.progress)
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
@@ -256,11 +263,11 @@ def run_search(cfg: Config, progress: bool = True, *, session=None, objective: O
     storage = check_inputs(cfg)
     ctx = prepare(cfg, progress=progress, session=session, objective=objective)
     ctx.storage = storage
-    if progress:
-        log(f"search: {ctx.space.describe()}; method {ctx.method}, backend {cfg.search.backend}, "
-            f"objectives {', '.join(ctx.objective.objectives)}; output {ctx.out}")
-    if cfg.search.early_stop and (cfg.search.backend == "ray" or ctx.method != "optuna") and progress:
-        log("search: early_stop applies to method optuna on the optuna backend; these trials run in full")
+    info(f"search: {ctx.space.describe()}; method {ctx.method}, backend {cfg.search.backend}, "
+         f"objectives {', '.join(ctx.objective.objectives)}; output {ctx.out}", enabled=progress)
+    if cfg.search.early_stop and (cfg.search.backend == "ray" or ctx.method != "optuna"):
+        info("search: early_stop applies to method optuna on the optuna backend; these trials run in full",
+             enabled=progress)
     sampler = make_sampler(cfg, ctx.method)
     before = {p for p in _study_files(ctx) if p.exists()}
     study = None
@@ -274,10 +281,16 @@ def run_search(cfg: Config, progress: bool = True, *, session=None, objective: O
             ctx.screen = Screen(ctx.objective)
             ctx.screen.seed([parse_spans(s) for s in _complete_spans(study)])
         n = plan(ctx, study, fresh)
-        if not fresh and progress:
-            log(f"resume: {complete_count(study)} of {ctx.total if ctx.method == 'optuna' else 'planned'} trials "
-                f"complete; running {n} more")
+        if not fresh:
+            info(f"resume: {complete_count(study)} of {ctx.total if ctx.method == 'optuna' else 'planned'} trials "
+                 f"complete; running {n} more", enabled=progress)
         if n > 0:
+            # the cost model (FLOPs, per-block latency) and the evaluation caches (a forward pass over the eval and
+            # probe splits), built here with their own lines rather than inside the first trial, whose time would
+            # otherwise mislead the ETA (Ray's workers build their own caches)
+            ctx.session.cost_model  # noqa: B018
+            if cfg.search.backend != "ray":
+                ctx.session.evaluator  # noqa: B018
             if cfg.search.backend == "ray":
                 from search.ray_backend import run_ray
 
@@ -290,7 +303,8 @@ def run_search(cfg: Config, progress: bool = True, *, session=None, objective: O
         if study is not None and fresh and _never_ran(study):
             _forget(ctx, study, keep=before)
         raise
-    result = finish(ctx, study)
+    with phase("search: tables and front plot", enabled=progress):
+        result = finish(ctx, study)
     result.wall_s = time.time() - t0
     return result
 
@@ -337,14 +351,18 @@ def run_study(cfg: Config, progress: bool = True) -> Path:
     out = cfg.output_dir()
     out.mkdir(parents=True, exist_ok=True)
     session = Session(cfg, need_labels=needs_labels(cfg), progress=progress)
-    table = score_table(session.stats, cfg.fit.ridge)
-    with atomic_path(out / "scores.csv") as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
-    plot_scores(table, out / "scores.png", title=f"{session.adapter.describe()}, n = {session.stats.n} vectors")
+    session.stats  # noqa: B018  (model load and capture, each shown as it runs)
+    with phase("scores: scores.csv, scores.png", enabled=progress):
+        table = score_table(session.stats, cfg.fit.ridge)
+        with atomic_path(out / "scores.csv") as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
+        plot_scores(table, out / "scores.png", title=f"{session.adapter.describe()}, n = {session.stats.n} vectors")
     setup_s = time.time() - t0
     before = _completed_before(out)
-    return write_report(run_search(cfg, progress=progress, session=session), started=t0, setup_s=setup_s,
-                        completed_before=before)
+    result = run_search(cfg, progress=progress, session=session)
+    # accuracy of the front, the baselines, the export and its latency: each evaluation counted as it happens
+    with phase("report: front accuracy, baselines, export, latency", enabled=progress, unit="evaluations"):
+        return write_report(result, started=t0, setup_s=setup_s, completed_before=before)
 
 
 def _completed_before(out: Path) -> int:

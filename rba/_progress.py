@@ -1,0 +1,308 @@
+"""What a long command tells its user while it works: tqdm bars on a terminal, plain lines everywhere else.
+
+One verbosity for the whole process, set by the command line (:func:`configure`):
+
+* ``QUIET`` (``--quiet``): nothing but errors and warnings;
+* ``NORMAL``: a line as each phase starts (model load, capture, evaluation caches, post-search steps), a
+  bar for counted work on a terminal, and one line per trial when stderr is not a terminal (logs, CI: no bar
+  control characters there);
+* ``VERBOSE`` (``--verbose``): also how long each phase and each trial took.
+
+Callers pass ``enabled`` (their ``progress`` switch: off for library calls that asked for silence, for
+tests and for Ray workers); output happens only when it is on and the level is above ``QUIET``.
+
+Trial ETAs (:class:`Eta`) leave out the first trial, which carries warm-up and cache building: with two or
+more trials complete, the time per trial is the mean interval between completions since the first one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+__all__ = ["QUIET", "NORMAL", "VERBOSE", "configure", "level", "verbose", "interactive", "write", "info", "detail",
+           "bar", "phase", "tick", "Eta", "TrialProgress", "format_duration", "LINE_INTERVAL_S"]
+
+QUIET, NORMAL, VERBOSE = 0, 1, 2
+_level = NORMAL
+#: on a non-terminal, counted work prints a progress line at most this often (and always at the start)
+LINE_INTERVAL_S = 10.0
+#: phases open now (innermost last), for :func:`tick`
+_open: list["_Progress"] = []
+
+
+def configure(verbosity: int) -> None:
+    """Set the process's verbosity (``QUIET``, ``NORMAL`` or ``VERBOSE``)."""
+    global _level
+    if verbosity not in (QUIET, NORMAL, VERBOSE):
+        raise ValueError(f"verbosity must be QUIET, NORMAL or VERBOSE, not {verbosity!r}")
+    _level = verbosity
+
+
+def level() -> int:
+    return _level
+
+
+def verbose() -> bool:
+    return _level >= VERBOSE
+
+
+def interactive() -> bool:
+    """Whether stderr is a terminal that has a width: bars there, plain lines otherwise (a pseudo-terminal
+    without a size would show tqdm's bars as nothing at all)."""
+    stream = sys.stderr
+    try:
+        if not stream.isatty():
+            return False
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, ValueError, OSError):  # replaced by an object without isatty or fileno, or closed
+        return False
+
+
+def write(msg: str) -> None:
+    """One line to stderr whatever the verbosity (warnings, failures), above any open bar on a terminal."""
+    if interactive():
+        from tqdm import tqdm
+
+        tqdm.write(msg, file=sys.stderr)  # above any open bar, which is redrawn below
+    else:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def info(msg: str, *, enabled: bool = True) -> None:
+    """One line to stderr, unless quiet (or ``enabled`` is off)."""
+    if enabled and _level > QUIET:
+        write(msg)
+
+
+def detail(msg: str, *, enabled: bool = True) -> None:
+    """One line to stderr with ``--verbose`` only (timings)."""
+    if enabled and _level >= VERBOSE:
+        write(msg)
+
+
+def format_duration(seconds: float) -> str:
+    """``0.42 s``, ``12.3 s``, ``4 min 05 s``, ``1 h 02 min``."""
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    seconds = int(round(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+# ---------------------------------------------------------------------- phases and counted work
+class _Every:
+    """Calls ``fn`` every ``interval`` seconds on a daemon thread until :meth:`stop`."""
+
+    def __init__(self, interval: float, fn: Callable[[], None]):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval, fn), daemon=True, name="rba-progress")
+        self._thread.start()
+
+    def _run(self, interval: float, fn: Callable[[], None]) -> None:
+        while not self._stop.wait(interval):
+            fn()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class _Progress:
+    """A phase, optionally counted (``unit``, ``total``): a tqdm bar on a terminal, kept ticking by a thread,
+    so that the elapsed time moves even while nothing is counted; elsewhere a line as it starts and one every
+    :data:`LINE_INTERVAL_S` seconds while it runs."""
+
+    def __init__(self, desc: str, *, total: int | None, unit: str | None, enabled: bool, initial: int = 0,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.desc, self.total, self.unit = desc, total, unit
+        self.on = bool(enabled) and _level > QUIET
+        self.n = initial
+        self.clock = clock
+        self.started = clock()
+        self._bar = self._ticker = None
+        if not self.on:
+            return
+        if interactive():
+            from tqdm import tqdm
+
+            fmt = (None if total is not None else "{desc} [{elapsed}]" if unit is None
+                   else "{desc} [{elapsed}, {unit}: {n_fmt}]")
+            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit or "it", leave=False,
+                             dynamic_ncols=True, file=sys.stderr, bar_format=fmt)
+            self._ticker = _Every(1.0, self._bar.refresh)
+        else:
+            write(f"{desc}: {self._count()}…" if total is not None else f"{desc}…")
+            self._ticker = _Every(LINE_INTERVAL_S, self._line)
+
+    def _count(self) -> str:
+        if self.total is None:
+            return f"{self.unit}: {self.n}"
+        return f"{self.n}/{self.total} {self.unit}"
+
+    def _line(self) -> None:
+        counted = f"{self._count()}, " if self.unit is not None else ""
+        write(f"{self.desc}: {counted}{format_duration(self.clock() - self.started)} so far")
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self.on:
+            return
+        self.on = False
+        if self._ticker is not None:
+            self._ticker.stop()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        elapsed = self.clock() - self.started
+        counted = f"{self._count()} " if self.unit is not None else ""
+        detail(f"{self.desc}: {counted}in {format_duration(elapsed)}")
+
+
+def bar(total: int | None, desc: str, unit: str, *, enabled: bool = True, initial: int = 0) -> _Progress:
+    """Counted work (``update(n)``, ``close()``): a bar on a terminal; elsewhere a line at the start, one every
+    :data:`LINE_INTERVAL_S` seconds while it runs, and with ``--verbose`` one with the time taken at the end."""
+    return _Progress(desc, total=total, unit=unit, enabled=enabled, initial=initial)
+
+
+@contextmanager
+def phase(desc: str, *, enabled: bool = True, unit: str | None = None) -> Iterator[_Progress]:
+    """A step of a command: a line as it starts, its time with ``--verbose``. With ``unit``, :func:`tick`
+    calls inside it count (``report: 7 evaluations``), shown as a bar on a terminal."""
+    p = _Progress(desc, total=None, unit=unit, enabled=enabled)
+    _open.append(p)
+    try:
+        yield p
+    finally:
+        _open.remove(p)
+        p.close()
+
+
+def tick(n: int = 1) -> None:
+    """Count ``n`` units of work in the innermost open counted phase (nothing when there is none)."""
+    for p in reversed(_open):
+        if p.unit is not None:
+            p.update(n)
+            return
+
+
+# ---------------------------------------------------------------------- trials
+class Eta:
+    """Time left for a study from the completions seen so far.
+
+    ``None`` (shown as "estimating…") until a trial completes. After one, the remaining trials times the time
+    that first completion took (warm-up included: an overestimate). From two on, the mean interval between
+    completions since the first one, so the first trial's warm-up and cache building is left out; completions
+    by other processes on the same study count too, so several workers shorten the estimate."""
+
+    def __init__(self, total: int, initial: int = 0, *, clock: Callable[[], float] = time.monotonic):
+        self.total, self.initial, self.clock = total, initial, clock
+        self.started = clock()
+        self.points: list[tuple[float, int]] = []
+
+    def update(self, complete: int) -> None:
+        """``complete``: the study's count of completed trials now."""
+        last = self.points[-1][1] if self.points else self.initial
+        if complete > last:
+            self.points.append((self.clock(), complete))
+
+    @property
+    def per_trial_s(self) -> float | None:
+        if not self.points:
+            return None
+        if len(self.points) == 1:
+            t, n = self.points[0]
+            return (t - self.started) / (n - self.initial)
+        (t0, n0), (t1, n1) = self.points[0], self.points[-1]
+        return (t1 - t0) / (n1 - n0)
+
+    def remaining_s(self) -> float | None:
+        per = self.per_trial_s
+        if per is None:
+            return None
+        done = self.points[-1][1]
+        return max(0, self.total - done) * per
+
+    def text(self) -> str:
+        left = self.remaining_s()
+        if left is None:
+            return "ETA estimating…"
+        return "done" if self.points[-1][1] >= self.total else f"ETA {format_duration(left)}"
+
+
+class TrialProgress:
+    """The trials of a search: a bar with :class:`Eta` on a terminal, else one line per finished trial
+    (``--verbose`` adds each trial's time)."""
+
+    def __init__(self, total: int, initial: int, *, enabled: bool = True, desc: str = "trials",
+                 clock: Callable[[], float] = time.monotonic):
+        self.total, self.desc = total, desc
+        self.eta = Eta(total, initial, clock=clock)
+        self.n = initial
+        self.on = bool(enabled) and _level > QUIET
+        self._bar = self._ticker = None
+        if not self.on:
+            return
+        if interactive():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc=desc, unit="trial", dynamic_ncols=True,
+                             file=sys.stderr,
+                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+            self._bar.set_postfix_str(self.eta.text())
+            self._ticker = _Every(1.0, self._bar.refresh)  # the elapsed time moves during a long trial
+        else:
+            write(f"{desc}: {initial} of {total} complete; {self.eta.text()}")
+
+    def finished(self, number: int, complete: int, *, outcome: str, duration_s: float | None = None) -> None:
+        """Trial ``number`` has ended (``outcome``: a few words, e.g. ``2-4: fidelity 0.95, flops_frac 0.8``);
+        the study now has ``complete`` completed trials."""
+        self.eta.update(complete)
+        if not self.on:
+            self.n = complete
+            return
+        took = f" in {format_duration(duration_s)}" if (duration_s is not None and _level >= VERBOSE) else ""
+        if self._bar is not None:
+            self._bar.set_postfix_str(self.eta.text(), refresh=False)
+            self._bar.update(max(0, complete - self.n))
+            if took:
+                self._bar.write(f"trial {number}{took}: {outcome}", file=sys.stderr)
+        else:
+            write(f"trial {number}{took}: {outcome}; {complete} of {self.total} complete, {self.eta.text()}")
+        self.n = complete
+
+    def write(self, msg: str) -> None:
+        """A message between trials (a failure), whatever the verbosity."""
+        if self._bar is not None:
+            self._bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.stop()
+            self._ticker = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self.on:
+            took = format_duration(self.eta.clock() - self.eta.started)
+            detail(f"{self.desc}: {self.n} of {self.total} complete in {took}")
+            self.on = False
