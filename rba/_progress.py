@@ -3,9 +3,9 @@
 One verbosity for the whole process, set by the command line (:func:`configure`):
 
 * ``QUIET`` (``--quiet``): nothing but errors and warnings;
-* ``NORMAL``: a line as each phase starts (model load, capture, evaluation caches, post-search steps), a
-  bar for counted work on a terminal, and one line per trial when stderr is not a terminal (logs, CI: no bar
-  control characters there);
+* ``NORMAL``: a line as each phase ends (model load, capture, evaluation caches, post-search steps) and one per
+  finished trial; while a phase runs, a bar on a terminal, elsewhere (logs, CI: no bar control characters) a
+  line every :data:`LINE_INTERVAL_S` seconds, so that no wait is silent for long;
 * ``VERBOSE`` (``--verbose``): also how long each phase and each trial took.
 
 Callers pass ``enabled`` (their ``progress`` switch: off for library calls that asked for silence, for
@@ -116,12 +116,15 @@ class _Every:
 
 
 class _Progress:
-    """A phase, optionally counted (``unit``, ``total``): a tqdm bar on a terminal, kept ticking by a thread,
-    so that the elapsed time moves even while nothing is counted; elsewhere a line as it starts and one every
-    :data:`LINE_INTERVAL_S` seconds while it runs."""
+    """A phase, optionally counted (``unit``, ``total``).
+
+    On a terminal, a tqdm bar kept ticking by a thread (the elapsed time moves even while nothing is counted).
+    Elsewhere, a line every :data:`LINE_INTERVAL_S` seconds while it runs. Either way, one line when it ends
+    (``model: loading …: done``, ``capture: 600/600 samples``; ``--verbose`` adds the time): a phase that fails
+    within those first seconds, e.g. on a bad input, leaves the error as the only line."""
 
     def __init__(self, desc: str, *, total: int | None, unit: str | None, enabled: bool, initial: int = 0,
-                 clock: Callable[[], float] = time.perf_counter):
+                 heartbeat: bool = True, clock: Callable[[], float] = time.perf_counter):
         self.desc, self.total, self.unit = desc, total, unit
         self.on = bool(enabled) and _level > QUIET
         self.n = initial
@@ -138,8 +141,7 @@ class _Progress:
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit or "it", leave=False,
                              dynamic_ncols=True, file=sys.stderr, bar_format=fmt)
             self._ticker = _Every(1.0, self._bar.refresh)
-        else:
-            write(f"{desc}: {self._count()}…" if total is not None else f"{desc}…")
+        elif heartbeat:
             self._ticker = _Every(LINE_INTERVAL_S, self._line)
 
     def _count(self) -> str:
@@ -159,10 +161,11 @@ class _Progress:
     def __enter__(self) -> "_Progress":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, value, tb) -> None:
+        self.close(ok=kind is None)
 
-    def close(self) -> None:
+    def close(self, *, ok: bool = True) -> None:
+        """End the phase; ``ok`` False (it raised): no closing line, the error says what happened."""
         if not self.on:
             return
         self.on = False
@@ -171,28 +174,39 @@ class _Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        elapsed = self.clock() - self.started
-        counted = f"{self._count()} " if self.unit is not None else ""
-        detail(f"{self.desc}: {counted}in {format_duration(elapsed)}")
+        if not ok:
+            return
+        counted = self._count() if self.unit is not None else ""
+        if _level >= VERBOSE:
+            write(f"{self.desc}: {counted + ' ' if counted else ''}in {format_duration(self.clock() - self.started)}")
+        else:
+            write(f"{self.desc}: {counted or 'done'}")
 
 
 def bar(total: int | None, desc: str, unit: str, *, enabled: bool = True, initial: int = 0) -> _Progress:
-    """Counted work (``update(n)``, ``close()``): a bar on a terminal; elsewhere a line at the start, one every
-    :data:`LINE_INTERVAL_S` seconds while it runs, and with ``--verbose`` one with the time taken at the end."""
+    """Counted work (``update(n)``; use it as a context manager): a bar on a terminal, else a line every
+    :data:`LINE_INTERVAL_S` seconds while it runs; a line as it ends (with ``--verbose``, the time taken)."""
     return _Progress(desc, total=total, unit=unit, enabled=enabled, initial=initial)
 
 
 @contextmanager
-def phase(desc: str, *, enabled: bool = True, unit: str | None = None) -> Iterator[_Progress]:
-    """A step of a command: a line as it starts, its time with ``--verbose``. With ``unit``, :func:`tick`
-    calls inside it count (``report: 7 evaluations``), shown as a bar on a terminal."""
-    p = _Progress(desc, total=None, unit=unit, enabled=enabled)
+def phase(desc: str, *, enabled: bool = True, unit: str | None = None, heartbeat: bool = True) -> Iterator[_Progress]:
+    """A step of a command: a spinner on a terminal, a line every :data:`LINE_INTERVAL_S` seconds elsewhere, and
+    a line as it ends (with ``--verbose``, its time). With ``unit``, :func:`tick` calls inside it count
+    (``report: …: evaluations: 7``).
+
+    ``heartbeat=False``: no lines while it runs, off a terminal, for phases that find bad inputs (model load,
+    data): their error is then the only line, however slowly the machine imports the model's library."""
+    p = _Progress(desc, total=None, unit=unit, enabled=enabled, heartbeat=heartbeat)
     _open.append(p)
     try:
         yield p
-    finally:
+    except BaseException:
         _open.remove(p)
-        p.close()
+        p.close(ok=False)
+        raise
+    _open.remove(p)
+    p.close()
 
 
 def tick(n: int = 1) -> None:

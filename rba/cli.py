@@ -494,14 +494,20 @@ def _load_plugins() -> None:
                               "provides it") from None
 
 
-def _quiet_libraries() -> None:
-    """--quiet also silences the progress bars of the libraries rba loads models with (transformers, the hub)."""
+def _no_library_bars() -> None:
+    """No progress bars from the libraries rba loads models with (transformers, the hub): under --quiet, and
+    when stderr is not a terminal (logs, CI), where their redraws would be control characters."""
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if "transformers" in sys.modules:  # imported already (rba used in-process): its switch is read at import
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+
+
+def _quiet_libraries() -> None:
+    """--quiet also silences the progress bars and notes of those libraries."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    _no_library_bars()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -512,9 +518,12 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # named by the subcommand, whose --help lists what it takes
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    from rba import _progress
+
     if getattr(args, "quiet", False):
         _quiet_libraries()
-    from rba import _progress
+    elif not _progress.interactive():
+        _no_library_bars()
 
     before = _progress.level()
     _progress.configure(_progress.QUIET if getattr(args, "quiet", False)

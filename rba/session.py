@@ -84,12 +84,14 @@ class Session:
         if self._given_adapter is not None:
             return self._given_adapter
         m = self.cfg.model
-        with phase(f"model: loading {m.kind} {m.name}", enabled=self.progress):
+        # no "… so far" lines in logs: a model the config cannot build is one error line, however slow the import
+        with phase(f"model: loading {m.kind} {m.name}", enabled=self.progress, heartbeat=False):
             return create_adapter(self.cfg)
 
     @cached_property
     def dataset(self) -> Dataset:
-        with phase(f"data: reading {self.cfg.data.kind} {self.cfg.data.path or ''}".rstrip(), enabled=self.progress):
+        with phase(f"data: reading {self.cfg.data.kind} {self.cfg.data.path or ''}".rstrip(), enabled=self.progress,
+                   heartbeat=False):
             return load_dataset(self.cfg, need_labels=self._need_labels)
 
     @property

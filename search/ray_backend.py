@@ -283,6 +283,8 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
             if state == "FAIL":
                 bar.write(f"trial {ot_trial.number} failed: {ot_trial.user_attrs.get('error', '?')}")
                 return
+            if not ctx.progress:
+                return
             frozen = study.get_trials(deepcopy=False)[ot_trial.number]  # told by now: its state, values, duration
             duration = frozen.duration.total_seconds() if frozen.duration is not None else None
             bar.finished(ot_trial.number, complete_count(study), outcome=trial_outcome(frozen, ctx.objective.columns),
