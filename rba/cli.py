@@ -268,7 +268,7 @@ class Run(_Command):
         self.add_config(parser, several=True)
 
     def take_action(self, args):
-        from rba._progress import phase
+        from rba._progress import info, phase
         from search import run_study
         from search.sweep import expand, is_sweep, write_summary
 
@@ -291,7 +291,8 @@ class Run(_Command):
         studies, folder = expand(args.config, out, configure)
         _check_writable_dir(folder, "summary folder")
         for k, study in enumerate(studies, 1):
-            with phase(f"run: study {k} of {len(studies)}: {study.label} → {study.cfg.output_dir()}"):
+            info(f"run: study {k} of {len(studies)}: {study.label} → {study.cfg.output_dir()}")
+            with phase(f"run: study {k} of {len(studies)}", heartbeat=False):  # its own phases say how it goes
                 run_study(study.cfg, progress=not args.quiet)
         summary = write_summary(studies, folder)
         print(f"run: {len(studies)} studies; wrote {summary} and {folder / 'fronts.png'}",
