@@ -452,7 +452,7 @@ def capture_statistics(adapter: Adapter, samples: Sequence[Any], *, pairs: Seque
                        dtype: str = "float32", max_memory_gb: float = 8.0, progress: bool = True,
                        key: str = "", meta: dict[str, Any] | None = None) -> Statistics:
     """Run ``adapter`` once over ``samples`` and return the streamed statistics."""
-    from rba._progress import bar, info
+    from rba.progress import bar, info
 
     dims = adapter.dims()
     nbytes = statistics_nbytes(dims, pairs)

@@ -149,7 +149,7 @@ class Scores(_Command):
 
     def take_action(self, args):
         from rba._io import atomic_path
-        from rba._progress import info
+        from rba.progress import info
         from rba.metrics import plot_scores, score_table
         from rba.session import Session
 
@@ -181,7 +181,7 @@ class Evaluate(_Command):
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     def take_action(self, args):
-        from rba._progress import info
+        from rba.progress import info
         from rba.session import Session
 
         cfg = self.load(args)
@@ -211,7 +211,7 @@ class Export(_Command):
                             help="onnx: also write the export and the unmodified model as ONNX (onnxruntime)")
 
     def take_action(self, args):
-        from rba._progress import info
+        from rba.progress import info
         from rba.export import export_model
         from rba.session import Session
 
@@ -268,7 +268,7 @@ class Run(_Command):
         self.add_config(parser, several=True)
 
     def take_action(self, args):
-        from rba._progress import info, phase
+        from rba.progress import info, phase
         from search import run_study
         from search.sweep import expand, is_sweep, write_summary
 
@@ -469,7 +469,7 @@ def _show_rba_warning(message, category, filename, lineno, file=None, line=None,
     """rba's own warnings (e.g. RankDeficientWarning) as one stderr line, ``rba: warning: …``; others as usual."""
     if getattr(category, "__module__", "").split(".")[0] == "rba":
         if file is None:
-            from rba._progress import write
+            from rba.progress import write
 
             write(f"rba: warning: {message}")  # above any open progress bar
         else:
@@ -519,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # named by the subcommand, whose --help lists what it takes
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    from rba import _progress
+    from rba import progress as _progress
 
     if getattr(args, "quiet", False):
         _quiet_libraries()

@@ -43,7 +43,7 @@ class SplitCache:
     @torch.inference_mode()
     def build(cls, adapter: Adapter, samples, labels, *, keep: set[int], batch_size: int, name: str,
               progress: bool = False) -> "SplitCache":
-        from rba._progress import bar as progress_bar
+        from rba.progress import bar as progress_bar
 
         contexts, states, pooled = [], [], []
         L = adapter.num_blocks

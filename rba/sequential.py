@@ -150,7 +150,7 @@ class SequentialFitter:
     def _capture(self, prefix: Prefix, maps: Sequence[nn.Module]) -> PrefixStatistics:
         """One pass over the calibration split: the original network to every target boundary, and the
         network with ``prefix`` replaced from the prefix's first start to every later span start."""
-        from rba._progress import bar as progress_bar
+        from rba.progress import bar as progress_bar
 
         session = self.session
         adapter = session.adapter

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from rba._io import atomic_write_json, atomic_write_text, package_versions
-from rba._progress import info, phase, tick
+from rba.progress import info, phase, tick
 from rba.adapters import Adapter, Span, create_adapter
 from rba.capture import STATS_FORMAT, Statistics, capture_statistics
 from rba.config import Config, config_hash

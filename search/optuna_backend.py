@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import time
 
-from rba._progress import TrialProgress
+from rba.progress import TrialProgress
 from rba.errors import RBAError
 from rba.spans import format_spans
 from search._storage import worker_label

@@ -244,7 +244,7 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
     import ray
     from ray import tune
 
-    from rba._progress import TrialProgress
+    from rba.progress import TrialProgress
 
     cfg = ctx.cfg
     s = cfg.search

@@ -68,7 +68,7 @@ class SearchResult:
 
 
 def log(msg: str) -> None:
-    from rba._progress import write
+    from rba.progress import write
 
     write(msg)  # above any open progress bar
 

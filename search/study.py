@@ -24,7 +24,7 @@ import time
 import warnings
 from pathlib import Path
 
-from rba._progress import info, phase
+from rba.progress import info, phase
 from rba.config import Config, config_hash
 from rba.errors import ConfigError, RBAError
 from rba.files import atomic_path, atomic_write_json

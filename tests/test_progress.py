@@ -1,4 +1,4 @@
-"""What a command says while it works (``rba._progress``): the trial ETA on a fake clock, plain lines without a
+"""What a command says while it works (``rba.progress``): the trial ETA on a fake clock, plain lines without a
 terminal and bars on one, the verbosity levels, and ``rba run`` / ``rba search`` as a user sees them with stderr
 redirected (no bar control characters, a line per phase and per trial; ``--quiet``: nothing;
 ``--verbose``: the timings, checked against ``trials.csv``)."""
@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "search_tests"))
 from _search_helpers import single_thread  # noqa: E402,F401  (autouse fixture: tiny models on a loaded machine)
 
-from rba import _progress as progress  # noqa: E402
+from rba import progress  # noqa: E402
 from rba.cli import main as cli_main  # noqa: E402
 
 CONTROL = re.compile(r"[\r\x1b]")  # carriage returns (tqdm redraws) and escape sequences (cursor moves)
