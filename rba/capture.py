@@ -16,6 +16,8 @@ touching data again.
 
 from __future__ import annotations
 
+import sys
+
 import json
 from collections.abc import Mapping, Sequence as SequenceABC
 from pathlib import Path
@@ -452,7 +454,7 @@ def capture_statistics(adapter: Adapter, samples: Sequence[Any], *, pairs: Seque
                        dtype: str = "float32", max_memory_gb: float = 8.0, progress: bool = True,
                        key: str = "", meta: dict[str, Any] | None = None) -> Statistics:
     """Run ``adapter`` once over ``samples`` and return the streamed statistics."""
-    from rba.progress import bar, info
+    from rba.progress import QUIET, bar, level
 
     dims = adapter.dims()
     nbytes = statistics_nbytes(dims, pairs)
@@ -463,7 +465,11 @@ def capture_statistics(adapter: Adapter, samples: Sequence[Any], *, pairs: Seque
             f"{msg} exceeds capture.max_memory_gb = {max_memory_gb}: lower search.max_span "
             "(memory grows with the number of spans), or raise capture.max_memory_gb"
         )
-    info(msg, enabled=progress)
+    if progress and level() > QUIET:  # on stdout, where it has always been (scripts wait for it there)
+        from tqdm import tqdm
+
+        tqdm.write(msg)
+        sys.stdout.flush()
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     collector = StatisticsCollector(dims, pairs, dtype=torch_dtype, device=adapter.device)
     order = length_order(samples)
