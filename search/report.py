@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,8 +293,22 @@ def _onnx_speedup(cfg, session, folder: Path, flops_frac: float) -> tuple[list[s
         {k: v for k, v in s.items() if k.startswith("onnx_")}
 
 
+def _machine_line(load_start: float | None) -> str:
+    """Where the report's times were measured: a reader compares them only at equal load."""
+    import platform
+    import sys
+
+    import torch
+
+    load = f"{load_start:.1f} → {os.getloadavg()[0]:.1f}" if load_start is not None else f"{os.getloadavg()[0]:.1f}"
+    command = " ".join(["rba", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("rba", "cli.py") else None
+    return (f"machine: {os.cpu_count()} CPUs ({platform.machine()}, {platform.system()}), torch threads "
+            f"{torch.get_num_threads()}, load average {load} (start → end of the run)"
+            + (f"; command: `{command}`" if command else ""))
+
+
 def write_report(result: SearchResult, *, started: float, setup_s: float | None = None,
-                 completed_before: int = 0) -> Path:
+                 completed_before: int = 0, load_start: float | None = None) -> Path:
     """``rba run``'s last step: complete the front (accuracy, reference row, sorted by cost), evaluate what the
     report's sections need (baselines, optionally every single span; configurations the trials evaluated are
     reused), export :func:`choose_export`'s configuration (reloaded, evaluated end to end, its speed-up measured
@@ -346,6 +361,7 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
         f"{', '.join(ctx.objective.objectives)}, budgets {ctx.objective.budgets or 'none'}; {ctx.space.describe()}",
         f"trials: {int((result.trials['state'] == 'COMPLETE').sum())} complete of {len(result.trials)}; "
         f"front: {len(front)} configurations",
+        _machine_line(load_start),
     ]
     trials_complete = int((result.trials["state"] == "COMPLETE").sum())
     info = {

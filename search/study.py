@@ -20,6 +20,7 @@ writes the files at the end. The backends import from those, never from here.
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -348,6 +349,7 @@ def run_study(cfg: Config, progress: bool = True) -> Path:
     from rba.session import Session
 
     t0 = time.time()
+    load_start = os.getloadavg()[0]
     out = cfg.output_dir()
     out.mkdir(parents=True, exist_ok=True)
     session = Session(cfg, need_labels=needs_labels(cfg), progress=progress)
@@ -362,7 +364,7 @@ def run_study(cfg: Config, progress: bool = True) -> Path:
     result = run_search(cfg, progress=progress, session=session)
     # accuracy of the front, the baselines, the export and its latency: each evaluation counted as it happens
     with phase("report: front accuracy, baselines, export, latency", enabled=progress, unit="evaluations"):
-        return write_report(result, started=t0, setup_s=setup_s, completed_before=before)
+        return write_report(result, started=t0, setup_s=setup_s, completed_before=before, load_start=load_start)
 
 
 def _completed_before(out: Path) -> int:
