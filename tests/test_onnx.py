@@ -53,7 +53,7 @@ def test_vit_export_onnx_matches_pytorch_writes_the_unmodified_model_once_and_me
     cfg = write_config(tmp_path / "vit.toml", vit_sections(tmp_path, model={"options": {"depth": 4}},
                                                            search={"max_span": 3}))
     out = tmp_path / "exp"
-    rc, _, err = run_main(capsys, "export", cfg, "--spans", "1-3", "--out", out, "--format", "onnx", "--quiet")
+    rc, _, err = run_main(capsys, "export", cfg, "--spans", "1-3", "--out", out, "--format", "onnx")
     assert rc == 0, err
     assert "max relative difference" in err
     exported = load_export(out)
