@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -32,6 +31,7 @@ from torch import nn
 
 from rba._io import atomic_path, atomic_write_json, package_versions
 from rba.errors import ConfigError, RBAError
+from rba.timing import interleaved_speedup
 
 if TYPE_CHECKING:
     from rba.adapters import Adapter
@@ -258,8 +258,6 @@ def onnx_speedup(export_dir: str | Path, *, repeats: int = 20, threads: int | No
     Returns per-sample medians (``onnx_unmodified_ms``, ``onnx_export_ms``), the speed-up (median of the
     per-repeat ratios) with its quartiles (``onnx_speedup``, ``onnx_speedup_q1``, ``onnx_speedup_q3``),
     ``repeats``, ``threads`` and ``batch_size``."""
-    import statistics as st
-
     folder = Path(export_dir)
     meta = _read_meta(folder / ONNX_META)
     files = [folder / ONNX_MODEL, folder / ONNX_UNMODIFIED, folder / ONNX_FEED]
@@ -275,17 +273,8 @@ def onnx_speedup(export_dir: str | Path, *, repeats: int = 20, threads: int | No
     n = len(next(iter(feed.values())))
     sessions = {"unmodified": _ort_session(folder / ONNX_UNMODIFIED, threads),
                 "export": _ort_session(folder / ONNX_MODEL, threads)}
-    for _ in range(warmup):
-        for s in sessions.values():
-            s.run(None, feed)
-    times: dict[str, list[float]] = {"unmodified": [], "export": []}
-    for r in range(repeats):
-        for name in (("unmodified", "export") if r % 2 == 0 else ("export", "unmodified")):
-            t0 = time.perf_counter()
-            sessions[name].run(None, feed)
-            times[name].append((time.perf_counter() - t0) * 1000 / n)
-    ratios = np.array(times["unmodified"]) / np.array(times["export"])
-    q1, q3 = np.percentile(ratios, [25, 75])
-    return {"onnx_unmodified_ms": st.median(times["unmodified"]), "onnx_export_ms": st.median(times["export"]),
-            "onnx_speedup": float(np.median(ratios)), "onnx_speedup_q1": float(q1), "onnx_speedup_q3": float(q3),
+    s = interleaved_speedup(lambda: sessions["unmodified"].run(None, feed), lambda: sessions["export"].run(None, feed),
+                            samples=n, repeats=repeats, warmup=warmup, alternate=True)
+    return {"onnx_unmodified_ms": s["first_ms"], "onnx_export_ms": s["second_ms"], "onnx_speedup": s["speedup"],
+            "onnx_speedup_q1": s["speedup_q1"], "onnx_speedup_q3": s["speedup_q3"],
             "repeats": repeats, "threads": threads, "batch_size": n}

@@ -21,7 +21,7 @@ from rba.files import atomic_path, atomic_write_json, atomic_write_text
 from rba.fit import fit_label
 from rba.spans import format_spans, parse_spans
 from search.baselines import br_greedy
-from search.objective import OBJECTIVES, RESULT_COLUMNS
+from search.objective import RESULT_COLUMNS
 from search.recording import SearchResult, StudyContext, log
 
 __all__ = ["finish", "choose_export", "rule_columns", "measure_speedup", "write_report", "render_report",
@@ -160,26 +160,17 @@ def measure_speedup(original, exported, samples, *, batch_size: int, repeats: in
     """Per-sample latency of the unmodified model and the export on one batch, measured back to back
     (original, export, original, export, …) after a warm-up of each, so that load changes hit both alike.
     Returns the medians, the speed-up (median of the per-pair ratios) with its quartiles, threads and batch."""
-    import statistics as st
-
     import torch
+
+    from rba.timing import interleaved_speedup
 
     batch = original.collate(samples[:batch_size])
     n = len(samples[:batch_size])
-    times: dict[str, list[float]] = {"original": [], "export": []}
     with torch.inference_mode():
-        for _ in range(2):  # warm-up: allocations, lazy initialisation, caches
-            original.forward(batch)
-            exported.forward(batch)
-        for _ in range(repeats):
-            for name, model in (("original", original), ("export", exported)):
-                t0 = time.perf_counter()
-                model.forward(batch)
-                times[name].append((time.perf_counter() - t0) * 1000 / n)
-    ratios = np.array(times["original"]) / np.array(times["export"])
-    q1, q3 = np.percentile(ratios, [25, 75])
-    return {"original_ms": st.median(times["original"]), "export_ms": st.median(times["export"]),
-            "speedup": float(np.median(ratios)), "speedup_q1": float(q1), "speedup_q3": float(q3),
+        s = interleaved_speedup(lambda: original.forward(batch), lambda: exported.forward(batch), samples=n,
+                                repeats=repeats)
+    return {"original_ms": s["first_ms"], "export_ms": s["second_ms"], "speedup": s["speedup"],
+            "speedup_q1": s["speedup_q1"], "speedup_q3": s["speedup_q3"],
             "repeats": repeats, "threads": torch.get_num_threads(), "batch_size": n}
 
 
@@ -450,7 +441,6 @@ def render_report(out: Path) -> Path:
     the CSV tables): no model is loaded and nothing is evaluated. ``rba run`` ends with it; ``rba report DIR``
     runs it alone. Returns the report's path."""
     from rba.metrics import plot_scores
-    from search import analysis as A
     from search.pareto import plot_front
 
     out = Path(out)
