@@ -127,9 +127,18 @@ class Timer:
         self.s = time.perf_counter() - self.t0
 
 
+def sync() -> None:
+    """Wait for the GPU's queued work (a no-op until CUDA is in use): every timed region starts and ends here, so
+    asynchronous kernels count where they were launched."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    sync()
     t0 = time.perf_counter()
     out = fn()
+    sync()
     return time.perf_counter() - t0, out
 
 
@@ -139,8 +148,10 @@ def repeat(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> list[flo
         fn()
     out = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         out.append(time.perf_counter() - t0)
     return out
 
@@ -371,6 +382,8 @@ class Naive:
     same probe classifier. When rba fits affine maps (``affine=True``) the inputs get a ones column, so both
     methods solve the same least-squares problem (rba adds its tiny ridge; on rank-deficient post-LN inputs the
     two solutions differ in the null directions, their predictions slightly: see TOL_* in ``per_trial.py``).
+    The states stay where the model runs: numpy arrays on the CPU, float32 tensors on a GPU (where lstsq then
+    runs, CUDA's one driver 'gels').
 
     ``fit_f64`` is the earlier, slower baseline (``numpy.linalg.lstsq`` in float64 on a ridge-augmented copy):
     an extra, labelled column only, never a headline.
@@ -391,7 +404,8 @@ class Naive:
     # ---------------------------------------------------------------- one-time setup
     @torch.inference_mode()
     def materialise(self, samples=None, batch_size: int | None = None) -> list[np.ndarray]:
-        """Every boundary's vectors of the calibration split, kept in memory (float32, as hooks give them)."""
+        """Every boundary's vectors of the calibration split, kept in memory (float32, as hooks give them; on the
+        model's device)."""
         from rba.capture import iter_batches
 
         a = self.adapter
@@ -400,10 +414,11 @@ class Naive:
         for _, chunk in iter_batches(samples, batch_size or self.batch_size):
             h, ctx = a.embed(a.collate(chunk))
             for k, h in a.boundaries(h, ctx):
-                parts[k].append(a.vectors(h, ctx).to(self.dtype).numpy().copy())
+                v = a.vectors(h, ctx).to(self.dtype)
+                parts[k].append(v.numpy().copy() if v.device.type == "cpu" else v.clone())
         self.states = []
         for k in range(len(parts)):
-            self.states.append(np.concatenate(parts[k]))
+            self.states.append(np.concatenate(parts[k]) if isinstance(parts[k][0], np.ndarray) else torch.cat(parts[k]))
             parts[k] = []
         return self.states
 
@@ -419,10 +434,10 @@ class Naive:
         """The authors' fit: ``torch.linalg.lstsq(x, y)`` in float32 (default driver, no ridge), x with a ones
         column when affine; returns (W, b) (b None when not affine). Nothing else: no SSE, no checks."""
         i, j = span
-        x = torch.from_numpy(self.states[i])
-        y = torch.from_numpy(self.states[j])
+        x = torch.as_tensor(self.states[i])
+        y = torch.as_tensor(self.states[j])
         if self.affine:
-            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
+            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
         w = torch.linalg.lstsq(x, y).solution
         return (w[:-1], w[-1]) if self.affine else (w, None)
 
@@ -444,8 +459,8 @@ class Naive:
     def sse(self, span: Span, w: torch.Tensor, b: torch.Tensor | None) -> float:
         """Σ‖x_i·W + b − x_j‖² over the calibration vectors, in float64 (for the equality checks, untimed)."""
         i, j = span
-        x, y = torch.from_numpy(self.states[i]).double(), torch.from_numpy(self.states[j]).double()
-        pred = x @ w.double() + (0 if b is None else b.double())
+        x, y = torch.as_tensor(self.states[i]).double(), torch.as_tensor(self.states[j]).double()
+        pred = x @ w.double().to(x.device) + (0 if b is None else b.double().to(x.device))
         return float(((pred - y) ** 2).sum())
 
     def maps(self, spans: Sequence[Span]):
@@ -454,7 +469,7 @@ class Naive:
         out = []
         for s in spans:
             w, b = self.fit(s)
-            out.append(SpanMap.from_solution(w, b, layout=self.adapter.layout, span=s).float())
+            out.append(SpanMap.from_solution(w, b, layout=self.adapter.layout, span=s).float().to(w.device))
         return out
 
     @torch.inference_mode()

@@ -19,6 +19,7 @@ the same sampler and seed, back to back per seed: time until each reaches the sa
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -74,7 +75,8 @@ def fits(session, naive, pairs, *, lstsq_spans: int | None, f64: bool = False) -
     for s in chosen:  # untimed: same problem, same predictions (to the ridge / float32 precision)
         w, b = sol[s]
         f = fit_span(stats, s, "affine", ridge)
-        x = torch.from_numpy(naive.states[s[0]]).double()
+        x = torch.as_tensor(naive.states[s[0]]).double()  # numpy on the CPU, a tensor where the model runs
+        f = dataclasses.replace(f, tensors={k: t.to(x.device) for k, t in f.tensors.items()})
         ref, got = x @ w.double() + b.double(), f.predict(x)
         err_pred = max(err_pred, float((got - ref).norm() / ref.norm()))
         sse = naive.sse(s, w, b)

@@ -207,3 +207,75 @@ def test_naive_lstsq_fit_matches_closed_form_fit(tmp_path):
         # the statistics' SSE is a difference of large sums: its error scales with Σ‖y‖², not with the SSE
         total = float(s.stats.sum_sq(span[1]))
         assert abs(f.sse - sse) <= 1e-3 * sse + 1e-5 * total
+
+
+def test_naive_method_on_tensor_states_is_the_same_fit():
+    """Where the model runs on a GPU the naive method keeps its states there as float32 tensors: the fit, its
+    SSE and its maps from tensor states equal numpy's float64 lstsq on the same system (as for numpy states)."""
+    import _common as C
+    import torch
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((400, 10)).astype(np.float32)
+    y = (x @ rng.standard_normal((10, 6)) + rng.standard_normal(6) + 0.1 * rng.standard_normal((400, 6))).astype(np.float32)
+    naive = C.Naive(None, None)
+    naive.states = [torch.from_numpy(x.copy()), torch.from_numpy(y.copy())]
+    w, b = naive.fit((0, 1))
+    xt = np.hstack([x.astype(np.float64), np.ones((400, 1))])
+    ref, *_ = np.linalg.lstsq(xt, y.astype(np.float64), rcond=None)
+    np.testing.assert_allclose(w.numpy(), ref[:-1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(b.numpy(), ref[-1], rtol=1e-4, atol=1e-5)
+    sse = float(((xt @ ref - y) ** 2).sum())
+    assert abs(naive.sse((0, 1), w, b) - sse) <= 1e-4 * sse
+    assert naive.nbytes() == x.nbytes + y.nbytes
+
+
+def test_gpu_benchmark_quick_mode_runs_on_the_cpu(tmp_path, capsys):
+    """benchmarks/gpu.py (run on the GPU machine by gpu_run.sh) in quick mode on the CPU: the same code path,
+    every part measured and written; sizes checked against what the tiny model must give."""
+    import json
+
+    import gpu
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        gpu.main(["--quick", "--device", "cpu", "--json", str(tmp_path / "gpu.json")])
+    finally:
+        torch.set_num_threads(threads)
+    out = json.loads((tmp_path / "gpu.json").read_text())
+    assert out["device"]["type"] == "cpu" and out["skipped"] == []
+    depth, image, patch = gpu.QUICK["depth"], gpu.QUICK["image_size"], gpu.QUICK["patch"]
+    spans = depth * (depth + 1) // 2  # every (i, j), 0 <= i < j <= depth
+    tokens = (image // patch) ** 2 + 1  # patches + the class token
+    rows = out["parts"]["capture"]["rows"]
+    assert [r["batch"] for r in rows] == [16, 32] and all(r["spans"] == spans and r["samples"] == 64 for r in rows)
+    assert all(r["forward_s"] > 0 and abs(r["ratio"] - r["capture_s"] / r["forward_s"]) < 1e-12 for r in rows)
+    trial = out["parts"]["trial"]
+    assert trial["fits"]["spans"] == spans and trial["fits"]["vectors"] == 64 * tokens
+    assert trial["fits"]["lstsq_spans_timed"] == 3 and len(trial["trials"]) == 2 and trial["unequal"] == []
+    printed = capsys.readouterr().out
+    for name in ("RATIO capture / forward on cpu", "RATIO span fit, lstsq / statistics, cold on cpu",
+                 "RATIO trial, naive / rba cold on cpu"):
+        assert name in printed
+
+
+def test_gpu_benchmark_checks_its_arguments_and_time_limit(tmp_path, capsys, monkeypatch):
+    import json
+
+    import gpu
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exc:
+        gpu.main(["--device", "cuda", "--json", str(tmp_path / "no.json")])
+    assert exc.value.code == 2 and not (tmp_path / "no.json").exists()
+    err = capsys.readouterr().err
+    assert err.startswith("gpu.py: error: --device cuda but torch sees no CUDA GPU") and err.count("\n") == 1
+    threads = torch.get_num_threads()
+    try:  # a part not started by --time-limit is skipped, and says so in the JSON
+        gpu.main(["--quick", "--time-limit", "0", "--json", str(tmp_path / "gpu.json")])
+    finally:
+        torch.set_num_threads(threads)
+    out = json.loads((tmp_path / "gpu.json").read_text())
+    assert out["skipped"] == ["capture", "trial"] and out["parts"] == {}
