@@ -200,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     dev = payload["device"]
     print(f"# device: {dev['name']}; torch {dev['torch']}, CUDA {dev['cuda']}; {dev['torch_threads']} CPU threads; "
           f"warm-up {C.fmt_s(payload['warm_up_s'])}", flush=True)
+    C.write_json(args.json, payload)  # the card and versions, whatever happens next
     model = "tiny ViT" if quick else f"ViT-B/16 arch, random ({args.image_size} px)"
     label = f"{model} on {args.device} (cal {args.calibration} / probe {args.probe} / eval {args.eval})"
     run = {"capture": capture_part, "trial": trial_part}

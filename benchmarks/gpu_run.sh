@@ -18,7 +18,7 @@ mkdir -p "$OUT"
 LOG="$OUT/gpu.log"
 : >"$LOG"
 say() { echo "$*" | tee -a "$LOG"; }
-say "# gpu_run.sh: $(date -u +%FT%TZ), $(python3 --version 2>&1), load $(cut -d' ' -f1-3 /proc/loadavg)"
+say "# gpu_run.sh: $(date -u +%FT%TZ), $(python3 --version 2>&1), load $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
 
 # -- 1. wheels ----------------------------------------------------------------------------------------------
 py=$(python3 -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
@@ -53,10 +53,12 @@ if ! python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else
     args=(--device cpu --quick)
 fi
 say "# python3 benchmarks/gpu.py ${args[*]} --time-limit ${GPU_SOFT_S:-240} --json $OUT/gpu.json $*"
-PYTHONUNBUFFERED=1 timeout --kill-after=15 "${GPU_LIMIT_S:-400}" \
+limit=(timeout --kill-after=15 "${GPU_LIMIT_S:-400}")
+command -v timeout >/dev/null 2>&1 || { say "# no timeout command: gpu.py's --time-limit only"; limit=(); }
+PYTHONUNBUFFERED=1 "${limit[@]}" \
     python3 benchmarks/gpu.py "${args[@]}" --time-limit "${GPU_SOFT_S:-240}" --json "$OUT/gpu.json" "$@" 2>&1 \
     | tee -a "$LOG"
 rc=$?
-[ "$rc" = 124 ] && say "# stopped at the hard limit of ${GPU_LIMIT_S:-400} s: $OUT/gpu.json holds the parts finished"
+[ "$rc" = 124 ] && say "# stopped at the hard limit of ${GPU_LIMIT_S:-400} s: $OUT/gpu.json holds the card and the parts finished"
 say "# gpu_run.sh: exit $rc, $(date -u +%FT%TZ)"
 exit "$rc"
