@@ -16,7 +16,7 @@ import numpy as np
 
 from rba.errors import DataError
 
-__all__ = ["Dataset", "Splits", "load_dataset", "load_calibration_dataset", "make_splits"]
+__all__ = ["Dataset", "Splits", "ImageFiles", "load_dataset", "load_calibration_dataset", "make_splits"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 #: label cells that mean "no label" (pandas' default NA strings, compared lower-cased): never a class of their own
@@ -39,6 +39,8 @@ class Dataset:
     def subset(self, index: np.ndarray) -> "Dataset":
         if self.modality == "text":
             samples: Sequence[Any] = [self.samples[i] for i in index]
+        elif isinstance(self.samples, ImageFiles):
+            samples = self.samples.subset(index)  # still files: nothing decoded
         else:
             samples = np.asarray(self.samples)[index]
         labels = None if self.labels is None else self.labels[index]
@@ -51,6 +53,8 @@ class Dataset:
             for s in self.samples:
                 h.update(s.encode("utf-8", "replace"))
                 h.update(b"\0")
+        elif isinstance(self.samples, ImageFiles):
+            self.samples.update_hash(h)
         else:
             arr = np.ascontiguousarray(self.samples)
             h.update(str(arr.shape).encode())
@@ -61,6 +65,62 @@ class Dataset:
 
     def num_classes(self) -> int:
         return 0 if self.labels is None else int(len(np.unique(self.labels)))
+
+
+class ImageFiles:
+    """The images of an ``image-folder`` data set, decoded only when a batch is read: ``files[a:b]`` (or an index
+    array through :meth:`subset`) stays a list of files, ``images[a:b]`` decodes those images into a uint8
+    N×C×H×W array, resized on load to ``size`` (width, height), so that a folder of large images never sits in
+    memory at full size, nor all at once. ``np.asarray`` decodes them all."""
+
+    def __init__(self, files: Sequence[Path], size: tuple[int, int]):
+        self.files = list(files)
+        self.size = (int(size[0]), int(size[1]))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.files), 3, self.size[1], self.size[0])
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.decode(self.files[key])
+        files = self.files[key] if isinstance(key, slice) else [self.files[i] for i in np.asarray(key)]
+        if not files:
+            return np.empty((0, 3, self.size[1], self.size[0]), dtype=np.uint8)
+        return np.stack([self.decode(f) for f in files])
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self[:]
+        return arr if dtype is None else arr.astype(dtype)
+
+    def subset(self, index: np.ndarray) -> "ImageFiles":
+        return ImageFiles([self.files[i] for i in index], self.size)
+
+    def decode(self, path: Path) -> np.ndarray:
+        """One image as uint8 C×H×W (RGB), resized to ``size`` as it is decoded (a JPEG decodes at a reduced scale
+        first where that is still at least ``size``)."""
+        from PIL import Image
+
+        try:
+            with Image.open(path) as opened:
+                if opened.size != self.size:
+                    opened.draft("RGB", self.size)  # JPEG only: decode at the smallest scale ≥ size
+                img = opened.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable image data
+            raise DataError(f"cannot read the image {path}: {exc}; replace or remove the file") from None
+        if img.size != self.size:
+            img = img.resize(self.size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+        return np.asarray(img).transpose(2, 0, 1)
+
+    def update_hash(self, h) -> None:
+        """The files' bytes and the decoding size (the statistics cache key), read without decoding."""
+        h.update(f"image-folder {self.size}".encode())
+        for f in self.files:
+            h.update(f.name.encode("utf-8", "replace"))
+            h.update(hashlib.sha256(f.read_bytes()).digest())
 
 
 @dataclass
@@ -132,7 +192,7 @@ def _load(cfg, kind: str, raw_path: str | None, key: str, *, need_labels: bool |
     elif kind == "npz":
         ds = _npz(path)
     elif kind == "image-folder":
-        ds = _image_folder(path)
+        ds = _image_folder(path, d.image_size)
     else:  # validated by the config
         raise DataError(f"unknown data kind {kind!r}")
     if len(ds) == 0:
@@ -264,7 +324,10 @@ def _npz_labels(path: Path, labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def _image_folder(path: Path) -> Dataset:
+def _image_folder(path: Path, image_size: int | None = None) -> Dataset:
+    """One sub-folder of images per class, read lazily (:class:`ImageFiles`): every file is checked here (its
+    header and, where the format allows, its structure: PIL's ``verify``), none is decoded. Images are resized on
+    load to ``image_size`` squared, else to the first image's size."""
     from PIL import Image
 
     if not path.is_dir():
@@ -273,26 +336,23 @@ def _image_folder(path: Path) -> Dataset:
     classes = sorted(p.name for p in path.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{path} holds no class sub-folders (image-folder wants one sub-folder per class)")
-    arrays, labels = [], []
-    size = None
+    files, labels = [], []
+    size = (image_size, image_size) if image_size else None
     for ci, c in enumerate(classes):
         for f in sorted((path / c).iterdir()):
             if f.suffix.lower() not in _IMAGE_SUFFIXES:
                 continue
             try:
-                with Image.open(f) as opened:
-                    img = opened.convert("RGB")  # decodes the whole file: truncation shows here
+                with Image.open(f) as opened:  # reads the header only
+                    size = size or opened.size
+                    opened.verify()  # a truncated or damaged file fails here, before any work
             except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable image data
                 raise DataError(f"cannot read the image {f}: {exc}; replace or remove the file") from None
-            if size is None:
-                size = img.size
-            if img.size != size:
-                img = img.resize(size)
-            arrays.append(np.asarray(img).transpose(2, 0, 1))
+            files.append(f)
             labels.append(ci)
-    if not arrays:
+    if not files:
         raise DataError(f"{path} holds no images in its class folders")
-    return Dataset(np.stack(arrays), np.array(labels, dtype=np.int64), "image", classes, source=str(path))
+    return Dataset(ImageFiles(files, size), np.array(labels, dtype=np.int64), "image", classes, source=str(path))
 
 
 _WORDS = (

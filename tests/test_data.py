@@ -93,3 +93,48 @@ def test_missing_labels_where_none_are_needed_load_unlabelled(tmp_path, capsys):
     from rba.data import load_dataset
 
     assert load_dataset(load_config(cfg), need_labels=False).labels is None
+
+
+def test_image_folder_decodes_lazily_and_resized(tmp_path, monkeypatch):
+    """A folder of large images: loading and splitting decode none of them, a batch decodes only its own images,
+    each resized on load to data.image_size, so memory never holds a full-size image array; the pixels are
+    PIL's own decode and resize of each file."""
+    import tracemalloc
+
+    from rba.config import Config
+    from rba.data import ImageFiles, load_dataset, make_splits
+
+    rng = np.random.default_rng(0)
+    big = (1600, 1200)  # width, height: 5.8 MB per image as a uint8 array
+    root = tmp_path / "images"
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            base = np.linspace(0, 255, big[0], dtype=np.uint8)[None, :, None].repeat(big[1], 0).repeat(3, 2)
+            Image.fromarray(base ^ rng.integers(0, 32, size=(1, 1, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    cfg = Config.from_dict({"model": {"kind": "timm", "name": "test_vit", "pretrained": False},
+                            "data": {"kind": "image-folder", "path": str(root), "image_size": 32,
+                                     "calibration": 2, "probe": 2, "eval": 3}})
+    decoded = []
+    real = ImageFiles.decode
+    monkeypatch.setattr(ImageFiles, "decode", lambda self, path: decoded.append(path) or real(self, path))
+    tracemalloc.start()
+    ds = load_dataset(cfg)
+    splits = make_splits(ds, cfg, need_labels=True)
+    assert decoded == [] and len(ds) == 8 and list(ds.labels) == [0] * 4 + [1] * 4
+    ev = splits.eval.samples
+    batch = ev[0:2]
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert decoded == ev.files[0:2]  # the batch's two images, nothing else
+    assert batch.shape == (2, 3, 32, 32) and batch.dtype == np.uint8
+    assert peak < big[0] * big[1] * 3  # less than one full-size image was ever held as an array
+    for k, f in enumerate(ev.files[0:2]):
+        with Image.open(f) as img:
+            want = np.asarray(img.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR, reducing_gap=3.0))
+        np.testing.assert_array_equal(batch[k], want.transpose(2, 0, 1))
+    # the splits index the files the seed drew, and the fingerprint reads bytes, not pixels
+    files = [f for c in ("cat", "dog") for f in sorted((root / c).iterdir())]
+    assert ev.files == [files[i] for i in splits.indices["eval"]]
+    decoded.clear()
+    assert splits.calibration.fingerprint() != splits.probe.fingerprint() and decoded == []
