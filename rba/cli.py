@@ -336,18 +336,21 @@ class CompareFits(_Command):
 
 class Report(_Command):
     """Regenerate report.md and every plot of a finished `rba run` folder from its files (report.json and the
-    CSV tables), without loading the model or evaluating anything."""
+    CSV tables), without loading the model or evaluating anything; with --measure, measure the export's
+    speed-up lines again first (loads the model, the data and the export; runs no search)."""
 
     def add_arguments(self, parser):
         parser.add_argument("dir", help="output folder of a finished `rba run`")
+        parser.add_argument("--measure", action="store_true", help="measure the export's speed-up against the "
+                            "unmodified model again (PyTorch, and ONNX Runtime where the study wrote ONNX)")
 
     def take_action(self, args):
-        from search.report import render_report
+        from search.report import remeasure_report, render_report
 
         folder = Path(args.dir)
         if folder.is_dir():
             _check_writable_dir(folder, "study folder")
-        report = render_report(folder)
+        report = remeasure_report(folder) if args.measure else render_report(folder)
         print(f"report: wrote {report} and its plots", file=sys.stderr)
         return 0
 

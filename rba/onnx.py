@@ -255,9 +255,10 @@ def onnx_speedup(export_dir: str | Path, *, repeats: int = 20, threads: int | No
     ``rba export --format onnx``), on the batch in ``onnx_feed.npz``, measured interleaved (unmodified, export,
     then export, unmodified, … so that load changes and order hit both alike) after ``warmup`` runs of each.
 
-    Returns per-sample medians (``onnx_unmodified_ms``, ``onnx_export_ms``), the speed-up (median of the
-    per-repeat ratios) with its quartiles (``onnx_speedup``, ``onnx_speedup_q1``, ``onnx_speedup_q3``),
-    ``repeats``, ``threads`` and ``batch_size``."""
+    Returns per-sample medians (``onnx_unmodified_ms``, ``onnx_export_ms``), the speed-up (the ratio of those
+    medians, ``onnx_speedup``) with the quartiles of the per-repeat ratios (``onnx_speedup_q1``,
+    ``onnx_speedup_q3``), every repeat's times (``unmodified_times_ms``, ``export_times_ms``), ``repeats``,
+    ``threads`` and ``batch_size``."""
     folder = Path(export_dir)
     meta = _read_meta(folder / ONNX_META)
     files = [folder / ONNX_MODEL, folder / ONNX_UNMODIFIED, folder / ONNX_FEED]
@@ -277,4 +278,5 @@ def onnx_speedup(export_dir: str | Path, *, repeats: int = 20, threads: int | No
                             samples=n, repeats=repeats, warmup=warmup, alternate=True)
     return {"onnx_unmodified_ms": s["first_ms"], "onnx_export_ms": s["second_ms"], "onnx_speedup": s["speedup"],
             "onnx_speedup_q1": s["speedup_q1"], "onnx_speedup_q3": s["speedup_q3"],
+            "unmodified_times_ms": s["first_times_ms"], "export_times_ms": s["second_times_ms"],
             "repeats": repeats, "threads": threads, "batch_size": n}

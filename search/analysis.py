@@ -8,7 +8,8 @@ nothing is evaluated here, so ``rba report DIR`` recomputes them from the files 
 * :func:`prior_correlations`: Spearman correlation of each metric (oriented so that higher means more
   redundant) with the post-replacement fidelity and accuracy of every single span;
 * :func:`multi_span`: whether configurations of two spans or more reach the front, and what they add;
-* :func:`search_cost`: search wall time against one evaluation and an exhaustive sweep of the space.
+* :func:`search_cost`: search wall time against one evaluation and an exhaustive sweep of the space;
+* :func:`front_members`: the front as the report lists it, next to the unmodified model's reference row.
 
 Quality columns (accuracy, fidelity) are maximised, cost columns (flops_frac, params_frac, latency_ms) minimised.
 """
@@ -22,7 +23,10 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["hypervolume", "span_count", "redundant_spans", "compare_methods", "best_quality_at",
-           "prior_correlations", "multi_span", "search_cost", "feasible_rows"]
+           "prior_correlations", "multi_span", "search_cost", "feasible_rows", "front_members", "MAXIMISED"]
+
+#: result columns that are maximised; every other objective column is minimised
+MAXIMISED = ("accuracy", "fidelity")
 
 
 def span_count(spans: str) -> int:
@@ -172,3 +176,27 @@ def search_cost(trials: pd.DataFrame, *, search_wall_s: float, configurations: i
             "configurations": int(configurations), "exhaustive_s": float(exhaustive),
             "exhaustive_estimated": not exhaustive_run,
             "exhaustive_over_search": exhaustive / search_wall_s if search_wall_s > 0 else math.nan}
+
+
+def front_members(front: pd.DataFrame, reference: dict, columns: Sequence[str]) -> pd.DataFrame:
+    """The front as the report lists it under the unmodified model's reference row: without the unmodified
+    configuration (``"none"``, which the reference row already shows) and without any member the unmodified
+    model dominates in the objective ``columns`` (at least as good in each, better in one; accuracy and fidelity
+    maximised, the rest minimised), since a search that never evaluated ``"none"`` could not see them lose."""
+    if not len(front):
+        return front
+
+    def dominated(row) -> bool:
+        better = False
+        for c in columns:
+            r, q = float(reference[c]), float(row[c])
+            if math.isnan(r) or math.isnan(q):
+                return False
+            gain = (r - q) if c in MAXIMISED else (q - r)  # > 0: the reference is better in c
+            if gain < 0:
+                return False
+            better = better or gain > 0
+        return better
+
+    keep = [str(row["spans"]) != "none" and not dominated(row) for _, row in front.iterrows()]
+    return front[keep].reset_index(drop=True)

@@ -20,11 +20,13 @@ from rba.errors import RBAError
 from rba.files import atomic_path, atomic_write_json, atomic_write_text
 from rba.fit import fit_label
 from rba.spans import format_spans, parse_spans
+from search.analysis import front_members
 from search.baselines import br_greedy
 from search.objective import RESULT_COLUMNS
-from search.recording import SearchResult, StudyContext, log
+from search.recording import SearchResult, StudyContext, log, needs_labels
 
-__all__ = ["finish", "choose_export", "rule_columns", "measure_speedup", "write_report", "render_report",
+__all__ = ["finish", "choose_export", "rule_columns", "measure_speedup", "measure_export", "write_report",
+           "render_report", "remeasure_report",
            "read_report_inputs", "Choice", "ReportError", "REPORT_FORMAT"]
 
 
@@ -147,6 +149,12 @@ def complete_front(ctx: StudyContext, front: pd.DataFrame, session) -> tuple[pd.
     return front, reference
 
 
+def _write_pareto(out: Path, reference: pd.DataFrame, front: pd.DataFrame) -> None:
+    """``pareto.csv`` of ``rba run``: the reference row, then the front members (:func:`front_members`)."""
+    with atomic_path(out / "pareto.csv") as tmp:
+        pd.concat([reference, front], ignore_index=True).to_csv(tmp, index=False)
+
+
 def reference_row(reference: dict, columns: list[str]) -> pd.DataFrame:
     """The unmodified model as a ``pareto.csv`` row: no trial number, state ``REFERENCE``."""
     row = {c: reference.get(c) for c in RESULT_COLUMNS} | {"number": pd.NA, "feasible": True, "state": "REFERENCE",
@@ -159,7 +167,8 @@ def reference_row(reference: dict, columns: list[str]) -> pd.DataFrame:
 def measure_speedup(original, exported, samples, *, batch_size: int, repeats: int) -> dict:
     """Per-sample latency of the unmodified model and the export on one batch, measured back to back
     (original, export, original, export, …) after a warm-up of each, so that load changes hit both alike.
-    Returns the medians, the speed-up (median of the per-pair ratios) with its quartiles, threads and batch."""
+    Returns the medians, the speed-up (the ratio of the medians) with the quartiles of the per-repeat ratios,
+    every repeat's times, threads and batch (:func:`rba.timing.interleaved_speedup`)."""
     import torch
 
     from rba.timing import interleaved_speedup
@@ -171,6 +180,7 @@ def measure_speedup(original, exported, samples, *, batch_size: int, repeats: in
                                 repeats=repeats)
     return {"original_ms": s["first_ms"], "export_ms": s["second_ms"], "speedup": s["speedup"],
             "speedup_q1": s["speedup_q1"], "speedup_q3": s["speedup_q3"],
+            "original_times_ms": s["first_times_ms"], "export_times_ms": s["second_times_ms"],
             "repeats": repeats, "threads": torch.get_num_threads(), "batch_size": n}
 
 
@@ -249,22 +259,68 @@ def _single_rows(ctx: StudyContext, session, known: dict[str, dict]) -> pd.DataF
 
 def _export(ctx: StudyContext, session, choice: Choice, out: Path) -> dict:
     """Export the chosen configuration, reload it, evaluate it end to end and measure its speed-up."""
-    from rba.export import export_model, load_export
+    from rba.export import export_model
 
-    cfg = ctx.cfg
     spans = parse_spans(choice.row["spans"])
     folder = export_model(session, spans, out / "export", kind=ctx.objective.kind, mode=ctx.objective.mode)
     measured = session.evaluate_export(folder)
+    if ctx.cfg.run.onnx:
+        from rba.onnx import export_onnx
+
+        export_onnx(session, folder)
+    return {"measured": {c: measured.get(c) for c in RESULT_COLUMNS}} | measure_export(ctx.cfg, session, folder)
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def measure_export(cfg, session, folder: Path) -> dict:
+    """The speed-up records of an export folder against the session's unmodified model: ``speed`` (PyTorch,
+    also written to ``export/latency.json``) and, with ``[run] onnx`` and a current ONNX export in the folder,
+    ``onnx`` (ONNX Runtime, with the export check's largest relative difference); each with the load average
+    at its start and end."""
+    from rba.export import load_export
+    from rba.onnx import onnx_state
+
     model = cfg.model
     trusted = model.kind == "module" and model.trust_code
     exported = load_export(folder, device=str(session.adapter.device), trust_code=trusted,
                            factory=model.name if trusted else None)
+    load = _load()
     speed = measure_speedup(session.adapter, exported, session.splits.eval.samples,
                             batch_size=cfg.evaluate.batch_size, repeats=cfg.report.speedup_repeats)
-    atomic_write_json(out / "export" / "latency.json", speed)
-    onnx_lines, onnx_speed = _onnx_speedup(cfg, session, folder, measured["flops_frac"])
-    return {"measured": {c: measured.get(c) for c in RESULT_COLUMNS}, "speed": speed, "onnx_lines": onnx_lines,
-            "onnx": onnx_speed}
+    speed |= {"load_start": load, "load_end": _load()}
+    atomic_write_json(folder / "latency.json", speed)
+    onnx = _onnx_record(cfg, folder) if cfg.run.onnx and onnx_state(folder) == "current" else {}
+    return {"speed": speed, "onnx": onnx}
+
+
+def _onnx_record(cfg, folder: Path) -> dict:
+    """ONNX Runtime speed-up of the current ONNX export in ``folder``, with the export check's largest relative
+    difference and the load average at the start and end."""
+    from rba.onnx import ONNX_META, onnx_speedup
+
+    meta = json.loads((folder / ONNX_META).read_text())
+    load = _load()
+    onnx = onnx_speedup(folder, repeats=max(7, cfg.evaluate.latency_repeats))
+    return onnx | {"max_rel_diff": max(meta["max_rel_diff"].values()), "load_start": load, "load_end": _load()}
+
+
+def _load_text(record: dict) -> str:
+    return f", load {record['load_start']:.1f} → {record['load_end']:.1f}" if "load_start" in record else ""
+
+
+def _onnx_lines(s: dict, flops_frac: float) -> list[str]:
+    """The report's ONNX Runtime line from an ``onnx`` record of :func:`measure_export`."""
+    from rba.timing import speedup_text
+
+    return [f"ONNX Runtime (export/model.onnx against export/unmodified.onnx, both checked against PyTorch: max "
+            f"relative difference {s['max_rel_diff']:.2g}{_load_text(s)}): unmodified {s['onnx_unmodified_ms']:.4g} "
+            f"ms/sample, export {s['onnx_export_ms']:.4g} ms/sample (medians); "
+            + speedup_text(s["onnx_speedup"], s["onnx_speedup_q1"], s["onnx_speedup_q3"], repeats=s["repeats"],
+                           batch_size=s["batch_size"], threads=s["threads"])
+            + f", at flops_frac {flops_frac:.3g}.", ""]
 
 
 def _onnx_speedup(cfg, session, folder: Path, flops_frac: float) -> tuple[list[str], dict]:
@@ -272,16 +328,11 @@ def _onnx_speedup(cfg, session, folder: Path, flops_frac: float) -> tuple[list[s
     (report lines, summary keys); nothing otherwise."""
     if not cfg.run.onnx:
         return [], {}
-    from rba.onnx import export_onnx, onnx_speedup
+    from rba.onnx import export_onnx
 
-    meta = export_onnx(session, folder)
-    s = onnx_speedup(folder, repeats=max(7, cfg.evaluate.latency_repeats))
-    return [f"ONNX Runtime (export/model.onnx against export/unmodified.onnx, both checked against PyTorch: max "
-            f"relative difference {max(meta['max_rel_diff'].values()):.2g}; {s['repeats']} interleaved repeats, batch "
-            f"{s['batch_size']}, {s['threads']} threads): unmodified {s['onnx_unmodified_ms']:.4g} ms/sample, export "
-            f"{s['onnx_export_ms']:.4g} ms/sample (medians); speed-up {s['onnx_speedup']:.3g}× (quartiles "
-            f"{s['onnx_speedup_q1']:.3g}–{s['onnx_speedup_q3']:.3g}) at flops_frac {flops_frac:.3g}.", ""], \
-        {k: v for k, v in s.items() if k.startswith("onnx_")}
+    export_onnx(session, folder)
+    s = _onnx_record(cfg, folder)
+    return _onnx_lines(s, flops_frac), {k: v for k, v in s.items() if k.startswith("onnx_")}
 
 
 def _machine_line(load_start: float | None) -> str:
@@ -320,8 +371,8 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
     max_drop = cfg.run.max_drop
     quality, cost = rule_columns(ctx.objective.objectives)
     front, reference = complete_front(ctx, result.front, session)
-    with atomic_path(out / "pareto.csv") as tmp:
-        pd.concat([reference_row(reference, list(front.columns)), front], ignore_index=True).to_csv(tmp, index=False)
+    members = front_members(front, reference, ctx.objective.columns)
+    _write_pareto(out, reference_row(reference, list(front.columns)), members)
     choice = choose_export(front, reference, ctx.objective.objectives, max_drop)
     if not choice.within:
         log(f"warning: {choice.reason}")
@@ -351,7 +402,7 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
         f"search: {ctx.method} ({cfg.search.backend}, sampler {cfg.search.sampler}), objectives "
         f"{', '.join(ctx.objective.objectives)}, budgets {ctx.objective.budgets or 'none'}; {ctx.space.describe()}",
         f"trials: {int((result.trials['state'] == 'COMPLETE').sum())} complete of {len(result.trials)}; "
-        f"front: {len(front)} configurations",
+        f"front: {len(members)} configurations besides the unmodified model",
         _machine_line(load_start),
     ]
     trials_complete = int((result.trials["state"] == "COMPLETE").sum())
@@ -371,7 +422,7 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
         "timing": {"phases": list(phases.items()), "total_s": time.time() - started,  # a list keeps the order
                    "completed_before": completed_before},
     }
-    summary = {"trials_complete": trials_complete, "front_size": len(front),
+    summary = {"trials_complete": trials_complete, "front_size": len(members),
                "quality": quality, "cost": cost, "reference_quality": float(reference[quality]),
                "max_drop": max_drop, "within_drop": choice.within, "rule": choice.reason}
     if export is not None:
@@ -379,7 +430,7 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
                     "export_cost": float(choice.row[cost])}
         summary |= {c: float(export["measured"][c]) for c in ("accuracy", "fidelity", "flops_frac", "params_frac")}
         summary |= {k: export["speed"][k] for k in ("speedup", "speedup_q1", "speedup_q3")}
-        summary |= export["onnx"]
+        summary |= {k: v for k, v in export["onnx"].items() if k.startswith("onnx_")}
     atomic_write_json(out / "summary.json", summary)
     # what an earlier run of this folder wrote for a section this run leaves out would read as this run's
     stale = ([] if baselines else ["baselines.csv"]) + ([] if cfg.report.single_spans else ["singles.csv", "priors.png"])
@@ -436,6 +487,49 @@ def read_report_inputs(out: Path) -> dict:
     return data
 
 
+def remeasure_report(out: Path) -> Path:
+    """``rba report DIR --measure``: measure the export's speed-up lines again (PyTorch and, where the study
+    wrote one, ONNX Runtime) with the model and data of the folder's ``config.resolved.toml`` and the export on
+    disk, at the thread count the study used; update ``export/latency.json``, ``report.json`` and
+    ``summary.json``, then render the report (:func:`render_report`). No search, trial or front evaluation runs.
+    Returns the report's path."""
+    import torch
+
+    from rba.config import load_config
+    from rba.session import Session
+
+    out = Path(out)
+    data = read_report_inputs(out)  # everything checked before the model loads
+    info = data["info"]
+    export = info["export"]
+    folder = out / "export"
+    if export is None:
+        raise ReportError(f"{out}: the study exported nothing (no feasible configuration), so there is no speed-up "
+                          "to measure: run `rba report DIR` without --measure")
+    for need in (folder / "recipe.json", out / "config.resolved.toml"):
+        if not need.exists():
+            raise ReportError(f"{out} lacks {need.relative_to(out)}, which --measure needs (the export and the "
+                              "study's config): rerun `rba run` on this study to write it again")
+    cfg = load_config(out / "config.resolved.toml")
+    session = Session(cfg, need_labels=needs_labels(cfg), progress=False, measure_latency=False)  # rba run's splits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(export["speed"].get("threads", threads)))
+    try:
+        records = measure_export(cfg, session, folder)
+    finally:
+        torch.set_num_threads(threads)
+    export |= records
+    export.pop("onnx_lines", None)  # the ONNX line is rendered from the record now
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = {k: v for k, v in summary.items() if not k.startswith("onnx_")}
+    summary |= {k: records["speed"][k] for k in ("speedup", "speedup_q1", "speedup_q3")}
+    summary |= {k: v for k, v in records["onnx"].items() if k.startswith("onnx_")}
+    atomic_write_json(summary_path, summary)
+    atomic_write_json(out / "report.json", info)
+    return render_report(out)
+
+
 def render_report(out: Path) -> Path:
     """Write ``report.md`` and every plot of a finished ``rba run`` folder from its files alone (report.json and
     the CSV tables): no model is loaded and nothing is evaluated. ``rba run`` ends with it; ``rba report DIR``
@@ -451,8 +545,12 @@ def render_report(out: Path) -> Path:
     max_drop = info["max_drop"]
     trials, pareto, scores = data["trials"], data["pareto"], data["scores"]
     ref_row = pareto[pareto["state"] == "REFERENCE"]
-    front = pareto[pareto["state"] != "REFERENCE"].reset_index(drop=True)
     reference = ref_row.iloc[0].to_dict() if len(ref_row) else {c: math.nan for c in RESULT_COLUMNS}
+    listed = pareto[pareto["state"] != "REFERENCE"].reset_index(drop=True)
+    front = front_members(listed, reference, info["objective_columns"]) if len(ref_row) else listed
+    if len(front) < len(listed):  # written by an older rba: the "none" trial listed next to the reference row
+        _write_pareto(out, ref_row, front)
+        pareto = pd.concat([ref_row, front], ignore_index=True)
     baselines = data.get("baselines")
     singles = data.get("singles")
     choice = info["choice"]
@@ -466,7 +564,7 @@ def render_report(out: Path) -> Path:
     files = ["scores.csv", "scores.png", "trials.csv", "trials.parquet", "pareto.csv", "pareto.png"]
     files += (["baselines.csv"] if baselines is not None else []) + (["singles.csv"] if singles is not None else [])
     files += ["config.resolved.toml", "run.json", "summary.json", "report.json"]
-    lines = [f"# rba study: {info['name']}", "", *[f"- {h}" for h in info["header"]], ""]
+    lines = [f"# rba study: {info['name']}", "", *[f"- {h}" for h in info["header"] + _data_sources(out)], ""]
     lines_files = len(lines)
     lines += ["## Front", "",
               f"Sorted by {cost}; the first row is the unmodified model (a reference, not a trial). Accuracy is "
@@ -476,7 +574,7 @@ def render_report(out: Path) -> Path:
               f"The export is the cheapest feasible front member by {cost} whose {quality} is at most "
               f"max_drop = {max_drop:g} (absolute, `--max-drop`, `[run] max_drop`) below the unmodified model's; if "
               f"none is, the best-{quality} feasible member, with a warning.", "",
-              f"Picked: {choice['reason']}.", ""]
+              f"Picked: {choice['reason']}.{_picked_accuracy(info, reference, front, choice)}", ""]
     lines += _redundancy_section(scores, info)
     if baselines is not None:
         lines += _baselines_section(info, front, reference, baselines, choice)
@@ -503,6 +601,41 @@ def render_report(out: Path) -> Path:
     return report
 
 
+def _data_sources(out: Path) -> list[str]:
+    """Where the statistics and fits came from, and where the probe and eval splits came from, as the study's
+    resolved config says (a transfer study draws its calibration split from ``[data] calibration_path``)."""
+    import tomllib
+
+    try:
+        data = tomllib.loads((out / "config.resolved.toml").read_text())["data"]
+    except (OSError, ValueError, KeyError):
+        return []
+    main = f"{data.get('kind')} {data.get('path') or ''}".strip()
+    if data.get("calibration_path"):
+        cal = f"{data.get('calibration_kind') or data.get('kind')} {data['calibration_path']}"
+        return [f"calibration source (statistics and span fits): {cal}, another data set than the probe and eval "
+                f"splits (a transfer)", f"probe (classifier) and eval (every score here) source: {main}"]
+    return [f"calibration (statistics and span fits), probe (classifier) and eval (every score here): disjoint "
+            f"splits of one source, {main}"]
+
+
+def _chosen(front: pd.DataFrame, reference: dict, spans: str | None) -> dict | None:
+    """The exported configuration's row: a front member's, or the reference row for the unmodified model."""
+    if spans == "none":
+        return reference
+    row = front[front["spans"] == spans]
+    return row.iloc[0].to_dict() if spans is not None and len(row) else None
+
+
+def _picked_accuracy(info: dict, reference: dict, front: pd.DataFrame, choice: dict) -> str:
+    """With a fidelity rule, what the pick costs in accuracy (when the data has labels)."""
+    row = _chosen(front, reference, choice["spans"])
+    if info["quality"] == "accuracy" or row is None or pd.isna(row.get("accuracy")) or pd.isna(reference.get("accuracy")):
+        return ""
+    return (f" The rule reads {info['quality']}; its accuracy is {row['accuracy']:.4g} against the unmodified "
+            f"model's {reference['accuracy']:.4g}.")
+
+
 def _redundancy_section(scores: pd.DataFrame, info: dict) -> list[str]:
     from search.analysis import redundant_spans
 
@@ -521,9 +654,8 @@ def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselin
              "The same rule applied to each baseline's configurations (BR-greedy: the paper's heuristic, "
              "fitted spans; block-drop: spans replaced by the identity). Configurations the trials evaluated carry "
              "the trials' results (`source` = trial; accuracy only where the search computed it):", ""]
-    row = front[front["spans"] == choice["spans"]]
-    if choice["spans"] is not None and len(row):
-        r = row.iloc[0]
+    r = _chosen(front, reference, choice["spans"])
+    if r is not None:
         lines.append(f"- search: `{choice['spans']}`, {quality} {r[quality]:.4g}, {cost} {r[cost]:.4g}")
     else:
         lines.append("- search: nothing feasible")
@@ -652,8 +784,20 @@ def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: di
     export = info["export"]
     if export is None:
         return ["## Exported configuration", "", "No feasible configuration: nothing exported.", ""]
-    row = front[front["spans"] == choice["spans"]].iloc[0]
+    row = _chosen(front, reference, choice["spans"])
     speed = export["speed"]
+    if "original_times_ms" in speed:
+        from rba.timing import speedup_text
+
+        headline = speedup_text(speed["speedup"], speed["speedup_q1"], speed["speedup_q3"], repeats=speed["repeats"],
+                                batch_size=speed["batch_size"], threads=speed["threads"])
+    else:  # a record of an older rba, which did not keep the times
+        headline = (f"speed-up {speed['speedup']:.3g}× (an older rba's median of per-repeat ratios, quartiles "
+                    f"{speed['speedup_q1']:.3g}–{speed['speedup_q3']:.3g}; `rba report DIR --measure` measures it "
+                    "again as the ratio of the medians)")
+    onnx = export.get("onnx") or {}
+    onnx_lines = (_onnx_lines(onnx, export["measured"]["flops_frac"]) if "unmodified_times_ms" in onnx
+                  else export.get("onnx_lines", []))
     return ["## Exported configuration", "",
             f"`{choice['spans']}`, written to `export/` (model.safetensors + recipe.json, with its classifier head "
             "when the data has labels: `rba.head_logits`). Reloaded and evaluated end to end:", "",
@@ -662,11 +806,10 @@ def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: di
                                     {"source": "export (measured)"} | {c: export["measured"].get(c)
                                                                        for c in RESULT_COLUMNS}])),
             "",
-            f"Latency, measured back to back ({speed['repeats']} interleaved repeats of unmodified model and export, "
-            f"batch {speed['batch_size']}, {speed['threads']} threads): unmodified {speed['original_ms']:.4g} "
-            f"ms/sample, export {speed['export_ms']:.4g} ms/sample (medians); speed-up {speed['speedup']:.3g}× "
-            f"(quartiles {speed['speedup_q1']:.3g}–{speed['speedup_q3']:.3g}). Written to export/latency.json.", "",
-            *export.get("onnx_lines", [])]
+            f"Latency, measured back to back (unmodified model and export interleaved{_load_text(speed)}): unmodified "
+            f"{speed['original_ms']:.4g} ms/sample, export {speed['export_ms']:.4g} ms/sample (medians); {headline}. "
+            "Written to export/latency.json.", "",
+            *onnx_lines]
 
 
 def _markdown(df: pd.DataFrame) -> str:

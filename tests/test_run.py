@@ -125,6 +125,7 @@ def test_max_drop_zero_picks_best_quality_with_warning(study, capsys):
     assert "warning: no feasible front member is within 0" in capsys.readouterr().err
     after = pd.read_csv(out / "trials.csv")
     assert len(after) == len(before)
+    pd.testing.assert_frame_equal(after, before)  # no trial ran again: same numbers, values and durations
     pareto = pd.read_csv(out / "pareto.csv")
     expected, within = _expected_pick(pareto.iloc[1:], pareto.iloc[0], 0.0)
     assert not within
@@ -134,6 +135,69 @@ def test_max_drop_zero_picks_best_quality_with_warning(study, capsys):
     # the cost section says that this run's search time covers none of the trials
     done = int((after["state"] == "COMPLETE").sum())
     assert f"The study resumed: {done} of its {done} completed trials ran before this run" in text
+
+
+def _brute_front(rows: pd.DataFrame, columns: dict[str, bool]) -> set[str]:
+    """Configurations no other row dominates (column → maximised?), by pairwise comparison."""
+    keep = set()
+    for _, a in rows.iterrows():
+        dominated = False
+        for _, b in rows.iterrows():
+            ge = all((b[c] >= a[c]) if up else (b[c] <= a[c]) for c, up in columns.items())
+            gt = any((b[c] > a[c]) if up else (b[c] < a[c]) for c, up in columns.items())
+            dominated = dominated or (ge and gt)
+        if not dominated:
+            keep.add(str(a["spans"]))
+    return keep
+
+
+def test_front_lists_the_unmodified_model_once(study):
+    """pareto.csv (and the report's table): the reference row, then exactly the configurations a brute-force
+    Pareto mask over the feasible completed trials and the reference keeps, without the "none" configuration."""
+    cfg, report = study
+    out = cfg.output_dir()
+    trials, pareto = pd.read_csv(out / "trials.csv"), pd.read_csv(out / "pareto.csv")
+    ref = pareto[pareto["state"] == "REFERENCE"]
+    assert len(ref) == 1 and (pareto["spans"] == "none").sum() == 1
+    done = trials[(trials["state"] == "COMPLETE") & trials["feasible"].astype(bool) & ~trials["stopped_early"].astype(bool)]
+    candidates = pd.concat([done, ref], ignore_index=True)
+    expected = _brute_front(candidates, {"fidelity": True, "flops": False}) - {"none"}
+    members = pareto[pareto["state"] != "REFERENCE"]
+    assert set(members["spans"]) == expected and len(members) == len(expected)
+    table = report.read_text().split("## Front")[1].split("## Export rule")[0]
+    assert sum(ln.startswith("|  | none |") or "| none |" in ln for ln in table.splitlines()) == 1
+
+
+def test_front_members_against_a_brute_force_mask():
+    from search.analysis import front_members
+
+    front = pd.DataFrame({"spans": ["none", "0-1", "1-2", "0-2", "2-3"],
+                          "accuracy": [0.80, 0.78, 0.80, 0.70, 0.81],
+                          "latency_ms": [2.0, 1.0, 2.5, 1.5, 2.0]})
+    reference = {"accuracy": 0.80, "latency_ms": 2.0}
+    got = front_members(front, reference, ["accuracy", "latency_ms"])
+    rows = pd.concat([front, pd.DataFrame([{"spans": "REF"} | reference])], ignore_index=True)
+    # a member the reference dominates (1-2: same accuracy, slower) goes; so does "none"; the rest stay
+    dominated_by_ref = {s for s in front["spans"] if s not in _brute_front(rows[rows["spans"].isin([s, "REF"])],
+                                                                           {"accuracy": True, "latency_ms": False})}
+    assert list(got["spans"]) == [s for s in front["spans"] if s != "none" and s not in dominated_by_ref]
+    assert list(got["spans"]) == ["0-1", "0-2", "2-3"]
+
+
+def test_report_names_the_data_sources(study, tmp_path):
+    """A transfer study's report says where the statistics came from and where probe and eval came from."""
+    from search.report import _data_sources
+
+    cfg, report = study
+    assert "disjoint splits of one source" in report.read_text()
+    text = (cfg.output_dir() / "config.resolved.toml").read_text()
+    assert "# calibration_path = (unset)" in text
+    (tmp_path / "config.resolved.toml").write_text(
+        text.replace("# calibration_path = (unset)", 'calibration_path = "/data/digits.npz"')
+            .replace("# calibration_kind = (unset)", 'calibration_kind = "npz"'))
+    lines = _data_sources(tmp_path)
+    assert lines[0].startswith("calibration source (statistics and span fits): npz /data/digits.npz")
+    assert lines[1].startswith("probe (classifier) and eval (every score here) source: synthetic")
 
 
 def test_max_drop_refused_when_negative(study, capsys):
@@ -174,6 +238,81 @@ def test_speedup_is_measured_back_to_back(monkeypatch):
     assert speed["speedup"] == pytest.approx(4.0)
     assert speed["speedup_q1"] == pytest.approx(np.percentile(ratios, 25))
     assert speed["speedup_q3"] == pytest.approx(np.percentile(ratios, 75))
+
+
+def test_speedup_is_the_ratio_of_the_medians(monkeypatch):
+    """Per-repeat times on a fake clock where most per-repeat ratios favour the export but its median latency is
+    the slower: the speed-up reads < 1 (the ratio of the medians), the spread is the per-repeat ratios' quartiles."""
+    import statistics
+
+    clock = [0.0]
+    monkeypatch.setattr("search.report.time.perf_counter", lambda: clock[0])
+    seconds = {"o": iter([1.0, 1.0, 1.0, 3.0, 2.0]), "e": iter([1.0, 1.0, 2.5, 2.9, 1.9])}  # 2 warm-ups, 3 repeats
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def collate(self, samples):
+            return samples
+
+        def forward(self, batch):
+            clock[0] += next(seconds[self.name])
+
+    speed = measure_speedup(Fake("o"), Fake("e"), list(range(4)), batch_size=4, repeats=3)
+    o, e = np.array(speed["original_times_ms"]), np.array(speed["export_times_ms"])
+    np.testing.assert_allclose(o, np.array([1.0, 3.0, 2.0]) * 1000 / 4)
+    np.testing.assert_allclose(e, np.array([2.5, 2.9, 1.9]) * 1000 / 4)
+    assert np.median(o / e) > 1  # what the old headline said
+    assert speed["speedup"] == pytest.approx(np.median(o) / np.median(e)) and speed["speedup"] < 1
+    assert speed["speedup"] == pytest.approx(statistics.median([1, 3, 2]) / statistics.median([2.5, 2.9, 1.9]))
+    assert (speed["speedup_q1"], speed["speedup_q3"]) == pytest.approx(tuple(np.percentile(o / e, [25, 75])))
+
+
+def test_rba_report_measure_refreshes_the_speedup_without_a_search(study, tmp_path, monkeypatch, capsys):
+    """A folder an older rba wrote (the "none" trial next to the reference row, a speed record without its
+    times): `rba report DIR --measure` measures the export's speed-up again from the files on disk, runs no
+    trial, and the report's line is the ratio of the recorded medians."""
+    cfg, _ = study
+    out = tmp_path / "old"
+    shutil.copytree(cfg.output_dir(), out)
+    pareto = pd.read_csv(out / "pareto.csv", dtype={"spans": "string"})
+    trials = pd.read_csv(out / "trials.csv", dtype={"spans": "string"})
+    none = trials[trials["spans"] == "none"].head(1)
+    if not len(none):  # as an older rba listed it: the "none" trial among the front members
+        none = pareto[pareto["state"] == "REFERENCE"].assign(number=999, state="COMPLETE")
+    pd.concat([pareto, none], ignore_index=True).to_csv(out / "pareto.csv", index=False)
+    info = json.loads((out / "report.json").read_text())
+    for key in ("original_times_ms", "export_times_ms", "load_start", "load_end"):
+        info["export"]["speed"].pop(key)
+    (out / "report.json").write_text(json.dumps(info))
+    study_db = (out / "study.db").read_bytes()
+    trials_csv = (out / "trials.csv").read_bytes()
+
+    def no_trial(*args, **kwargs):
+        raise AssertionError("rba report --measure evaluated a configuration")
+
+    monkeypatch.setattr("search.objective.Objective.__call__", no_trial)
+    monkeypatch.setattr("rba.session.Session.evaluate", no_trial)
+    assert cli_main(["report", str(out), "--measure"]) == 0
+    assert (out / "study.db").read_bytes() == study_db and (out / "trials.csv").read_bytes() == trials_csv
+    latency = json.loads((out / "export" / "latency.json").read_text())
+    o, e = np.array(latency["original_times_ms"]), np.array(latency["export_times_ms"])
+    assert len(o) == len(e) == cfg.report.speedup_repeats
+    speedup = float(np.median(o) / np.median(e))
+    q1, q3 = np.percentile(o / e, [25, 75])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["speedup"] == pytest.approx(speedup) and summary["speedup_q1"] == pytest.approx(q1)
+    assert json.loads((out / "report.json").read_text())["export"]["speed"] == latency
+    text = (out / "report.md").read_text()
+    assert (f"unmodified {np.median(o):.4g} ms/sample, export {np.median(e):.4g} ms/sample (medians); speed-up "
+            f"{speedup:.3g}× (ratio of the medians; per-repeat ratios: interquartile range {q1:.3g}–{q3:.3g} over "
+            f"{len(o)} interleaved repeats, batch {latency['batch_size']}") in text
+    # the front lists the unmodified model once, as the reference row, in the table and in pareto.csv
+    fixed = pd.read_csv(out / "pareto.csv")
+    assert (fixed["spans"] == "none").sum() == 1 and fixed.loc[fixed["spans"] == "none", "state"].item() == "REFERENCE"
+    table = text.split("## Front")[1].split("## Export rule")[0]
+    assert sum("| none |" in ln for ln in table.splitlines()) == 1
 
 
 def test_sentence_transformer_runs_with_an_export_head():
