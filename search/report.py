@@ -571,9 +571,10 @@ def render_report(out: Path) -> Path:
               "evaluated here for front members whose trials did not compute it (when the data has labels).", "",
               _markdown(pareto), "", "![front](pareto.png)", "",
               "## Export rule", "",
-              f"The export is the cheapest feasible front member by {cost} whose {quality} is at most "
-              f"max_drop = {max_drop:g} (absolute, `--max-drop`, `[run] max_drop`) below the unmodified model's; if "
-              f"none is, the best-{quality} feasible member, with a warning.", "",
+              f"The export is the cheapest feasible front member by {cost} ({_why_column(cost, info, COST_COLUMNS)}) "
+              f"whose {quality} ({_why_column(quality, info, QUALITY)}) is at most max_drop = {max_drop:g} (absolute, `--max-drop`, "
+              f"`[run] max_drop`) below the unmodified model's; if none is, the best-{quality} feasible member, with a "
+              "warning.", "",
               f"Picked: {choice['reason']}.{_picked_accuracy(info, reference, front, choice)}", ""]
     lines += _redundancy_section(scores, info)
     if baselines is not None:
@@ -599,6 +600,13 @@ def render_report(out: Path) -> Path:
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines))
     return report
+
+
+def _why_column(column: str, info: dict, kinds) -> str:
+    """Why the export rule reads ``column``: the first objective of its kind, or the default when none is."""
+    first = next((o for o in info["objectives"] if o in kinds), None)
+    kind = "quality" if kinds is QUALITY else "cost"
+    return f"the first {kind} objective" if first is not None else f"no {kind} objective: the default"
 
 
 def _data_sources(out: Path) -> list[str]:
