@@ -23,7 +23,7 @@ from rba.spans import format_spans, parse_spans
 from search.analysis import front_members
 from search.baselines import br_greedy
 from search.objective import RESULT_COLUMNS
-from search.recording import SearchResult, StudyContext, log, needs_labels
+from search.recording import SearchResult, StudyContext, log
 
 __all__ = ["finish", "choose_export", "rule_columns", "measure_speedup", "measure_export", "write_report",
            "render_report", "remeasure_report",
@@ -151,8 +151,10 @@ def complete_front(ctx: StudyContext, front: pd.DataFrame, session) -> tuple[pd.
 
 def _write_pareto(out: Path, reference: pd.DataFrame, front: pd.DataFrame) -> None:
     """``pareto.csv`` of ``rba run``: the reference row, then the front members (:func:`front_members`)."""
+    table = pd.concat([reference, front], ignore_index=True)
+    table["number"] = table["number"].astype("Int64")  # the reference row has none: no float trial numbers
     with atomic_path(out / "pareto.csv") as tmp:
-        pd.concat([reference, front], ignore_index=True).to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False)
 
 
 def reference_row(reference: dict, columns: list[str]) -> pd.DataFrame:
@@ -401,8 +403,6 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
         f"fit: {fit_label(ctx.objective.kind)}, mode {cfg.fit.mode}, ridge {cfg.fit.ridge:g}",
         f"search: {ctx.method} ({cfg.search.backend}, sampler {cfg.search.sampler}), objectives "
         f"{', '.join(ctx.objective.objectives)}, budgets {ctx.objective.budgets or 'none'}; {ctx.space.describe()}",
-        f"trials: {int((result.trials['state'] == 'COMPLETE').sum())} complete of {len(result.trials)}; "
-        f"front: {len(members)} configurations besides the unmodified model",
         _machine_line(load_start),
     ]
     trials_complete = int((result.trials["state"] == "COMPLETE").sum())
@@ -491,8 +491,9 @@ def remeasure_report(out: Path) -> Path:
     """``rba report DIR --measure``: measure the export's speed-up lines again (PyTorch and, where the study
     wrote one, ONNX Runtime) with the model and data of the folder's ``config.resolved.toml`` and the export on
     disk, at the thread count the study used; update ``export/latency.json``, ``report.json`` and
-    ``summary.json``, then render the report (:func:`render_report`). No search, trial or front evaluation runs.
-    Returns the report's path."""
+    ``summary.json``, then render the report (:func:`render_report`). A folder without ``export/`` (a committed
+    report keeps no weights) gets the chosen configuration exported again from the statistics (the closed-form
+    fits of the same calibration split). No search, trial or front evaluation runs. Returns the report's path."""
     import torch
 
     from rba.config import load_config
@@ -506,12 +507,23 @@ def remeasure_report(out: Path) -> Path:
     if export is None:
         raise ReportError(f"{out}: the study exported nothing (no feasible configuration), so there is no speed-up "
                           "to measure: run `rba report DIR` without --measure")
-    for need in (folder / "recipe.json", out / "config.resolved.toml"):
-        if not need.exists():
-            raise ReportError(f"{out} lacks {need.relative_to(out)}, which --measure needs (the export and the "
-                              "study's config): rerun `rba run` on this study to write it again")
+    if not (out / "config.resolved.toml").exists():
+        raise ReportError(f"{out} lacks config.resolved.toml, which --measure needs (the study's model and data): "
+                          "rerun `rba run` on this study to write it again")
     cfg = load_config(out / "config.resolved.toml")
-    session = Session(cfg, need_labels=needs_labels(cfg), progress=False, measure_latency=False)  # rba run's splits
+    # labels where the data has them, as rba run's report step (its export carries the probe head then)
+    session = Session(cfg, need_labels=None, progress=False, measure_latency=False)
+    if not (folder / "recipe.json").exists():  # a committed report keeps no weights: export the choice again
+        from rba.export import export_model
+
+        spans = info["choice"]["spans"]
+        log(f"report: {folder} holds no export: exporting `{spans}` again from the statistics")
+        export_model(session, parse_spans(spans), folder, mode=cfg.fit.mode,
+                     kind="identity" if info["method"] == "block-drop" else cfg.fit.kind)
+        if cfg.run.onnx:
+            from rba.onnx import export_onnx
+
+            export_onnx(session, folder)
     threads = torch.get_num_threads()
     torch.set_num_threads(int(export["speed"].get("threads", threads)))
     try:
@@ -564,7 +576,11 @@ def render_report(out: Path) -> Path:
     files = ["scores.csv", "scores.png", "trials.csv", "trials.parquet", "pareto.csv", "pareto.png"]
     files += (["baselines.csv"] if baselines is not None else []) + (["singles.csv"] if singles is not None else [])
     files += ["config.resolved.toml", "run.json", "summary.json", "report.json"]
-    lines = [f"# rba study: {info['name']}", "", *[f"- {h}" for h in info["header"] + _data_sources(out)], ""]
+    # the trials line is counted from the tables (an older rba stored it, counting the "none" trial in the front)
+    header = [h for h in info["header"] if not h.startswith("trials: ")]
+    header.insert(len(header) - 1, f"trials: {int((trials['state'] == 'COMPLETE').sum())} complete of {len(trials)}; "
+                                   f"front: {len(front)} configurations besides the unmodified model")
+    lines = [f"# rba study: {info['name']}", "", *[f"- {h}" for h in header + _data_sources(out)], ""]
     lines_files = len(lines)
     lines += ["## Front", "",
               f"Sorted by {cost}; the first row is the unmodified model (a reference, not a trial). Accuracy is "

@@ -271,11 +271,14 @@ def test_speedup_is_the_ratio_of_the_medians(monkeypatch):
 
 def test_rba_report_measure_refreshes_the_speedup_without_a_search(study, tmp_path, monkeypatch, capsys):
     """A folder an older rba wrote (the "none" trial next to the reference row, a speed record without its
-    times): `rba report DIR --measure` measures the export's speed-up again from the files on disk, runs no
-    trial, and the report's line is the ratio of the recorded medians."""
+    times), without its export/ (as committed): `rba report DIR --measure` exports the choice again from the
+    statistics and measures its speed-up, runs no trial, and the report's line is the ratio of the recorded
+    medians."""
     cfg, _ = study
     out = tmp_path / "old"
     shutil.copytree(cfg.output_dir(), out)
+    recipe = json.loads((out / "export" / "recipe.json").read_text())
+    shutil.rmtree(out / "export")  # as in a committed report, which keeps no weights
     pareto = pd.read_csv(out / "pareto.csv", dtype={"spans": "string"})
     trials = pd.read_csv(out / "trials.csv", dtype={"spans": "string"})
     none = trials[trials["spans"] == "none"].head(1)
@@ -296,6 +299,9 @@ def test_rba_report_measure_refreshes_the_speedup_without_a_search(study, tmp_pa
     monkeypatch.setattr("rba.session.Session.evaluate", no_trial)
     assert cli_main(["report", str(out), "--measure"]) == 0
     assert (out / "study.db").read_bytes() == study_db and (out / "trials.csv").read_bytes() == trials_csv
+    again = json.loads((out / "export" / "recipe.json").read_text())  # the choice exported again, identically
+    assert again["spans"] == recipe["spans"] == json.loads((out / "report.json").read_text())["choice"]["spans"]
+    assert again["recipe_sha256"] == recipe["recipe_sha256"]
     latency = json.loads((out / "export" / "latency.json").read_text())
     o, e = np.array(latency["original_times_ms"]), np.array(latency["export_times_ms"])
     assert len(o) == len(e) == cfg.report.speedup_repeats
@@ -310,6 +316,8 @@ def test_rba_report_measure_refreshes_the_speedup_without_a_search(study, tmp_pa
             f"{len(o)} interleaved repeats, batch {latency['batch_size']}") in text
     # the front lists the unmodified model once, as the reference row, in the table and in pareto.csv
     fixed = pd.read_csv(out / "pareto.csv")
+    assert all(not ln.split(",")[0].endswith(".0") for ln in (out / "pareto.csv").read_text().splitlines())
+    assert f"front: {len(fixed) - 1} configurations besides the unmodified model" in text
     assert (fixed["spans"] == "none").sum() == 1 and fixed.loc[fixed["spans"] == "none", "state"].item() == "REFERENCE"
     table = text.split("## Front")[1].split("## Export rule")[0]
     assert sum("| none |" in ln for ln in table.splitlines()) == 1
