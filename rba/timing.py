@@ -39,5 +39,5 @@ def interleaved_speedup(first: Callable[[], object], second: Callable[[], object
 
 def speedup_text(speedup: float, q1: float, q3: float, *, repeats: int, batch_size: int, threads: int) -> str:
     """The speed-up as every report states it: the ratio of the medians, then its spread and conditions."""
-    return (f"speed-up {speedup:.3g}× (ratio of the medians; per-repeat ratios: interquartile range {q1:.3g}–{q3:.3g} "
-            f"over {repeats} interleaved repeats, batch {batch_size}, {threads} thread{'s' if threads != 1 else ''})")
+    return (f"speed-up {speedup:.3g}× (ratio of the medians; per-repeat ratios: interquartile range "
+            f"{q1:.3g}–{q3:.3g} over {repeats} interleaved repeats, batch {batch_size}, {threads} thread{'s' if threads != 1 else ''})")

@@ -510,10 +510,20 @@ def remeasure_report(out: Path) -> Path:
     if not (out / "config.resolved.toml").exists():
         raise ReportError(f"{out} lacks config.resolved.toml, which --measure needs (the study's model and data): "
                           "rerun `rba run` on this study to write it again")
+    exists = (folder / "recipe.json").exists()
+    if exists:
+        try:
+            exported = json.loads((folder / "recipe.json").read_text()).get("spans")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            exported = "an unreadable recipe"
+        if exported != info["choice"]["spans"]:
+            raise ReportError(f"{folder} holds an export of `{exported}`, but the report chose "
+                              f"`{info['choice']['spans']}`: rerun `rba run` on this study, or remove export/ to "
+                              "export the report's choice again")
     cfg = load_config(out / "config.resolved.toml")
     # labels where the data has them, as rba run's report step (its export carries the probe head then)
     session = Session(cfg, need_labels=None, progress=False, measure_latency=False)
-    if not (folder / "recipe.json").exists():  # a committed report keeps no weights: export the choice again
+    if not exists:  # a committed report keeps no weights: export the choice again
         from rba.export import export_model
 
         spans = info["choice"]["spans"]
@@ -588,8 +598,8 @@ def render_report(out: Path) -> Path:
               _markdown(pareto), "", "![front](pareto.png)", "",
               "## Export rule", "",
               f"The export is the cheapest feasible front member by {cost} ({_why_column(cost, info, COST_COLUMNS)}) "
-              f"whose {quality} ({_why_column(quality, info, QUALITY)}) is at most max_drop = {max_drop:g} (absolute, `--max-drop`, "
-              f"`[run] max_drop`) below the unmodified model's; if none is, the best-{quality} feasible member, with a "
+              f"whose {quality} ({_why_column(quality, info, QUALITY)}) is at most max_drop = {max_drop:g} "
+              f"(absolute, `--max-drop`, `[run] max_drop`) below the unmodified model's; if none is, the best-{quality} feasible member, with a "
               "warning.", "",
               f"Picked: {choice['reason']}.{_picked_accuracy(info, reference, front, choice)}", ""]
     lines += _redundancy_section(scores, info)
@@ -654,7 +664,8 @@ def _chosen(front: pd.DataFrame, reference: dict, spans: str | None) -> dict | N
 def _picked_accuracy(info: dict, reference: dict, front: pd.DataFrame, choice: dict) -> str:
     """With a fidelity rule, what the pick costs in accuracy (when the data has labels)."""
     row = _chosen(front, reference, choice["spans"])
-    if info["quality"] == "accuracy" or row is None or pd.isna(row.get("accuracy")) or pd.isna(reference.get("accuracy")):
+    if (info["quality"] == "accuracy" or row is None or pd.isna(row.get("accuracy"))
+            or pd.isna(reference.get("accuracy"))):
         return ""
     return (f" The rule reads {info['quality']}; its accuracy is {row['accuracy']:.4g} against the unmodified "
             f"model's {reference['accuracy']:.4g}.")

@@ -159,7 +159,8 @@ def test_front_lists_the_unmodified_model_once(study):
     trials, pareto = pd.read_csv(out / "trials.csv"), pd.read_csv(out / "pareto.csv")
     ref = pareto[pareto["state"] == "REFERENCE"]
     assert len(ref) == 1 and (pareto["spans"] == "none").sum() == 1
-    done = trials[(trials["state"] == "COMPLETE") & trials["feasible"].astype(bool) & ~trials["stopped_early"].astype(bool)]
+    done = trials[(trials["state"] == "COMPLETE") & trials["feasible"].astype(bool)
+                  & ~trials["stopped_early"].astype(bool)]
     candidates = pd.concat([done, ref], ignore_index=True)
     expected = _brute_front(candidates, {"fidelity": True, "flops": False}) - {"none"}
     members = pareto[pareto["state"] != "REFERENCE"]
@@ -400,6 +401,18 @@ def test_rba_report_refuses_what_it_cannot_render(study, tmp_path, capsys, damag
                 "bad report.json": "cannot be read", "old format": "report format 0", "no folder": "is not a folder"}
     assert expected[damage] in err[0]
     assert not any((out / name).exists() for name in REPORT_FILES)  # nothing written
+
+
+def test_rba_report_measure_refuses_an_export_of_another_configuration(study, tmp_path, capsys):
+    cfg, _ = study
+    out = tmp_path / "other"
+    shutil.copytree(cfg.output_dir(), out, ignore=shutil.ignore_patterns("study.db*", "report.md"))
+    recipe = json.loads((out / "export" / "recipe.json").read_text())
+    (out / "export" / "recipe.json").write_text(json.dumps(recipe | {"spans": "0-1"}))
+    assert cli_main(["report", str(out), "--measure"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rba: error:") and "holds an export of `0-1`" in err[0], err
+    assert not (out / "report.md").exists()
 
 
 def _hand_ranks_corr(x, y) -> float:
