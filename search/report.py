@@ -1,7 +1,8 @@
 """The files a finished study leaves: the tables, the front plot and ``run.json`` (:func:`finish`), and for
 ``rba run`` the front member to export (:func:`choose_export`), what the report needs (:func:`write_report`:
 ``pareto.csv``, ``baselines.csv``, ``singles.csv``, ``report.json``, the export) and ``report.md`` with its plots,
-rendered from those files alone (:func:`render_report`, also ``rba report DIR``)."""
+rendered from those files alone (:func:`render_report`, also ``rba report DIR``; :func:`remeasure_report`,
+``rba report DIR --measure``, first times the export on disk again)."""
 
 from __future__ import annotations
 
