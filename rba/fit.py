@@ -364,7 +364,9 @@ def _inverse(stats: Statistics, k: int, ridge: float, span: Span, *, with_bias: 
     for _ in range(20):
         chol, info = torch.linalg.cholesky_ex(_ridged(a, lam, stats.center[k] if with_bias else None))
         if int(info) == 0:
-            cache[key] = torch.cholesky_inverse(chol), lam
+            # exactly symmetric; LAPACK returns it column-major, and its transpose is the same matrix row-major,
+            # the layout of every B it multiplies (no copy)
+            cache[key] = torch.cholesky_inverse(chol).mT, lam
             return cache[key]
         lam = max(lam * 10, 1e-12 * scale)
         warnings.warn(

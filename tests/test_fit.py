@@ -108,3 +108,21 @@ def test_rank_deficient_statistics_warn_and_stay_finite(tmp_path, images):
     with pytest.warns(RankDeficientWarning):  # ridge 0 cannot factor: raised until it can
         fit0 = fit_span(stats, (2, 3), "affine", 0.0)
     assert torch.isfinite(fit0.weight).all()
+
+
+def test_cached_inverse_is_the_symmetric_row_major_inverse(captured):
+    """The per-boundary inverse every span from that boundary multiplies by is kept as the row-major view of LAPACK's
+    column-major result: that is only right because it is exactly symmetric; and it is the inverse of the ridged
+    system (checked with numpy on the same matrix)."""
+    from rba.fit import _inverse, _ridged
+
+    adapter, _, s64, _ = captured
+    i, j = _spans(adapter)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RankDeficientWarning)
+        fit_span(s64, (i, j), "affine", 1e-6)
+    inv, lam = _inverse(s64, i, 1e-6, (i, j), with_bias=True)
+    assert inv.is_contiguous()
+    assert torch.equal(inv, inv.mT)
+    system = _ridged(s64.centred_gram[i], lam, s64.center[i]).numpy()
+    np.testing.assert_allclose(inv.numpy() @ system, np.eye(len(system)), atol=1e-6)
