@@ -24,6 +24,7 @@ linear fit reads the plain sums recovered from them.
 from __future__ import annotations
 
 import abc
+import functools
 import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -260,7 +261,8 @@ def _eigen_ratio(a: torch.Tensor) -> float:
 _UNIT_ROUNDOFF = 2.0 ** -53
 
 
-def conditioning_certificate(a: torch.Tensor, threshold: float = RANK_DEFICIENT_RATIO) -> bool | None:
+def conditioning_certificate(a: torch.Tensor, threshold: float = RANK_DEFICIENT_RATIO, *,
+                             expect: bool | None = None) -> bool | None:
     """Whether λ_min(a)/λ_max(a) < ``threshold`` for a symmetric positive semi-definite float64 ``a``, decided by one to
     four Cholesky factorisations (O(n³/3) each, against the eigen-analysis's ≈ 30× that on one core): True or
     False when certified, None when λ_min lies too close to the threshold to tell (then ask :func:`ill_conditioning`).
@@ -273,22 +275,31 @@ def conditioning_certificate(a: torch.Tensor, threshold: float = RANK_DEFICIENT_
       μ + (n + 1)·u·nμ when μI − a factors, μ = 1.001·θ (tried only when ‖a‖_F does not decide).
     * If a − σI factors with σ = threshold·Λ + δ, then λ_min > threshold·λ_max: False.
     * If a − σ'I breaks down with σ' = threshold·θ − δ, then λ_min ≤ threshold·θ ≤ threshold·λ_max: True.
-    * Otherwise None."""
+    * Otherwise None.
+
+    The two tests cannot both succeed, so their order does not change the answer, only its cost: ``expect = True``
+    (e.g. the answer at a neighbouring boundary of the same model) runs the breakdown test first, so a deficient
+    matrix takes one factorisation instead of two; otherwise the positive-definite test runs first."""
     n = a.shape[0]
     trace = float(torch.diagonal(a).sum())
     if not trace > 0:
         return True if trace == 0 else None
     delta = (n + 1) * _UNIT_ROUNDOFF * trace
-    v = a.sum(1) + torch.diagonal(a)  # a start with weight on the dominant directions of a data Gram matrix
-    theta = float(torch.diagonal(a).max())
-    for _ in range(8):
-        norm = float(v.norm())
-        if not norm > 0:
-            break
-        v = v / norm
-        av = a @ v
-        theta = max(theta, float(v @ av))
-        v = av
+
+    @functools.cache
+    def rayleigh() -> float:
+        """θ (computed when a test needs it)"""
+        v = a.sum(1) + torch.diagonal(a)  # a start with weight on the dominant directions of a data Gram matrix
+        theta = float(torch.diagonal(a).max())
+        for _ in range(8):
+            norm = float(v.norm())
+            if not norm > 0:
+                break
+            v = v / norm
+            av = a @ v
+            theta = max(theta, float(v @ av))
+            v = av
+        return theta
 
     def factors(shift: float, sign: float = 1.0) -> bool:
         """Whether sign·a − shift·I factors (one copy of a)."""
@@ -296,12 +307,20 @@ def conditioning_certificate(a: torch.Tensor, threshold: float = RANK_DEFICIENT_
         m.diagonal().sub_(shift)
         return int(torch.linalg.cholesky_ex(m).info) == 0
 
-    if factors(threshold * float(torch.linalg.matrix_norm(a)) + delta):  # λ_max ≤ ‖a‖_F
-        return False
-    shift = threshold * theta - delta
-    if shift > 0 and not factors(shift):
+    def certified_false() -> bool:  # λ_max ≤ ‖a‖_F
+        return factors(threshold * float(torch.linalg.matrix_norm(a)) + delta)
+
+    def certified_true() -> bool:
+        shift = threshold * rayleigh() - delta
+        return shift > 0 and not factors(shift)
+
+    if expect is True and certified_true():
         return True
-    mu = 1.001 * theta  # a tighter upper bound on λ_max, for λ_min just above the threshold
+    if certified_false():
+        return False
+    if expect is not True and certified_true():
+        return True
+    mu = 1.001 * rayleigh()  # a tighter upper bound on λ_max, for λ_min just above the threshold
     if factors(-mu, sign=-1.0) and factors(threshold * (mu + (n + 1) * _UNIT_ROUNDOFF * n * mu) + delta):
         return False
     return None
@@ -314,7 +333,10 @@ def rank_deficient(stats: Statistics, k: int, *, with_bias: bool = True) -> tupl
     cache = stats.scratch.setdefault("deficient", {})
     key = (k, with_bias)
     if key not in cache:
-        decided = conditioning_certificate(_gram(stats, k, with_bias))
+        # neighbouring boundaries of one model tend to agree (e.g. every boundary of a post-LN model is deficient
+        # with the ones column): the nearest decided one orders the certificate's tests
+        near = sorted((abs(kk - k), d) for (kk, wb), (d, _) in cache.items() if wb == with_bias)
+        decided = conditioning_certificate(_gram(stats, k, with_bias), expect=near[0][1] if near else None)
         if decided is None:
             ratio = ill_conditioning(stats, k, with_bias=with_bias)
             cache[key] = ratio < RANK_DEFICIENT_RATIO, f"{ratio:.1e}"

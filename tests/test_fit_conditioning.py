@@ -17,15 +17,16 @@ def _with_spectrum(eigenvalues, seed=0):
     return torch.from_numpy((q * np.asarray(eigenvalues, dtype=np.float64)) @ q.T)
 
 
+@pytest.mark.parametrize("expect", [None, True, False])
 @pytest.mark.parametrize("shape", ["dominant", "flat"])
 @pytest.mark.parametrize("n", [16, 128])
 @pytest.mark.parametrize("ratio", [1e-2, 1e-8, 2e-10, 1.2e-10, 8e-11, 5e-11, 1e-12, 0.0])
-def test_certificate_agrees_with_the_spectrum(shape, n, ratio):
+def test_certificate_agrees_with_the_spectrum(shape, n, ratio, expect):
     # data-like: one dominant direction (the mean) and a spread of others; flat: ‖a‖_F ≫ λ_max, so the cheap upper
     # bound on λ_max does not decide. The smallest eigenvalue is ratio·λ_max.
     rest = np.geomspace(1e4, 1e2, n - 2) if shape == "dominant" else np.full(n - 2, 1e6)
     ev = np.concatenate([[1e6], rest, [ratio * 1e6]])
-    decided = conditioning_certificate(_with_spectrum(ev))
+    decided = conditioning_certificate(_with_spectrum(ev), expect=expect)  # the hint orders the tests only
     truth = ratio < RANK_DEFICIENT_RATIO
     # a factor 2 from the threshold is enough for the certificate to decide; closer it may hand over (None)
     if ratio >= 2 * RANK_DEFICIENT_RATIO or ratio <= RANK_DEFICIENT_RATIO / 2:
@@ -81,3 +82,33 @@ def test_fit_warning_follows_the_certificate(tmp_path, images):
         warned = any(issubclass(w.category, RankDeficientWarning) for w in caught)
         assert warned is expected, (i, j)
     assert any(float(torch.linalg.eigvalsh(stats.plain_gram(i))[0]) <= 0 for i in (2, 3))  # the setup collapses
+
+
+def test_neighbouring_decision_orders_the_tests(monkeypatch):
+    """rank_deficient hands the nearest decided boundary's answer to the certificate: on Grams that are all deficient
+    (LayerNorm-like, with the ones column) every boundary after the first takes one factorisation instead of two, and
+    every decision still equals the eigen-analysis's."""
+    from rba.capture import Statistics
+    from rba.fit import rank_deficient
+
+    rng = np.random.default_rng(2)
+    grams, truth = [], []
+    for k in range(4):
+        z = rng.standard_normal((2000, 24))
+        z -= z.mean(1, keepdims=True)
+        x = z * rng.uniform(0.5, 2, 24) + rng.standard_normal(24)
+        xt = np.hstack([x, np.ones((len(x), 1))])
+        grams.append(torch.from_numpy(xt.T @ xt))
+        ev = np.linalg.eigvalsh(xt.T @ xt)
+        truth.append(bool(max(ev[0], 0) / ev[-1] < RANK_DEFICIENT_RATIO))
+    assert all(truth)
+    stats = Statistics([24] * 4, [(0, 1)], 2000, gram=grams, cross={(0, 1): torch.zeros(25, 24, dtype=torch.float64)})
+    calls = []
+    real = torch.linalg.cholesky_ex
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda m, *a, **k: calls.append(1) or real(m, *a, **k))
+    per_boundary = []
+    for k in range(4):
+        before = len(calls)
+        assert rank_deficient(stats, k)[0] is truth[k]
+        per_boundary.append(len(calls) - before)
+    assert per_boundary == [2, 1, 1, 1]
