@@ -8,7 +8,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(2)
+# One intra-op thread, here and in the processes tests start (torch reads OMP_NUM_THREADS at start-up): on a
+# 2-core machine with other work running, the tiny models' matmuls on 2 threads wait on each other (an
+# in-process `rba evaluate` of the tiny ViT measured 7-22 s on 2 threads, 0.6 s on 1, at load 11)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 #: tiny random-weight models of each family: a ViT (tokens, no padding), a ResNet (pixels, stages of

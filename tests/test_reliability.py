@@ -99,7 +99,7 @@ def run_cli(*argv, cwd, timeout=300) -> subprocess.CompletedProcess:
 def _env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(TOY_DIR), env.get("PYTHONPATH")) if p)
-    env.setdefault("OMP_NUM_THREADS", "2")  # same thread count as this process: same float sums
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # same thread count as this process: same float sums
     return env
 
 
