@@ -466,10 +466,10 @@ def test_kill_during_capture_then_rerun_gives_the_same_statistics(tmp_path, caps
     (b / "cache" / cache_a.name).write_bytes(cache_a.read_bytes()[:-100])
 
     # the rerun ignores and removes the leftovers, rebuilds the statistics, and matches the uninterrupted run
-    r = run_cli("scores", cfg_b, "--out", b / "out", "--quiet", cwd=b)
-    assert r.returncode == 0, r.stderr
-    warnings_ = [ln for ln in r.stderr.splitlines() if "statistics cache" in ln]
-    assert len(warnings_) == 1 and "is incomplete" in warnings_[0] and "rebuilding it" in warnings_[0], r.stderr
+    rc, _, err = run_main(capsys, "scores", cfg_b, "--out", b / "out", "--quiet")
+    assert rc == 0, err
+    warnings_ = [ln for ln in err.splitlines() if "statistics cache" in ln]
+    assert len(warnings_) == 1 and "is incomplete" in warnings_[0] and "rebuilding it" in warnings_[0], err
     assert not stale.exists()
     assert _tmp_files(b / "cache", b / "out") == []
     pd.testing.assert_frame_equal(pd.read_csv(b / "out" / "scores.csv"), reference, rtol=1e-5)
