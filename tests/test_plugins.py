@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import rba_many
 from rba.config import dict_to_toml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,7 +177,9 @@ def sections(fit_kind: str) -> dict:
 
 def test_ls_lists_the_plugin_names(plugin_env):
     folder, env = plugin_env
-    listed = {what: rba("ls", what, env=env, cwd=folder).stdout.splitlines() for what in ("adapters", "fits", "metrics")}
+    kinds = ("adapters", "fits", "metrics")
+    listed = {what: r.stdout.splitlines() for what, r in
+              zip(kinds, rba_many(*[["ls", what] for what in kinds], env=env, cwd=folder))}
     assert "patch-mlp" in listed["adapters"] and "timm" in listed["adapters"]
     assert listed["fits"] == ["affine", "identity", "linear", "mean-shift", "mlp (trained)", "res-mlp (trained)"]
     assert listed["metrics"] == ["br", "cosine", "cka", "ls_residual", "svcca", "energy_ratio"]
@@ -186,7 +189,9 @@ def test_a_config_naming_plugins_runs_scores_evaluate_and_search(plugin_env):
     folder, env = plugin_env
     cfg = folder / "patch.toml"
     cfg.write_text(dict_to_toml(sections("mean-shift")))
-    r = rba("scores", cfg, "--quiet", env=env, cwd=folder)
+    # scores, evaluate and search in one process with the plug-in (not in this one: it would leak into other tests)
+    r, evaluated, searched = rba_many(["scores", cfg, "--quiet"], ["evaluate", cfg, "--spans", "1-3", "--json", "--quiet"],
+                                      ["search", cfg, "--quiet"], env=env, cwd=folder)
     assert r.returncode == 0, r.stderr
     table = pd.read_csv(folder / "runs" / "patch" / "scores.csv")
     assert list(table.columns) == ["start", "end", "br", "cosine", "cka", "ls_residual", "svcca", "energy_ratio"]
@@ -219,7 +224,7 @@ def test_a_config_naming_plugins_runs_scores_evaluate_and_search(plugin_env):
     expected = [energy[j] / energy[i] for i, j in zip(table.start, table.end)]
     np.testing.assert_allclose(table.energy_ratio, expected, rtol=1e-5)
 
-    r = rba("evaluate", cfg, "--spans", "1-3", "--json", "--quiet", env=env, cwd=folder)
+    r = evaluated
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     # costs come from the plug-in's module: blocks 1 and 2 (12·12 + 12 parameters each) become one 12-vector
@@ -227,7 +232,7 @@ def test_a_config_naming_plugins_runs_scores_evaluate_and_search(plugin_env):
     total = 3 * 12 * 4 * 4 + 12 + 4 * (12 * 12 + 12)
     assert result["spans"] == "1-3" and result["params"] == total - 2 * 156 + 12
     assert 0 < result["fidelity"] <= 1
-    r = rba("search", cfg, "--quiet", env=env, cwd=folder)
+    r = searched
     assert r.returncode == 0, r.stderr
     trials = pd.read_csv(folder / "runs" / "patch" / "trials.csv")
     assert len(trials) == 4 and trials.state.eq("COMPLETE").all()
