@@ -13,6 +13,7 @@ stop once it has ``trials`` distinct COMPLETE configurations, so together they f
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 from rba.progress import TrialProgress
@@ -109,5 +110,23 @@ def run_optuna(ctx: StudyContext, study, n: int) -> None:
             if idle >= 3 or not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                 print(f"search: a round of {missing} trials completed no new configuration; stopping", file=sys.stderr)
                 break
+    except KeyboardInterrupt:
+        _stop_stray_heartbeats()
+        raise
     finally:
         bar.close()
+
+
+def _stop_stray_heartbeats() -> None:
+    """Stop Optuna heartbeat threads that a Ctrl-C left running.
+
+    ``study.optimize`` starts one (not a daemon) per trial in a ``with`` block; a KeyboardInterrupt that lands
+    inside its ``Thread.start`` (waiting for the new thread to run, long enough on a loaded machine) skips the
+    block's exit, so the thread records heartbeats forever and the interpreter waits for it at exit: the process
+    printed ``rba: interrupted`` and never ended. Its arguments are (trial id, storage, stop event)."""
+    from optuna.storages._heartbeat import HeartbeatThread
+
+    for thread in threading.enumerate():
+        if getattr(thread, "_target", None) is HeartbeatThread._record_heartbeat:
+            thread._args[2].set()
+            thread.join(timeout=10)

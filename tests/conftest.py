@@ -8,7 +8,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(2)
+# One intra-op thread, here and in the processes tests start (torch reads OMP_NUM_THREADS at start-up): on a
+# 2-core machine with other work running, the tiny models' matmuls on 2 threads wait on each other (an
+# in-process `rba evaluate` of the tiny ViT measured 7-22 s on 2 threads, 0.6 s on 1, at load 11)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 #: tiny random-weight models of each family: a ViT (tokens, no padding), a ResNet (pixels, stages of
@@ -140,3 +144,33 @@ def _restore_environment():
     if os.environ != saved:
         os.environ.clear()
         os.environ.update(saved)
+
+
+_MANY = """
+import contextlib, io, json, sys
+from rba.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    results.append([code, out.getvalue(), err.getvalue()])
+sys.stdout.write(json.dumps(results))
+"""
+
+
+def rba_many(*argvs, cwd, env, timeout=300):
+    """Several ``rba`` commands, one after another, in one fresh interpreter (``rba.cli.main``, what the binary
+    runs): one start-up for commands that need a process of their own, not one each. A CompletedProcess each."""
+    import json
+    import subprocess
+
+    argvs = [[str(a) for a in argv] for argv in argvs]
+    proc = subprocess.run([sys.executable, "-c", _MANY, json.dumps(argvs)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [subprocess.CompletedProcess(argv, code, out, err) for argv, (code, out, err) in
+            zip(argvs, json.loads(proc.stdout))]

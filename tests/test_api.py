@@ -21,11 +21,20 @@ REPO = Path(__file__).resolve().parent.parent
 TOML = CLI_TOML + "[search]\nmax_span = 3\n"
 
 
-def cli(*args, cwd):
-    r = subprocess.run([sys.executable, "-m", "rba.cli", *map(str, args), "--quiet"], cwd=cwd, capture_output=True,
-                       text=True, timeout=300, env=os.environ | {"PYTHONPATH": str(REPO)})
-    assert r.returncode == 0, r.stderr
-    return r
+def cli(capsys, *args, cwd) -> str:
+    """``rba ARGS --quiet`` in-process (the binary's code path) from ``cwd``: its stdout."""
+    from rba.cli import main
+
+    here = os.getcwd()
+    capsys.readouterr()
+    os.chdir(cwd)
+    try:
+        code = main([*map(str, args), "--quiet"])
+    finally:
+        os.chdir(here)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -50,25 +59,24 @@ def test_import_is_lean_and_all_names_resolve():
         rba.nope  # noqa: B018
 
 
-def test_scores_and_evaluate_equal_the_cli(study):
+def test_scores_and_evaluate_equal_the_cli(study, capsys):
     tmp, path = study
-    cli("scores", path, "--out", tmp / "cli", cwd=tmp)
+    cli(capsys, "scores", path, "--out", tmp / "cli", cwd=tmp)
     session = rba.Session(rba.load_config(path), progress=False)
     api = session.scores()
     pd.testing.assert_frame_equal(pd.read_csv(tmp / "cli" / "scores.csv"), api, rtol=1e-5)  # CSV keeps 6 digits
 
-    r = cli("evaluate", path, "--spans", "1-3,4-5", "--json", cwd=tmp)
-    from_cli = json.loads(r.stdout)
+    from_cli = json.loads(cli(capsys, "evaluate", path, "--spans", "1-3,4-5", "--json", cwd=tmp))
     from_api = session.evaluate("1-3,4-5")
     assert from_cli.keys() == from_api.keys()
     for key, value in from_api.items():
-        if key != "latency_ms":  # timed separately in each process
+        if key != "latency_ms":  # timed separately in each run
             assert from_cli[key] == pytest.approx(value, rel=1e-6), key
 
 
-def test_export_equals_the_cli(study):
+def test_export_equals_the_cli(study, capsys):
     tmp, path = study
-    cli("export", path, "--spans", "2-4", "--out", tmp / "cli_export", cwd=tmp)
+    cli(capsys, "export", path, "--spans", "2-4", "--out", tmp / "cli_export", cwd=tmp)
     session = rba.Session(rba.load_config(path), progress=False)
     session.export("2-4", tmp / "api_export")
     a, b = rba.load_export(tmp / "cli_export"), rba.load_export(tmp / "api_export")
@@ -82,9 +90,9 @@ def test_export_equals_the_cli(study):
         torch.testing.assert_close(rba.head_logits(a, x), rba.head_logits(b, x), rtol=0, atol=0)
 
 
-def test_search_equals_the_cli(study):
+def test_search_equals_the_cli(study, capsys):
     tmp, path = study
-    cli("search", path, "--method", "random", "--trials", "5", "--objectives", "fidelity,flops", "--out",
+    cli(capsys, "search", path, "--method", "random", "--trials", "5", "--objectives", "fidelity,flops", "--out",
         tmp / "cli_search", cwd=tmp)
     cfg = rba.load_config(path)
     result = rba.search(cfg, out=tmp / "api_search", method="random", trials=5, objectives=["fidelity", "flops"])

@@ -31,15 +31,61 @@ EXPECTED = {
 }
 
 
+#: runs each script named on the command line in this one interpreter (``runpy``, as ``__main__``), with its own
+#: argv, stdout and stderr files, and writes its exit code: one interpreter and one torch import for all of them
+_DRIVER = """
+import contextlib, json, runpy, sys, traceback
+from pathlib import Path
+jobs = json.loads(sys.argv[1])
+for job in jobs:
+    folder = Path(job["folder"])
+    code = 0
+    with open(folder / "stdout.txt", "w") as out, open(folder / "stderr.txt", "w") as err, \\
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        sys.argv = job["argv"]
+        try:
+            runpy.run_path(job["argv"][0], run_name="__main__")
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    (folder / "rc.txt").write_text(str(code))
+"""
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """Every script's ``--quick`` run, one after another in one fresh interpreter (see ``_DRIVER``)."""
+    import json
+
+    jobs = {}
+    for script in sorted(EXPECTED):
+        folder = tmp_path_factory.mktemp(script.removesuffix(".py"))
+        argv = [str(BENCH / script), "--quick", "--json", str(folder / "out.json")]
+        if script == "scaling.py":
+            argv += ["--plot", str(folder / "scaling.png")]
+        if script == "per_trial.py":
+            argv += ["--time-to-front", "4"]  # the Optuna path (search.space encoding) too
+        jobs[script] = {"folder": str(folder), "argv": argv}
+    env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONPATH=os.pathsep.join([str(BENCH), str(ROOT)]))
+    driver = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(list(jobs.values()))], capture_output=True,
+                            text=True, timeout=900, cwd=ROOT, env=env)
+    runs = {}
+    for script, job in jobs.items():
+        folder = Path(job["folder"])
+        rc = folder / "rc.txt"
+        code = int(rc.read_text()) if rc.exists() else f"no exit code (driver: {driver.stderr[-2000:]})"
+        runs[script] = (folder, subprocess.CompletedProcess(job["argv"], code, (folder / "stdout.txt").read_text()
+                                                             if (folder / "stdout.txt").exists() else "",
+                                                             (folder / "stderr.txt").read_text()
+                                                             if (folder / "stderr.txt").exists() else ""))
+    return runs
+
+
 @pytest.mark.parametrize("script", sorted(EXPECTED))
-def test_quick_mode_runs_and_prints_ratios(script, tmp_path):
-    args = [sys.executable, str(BENCH / script), "--quick", "--json", str(tmp_path / "out.json")]
-    if script == "scaling.py":
-        args += ["--plot", str(tmp_path / "scaling.png")]
-    if script == "per_trial.py":
-        args += ["--time-to-front", "4"]  # the Optuna path (search.space encoding) too
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+def test_quick_mode_runs_and_prints_ratios(script, quick_runs):
+    folder, proc = quick_runs[script]
     assert proc.returncode == 0, f"{script} --quick failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     out = proc.stdout
     for line in EXPECTED[script]:
@@ -49,9 +95,9 @@ def test_quick_mode_runs_and_prints_ratios(script, tmp_path):
     # ratio lines come last (after the tables), as the scripts promise
     last = max(k for k, ln in enumerate(out.splitlines()) if ln.startswith("RATIO "))
     assert all(ln.startswith(("RATIO ", "#")) or not ln.strip() for ln in out.splitlines()[last + 1 :])
-    assert (tmp_path / "out.json").exists()
+    assert (folder / "out.json").exists()
     if script == "scaling.py":
-        assert (tmp_path / "scaling.png").stat().st_size > 0
+        assert (folder / "scaling.png").stat().st_size > 0
 
 
 # ---------------------------------------------------------------------------------------------- helpers

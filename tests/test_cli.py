@@ -1,4 +1,9 @@
-"""The real `rba` binary, via subprocess: outputs, exit codes, one-line errors, no partial files."""
+"""The `rba` command: outputs, exit codes, one-line errors, no partial files, where files go.
+
+Most checks call ``rba.cli.main`` in-process (the binary's code path, from the working directory and with the
+environment a shell would give, without the interpreter start-up); the real binary (``python -m rba.cli`` in a
+subprocess) is run where the process itself matters: a successful run's exit code and files, a bad input's
+exit 2 and one line, and a library's progress bar on a non-terminal stderr."""
 
 import json
 import os
@@ -36,9 +41,30 @@ latency_repeats = 1
 
 
 def rba(*args, cwd, env=None):
+    """The real binary in a subprocess."""
     env = dict(os.environ, PYTHONPATH=str(ROOT)) | (env or {})
     return subprocess.run([sys.executable, "-m", "rba.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env=env)
+
+
+@pytest.fixture
+def rba_in(monkeypatch, capsys):
+    """``rba ARGS`` in-process from the working directory ``cwd``, with ``env`` added to the environment: a
+    :class:`subprocess.CompletedProcess` like :func:`rba`'s (usage errors exit through ``SystemExit``)."""
+
+    def run(*args, cwd, env=None):
+        monkeypatch.chdir(cwd)
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        try:
+            code = cli_main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +88,15 @@ def test_scores_writes_csv_png_and_run_info(study):
     assert "max_span = 3" in (tmp / "out" / "config.resolved.toml").read_text()
 
 
-def test_evaluate_json_and_export_roundtrip(study):
+def test_evaluate_json_and_export_roundtrip(study, rba_in):
     tmp, cfg = study
-    r = rba("evaluate", cfg, "--spans", "2-4", "--json", "--quiet", cwd=tmp)
+    r = rba_in("evaluate", cfg, "--spans", "2-4", "--json", "--quiet", cwd=tmp)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["spans"] == "2-4" and 0 < res["flops_frac"] < 1 and 0 < res["fidelity"] <= 1
-    r = rba("export", cfg, "--spans", "2-4", "--out", tmp / "exp", "--quiet", cwd=tmp)
+    r = rba_in("export", cfg, "--spans", "2-4", "--out", tmp / "exp", "--quiet", cwd=tmp)
     assert r.returncode == 0, r.stderr
-    r = rba("evaluate", cfg, "--export", tmp / "exp", "--json", "--quiet", cwd=tmp)
+    r = rba_in("evaluate", cfg, "--export", tmp / "exp", "--json", "--quiet", cwd=tmp)
     assert r.returncode == 0, r.stderr
     exp = json.loads(r.stdout)
     assert exp["fidelity"] == pytest.approx(res["fidelity"], abs=1e-5) and exp["accuracy"] == res["accuracy"]
@@ -83,22 +109,23 @@ def test_evaluate_json_and_export_roundtrip(study):
     ("4-9", "span 4-9 is out of range: boundaries run from 0 to 6"),
     ("3-3", "END must be greater than START"),
 ])
-def test_bad_spans_one_line_error_exit_2(study, spans, needle):
+def test_bad_spans_one_line_error_exit_2(study, rba_in, spans, needle):
     tmp, cfg = study
-    r = rba("evaluate", cfg, "--spans", spans, "--quiet", cwd=tmp)
+    r = rba_in("evaluate", cfg, "--spans", spans, "--quiet", cwd=tmp)
     assert r.returncode == 2
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0
 
 
-def test_unknown_key_and_missing_config(study):
+def test_unknown_key_and_missing_config(study, rba_in):
     tmp, _ = study
     bad = tmp / "bad.toml"
     bad.write_text('[model]\nknd = "timm"\n')
-    r = rba("scores", bad, "--out", tmp / "bad_out", cwd=tmp)
+    r = rba("scores", bad, "--out", tmp / "bad_out", cwd=tmp)  # the real binary: exit 2, one line
     assert r.returncode == 2 and "unknown key in [model] 'knd'" in r.stderr and "Valid:" in r.stderr
+    assert r.stderr.startswith("rba: error: ") and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
     assert not (tmp / "bad_out").exists()
-    r = rba("scores", tmp / "missing.toml", cwd=tmp)
+    r = rba_in("scores", tmp / "missing.toml", cwd=tmp)
     assert r.returncode == 2 and "config file not found" in r.stderr
 
 
@@ -148,8 +175,8 @@ def test_usage_errors_are_one_line_exit_2(argv, needle, capsys):
     assert err.startswith("rba: error: ") and needle in err and err.strip().count("\n") == 0
 
 
-def test_ls_lists_every_registry():
-    out = {what: rba("ls", what, cwd=ROOT).stdout.splitlines() for what in ("adapters", "fits", "metrics", "samplers")}
+def test_ls_lists_every_registry(rba_in):
+    out = {what: rba_in("ls", what, cwd=ROOT).stdout.splitlines() for what in ("adapters", "fits", "metrics", "samplers")}
     assert out == {"adapters": ["efficientnet-lite", "huggingface", "module", "sentence-transformers", "timm",
                                 "torchvision"],
                    "fits": ["affine", "identity", "linear", "mlp (trained)", "res-mlp (trained)"],
@@ -175,44 +202,44 @@ def npz_study(folder: Path, **extra) -> Path:
     return path
 
 
-def test_outputs_land_where_the_readme_says_from_any_working_directory(tmp_path):
+def test_outputs_land_where_the_readme_says_from_any_working_directory(tmp_path, rba_in):
     cfg = npz_study(tmp_path / "configs")
     env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
     first, second = tmp_path / "work1", tmp_path / "work2" / "deeper"
     for cwd in (first, second):
         cwd.mkdir(parents=True)
-        r = rba("scores", cfg, "--quiet", "--max-span", "2", cwd=cwd, env=env)
+        r = rba_in("scores", cfg, "--quiet", "--max-span", "2", cwd=cwd, env=env)
         assert r.returncode == 0, r.stderr
         assert (cwd / "runs" / "study" / "scores.csv").exists()  # unset output.dir: ./runs/<config name>
     # one statistics cache for both runs, in $XDG_CACHE_HOME/rba: the second run reused the first's capture
     assert len(list((tmp_path / "xdg" / "rba").glob("stats-*.safetensors"))) == 1
     assert not (tmp_path / "configs" / "runs").exists() and not (tmp_path / "runs").exists()
     # --out is relative to the shell's working directory
-    r = rba("scores", cfg, "--quiet", "--max-span", "2", "--out", "mine", cwd=second, env=env)
+    r = rba_in("scores", cfg, "--quiet", "--max-span", "2", "--out", "mine", cwd=second, env=env)
     assert r.returncode == 0, r.stderr
     assert (second / "mine" / "scores.csv").exists()
     # search writes into the same default folder; export writes where --out says, relative to the shell
-    r = rba("search", cfg, "--quiet", "--max-span", "2", "--trials", "2", "--objectives", "fidelity,flops", cwd=first,
+    r = rba_in("search", cfg, "--quiet", "--max-span", "2", "--trials", "2", "--objectives", "fidelity,flops", cwd=first,
             env=env)
     assert r.returncode == 0, r.stderr
     assert len(pd.read_csv(first / "runs" / "study" / "trials.csv")) >= 2
-    r = rba("export", cfg, "--quiet", "--max-span", "2", "--spans", "1-2", "--out", "exp", cwd=second, env=env)
+    r = rba_in("export", cfg, "--quiet", "--max-span", "2", "--spans", "1-2", "--out", "exp", cwd=second, env=env)
     assert r.returncode == 0, r.stderr
     assert (second / "exp" / "recipe.json").exists()
     assert len(list((tmp_path / "xdg" / "rba").glob("stats-*.safetensors"))) == 1
     # output.dir and capture.cache_dir in the file are relative to the file
     cfg = npz_study(tmp_path / "configs", output={"dir": "results"}, capture={"cache_dir": "cache"})
-    r = rba("scores", cfg, "--quiet", "--max-span", "2", cwd=first, env=env)
+    r = rba_in("scores", cfg, "--quiet", "--max-span", "2", cwd=first, env=env)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "configs" / "results" / "scores.csv").exists()
     assert len(list((tmp_path / "configs" / "cache").glob("stats-*.safetensors"))) == 1
 
 
-def test_data_writes_to_out_or_to_data_in_the_working_directory(tmp_path):
-    r = rba("data", "reviews", "--out", "sub/r.csv", cwd=tmp_path)
+def test_data_writes_to_out_or_to_data_in_the_working_directory(tmp_path, rba_in):
+    r = rba_in("data", "reviews", "--out", "sub/r.csv", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert pd.read_csv(tmp_path / "sub" / "r.csv").shape[0] > 1000
-    r = rba("data", "reviews", cwd=tmp_path)
+    r = rba_in("data", "reviews", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "data" / "reviews.csv").exists()
 
@@ -229,30 +256,30 @@ def one_line_error(r, needle):
     ("afile/sub", "cannot be created:"),
     ("/proc/rba-out", "is inside /proc, a system folder"),
 ])
-def test_bad_output_folder_is_refused_before_the_capture(tmp_path, out, needle):
+def test_bad_output_folder_is_refused_before_the_capture(tmp_path, rba_in, out, needle):
     cfg = npz_study(tmp_path)
     (tmp_path / "afile").write_text("x")
     env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    r = rba("scores", cfg, "--out", out, cwd=tmp_path, env=env)
+    r = rba_in("scores", cfg, "--out", out, cwd=tmp_path, env=env)
     one_line_error(r, needle)
     assert not (tmp_path / "xdg").exists()  # refused before the capture wrote its cache
 
 
-def test_cache_dir_that_is_a_file_is_refused(tmp_path):
+def test_cache_dir_that_is_a_file_is_refused(tmp_path, rba_in):
     cfg = npz_study(tmp_path, capture={"cache_dir": "cachefile"})
     (tmp_path / "cachefile").write_text("x")
-    one_line_error(rba("scores", cfg, cwd=tmp_path), "statistics cache folder (capture.cache_dir)")
+    one_line_error(rba_in("scores", cfg, cwd=tmp_path), "statistics cache folder (capture.cache_dir)")
 
 
-def test_data_out_that_is_a_folder_is_refused(tmp_path):
-    one_line_error(rba("data", "reviews", "--out", tmp_path, cwd=tmp_path), "is a folder: give the file to write")
+def test_data_out_that_is_a_folder_is_refused(tmp_path, rba_in):
+    one_line_error(rba_in("data", "reviews", "--out", tmp_path, cwd=tmp_path), "is a folder: give the file to write")
     assert not list(tmp_path.iterdir())
 
 
-def test_export_into_a_file_is_refused(tmp_path):
+def test_export_into_a_file_is_refused(tmp_path, rba_in):
     cfg = npz_study(tmp_path)
     (tmp_path / "afile").write_text("x")
-    one_line_error(rba("export", cfg, "--spans", "1-2", "--out", "afile", cwd=tmp_path,
+    one_line_error(rba_in("export", cfg, "--spans", "1-2", "--out", "afile", cwd=tmp_path,
                        env={"XDG_CACHE_HOME": str(tmp_path / "xdg")}),
                    "export folder afile is an existing file")
 
@@ -279,20 +306,20 @@ def test_device_cuda_without_gpu_is_an_error_and_auto_falls_back(tmp_path, monke
     ({"probe": 0}, ["search", "--objectives", "accuracy,flops"], "data.probe = 0"),
     ({"eval": 0}, ["search", "--objectives", "fidelity,flops"], "data.eval = 0, but `rba search`"),
 ])
-def test_splits_a_command_needs_must_not_be_empty(tmp_path, data, argv, needle):
+def test_splits_a_command_needs_must_not_be_empty(tmp_path, rba_in, data, argv, needle):
     cfg = npz_study(tmp_path)
     text = cfg.read_text().replace("probe = 16", f"probe = {data.get('probe', 16)}").replace(
         "eval = 16", f"eval = {data.get('eval', 16)}")
     cfg.write_text(text)
-    one_line_error(rba(argv[0], cfg, *argv[1:], cwd=tmp_path, env={"XDG_CACHE_HOME": str(tmp_path / "xdg")}),
+    one_line_error(rba_in(argv[0], cfg, *argv[1:], cwd=tmp_path, env={"XDG_CACHE_HOME": str(tmp_path / "xdg")}),
                    needle)
     assert not (tmp_path / "xdg").exists()
 
 
-def test_image_size_the_model_cannot_take(tmp_path):
+def test_image_size_the_model_cannot_take(tmp_path, rba_in):
     cfg = npz_study(tmp_path)
     cfg.write_text(cfg.read_text().replace("image_size = 32", "image_size = 8"))
-    one_line_error(rba("scores", cfg, cwd=tmp_path, env={"XDG_CACHE_HOME": str(tmp_path / "xdg")}),
+    one_line_error(rba_in("scores", cfg, cwd=tmp_path, env={"XDG_CACHE_HOME": str(tmp_path / "xdg")}),
                    "data.image_size = 8 does not fit timm model 'test_vit' (Input height (8) should be divisible "
                    "by patch size (16).)")
 

