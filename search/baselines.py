@@ -23,11 +23,15 @@ import pandas as pd
 from rba.spans import Span
 from rba.capture import Statistics
 
-__all__ = ["span_scores", "best_single_spans", "br_greedy", "block_drop_order", "proxy_front", "spread", "front_priors",
+__all__ = ["span_scores", "best_single_spans", "br_greedy", "block_drop_order", "proxy_front", "proxy_layers", "bisection_order", "front_priors",
            "prior_configurations", "EXHAUSTIVE_LIMIT"]
 
-#: proxy-front members enqueued as priors
-PROXY_FRONT_PRIORS = 8
+#: Pareto layers of (Σ ls_residual, cost) enqueued as priors (:func:`front_priors`)
+PROXY_FRONT_LAYERS = 2
+
+#: the most configurations a space may hold for :func:`front_priors` to enumerate it (its later layers);
+#: above it, the first layer only, from the DP
+LAYER_LIMIT = 100_000
 
 #: the most configurations ``--method exhaustive`` evaluates
 EXHAUSTIVE_LIMIT = 5000
@@ -110,34 +114,87 @@ def proxy_front(num_blocks: int, pairs: Sequence[Span], proxy: dict[Span, float]
     return [(q, d, list(spans)) for q, d, spans in fronts[0]]
 
 
-def spread(configurations: Sequence[list[Span]], count: int) -> list[list[Span]]:
-    """``count`` of the configurations (in their order) evenly spaced, first and last included."""
-    n = len(configurations)
-    if n <= count:
-        return list(configurations)
-    picks = sorted({round(k * (n - 1) / (count - 1)) for k in range(count)}) if count > 1 else [0]
-    return [configurations[k] for k in picks]
+def bisection_order(n: int) -> list[int]:
+    """0..n−1 coarse to fine: the middle, then the middles of both halves, and so on (breadth first), so that
+    every prefix of the order is spread over the whole range."""
+    from collections import deque
+
+    out, queue = [], deque([(0, n - 1)])
+    while queue:
+        lo, hi = queue.popleft()
+        if lo <= hi:
+            mid = (lo + hi) // 2
+            out.append(mid)
+            queue += [(lo, mid - 1), (mid + 1, hi)]
+    return out
 
 
-def front_priors(table: pd.DataFrame, objective, count: int = PROXY_FRONT_PRIORS) -> list[list[Span]]:
-    """``count`` members of the proxy front (Σ ls_residual of ``table`` against the objective's cost), spread
-    over the cost range, that meet the budgets; the unmodified configuration excluded."""
+def proxy_layers(num_blocks: int, pairs: Sequence[Span], proxy: dict[Span, float], cost: dict[Span, float],
+                 layers: int, keep=None) -> list[list[list[Span]]]:
+    """The first ``layers`` Pareto layers of (Σ proxy, Σ cost) (both minimised) over every configuration for which
+    ``keep(spans)`` holds (default: all): layer 1 is the front, layer 2 the front of the rest, and so on; each
+    layer sorted by cost, the unmodified configuration left out of the result (it takes part in the sorting, so
+    a configuration it dominates is in no early layer). Equal costs keep the lowest proxy in the layer (as
+    :func:`proxy_front`). Enumerates the configurations: meant for spaces up to :data:`LAYER_LIMIT`."""
+    by_start: dict[int, list[int]] = {}
+    for i, j in pairs:
+        by_start.setdefault(i, []).append(j)
+    suffix: list[list[tuple[float, float, tuple[Span, ...]]]] = [[] for _ in range(num_blocks + 1)]
+    suffix[num_blocks] = [(0.0, 0.0, ())]
+    for k in range(num_blocks - 1, -1, -1):
+        here = list(suffix[k + 1])
+        for j in by_start.get(k, []):
+            p, c = proxy[(k, j)], cost[(k, j)]
+            here += [(p + q, c + d, ((k, j),) + rest) for q, d, rest in suffix[j]]
+        suffix[k] = here
+    # the unmodified configuration takes part (what it dominates is never proposed) but is not returned
+    points = sorted((t for t in suffix[0] if not t[2] or keep is None or keep(list(t[2]))), key=lambda t: (t[1], t[0]))
+    out = []
+    for _ in range(layers):
+        layer, rest, best = [], [], float("inf")
+        for t in points:
+            (layer if t[0] < best else rest).append(t)
+            best = min(best, t[0])
+        members = [list(spans) for _, _, spans in layer if spans]
+        if not members:
+            break
+        out.append(members)
+        points = rest
+    return out
+
+
+def front_priors(table: pd.DataFrame, objective, count: int | None = None,
+                 layers: int = PROXY_FRONT_LAYERS) -> list[tuple[int, list[Span]]]:
+    """The configurations a search evaluates first: the first ``layers`` Pareto layers of (Σ ls_residual of
+    ``table``, the objective's exact cost) among the configurations that meet the budgets (the unmodified one
+    excluded), layer by layer, each coarse to fine over its cost range (:func:`bisection_order`); at most
+    ``count`` (None: all). Returns (layer, spans) pairs. A space of more than :data:`LAYER_LIMIT`
+    configurations gets the first layer only (the exact DP front, :func:`proxy_front`)."""
     session = objective.session
     ls = {(int(a), int(b)): float(v) for a, b, v in zip(table["start"], table["end"], table["ls_residual"])}
-    pairs = [p for p in session.pairs if p in ls and ls[p] == ls[p]]  # NaN scores: not proposed
-    front = proxy_front(session.adapter.num_blocks, pairs, ls,
-                        {p: d for p, d in objective.span_cost_deltas(objective.cost_name).items() if p in ls})
-    members = [spans for _, _, spans in front if spans and objective.feasible(spans)]
-    return spread(members, count)
+    deltas = objective.span_cost_deltas(objective.cost_name)
+    pairs = [p for p in session.pairs if p in ls and ls[p] == ls[p] and p in deltas]  # NaN scores: not proposed
+    proxy, cost = {p: ls[p] for p in pairs}, {p: deltas[p] for p in pairs}
+    from search.space import SpanSpace
+
+    if layers > 1 and SpanSpace(session.adapter.num_blocks, pairs).count() <= LAYER_LIMIT:
+        keep = objective.feasible if objective.budgets else None
+        fronts = proxy_layers(session.adapter.num_blocks, pairs, proxy, cost, layers, keep=keep)
+    else:
+        front = proxy_front(session.adapter.num_blocks, pairs, proxy, cost)
+        fronts = [[spans for _, _, spans in front if spans and objective.feasible(spans)]]
+    out = [(k + 1, front[i]) for k, front in enumerate(fronts) for i in bisection_order(len(front))]
+    return out if count is None else out[:count]
 
 
-def prior_configurations(table: pd.DataFrame, front: Sequence[list[Span]] = ()) -> list[tuple[str, list[Span]]]:
-    """Priors enqueued first: best single spans by br and by ls_residual, members of the proxy front
-    (``front``, already chosen), then BR-greedy combinations (two spans or more); duplicates removed, order kept."""
+def prior_configurations(table: pd.DataFrame, front: Sequence[tuple[int, list[Span]]] = ()) -> list[tuple[str, list[Span]]]:
+    """Priors enqueued first, in this order: the proxy fronts' members (``front``, from :func:`front_priors`:
+    (layer, spans) pairs), the best single spans by br and by ls_residual, then BR-greedy combinations (two spans
+    or more); duplicates removed, order kept."""
     seen: set[tuple[Span, ...]] = set()
     out = []
-    candidates = (best_single_spans(table) + [("proxy front", list(c)) for c in front if c]
-                  + [(f"br-greedy {len(c)}", c) for c in br_greedy(table) if len(c) >= 2])
+    candidates = ([("proxy front" if layer == 1 else f"proxy front, layer {layer}", list(c)) for layer, c in front if c]
+                  + best_single_spans(table) + [(f"br-greedy {len(c)}", c) for c in br_greedy(table) if len(c) >= 2])
     for label, spans in candidates:
         key = tuple(spans)
         if key not in seen:

@@ -226,7 +226,8 @@ def plan(ctx: StudyContext, study, fresh: bool) -> int:
     waiting = _waiting_spans(ctx, study)
     method = ctx.method
     if method == "optuna":
-        planned = (prior_configurations(ctx.table, front_priors(ctx.table, ctx.objective))
+        # the proxy fronts first (at most half the trials: the sampler keeps the rest), then the BR priors
+        planned = (prior_configurations(ctx.table, front_priors(ctx.table, ctx.objective, count=max(1, ctx.total // 2)))
                    if (cfg.search.priors and fresh) else [])
         # a prior whose exact cost (known from the statistics) breaks a budget would be evaluated for nothing
         planned = [(f"prior: {label}", s) for label, s in planned

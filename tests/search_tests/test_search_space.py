@@ -155,9 +155,49 @@ def test_proxy_front_is_the_brute_force_front(L, pairs):
     assert [c for _, c, _ in front] == sorted(c for _, c, _ in front)
 
 
-def test_spread_keeps_ends_and_order():
-    from search.baselines import spread
+def test_bisection_order_is_coarse_to_fine():
+    from search.baselines import bisection_order
 
-    items = [[(k, k + 1)] for k in range(10)]
-    assert spread(items, 4) == [items[0], items[3], items[6], items[9]]
-    assert spread(items[:3], 8) == items[:3]
+    # breadth first over halves: (0..9) → 4; (0..3) → 1, (5..9) → 7; then 0, 2, 5, 8; then 3, 6, 9
+    assert bisection_order(10) == [4, 1, 7, 0, 2, 5, 8, 3, 6, 9]
+    assert bisection_order(7) == [3, 1, 5, 0, 2, 4, 6]
+    assert bisection_order(0) == [] and bisection_order(1) == [0]
+    for n in range(30):
+        assert sorted(bisection_order(n)) == list(range(n))
+
+
+@pytest.mark.parametrize("L,pairs", [(6, _all_spans(6)), (7, _all_spans(7, max_span=3)), SPARSE],
+                         ids=["L6-all", "L7-max3", "sparse"])
+def test_proxy_layers_are_brute_force_nondominated_sorting(L, pairs):
+    """Layer k = the non-dominated configurations among those not in layers 1..k−1 (every configuration,
+    enumerated explicitly, compared pairwise; the unmodified one takes part but is never returned); the first
+    layer equals the DP front; a filter (like a budget) removes configurations before the sorting."""
+    import random
+
+    from search.baselines import proxy_front, proxy_layers
+
+    rng = random.Random(L * 7 + len(pairs))
+    proxy = {p: rng.random() for p in pairs}
+    cost = {(i, j): -(j - i) + 0.3 * rng.random() for i, j in pairs}
+    cost[pairs[0]] = 0.5  # a map dearer than its blocks: dominated by the unmodified model
+
+    def configurations(k):  # every configuration of blocks k.. (block k kept, or a span from k)
+        if k == L:
+            return [()]
+        return configurations(k + 1) + [((i, j),) + rest for i, j in pairs if i == k for rest in configurations(j)]
+
+    keep = lambda c: len(c) != 2  # noqa: E731
+    rest = {c: (sum(proxy[s] for s in c), sum(cost[s] for s in c)) for c in configurations(0) if keep(c)}
+    expected = []
+    for _ in range(3):
+        layer = {c for c, (p, d) in rest.items()
+                 if not any(q <= p and e <= d and (q < p or e < d) for q, e in rest.values())}
+        expected.append(layer - {()})  # the unmodified configuration takes part, but is never proposed
+        rest = {c: v for c, v in rest.items() if c not in layer}
+    got = proxy_layers(L, pairs, proxy, cost, 3, keep=lambda spans: keep(tuple(spans)))
+    assert [{tuple(s) for s in layer} for layer in got] == expected
+    for layer in got:  # each sorted by cost
+        costs = [sum(cost[s] for s in c) for c in layer]
+        assert costs == sorted(costs)
+    first = proxy_layers(L, pairs, proxy, cost, 1)[0]
+    assert first == [spans for _, _, spans in proxy_front(L, pairs, proxy, cost) if spans]
