@@ -10,8 +10,8 @@ Both methods score the same random configurations, alternating per configuration
 fidelities and pooled features are compared after the timed calls, to stated tolerances (TOL_*). Printed:
 one-time setup costs, span fits from statistics (cold = first fit on freshly loaded statistics, the headline;
 warm = cache hit) vs the authors' lstsq over all spans, and per-trial time (median over the configurations),
-each with its ratio. Optionally (``--time-to-front``) an Optuna study on the naive objective vs rba's search,
-the same sampler and seed, back to back per seed: time until each reaches the same front.
+each with its ratio. Time to front (an Optuna study on the naive objective vs rba's search) is
+``time_to_front.py``.
 
     python benchmarks/per_trial.py            # all-MiniLM-L6-v2 + EfficientNet-Lite0, 10 configurations each
     python benchmarks/per_trial.py --quick    # tiny random models (smoke test)
@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -229,136 +228,6 @@ def bench_model(label: str, cfg, *, n_configs: int, lstsq_spans: int | None, see
             "naive": naive, "unequal": unequal}
 
 
-#: fixed hypervolume reference point of the time-to-front comparison (fidelity ↑, flops_frac ↓)
-REF_FIDELITY, REF_FLOPS = 0.5, 1.0
-
-
-def time_to_front(res: dict, *, trials: int, seeds: Sequence[int], out: Path, screening: bool = False) -> dict:
-    """Time for rba's search to reach the hypervolume a naive Optuna search reaches after ``trials`` trials.
-
-    Naive: ``optuna`` with the sampler rba's search uses (``search.samplers.make_sampler``: TPE, multivariate,
-    the seed), the same encoding and repair, naive trials (lstsq fits + full forward over the eval split).
-    rba: ``search.run_search`` as a user runs it (BR priors enqueued first, fits from statistics, prefix reuse
-    and memo; ``screening`` optional), same sampler and seed. Objectives fidelity ↑ and flops_frac ↓
-    (label-free), hypervolume with the fixed reference point (REF_FIDELITY, REF_FLOPS). Per seed: the naive
-    time is the earliest trial at which its hypervolume reached its 50-trial value, rba's the earliest
-    completed trial whose study reached at least that value.
-
-    Equal load: for each seed the naive search and rba's run back to back in one time window (naive, then rba,
-    which needs the naive target), seed after seed; the 1/5/15-minute load is printed and recorded at the start
-    and end of each side."""
-    import copy
-    import datetime as dt
-    import shutil
-    import time
-
-    import optuna
-
-    from rba.session import Session
-    from search import run_search
-    from search.space import SpanSpace
-    from search.samplers import make_sampler
-
-    full, naive = res["session"], res["naive"]
-    # a label-free session sharing the model and statistics: its evaluator caches the eval split only, as the
-    # naive fidelity-only trial runs the eval split only
-    base = copy.deepcopy(full.cfg)
-    base.search.objectives = ["fidelity", "flops"]
-    session = Session(base, need_labels=False, progress=False, measure_latency=False, adapter=full.adapter,
-                      stats=full.stats)
-    setup = {"rba_capture_s": res["setup"]["rba_capture_s"], "naive_materialise_s": res["setup"]["naive_materialise_s"]}
-    setup["rba_cache_eval_s"], _ = C.timed(lambda: session.evaluator)
-    session.cost_model
-    setup["naive_reference_s"], _ = C.timed(naive.prepare_reference)
-    space = SpanSpace(session.adapter.num_blocks, session.pairs)
-    cost = session.cost_model
-    ref = (REF_FIDELITY, REF_FLOPS)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warm = optuna.create_study(directions=["maximize", "minimize"])  # imports and first-study set-up, untimed
-    warm.tell(warm.ask(space.distributions()), [1.0, 1.0])
-
-    def search_cfg(seed: int, n: int, out: Path):
-        c = copy.deepcopy(base)
-        c.search.method, c.search.sampler = "optuna", "tpe"
-        c.search.seed, c.search.trials, c.search.priors, c.search.screening = seed, n, True, screening
-        c.search.backend = "optuna"
-        c.output.dir = str(out)
-        return c.validate()
-
-    def naive_search(seed: int) -> list[tuple[float, float, float]]:
-        study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(search_cfg(seed, trials, Path(".")), "optuna"))
-        points, t0 = [], time.perf_counter()
-        for _ in range(trials):
-            trial = study.ask(space.distributions())
-            spans = space.repair(trial.params)
-            fid = naive.trial(spans, labels=False)["fidelity"] if spans else 1.0
-            flops = cost.cost(spans)["flops_frac"]
-            study.tell(trial, [fid, flops])
-            points.append((time.perf_counter() - t0, fid, flops))
-        return points
-
-    def rba_search(seed: int, target: float, out: Path) -> tuple[list[tuple[float, float, float]], int]:
-        """Runs in stages (15, 30, 50, 100, 150 trials: a resumed study) until the target hypervolume is reached."""
-        if out.exists():
-            shutil.rmtree(out)
-        points, elapsed, evaluations = [], 0.0, 0
-        # rba may take more trials than the naive search did (up to 3×): the target is a hypervolume, not a count
-        for n in [n for n in (15, 30) if n < trials] + [trials, 2 * trials, 3 * trials]:
-            c = search_cfg(seed, n, out)
-            t0 = dt.datetime.now()
-            session.cfg = c
-            r = run_search(c, progress=False, session=session)
-            wall = (dt.datetime.now() - t0).total_seconds()
-            study = optuna.load_study(study_name=r.study_name, storage=r.storage)
-            done = sorted((t for t in study.trials if t.state.name == "COMPLETE" and t.datetime_complete >= t0),
-                          key=lambda t: t.datetime_complete)
-            points += [(elapsed + (t.datetime_complete - t0).total_seconds(), t.user_attrs["result"]["fidelity"],
-                        t.user_attrs["result"]["flops_frac"]) for t in done]
-            elapsed += wall
-            evaluations = len(points)
-            if C.hypervolume([(f, c) for _, f, c in points], ref) >= target - 1e-12:
-                break
-        return points, evaluations
-
-    rows = []
-    for seed in seeds:
-        session.clear_caches()
-        load = {"naive_load_start": C.load()}
-        print(f"  seed {seed}: naive search, load at start {load['naive_load_start']}", flush=True)
-        nv = naive_search(seed)
-        load["naive_load_end"] = C.load()
-        print(f"  seed {seed}: naive search, load at end {load['naive_load_end']}", flush=True)
-        hv_n = [C.hypervolume([(f, c) for _, f, c in nv[: k + 1]], ref) for k in range(len(nv))]
-        target = hv_n[-1]
-        k_n = next(k for k, h in enumerate(hv_n) if h >= target - 1e-12)
-        session.clear_caches()
-        load["rba_load_start"] = C.load()
-        print(f"  seed {seed}: rba search, load at start {load['rba_load_start']}", flush=True)
-        rb, _ = rba_search(seed, target, out / f"rba-s{seed}")
-        load["rba_load_end"] = C.load()
-        print(f"  seed {seed}: rba search, load at end {load['rba_load_end']}", flush=True)
-        hv_r = [C.hypervolume([(f, c) for _, f, c in rb[: k + 1]], ref) for k in range(len(rb))]
-        k_r = next((k for k, h in enumerate(hv_r) if h >= target - 1e-12), None)
-        row = {"seed": seed, "naive_hv": target, "naive_trials": k_n + 1, "naive_s": nv[k_n][0],
-               "naive_all_s": nv[-1][0], "rba_hv": hv_r[-1], "rba_trials": None if k_r is None else k_r + 1,
-               "rba_s": None if k_r is None else rb[k_r][0]}
-        row["ratio"] = row["naive_s"] / row["rba_s"] if row["rba_s"] else float("nan")
-        setup_n = setup["naive_materialise_s"] + setup["naive_reference_s"]
-        setup_r = setup["rba_capture_s"] + setup["rba_cache_eval_s"]
-        row["ratio_with_setup"] = (row["naive_s"] + setup_n) / (row["rba_s"] + setup_r) if row["rba_s"] else float("nan")
-        row |= load
-        rows.append(row)
-        print(f"  seed {seed}: naive HV {target:.4f} after {trials} trials, reached at trial {k_n + 1} "
-              f"({C.fmt_s(row['naive_s'])}); rba " + (f"reached it at trial {k_r + 1} ({C.fmt_s(row['rba_s'])})"
-              if k_r is not None else f"did not reach it in {len(rb)} trials (HV {hv_r[-1]:.4f})")
-              + f" (load {C.load()})", flush=True)
-    ok = [r["ratio"] for r in rows if r["rba_s"]]
-    return {"trials": trials, "seeds": list(seeds), "screening": screening, "reference": {"fidelity": REF_FIDELITY, "flops_frac": REF_FLOPS},
-            "setup": setup, "rows": rows, "ratio_median": C.median(ok) if ok else float("nan"),
-            "ratio_min": min(ok) if len(ok) == len(rows) else float("nan"),
-            "ratio_with_setup_median": C.median([r["ratio_with_setup"] for r in rows if r["rba_s"]]) if ok else float("nan")}
-
-
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--configs", type=int, default=10, help="random configurations per model")
@@ -370,11 +239,6 @@ def main() -> None:
                    help="MiniLM: time lstsq on this many spans only (default all) and extrapolate per span (its "
                         "spans all solve the same n × 385 system); EfficientNet-Lite0's differ, all are timed")
     p.add_argument("--profile", action="store_true", help="cProfile the slowest rba trial, a naive trial and the fits")
-    p.add_argument("--time-to-front", type=int, default=0, metavar="TRIALS",
-                   help="also time rba's search to the hypervolume a naive Optuna search reaches after TRIALS trials "
-                        "(the issue's setting: 50; MiniLM; slow: a naive trial takes ≈ 10 s, per seed)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds of --time-to-front")
-    p.add_argument("--screening", action="store_true", help="--time-to-front: rba's search with [search] screening on")
     p.add_argument("--naive-f64", action="store_true",
                    help="also time the earlier float64 baseline (numpy lstsq on a ridge-augmented copy) as an extra, "
                         "labelled column of the span-fit table (never a headline)")
@@ -401,10 +265,6 @@ def main() -> None:
         for label, cfg in cfgs:
             res = bench_model(label, cfg, n_configs=n_configs, lstsq_spans=lstsq if "MiniLM" in label else None,
                               profile=args.profile, f64=args.naive_f64)
-            if args.time_to_front and (args.quick or "MiniLM" in label):
-                n = min(args.time_to_front, 6) if args.quick else args.time_to_front
-                res["time_to_front"] = time_to_front(res, trials=n, seeds=args.seeds[:1] if args.quick else args.seeds,
-                                                     out=Path(cache) / "time_to_front", screening=args.screening)
             results.append(res)
             C.free()
 
@@ -432,16 +292,6 @@ def main() -> None:
         if "ratio_f64" in f:
             C.ratio_line(f"span fit, extra column: numpy float64 ridge lstsq / statistics, cold [{name}]", f["ratio_f64"],
                          detail=f"{C.fmt_s(f['lstsq_f64_total_s'])}; the earlier, slower baseline, not the authors' fit")
-        if "time_to_front" in r:
-            tf = r["time_to_front"]
-            C.table([{k: (C.fmt_s(v) if k.endswith("_s") and v is not None else v) for k, v in row.items()}
-                     for row in tf["rows"]], title=f"{name}: time to front (naive Optuna, {tf['trials']} trials)")
-            C.ratio_line(f"time to front, naive / rba, worst seed [{name}]", tf["ratio_min"], target=">= 20x on every seed",
-                         met=tf["ratio_min"] >= 20,
-                         detail=f"seeds {tf['seeds']}: " + ", ".join(f"{r['ratio']:.1f}x" for r in tf["rows"])
-                                + f"; median {tf['ratio_median']:.1f}x; with one-time setup "
-                                f"{tf['ratio_with_setup_median']:.1f}x; reference point fidelity {REF_FIDELITY}, "
-                                f"flops_frac {REF_FLOPS}; screening {tf['screening']}")
         if t is None:
             continue
         C.ratio_line(f"trial, naive / rba cold [{name}]", t["ratio_cold_median"], target=">= 5x",
