@@ -1,12 +1,13 @@
 """Configurations proposed from statistics alone: the priors that seed a search, and the baselines run
 through ``--method`` (exhaustive, random, br-greedy, block-drop) on the same objective.
 
+* **proxy fronts** (the first priors): the statistics-only Pareto layers of (Σ ls_residual, cost) over *every*
+  configuration — layer 1 exact by a DP over boundaries (costs and the proxy add over spans, so each suffix's
+  non-dominated set suffices), layers 1 and 2 by enumeration when the space is small enough — each layer
+  coarse to fine over its cost range (the front a search is after, guessed from statistics; Spearman ≈ 0.9
+  against fidelity on MiniLM, see benchmarks/RESULTS.md).
 * **best single spans**: the span with the highest br (the paper's metric) and the one with the lowest
   ls_residual.
-* **proxy front**: the statistics-only Pareto front of (Σ ls_residual, cost) over *every* configuration,
-  exact — costs and the proxy add over spans, so a DP over boundaries keeps each suffix's non-dominated set —
-  and a few of its members spread over the cost range become priors (the front a search is after, guessed
-  from statistics; Spearman ≈ 0.9 against fidelity on MiniLM, see benchmarks/RESULTS.md).
 * **BR-greedy** (the paper's heuristic): repeatedly take the highest-br span that does not overlap the spans
   already chosen; every prefix of that sequence is one configuration (1 span, 2 spans, ...).
 * **block-drop** (ShortGPT / SLEB-style removal): single blocks ranked by their Block Influence
