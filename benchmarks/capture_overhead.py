@@ -7,6 +7,8 @@ runs and takes the median.
 
     python benchmarks/capture_overhead.py           # MiniLM (all spans, float32 and float64), ViT-B-size model
     python benchmarks/capture_overhead.py --quick   # tiny random ViT
+    python benchmarks/capture_overhead.py --skip minilm --vit-image-size 224 --vit-samples 64 --vit-batches 16,64
+                                                    # the issue's ViT-B setting (197 tokens), sized for one core
     python benchmarks/capture_overhead.py --precision   # ls_residual of tiny residuals against float64 lstsq
 
 ``--precision``: a nearly-affine block (x·M + b + δ·tanh(x̂·P), float32) applied to MiniLM's real boundary-2
@@ -18,6 +20,7 @@ each against float64 ridge lstsq (numpy) on the materialised states.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -25,6 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import torch  # noqa: E402
+
+
+def cpu_timed(fn) -> tuple[float, float]:
+    """(wall-clock s, this process's CPU s) of one call. With ``--threads 1`` the CPU time is the work done,
+    which other processes on a shared machine inflate far less than the wall clock (they take turns on the cores)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def measure(label: str, cfg, *, max_span: int | None, batch_sizes, repeats: int, dtypes=("float32",),
@@ -60,20 +71,28 @@ def measure(label: str, cfg, *, max_span: int | None, batch_sizes, repeats: int,
     for bs in batch_sizes:
         forward(bs)  # warm-up (allocator, one-time lazy init)
         for dtype in dtypes:
-            t_fwd, t_stg, t_cap = [], [], []
+            t_fwd, t_stg, t_cap = ([], []), ([], []), ([], [])
             runs = [(t_fwd, lambda: forward(bs)), (t_stg, lambda: staged(bs)),
                     (t_cap, lambda: capture_statistics(adapter, samples, pairs=pairs, batch_size=bs, dtype=dtype,
                                                        progress=False))]
+            print(f"  # load before batch {bs} {dtype}: {C.load()}", flush=True)
             for rep in range(repeats):
                 # rotate the order each repeat, so that no method always runs first (or after the same one)
-                for times, fn in runs[rep % 3:] + runs[: rep % 3]:
-                    times.append(C.timed(fn)[0])
-            f, g, c = C.median(t_fwd), C.median(t_stg), C.median(t_cap)
+                for (wall, cpu), fn in runs[rep % 3:] + runs[: rep % 3]:
+                    w, c = cpu_timed(fn)
+                    wall.append(w)
+                    cpu.append(c)
+            print(f"  # load after batch {bs} {dtype}: {C.load()}", flush=True)
+            (f, g, c), (fc, gc, cc) = ([C.median(t[m]) for t in (t_fwd, t_stg, t_cap)] for m in (0, 1))
             rows.append({"model": label, "max_span": max_span or adapter.num_blocks, "spans": len(pairs),
                          "stats_MiB": mib, "batch": bs, "dtype": dtype, "samples": len(samples),
-                         "forward_s": f, "staged_s": g, "capture_s": c, "ratio": c / f, "ratio_vs_staged": c / g})
+                         "forward_s": f, "staged_s": g, "capture_s": c, "ratio": c / f, "ratio_vs_staged": c / g,
+                         "forward_cpu_s": fc, "staged_cpu_s": gc, "capture_cpu_s": cc, "cpu_ratio": cc / fc,
+                         "cpu_ratio_staged": gc / fc})
             print(f"  {label} max_span={max_span} batch={bs} {dtype}: forward {C.fmt_s(f)}, staged {C.fmt_s(g)}, "
-                  f"capture {C.fmt_s(c)}, ratio {c / f:.2f} (vs staged {c / g:.2f})", flush=True)
+                  f"capture {C.fmt_s(c)}, ratio {c / f:.2f} (vs staged {c / g:.2f}); CPU time: forward "
+                  f"{C.fmt_s(fc)}, staged {C.fmt_s(gc)} ({gc / fc:.2f}x), capture {C.fmt_s(cc)}, ratio {cc / fc:.2f}",
+                  flush=True)
     if profile:
         C.profile_top(lambda: capture_statistics(adapter, samples, pairs=pairs, batch_size=batch_sizes[0],
                                                  progress=False), title=f"capture, {label}, batch {batch_sizes[0]}")
@@ -153,6 +172,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--vit-samples", type=int, default=256, help="calibration images for the ViT-B-size model")
     p.add_argument("--vit-image-size", type=int, default=64, help="ViT input size (patch 16: 64 px → 17 tokens)")
+    p.add_argument("--vit-batches", default="16,64,256", help="comma-separated batch sizes for the ViT-B-size model")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: minilm, vit")
     p.add_argument("--profile", action="store_true", help="print a cProfile of one capture per model")
     p.add_argument("--precision", action="store_true",
@@ -196,18 +216,23 @@ def main() -> None:
                                    eval=0)
                 label = f"ViT-B/16 arch, random ({args.vit_image_size} px)"
                 for ms in (12, 4):
-                    rows += measure(label, cfg, max_span=ms, batch_sizes=[16, 64, 256], repeats=args.repeats or 1,
+                    rows += measure(label, cfg, max_span=ms, batch_sizes=[int(b) for b in args.vit_batches.split(",")],
+                                    repeats=args.repeats or 1,
                                     profile=args.profile and ms == 12)
     C.table(rows, ["model", "max_span", "spans", "stats_MiB", "batch", "dtype", "samples", "forward_s", "staged_s",
-                   "capture_s", "ratio", "ratio_vs_staged"],
+                   "capture_s", "ratio", "ratio_vs_staged", "forward_cpu_s", "capture_cpu_s", "cpu_ratio",
+                   "cpu_ratio_staged"],
             title="capture / plain forward (staged = the capture's forward path without statistics)")
     for r in rows:
-        target = None
-        if r["dtype"] == "float32" and "MiniLM" in r["model"] and r["batch"] == 64:
-            target = "<= 1.5x"
+        limit = None  # issue 11: MiniLM (all spans) <= 1.3x at every batch size, a ViT-B-size model <= 1.5x at max_span 4
+        if r["dtype"] == "float32" and "MiniLM" in r["model"]:
+            limit = 1.3
+        elif r["dtype"] == "float32" and "ViT-B" in r["model"] and r["max_span"] == 4:
+            limit = 1.5
         C.ratio_line(f"capture / forward [{r['model']}, max_span {r['max_span']}, batch {r['batch']}, {r['dtype']}]",
-                     r["ratio"], target=target, met=(r["ratio"] <= 1.5) if target else None,
-                     detail=f"{C.fmt_s(r['capture_s'])} vs {C.fmt_s(r['forward_s'])}; vs the staged path without "
+                     r["ratio"], target=f"<= {limit}x" if limit else None, met=(r["ratio"] <= limit) if limit else None,
+                     detail=f"{C.fmt_s(r['capture_s'])} vs {C.fmt_s(r['forward_s'])}; CPU time {r['cpu_ratio']:.2f}x "
+                            f"(staged {r['cpu_ratio_staged']:.2f}x); vs the staged path without "
                             f"statistics {r['ratio_vs_staged']:.2f}x; {r['spans']} spans, "
                             f"{r['stats_MiB']:.3g} MiB of statistics")
     C.write_json(args.json, {"rows": rows})

@@ -352,12 +352,25 @@ def _centred_augmented(x: torch.Tensor, center: torch.Tensor, sq: torch.Tensor) 
     return xt
 
 
+#: row blocks a Gram matrix is split into so that only its upper block triangle is multiplied (s blocks skip
+#: (s − 1)/(2s) of its products; the lower blocks are mirrored from the upper ones in :meth:`StatisticsCollector.result`).
+#: More blocks mean narrower GEMMs, which run slower per multiply-add: on this CPU (one thread, D = 384, 2000
+#: vectors) 4 blocks lost what they saved.
+GRAM_BLOCKS = 2
+
+
 class StatisticsCollector:
     """Running float64 totals about each boundary's centre (its first batch's mean), updated batch by batch
-    with the vectors of every boundary."""
+    with the vectors of every boundary.
+
+    Per batch and boundary i, with u_i = [x_i − c_i | 1]: the Gram matrix's upper block triangle (row blocks of
+    :data:`GRAM_BLOCKS`, each multiplied from the diagonal on; the lower blocks are the transposes of accumulated
+    upper ones) and one product u_iᵀ v_j per tracked span, each a float32 GEMM added straight into its float64
+    total. Joining the products that share u_i into one wider GEMM (u_iᵀ [u_i | v_i+1 | …]) was measured and
+    not kept: no faster at D = 384, slower at D = 768 (``benchmarks/RESULTS.md`` §2)."""
 
     def __init__(self, dims: Sequence[int], pairs: Sequence[Span], *, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", gram_blocks: int = GRAM_BLOCKS):
         self.dims = list(dims)
         self.pairs = sorted(pairs)
         self.dtype = dtype
@@ -370,6 +383,8 @@ class StatisticsCollector:
         self._targets: dict[int, list[int]] = {}
         for i, j in self.pairs:
             self._targets.setdefault(i, []).append(j)
+        #: per boundary: the row ranges [(r0, r1)] of its Gram's upper block triangle
+        self._row_blocks = [_row_blocks(d + 1, gram_blocks) for d in self.dims]
 
     @torch.no_grad()
     def update(self, vectors: Sequence[torch.Tensor]) -> None:
@@ -383,18 +398,27 @@ class StatisticsCollector:
             if self.center[k] is None and x.shape[0]:
                 self.center[k] = x.mean(dim=0)  # in the capture dtype: x − c is what the products see
         # [x − c | 1] per boundary; the targets of cross products are its first D columns (a strided view)
-        xts = [_centred_augmented(x, self.center[k], self.sq[k]) if x.shape[0] else
-               torch.ones(0, x.shape[1] + 1, dtype=x.dtype, device=x.device) for k, x in enumerate(xs)]
+        xts = [_centred_augmented(x, self.center[k], self.sq[k]) if x.shape[0] else None for k, x in enumerate(xs)]
         # cosines from row dot products over the norms, one norm per boundary
-        norms = [torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12) for x in xs]
-        for i, xi in enumerate(xs):
-            # boundaries may hold different vector counts (CNN stages); spans join equal ones
-            targets = self._targets.get(i, [])
-            add_augmented_products(self.gram[i], xts[i], [(self.cross[(i, j)], xts[j][:, :-1]) for j in targets])
-            for j in targets:
-                cos = (xi * xs[j]).sum(dim=1) / (norms[i] * norms[j])
+        norms = {k: torch.linalg.vector_norm(xs[k], dim=1).clamp_min(1e-12) for k in {k for p in self.pairs for k in p}}
+        for i, xt in enumerate(xts):
+            if xt is None:  # boundaries may hold different vector counts (CNN stages); spans join equal ones
+                continue
+            for r0, r1 in self._row_blocks[i]:
+                self.gram[i][r0:r1, r0:].add_(xt[:, r0:r1].T @ xt[:, r0:])
+            xtT = xt.T
+            for j in self._targets.get(i, []):
+                self.cross[(i, j)].add_(xtT @ xts[j][:, :-1])
+                cos = torch.linalg.vecdot(xs[i], xs[j]) / (norms[i] * norms[j])
                 self.cos_sum[(i, j)] += cos.sum(dtype=torch.float64)
         self.n += n_b
+
+    def _symmetrised_gram(self, k: int) -> torch.Tensor:
+        """Boundary k's Gram total with its lower blocks mirrored from the accumulated upper ones."""
+        g = self.gram[k].clone()
+        for r0, r1 in self._row_blocks[k]:
+            g[r1:, r0:r1] = g[r0:r1, r1:].T
+        return g
 
     def result(self, *, key: str = "", meta: dict[str, Any] | None = None) -> Statistics:
         return Statistics(
@@ -403,13 +427,20 @@ class StatisticsCollector:
             n=self.n,
             center=[torch.zeros(d, dtype=torch.float64) if c is None else c.to(torch.float64).cpu()
                     for d, c in zip(self.dims, self.center)],
-            centred_gram=[g.cpu() for g in self.gram],
+            centred_gram=[self._symmetrised_gram(k).cpu() for k in range(len(self.dims))],
             centred_cross={p: c.cpu() for p, c in self.cross.items()},
             centred_sq=[float(s) for s in self.sq],
             cos_sum={p: float(c) for p, c in self.cos_sum.items()},
             meta=meta or {},
             key=key,
         )
+
+
+def _row_blocks(size: int, blocks: int) -> list[tuple[int, int]]:
+    """``size`` rows split into up to ``blocks`` near-equal ranges [(r0, r1)]."""
+    blocks = max(1, min(blocks, size))
+    edges = [round(size * b / blocks) for b in range(blocks + 1)]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
 def length_order(samples: Sequence[Any]) -> np.ndarray | None:
