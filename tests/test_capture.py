@@ -6,7 +6,7 @@ import torch
 
 from conftest import TINY_MODELS, materialise, tiny_config, tiny_samples
 from rba.adapters import create_adapter
-from rba.capture import Statistics, capture_statistics, check_finite, statistics_nbytes
+from rba.capture import Statistics, StatisticsCollector, capture_statistics, check_finite, statistics_nbytes
 from rba.errors import CacheError, DataError
 
 
@@ -37,6 +37,36 @@ def test_statistics_match_numpy_sums(family, dtype, rtol):
     for i, j in _some_spans(adapter):
         xt = np.hstack([xs[i], np.ones((len(xs[i]), 1))])
         ref = xt.T @ xs[j]
+        np.testing.assert_allclose(stats.cross[(i, j)].numpy(), ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+        cos = (xs[i] * xs[j]).sum(1) / (np.linalg.norm(xs[i], axis=1) * np.linalg.norm(xs[j], axis=1))
+        assert stats.cos_sum[(i, j)] == pytest.approx(cos.sum(), rel=rtol)
+
+
+@pytest.mark.parametrize("dtype,blocks,rtol", [(torch.float64, 1, 1e-11), (torch.float64, 2, 1e-11),
+                                               (torch.float64, 3, 1e-11), (torch.float64, 9, 1e-11),
+                                               (torch.float32, 2, 1e-5)])
+def test_collector_totals_match_numpy_products(dtype, blocks, rtol):
+    """The collector on its own, against numpy products of the materialised float64 vectors: Gram matrices
+    multiplied as upper row blocks (1 to more blocks than rows) and mirrored, boundaries of different vector
+    counts (a CNN stage change), a start boundary with several targets, batches of different sizes."""
+    rng = np.random.default_rng(0)
+    dims, counts = [5, 5, 7, 7, 7], [4, 4, 2, 2, 2]  # vectors per sample at each boundary
+    pairs = [(0, 1), (2, 3), (2, 4), (3, 4)]
+    batches = [[rng.normal(3.0, 2.0, size=(c * m, d)) for c, d in zip(counts, dims)] for m in (3, 1, 5)]
+    collector = StatisticsCollector(dims, pairs, dtype=dtype, gram_blocks=blocks)
+    for batch in batches:
+        collector.update([torch.from_numpy(x) for x in batch])
+    stats = collector.result()
+    xs = [np.concatenate([b[k] for b in batches]) for k in range(len(dims))]
+    xts = [np.hstack([x, np.ones((len(x), 1))]) for x in xs]
+    assert stats.n == len(xs[0])
+    for k, xt in enumerate(xts):
+        ref = xt.T @ xt
+        assert torch.equal(stats.centred_gram[k], stats.centred_gram[k].T)  # mirrored, so exactly symmetric
+        np.testing.assert_allclose(stats.gram[k].numpy(), ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+        assert stats.sum_sq(k) == pytest.approx((xs[k] ** 2).sum(), rel=rtol)
+    for i, j in pairs:
+        ref = xts[i].T @ xs[j]
         np.testing.assert_allclose(stats.cross[(i, j)].numpy(), ref, rtol=rtol, atol=rtol * np.abs(ref).max())
         cos = (xs[i] * xs[j]).sum(1) / (np.linalg.norm(xs[i], axis=1) * np.linalg.norm(xs[j], axis=1))
         assert stats.cos_sum[(i, j)] == pytest.approx(cos.sum(), rel=rtol)
