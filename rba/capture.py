@@ -343,11 +343,9 @@ def centred(x: torch.Tensor, center: torch.Tensor, sq: torch.Tensor | None = Non
     return v
 
 
-def _centred_augmented(x: torch.Tensor, center: torch.Tensor, sq: torch.Tensor,
-                        out: torch.Tensor | None = None) -> torch.Tensor:
-    """[x − center | 1] in one buffer (the shift written straight into it, or into ``out``), adding
-    Σ‖x − center‖² to ``sq``."""
-    xt = torch.empty(x.shape[0], x.shape[1] + 1, dtype=x.dtype, device=x.device) if out is None else out
+def _centred_augmented(x: torch.Tensor, center: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+    """[x − center | 1] in one buffer (the shift written straight into it), adding Σ‖x − center‖² to ``sq``."""
+    xt = torch.empty(x.shape[0], x.shape[1] + 1, dtype=x.dtype, device=x.device)
     torch.sub(x, center, out=xt[:, :-1])
     xt[:, -1] = 1
     sq += _sum_sq(xt[:, :-1])
@@ -360,13 +358,6 @@ def _centred_augmented(x: torch.Tensor, center: torch.Tensor, sq: torch.Tensor,
 #: vectors) 4 blocks lost what they saved.
 GRAM_BLOCKS = 2
 
-#: batches of token vectors smaller than this are staged (their [x − c | 1] written side by side into one buffer
-#: per boundary) and multiplied together once the buffer holds this many: fewer, deeper GEMMs and one float64
-#: addition per total per buffer instead of per batch (that addition, memory-bound, was a fifth of the statistics'
-#: time at MiniLM's batch 16). A product then sums up to this many vectors in the capture dtype, as one batch of
-#: this size does; the buffer is the size of one such batch's vectors.
-STAGE_VECTORS = 2048
-
 
 class StatisticsCollector:
     """Running float64 totals about each boundary's centre (its first batch's mean), updated batch by batch
@@ -375,14 +366,11 @@ class StatisticsCollector:
     Per batch and boundary i, with u_i = [x_i − c_i | 1]: the Gram matrix's upper block triangle (row blocks of
     :data:`GRAM_BLOCKS`, each multiplied from the diagonal on; the lower blocks are the transposes of accumulated
     upper ones) and one product u_iᵀ v_j per tracked span, each a float32 GEMM added straight into its float64
-    total; small batches of token vectors are staged and multiplied together (:data:`STAGE_VECTORS`), so totals
-    are complete only in :meth:`result`. Joining the products that share u_i into one wider GEMM
-    (u_iᵀ [u_i | v_i+1 | …]) was measured and not kept: no faster at D = 384, slower at D = 768
-    (``benchmarks/RESULTS.md`` §2)."""
+    total. Joining the products that share u_i into one wider GEMM (u_iᵀ [u_i | v_i+1 | …]) was measured and
+    not kept: no faster at D = 384, slower at D = 768 (``benchmarks/RESULTS.md`` §2)."""
 
     def __init__(self, dims: Sequence[int], pairs: Sequence[Span], *, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu", gram_blocks: int = GRAM_BLOCKS,
-                 stage_vectors: int = STAGE_VECTORS):
+                 device: torch.device | str = "cpu", gram_blocks: int = GRAM_BLOCKS):
         self.dims = list(dims)
         self.pairs = sorted(pairs)
         self.dtype = dtype
@@ -397,9 +385,6 @@ class StatisticsCollector:
             self._targets.setdefault(i, []).append(j)
         #: per boundary: the row ranges [(r0, r1)] of its Gram's upper block triangle
         self._row_blocks = [_row_blocks(d + 1, gram_blocks) for d in self.dims]
-        self.stage_vectors = stage_vectors
-        self._stage: list[torch.Tensor] | None = None  # per boundary: (stage_vectors, D + 1) in the capture dtype
-        self._staged = 0  # rows of the stage filled
 
     @torch.no_grad()
     def update(self, vectors: Sequence[torch.Tensor]) -> None:
@@ -412,30 +397,10 @@ class StatisticsCollector:
         for k, x in enumerate(xs):
             if self.center[k] is None and x.shape[0]:
                 self.center[k] = x.mean(dim=0)  # in the capture dtype: x − c is what the products see
-        counts = {x.shape[0] for x in xs}
-        if len(counts) == 1 and n_b < self.stage_vectors:  # token layouts: every boundary holds the same vectors
-            if self._staged + n_b > self.stage_vectors:
-                self._flush()
-            if self._stage is None:
-                self._stage = [torch.empty(self.stage_vectors, d + 1, dtype=self.dtype, device=xs[0].device)
-                               for d in self.dims]
-            rows = slice(self._staged, self._staged + n_b)
-            for k, x in enumerate(xs):
-                _centred_augmented(x, self.center[k], self.sq[k], out=self._stage[k][rows])
-            self._staged += n_b
-        else:
-            # [x − c | 1] per boundary; the targets of cross products are its first D columns (a strided view)
-            self._products([_centred_augmented(x, self.center[k], self.sq[k]) if x.shape[0] else None
-                            for k, x in enumerate(xs)])
+        # [x − c | 1] per boundary; the targets of cross products are its first D columns (a strided view)
+        xts = [_centred_augmented(x, self.center[k], self.sq[k]) if x.shape[0] else None for k, x in enumerate(xs)]
         # cosines from row dot products over the norms, one norm per boundary
         norms = {k: torch.linalg.vector_norm(xs[k], dim=1).clamp_min(1e-12) for k in {k for p in self.pairs for k in p}}
-        for i, j in self.pairs:
-            cos = torch.linalg.vecdot(xs[i], xs[j]) / (norms[i] * norms[j])
-            self.cos_sum[(i, j)] += cos.sum(dtype=torch.float64)
-        self.n += n_b
-
-    def _products(self, xts: Sequence[torch.Tensor | None]) -> None:
-        """Add every boundary's Gram matrix (upper row blocks) and span cross products of ``xts[k]`` = [x − c | 1]."""
         for i, xt in enumerate(xts):
             if xt is None:  # boundaries may hold different vector counts (CNN stages); spans join equal ones
                 continue
@@ -444,12 +409,9 @@ class StatisticsCollector:
             xtT = xt.T
             for j in self._targets.get(i, []):
                 self.cross[(i, j)].add_(xtT @ xts[j][:, :-1])
-
-    def _flush(self) -> None:
-        """Multiply the staged vectors into the totals and empty the stage."""
-        if self._staged and self._stage is not None:
-            self._products([b[: self._staged] for b in self._stage])
-        self._staged = 0
+                cos = torch.linalg.vecdot(xs[i], xs[j]) / (norms[i] * norms[j])
+                self.cos_sum[(i, j)] += cos.sum(dtype=torch.float64)
+        self.n += n_b
 
     def _symmetrised_gram(self, k: int) -> torch.Tensor:
         """Boundary k's Gram total with its lower blocks mirrored from the accumulated upper ones."""
@@ -459,7 +421,6 @@ class StatisticsCollector:
         return g
 
     def result(self, *, key: str = "", meta: dict[str, Any] | None = None) -> Statistics:
-        self._flush()
         return Statistics(
             dims=self.dims,
             pairs=self.pairs,
