@@ -94,7 +94,7 @@ def vit(cache, args, *, probe: int, eval: int):
 
 def capture_part(cache, args, label: str) -> dict[str, Any]:
     cfg = vit(cache, args, probe=0, eval=0)
-    rows = capture_overhead.measure(label, cfg, max_span=None, batch_sizes=args.capture_batches,
+    rows = capture_overhead.measure(label, cfg, max_span=args.capture_max_span, batch_sizes=args.capture_batches,
                                     repeats=args.repeats)
     return {"rows": rows, "gpu_memory": gpu_memory()}
 
@@ -169,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--capture-batches", type=int, nargs="+", default=None,
                    help="batch sizes of the capture part (default 64 256; quick 16 32)")
     p.add_argument("--repeats", type=int, default=None, help="capture part: alternating repeats (default 3; quick 1)")
+    p.add_argument("--capture-max-span", type=int, default=None,
+                   help="capture part: longest span with statistics (default: all, 78 spans at 12 blocks)")
     p.add_argument("--configs", type=int, default=None, help="random configurations (default 5; quick 2)")
     p.add_argument("--lstsq-spans", type=int, default=None,
                    help="spans whose lstsq is timed, extrapolated per span to all (every span of a ViT solves the "
