@@ -103,3 +103,29 @@ def test_fidelity_studies_set_their_export_drop(name):
     text = list_studies()[name].read_text()
     comment = text.split("[run]")[1].split("max_drop")[0]
     assert "fidelity" in comment and "0.01" in comment
+
+
+def test_transfer_plot_reads_each_table_and_draws_every_pair(tmp_path):
+    """studies/transfer_plot.py parses transfer_table.py's markdown (own-data column first, then the other data
+    set's; an unlabelled pair has no accuracy columns) and writes one figure."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("transfer_plot", STUDIES / "transfer_plot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "a_to_b.md").write_text(
+        "# title\n\ntext\n\n| spans | FLOPs | accuracy, b | accuracy, a | fidelity, b | fidelity, a |\n"
+        "|---|---|---|---|---|---|\n| none | 1.000 | 0.9 | 0.9 | 1.0 | 1.0 |\n| 1-2 | 0.500 | 0.8 | 0.7 | 0.95 | 0.85 |\n")
+    (tmp_path / "c_to_d.md").write_text(
+        "| spans | FLOPs | fidelity, d | fidelity, c |\n|---|---|---|---|\n| none | 1.000 | 1.0 | 1.0 |\n"
+        "| 0-6 | 0.014 | 0.55 | 0.39 |\n")
+    frame = module.read_table(tmp_path / "a_to_b.md")
+    assert list(frame["spans"]) == ["none", "1-2"]
+    assert frame["FLOPs"].tolist() == [1.0, 0.5] and frame["fidelity, a"].tolist() == [1.0, 0.85]
+    assert module.columns(frame, "accuracy") == ("accuracy, b", "accuracy, a")
+    assert module.columns(module.read_table(tmp_path / "c_to_d.md"), "accuracy") is None
+    assert module.main(["--folder", str(tmp_path)]) == 0
+    assert (tmp_path / "transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert module.main(["--folder", str(empty)]) == 2
