@@ -89,30 +89,43 @@ def block_drop_order(stats: Statistics, pairs: Sequence[Span]) -> list[list[Span
     return out
 
 
+def _configurations(num_blocks: int, pairs: Sequence[Span], proxy: dict[Span, float], cost: dict[Span, float],
+                    reduce=list) -> list[tuple[float, float, tuple[Span, ...]]]:
+    """(Σ proxy, Σ cost, spans) of the configurations from boundary 0 on, by dynamic programming over the
+    boundaries: from boundary k either block k is kept (the configurations from k + 1) or a span (k, j) starts
+    there (its values + the configurations from j); ``reduce`` prunes each boundary's list (default: keeps all)."""
+    by_start: dict[int, list[int]] = {}
+    for i, j in pairs:
+        by_start.setdefault(i, []).append(j)
+    table: list[list[tuple[float, float, tuple[Span, ...]]]] = [[] for _ in range(num_blocks + 1)]
+    table[num_blocks] = [(0.0, 0.0, ())]
+    for k in range(num_blocks - 1, -1, -1):
+        candidates = list(table[k + 1])
+        for j in by_start.get(k, []):
+            p, c = proxy[(k, j)], cost[(k, j)]
+            candidates += [(p + q, c + d, ((k, j),) + rest) for q, d, rest in table[j]]
+        table[k] = reduce(candidates)
+    return table[0]
+
+
+def _nondominated(candidates: list[tuple[float, float, tuple[Span, ...]]]) -> list[tuple[float, float, tuple[Span, ...]]]:
+    """The (proxy, cost) non-dominated members (both minimised), sorted by cost; equal costs keep the lowest proxy."""
+    kept, best = [], float("inf")
+    for q, d, spans in sorted(candidates, key=lambda t: (t[1], t[0])):
+        if q < best:
+            kept.append((q, d, spans))
+            best = q
+    return kept
+
+
 def proxy_front(num_blocks: int, pairs: Sequence[Span], proxy: dict[Span, float],
                 cost: dict[Span, float]) -> list[tuple[float, float, list[Span]]]:
     """Every configuration's (Σ proxy, Σ cost) over its spans, reduced to the non-dominated ones (both
     minimised), exactly: the front of the configurations from boundary k on is the front of "block k kept"
     (the front from k + 1) and "span (k, j)" (its values + the front from j). Returns (proxy, cost, spans)
     sorted by cost; ``cost`` is each span's change of the cost (negative: it saves)."""
-    by_start: dict[int, list[int]] = {}
-    for i, j in pairs:
-        by_start.setdefault(i, []).append(j)
-    fronts: list[list[tuple[float, float, tuple[Span, ...]]]] = [[] for _ in range(num_blocks + 1)]
-    fronts[num_blocks] = [(0.0, 0.0, ())]
-    for k in range(num_blocks - 1, -1, -1):
-        candidates = list(fronts[k + 1])
-        for j in by_start.get(k, []):
-            p, c = proxy[(k, j)], cost[(k, j)]
-            candidates += [(p + q, c + d, ((k, j),) + rest) for q, d, rest in fronts[j]]
-        candidates.sort(key=lambda t: (t[1], t[0]))
-        kept, best = [], float("inf")
-        for q, d, spans in candidates:
-            if q < best:
-                kept.append((q, d, spans))
-                best = q
-        fronts[k] = kept
-    return [(q, d, list(spans)) for q, d, spans in fronts[0]]
+    front = _configurations(num_blocks, pairs, proxy, cost, reduce=_nondominated)
+    return [(q, d, list(spans)) for q, d, spans in front]
 
 
 def bisection_order(n: int) -> list[int]:
@@ -137,19 +150,9 @@ def proxy_layers(num_blocks: int, pairs: Sequence[Span], proxy: dict[Span, float
     layer sorted by cost, the unmodified configuration left out of the result (it takes part in the sorting, so
     a configuration it dominates is in no early layer). Equal costs keep the lowest proxy in the layer (as
     :func:`proxy_front`). Enumerates the configurations: meant for spaces up to :data:`LAYER_LIMIT`."""
-    by_start: dict[int, list[int]] = {}
-    for i, j in pairs:
-        by_start.setdefault(i, []).append(j)
-    suffix: list[list[tuple[float, float, tuple[Span, ...]]]] = [[] for _ in range(num_blocks + 1)]
-    suffix[num_blocks] = [(0.0, 0.0, ())]
-    for k in range(num_blocks - 1, -1, -1):
-        here = list(suffix[k + 1])
-        for j in by_start.get(k, []):
-            p, c = proxy[(k, j)], cost[(k, j)]
-            here += [(p + q, c + d, ((k, j),) + rest) for q, d, rest in suffix[j]]
-        suffix[k] = here
+    every = _configurations(num_blocks, pairs, proxy, cost)
     # the unmodified configuration takes part (what it dominates is never proposed) but is not returned
-    points = sorted((t for t in suffix[0] if not t[2] or keep is None or keep(list(t[2]))), key=lambda t: (t[1], t[0]))
+    points = sorted((t for t in every if not t[2] or keep is None or keep(list(t[2]))), key=lambda t: (t[1], t[0]))
     out = []
     for _ in range(layers):
         layer, rest, best = [], [], float("inf")
