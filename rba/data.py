@@ -67,6 +67,14 @@ class Dataset:
         return 0 if self.labels is None else int(len(np.unique(self.labels)))
 
 
+#: PIL's errors for unreadable image data
+_PIL_ERRORS = (OSError, SyntaxError, ValueError)
+
+
+def _unreadable_image(path: Path, exc: Exception) -> DataError:
+    return DataError(f"cannot read the image {path}: {exc}; replace or remove the file")
+
+
 class ImageFiles:
     """The images of an ``image-folder`` data set, decoded only when a batch is read: ``files[a:b]`` (or an index
     array through :meth:`subset`) stays a list of files, ``images[a:b]`` decodes those images into a uint8
@@ -109,8 +117,8 @@ class ImageFiles:
                 if opened.size != self.size:
                     opened.draft("RGB", self.size)  # JPEG only: decode at the smallest scale ≥ size
                 img = opened.convert("RGB")
-        except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable image data
-            raise DataError(f"cannot read the image {path}: {exc}; replace or remove the file") from None
+        except _PIL_ERRORS as exc:
+            raise _unreadable_image(path, exc) from None
         if img.size != self.size:
             img = img.resize(self.size, Image.Resampling.BILINEAR, reducing_gap=3.0)
         return np.asarray(img).transpose(2, 0, 1)
@@ -346,8 +354,8 @@ def _image_folder(path: Path, image_size: int | None = None) -> Dataset:
                 with Image.open(f) as opened:  # reads the header only
                     size = size or opened.size
                     opened.verify()  # a truncated or damaged file fails here, before any work
-            except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable image data
-                raise DataError(f"cannot read the image {f}: {exc}; replace or remove the file") from None
+            except _PIL_ERRORS as exc:
+                raise _unreadable_image(f, exc) from None
             files.append(f)
             labels.append(ci)
     if not files:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["hypervolume", "span_count", "redundant_spans", "compare_methods", "best_quality_at",
-           "prior_correlations", "multi_span", "search_cost", "feasible_rows", "front_members", "MAXIMISED"]
+           "prior_correlations", "multi_span", "search_cost", "feasible_rows", "front_members"]
 
 #: result columns that are maximised; every other objective column is minimised
 MAXIMISED = ("accuracy", "fidelity")

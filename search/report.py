@@ -23,7 +23,7 @@ from rba.fit import fit_label
 from rba.spans import format_spans, parse_spans
 from search.analysis import front_members
 from search.baselines import br_greedy
-from search.objective import RESULT_COLUMNS
+from search.objective import QUALITY, RESULT_COLUMNS
 from search.recording import SearchResult, StudyContext, log
 
 __all__ = ["finish", "choose_export", "rule_columns", "measure_speedup", "measure_export", "write_report",
@@ -71,8 +71,7 @@ def finish(ctx: StudyContext, study) -> SearchResult:
                         storage=ctx.storage_url, identity=ctx.identity, context=ctx)
 
 
-#: quality objectives (maximised) and cost columns (minimised), in the order the export rule looks for them
-QUALITY = ("accuracy", "fidelity")
+#: cost columns (minimised), in the order the export rule looks for them (quality: search.objective.QUALITY)
 COST_COLUMNS = {"flops": "flops_frac", "params": "params_frac", "latency": "latency_ms"}
 
 
