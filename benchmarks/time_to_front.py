@@ -4,7 +4,8 @@ Naive: ``optuna`` with the sampler rba's search uses (``search.samplers.make_sam
 seed), the same encoding and repair, and the paper's per-trial code path (``_common.Naive``: float32 lstsq fits
 on the materialised calibration states, full forward over the eval split). rba: ``search.run_search`` as a user
 runs it (defaults: priors on, i.e. the proxy front first, then TPE; fits from statistics, prefix reuse and
-memo), same sampler and seed. Objectives fidelity ↑ and flops_frac ↓ (label-free: both methods run the eval
+memo) plus ``[search] early_stop = true`` (a trial dominated on a quarter or half of the eval split stops there;
+``--no-early-stop`` runs every trial in full), same sampler and seed. Objectives fidelity ↑ and flops_frac ↓ (label-free: both methods run the eval
 split only); hypervolume with the fixed reference point (REF_FIDELITY, REF_FLOPS).
 
 Per seed, the naive time is the earliest trial at which its hypervolume reached its N-trial value; rba's is the
@@ -37,23 +38,30 @@ from rba.errors import RBAError  # noqa: E402
 REF_FIDELITY, REF_FLOPS = 0.5, 1.0
 
 
+def full_hypervolume(points) -> float:
+    """Hypervolume of the points (seconds, fidelity, flops_frac, stopped early) evaluated in full."""
+    return C.hypervolume([(f, c) for _, f, c, stopped in points if not stopped], (REF_FIDELITY, REF_FLOPS))
+
+
 class _Reached(RBAError):
     """Raised by the timed objective once rba's trials reach the target hypervolume (ends the benchmark's run)."""
 
 
 def timed_objective(session, target: float, t0: list[float]):
-    """An :class:`search.objective.Objective` that records (seconds since ``t0[0]``, fidelity, flops_frac) after
-    every full evaluation and stops the run once the hypervolume of those points reaches ``target``."""
+    """An :class:`search.objective.Objective` that records (seconds since ``t0[0]``, fidelity, flops_frac, stopped
+    early) after every evaluation and stops the run once the hypervolume of the points evaluated in full reaches
+    ``target`` (a trial stopped early holds only a subset's estimates and never counts towards it)."""
     from search.objective import Objective
 
     class Timed(Objective):
-        points: list[tuple[float, float, float]] = []
+        points: list[tuple[float, float, float, bool]] = []
 
         def __call__(self, spans, front=None):
             result = super().__call__(spans, front)
             t = time.perf_counter() - t0[0]
-            self.points.append((t, float(result["fidelity"]), float(result["flops_frac"])))
-            if C.hypervolume([(f, c) for _, f, c in self.points], (REF_FIDELITY, REF_FLOPS)) >= target - 1e-12:
+            self.points.append((t, float(result["fidelity"]), float(result["flops_frac"]),
+                                bool(result.get("stopped_early"))))
+            if full_hypervolume(self.points) >= target - 1e-12:
                 raise _Reached(f"target reached after {len(self.points)} evaluations")
             return result
 
@@ -63,7 +71,7 @@ def timed_objective(session, target: float, t0: list[float]):
 
 
 def time_to_front(session, naive, setup: dict, *, trials: int, seeds, out: Path, max_factor: int = 3,
-                  screening: bool = False, priors: bool = True) -> dict:
+                  screening: bool = False, priors: bool = True, early_stop: bool = True) -> dict:
     import copy
     import shutil
 
@@ -90,6 +98,7 @@ def time_to_front(session, naive, setup: dict, *, trials: int, seeds, out: Path,
         c = copy.deepcopy(base)
         c.search.method, c.search.sampler, c.search.backend = "optuna", "tpe", "optuna"
         c.search.seed, c.search.trials, c.search.priors, c.search.screening = seed, n, priors, screening
+        c.search.early_stop = early_stop
         c.output.dir = str(folder)
         return c.validate()
 
@@ -139,11 +148,12 @@ def time_to_front(session, naive, setup: dict, *, trials: int, seeds, out: Path,
         rb = rba_search(seed, target, out / f"rba-s{seed}")
         load["rba_load_end"] = C.load()
         print(f"  seed {seed}: rba search, load at end {load['rba_load_end']}", flush=True)
-        hv_r = [C.hypervolume([(f, c) for _, f, c in rb[: k + 1]], ref) for k in range(len(rb))]
+        hv_r = [full_hypervolume(rb[: k + 1]) for k in range(len(rb))]
         k_r = next((k for k, h in enumerate(hv_r) if h >= target - 1e-12), None)
         row = {"seed": seed, "naive_hv": target, "naive_trials": k_n + 1, "naive_s": nv[k_n][0],
                "naive_all_s": nv[-1][0], "rba_hv": hv_r[-1] if hv_r else 0.0,
-               "rba_trials": None if k_r is None else k_r + 1, "rba_s": None if k_r is None else rb[k_r][0]}
+               "rba_trials": None if k_r is None else k_r + 1, "rba_s": None if k_r is None else rb[k_r][0],
+               "rba_stopped_early": sum(p[3] for p in rb[: len(rb) if k_r is None else k_r + 1])}
         row["ratio"] = row["naive_s"] / row["rba_s"] if row["rba_s"] else float("nan")
         setup_n = setup["naive_materialise_s"] + setup["naive_reference_s"]
         setup_r = setup["rba_capture_s"] + setup["rba_cache_eval_s"]
@@ -154,9 +164,9 @@ def time_to_front(session, naive, setup: dict, *, trials: int, seeds, out: Path,
         print(f"  seed {seed}: naive HV {target:.4f} after {trials} trials, reached at trial {k_n + 1} "
               f"({C.fmt_s(row['naive_s'])}); rba " + (f"reached it at trial {k_r + 1} ({C.fmt_s(row['rba_s'])})"
               if k_r is not None else f"did not reach it in {len(rb)} trials (HV {row['rba_hv']:.4f})")
-              + f" (load {C.load()})", flush=True)
+              + f", {row['rba_stopped_early']} of them stopped early (load {C.load()})", flush=True)
     ok = [r["ratio"] for r in rows if r["rba_s"]]
-    return {"trials": trials, "seeds": list(seeds), "screening": screening, "priors": priors,
+    return {"trials": trials, "seeds": list(seeds), "screening": screening, "priors": priors, "early_stop": early_stop,
             "reference": {"fidelity": REF_FIDELITY, "flops_frac": REF_FLOPS}, "setup": setup, "rows": rows,
             "ratio_median": C.median(ok) if ok else float("nan"),
             "ratio_min": min(ok) if ok and len(ok) == len(rows) else float("nan"),
@@ -192,6 +202,8 @@ def main() -> None:
     p.add_argument("--minilm-calibration", type=int, default=3000, help="MiniLM calibration documents (3000 ≈ 80k tokens)")
     p.add_argument("--screening", action="store_true", help="rba's search with [search] screening on")
     p.add_argument("--no-priors", action="store_true", help="rba's search with [search] priors off (TPE alone)")
+    p.add_argument("--no-early-stop", action="store_true",
+                   help="rba's search with [search] early_stop off (every trial on the whole eval split)")
     args = p.parse_args()
     C.setup(args)
     with C.temp_cache() as cache:
@@ -208,7 +220,8 @@ def main() -> None:
         session, naive, setup = prepare(cfg)
         C.table([{k: (C.fmt_s(v) if k.endswith("_s") else v) for k, v in setup.items()}], title=f"{label}: one-time setup")
         tf = time_to_front(session, naive, setup, trials=trials, seeds=seeds, out=Path(cache) / "time_to_front",
-                           max_factor=args.max_factor, screening=args.screening, priors=not args.no_priors)
+                           max_factor=args.max_factor, screening=args.screening, priors=not args.no_priors,
+                           early_stop=not args.no_early_stop)
     name = label.split(" (")[0].split(",")[0]
     C.table([{k: (C.fmt_s(v) if k.endswith("_s") and v is not None else v) for k, v in row.items()}
              for row in tf["rows"]], title=f"{name}: time to front (naive Optuna, {tf['trials']} trials)")
@@ -218,7 +231,7 @@ def main() -> None:
                  detail=f"seeds {tf['seeds']}: " + ", ".join(f"{r['ratio']:.1f}x" for r in tf["rows"])
                         + f"; median {tf['ratio_median']:.1f}x; with one-time setup {tf['ratio_with_setup_median']:.1f}x; "
                         f"reference point fidelity {REF_FIDELITY}, flops_frac {REF_FLOPS}; priors {tf['priors']}, "
-                        f"screening {tf['screening']}")
+                        f"screening {tf['screening']}, early_stop {tf['early_stop']}")
 
 
 if __name__ == "__main__":
