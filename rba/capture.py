@@ -364,6 +364,11 @@ def _centred_augmented(x: torch.Tensor, center: torch.Tensor, sq: torch.Tensor) 
 #: vectors) 4 blocks lost what they saved.
 GRAM_BLOCKS = 2
 
+#: fewest vectors per product: smaller batches (short texts at a small batch size) are held until this many rows
+#: have arrived, since every product adds into float64 totals the size of all the statistics (32 MiB for MiniLM's
+#: 21 spans), whose memory traffic a few hundred rows do not repay. Batches as large are multiplied at once.
+MIN_PRODUCT_ROWS = 2048
+
 
 class StatisticsCollector:
     """Running float64 totals about each boundary's centre (its first batch's mean), updated batch by batch
@@ -372,11 +377,13 @@ class StatisticsCollector:
     Per batch and boundary i, with u_i = [x_i − c_i | 1]: the Gram matrix's upper block triangle (row blocks of
     :data:`GRAM_BLOCKS`, each multiplied from the diagonal on; the lower blocks are the transposes of accumulated
     upper ones) and one product u_iᵀ v_j per tracked span, each a float32 GEMM added straight into its float64
-    total. Joining the products that share u_i into one wider GEMM (u_iᵀ [u_i | v_i+1 | …]) was measured and
-    not kept: no faster at D = 384, slower at D = 768 (``benchmarks/RESULTS.md`` §2)."""
+    total; batches of fewer than ``min_rows`` vectors are held (as u_i) and multiplied together. Joining the
+    products that share u_i into one wider GEMM (u_iᵀ [u_i | v_i+1 | …]) was measured and not kept: no faster at
+    D = 384, slower at D = 768 (``benchmarks/RESULTS.md`` §2)."""
 
     def __init__(self, dims: Sequence[int], pairs: Sequence[Span], *, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu", gram_blocks: int = GRAM_BLOCKS):
+                 device: torch.device | str = "cpu", gram_blocks: int = GRAM_BLOCKS,
+                 min_rows: int = MIN_PRODUCT_ROWS):
         self.dims = list(dims)
         self.pairs = sorted(pairs)
         self.dtype = dtype
@@ -391,6 +398,10 @@ class StatisticsCollector:
             self._targets.setdefault(i, []).append(j)
         #: per boundary: the row ranges [(r0, r1)] of its Gram's upper block triangle
         self._row_blocks = [_row_blocks(d + 1, gram_blocks) for d in self.dims]
+        self.min_rows = min_rows
+        #: per boundary: the held batches' [x − c | 1] (fresh tensors, not views of the model's states)
+        self._held: list[list[torch.Tensor]] = [[] for _ in self.dims]
+        self._held_rows = 0
 
     @torch.no_grad()
     def update(self, vectors: Sequence[torch.Tensor]) -> None:
@@ -407,16 +418,37 @@ class StatisticsCollector:
         xts = [_centred_augmented(x, self.center[k], self.sq[k]) if x.shape[0] else None for k, x in enumerate(xs)]
         # cosines from row dot products over the norms, one norm per boundary
         norms = {k: torch.linalg.vector_norm(xs[k], dim=1).clamp_min(1e-12) for k in {k for p in self.pairs for k in p}}
+        for i, j in self.pairs:
+            if xs[i].shape[0]:
+                cos = torch.linalg.vecdot(xs[i], xs[j]) / (norms[i] * norms[j])
+                self.cos_sum[(i, j)] += cos.sum(dtype=torch.float64)
+        self.n += n_b
+        if n_b >= self.min_rows and not self._held_rows:
+            self._add_products(xts)
+            return
+        for held, xt in zip(self._held, xts):
+            if xt is not None:
+                held.append(xt)
+        self._held_rows += n_b
+        if self._held_rows >= self.min_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Multiply the held batches into the totals (:meth:`result` calls it)."""
+        if not self._held_rows:
+            return
+        xts = [None if not held else held[0] if len(held) == 1 else torch.cat(held) for held in self._held]
+        self._held = [[] for _ in self.dims]
+        self._held_rows = 0
+        self._add_products(xts)
+
+    def _add_products(self, xts: Sequence[torch.Tensor | None]) -> None:
         for i, xt in enumerate(xts):
             if xt is None:  # boundaries may hold different vector counts (CNN stages); spans join equal ones
                 continue
             targets = self._targets.get(i, [])
             add_augmented_products(self.gram[i], xt, [(self.cross[(i, j)], xts[j][:, :-1]) for j in targets],
                                    row_blocks=self._row_blocks[i])
-            for j in targets:
-                cos = torch.linalg.vecdot(xs[i], xs[j]) / (norms[i] * norms[j])
-                self.cos_sum[(i, j)] += cos.sum(dtype=torch.float64)
-        self.n += n_b
 
     def _symmetrised_gram(self, k: int) -> torch.Tensor:
         """Boundary k's Gram total with its lower blocks mirrored from the accumulated upper ones."""
@@ -426,6 +458,7 @@ class StatisticsCollector:
         return g
 
     def result(self, *, key: str = "", meta: dict[str, Any] | None = None) -> Statistics:
+        self.flush()
         return Statistics(
             dims=self.dims,
             pairs=self.pairs,

@@ -42,18 +42,21 @@ def test_statistics_match_numpy_sums(family, dtype, rtol):
         assert stats.cos_sum[(i, j)] == pytest.approx(cos.sum(), rel=rtol)
 
 
+@pytest.mark.parametrize("min_rows", [1, 16, 10**6])
 @pytest.mark.parametrize("dtype,blocks,rtol", [(torch.float64, 1, 1e-11), (torch.float64, 2, 1e-11),
                                                (torch.float64, 3, 1e-11), (torch.float64, 9, 1e-11),
                                                (torch.float32, 2, 1e-5)])
-def test_collector_totals_match_numpy_products(dtype, blocks, rtol):
+def test_collector_totals_match_numpy_products(dtype, blocks, rtol, min_rows):
     """The collector on its own, against numpy products of the materialised float64 vectors: Gram matrices
     multiplied as upper row blocks (1 to more blocks than rows) and mirrored, boundaries of different vector
-    counts (a CNN stage change), a start boundary with several targets, batches of different sizes."""
+    counts (a CNN stage change), a start boundary with several targets, batches of different sizes; batches
+    multiplied as they come (min_rows 1), held and multiplied together (16: the first two batches, 12 + 4 rows at
+    boundary 0, then the third alone) or all held until the result (10⁶)."""
     rng = np.random.default_rng(0)
     dims, counts = [5, 5, 7, 7, 7], [4, 4, 2, 2, 2]  # vectors per sample at each boundary
     pairs = [(0, 1), (2, 3), (2, 4), (3, 4)]
     batches = [[rng.normal(3.0, 2.0, size=(c * m, d)) for c, d in zip(counts, dims)] for m in (3, 1, 5)]
-    collector = StatisticsCollector(dims, pairs, dtype=dtype, gram_blocks=blocks)
+    collector = StatisticsCollector(dims, pairs, dtype=dtype, gram_blocks=blocks, min_rows=min_rows)
     for batch in batches:
         collector.update([torch.from_numpy(x) for x in batch])
     stats = collector.result()
