@@ -27,7 +27,7 @@ import abc
 import functools
 import warnings
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Callable, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -79,7 +79,8 @@ class FitInput:
 @dataclass
 class SpanFit:
     """A fit plug-in's solution for one span: its tensors (float64, named as the plug-in chooses) and the
-    squared error Σ‖x̂_j − x_j‖² on the vectors it was fitted on."""
+    squared error Σ‖x̂_j − x_j‖² on the vectors it was fitted on. ``sse`` may be given as a function of no
+    arguments, called once when the value is first read (a search that only applies the map never pays for it)."""
 
     span: Span
     kind: str
@@ -90,6 +91,11 @@ class SpanFit:
     ridge_lambda: float = 0.0
     info: dict[str, float] = field(default_factory=dict)
     """anything else the plug-in reports (e.g. a trained fit's final loss)"""
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_sse"] = self.sse  # a pending computation is resolved, not pickled
+        return state
 
     @property
     def weight(self) -> torch.Tensor | None:
@@ -107,6 +113,21 @@ class SpanFit:
     @property
     def num_params(self) -> int:
         return get_fit(self.kind).num_params(self.dim_in, self.dim_out)
+
+
+def _get_sse(fit: SpanFit) -> float:
+    value = fit.__dict__["_sse"]
+    if callable(value):
+        value = fit.__dict__["_sse"] = float(value())
+    return value
+
+
+def _set_sse(fit: SpanFit, value) -> None:
+    fit.__dict__["_sse"] = value
+
+
+# the dataclass's field, read and written through the property (its __init__, repr, eq and replace included)
+SpanFit.sse = property(_get_sse, _set_sse, doc="Σ‖x̂_j − x_j‖² on the fitted vectors (computed on first read)")
 
 
 class Fit(abc.ABC):
@@ -262,7 +283,7 @@ _UNIT_ROUNDOFF = 2.0 ** -53
 
 
 def conditioning_certificate(a: torch.Tensor, threshold: float = RANK_DEFICIENT_RATIO, *,
-                             expect: bool | None = None) -> bool | None:
+                             expect: bool | None = None, candidate: torch.Tensor | None = None) -> bool | None:
     """Whether λ_min(a)/λ_max(a) < ``threshold`` for a symmetric positive semi-definite float64 ``a``, decided by one to
     four Cholesky factorisations (O(n³/3) each, against the eigen-analysis's ≈ 30× that on one core): True or
     False when certified, None when λ_min lies too close to the threshold to tell (then ask :func:`ill_conditioning`).
@@ -277,7 +298,11 @@ def conditioning_certificate(a: torch.Tensor, threshold: float = RANK_DEFICIENT_
     * If a − σ'I breaks down with σ' = threshold·θ − δ, then λ_min ≤ threshold·θ ≤ threshold·λ_max: True.
     * Otherwise None.
 
-    The two tests cannot both succeed, so their order does not change the answer, only its cost: ``expect = True``
+    * Before any factorisation, if a ``candidate`` vector v is given (e.g. from inverse iteration with a ridged
+      inverse the fit already holds): λ_min ≤ vᵀav/vᵀv for every v, so a Rayleigh quotient q with
+      q + ε ≤ threshold·(θ − ε) certifies True, ε = 2n·u·‖a‖_F bounding the rounding of either quotient.
+
+    The tests cannot disagree, so their order does not change the answer, only its cost: ``expect = True``
     (e.g. the answer at a neighbouring boundary of the same model) runs the breakdown test first, so a deficient
     matrix takes one factorisation instead of two; otherwise the positive-definite test runs first."""
     n = a.shape[0]
@@ -314,6 +339,11 @@ def conditioning_certificate(a: torch.Tensor, threshold: float = RANK_DEFICIENT_
         shift = threshold * rayleigh() - delta
         return shift > 0 and not factors(shift)
 
+    if candidate is not None and float(candidate.norm()) > 0:
+        v = candidate / candidate.norm()
+        eps = 2 * n * 1.01 * _UNIT_ROUNDOFF * float(torch.linalg.matrix_norm(a))
+        if float(v @ (a @ v)) + eps <= threshold * (rayleigh() - eps):
+            return True
     if expect is True and certified_true():
         return True
     if certified_false():
@@ -336,13 +366,40 @@ def rank_deficient(stats: Statistics, k: int, *, with_bias: bool = True) -> tupl
         # neighbouring boundaries of one model tend to agree (e.g. every boundary of a post-LN model is deficient
         # with the ones column): the nearest decided one orders the certificate's tests
         near = sorted((abs(kk - k), d) for (kk, wb), (d, _) in cache.items() if wb == with_bias)
-        decided = conditioning_certificate(_gram(stats, k, with_bias), expect=near[0][1] if near else None)
+        decided = conditioning_certificate(_gram(stats, k, with_bias), expect=near[0][1] if near else None,
+                                           candidate=_null_candidate(stats, k, with_bias))
         if decided is None:
             ratio = ill_conditioning(stats, k, with_bias=with_bias)
             cache[key] = ratio < RANK_DEFICIENT_RATIO, f"{ratio:.1e}"
         else:
             cache[key] = decided, ("below " if decided else "at least ") + f"{RANK_DEFICIENT_RATIO:.0e}"
     return cache[key]
+
+
+def _null_candidate(stats: Statistics, k: int, with_bias: bool, steps: int = 3) -> torch.Tensor | None:
+    """A vector near the plain Gram matrix's weakest direction at boundary k, by a few steps of inverse iteration
+    with the ridged inverse a fit from k already computed (None when none has): what lets a rank-deficient
+    boundary be certified without a factorisation of its own. Its accuracy only decides whether that shortcut
+    works, never the answer (see :func:`conditioning_certificate`).
+
+    With the bias the cached inverse is (A_c + λM)⁻¹ in the centred coordinates, and (a + λI)⁻¹ = T⁻¹(A_c + λM)⁻¹T⁻ᵀ
+    with T⁻¹ = [[I, 0], [−cᵀ, 1]] (:func:`_ridged`)."""
+    cached = [inv for (kk, wb, _), (inv, _) in stats.scratch.get("inverse", {}).items() if kk == k and wb == with_bias]
+    if not cached:
+        return None
+    inv = cached[0]
+    v = torch.randn(inv.shape[0], dtype=inv.dtype, generator=torch.Generator().manual_seed(0))
+    c = stats.center[k] if with_bias else None
+    for _ in range(steps):
+        if c is not None:
+            y = v.clone()
+            y[:-1].sub_(c, alpha=float(v[-1]))  # T⁻ᵀv
+            v = inv @ y
+            v[-1] -= c @ v[:-1]  # T⁻¹(…)
+        else:
+            v = inv @ v
+        v = v / v.norm()
+    return v
 
 
 # ---------------------------------------------------------------------- closed-form fits from statistics
@@ -399,9 +456,10 @@ def _inverse(stats: Statistics, k: int, ridge: float, span: Span, *, with_bias: 
     raise SpanError(f"span {span[0]}-{span[1]}: normal equations could not be solved (statistics hold NaN/Inf?)")
 
 
-def _solve(stats: Statistics, span: Span, ridge: float, *, with_bias: bool) -> tuple[torch.Tensor, float, float]:
+def _solve(stats: Statistics, span: Span, ridge: float, *,
+           with_bias: bool) -> tuple[torch.Tensor, float, Callable[[], float]]:
     """W (rows: the input's D, then the bias row when ``with_bias``) minimising Σ‖x̃_i W − x_j‖² + λ‖W‖², and
-    its SSE.
+    a function that returns its SSE (read only when asked: a trial applies the map and never needs it).
 
     Affine, in the centred coordinates: (Σ u uᵀ + λM) W' = Σ u_i x_jᵀ, then W = T⁻¹W' (the weight rows are
     W'[:-1], the bias is W'[-1] − c_iᵀW'[:-1]). The SSE comes from the centred sums, which carry no mean:
@@ -416,21 +474,27 @@ def _solve(stats: Statistics, span: Span, ridge: float, *, with_bias: bool) -> t
         wp = inv @ bu
         wp.addr_(inv @ su, cj)  # W' = inv·(Σ u_i v_jᵀ + (Σ u_i) c_jᵀ), no temporary of the system's size
         top = wp[:-1]
-        bias = wp[-1] - ci @ top
-        # the sums of the docstring without forming W'' or MW': tr(W''ᵀ Σ u v_jᵀ) = ⟨W', Σ u v_jᵀ⟩ − c_j·(Σ v_j), and
-        # tr(W''ᵀMW') = ‖W'[:-1]‖² − c_iᵀ W'[:-1] b + (W'[-1] − c_j)·b
-        fit_term = float(torch.dot(wp.reshape(-1), bu.reshape(-1))) - float(cj @ bu[-1])
-        reg_term = (float(torch.dot(top.reshape(-1), top.reshape(-1))) - float(ci @ (top @ bias))
-                    + float((wp[-1] - cj) @ bias))
-        sse = stats.centred_sq[j] - fit_term - lam * reg_term
+        last = wp[-1].clone()  # W'[-1], before the bias replaces it
+        bias = last - ci @ top
         wp[-1] = bias
         w = wp
+
+        def sse() -> float:
+            # the sums of the docstring without forming W'' or MW': tr(W''ᵀ Σ u v_jᵀ) = ⟨W', Σ u v_jᵀ⟩ − c_j·(Σ v_j),
+            # and tr(W''ᵀMW') = ‖W'[:-1]‖² − c_iᵀ W'[:-1] b + (W'[-1] − c_j)·b
+            fit_term = (float(torch.dot(top.reshape(-1), bu[:-1].reshape(-1))) + float(last @ bu[-1])
+                        - float(cj @ bu[-1]))
+            reg_term = (float(torch.dot(top.reshape(-1), top.reshape(-1))) - float(ci @ (top @ bias))
+                        + float((last - cj) @ bias))
+            return max(stats.centred_sq[j] - fit_term - lam * reg_term, 0.0)
     else:
         b = stats.plain_cross(span)[:-1]
         w = inv @ b
-        sse = stats.sum_sq(j) - float((w * b).sum()) - lam * float((w * w).sum())
+
+        def sse() -> float:
+            return max(stats.sum_sq(j) - float((w * b).sum()) - lam * float((w * w).sum()), 0.0)
     _warn_if_singular(stats, span, with_bias, lam)
-    return w, lam, max(sse, 0.0)
+    return w, lam, sse
 
 
 def _warn_if_singular(stats: Statistics, span: Span, with_bias: bool, lam: float) -> None:

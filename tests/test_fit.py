@@ -126,3 +126,30 @@ def test_cached_inverse_is_the_symmetric_row_major_inverse(captured):
     assert torch.equal(inv, inv.mT)
     system = _ridged(s64.centred_gram[i], lam, s64.center[i]).numpy()
     np.testing.assert_allclose(inv.numpy() @ system, np.eye(len(system)), atol=1e-6)
+
+
+def test_sse_is_computed_when_first_read_and_travels_resolved():
+    """The closed-form fit leaves its SSE to the first read; the value equals numpy's on the materialised vectors,
+    pickling and dataclasses.replace carry the number, and plug-ins may still pass a plain float."""
+    import dataclasses
+    import pickle
+
+    from rba.capture import StatisticsCollector
+    from rba.fit import SpanFit
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((500, 6)) + 2.0
+    y = x @ rng.standard_normal((6, 6)) + 0.1 * rng.standard_normal((500, 6)) + 1.0
+    col = StatisticsCollector([6, 6], [(0, 1)], dtype=torch.float64)
+    col.update([torch.from_numpy(x), torch.from_numpy(y)])
+    fit = fit_span(col.result(), (0, 1), "affine", 0.0)
+    assert callable(fit.__dict__["_sse"])  # not computed yet
+    xt = np.hstack([x, np.ones((500, 1))])
+    w, *_ = np.linalg.lstsq(xt, y, rcond=None)
+    ref = float(((xt @ w - y) ** 2).sum())
+    assert fit.sse == pytest.approx(ref, rel=1e-8)
+    assert not callable(fit.__dict__["_sse"])
+    fresh = fit_span(col.result(), (0, 1), "affine", 0.0)
+    assert pickle.loads(pickle.dumps(fresh)).sse == pytest.approx(ref, rel=1e-8)
+    assert dataclasses.replace(fresh, kind="affine").sse == pytest.approx(ref, rel=1e-8)
+    assert SpanFit((0, 1), "affine", 6, 6, {}, 1.5).sse == 1.5

@@ -122,3 +122,58 @@ def test_neighbouring_decision_orders_the_tests(monkeypatch):
         assert rank_deficient(stats, k)[0] is truth[k]
         per_boundary.append(len(calls) - before)
     assert per_boundary == [2, 1, 1, 1]
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+@pytest.mark.parametrize("quality", ["near", "random"])
+def test_candidate_vector_decides_only_what_it_can_prove(monkeypatch, ratio, quality):
+    """A candidate near the weakest direction certifies a deficient matrix with no factorisation; a poor candidate,
+    or one for a matrix above the threshold, changes nothing: the answer is still the spectrum's (or None)."""
+    n = 64
+    ev = np.concatenate([[1e6], np.geomspace(1e4, 1e2, n - 2), [ratio * 1e6]])
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((n, n)))
+    a = torch.from_numpy((q * ev) @ q.T)
+    rng = np.random.default_rng(1)
+    weakest = q[:, -1] + (1e-6 * rng.standard_normal(n) if quality == "near" else 0)
+    candidate = torch.from_numpy(weakest if quality == "near" else rng.standard_normal(n))
+    truth = ratio < RANK_DEFICIENT_RATIO
+    calls = []
+    real = torch.linalg.cholesky_ex
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda m, *a, **k: calls.append(1) or real(m, *a, **k))
+    decided = conditioning_certificate(a, candidate=candidate)
+    if ratio >= 2 * RANK_DEFICIENT_RATIO or ratio <= RANK_DEFICIENT_RATIO / 2:
+        assert decided is truth
+    else:
+        assert decided in (truth, None)
+    if quality == "near" and ratio <= RANK_DEFICIENT_RATIO / 2:
+        assert calls == []  # proved by the Rayleigh quotient alone
+
+
+def test_fits_certify_from_their_own_inverse(monkeypatch):
+    """Affine fits on LayerNorm-like boundaries (every [x, 1] exactly dependent): the conditioning check reuses the
+    ridged inverse the fit computed, so each start boundary costs one factorisation (the fit's own), and the fit
+    warns exactly where the eigen-analysis finds a ratio below the threshold."""
+    from rba.capture import Statistics
+
+    rng = np.random.default_rng(3)
+    xs = []
+    for _ in range(3):
+        z = rng.standard_normal((3000, 24))
+        z -= z.mean(1, keepdims=True)
+        xs.append(z * rng.uniform(0.5, 2, 24) + rng.standard_normal(24))
+    xts = [np.hstack([x, np.ones((len(x), 1))]) for x in xs]
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    stats = Statistics([24] * 3, pairs, 3000, gram=[torch.from_numpy(xt.T @ xt) for xt in xts],
+                       cross={(i, j): torch.from_numpy(xts[i].T @ xs[j]) for i, j in pairs})
+    truth = {i: bool(max(np.linalg.eigvalsh(xts[i].T @ xts[i])[0], 0) / np.linalg.eigvalsh(xts[i].T @ xts[i])[-1]
+                     < RANK_DEFICIENT_RATIO) for i in (0, 1)}
+    assert all(truth.values())
+    calls = []
+    real = torch.linalg.cholesky_ex
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda m, *a, **k: calls.append(1) or real(m, *a, **k))
+    for span in pairs:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit_span(stats, span, "affine", 1e-6)
+        assert any(issubclass(w.category, RankDeficientWarning) for w in caught) is truth[span[0]], span
+    assert len(calls) == 2  # one ridged factorisation per start boundary, none for the checks
