@@ -108,19 +108,19 @@ def fits(session, naive, pairs, *, lstsq_spans: int | None, f64: bool = False) -
 
 def cold_breakdown(stats, pairs, ridge: float, passes: int = 15) -> dict[str, float]:
     """Where a cold pass goes (untimed by the ratio; after it): the same work as ``fit_span`` over every span,
-    split into its three phases, median over ``passes``: the conditioning check of each start boundary (Cholesky
-    certificate), the ridged factorisation and inverse of each start boundary, then the per-span products and SSE
-    (every per-boundary result cached by then). ``gemm_s``: the W = (A + λM)⁻¹B products alone, timed on the
-    cached inverses."""
+    split into its three phases in the order a fit meets them, median over ``passes``: the ridged factorisation and
+    inverse of each start boundary, the conditioning check of each start boundary (which may reuse that inverse),
+    then the per-span products (every per-boundary result cached by then). ``gemm_s``: the W = (A + λM)⁻¹B
+    products alone, timed on the cached inverses."""
     from rba.fit import _inverse, fit_span, rank_deficient
 
     starts = sorted({i for i, _ in pairs})
     phases = {"certificate_s": [], "inverse_s": [], "solves_s": [], "gemm_s": []}
     for _ in range(passes):
         stats.scratch.clear()
-        phases["certificate_s"].append(C.timed(lambda: [rank_deficient(stats, i) for i in starts])[0])
         phases["inverse_s"].append(C.timed(lambda: [_inverse(stats, i, ridge, (i, i + 1), with_bias=True)
                                                     for i in starts])[0])
+        phases["certificate_s"].append(C.timed(lambda: [rank_deficient(stats, i) for i in starts])[0])
         phases["solves_s"].append(C.timed(lambda: [fit_span(stats, s, "affine", ridge) for s in pairs])[0])
         inv = {i: _inverse(stats, i, ridge, (i, i + 1), with_bias=True)[0] for i in starts}
         phases["gemm_s"].append(C.timed(lambda: [inv[i] @ stats.centred_cross[(i, j)] for i, j in pairs])[0])
@@ -168,8 +168,8 @@ def bench_model(label: str, cfg, *, n_configs: int, lstsq_spans: int | None, see
     C.table([row], title=f"{label}: span fits (lstsq timed on {fit['lstsq_spans_timed']} of {fit['spans']} spans; "
                          f"cold = median of {fit['cold_rounds']} passes interleaved with them)")
     b = fit["cold_breakdown_s"]
-    print(f"# cold pass by phase (median of 15, after the timed passes): conditioning checks {C.fmt_s(b['certificate_s'])}, "
-          f"factorisations and inverses {C.fmt_s(b['inverse_s'])}, per-span solves {C.fmt_s(b['solves_s'])} "
+    print(f"# cold pass by phase (median of 15, after the timed passes): factorisations and inverses "
+          f"{C.fmt_s(b['inverse_s'])}, conditioning checks {C.fmt_s(b['certificate_s'])}, per-span solves {C.fmt_s(b['solves_s'])} "
           f"(of which the W = (A + λM)⁻¹B products {C.fmt_s(b['gemm_s'])})", flush=True)
 
     if n_configs == 0:

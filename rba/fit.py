@@ -342,7 +342,9 @@ def conditioning_certificate(a: torch.Tensor, threshold: float = RANK_DEFICIENT_
     if candidate is not None and float(candidate.norm()) > 0:
         v = candidate / candidate.norm()
         eps = 2 * n * 1.01 * _UNIT_ROUNDOFF * float(torch.linalg.matrix_norm(a))
-        if float(v @ (a @ v)) + eps <= threshold * (rayleigh() - eps):
+        q = float(v @ (a @ v))
+        # θ from the largest diagonal entry (a lower bound on λ_max too) first: enough when q is at rounding level
+        if q + eps <= threshold * (float(torch.diagonal(a).max()) - eps) or q + eps <= threshold * (rayleigh() - eps):
             return True
     if expect is True and certified_true():
         return True
