@@ -343,8 +343,10 @@ def conditioning_certificate(a: torch.Tensor, threshold: float = RANK_DEFICIENT_
         v = candidate / candidate.norm()
         eps = 2 * n * 1.01 * _UNIT_ROUNDOFF * float(torch.linalg.matrix_norm(a))
         q = float(v @ (a @ v))
-        # θ from the largest diagonal entry (a lower bound on λ_max too) first: enough when q is at rounding level
-        if q + eps <= threshold * (float(torch.diagonal(a).max()) - eps) or q + eps <= threshold * (rayleigh() - eps):
+        # θ from the largest diagonal entry (a lower bound on λ_max too) first: enough when q is at rounding level;
+        # the power iteration only when q is below threshold·tr(a), without which no θ ≤ λ_max ≤ tr(a) can do
+        if q + eps <= threshold * (float(torch.diagonal(a).max()) - eps) or (
+                q + eps <= threshold * trace and q + eps <= threshold * (rayleigh() - eps)):
             return True
     if expect is True and certified_true():
         return True
@@ -368,8 +370,11 @@ def rank_deficient(stats: Statistics, k: int, *, with_bias: bool = True) -> tupl
         # neighbouring boundaries of one model tend to agree (e.g. every boundary of a post-LN model is deficient
         # with the ones column): the nearest decided one orders the certificate's tests
         near = sorted((abs(kk - k), d) for (kk, wb), (d, _) in cache.items() if wb == with_bias)
-        decided = conditioning_certificate(_gram(stats, k, with_bias), expect=near[0][1] if near else None,
-                                           candidate=_null_candidate(stats, k, with_bias))
+        expect = near[0][1] if near else None
+        # the candidate is worth its inverse iteration where deficiency is likely (a neighbour was deficient, or none
+        # is decided yet); a model whose boundaries are well conditioned (CNN stages) pays it once
+        candidate = _null_candidate(stats, k, with_bias) if expect is not False else None
+        decided = conditioning_certificate(_gram(stats, k, with_bias), expect=expect, candidate=candidate)
         if decided is None:
             ratio = ill_conditioning(stats, k, with_bias=with_bias)
             cache[key] = ratio < RANK_DEFICIENT_RATIO, f"{ratio:.1e}"
