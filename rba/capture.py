@@ -365,8 +365,9 @@ def _centred_augmented(x: torch.Tensor, center: torch.Tensor, sq: torch.Tensor) 
 GRAM_BLOCKS = 2
 
 #: fewest vectors per product: smaller batches (short texts at a small batch size) are held until this many rows
-#: have arrived, since every product adds into float64 totals the size of all the statistics (32 MiB for MiniLM's
-#: 21 spans), whose memory traffic a few hundred rows do not repay. Batches as large are multiplied at once.
+#: have arrived, since every product is added into a float64 total of its own size: at D = 384 on one thread a
+#: 430-row product takes 0.65 ms and its add 0.11 ms, a 2048-row one 3.2 ms and 0.09 ms. Batches as large are
+#: multiplied at once.
 MIN_PRODUCT_ROWS = 2048
 
 

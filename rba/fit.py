@@ -284,9 +284,10 @@ _UNIT_ROUNDOFF = 2.0 ** -53
 
 def conditioning_certificate(a: torch.Tensor, threshold: float = RANK_DEFICIENT_RATIO, *,
                              expect: bool | None = None, candidate: torch.Tensor | None = None) -> bool | None:
-    """Whether λ_min(a)/λ_max(a) < ``threshold`` for a symmetric positive semi-definite float64 ``a``, decided by one to
-    four Cholesky factorisations (O(n³/3) each, against the eigen-analysis's ≈ 30× that on one core): True or
-    False when certified, None when λ_min lies too close to the threshold to tell (then ask :func:`ill_conditioning`).
+    """Whether λ_min(a)/λ_max(a) < ``threshold`` for a symmetric positive semi-definite float64 ``a``, decided by a
+    ``candidate``'s Rayleigh quotient (a few matrix-vector products) or one to four Cholesky factorisations (O(n³/3)
+    each, against the eigen-analysis's ≈ 30× that on one core): True or False when certified, None when λ_min lies
+    too close to the threshold to tell (then ask :func:`ill_conditioning`).
 
     A computed Cholesky factor is the exact one of a matrix within ‖E‖₂ ≤ (n + 1)·u·tr of the one factored
     (u = 2⁻⁵³; Higham, *Accuracy and Stability of Numerical Algorithms*, Thm 10.3, with ‖|L||Lᵀ|‖_F ≤ tr), and a
