@@ -41,15 +41,20 @@ def _worker(config: Path, log: Path, hold_s: float = 0.3) -> subprocess.Popen:
                              "--quiet"], cwd=str(REPO), env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
 
 
-def _rows(db: Path, sql: str) -> list[tuple]:
+def _rows(db: Path, *sql: str) -> list[tuple] | tuple[list[tuple], ...]:
+    """The rows of each query, all read from one snapshot (one read transaction), so that rows of one query never
+    name a trial the other has not seen yet; empty lists while the file is missing or locked."""
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5, isolation_level=None)
         try:
-            return con.execute(sql).fetchall()
+            con.execute("begin")
+            results = tuple(con.execute(query).fetchall() for query in sql)
+            con.execute("commit")
         finally:
             con.close()
     except sqlite3.Error:
-        return []
+        results = tuple([] for _ in sql)
+    return results[0] if len(sql) == 1 else results
 
 
 def _states(db: Path) -> dict[str, int]:
@@ -72,12 +77,12 @@ def _finish(*procs: subprocess.Popen, logs: list[Path], timeout_s: float = 240) 
 def _trials(db: Path) -> dict[int, dict]:
     """number → state, worker, source, spans and duplicate_of (user attributes read straight from SQLite, not
     through rba)."""
-    out = {number: {"state": state, "start": start, "complete": complete}
-           for number, state, start, complete in _rows(db, "select number, state, datetime_start, datetime_complete "
-                                                           "from trials")}
-    for number, key, value in _rows(db, "select t.number, a.key, a.value_json from trial_user_attributes a "
-                                        "join trials t on t.trial_id = a.trial_id where a.key in ('worker', 'source', 'spans', "
-                                        "'duplicate_of')"):
+    trials, attributes = _rows(db, "select number, state, datetime_start, datetime_complete from trials",
+                               "select t.number, a.key, a.value_json from trial_user_attributes a "
+                               "join trials t on t.trial_id = a.trial_id where a.key in ('worker', 'source', 'spans', "
+                               "'duplicate_of')")
+    out = {number: {"state": state, "start": start, "complete": complete} for number, state, start, complete in trials}
+    for number, key, value in attributes:
         out[number][key] = value.strip('"')
     return out
 
