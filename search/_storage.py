@@ -4,8 +4,9 @@
 ``RBA_HEARTBEAT_S`` seconds (default 30). A RUNNING trial without one for twice that long is stale: any
 process working on the study fails it (``optuna.storages.fail_stale_trials``, which ``study.optimize`` runs
 before each trial) and Optuna's ``RetryHeartbeatStaleTrialCallback`` enqueues its configuration again, with
-``source`` = ``rerun of trial N``. Live trials of other processes are never touched, so several processes
-can work on one study.
+``source`` = ``rerun of trial N``. Optuna counts a trial without any heartbeat as never stale, so each trial's
+first one is written before the trial is labelled (:func:`first_heartbeat`). Live trials of other processes are
+never touched, so several processes can work on one study.
 
 A trial whose process ran on this host and has exited (user attribute ``worker`` = ``host:pid``, set as the
 trial starts) is failed at once when a run starts (:func:`recover_abandoned`), through the same callback: a
@@ -40,7 +41,8 @@ from rba.files import pid_alive
 from rba.errors import ConfigError, RBAError
 
 __all__ = ["StorageError", "open_storage", "storage_error", "heartbeat_interval", "worker_label", "live_trials",
-           "abandoned_trials", "recover_abandoned", "register_worker", "HEARTBEAT_ENV", "RERUNS", "WORKER_ATTR"]
+           "abandoned_trials", "recover_abandoned", "register_worker", "first_heartbeat", "HEARTBEAT_ENV", "RERUNS",
+           "WORKER_ATTR"]
 
 #: environment variable: seconds between a running trial's heartbeats (the grace period is twice that)
 HEARTBEAT_ENV = "RBA_HEARTBEAT_S"
@@ -166,6 +168,20 @@ def worker_label() -> str:
 
 #: prefix of the study user attributes that register the processes which worked on the study
 WORKER_ATTR = "rba_worker:"
+
+
+def first_heartbeat(trial) -> None:
+    """Record ``trial``'s first heartbeat now, before the trial is labelled with its ``worker``.
+
+    Optuna records it from its heartbeat thread, concurrently with the objective, and never counts a RUNNING
+    trial without any heartbeat as stale: a process killed before that thread's first write would leave its trial
+    RUNNING for every other process (seen under load, with the write lock held by another worker). With this beat
+    first, every labelled trial has a heartbeat, so a survivor fails it after the grace period; a trial killed
+    before it is labelled is recovered by :func:`recover_abandoned`. Optuna ignores the duplicate row should the
+    thread insert one at the same time."""
+    storage = trial.study._storage
+    if storage.get_heartbeat_interval() is not None:
+        storage.record_heartbeat(trial._trial_id)
 
 
 def register_worker(study) -> None:

@@ -19,7 +19,7 @@ import time
 from rba.progress import TrialProgress
 from rba.errors import RBAError
 from rba.spans import format_spans
-from search._storage import worker_label
+from search._storage import first_heartbeat, worker_label
 from search.recording import (StudyContext, TrialFailure, complete_count, completed, enqueue_unseen, front_points,
                               record, record_duplicate, record_screened, trial_outcome)
 
@@ -35,6 +35,7 @@ def trial_function(ctx: StudyContext):
     early_stop = ctx.cfg.search.early_stop and ctx.method == "optuna"
 
     def run(trial: optuna.Trial):
+        first_heartbeat(trial)
         trial.set_user_attr("worker", worker)
         spans = space.suggest(trial)
         key = format_spans(spans)

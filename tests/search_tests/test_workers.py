@@ -176,6 +176,23 @@ def test_killed_worker_trial_recovered_after_grace_period(tmp_path, cache):
     _check_integrity(db)
 
 
+def test_every_labelled_trial_has_a_heartbeat(tmp_path, cache, monkeypatch):
+    """Optuna's heartbeat thread writes a trial's first heartbeat concurrently with the objective, and a RUNNING
+    trial without any heartbeat is never stale: a process killed before that write would leave its trial running
+    for every other worker. With the thread silenced (as if it had not written yet), each trial still has its
+    heartbeat, recorded before the trial was labelled with its worker."""
+    import optuna.study._optimize as optimize
+    from optuna.storages._heartbeat import NullHeartbeatThread
+
+    monkeypatch.setattr(optimize, "get_heartbeat_thread", lambda *a: NullHeartbeatThread())
+    config = _two_workers(tmp_path, cache, 4)[0]
+    assert main(["search", str(config), "--quiet"]) == 0
+    db = tmp_path / "out" / "study.db"
+    labelled = {n for n, t in _trials(db).items() if "worker" in t}
+    beats = {n for (n,) in _rows(db, "select t.number from trial_heartbeats h join trials t on t.trial_id = h.trial_id")}
+    assert len(labelled) >= 4 and labelled <= beats
+
+
 def test_ray_refuses_a_study_another_process_runs(tmp_path, cache, capsys):
     """--backend ray on a study with a live trial of another process: one line, exit 2, before Ray starts;
     that process goes on and finishes."""
