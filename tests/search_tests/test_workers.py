@@ -179,8 +179,8 @@ def test_killed_worker_trial_recovered_after_grace_period(tmp_path, cache):
 def test_every_labelled_trial_has_a_heartbeat(tmp_path, cache, monkeypatch):
     """Optuna's heartbeat thread writes a trial's first heartbeat concurrently with the objective, and a RUNNING
     trial without any heartbeat is never stale: a process killed before that write would leave its trial running
-    for every other worker. With the thread silenced (as if it had not written yet), each trial still has its
-    heartbeat, recorded before the trial was labelled with its worker."""
+    for every other worker. With the thread silenced (as if it had not written yet), each labelled trial still has
+    a heartbeat: the one rba writes before labelling it."""
     import optuna.study._optimize as optimize
     from optuna.storages._heartbeat import NullHeartbeatThread
 
