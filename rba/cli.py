@@ -514,6 +514,19 @@ def _quiet_libraries() -> None:
     _no_library_bars()
 
 
+def _redeliver_lost_interrupt(unraisable, *, _default) -> None:
+    """``sys.unraisablehook`` while rba runs: a Ctrl-C that lands in a finaliser or a weakref callback (seen: one of
+    SQLAlchemy's, run by the garbage collector between trials) is printed as "Exception ignored" and lost, and the
+    run went on to the end. Deliver it again instead, from a new thread, which gets to run once this hook has returned
+    (raised here, it would be lost the same way; should it land in another callback, it comes back here)."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        import _thread
+
+        _thread.start_new_thread(_thread.interrupt_main, ())  # threading.Thread.start would wait for it, here
+    else:
+        _default(unraisable)
+
+
 def main(argv: list[str] | None = None) -> int:
     import functools
     import warnings
@@ -532,8 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     before = _progress.level()
     _progress.configure(_progress.QUIET if getattr(args, "quiet", False)
                         else _progress.VERBOSE if getattr(args, "verbose", False) else _progress.NORMAL)
-    saved = warnings.showwarning
+    saved, saved_hook = warnings.showwarning, sys.unraisablehook
     warnings.showwarning = functools.partial(_show_rba_warning, _default=saved)
+    sys.unraisablehook = functools.partial(_redeliver_lost_interrupt, _default=saved_hook)
     try:
         _load_plugins()
         return args.handler.take_action(args)
@@ -544,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         print("rba: interrupted", file=sys.stderr)
         return 130
     finally:
-        warnings.showwarning = saved
+        warnings.showwarning, sys.unraisablehook = saved, saved_hook
         _progress.configure(before)  # main() called in-process (tests, scripts) leaves the level as it was
 
 

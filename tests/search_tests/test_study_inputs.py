@@ -105,6 +105,33 @@ def test_port_that_is_not_ray_is_refused_quickly(tmp_path, capsys):
     assert time.time() - t0 < 30 and _no_statistics(tmp_path)
 
 
+def test_ctrl_c_lost_in_a_weakref_callback_still_stops(tmp_path, capsys, monkeypatch):
+    """A KeyboardInterrupt raised inside a weakref callback (where a Ctrl-C lands when the garbage collector runs
+    one, e.g. SQLAlchemy's) is "ignored" by Python: the search still stops, exit 130, one line."""
+    import weakref
+
+    from search.objective import Objective
+
+    call, calls = Objective.__call__, []
+
+    def interrupted_in_callback(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            def collected(_):
+                raise KeyboardInterrupt
+
+            target = type("Target", (), {})()
+            ref = weakref.ref(target, collected)  # noqa: F841  (the callback runs as ``target`` goes)
+            del target
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(Objective, "__call__", interrupted_in_callback)
+    code = main(["search", str(_config(tmp_path, trials=4)), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 130 and err == "rba: interrupted\n", err
+    assert len(calls) <= 2  # stopped at once, not after the remaining trials
+
+
 def test_ctrl_c_one_line_exit_130_then_resume(tmp_path):
     config = _config(tmp_path, trials=8)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
