@@ -313,10 +313,12 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
                 verbose=0,
             ),
         )
+        handlers = _signal_handlers()
         try:
             tuner.fit()
             searcher.flush()
         finally:
+            _restore(handlers)
             bar.close()
             _DRIVER.pop(driver_key, None)
         if complete_count(study) < total:
@@ -325,6 +327,27 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
     finally:
         if started:
             ray.shutdown()
+
+
+def _signal_handlers() -> dict:
+    """The SIGINT / SIGUSR1 handlers before ``Tuner.fit``: Tune installs its own (a first Ctrl-C ends the run
+    gracefully) and puts the old one back only when that signal comes, so after a run that was not interrupted,
+    a Ctrl-C during the export or the next study of the same process would only log a Tune warning."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # Tune installs none either
+    names = [n for n in ("SIGINT", "SIGUSR1") if hasattr(signal, n)]
+    return {getattr(signal, n): signal.getsignal(getattr(signal, n)) for n in names}
+
+
+def _restore(handlers: dict) -> None:
+    import signal
+
+    for signum, handler in handlers.items():
+        if handler is not None:  # None: installed outside Python, cannot be put back from here
+            signal.signal(signum, handler)
 
 
 #: HTTP/2 client connection preface and an empty SETTINGS frame (RFC 9113 §3.4)

@@ -27,8 +27,12 @@ def test_ray_backend_writes_the_same_files(tmp_path):
     table, objective = span_scores(session.stats, session.pairs, cfg.fit.ridge), Objective(session)
     first = next(s for _, s in prior_configurations(table, front_priors(table, objective)) if objective.feasible(s))
     fault = ",".join(f"{i}-{j}" for i, j in first)
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
     res = run_search(cfg, progress=False, session=session, objective=faulty_objective(fault)(session))
     assert not ray.is_initialized()  # the backend shut down the Ray it started
+    assert signal.getsignal(signal.SIGINT) is before  # Tune's Ctrl-C handler does not outlive the run
     for name in ("trials.csv", "trials.parquet", "pareto.csv", "pareto.png", "config.resolved.toml", "run.json"):
         assert (res.out / name).exists(), name
     trials = pd.read_csv(res.out / "trials.csv")

@@ -126,7 +126,11 @@ def test_ctrl_c_lost_in_a_weakref_callback_still_stops(tmp_path, capsys, monkeyp
         return call(self, *args, **kwargs)
 
     monkeypatch.setattr(Objective, "__call__", interrupted_in_callback)
-    code = main(["search", str(_config(tmp_path, trials=4)), "--quiet"])
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever ran before
+    try:
+        code = main(["search", str(_config(tmp_path, trials=4)), "--quiet"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     err = capsys.readouterr().err
     assert code == 130 and err == "rba: interrupted\n", err
     assert len(calls) <= 2  # stopped at once, not after the remaining trials
