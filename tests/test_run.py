@@ -373,7 +373,7 @@ def test_rba_report_regenerates_the_report_without_the_model(study, tmp_path, mo
 
     monkeypatch.setattr("rba.adapters._registry._ADAPTERS.get", no_model)
     assert cli_main(["report", str(out)]) == 0
-    assert "report: wrote" in capsys.readouterr().err
+    assert "report: wrote" in capsys.readouterr().out
     for name, data in before.items():
         assert (out / name).read_bytes() == data, name
 
