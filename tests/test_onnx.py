@@ -17,7 +17,7 @@ from rba.config import load_config
 from rba.export import head_logits, load_export
 from rba.onnx import MAX_REL_DIFF, export_onnx
 from rba.session import Session
-from search.report import _onnx_speedup
+from search._measure import _onnx_speedup
 from test_reliability import assert_one_line_error, run_main, vit_sections, write_config
 
 
