@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from rba.files import atomic_path, atomic_write_text
-from search._results import COST_COLUMNS, _write_pareto, choose_export, read_report_inputs
+from search._results import COST_COLUMNS, choose_export, read_report_inputs
 from search.analysis import front_members
 from search.objective import QUALITY, RESULT_COLUMNS
 
@@ -22,8 +22,8 @@ PLOTS = ("scores.png", "pareto.png", "priors.png", "cost.png")
 
 def render_report(out: Path) -> Path:
     """Write ``report.md`` and every plot of a finished ``rba run`` folder from its files alone (report.json and
-    the CSV tables): no model is loaded and nothing is evaluated. ``rba run`` ends with it; ``rba report DIR``
-    runs it alone. Returns the report's path."""
+    the CSV tables): no model is loaded, nothing is evaluated, and no other file is written (the inputs are read
+    only). ``rba run`` ends with it; ``rba report DIR`` runs it alone. Returns the report's path."""
     from rba.metrics import plot_scores
     from search.pareto import plot_front
 
@@ -39,8 +39,7 @@ def render_report(out: Path) -> Path:
     listed = pareto[pareto["state"] != "REFERENCE"].reset_index(drop=True)
     front = front_members(listed, reference, info["objective_columns"]) if len(ref_row) else listed
     if len(front) < len(listed):  # written by an older rba: the "none" trial listed next to the reference row
-        _write_pareto(out, ref_row, front)
-        pareto = pd.concat([ref_row, front], ignore_index=True)
+        pareto = pd.concat([ref_row, front], ignore_index=True)  # shown without it; the file stays as it is
     baselines = data.get("baselines")
     singles = data.get("singles")
     choice = info["choice"]

@@ -25,3 +25,23 @@ def test_committed_report_renders_byte_for_byte(tmp_path, name):
     (folder / "report.md").unlink()  # written again, not left over
     render_report(folder)
     assert (folder / "report.md").read_bytes() == (REPORTS / name / "report.md").read_bytes()
+
+
+def test_rendering_writes_only_the_report_and_its_plots(tmp_path):
+    """A folder of an older rba (its pareto.csv lists the "none" trial next to the reference row) renders without
+    its inputs changing: every file but report.md and the plots keeps its bytes, and the report shows the front
+    without the "none" trial, as the committed report does."""
+    from search._render import PLOTS
+
+    folder = shutil.copytree(REPORTS / "quickstart", tmp_path / "quickstart")
+    lines = (folder / "pareto.csv").read_text().splitlines(keepends=True)
+    assert lines[1].startswith(",none,") and "REFERENCE" in lines[1]
+    older = "0" + lines[1].replace("REFERENCE", "COMPLETE")  # trial 0: the unmodified model, as a trial
+    (folder / "pareto.csv").write_text("".join(lines[:2] + [older] + lines[2:]))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    render_report(folder)
+    after = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert after.keys() == before.keys()
+    changed = {name for name in after if after[name] != before[name]}
+    assert changed <= {"report.md", *PLOTS}, changed
+    assert after["report.md"] == (REPORTS / "quickstart" / "report.md").read_bytes()
