@@ -242,16 +242,13 @@ def _priors_section(out: Path, info: dict, singles: pd.DataFrame, scores: pd.Dat
 
 
 def _plot_priors(path: Path, singles: pd.DataFrame, scores: pd.DataFrame, metrics: dict[str, bool]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     merged = singles.merge(scores, on=["start", "end"], how="inner", suffixes=("", "_score"))
     names = [m for m in metrics if m in scores.columns]
     qualities = [q for q in ("fidelity", "accuracy") if merged[q].notna().any()]
-    fig, axes = plt.subplots(len(qualities), len(names), figsize=(3.2 * len(names), 3.0 * len(qualities)),
-                             squeeze=False, constrained_layout=True)
+    fig = Figure(figsize=(3.2 * len(names), 3.0 * len(qualities)), layout="constrained")
+    axes = fig.subplots(len(qualities), len(names), squeeze=False)
     for r, q in enumerate(qualities):
         for c, m in enumerate(names):
             ax = axes[r][c]
@@ -261,20 +258,17 @@ def _plot_priors(path: Path, singles: pd.DataFrame, scores: pd.DataFrame, metric
             ax.grid(alpha=0.3)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
 
 
 def _cost_section(out: Path, info: dict, trials: pd.DataFrame) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from search.analysis import search_cost
 
     c = search_cost(trials, search_wall_s=dict(info["timing"]["phases"]).get("search", math.nan),
                     configurations=info["configurations"], exhaustive_run=info["method"] == "exhaustive")
-    fig, ax = plt.subplots(figsize=(6.0, 2.6), constrained_layout=True)
+    fig = Figure(figsize=(6.0, 2.6), layout="constrained")
+    ax = fig.subplots()
     bars = {"one evaluation": c["one_evaluation_s"], "search": c["search_wall_s"],
             "exhaustive" + (" (estimate)" if c["exhaustive_estimated"] else ""): c["exhaustive_s"]}
     ax.barh(list(bars), list(bars.values()), color=["0.6", "tab:blue", "tab:red"])
@@ -283,7 +277,6 @@ def _cost_section(out: Path, info: dict, trials: pd.DataFrame) -> list[str]:
     ax.grid(alpha=0.3, axis="x")
     with atomic_path(out / "cost.png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
     how = ("an estimate: the number of configurations × one evaluation" if c["exhaustive_estimated"]
            else "measured: this study was the exhaustive sweep")
     before = info["timing"].get("completed_before", 0)

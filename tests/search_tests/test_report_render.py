@@ -45,3 +45,28 @@ def test_rendering_writes_only_the_report_and_its_plots(tmp_path):
     changed = {name for name in after if after[name] != before[name]}
     assert changed <= {"report.md", *PLOTS}, changed
     assert after["report.md"] == (REPORTS / "quickstart" / "report.md").read_bytes()
+
+
+def test_rendering_leaves_the_matplotlib_backend_alone(tmp_path):
+    """The caller's backend (here svg, not the Agg the plots draw with) is the same after rendering."""
+    import matplotlib
+
+    folder = shutil.copytree(REPORTS / "quickstart", tmp_path / "quickstart")
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        render_report(folder)
+        assert matplotlib.get_backend().lower() == "svg"
+    finally:
+        matplotlib.use(before)
+
+
+def test_library_code_draws_without_pyplot():
+    """Plots go through matplotlib.figure.Figure: no library module switches the backend or imports pyplot
+    (its figures and backend are process-wide state)."""
+    root = Path(__file__).resolve().parents[2]
+    offenders = [f"{path.relative_to(root)}: {needle}" for package in ("rba", "search")
+                 for path in sorted((root / package).rglob("*.py"))
+                 for needle in ("matplotlib.use(", "matplotlib.pyplot")
+                 if needle in path.read_text()]
+    assert not offenders, offenders
