@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rba.files import atomic_write_json
 from rba.spans import parse_spans
-from search._render import _onnx_lines, render_report
+from search._render import render_report
 from search._results import Choice, ReportError, read_report_inputs
 from search.objective import RESULT_COLUMNS
 from search.recording import StudyContext, log
@@ -87,19 +87,6 @@ def _onnx_record(cfg, folder: Path) -> dict:
     load = _load()
     onnx = onnx_speedup(folder, repeats=max(7, cfg.evaluate.latency_repeats))
     return onnx | {"max_rel_diff": max(meta["max_rel_diff"].values()), "load_start": load, "load_end": _load()}
-
-
-
-def _onnx_speedup(cfg, session, folder: Path, flops_frac: float) -> tuple[list[str], dict]:
-    """With ``[run] onnx``: the export and the unmodified model as ONNX, and their ONNX Runtime speed-up
-    (report lines, summary keys); nothing otherwise."""
-    if not cfg.run.onnx:
-        return [], {}
-    from rba.onnx import export_onnx
-
-    export_onnx(session, folder)
-    s = _onnx_record(cfg, folder)
-    return _onnx_lines(s, flops_frac), {k: v for k, v in s.items() if k.startswith("onnx_")}
 
 
 
