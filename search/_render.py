@@ -24,32 +24,55 @@ def render_report(out: Path) -> Path:
     """Write ``report.md`` and every plot of a finished ``rba run`` folder from its files alone (report.json and
     the CSV tables): no model is loaded, nothing is evaluated, and no other file is written (the inputs are read
     only). ``rba run`` ends with it; ``rba report DIR`` runs it alone. Returns the report's path."""
-    from rba.metrics import plot_scores
-    from search.pareto import plot_front
-
     out = Path(out)
+    inputs = _read(out)
+    text = _report_text(out, inputs)
+    _draw_plots(out, inputs)
+    report = out / "report.md"
+    atomic_write_text(report, text)  # after the plots it shows
+    return report
+
+
+def _read(out: Path) -> dict:
+    """The folder's files (:func:`read_report_inputs`) with what the report and the plots share: the reference
+    row, the front members, the tables of the optional sections (None when the study left them out)."""
     data = read_report_inputs(out)
     info = data["info"]
     info["metrics"] = dict(info["metrics"])  # metric → higher is more redundant, in the registry's order
-    quality, cost = info["quality"], info["cost"]
-    max_drop = info["max_drop"]
-    trials, pareto, scores = data["trials"], data["pareto"], data["scores"]
+    pareto = data["pareto"]
     ref_row = pareto[pareto["state"] == "REFERENCE"]
     reference = ref_row.iloc[0].to_dict() if len(ref_row) else {c: math.nan for c in RESULT_COLUMNS}
     listed = pareto[pareto["state"] != "REFERENCE"].reset_index(drop=True)
     front = front_members(listed, reference, info["objective_columns"]) if len(ref_row) else listed
     if len(front) < len(listed):  # written by an older rba: the "none" trial listed next to the reference row
         pareto = pd.concat([ref_row, front], ignore_index=True)  # shown without it; the file stays as it is
-    baselines = data.get("baselines")
-    singles = data.get("singles")
-    choice = info["choice"]
-    plots = []
+    return {"info": info, "trials": data["trials"], "scores": data["scores"], "pareto": pareto, "front": front,
+            "reference": reference, "baselines": data.get("baselines"), "singles": data.get("singles")}
 
-    plot_scores(scores, out / "scores.png", title=info["titles"]["scores"])
+
+def _draw_plots(out: Path, inputs: dict) -> None:
+    """scores.png, pareto.png, cost.png, and priors.png when every single span was evaluated."""
+    from rba.metrics import plot_scores
+    from search.pareto import plot_front
+
+    info, baselines, singles = inputs["info"], inputs["baselines"], inputs["singles"]
+    plot_scores(inputs["scores"], out / "scores.png", title=info["titles"]["scores"])
     curves = {} if baselines is None else {m: rows for m, rows in baselines.groupby("method", sort=False)}
-    plot_front(out / "pareto.png", trials, front, objective_columns=info["objective_columns"],
-               budgets=info["budgets"], reference=reference, baselines=curves, title=info["titles"]["pareto"])
-    plots += ["scores.png", "pareto.png"]
+    plot_front(out / "pareto.png", inputs["trials"], inputs["front"], objective_columns=info["objective_columns"],
+               budgets=info["budgets"], reference=inputs["reference"], baselines=curves, title=info["titles"]["pareto"])
+    if singles is not None:
+        _plot_priors(out / "priors.png", singles, inputs["scores"], info["metrics"])
+    _plot_cost(out / "cost.png", _search_cost(info, inputs["trials"]))
+
+
+def _report_text(out: Path, inputs: dict) -> str:
+    """report.md's text; ``out`` is read for the study's resolved config only (:func:`_data_sources`)."""
+    info, trials, scores, pareto = inputs["info"], inputs["trials"], inputs["scores"], inputs["pareto"]
+    front, reference, baselines, singles = inputs["front"], inputs["reference"], inputs["baselines"], inputs["singles"]
+    quality, cost = info["quality"], info["cost"]
+    max_drop = info["max_drop"]
+    choice = info["choice"]
+    plots = ["scores.png", "pareto.png"]
     files = ["scores.csv", "scores.png", "trials.csv", "trials.parquet", "pareto.csv", "pareto.png"]
     files += (["baselines.csv"] if baselines is not None else []) + (["singles.csv"] if singles is not None else [])
     files += ["config.resolved.toml", "run.json", "summary.json", "report.json"]
@@ -75,13 +98,13 @@ def render_report(out: Path) -> Path:
         lines += _methods_section(info, trials, reference, baselines)
     lines += _multi_span_section(info, front, trials, singles, reference)
     if singles is not None:
-        lines += _priors_section(out, info, singles, scores)
+        lines += _priors_section(info, singles, scores)
         plots.append("priors.png")
     else:
         lines += ["## Metrics as priors (every single span)", "",
                   "Not computed: set `[report] single_spans = true` to evaluate every single span and correlate each "
                   "metric with the post-replacement fidelity and accuracy.", ""]
-    lines += _cost_section(out, info, trials)
+    lines += _cost_section(info, trials)
     plots.append("cost.png")
     lines += _export_section(info, reference, front, choice)
     timing = info["timing"]
@@ -90,9 +113,7 @@ def render_report(out: Path) -> Path:
               _markdown(pd.DataFrame([{"phase": k, "seconds": v} for k, v in timing["phases"]])), ""]
     files += [p for p in plots if p not in files] + (["export/"] if info["export"] is not None else [])
     lines[lines_files:lines_files] = [f"Files: {', '.join(files)}", ""]
-    report = out / "report.md"
-    atomic_write_text(report, "\n".join(lines))
-    return report
+    return "\n".join(lines)
 
 
 def _load_text(record: dict) -> str:
@@ -227,12 +248,10 @@ def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, s
             f"reference point {quality} = {m['reference_point'][0]:.4g}, {cost} = {m['reference_point'][1]:.4g}).", ""]
 
 
-def _priors_section(out: Path, info: dict, singles: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
+def _priors_section(info: dict, singles: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
     from search.analysis import prior_correlations
 
-    metrics = info["metrics"]
-    table = prior_correlations(singles, scores, metrics)
-    _plot_priors(out / "priors.png", singles, scores, metrics)
+    table = prior_correlations(singles, scores, info["metrics"])
     evaluated = int((singles["source"] == "evaluated").sum())
     return ["## Metrics as priors (every single span)", "",
             f"Spearman correlation over all {len(singles)} single spans between each metric, oriented so that higher "
@@ -260,13 +279,16 @@ def _plot_priors(path: Path, singles: pd.DataFrame, scores: pd.DataFrame, metric
         fig.savefig(tmp, dpi=100, format="png")
 
 
-def _cost_section(out: Path, info: dict, trials: pd.DataFrame) -> list[str]:
-    from matplotlib.figure import Figure
-
+def _search_cost(info: dict, trials: pd.DataFrame) -> dict:
     from search.analysis import search_cost
 
-    c = search_cost(trials, search_wall_s=dict(info["timing"]["phases"]).get("search", math.nan),
-                    configurations=info["configurations"], exhaustive_run=info["method"] == "exhaustive")
+    return search_cost(trials, search_wall_s=dict(info["timing"]["phases"]).get("search", math.nan),
+                       configurations=info["configurations"], exhaustive_run=info["method"] == "exhaustive")
+
+
+def _plot_cost(path: Path, c: dict) -> None:
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6.0, 2.6), layout="constrained")
     ax = fig.subplots()
     bars = {"one evaluation": c["one_evaluation_s"], "search": c["search_wall_s"],
@@ -275,8 +297,12 @@ def _cost_section(out: Path, info: dict, trials: pd.DataFrame) -> list[str]:
     ax.set_xscale("log")
     ax.set_xlabel("seconds (log scale)")
     ax.grid(alpha=0.3, axis="x")
-    with atomic_path(out / "cost.png") as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
+
+
+def _cost_section(info: dict, trials: pd.DataFrame) -> list[str]:
+    c = _search_cost(info, trials)
     how = ("an estimate: the number of configurations × one evaluation" if c["exhaustive_estimated"]
            else "measured: this study was the exhaustive sweep")
     before = info["timing"].get("completed_before", 0)

@@ -1,5 +1,6 @@
-"""``rba report DIR`` on the committed study reports: rendering a copy of each folder from its files writes the
-committed report.md byte for byte (no model is loaded, so the renderer alone decides the text)."""
+"""``rba report DIR`` on the committed study reports: rendering a copy of each folder from its files gives the
+committed report.md byte for byte (no model is loaded, so the renderer alone decides the text), and writes
+nothing else but the plots."""
 
 from __future__ import annotations
 
@@ -20,17 +21,23 @@ def test_the_committed_reports_are_found():
 
 
 @pytest.mark.parametrize("name", RENDERED)
-def test_committed_report_renders_byte_for_byte(tmp_path, name):
+def test_committed_report_text_renders_byte_for_byte(tmp_path, name):
+    """report.md's text of each committed report (the plots aside: drawing them takes most of the time, and the
+    next test draws them for one report)."""
+    from search._render import _read, _report_text
+
     folder = shutil.copytree(REPORTS / name, tmp_path / name)
-    (folder / "report.md").unlink()  # written again, not left over
-    render_report(folder)
-    assert (folder / "report.md").read_bytes() == (REPORTS / name / "report.md").read_bytes()
+    text = _report_text(folder, _read(folder))
+    assert text.encode() == (REPORTS / name / "report.md").read_bytes()
 
 
-def test_rendering_writes_only_the_report_and_its_plots(tmp_path):
+def test_rendering_writes_only_the_report_and_its_plots_and_keeps_the_backend(tmp_path):
     """A folder of an older rba (its pareto.csv lists the "none" trial next to the reference row) renders without
     its inputs changing: every file but report.md and the plots keeps its bytes, and the report shows the front
-    without the "none" trial, as the committed report does."""
+    without the "none" trial, as the committed report does. The caller's matplotlib backend (here svg, not the Agg
+    the plots draw with) is the same afterwards."""
+    import matplotlib
+
     from search._render import PLOTS
 
     folder = shutil.copytree(REPORTS / "quickstart", tmp_path / "quickstart")
@@ -38,27 +45,20 @@ def test_rendering_writes_only_the_report_and_its_plots(tmp_path):
     assert lines[1].startswith(",none,") and "REFERENCE" in lines[1]
     older = "0" + lines[1].replace("REFERENCE", "COMPLETE")  # trial 0: the unmodified model, as a trial
     (folder / "pareto.csv").write_text("".join(lines[:2] + [older] + lines[2:]))
+    (folder / "report.md").unlink()  # written again, not left over
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    render_report(folder)
-    after = {p.name: p.read_bytes() for p in folder.iterdir()}
-    assert after.keys() == before.keys()
-    changed = {name for name in after if after[name] != before[name]}
-    assert changed <= {"report.md", *PLOTS}, changed
-    assert after["report.md"] == (REPORTS / "quickstart" / "report.md").read_bytes()
-
-
-def test_rendering_leaves_the_matplotlib_backend_alone(tmp_path):
-    """The caller's backend (here svg, not the Agg the plots draw with) is the same after rendering."""
-    import matplotlib
-
-    folder = shutil.copytree(REPORTS / "quickstart", tmp_path / "quickstart")
-    before = matplotlib.get_backend()
+    backend = matplotlib.get_backend()
     matplotlib.use("svg")
     try:
         render_report(folder)
         assert matplotlib.get_backend().lower() == "svg"
     finally:
-        matplotlib.use(before)
+        matplotlib.use(backend)
+    after = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert after.keys() == before.keys() | {"report.md"}
+    changed = {name for name in before if after[name] != before[name]}
+    assert changed <= set(PLOTS), changed
+    assert after["report.md"] == (REPORTS / "quickstart" / "report.md").read_bytes()
 
 
 def test_library_code_draws_without_pyplot():
