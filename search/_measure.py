@@ -11,7 +11,7 @@ from pathlib import Path
 from rba.files import atomic_write_json
 from rba.spans import parse_spans
 from search._render import render_report
-from search._results import Choice, ReportError, read_report_inputs
+from search._results import Choice, ReportError, _write_pareto, read_report_inputs, split_pareto
 from search.objective import RESULT_COLUMNS
 from search.recording import StudyContext, log
 
@@ -94,7 +94,8 @@ def remeasure_report(out: Path) -> Path:
     """``rba report DIR --measure``: measure the export's speed-up lines again (PyTorch and, where the study
     wrote one, ONNX Runtime) with the model and data of the folder's ``config.resolved.toml`` and the export on
     disk, at the thread count the study used; update ``export/latency.json``, ``report.json`` and
-    ``summary.json``, then render the report (:func:`render_report`). A folder without ``export/`` (a committed
+    ``summary.json`` (and an older rba's ``pareto.csv``, which listed the "none" trial next to the reference row),
+    then render the report (:func:`render_report`). A folder without ``export/`` (a committed
     report keeps no weights) gets the chosen configuration exported again from the statistics (the closed-form
     fits of the same calibration split). No search, trial or front evaluation runs. Returns the report's path."""
     import torch
@@ -145,6 +146,9 @@ def remeasure_report(out: Path) -> Path:
         torch.set_num_threads(threads)
     export |= records
     export.pop("onnx_lines", None)  # the ONNX line is rendered from the record now
+    ref_row, _, front = split_pareto(data["pareto"], info["objective_columns"])
+    if len(ref_row) + len(front) < len(data["pareto"]):  # an older rba listed the "none" trial next to the reference
+        _write_pareto(out, ref_row, front)
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary = {k: v for k, v in summary.items() if not k.startswith("onnx_")}

@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 
 from rba.files import atomic_path, atomic_write_text
-from search._results import COST_COLUMNS, choose_export, read_report_inputs
-from search.analysis import front_members
+from search._results import COST_COLUMNS, choose_export, read_report_inputs, split_pareto
 from search.objective import QUALITY, RESULT_COLUMNS
 
 __all__ = ["render_report", "PLOTS"]
@@ -40,12 +39,9 @@ def _read(out: Path) -> dict:
     info = data["info"]
     info["metrics"] = dict(info["metrics"])  # metric → higher is more redundant, in the registry's order
     pareto = data["pareto"]
-    ref_row = pareto[pareto["state"] == "REFERENCE"]
-    reference = ref_row.iloc[0].to_dict() if len(ref_row) else {c: math.nan for c in RESULT_COLUMNS}
-    listed = pareto[pareto["state"] != "REFERENCE"].reset_index(drop=True)
-    front = front_members(listed, reference, info["objective_columns"]) if len(ref_row) else listed
-    if len(front) < len(listed):  # written by an older rba: the "none" trial listed next to the reference row
-        pareto = pd.concat([ref_row, front], ignore_index=True)  # shown without it; the file stays as it is
+    ref_row, reference, front = split_pareto(pareto, info["objective_columns"])
+    if len(ref_row) + len(front) < len(pareto):  # an older rba's: shown without the "none" trial, the file as it is
+        pareto = pd.concat([ref_row, front], ignore_index=True)  # (`rba report --measure` writes it again)
     return {"info": info, "trials": data["trials"], "scores": data["scores"], "pareto": pareto, "front": front,
             "reference": reference, "baselines": data.get("baselines"), "singles": data.get("singles")}
 

@@ -17,12 +17,13 @@ from rba.config import config_hash
 from rba.errors import RBAError
 from rba.files import atomic_path
 from rba.spans import format_spans
+from search.analysis import front_members
 from search.baselines import br_greedy
 from search.objective import QUALITY, RESULT_COLUMNS
 from search.recording import SearchResult, StudyContext, log
 
 __all__ = ["finish", "rule_columns", "Choice", "choose_export", "complete_front", "reference_row",
-           "read_report_inputs", "ReportError", "REPORT_FORMAT", "COST_COLUMNS"]
+           "split_pareto", "read_report_inputs", "ReportError", "REPORT_FORMAT", "COST_COLUMNS"]
 
 
 def finish(ctx: StudyContext, study) -> SearchResult:
@@ -158,6 +159,16 @@ def reference_row(reference: dict, columns: list[str]) -> pd.DataFrame:
     df = pd.DataFrame([row], columns=columns)
     df["number"] = df["number"].astype("Int64")
     return df
+
+
+def split_pareto(pareto: pd.DataFrame, objective_columns: list[str]) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """``pareto.csv``'s reference row (as read, and as a dict: NaN results when there is none) and its front
+    members (:func:`front_members`: an older rba listed the "none" trial next to the reference row)."""
+    ref_row = pareto[pareto["state"] == "REFERENCE"]
+    reference = ref_row.iloc[0].to_dict() if len(ref_row) else {c: math.nan for c in RESULT_COLUMNS}
+    listed = pareto[pareto["state"] != "REFERENCE"].reset_index(drop=True)
+    front = front_members(listed, reference, objective_columns) if len(ref_row) else listed
+    return ref_row, reference, front
 
 
 #: report.json's format; ``rba report`` reads this format only
