@@ -85,8 +85,8 @@ def _report_text(out: Path, inputs: dict) -> str:
               "## Export rule", "",
               f"The export is the cheapest feasible front member by {cost} ({_why_column(cost, info, COST_COLUMNS)}) "
               f"whose {quality} ({_why_column(quality, info, QUALITY)}) is at most max_drop = {max_drop:g} "
-              f"(absolute, `--max-drop`, `[run] max_drop`) below the unmodified model's; if none is, the best-{quality} feasible member, with a "
-              "warning.", "",
+              "(absolute, `--max-drop`, `[run] max_drop`) below the unmodified model's; if none is, the "
+              f"best-{quality} feasible member, with a warning.", "",
               f"Picked: {choice['reason']}.{_picked_accuracy(info, reference, front, choice)}", ""]
     lines += _redundancy_section(scores, info)
     if baselines is not None:
@@ -236,12 +236,13 @@ def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, s
     which = ("every single span evaluated ([report] single_spans)" if singles is not None else
              f"the {m['single_evaluated']} single spans the search evaluated")
     return ["## Do multi-span sets beat single spans?", "",
-            f"**{answer.capitalize()}**: {m['multi_span_members']} of the front's {m['front_members']} members hold two "
-            f"spans or more ({counts})" + (f": {', '.join('`' + s + '`' for s in m['multi_span_spans'])}."
+            f"**{answer.capitalize()}**: {m['multi_span_members']} of the front's {m['front_members']} members hold "
+            f"two spans or more ({counts})" + (f": {', '.join('`' + s + '`' for s in m['multi_span_spans'])}."
                                            if m["multi_span_spans"] else "."),
             f"The front of configurations with at most one span ({which}) covers {m['single_share']:.3f} of the "
-            f"hypervolume of all evaluated configurations ({m['hypervolume_single']:.4g} of {m['hypervolume_all']:.4g}; "
-            f"reference point {quality} = {m['reference_point'][0]:.4g}, {cost} = {m['reference_point'][1]:.4g}).", ""]
+            f"hypervolume of all evaluated configurations ({m['hypervolume_single']:.4g} of "
+            f"{m['hypervolume_all']:.4g}; reference point {quality} = {m['reference_point'][0]:.4g}, {cost} = "
+            f"{m['reference_point'][1]:.4g}).", ""]
 
 
 def _priors_section(info: dict, singles: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
@@ -308,9 +309,10 @@ def _cost_section(info: dict, trials: pd.DataFrame) -> list[str]:
                if before else [])
     return ["## Cost of the search", "",
             f"The search took {c['search_wall_s']:.1f} s wall time ({c['trials']} trials; the eval split's cache and "
-            f"the latency table included, the statistics not), {c['search_in_evaluations']:.1f}× one evaluation ({c['one_evaluation_s']:.3g} s, "
-            f"the median completed trial). An exhaustive sweep of all {c['configurations']:,} configurations takes "
-            f"{c['exhaustive_s']:.4g} s ({how}): {c['exhaustive_over_search']:.3g}× the search.", "",
+            f"the latency table included, the statistics not), {c['search_in_evaluations']:.1f}× one evaluation "
+            f"({c['one_evaluation_s']:.3g} s, the median completed trial). An exhaustive sweep of all "
+            f"{c['configurations']:,} configurations takes {c['exhaustive_s']:.4g} s ({how}): "
+            f"{c['exhaustive_over_search']:.3g}× the search.", "",
             *resumed, "![cost](cost.png)", ""]
 
 

@@ -211,7 +211,8 @@ def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
              "block-drop": ("identity", block_drop_order(session.stats, session.pairs))}
     rows = []
     for method, (kind, configurations) in plans.items():
-        objective = ctx.objective if kind == ctx.objective.kind else Objective(session, kind=kind, mode=ctx.objective.mode)
+        objective = (ctx.objective if kind == ctx.objective.kind
+                     else Objective(session, kind=kind, mode=ctx.objective.mode))
         for spans in configurations:
             key = format_spans(spans)
             if kind == ctx.objective.kind and key in known:

@@ -16,9 +16,22 @@ from rba.files import atomic_path, atomic_write_json
 from rba.fit import fit_label
 from search._measure import _export, measure_export, measure_speedup, remeasure_report
 from search._render import render_report
-from search._results import (REPORT_FORMAT, Choice, ReportError, _baseline_rows, _known_results, _labelled_session,
-                             _single_rows, _write_pareto, choose_export, complete_front, finish, read_report_inputs,
-                             reference_row, rule_columns)
+from search._results import (
+    REPORT_FORMAT,
+    Choice,
+    ReportError,
+    _baseline_rows,
+    _known_results,
+    _labelled_session,
+    _single_rows,
+    _write_pareto,
+    choose_export,
+    complete_front,
+    finish,
+    read_report_inputs,
+    reference_row,
+    rule_columns,
+)
 from search.analysis import front_members
 from search.recording import SearchResult, log
 
@@ -123,7 +136,8 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
         summary |= {k: v for k, v in export["onnx"].items() if k.startswith("onnx_")}
     atomic_write_json(out / "summary.json", summary)
     # what an earlier run of this folder wrote for a section this run leaves out would read as this run's
-    stale = ([] if baselines else ["baselines.csv"]) + ([] if cfg.report.single_spans else ["singles.csv", "priors.png"])
+    stale = (([] if baselines else ["baselines.csv"])
+             + ([] if cfg.report.single_spans else ["singles.csv", "priors.png"]))
     for name in stale:
         (out / name).unlink(missing_ok=True)
     atomic_write_json(out / "report.json", info)
