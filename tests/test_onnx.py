@@ -19,7 +19,7 @@ from rba.onnx import MAX_REL_DIFF, export_onnx
 from rba.session import Session
 from search._measure import measure_export
 from search._render import _onnx_lines
-from test_reliability import assert_one_line_error, run_main, vit_sections, write_config
+from _helpers import assert_one_line_error, run_main, vit_sections, write_config
 
 
 def _rel(got, want) -> float:
