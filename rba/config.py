@@ -87,6 +87,9 @@ class DataConfig:
     calibration: _POSITIVE_INT = 1000
     probe: _COUNT = 1000
     eval: _COUNT = 1000
+    test: _COUNT = 0
+    """held-out samples drawn after eval from the same permutation (so the other splits stay as without it): what
+    reports quote; never seen by a search or the export rule"""
     seed: _SEED = 0
     max_length: _POSITIVE_INT = 128
     image_size: _POSITIVE_INT | None = None

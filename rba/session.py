@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from rba.cost import CostModel
-    from rba.evaluate import Evaluator
+    from rba.evaluate import Evaluator, SplitScores
 
 __all__ = ["Session"]
 
@@ -273,6 +273,18 @@ class Session:
         scores = self.evaluator.score(spans, maps, tag=maps_tag(kind, mode))
         tick()  # one evaluation, for the phase that counts them (rba run's report)
         return {"spans": format_spans(spans)} | scores | self.cost_model.cost(spans, kind)
+
+    def evaluate_split(self, spans: str | Sequence[Span], split: str = "test", kind: str | None = None,
+                       mode: str | None = None) -> "SplitScores":
+        """One configuration's per-sample cosines and predictions on ``split`` (``"test"``: the held-out split
+        ``data.test``, which no search sees; ``"eval"``), for standard errors and paired tests (:mod:`rba._stats`)."""
+        kind = kind or self.cfg.fit.kind
+        mode = mode or self.cfg.fit.mode
+        spans = sorted(self.parse(spans) if isinstance(spans, str) else spans)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            maps = self.maps(spans, kind, mode)
+        return self.evaluator.per_sample(spans, maps, split=split, tag=maps_tag(kind, mode))
 
     def scores(self) -> pd.DataFrame:
         """One row per valid span: ``start, end`` and every registered metric (br, cosine, cka, ls_residual)."""
