@@ -28,7 +28,9 @@ _MODEL_FLAGS: list[tuple[str, str, Any, str]] = [
 _SEARCH_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--trials", "search.trials", int, "total trials of the study"),
     ("--backend", "search.backend", str, "optuna (default) or ray"),
-    ("--method", "search.method", str, "optuna, exhaustive, random, br-greedy, block-drop"),
+    ("--method", "search.method", str, "optuna (default: the sampler) or a baseline (rba ls methods)"),
+    ("--priors", "search.priors", lambda s: _PRIORS[s] if s in _PRIORS else s,
+     "method optuna's first trials: all (default), proxy (none BR-greedy proposes) or none"),
     ("--sampler", "search.sampler", str, "tpe, nsga2, random, gp (or a registered sampler)"),
     ("--seed", "search.seed", int, "sampler seed (data splits use data.seed)"),
     ("--objectives", "search.objectives", lambda s: [x.strip() for x in s.split(",") if x.strip()],
@@ -43,6 +45,8 @@ _SEARCH_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--address", "search.ray_address", str, "join an existing Ray cluster"),
     ("--max-concurrent", "search.max_concurrent", int, "Ray: concurrent trials"),
 ]
+#: --priors words → search.priors values (any other word reaches the config's check, which names the choices)
+_PRIORS = {"all": True, "proxy": "proxy", "none": False}
 #: kernel file systems accept no output files, though a root process may look allowed to write there
 _SYSTEM_DIRS = ("/proc", "/sys")
 
@@ -392,7 +396,8 @@ class Data(_Command):
 
 
 class Ls(_Command):
-    """List what the registries hold: shipped studies, adapter (model) kinds, fit kinds, metrics, samplers."""
+    """List what the registries hold: shipped studies, adapter (model) kinds, fit kinds, metrics, samplers, search
+    methods."""
 
     def add_arguments(self, parser):
         parser.add_argument("what", choices=list(_LISTINGS))
@@ -437,8 +442,14 @@ def _list_samplers() -> list[str]:
     return list_samplers()
 
 
+def _list_methods() -> list[str]:
+    from rba.methods import list_methods, method_label
+
+    return [method_label(name) for name in list_methods()]
+
+
 _LISTINGS = {"studies": _list_studies, "adapters": _list_adapters, "fits": _list_fits, "metrics": _list_metrics,
-             "samplers": _list_samplers}
+             "samplers": _list_samplers, "methods": _list_methods}
 
 
 _COMMANDS: dict[str, type[_Command]] = {

@@ -180,18 +180,15 @@ def _report(session, table: pd.DataFrame, sample_s: float, n_held: int) -> str:
 def plot_comparison(table: pd.DataFrame, path: str | Path, title: str = "") -> None:
     """Grouped bars per span: held-out relative error, fidelity and fit time of each kind; trained kinds
     hatched and labelled ``(trained)``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     panels = [("heldout_rel", "held-out SSE / total variation (lower: better)", True),
               ("fidelity", "fidelity (pooled cosine)", False), ("fit_s", "fit time, s", True)]
     wide = {col: table.pivot(index="span", columns="kind", values=col) for col, _, _ in panels}
     spans = list(dict.fromkeys(table["span"]))
     kinds = list(dict.fromkeys(table["kind"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(9.0, 1.1 * len(spans) * len(panels)), 4.2),
-                             constrained_layout=True, squeeze=False)
+    fig = Figure(figsize=(max(9.0, 1.1 * len(spans) * len(panels)), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)
     width = 0.8 / max(1, len(kinds))
     for ax, (col, label, log) in zip(axes[0], panels):
         w = wide[col].reindex(index=spans, columns=kinds)
@@ -209,4 +206,3 @@ def plot_comparison(table: pd.DataFrame, path: str | Path, title: str = "") -> N
         fig.suptitle(title, fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)

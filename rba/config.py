@@ -87,6 +87,9 @@ class DataConfig:
     calibration: _POSITIVE_INT = 1000
     probe: _COUNT = 1000
     eval: _COUNT = 1000
+    test: _COUNT = 0
+    """held-out samples drawn after eval from the same permutation (so the other splits stay as without it): what
+    reports quote; never seen by a search or the export rule"""
     seed: _SEED = 0
     max_length: _POSITIVE_INT = 128
     image_size: _POSITIVE_INT | None = None
@@ -139,7 +142,8 @@ class EvaluateConfig:
 class SearchConfig:
     trials: _COUNT = 50
     backend: Literal["optuna", "ray"] = "optuna"
-    method: Literal["optuna", "exhaustive", "random", "br-greedy", "block-drop"] = "optuna"
+    method: str = "optuna"
+    """a registered search method (``rba ls methods``): optuna (the sampler) or a baseline"""
     sampler: str = "tpe"
     """a registered sampler (``rba.samplers``): tpe | nsga2 | random | gp"""
     seed: _SEED = 0
@@ -148,7 +152,9 @@ class SearchConfig:
     budget_params: float | None = None
     budget_latency: float | None = None
     max_span: int | None = None
-    priors: bool = True
+    priors: bool | Literal["proxy"] = True
+    """method optuna's first trials: true (proxy fronts, best single spans, BR-greedy), "proxy" (the proxy fronts and
+    the best ls_residual span: nothing br proposes, for a search compared with BR-greedy), false (none)"""
     storage: str | None = None
     study_name: str | None = None
     timeout: Annotated[float, Field(gt=0)] | None = None
@@ -245,12 +251,14 @@ class Config:
         """Checks across keys and against the registries (pydantic has checked each value on its own)."""
         from rba.adapters import list_adapters
         from rba.fit import list_fits
+        from rba.methods import list_methods
         from rba.samplers import list_samplers
         from rba.session import OBJECTIVES
 
         _choice("model.kind", self.model.kind, list_adapters())
         _choice("fit.kind", self.fit.kind, list_fits())
         _choice("search.sampler", self.search.sampler, list_samplers())
+        _choice("search.method", self.search.method, list_methods())
         for obj in self.search.objectives:
             _choice("search.objectives", obj, list(OBJECTIVES))
         if len(set(self.search.objectives)) != len(self.search.objectives):
@@ -438,6 +446,9 @@ def _config_error(exc: pydantic.ValidationError, section: str, values: dict[str,
     where = f"{section}.{key}"
     value = values.get(key, err.get("input"))
     kind, ctx = err["type"], err.get("ctx", {})
+    words = _bool_or_words(section, key)
+    if words:  # a switch that also takes words (search.priors): one line naming them all
+        return ConfigError(f"{where} = {value!r} is not one of {', '.join(words)}.{did_you_mean(value, words)}")
     if kind in _BOUND_WORDS:
         name, words = _BOUND_WORDS[kind]
         bound = ctx[name]
@@ -458,6 +469,16 @@ def _config_error(exc: pydantic.ValidationError, section: str, values: dict[str,
             return ConfigError(f"{where} must be {expected}, got a boolean")
         return ConfigError(f"{where} must be {expected}, got {type(value).__name__} {value!r}")
     return ConfigError(f"{where} = {value!r}: {err['msg'][0].lower()}{err['msg'][1:]}")
+
+
+def _bool_or_words(section: str, key: str) -> list[str]:
+    """``["true", "false", word, ...]`` for a key typed ``bool | Literal[word, ...]``, else []."""
+    hint = typing.get_type_hints(_sections()[section]).get(key) if section in _sections() else None
+    args = typing.get_args(hint)
+    if bool not in args:
+        return []
+    words = [w for a in args if typing.get_origin(a) is Literal for w in typing.get_args(a)]
+    return ["true", "false", *words] if words else []
 
 
 def _toml_value(v: Any) -> str:

@@ -4,8 +4,6 @@ table measured once). A span costs what its fit plug-in's module costs (:meth:`r
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -15,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from rba.adapters import Adapter
 from rba.fit import get_fit
 from rba.spans import Span
+from rba.timing import time_ms
 
 __all__ = ["CostModel"]
 
@@ -23,18 +22,6 @@ def _count_flops(fn) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())
-
-
-def _time_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
 
 
 def _params(module: torch.nn.Module) -> int:
@@ -165,17 +152,18 @@ class CostModel:
         batch = adapter.collate(list(one_sample) * batch_size if isinstance(one_sample, list)
                                 else np.repeat(np.asarray(one_sample), batch_size, axis=0))
         h, ctx = adapter.embed(batch)
-        embed_ms = _time_ms(lambda: adapter.embed(batch), repeats)
+        embed_ms = time_ms(lambda: adapter.embed(batch), repeats=repeats).median_ms
         states = [h for _, h in adapter.boundaries(h, ctx)]
-        block_ms = [_time_ms(lambda: adapter.run_block(k, states[k], ctx), repeats) for k in range(adapter.num_blocks)]
+        block_ms = [time_ms(lambda: adapter.run_block(k, states[k], ctx), repeats=repeats).median_ms
+                    for k in range(adapter.num_blocks)]
         h = states[-1]
-        head_ms = _time_ms(lambda: adapter.logits(adapter.pool(h, ctx)), repeats)
+        head_ms = time_ms(lambda: adapter.logits(adapter.pool(h, ctx)), repeats=repeats).median_ms
         maps = {}
         for k, d in enumerate(self.dims):
             if d not in maps:
                 m = SpanMap(d, d, layout=adapter.layout).to(states[k].device, states[k].dtype)
                 s = states[k]
-                maps[d] = _time_ms(lambda: m(s), repeats)
+                maps[d] = time_ms(lambda: m(s), repeats=repeats).median_ms
         self.base_latency_ms = embed_ms + head_ms
         self.block_latency_ms = block_ms
         self.map_latency_table = maps

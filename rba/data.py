@@ -1,6 +1,7 @@
-"""Data sets as raw samples (texts, or uint8 N×C×H×W images) with optional integer labels, and the three
-disjoint splits (calibration, probe, eval) drawn once with ``data.seed``. For a cross-dataset transfer
-(``data.calibration_path``) the calibration split comes from a second data set.
+"""Data sets as raw samples (texts, or uint8 N×C×H×W images) with optional integer labels, and the disjoint
+splits (calibration, probe, eval, and the held-out test split when ``data.test`` > 0) drawn once with
+``data.seed``. For a cross-dataset transfer (``data.calibration_path``) the calibration split comes from a
+second data set.
 
 Preprocessing is the adapter's job (tokenizer, timm normalisation, EfficientNet-Lite scaling): data stays raw.
 """
@@ -138,6 +139,9 @@ class Splits:
     probe: Dataset
     eval: Dataset
     indices: dict[str, np.ndarray]
+    """each split's sample indices into its data set (``"test"`` only when ``data.test`` > 0)"""
+    test: Dataset | None = None
+    """the held-out split (``data.test`` samples; None when 0)"""
 
 
 def load_dataset(cfg, *, need_labels: bool | None = None) -> Dataset:
@@ -223,7 +227,8 @@ def _load(cfg, kind: str, raw_path: str | None, key: str, *, need_labels: bool |
 
 
 def make_splits(ds: Dataset, cfg, *, need_labels: bool, calibration: Dataset | None = None) -> Splits:
-    """Disjoint calibration / probe / eval splits drawn with ``data.seed``.
+    """Disjoint calibration / probe / eval / test splits drawn with ``data.seed``: consecutive slices of one
+    permutation, test last, so that adding a test split leaves the others (and the statistics cache) as they were.
 
     ``need_labels``: accuracy is asked for, so labels must exist and hold at least two classes.
     ``calibration``: the data set of a cross-dataset transfer (:func:`load_calibration_dataset`): the
@@ -232,13 +237,15 @@ def make_splits(ds: Dataset, cfg, *, need_labels: bool, calibration: Dataset | N
     so that the same config without ``calibration_path`` is the baseline on identical probe and eval splits.
     """
     d = cfg.data
-    total = d.calibration + d.probe + d.eval
+    total = d.calibration + d.probe + d.eval + d.test
     if total > len(ds):
         unused = (" (in a transfer the data.calibration samples of data.path stay unused, so that probe and eval "
                   "match the same config without calibration_path)" if calibration is not None else "")
+        test = f" + test {d.test}" if d.test else ""
         raise DataError(
-            f"the splits ask for {total} samples (calibration {d.calibration} + probe {d.probe} + eval {d.eval}) "
-            f"but {ds.source or 'the data set'} has only {len(ds)}: lower data.calibration/probe/eval{unused}"
+            f"the splits ask for {total} samples (calibration {d.calibration} + probe {d.probe} + eval {d.eval}{test}) "
+            f"but {ds.source or 'the data set'} has only {len(ds)}: lower data.calibration/probe/eval"
+            f"{'/test' if d.test else ''}{unused}"
         )
     if calibration is not None and d.calibration > len(calibration):
         raise DataError(f"data.calibration = {d.calibration} but the calibration data set {calibration.source} has "
@@ -256,17 +263,20 @@ def make_splits(ds: Dataset, cfg, *, need_labels: bool, calibration: Dataset | N
             )
     rng = np.random.default_rng(d.seed)
     perm = rng.permutation(len(ds))
-    cuts = np.cumsum([d.calibration, d.probe, d.eval])
+    cuts = np.cumsum([d.calibration, d.probe, d.eval, d.test])
     idx = {
         "calibration": np.sort(perm[: cuts[0]]),
         "probe": np.sort(perm[cuts[0] : cuts[1]]),
         "eval": np.sort(perm[cuts[1] : cuts[2]]),
     }
+    if d.test:
+        idx["test"] = np.sort(perm[cuts[2] : cuts[3]])
     source = ds
     if calibration is not None:
         idx["calibration"] = np.sort(rng.permutation(len(calibration))[: d.calibration])
         source = calibration
-    return Splits(source.subset(idx["calibration"]), ds.subset(idx["probe"]), ds.subset(idx["eval"]), idx)
+    return Splits(source.subset(idx["calibration"]), ds.subset(idx["probe"]), ds.subset(idx["eval"]), idx,
+                  test=ds.subset(idx["test"]) if d.test else None)
 
 
 # ---------------------------------------------------------------------- readers
@@ -408,7 +418,7 @@ def _synthetic(d) -> Dataset:
     """Deterministic toy data for tests: texts whose label depends on their words, or images whose label
     sets the mean brightness of a quadrant."""
     opts = dict(d.options)
-    n = int(opts.get("n", d.calibration + d.probe + d.eval))
+    n = int(opts.get("n", d.calibration + d.probe + d.eval + d.test))  # options.n keeps it fixed as splits change
     classes = int(opts.get("classes", 2))
     rng = np.random.default_rng(int(opts.get("seed", 1234)))
     modality = opts.get("modality", "text")

@@ -22,7 +22,10 @@ from rba.spans import Span
 from rba._threads import single_thread
 from rba.capture import check_finite, iter_batches, length_order
 
-__all__ = ["SplitCache", "Evaluator", "LinearProbe", "SpanForward"]
+__all__ = ["SplitCache", "Evaluator", "LinearProbe", "SpanForward", "SplitScores"]
+
+#: the splits :meth:`Evaluator.per_sample` scores a configuration on
+SCORED_SPLITS = ("eval", "test")
 
 
 @dataclass
@@ -131,8 +134,49 @@ class LinearProbe:
         return linear
 
 
+@dataclass
+class SplitScores:
+    """One configuration's per-sample results on one split, in the split's sample order (row r is data set
+    sample ``index[r]``), so that two configurations' results pair sample by sample (:mod:`rba._stats`)."""
+
+    split: str
+    index: np.ndarray
+    cosine: np.ndarray
+    """cosine between the configuration's and the unmodified network's pooled representation, per sample"""
+    prediction: np.ndarray | None
+    """predicted class per sample (None without labels)"""
+    label: np.ndarray | None
+
+    @property
+    def correct(self) -> np.ndarray | None:
+        return None if self.prediction is None else self.prediction == self.label
+
+    @property
+    def fidelity(self) -> float:
+        return float(self.cosine.mean())
+
+    @property
+    def fidelity_se(self) -> float:
+        from rba._stats import mean_se
+
+        return mean_se(self.cosine)
+
+    @property
+    def accuracy(self) -> float:
+        return float("nan") if self.prediction is None else float(self.correct.mean())
+
+    @property
+    def accuracy_se(self) -> float:
+        from rba._stats import binomial_se
+
+        return float("nan") if self.prediction is None else binomial_se(self.correct)
+
+
 class Evaluator:
-    """Evaluates configurations (spans + replacement modules) with prefix reuse and a prefix memo."""
+    """Evaluates configurations (spans + replacement modules) with prefix reuse and a prefix memo.
+
+    The search scores on the eval split (with the probe split for the probe head); :meth:`per_sample` also scores
+    a configuration on the held-out test split, whose cache is built on first use and never enters the memo."""
 
     def __init__(self, adapter: Adapter, splits, *, head: str = "probe", batch_size: int = 64,
                  probe_c: float = 1.0, need_labels: bool = True, starts: set[int] | None = None,
@@ -143,6 +187,9 @@ class Evaluator:
         L = adapter.num_blocks
         keep = set(range(L)) if starts is None else set(starts)
         use_probe = need_labels and head in ("probe", "fixed-probe")
+        self.splits, self.keep, self.batch_size, self.progress = splits, keep, batch_size, progress
+        self.held_out: dict[str, SplitCache] = {}
+        """caches of splits no search sees (test), built by :meth:`split_cache` on first use"""
         self.parts: dict[str, SplitCache] = {}
         self.parts["eval"] = SplitCache.build(adapter, splits.eval.samples, splits.eval.labels, keep=keep,
                                               batch_size=batch_size, name="eval", progress=progress)
@@ -237,6 +284,57 @@ class Evaluator:
             p = float((pred == ev.labels[rows]).double().mean())
             out["accuracy"], out["accuracy_se"] = p, (p * (1 - p) / m * fpc) ** 0.5
         return out
+
+    # ------------------------------------------------------------------ per sample, on a named split
+    def split_cache(self, name: str) -> SplitCache:
+        """The cache of split ``name``: eval (the search's), or test (built now, the first time)."""
+        if name not in SCORED_SPLITS:
+            raise ValueError(f"unknown split {name!r} to score on; known: {', '.join(SCORED_SPLITS)}")
+        if name in self.parts:
+            return self.parts[name]
+        if name not in self.held_out:
+            split = getattr(self.splits, name, None)
+            if split is None:
+                from rba.errors import ConfigError
+
+                raise ConfigError(f"data.{name} = 0: there is no {name} split to score on; set data.{name} to at "
+                                  "least 1 (the other splits stay the same)")
+            self.held_out[name] = SplitCache.build(self.adapter, split.samples, split.labels, keep=self.keep,
+                                                   batch_size=self.batch_size, name=name, progress=self.progress)
+        return self.held_out[name]
+
+    @torch.inference_mode()
+    def per_sample(self, spans: Sequence[Span], maps: Sequence[nn.Module], split: str = "test",
+                   tag: str = "") -> SplitScores:
+        """The configuration ``spans`` → ``maps`` on split ``split``, sample by sample: cosines to the unmodified
+        network and predicted classes (the head as for :meth:`score`: a probe fitted on this configuration's probe
+        split, the fixed probe, or the native head)."""
+        part = self.split_cache(split)
+        spans, maps = list(spans), list(maps)
+        # eval and probe through the memo, as a trial's, when the rows or the probe head need them
+        needed = split == "eval" or (self.need_labels and self.head == "probe")
+        on_parts = self.pooled(spans, maps, tag) if needed else {}
+        probe = self.probe_for(on_parts) if self.need_labels else None
+        rows = on_parts["eval"] if split == "eval" else self._pooled_unmemoised(part, spans, maps)
+        cos = self._cosines(rows, part.pooled).numpy()
+        pred = None
+        if self.need_labels and part.labels is not None:
+            pred = self._predict(rows, probe, None).numpy()
+        back = np.empty(len(part.order), dtype=np.int64)  # row r is the split's sample order[r]
+        back[part.order] = np.arange(len(part.order))
+        return SplitScores(split=split, index=np.asarray(self.splits.indices[split]), cosine=cos[back],
+                           prediction=None if pred is None else pred[back],
+                           label=None if part.labels is None else part.labels.numpy()[back])
+
+    def _pooled_unmemoised(self, part: SplitCache, spans: list[Span], maps: list[nn.Module]) -> torch.Tensor:
+        """Pooled representations of a held-out split under a configuration (prefix reuse, no memo)."""
+        if not spans:
+            return part.pooled
+        replace, start, out = dict(zip(spans, maps)), spans[0][0], []
+        for states, ctx in zip(part.states, part.contexts):
+            h = self.adapter.last_boundary(states[start], ctx, start=start, replace=replace)
+            out.append(self.adapter.pool(h, ctx).float())
+        return torch.cat(out)
 
     @staticmethod
     def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

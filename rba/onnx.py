@@ -31,7 +31,7 @@ from torch import nn
 
 from rba._io import atomic_path, atomic_write_json, package_versions
 from rba.errors import ConfigError, RBAError
-from rba.timing import interleaved_speedup
+from rba.timing import compare
 
 if TYPE_CHECKING:
     from rba.adapters import Adapter
@@ -252,13 +252,14 @@ def onnx_state(folder: str | Path) -> str | None:
 def onnx_speedup(export_dir: str | Path, *, repeats: int = 20, threads: int | None = None,
                  warmup: int = 2) -> dict[str, Any]:
     """ONNX Runtime latency of the unmodified model and the export in ``export_dir`` (written by
-    ``rba export --format onnx``), on the batch in ``onnx_feed.npz``, measured interleaved (unmodified, export,
-    then export, unmodified, … so that load changes and order hit both alike) after ``warmup`` runs of each.
+    ``rba export --format onnx``), on the batch in ``onnx_feed.npz``, measured by :func:`rba.timing.compare`
+    (warm-up of both, unmodified-export-export-unmodified within each repeat, at least ``repeats``).
 
-    Returns per-sample medians (``onnx_unmodified_ms``, ``onnx_export_ms``), the speed-up (the ratio of those
-    medians, ``onnx_speedup``) with the quartiles of the per-repeat ratios (``onnx_speedup_q1``,
-    ``onnx_speedup_q3``), every repeat's times (``unmodified_times_ms``, ``export_times_ms``), ``repeats``,
-    ``threads`` and ``batch_size``."""
+    Returns per-sample medians (``onnx_unmodified_ms``, ``onnx_export_ms``), their ratio (``onnx_speedup``,
+    what the report quotes until it moves to the paired headline) with the quartiles of the per-repeat ratios
+    (``onnx_speedup_q1``, ``onnx_speedup_q3``), every repeat's times (``unmodified_times_ms``,
+    ``export_times_ms``), ``repeats`` (as run), ``threads``, ``batch_size``, and ``paired``: the median of the
+    per-repeat ratios with its bootstrap interval and the share of repeats in which the export was faster."""
     folder = Path(export_dir)
     meta = _read_meta(folder / ONNX_META)
     files = [folder / ONNX_MODEL, folder / ONNX_UNMODIFIED, folder / ONNX_FEED]
@@ -274,9 +275,12 @@ def onnx_speedup(export_dir: str | Path, *, repeats: int = 20, threads: int | No
     n = len(next(iter(feed.values())))
     sessions = {"unmodified": _ort_session(folder / ONNX_UNMODIFIED, threads),
                 "export": _ort_session(folder / ONNX_MODEL, threads)}
-    s = interleaved_speedup(lambda: sessions["unmodified"].run(None, feed), lambda: sessions["export"].run(None, feed),
-                            samples=n, repeats=repeats, warmup=warmup, alternate=True)
-    return {"onnx_unmodified_ms": s["first_ms"], "onnx_export_ms": s["second_ms"], "onnx_speedup": s["speedup"],
-            "onnx_speedup_q1": s["speedup_q1"], "onnx_speedup_q3": s["speedup_q3"],
-            "unmodified_times_ms": s["first_times_ms"], "export_times_ms": s["second_times_ms"],
-            "repeats": repeats, "threads": threads, "batch_size": n}
+    c = compare(lambda: sessions["unmodified"].run(None, feed), lambda: sessions["export"].run(None, feed),
+                samples=n, repeats=repeats, warmup=warmup)
+    q1, q3 = np.percentile(c.ratios, [25, 75])
+    return {"onnx_unmodified_ms": c.a_ms, "onnx_export_ms": c.b_ms, "onnx_speedup": c.ratio_of_medians,
+            "onnx_speedup_q1": float(q1), "onnx_speedup_q3": float(q3),
+            "unmodified_times_ms": c.a_times_ms, "export_times_ms": c.b_times_ms,
+            "repeats": c.repeats, "threads": threads, "batch_size": n,
+            "paired": {"speedup": c.speedup, "low": c.speedup_low, "high": c.speedup_high,
+                       "confidence": c.confidence, "export_faster": c.b_faster, "order": c.order}}

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from rba.cost import CostModel
-    from rba.evaluate import Evaluator
+    from rba.evaluate import Evaluator, SplitScores
 
 __all__ = ["Session"]
 
@@ -275,6 +275,18 @@ class Session:
         tick()  # one evaluation, for the phase that counts them (rba run's report)
         return {"spans": format_spans(spans)} | scores | self.cost_model.cost(spans, kind)
 
+    def evaluate_split(self, spans: str | Sequence[Span], split: str = "test", kind: str | None = None,
+                       mode: str | None = None) -> "SplitScores":
+        """One configuration's per-sample cosines and predictions on ``split`` (``"test"``: the held-out split
+        ``data.test``, which no search sees; ``"eval"``), for standard errors and paired tests (:mod:`rba._stats`)."""
+        kind = kind or self.cfg.fit.kind
+        mode = mode or self.cfg.fit.mode
+        spans = sorted(self.parse(spans) if isinstance(spans, str) else spans)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            maps = self.maps(spans, kind, mode)
+        return self.evaluator.per_sample(spans, maps, split=split, tag=maps_tag(kind, mode))
+
     def scores(self) -> pd.DataFrame:
         """One row per valid span: ``start, end`` and every registered metric (br, cosine, cka, ls_residual)."""
         from rba.metrics import score_table
@@ -315,11 +327,9 @@ class Session:
 
         The export must come from this config's model and preprocessing: anything else is refused before any
         evaluation runs, naming both model identities."""
-        import statistics as st
-        import time
-
         from rba.evaluate import SplitCache
         from rba.export import HEAD_ATTR, load_export
+        from rba.timing import time_ms
 
         model = self.cfg.model
         trusted = model.kind == "module" and model.trust_code
@@ -339,19 +349,14 @@ class Session:
         batch = exported.collate(self.splits.eval.samples[:bs])
         n = len(self.splits.eval.samples[:bs])
         with torch.inference_mode():
-            exported.forward(batch)
-            times = []
-            for _ in range(max(1, self.cfg.evaluate.latency_repeats)):
-                t0 = time.perf_counter()
-                exported.forward(batch)
-                times.append((time.perf_counter() - t0) * 1000 / n)
+            latency = time_ms(lambda: exported.forward(batch), repeats=self.cfg.evaluate.latency_repeats, samples=n)
         costs = self.cost_model.cost(spans, kind)
         # the model's parameters, as for a configuration: an exported probe head is the classifier, not the model
         head = getattr(exported.model, HEAD_ATTR, None)
         head_params = 0 if head is None else sum(p.numel() for p in head.parameters())
         costs["params"] = float(sum(p.numel() for p in exported.model.parameters()) - head_params)
         costs["params_frac"] = costs["params"] / self.cost_model.total_params
-        costs["latency_ms"] = st.median(times)
+        costs["latency_ms"] = latency.median_ms
         result = {"spans": format_spans(spans)} | scores | costs
         from rba.onnx import onnx_speedup, onnx_state
 

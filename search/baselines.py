@@ -1,22 +1,32 @@
-"""Configurations proposed from statistics alone: the priors that seed a search, and the baselines run
-through ``--method`` (exhaustive, random, br-greedy, block-drop) on the same objective.
+"""Configurations proposed without a sampler: the priors that seed a search, and the baselines that
+``--method`` runs on the same objective (planned in :mod:`search.methods`, listed in :mod:`rba.methods`).
 
-* **proxy fronts** (the first priors): the statistics-only Pareto layers of (Σ ls_residual, cost) over *every*
-  configuration — layer 1 exact by a DP over boundaries (costs and the proxy add over spans, so each suffix's
-  non-dominated set suffices), layers 1 and 2 by enumeration when the space is small enough — each layer
-  coarse to fine over its cost range (the front a search is after, guessed from statistics; Spearman ≈ 0.9
-  against fidelity on MiniLM, see benchmarks/RESULTS.md).
+* **proxy fronts** (the first priors, and ``proxy-front``): the statistics-only Pareto layers of (Σ ls_residual,
+  cost) over *every* configuration — layer 1 exact by a DP over boundaries (costs and the proxy add over spans,
+  so each suffix's non-dominated set suffices), layers 1 and 2 by enumeration when the space is small enough —
+  each layer coarse to fine over its cost range (the front a search is after, guessed from statistics; Spearman
+  ≈ 0.9 against fidelity on MiniLM, see benchmarks/RESULTS.md).
 * **best single spans**: the span with the highest br (the paper's metric) and the one with the lowest
   ls_residual.
 * **BR-greedy** (the paper's heuristic): repeatedly take the highest-br span that does not overlap the spans
   already chosen; every prefix of that sequence is one configuration (1 span, 2 spans, ...).
-* **block-drop** (ShortGPT / SLEB-style removal): single blocks ranked by their Block Influence
-  1 − mean cos(x_k, x_{k+1}) (lowest first, i.e. the blocks that change their input least), dropped
-  cumulatively; evaluated with ``[fit] kind = "identity"`` (each dropped block becomes a skip).
+* **ShortGPT** (Men et al. 2024; ``shortgpt``, alias ``block-drop``): single blocks ranked once by their Block
+  Influence BI = 1 − mean cos(x_k, x_{k+1}) over every vector, lowest first, dropped cumulatively (identity);
+  ``shortgpt-affine`` replaces each run of dropped blocks by one fitted span instead (:func:`merge_runs`).
+* **SLEB** (Song et al. 2024): blocks removed one at a time, each time the one whose removal (with those already
+  removed) leaves the end metric highest, re-measured on a subset of the eval split; the first and the last
+  remaining block are never candidates (the reference code's default barriers).
+* **Gromov et al.** (2024, "The Unreasonable Ineffectiveness of the Deeper Layers"): for each length n, the
+  span (ℓ, ℓ + n) of least angular distance arccos(cos(x_ℓ, x_{ℓ+n}))/π, averaged over the calibration split's
+  vectors (the paper reads the last token of a decoder; these encoders pool every token, or a CLS token that
+  attends to all, so every vector counts, as in the statistics).
+* **random lesions**: random sets of dropped blocks, a size drawn uniformly, then the blocks (seeded).
 """
 
 from __future__ import annotations
 
+import math
+import random
 from typing import Sequence
 
 import pandas as pd
@@ -24,8 +34,9 @@ import pandas as pd
 from rba.spans import Span
 from rba.capture import Statistics
 
-__all__ = ["span_scores", "best_single_spans", "br_greedy", "block_drop_order", "proxy_front", "proxy_layers", "bisection_order", "front_priors",
-           "prior_configurations", "EXHAUSTIVE_LIMIT"]
+__all__ = ["span_scores", "best_single_spans", "br_greedy", "shortgpt_order", "block_drop_order", "merge_runs",
+           "sleb_order", "angular_distances", "gromov_spans", "random_lesions", "proxy_front", "proxy_layers",
+           "bisection_order", "front_priors", "prior_configurations", "EXHAUSTIVE_LIMIT", "SLEB_BARRIERS"]
 
 #: Pareto layers of (Σ ls_residual, cost) enqueued as priors (:func:`front_priors`)
 PROXY_FRONT_LAYERS = 2
@@ -36,6 +47,10 @@ LAYER_LIMIT = 100_000
 
 #: the most configurations ``--method exhaustive`` evaluates
 EXHAUSTIVE_LIMIT = 5000
+
+#: SLEB never removes the first or the last of the remaining blocks (early_barrier = latter_barrier = 1 in the
+#: reference code, jiwonsong-dev/SLEB sleb.py)
+SLEB_BARRIERS = (1, 1)
 
 
 def span_scores(stats: Statistics, pairs: Sequence[Span], ridge: float) -> pd.DataFrame:
@@ -78,14 +93,124 @@ def br_greedy(table: pd.DataFrame) -> list[list[Span]]:
     return out
 
 
-def block_drop_order(stats: Statistics, pairs: Sequence[Span]) -> list[list[Span]]:
-    """Cumulative single-block drops, least influential block first (ShortGPT's Block Influence)."""
+def shortgpt_order(stats: Statistics, pairs: Sequence[Span]) -> list[list[Span]]:
+    """Cumulative single-block drops, least influential block first (ShortGPT's Block Influence, ties by
+    position): configuration k holds the k blocks of lowest BI = 1 − mean cos(x_k, x_{k+1})."""
     singles = [(i, j) for i, j in pairs if j == i + 1 and stats.dims[i] == stats.dims[j]]
+    # highest mean cosine = lowest BI first (sorted on −cos, as the studies already run were planned)
     ranked = sorted(singles, key=lambda s: (-(stats.cos_sum[s] / stats.count(s[0])), s))
     out, chosen = [], []
     for s in ranked:
         chosen.append(s)
         out.append(sorted(chosen))
+    return out
+
+
+#: the name search/report.py imports (block-drop is ShortGPT's method)
+block_drop_order = shortgpt_order
+
+
+def merge_runs(spans: Sequence[Span], pairs: Sequence[Span]) -> list[Span]:
+    """Single-block spans with adjacent blocks merged into runs, each run covered from its start by the longest
+    valid spans (one span when the run is itself valid, within ``max_span`` and of one layout)."""
+    valid = set(pairs)
+    blocks = sorted(i for i, _ in spans)
+    runs: list[list[int]] = []
+    for k in blocks:
+        if runs and runs[-1][1] == k:
+            runs[-1][1] = k + 1
+        else:
+            runs.append([k, k + 1])
+    out = []
+    for a, b in runs:
+        while a < b:
+            j = max(j for j in range(a + 1, b + 1) if (a, j) in valid)  # (a, a + 1) is valid: it was dropped
+            out.append((a, j))
+            a = j
+    return out
+
+
+def _subset_quality(objective, spans: list[Span], batches: list[int]) -> float:
+    """The objective's first quality (accuracy or fidelity; fidelity without one) of ``spans`` on the eval
+    split's ``batches``, the probe (if any) fitted on the whole probe split, as an early-stopped trial scores."""
+    ev = objective.session.evaluator
+    column = (objective.quality_columns or ["fidelity"])[0]
+    run = ev.forward(spans, objective.maps(spans), tag=objective.tag)  # not finished: nothing enters the memo
+    pooled_probe = run.pooled("probe", range(len(ev.parts["probe"].contexts))) if "probe" in ev.parts else None
+    probe = ev.probe_for({"probe": pooled_probe}) if ev.need_labels and pooled_probe is not None else None
+    rows = ev.parts["eval"].rows(batches)
+    return float(ev.subset_scores(run.pooled("eval", batches), rows, probe)[column])
+
+
+def sleb_order(objective, barriers: tuple[int, int] = SLEB_BARRIERS) -> tuple[list[list[Span]], int]:
+    """SLEB's removal order: configuration k holds the first k removed blocks (identity spans). Each step tries
+    every remaining candidate block with the blocks already removed, on the eval split's first early-stopping
+    subset (every 4th batch), and removes the one that leaves the quality highest (ties: the earliest block).
+    Returns the configurations and the number of subset evaluations they took."""
+    session = objective.session
+    stats = session.stats
+    alive = [i for i, j in session.pairs if j == i + 1 and stats.dims[i] == stats.dims[j]]
+    batches = session.evaluator.eval_stages()[0]
+    early, late = barriers
+    removed: list[Span] = []
+    out, evaluations = [], 0
+    while len(alive) > early + late:
+        best_score, best = -math.inf, None
+        for k in alive[early : len(alive) - late]:
+            score = _subset_quality(objective, sorted(removed + [(k, k + 1)]), batches)
+            evaluations += 1
+            if score > best_score:
+                best_score, best = score, k
+        removed.append((best, best + 1))
+        alive.remove(best)
+        out.append(sorted(removed))
+    return out, evaluations
+
+
+def angular_distances(session, pairs: Sequence[Span]) -> dict[Span, float]:
+    """Span (i, j) → mean over the calibration split's vectors of arccos(cos(x_i, x_j))/π (Gromov et al.'s angular
+    distance), from one forward pass."""
+    import torch
+    import torch.nn.functional as F
+
+    from rba.capture import iter_batches
+
+    adapter = session.adapter
+    sums, counts = dict.fromkeys(pairs, 0.0), dict.fromkeys(pairs, 0)
+    with torch.inference_mode():
+        for _, chunk in iter_batches(session.splits.calibration.samples, session.cfg.capture.batch_size):
+            h, ctx = adapter.embed(adapter.collate(chunk))
+            vectors = {k: adapter.vectors(h, ctx).double() for k, h in adapter.boundaries(h, ctx)}
+            for i, j in pairs:
+                cos = F.cosine_similarity(vectors[i], vectors[j], dim=1, eps=1e-12).clamp(-1.0, 1.0)
+                sums[(i, j)] += float(torch.arccos(cos).sum()) / math.pi
+                counts[(i, j)] += len(cos)
+    return {p: sums[p] / counts[p] for p in pairs}
+
+
+def gromov_spans(distances: dict[Span, float]) -> list[Span]:
+    """For each span length n, the span (ℓ, ℓ + n) of least angular distance (ties: the earliest); shortest first."""
+    best: dict[int, Span] = {}
+    for (i, j), d in sorted(distances.items()):
+        n = j - i
+        if n not in best or d < distances[best[n]]:
+            best[n] = (i, j)
+    return [best[n] for n in sorted(best)]
+
+
+def random_lesions(blocks: Sequence[int], count: int, seed: int) -> list[list[Span]]:
+    """``count`` distinct non-empty sets of ``blocks`` (all of them when fewer exist), each drawn as a size
+    uniform in 1..len(blocks), then that many blocks uniformly; as single-block spans."""
+    blocks = sorted(blocks)
+    rng = random.Random(seed)
+    count = min(count, 2 ** len(blocks) - 1)
+    seen: set[tuple[int, ...]] = set()
+    out = []
+    while len(out) < count:
+        chosen = tuple(sorted(rng.sample(blocks, rng.randint(1, len(blocks)))))
+        if chosen not in seen:
+            seen.add(chosen)
+            out.append([(k, k + 1) for k in chosen])
     return out
 
 
@@ -191,14 +316,17 @@ def front_priors(table: pd.DataFrame, objective, count: int | None = None,
     return out if count is None else out[:count]
 
 
-def prior_configurations(table: pd.DataFrame, front: Sequence[tuple[int, list[Span]]] = ()) -> list[tuple[str, list[Span]]]:
+def prior_configurations(table: pd.DataFrame, front: Sequence[tuple[int, list[Span]]] = (), *,
+                         br: bool = True) -> list[tuple[str, list[Span]]]:
     """Priors enqueued first, in this order: the proxy fronts' members (``front``, from :func:`front_priors`:
     (layer, spans) pairs), the best single spans by br and by ls_residual, then BR-greedy combinations (two spans
-    or more); duplicates removed, order kept."""
+    or more); duplicates removed, order kept. ``br=False`` leaves out what br proposes (the best br span is
+    BR-greedy's first configuration), for a search compared with BR-greedy."""
     seen: set[tuple[Span, ...]] = set()
     out = []
+    singles = [(label, spans) for label, spans in best_single_spans(table) if br or label != "best br"]
     candidates = ([("proxy front" if layer == 1 else f"proxy front, layer {layer}", list(c)) for layer, c in front if c]
-                  + best_single_spans(table) + [(f"br-greedy {len(c)}", c) for c in br_greedy(table) if len(c) >= 2])
+                  + singles + ([(f"br-greedy {len(c)}", c) for c in br_greedy(table) if len(c) >= 2] if br else []))
     for label, spans in candidates:
         key = tuple(spans)
         if key not in seen:

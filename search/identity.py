@@ -39,6 +39,10 @@ def study_identity(cfg: Config, session, *, kind: str, method: str) -> dict[str,
     for key in ("calibration_path", "calibration_kind"):  # a transfer's keys: absent (as before they existed) when unset
         if data.get(key) is None:
             data.pop(key, None)
+    if not (cfg.data.kind == "synthetic" and "n" not in cfg.data.options):
+        # held out after the other splits, which stay as they were: the search never sees it (synthetic data sized
+        # by the splits is the exception: more test samples make another data set)
+        data.pop("test", None)
     s = cfg.search
     fit = {"kind": kind, "ridge": cfg.fit.ridge, "mode": cfg.fit.mode, "capture_dtype": cfg.capture.dtype}
     if get_fit(kind).trained:  # a trained fit's maps also depend on how it trains

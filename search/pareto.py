@@ -95,13 +95,11 @@ def plot_front(path: Path, trials: pd.DataFrame, front: pd.DataFrame, *, objecti
                baselines: dict[str, pd.DataFrame] | None = None, title: str = "") -> None:
     """Quality against cost: every trial, infeasible ones crossed, the front highlighted, the unmodified
     model (``reference``) and baseline curves (label → rows with the same columns) drawn when given."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     x, y = _axes(objective_columns)
-    fig, ax = plt.subplots(figsize=(7.2, 5.0), constrained_layout=True)
+    fig = Figure(figsize=(7.2, 5.0), layout="constrained")
+    ax = fig.subplots()
     done = trials[trials["state"] == "COMPLETE"]
     feas = done[done["feasible"].fillna(True).astype(bool)]
     infeas = done[~done["feasible"].fillna(True).astype(bool)]
@@ -134,4 +132,3 @@ def plot_front(path: Path, trials: pd.DataFrame, front: pd.DataFrame, *, objecti
         ax.set_title(title, fontsize=9)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)

@@ -4,9 +4,13 @@
 Every method runs inside one Optuna study in the output folder (sqlite unless ``search.storage`` says
 otherwise), so resuming, the tables and the front work the same for the samplers and the baselines:
 
-* ``optuna``: the configured sampler proposes; priors (if on) are enqueued first.
-* ``exhaustive`` / ``random`` / ``br-greedy`` / ``block-drop``: the configurations are planned up front and
+* ``optuna``: the configured sampler proposes; priors (``search.priors``) are enqueued first.
+* the baselines (``rba ls methods``: exhaustive, random, br-greedy, proxy-front, shortgpt / block-drop,
+  shortgpt-affine, sleb, gromov, gromov-affine, random-lesions): the configurations are planned up front and
   enqueued; the trials run them in order.
+
+Each method is an entry of :mod:`rba.methods` (its planner in :mod:`search.methods`, its fit kind: the
+block-removal baselines replace spans by the identity).
 
 **Study identity** (:mod:`search.identity`): the same identity resumes; ``trials`` is the total number of
 completed trials, shared by every process working on the study. Trials whose process died are failed and
@@ -30,8 +34,8 @@ from rba.config import Config, config_hash
 from rba.errors import ConfigError, RBAError
 from rba.files import atomic_path, atomic_write_json
 from rba.spans import format_spans, parse_spans
-from search.baselines import (EXHAUSTIVE_LIMIT, block_drop_order, br_greedy, front_priors, prior_configurations,
-                              span_scores)
+from rba.methods import get_method
+from search.baselines import span_scores
 from search.identity import IDENTITY_ATTR, IdentityError, refusal, study_identity
 from search.objective import Objective
 from search.recording import SearchResult, StudyContext, complete_count, completed, needs_labels
@@ -126,9 +130,10 @@ def prepare(cfg: Config, *, progress: bool = True, session=None, objective: Obje
 
     s = cfg.search
     method = s.method
-    kind = "identity" if method == "block-drop" else cfg.fit.kind
-    if method == "block-drop" and cfg.fit.kind != "identity":
-        info(f"block-drop: spans are replaced by the identity (fit kind \"identity\" instead of {cfg.fit.kind!r})",
+    spec = get_method(method)
+    kind = spec.fit_kind(cfg.fit.kind)
+    if kind != cfg.fit.kind:
+        info(f"{method}: spans are replaced by the identity (fit kind {kind!r} instead of {cfg.fit.kind!r})",
              enabled=progress)
     if session is None:
         session = Session(cfg, need_labels=needs_labels(cfg), progress=progress)
@@ -146,11 +151,7 @@ def prepare(cfg: Config, *, progress: bool = True, session=None, objective: Obje
     identity = study_identity(cfg, session, kind=kind, method=method)
     ctx = StudyContext(cfg=cfg, session=session, objective=objective, space=space, out=out, storage_url=storage,
                        study_name=name, identity=identity, method=method, progress=progress)
-    if method == "exhaustive" and space.count() > EXHAUSTIVE_LIMIT:
-        raise ConfigError(
-            f"--method exhaustive: {space.count():,} configurations ({space.describe()}) exceed the limit of "
-            f"{EXHAUSTIVE_LIMIT:,}; lower search.max_span, or use --method optuna or random"
-        )
+    spec.check_study(ctx)
     return ctx
 
 
@@ -238,34 +239,21 @@ def plan(ctx: StudyContext, study, fresh: bool) -> int:
         ctx.table = span_scores(ctx.session.stats, ctx.session.pairs, cfg.fit.ridge)
     done = set(completed(study))
     waiting = _waiting_spans(ctx, study)
-    method = ctx.method
-    if method == "optuna":
-        # the proxy fronts first (at most half the trials: the sampler keeps the rest), then the BR priors
-        planned = (prior_configurations(ctx.table, front_priors(ctx.table, ctx.objective, count=max(1, ctx.total // 2)))
-                   if (cfg.search.priors and fresh) else [])
-        # a prior whose exact cost (known from the statistics) breaks a budget would be evaluated for nothing
-        planned = [(f"prior: {label}", s) for label, s in planned
-                   if ctx.objective.feasible(s)][: max(0, ctx.total - len(done))]
-    elif method == "exhaustive":
-        planned = [("exhaustive", s) for s in ctx.space.configurations()]
-    elif method == "random":
-        planned = [("random", s) for s in ctx.space.sample(cfg.search.trials, seed=cfg.search.seed)]
-    elif method == "br-greedy":
-        planned = [(f"br-greedy {len(s)}", s) for s in br_greedy(ctx.table)]
-    elif method == "block-drop":
-        planned = [(f"block-drop {len(s)}", s) for s in block_drop_order(ctx.session.stats, ctx.session.pairs)]
-    else:
-        raise ConfigError(f"unknown search.method {method!r}")
+    spec = get_method(ctx.method)
+    planned = spec.plan(ctx, fresh)
+    if spec.sampled:
+        planned = planned[: max(0, ctx.total - len(done))]
     for label, spans in planned:
         key = format_spans(spans)
         if key in done or key in waiting:
             continue
         study.enqueue_trial(ctx.space.encode(spans), user_attrs={"source": label})
         waiting.add(key)
-    if method == "optuna":
+    if spec.sampled:
         return max(0, ctx.total - complete_count(study))
-    if method != "optuna" and ctx.total != len(planned) and method != "random":
-        info(f"{method}: {len(planned)} planned configurations (search.trials does not apply)", enabled=ctx.progress)
+    if ctx.total != len(planned) and not spec.uses_trials:
+        info(f"{ctx.method}: {len(planned)} planned configurations (search.trials does not apply)",
+             enabled=ctx.progress)
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 

@@ -150,10 +150,7 @@ def _summary_row(study: Study) -> dict[str, Any]:
 def write_summary(studies: list[Study], folder: Path) -> Path:
     """``summary.csv`` (one row per study: its export and the rule's numbers) and ``fronts.png`` (every
     study's front, quality against cost) in ``folder``. Returns the CSV's path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from search.pareto import AXIS_LABELS
 
@@ -161,7 +158,8 @@ def write_summary(studies: list[Study], folder: Path) -> Path:
     table = pd.DataFrame([_summary_row(s) for s in studies], columns=SUMMARY_COLUMNS)
     with atomic_path(folder / "summary.csv") as tmp:
         table.to_csv(tmp, index=False)
-    fig, ax = plt.subplots(figsize=(7.5, 5.0), constrained_layout=True)
+    fig = Figure(figsize=(7.5, 5.0), layout="constrained")
+    ax = fig.subplots()
     quality, cost = table["quality"].iloc[0], table["cost"].iloc[0]
     for k, (study, row) in enumerate(zip(studies, table.itertuples())):
         front = pd.read_csv(study.cfg.output_dir() / "pareto.csv")
@@ -184,5 +182,4 @@ def write_summary(studies: list[Study], folder: Path) -> Path:
     ax.legend(fontsize=7, loc="best")
     with atomic_path(folder / "fronts.png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
     return folder / "summary.csv"

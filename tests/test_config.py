@@ -66,7 +66,7 @@ def test_bad_config_names_the_problem(raw, needle):
     ({"capture": {"dtype": "float16"}}, "capture.dtype = 'float16' is not one of float32, float64"),
     ({"model": {"device": "gpu"}}, "model.device = 'gpu' is not one of cpu, cuda, auto"),
     ({"search": {"sampler": "tpee"}}, "search.sampler = 'tpee' is not one of tpe, nsga2, random, gp. Did you mean 'tpe'?"),
-    ({"search": {"priors": 1}}, "search.priors must be true or false, got int 1"),
+    ({"search": {"priors": 1}}, "search.priors = 1 is not one of true, false, proxy."),
     ({"search": {"trials": True}}, "search.trials must be int, got a boolean"),
     ({"search": {"trials": 2.5}}, "search.trials must be int, got float 2.5"),
     ({"fit": {"ridge": "small"}}, "fit.ridge must be a number, got str 'small'"),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_reliability import assert_nothing_written, assert_one_line_error, run_main, text_sections, vit_sections, \
+from _helpers import assert_nothing_written, assert_one_line_error, run_main, text_sections, vit_sections, \
     write_config
 
 SPLITS = {"calibration": 4, "probe": 4, "eval": 4}

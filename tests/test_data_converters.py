@@ -12,7 +12,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from test_reliability import assert_one_line_error, run_main
+from _helpers import assert_one_line_error, run_main
 
 PER_BATCH = 3
 

@@ -42,7 +42,7 @@ from rba.errors import RBAError  # noqa: E402
 from rba.export import RECIPE_FORMAT, head_logits  # noqa: E402
 from rba.fit import list_fits  # noqa: E402
 from test_fit_plugins import translator  # noqa: E402,F401  (fixture: registers the test-only vector fit)
-from test_reliability import assert_one_line_error, run_main, vit_sections, write_config  # noqa: E402
+from _helpers import assert_one_line_error, run_main, vit_sections, write_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def test_evaluate_export_of_another_model_is_refused(tmp_path, capsys, other, ne
 
 
 def test_evaluate_export_of_another_model_through_the_real_binary(tmp_path, capsys):
-    from test_reliability import run_cli, run_main
+    from _helpers import run_cli, run_main
 
     cfg = write_config(tmp_path / "vit.toml", vit_sections(tmp_path))
     rc, _, err = run_main(capsys, "export", cfg, "--spans", "1-3", "--out", tmp_path / "exp", "--quiet")  # in-process

@@ -18,7 +18,7 @@ import pytest
 
 from rba.errors import RBAError
 from rba.export import load_export
-from test_reliability import (TOY_DIR, _env, assert_one_line_error, run_main, toy_sections, vit_sections,
+from _helpers import (TOY_DIR, assert_one_line_error, cli_env, run_main, toy_sections, vit_sections,
                               write_config)
 
 # A module whose import alone, and whose factory, leave a marker file: it must never be imported.
@@ -59,7 +59,7 @@ def hostile_export(tmp_path, capsys, monkeypatch):
 
 def test_tampered_recipe_runs_no_code_through_the_real_binary(hostile_export):
     folder, cfg, marker = hostile_export
-    env = _env()
+    env = cli_env()
     env["PYTHONPATH"] = f"{folder}:{env['PYTHONPATH']}"
     proc = subprocess.run([sys.executable, "-m", "rba.cli", "evaluate", str(cfg), "--export", str(folder / "exp"),
                            "--quiet"], cwd=folder, capture_output=True, text=True, timeout=300, env=env)

@@ -17,8 +17,9 @@ from rba.config import load_config
 from rba.export import head_logits, load_export
 from rba.onnx import MAX_REL_DIFF, export_onnx
 from rba.session import Session
-from search.report import _onnx_speedup
-from test_reliability import assert_one_line_error, run_main, vit_sections, write_config
+from search._measure import measure_export
+from search._render import _onnx_lines
+from _helpers import assert_one_line_error, run_main, vit_sections, write_config
 
 
 def _rel(got, want) -> float:
@@ -78,8 +79,13 @@ def test_vit_export_onnx_matches_pytorch_writes_the_unmodified_model_once_and_me
     # unmodified.onnx is kept, and the report gets the measured ONNX Runtime speed-up next to FLOPs
     before = (out / "unmodified.onnx").stat()
     session.cfg.run.onnx = True
-    lines, summary = _onnx_speedup(session.cfg, session, session.export("2-4", out), 0.5)
-    assert "ONNX Runtime" in lines[0] and "at flops_frac 0.5" in lines[0] and summary["onnx_speedup"] > 0
+    folder = session.export("2-4", out)
+    export_onnx(session, folder)  # as the report step's export does with [run] onnx, then it measures
+    onnx = measure_export(session.cfg, session, folder)["onnx"]
+    assert onnx["onnx_speedup"] == pytest.approx(onnx["onnx_unmodified_ms"] / onnx["onnx_export_ms"])
+    assert onnx["max_rel_diff"] <= MAX_REL_DIFF
+    lines = _onnx_lines(onnx, 0.5)
+    assert "ONNX Runtime" in lines[0] and "at flops_frac 0.5" in lines[0]
     after = (out / "unmodified.onnx").stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # written once, kept
     assert json.loads((out / "onnx.json").read_text())["spans"] == "2-4"

@@ -26,99 +26,11 @@ import pandas as pd
 import pytest
 import torch
 
+from _helpers import (assert_nothing_written, assert_one_line_error, cli_env, run_main, text_sections, toy_sections,
+                      vit_sections, write_config)
 from conftest import rba_many, slowed_cli, wait_for
 from rba.cli import main
-from rba.config import dict_to_toml
 
-ROOT = Path(__file__).resolve().parent.parent
-TOY_DIR = ROOT / "tests" / "adapters_tests"  # holds _toy.py (factories for kind = "module")
-
-
-# ---------------------------------------------------------------------- helpers
-def write_config(path: Path, sections: dict) -> Path:
-    path.write_text(dict_to_toml(sections))
-    return path
-
-
-def vit_sections(folder: Path, **over) -> dict:
-    """A tiny random timm ViT (6 blocks) on synthetic images, cache inside ``folder``."""
-    sections = {
-        "model": {"kind": "timm", "name": "test_vit", "pretrained": False},
-        "data": {"kind": "synthetic", "image_size": 32, "calibration": 24, "probe": 24, "eval": 24,
-                 "options": {"modality": "image", "classes": 3}},
-        "capture": {"cache_dir": str(folder / "cache"), "batch_size": 16},
-        "evaluate": {"latency_repeats": 1},
-    }
-    return _merge(sections, over)
-
-
-def text_sections(folder: Path, **over) -> dict:
-    """A tiny random BERT on a text CSV (the path is relative to the config's folder)."""
-    sections = {
-        "model": {"kind": "huggingface", "name": "tiny-bert", "pretrained": False},
-        "data": {"kind": "text-csv", "path": "texts.csv", "calibration": 8, "probe": 6, "eval": 6},
-        "capture": {"cache_dir": str(folder / "cache")},
-        "evaluate": {"latency_repeats": 1},
-    }
-    return _merge(sections, over)
-
-
-def toy_sections(folder: Path, factory: str, *, toy: str = "_toy", **over) -> dict:
-    """``kind = "module"``: a factory of tests/adapters_tests/_toy.py (token MLP, 4 blocks)."""
-    sections = {
-        "model": {"kind": "module", "name": f"{toy}:{factory}", "blocks": "layers", "pretrained": False, "trust_code": True,
-                  "options": {"depth": 4}},
-        "data": {"kind": "synthetic", "image_size": 16, "calibration": 16, "probe": 16, "eval": 16,
-                 "options": {"modality": "image", "classes": 3}},
-        "capture": {"cache_dir": str(folder / "cache")},
-        "evaluate": {"latency_repeats": 1},
-    }
-    return _merge(sections, over)
-
-
-def _merge(sections: dict, over: dict) -> dict:
-    out = {k: dict(v) for k, v in sections.items()}
-    for key, value in over.items():
-        out.setdefault(key, {}).update(value)
-    return out
-
-
-def run_main(capsys, *argv) -> tuple[int, str, str]:
-    """``rba`` in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def run_cli(*argv, cwd, timeout=300) -> subprocess.CompletedProcess:
-    """The real binary in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "rba.cli", *map(str, argv)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=_env())
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(TOY_DIR), env.get("PYTHONPATH")) if p)
-    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # same thread count as this process: same float sums
-    return env
-
-
-def assert_one_line_error(rc: int, err: str, *needles: str) -> None:
-    assert rc == 2, err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("rba: error: "), err
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-
-
-def assert_nothing_written(folder: Path) -> None:
-    """No output folder (or an empty one) and no statistics in the cache: nothing a later run could trust."""
-    out = folder / "out"
-    assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))
-    cache = folder / "cache"
-    assert not cache.exists() or not list(cache.glob("stats-*")), sorted(cache.iterdir())
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +206,7 @@ def cli(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]
         folder = root / name
         folder.mkdir()
         jobs[name] = (folder, build(folder))
-    results = rba_many(*(argv for _, argv in jobs.values()), cwd=root, env=_env())
+    results = rba_many(*(argv for _, argv in jobs.values()), cwd=root, env=cli_env())
     return {name: (folder, r) for (name, (folder, _)), r in zip(jobs.items(), results)}
 
 
@@ -433,7 +345,7 @@ def test_kill_during_capture_then_rerun_gives_the_same_statistics(tmp_path, caps
     with open(b / "stdout.txt", "w") as out, open(b / "stderr.txt", "w") as err_f:
         # each capture batch held for 0.2 s: the kill lands mid-capture on any machine
         proc = subprocess.Popen([*slowed_cli("rba.capture", "StatisticsCollector.update", 0.2), "scores", str(cfg_b),
-                                 "--out", str(b / "out")], cwd=b, stdout=out, stderr=err_f, env=_env())
+                                 "--out", str(b / "out")], cwd=b, stdout=out, stderr=err_f, env=cli_env())
         try:
             done = 0
 

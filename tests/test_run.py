@@ -187,7 +187,7 @@ def test_front_members_against_a_brute_force_mask():
 
 def test_report_names_the_data_sources(study, tmp_path):
     """A transfer study's report says where the statistics came from and where probe and eval came from."""
-    from search.report import _data_sources
+    from search._render import _data_sources
 
     cfg, report = study
     assert "disjoint splits of one source" in report.read_text()
@@ -214,7 +214,7 @@ def test_speedup_is_measured_back_to_back(monkeypatch):
     after a warm-up, per-sample medians, the speed-up as the median per-pair ratio with its quartiles."""
     clock = [0.0]
     calls = []
-    monkeypatch.setattr("search.report.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("rba.timing.time.perf_counter", lambda: clock[0])
 
     class Fake:
         def __init__(self, name, seconds):
@@ -247,7 +247,7 @@ def test_speedup_is_the_ratio_of_the_medians(monkeypatch):
     import statistics
 
     clock = [0.0]
-    monkeypatch.setattr("search.report.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("rba.timing.time.perf_counter", lambda: clock[0])
     seconds = {"o": iter([1.0, 1.0, 1.0, 3.0, 2.0]), "e": iter([1.0, 1.0, 2.5, 2.9, 1.9])}  # 2 warm-ups, 3 repeats
 
     class Fake:

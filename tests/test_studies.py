@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_reliability import assert_one_line_error, run_main
+from _helpers import assert_one_line_error, run_main
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 PAPER = sorted(p.stem for p in STUDIES.glob("paper_*.toml"))

@@ -32,18 +32,15 @@ def score_table(stats: Statistics, ridge: float = 1e-6) -> pd.DataFrame:
 
 def plot_scores(table: pd.DataFrame, path: str | Path, title: str = "") -> None:
     """Heatmaps of every score over (start, end): one panel per metric, spans outside the set left blank."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     import numpy as np
 
     from rba._io import atomic_path
 
     L = int(table["end"].max()) if len(table) else 1
     columns = [c for c in table.columns if c not in ("start", "end")]
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 4.2), constrained_layout=True,
-                             squeeze=False)
+    fig = Figure(figsize=(4.2 * len(columns), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(columns), squeeze=False)
     for ax, col in zip(axes[0], columns):
         metric = get_metric(col) if col in list_metrics() else None
         label = (metric.label if metric else "") or col
@@ -62,4 +59,3 @@ def plot_scores(table: pd.DataFrame, path: str | Path, title: str = "") -> None:
         fig.suptitle(title, fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)

@@ -193,9 +193,9 @@ def test_baselines_and_priors(tmp_path, cache):
 
 
 def test_exhaustive_refused_above_limit(tmp_path, cache, monkeypatch):
-    import search.study
+    import search.baselines
 
-    monkeypatch.setattr(search.study, "EXHAUSTIVE_LIMIT", 10)
+    monkeypatch.setattr(search.baselines, "EXHAUSTIVE_LIMIT", 10)
     cfg = make_config(tmp_path, cache, search={"method": "exhaustive"})
     with pytest.raises(RBAError, match="34 configurations"):
         run_search(cfg, progress=False)

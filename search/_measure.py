@@ -1,0 +1,161 @@
+"""Exporting a study's chosen configuration and timing it against the unmodified model: the speed-up in PyTorch
+(:func:`measure_speedup`, :func:`measure_export`) and ONNX Runtime, and ``rba report DIR --measure``
+(:func:`remeasure_report`), which times the export on disk again before rendering."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from rba.files import atomic_write_json
+from rba.spans import parse_spans
+from search._render import render_report
+from search._results import Choice, ReportError, _write_pareto, read_report_inputs, split_pareto
+from search.objective import RESULT_COLUMNS
+from search.recording import StudyContext, log
+
+__all__ = ["measure_speedup", "measure_export", "remeasure_report"]
+
+
+def measure_speedup(original, exported, samples, *, batch_size: int, repeats: int) -> dict:
+    """Per-sample latency of the unmodified model and the export on one batch, measured back to back
+    (original, export, original, export, …) after a warm-up of each, so that load changes hit both alike.
+    Returns the medians, the speed-up (the ratio of the medians) with the quartiles of the per-repeat ratios,
+    every repeat's times, threads and batch (:func:`rba.timing.interleaved_speedup`)."""
+    import torch
+
+    from rba.timing import interleaved_speedup
+
+    batch = original.collate(samples[:batch_size])
+    n = len(samples[:batch_size])
+    with torch.inference_mode():
+        s = interleaved_speedup(lambda: original.forward(batch), lambda: exported.forward(batch), samples=n,
+                                repeats=repeats)
+    return {"original_ms": s["first_ms"], "export_ms": s["second_ms"], "speedup": s["speedup"],
+            "speedup_q1": s["speedup_q1"], "speedup_q3": s["speedup_q3"],
+            "original_times_ms": s["first_times_ms"], "export_times_ms": s["second_times_ms"],
+            "repeats": repeats, "threads": torch.get_num_threads(), "batch_size": n}
+
+
+
+def _export(ctx: StudyContext, session, choice: Choice, out: Path) -> dict:
+    """Export the chosen configuration, reload it, evaluate it end to end and measure its speed-up."""
+    from rba.export import export_model
+
+    spans = parse_spans(choice.row["spans"])
+    folder = export_model(session, spans, out / "export", kind=ctx.objective.kind, mode=ctx.objective.mode)
+    measured = session.evaluate_export(folder)
+    if ctx.cfg.run.onnx:
+        from rba.onnx import export_onnx
+
+        export_onnx(session, folder)
+    return {"measured": {c: measured.get(c) for c in RESULT_COLUMNS}} | measure_export(ctx.cfg, session, folder)
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def measure_export(cfg, session, folder: Path) -> dict:
+    """The speed-up records of an export folder against the session's unmodified model: ``speed`` (PyTorch,
+    also written to ``export/latency.json``) and, with ``[run] onnx`` and a current ONNX export in the folder,
+    ``onnx`` (ONNX Runtime, with the export check's largest relative difference); each with the load average
+    at its start and end."""
+    from rba.export import load_export
+    from rba.onnx import onnx_state
+
+    model = cfg.model
+    trusted = model.kind == "module" and model.trust_code
+    exported = load_export(folder, device=str(session.adapter.device), trust_code=trusted,
+                           factory=model.name if trusted else None)
+    load = _load()
+    speed = measure_speedup(session.adapter, exported, session.splits.eval.samples,
+                            batch_size=cfg.evaluate.batch_size, repeats=cfg.report.speedup_repeats)
+    speed |= {"load_start": load, "load_end": _load()}
+    atomic_write_json(folder / "latency.json", speed)
+    onnx = _onnx_record(cfg, folder) if cfg.run.onnx and onnx_state(folder) == "current" else {}
+    return {"speed": speed, "onnx": onnx}
+
+
+def _onnx_record(cfg, folder: Path) -> dict:
+    """ONNX Runtime speed-up of the current ONNX export in ``folder``, with the export check's largest relative
+    difference and the load average at the start and end."""
+    from rba.onnx import ONNX_META, onnx_speedup
+
+    meta = json.loads((folder / ONNX_META).read_text())
+    load = _load()
+    onnx = onnx_speedup(folder, repeats=max(7, cfg.evaluate.latency_repeats))
+    return onnx | {"max_rel_diff": max(meta["max_rel_diff"].values()), "load_start": load, "load_end": _load()}
+
+
+
+def remeasure_report(out: Path) -> Path:
+    """``rba report DIR --measure``: measure the export's speed-up lines again (PyTorch and, where the study
+    wrote one, ONNX Runtime) with the model and data of the folder's ``config.resolved.toml`` and the export on
+    disk, at the thread count the study used; update ``export/latency.json``, ``report.json`` and
+    ``summary.json`` (and an older rba's ``pareto.csv``, which listed the "none" trial next to the reference row),
+    then render the report (:func:`render_report`). A folder without ``export/`` (a committed
+    report keeps no weights) gets the chosen configuration exported again from the statistics (the closed-form
+    fits of the same calibration split). No search, trial or front evaluation runs. Returns the report's path."""
+    import torch
+
+    from rba.config import load_config
+    from rba.session import Session
+
+    out = Path(out)
+    data = read_report_inputs(out)  # everything checked before the model loads
+    info = data["info"]
+    export = info["export"]
+    folder = out / "export"
+    if export is None:
+        raise ReportError(f"{out}: the study exported nothing (no feasible configuration), so there is no speed-up "
+                          "to measure: run `rba report DIR` without --measure")
+    if not (out / "config.resolved.toml").exists():
+        raise ReportError(f"{out} lacks config.resolved.toml, which --measure needs (the study's model and data): "
+                          "rerun `rba run` on this study to write it again")
+    exists = (folder / "recipe.json").exists()
+    if exists:
+        try:
+            exported = json.loads((folder / "recipe.json").read_text()).get("spans")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            exported = "an unreadable recipe"
+        if exported != info["choice"]["spans"]:
+            raise ReportError(f"{folder} holds an export of `{exported}`, but the report chose "
+                              f"`{info['choice']['spans']}`: rerun `rba run` on this study, or remove export/ to "
+                              "export the report's choice again")
+    cfg = load_config(out / "config.resolved.toml")
+    # labels where the data has them, as rba run's report step (its export carries the probe head then)
+    session = Session(cfg, need_labels=None, progress=False, measure_latency=False)
+    if not exists:  # a committed report keeps no weights: export the choice again
+        from rba.export import export_model
+
+        spans = info["choice"]["spans"]
+        log(f"report: {folder} holds no export: exporting `{spans}` again from the statistics")
+        export_model(session, parse_spans(spans), folder, mode=cfg.fit.mode,
+                     kind="identity" if info["method"] == "block-drop" else cfg.fit.kind)
+        if cfg.run.onnx:
+            from rba.onnx import export_onnx
+
+            export_onnx(session, folder)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(export["speed"].get("threads", threads)))
+    try:
+        records = measure_export(cfg, session, folder)
+    finally:
+        torch.set_num_threads(threads)
+    export |= records
+    export.pop("onnx_lines", None)  # the ONNX line is rendered from the record now
+    ref_row, _, front = split_pareto(data["pareto"], info["objective_columns"])
+    if len(ref_row) + len(front) < len(data["pareto"]):  # an older rba listed the "none" trial next to the reference
+        _write_pareto(out, ref_row, front)
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = {k: v for k, v in summary.items() if not k.startswith("onnx_")}
+    summary |= {k: records["speed"][k] for k in ("speedup", "speedup_q1", "speedup_q3")}
+    summary |= {k: v for k, v in records["onnx"].items() if k.startswith("onnx_")}
+    atomic_write_json(summary_path, summary)
+    atomic_write_json(out / "report.json", info)
+    return render_report(out)
+
+

@@ -1,0 +1,370 @@
+"""``report.md`` and the plots of a finished ``rba run`` folder, rendered from its files (:func:`render_report`,
+also ``rba report DIR``): no model is loaded and nothing is evaluated."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rba.files import atomic_path, atomic_write_text
+from search._results import COST_COLUMNS, choose_export, read_report_inputs, split_pareto
+from search.objective import QUALITY, RESULT_COLUMNS
+
+__all__ = ["render_report", "PLOTS"]
+
+#: the plots ``rba report`` (and ``rba run`` through it) draws
+PLOTS = ("scores.png", "pareto.png", "priors.png", "cost.png")
+
+
+def render_report(out: Path) -> Path:
+    """Write ``report.md`` and every plot of a finished ``rba run`` folder from its files alone (report.json and
+    the CSV tables): no model is loaded, nothing is evaluated, and no other file is written (the inputs are read
+    only). ``rba run`` ends with it; ``rba report DIR`` runs it alone. Returns the report's path."""
+    out = Path(out)
+    inputs = _read(out)
+    text = _report_text(out, inputs)
+    _draw_plots(out, inputs)
+    report = out / "report.md"
+    atomic_write_text(report, text)  # after the plots it shows
+    return report
+
+
+def _read(out: Path) -> dict:
+    """The folder's files (:func:`read_report_inputs`) with what the report and the plots share: the reference
+    row, the front members, the tables of the optional sections (None when the study left them out)."""
+    data = read_report_inputs(out)
+    info = data["info"]
+    info["metrics"] = dict(info["metrics"])  # metric → higher is more redundant, in the registry's order
+    pareto = data["pareto"]
+    ref_row, reference, front = split_pareto(pareto, info["objective_columns"])
+    if len(ref_row) + len(front) < len(pareto):  # an older rba's: shown without the "none" trial, the file as it is
+        pareto = pd.concat([ref_row, front], ignore_index=True)  # (`rba report --measure` writes it again)
+    return {"info": info, "trials": data["trials"], "scores": data["scores"], "pareto": pareto, "front": front,
+            "reference": reference, "baselines": data.get("baselines"), "singles": data.get("singles")}
+
+
+def _draw_plots(out: Path, inputs: dict) -> None:
+    """scores.png, pareto.png, cost.png, and priors.png when every single span was evaluated."""
+    from rba.metrics import plot_scores
+    from search.pareto import plot_front
+
+    info, baselines, singles = inputs["info"], inputs["baselines"], inputs["singles"]
+    plot_scores(inputs["scores"], out / "scores.png", title=info["titles"]["scores"])
+    curves = {} if baselines is None else {m: rows for m, rows in baselines.groupby("method", sort=False)}
+    plot_front(out / "pareto.png", inputs["trials"], inputs["front"], objective_columns=info["objective_columns"],
+               budgets=info["budgets"], reference=inputs["reference"], baselines=curves, title=info["titles"]["pareto"])
+    if singles is not None:
+        _plot_priors(out / "priors.png", singles, inputs["scores"], info["metrics"])
+    _plot_cost(out / "cost.png", _search_cost(info, inputs["trials"]))
+
+
+def _report_text(out: Path, inputs: dict) -> str:
+    """report.md's text; ``out`` is read for the study's resolved config only (:func:`_data_sources`)."""
+    info, trials, scores, pareto = inputs["info"], inputs["trials"], inputs["scores"], inputs["pareto"]
+    front, reference, baselines, singles = inputs["front"], inputs["reference"], inputs["baselines"], inputs["singles"]
+    quality, cost = info["quality"], info["cost"]
+    max_drop = info["max_drop"]
+    choice = info["choice"]
+    plots = ["scores.png", "pareto.png"]
+    files = ["scores.csv", "scores.png", "trials.csv", "trials.parquet", "pareto.csv", "pareto.png"]
+    files += (["baselines.csv"] if baselines is not None else []) + (["singles.csv"] if singles is not None else [])
+    files += ["config.resolved.toml", "run.json", "summary.json", "report.json"]
+    # the trials line is counted from the tables (an older rba stored it, counting the "none" trial in the front)
+    header = [h for h in info["header"] if not h.startswith("trials: ")]
+    header.insert(len(header) - 1, f"trials: {int((trials['state'] == 'COMPLETE').sum())} complete of {len(trials)}; "
+                                   f"front: {len(front)} configurations besides the unmodified model")
+    lines = [f"# rba study: {info['name']}", "", *[f"- {h}" for h in header + _data_sources(out)], ""]
+    lines_files = len(lines)
+    lines += ["## Front", "",
+              f"Sorted by {cost}; the first row is the unmodified model (a reference, not a trial). Accuracy is "
+              "evaluated here for front members whose trials did not compute it (when the data has labels).", "",
+              _markdown(pareto), "", "![front](pareto.png)", "",
+              "## Export rule", "",
+              f"The export is the cheapest feasible front member by {cost} ({_why_column(cost, info, COST_COLUMNS)}) "
+              f"whose {quality} ({_why_column(quality, info, QUALITY)}) is at most max_drop = {max_drop:g} "
+              "(absolute, `--max-drop`, `[run] max_drop`) below the unmodified model's; if none is, the "
+              f"best-{quality} feasible member, with a warning.", "",
+              f"Picked: {choice['reason']}.{_picked_accuracy(info, reference, front, choice)}", ""]
+    lines += _redundancy_section(scores, info)
+    if baselines is not None:
+        lines += _baselines_section(info, front, reference, baselines, choice)
+        lines += _methods_section(info, trials, reference, baselines)
+    lines += _multi_span_section(info, front, trials, singles, reference)
+    if singles is not None:
+        lines += _priors_section(info, singles, scores)
+        plots.append("priors.png")
+    else:
+        lines += ["## Metrics as priors (every single span)", "",
+                  "Not computed: set `[report] single_spans = true` to evaluate every single span and correlate each "
+                  "metric with the post-replacement fidelity and accuracy.", ""]
+    lines += _cost_section(info, trials)
+    plots.append("cost.png")
+    lines += _export_section(info, reference, front, choice)
+    timing = info["timing"]
+    lines += ["## Wall time", "",
+              f"Wall time: {timing['total_s']:.1f} s (report rendering aside), by phase:", "",
+              _markdown(pd.DataFrame([{"phase": k, "seconds": v} for k, v in timing["phases"]])), ""]
+    files += [p for p in plots if p not in files] + (["export/"] if info["export"] is not None else [])
+    lines[lines_files:lines_files] = [f"Files: {', '.join(files)}", ""]
+    return "\n".join(lines)
+
+
+def _load_text(record: dict) -> str:
+    return f", load {record['load_start']:.1f} → {record['load_end']:.1f}" if "load_start" in record else ""
+
+
+def _onnx_lines(s: dict, flops_frac: float) -> list[str]:
+    """The report's ONNX Runtime line from an ``onnx`` record of :func:`measure_export`."""
+    from rba.timing import speedup_text
+
+    return [f"ONNX Runtime (export/model.onnx against export/unmodified.onnx, both checked against PyTorch: max "
+            f"relative difference {s['max_rel_diff']:.2g}{_load_text(s)}): unmodified {s['onnx_unmodified_ms']:.4g} "
+            f"ms/sample, export {s['onnx_export_ms']:.4g} ms/sample (medians); "
+            + speedup_text(s["onnx_speedup"], s["onnx_speedup_q1"], s["onnx_speedup_q3"], repeats=s["repeats"],
+                           batch_size=s["batch_size"], threads=s["threads"])
+            + f", at flops_frac {flops_frac:.3g}.", ""]
+
+
+
+def _why_column(column: str, info: dict, kinds) -> str:
+    """Why the export rule reads ``column``: the first objective of its kind, or the default when none is."""
+    first = next((o for o in info["objectives"] if o in kinds), None)
+    kind = "quality" if kinds is QUALITY else "cost"
+    return f"the first {kind} objective" if first is not None else f"no {kind} objective: the default"
+
+
+def _data_sources(out: Path) -> list[str]:
+    """Where the statistics and fits came from, and where the probe and eval splits came from, as the study's
+    resolved config says (a transfer study draws its calibration split from ``[data] calibration_path``)."""
+    import tomllib
+
+    try:
+        data = tomllib.loads((out / "config.resolved.toml").read_text())["data"]
+    except (OSError, ValueError, KeyError):
+        return []
+    main = f"{data.get('kind')} {data.get('path') or ''}".strip()
+    if data.get("calibration_path"):
+        cal = f"{data.get('calibration_kind') or data.get('kind')} {data['calibration_path']}"
+        return [f"calibration source (statistics and span fits): {cal}, another data set than the probe and eval "
+                f"splits (a transfer)", f"probe (classifier) and eval (every score here) source: {main}"]
+    return [f"calibration (statistics and span fits), probe (classifier) and eval (every score here): disjoint "
+            f"splits of one source, {main}"]
+
+
+def _chosen(front: pd.DataFrame, reference: dict, spans: str | None) -> dict | None:
+    """The exported configuration's row: a front member's, or the reference row for the unmodified model."""
+    if spans == "none":
+        return reference
+    row = front[front["spans"] == spans]
+    return row.iloc[0].to_dict() if spans is not None and len(row) else None
+
+
+def _picked_accuracy(info: dict, reference: dict, front: pd.DataFrame, choice: dict) -> str:
+    """With a fidelity rule, what the pick costs in accuracy (when the data has labels)."""
+    row = _chosen(front, reference, choice["spans"])
+    if (info["quality"] == "accuracy" or row is None or pd.isna(row.get("accuracy"))
+            or pd.isna(reference.get("accuracy"))):
+        return ""
+    return (f" The rule reads {info['quality']}; its accuracy is {row['accuracy']:.4g} against the unmodified "
+            f"model's {reference['accuracy']:.4g}.")
+
+
+def _redundancy_section(scores: pd.DataFrame, info: dict) -> list[str]:
+    from search.analysis import redundant_spans
+
+    table = redundant_spans(scores, info["metrics"])
+    return ["## Which spans are redundant", "",
+            "Every registered metric over every valid span (scores.csv); a blank cell is a span that changes the "
+            "representation's shape. The table names each metric's most redundant spans and how its ranking of all "
+            "spans agrees with the first metric's (Spearman).", "",
+            "![scores](scores.png)", "", _markdown(table), ""]
+
+
+def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
+                       choice: dict) -> list[str]:
+    quality, cost = info["quality"], info["cost"]
+    lines = ["## Baselines at the same budgets", "",
+             "The same rule applied to each baseline's configurations (BR-greedy: the paper's heuristic, "
+             "fitted spans; block-drop: spans replaced by the identity). Configurations the trials evaluated carry "
+             "the trials' results (`source` = trial; accuracy only where the search computed it):", ""]
+    r = _chosen(front, reference, choice["spans"])
+    if r is not None:
+        lines.append(f"- search: `{choice['spans']}`, {quality} {r[quality]:.4g}, {cost} {r[cost]:.4g}")
+    else:
+        lines.append("- search: nothing feasible")
+    for method, rows in baselines.groupby("method", sort=False):
+        pick = choose_export(rows.assign(spans=rows["spans"].astype(str)), reference, info["objectives"],
+                             info["max_drop"])
+        if pick.row is None:
+            lines.append(f"- {method}: no configuration within the budgets")
+        else:
+            lines.append(f"- {method}: `{pick.row['spans']}`, {quality} {pick.row[quality]:.4g}, {cost} "
+                         f"{pick.row[cost]:.4g}" + ("" if pick.within else f" (none within {info['max_drop']:g})"))
+    return lines + ["", _markdown(baselines), ""]
+
+
+def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baselines: pd.DataFrame) -> list[str]:
+    from search.analysis import compare_methods
+
+    quality, cost = info["quality"], info["cost"]
+    methods = {"search": trials} | {m: rows for m, rows in baselines.groupby("method", sort=False)}
+    table, ref = compare_methods(methods, quality=quality, cost=cost, reference=reference,
+                                 flops_points=info["flops_points"])
+    return ["## Search against BR-greedy and block-drop", "",
+            f"Each method's feasible configurations (the search: every completed trial). Hypervolume of ({quality} ↑, "
+            f"{cost} ↓) with the reference point {quality} = {ref[0]:.4g} (the lowest of all methods) and {cost} = "
+            f"{ref[1]:.4g} (the unmodified model); best {quality} within each FLOPs fraction. The front plot above "
+            "draws the baselines as dashed lines.", "", _markdown(table), ""]
+
+
+def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, singles: pd.DataFrame | None,
+                        reference: dict) -> list[str]:
+    from search.analysis import multi_span
+
+    quality, cost = info["quality"], info["cost"]
+    evaluated = trials[trials["state"] == "COMPLETE"]
+    if singles is not None:  # every single span evaluated: the single-span front is complete
+        extra = singles[~singles["spans"].isin(evaluated["spans"])].assign(state="COMPLETE")
+        evaluated = pd.concat([evaluated, extra[[c for c in extra.columns if c in evaluated.columns]]],
+                              ignore_index=True)
+    m = multi_span(front, evaluated, quality=quality, cost=cost, reference=reference)
+    answer = "yes" if m["multi_span_members"] else "no"
+    counts = ", ".join(f"{v} with {k} span{'s' if k != 1 else ''}" for k, v in m["by_count"].items()) or "none"
+    which = ("every single span evaluated ([report] single_spans)" if singles is not None else
+             f"the {m['single_evaluated']} single spans the search evaluated")
+    return ["## Do multi-span sets beat single spans?", "",
+            f"**{answer.capitalize()}**: {m['multi_span_members']} of the front's {m['front_members']} members hold "
+            f"two spans or more ({counts})" + (f": {', '.join('`' + s + '`' for s in m['multi_span_spans'])}."
+                                           if m["multi_span_spans"] else "."),
+            f"The front of configurations with at most one span ({which}) covers {m['single_share']:.3f} of the "
+            f"hypervolume of all evaluated configurations ({m['hypervolume_single']:.4g} of "
+            f"{m['hypervolume_all']:.4g}; reference point {quality} = {m['reference_point'][0]:.4g}, {cost} = "
+            f"{m['reference_point'][1]:.4g}).", ""]
+
+
+def _priors_section(info: dict, singles: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
+    from search.analysis import prior_correlations
+
+    table = prior_correlations(singles, scores, info["metrics"])
+    evaluated = int((singles["source"] == "evaluated").sum())
+    return ["## Metrics as priors (every single span)", "",
+            f"Spearman correlation over all {len(singles)} single spans between each metric, oriented so that higher "
+            "means more redundant (ls_residual negated), and the span's post-replacement fidelity and accuracy: a good "
+            f"prior has ρ near 1. {len(singles) - evaluated} spans reuse trial results, {evaluated} were evaluated "
+            "for the report (singles.csv).", "", _markdown(table), "", "![priors](priors.png)", ""]
+
+
+def _plot_priors(path: Path, singles: pd.DataFrame, scores: pd.DataFrame, metrics: dict[str, bool]) -> None:
+    from matplotlib.figure import Figure
+
+    merged = singles.merge(scores, on=["start", "end"], how="inner", suffixes=("", "_score"))
+    names = [m for m in metrics if m in scores.columns]
+    qualities = [q for q in ("fidelity", "accuracy") if merged[q].notna().any()]
+    fig = Figure(figsize=(3.2 * len(names), 3.0 * len(qualities)), layout="constrained")
+    axes = fig.subplots(len(qualities), len(names), squeeze=False)
+    for r, q in enumerate(qualities):
+        for c, m in enumerate(names):
+            ax = axes[r][c]
+            ax.scatter(merged[m], merged[q], s=14)
+            ax.set_xlabel(m + ("" if metrics[m] else " (lower: more redundant)"), fontsize=8)
+            ax.set_ylabel(q, fontsize=8)
+            ax.grid(alpha=0.3)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+
+
+def _search_cost(info: dict, trials: pd.DataFrame) -> dict:
+    from search.analysis import search_cost
+
+    return search_cost(trials, search_wall_s=dict(info["timing"]["phases"]).get("search", math.nan),
+                       configurations=info["configurations"], exhaustive_run=info["method"] == "exhaustive")
+
+
+def _plot_cost(path: Path, c: dict) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 2.6), layout="constrained")
+    ax = fig.subplots()
+    bars = {"one evaluation": c["one_evaluation_s"], "search": c["search_wall_s"],
+            "exhaustive" + (" (estimate)" if c["exhaustive_estimated"] else ""): c["exhaustive_s"]}
+    ax.barh(list(bars), list(bars.values()), color=["0.6", "tab:blue", "tab:red"])
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds (log scale)")
+    ax.grid(alpha=0.3, axis="x")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+
+
+def _cost_section(info: dict, trials: pd.DataFrame) -> list[str]:
+    c = _search_cost(info, trials)
+    how = ("an estimate: the number of configurations × one evaluation" if c["exhaustive_estimated"]
+           else "measured: this study was the exhaustive sweep")
+    before = info["timing"].get("completed_before", 0)
+    resumed = ([f"The study resumed: {before} of its {c['trials']} completed trials ran before this run, so the "
+                "search time above covers only the rest; the summed trial durations over all runs are "
+                f"{float(trials.loc[trials['state'] == 'COMPLETE', 'duration_s'].sum()):.4g} s.", ""]
+               if before else [])
+    return ["## Cost of the search", "",
+            f"The search took {c['search_wall_s']:.1f} s wall time ({c['trials']} trials; the eval split's cache and "
+            f"the latency table included, the statistics not), {c['search_in_evaluations']:.1f}× one evaluation "
+            f"({c['one_evaluation_s']:.3g} s, the median completed trial). An exhaustive sweep of all "
+            f"{c['configurations']:,} configurations takes {c['exhaustive_s']:.4g} s ({how}): "
+            f"{c['exhaustive_over_search']:.3g}× the search.", "",
+            *resumed, "![cost](cost.png)", ""]
+
+
+def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: dict) -> list[str]:
+    export = info["export"]
+    if export is None:
+        return ["## Exported configuration", "", "No feasible configuration: nothing exported.", ""]
+    row = _chosen(front, reference, choice["spans"])
+    speed = export["speed"]
+    if "original_times_ms" in speed:
+        from rba.timing import speedup_text
+
+        headline = speedup_text(speed["speedup"], speed["speedup_q1"], speed["speedup_q3"], repeats=speed["repeats"],
+                                batch_size=speed["batch_size"], threads=speed["threads"])
+    else:  # a record of an older rba, which did not keep the times
+        headline = (f"speed-up {speed['speedup']:.3g}× (an older rba's median of per-repeat ratios, quartiles "
+                    f"{speed['speedup_q1']:.3g}–{speed['speedup_q3']:.3g}; `rba report DIR --measure` measures it "
+                    "again as the ratio of the medians)")
+    onnx = export.get("onnx") or {}
+    onnx_lines = (_onnx_lines(onnx, export["measured"]["flops_frac"]) if "unmodified_times_ms" in onnx
+                  else export.get("onnx_lines", []))
+    return ["## Exported configuration", "",
+            f"`{choice['spans']}`, written to `export/` (model.safetensors + recipe.json, with its classifier head "
+            "when the data has labels: `rba.head_logits`). Reloaded and evaluated end to end:", "",
+            _markdown(pd.DataFrame([{"source": "unmodified model"} | {c: reference.get(c) for c in RESULT_COLUMNS},
+                                    {"source": "search (modelled latency)"} | {c: row[c] for c in RESULT_COLUMNS},
+                                    {"source": "export (measured)"} | {c: export["measured"].get(c)
+                                                                       for c in RESULT_COLUMNS}])),
+            "",
+            f"Latency, measured back to back (unmodified model and export interleaved{_load_text(speed)}): unmodified "
+            f"{speed['original_ms']:.4g} ms/sample, export {speed['export_ms']:.4g} ms/sample (medians); {headline}. "
+            "Written to export/latency.json.", "",
+            *onnx_lines]
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    if not len(df):
+        return "(empty)"
+    cols = list(df.columns)
+
+    def fmt(v):
+        if v is pd.NA or v is None:
+            return ""
+        if isinstance(v, (bool, np.bool_)):
+            return str(bool(v))
+        if isinstance(v, (float, np.floating)):
+            v = float(v)
+            if math.isnan(v):
+                return ""
+            return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
+        return str(v)
+
+    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    rows += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    return "\n".join(rows)

@@ -1,0 +1,87 @@
+"""The planners behind the methods registry (:mod:`rba.methods`): ``plan_NAME(ctx, fresh) -> [(label, spans),
+...]``, the configurations a method's trials evaluate, in order (labels become the trials' ``source``).
+
+The selection algorithms live in :mod:`search.baselines`; these functions read what each needs from the study
+context (statistics, score table, objective, space, seed).
+"""
+
+from __future__ import annotations
+
+from rba.errors import ConfigError
+from rba.progress import info
+from search import baselines
+from search.recording import StudyContext
+
+__all__ = ["plan_priors", "plan_exhaustive", "plan_random", "plan_br_greedy", "plan_proxy_front", "plan_shortgpt",
+           "plan_shortgpt_affine", "plan_sleb", "plan_gromov", "plan_random_lesions", "check_exhaustive"]
+
+Plan = list[tuple[str, list[tuple[int, int]]]]
+
+
+def plan_priors(ctx: StudyContext, fresh: bool) -> Plan:
+    """The sampler search's priors (a new study only): ``search.priors = true``: the proxy fronts (at most half the
+    trials: the sampler keeps the rest), the best single spans and the BR-greedy combinations; ``"proxy"``: the
+    proxy fronts and the best ls_residual span only, nothing br proposes (for a search compared with BR-greedy);
+    ``false``: none. A prior whose exact cost breaks a budget would be evaluated for nothing and is left out."""
+    priors = ctx.cfg.search.priors
+    if not (priors and fresh):
+        return []
+    front = baselines.front_priors(ctx.table, ctx.objective, count=max(1, ctx.total // 2))
+    planned = baselines.prior_configurations(ctx.table, front, br=priors is True)
+    return [(f"prior: {label}", s) for label, s in planned if ctx.objective.feasible(s)]
+
+
+def check_exhaustive(ctx: StudyContext) -> None:
+    if ctx.space.count() > baselines.EXHAUSTIVE_LIMIT:
+        raise ConfigError(
+            f"--method exhaustive: {ctx.space.count():,} configurations ({ctx.space.describe()}) exceed the limit of "
+            f"{baselines.EXHAUSTIVE_LIMIT:,}; lower search.max_span, or use --method optuna or random"
+        )
+
+
+def plan_exhaustive(ctx: StudyContext, fresh: bool) -> Plan:
+    return [("exhaustive", s) for s in ctx.space.configurations()]
+
+
+def plan_random(ctx: StudyContext, fresh: bool) -> Plan:
+    return [("random", s) for s in ctx.space.sample(ctx.cfg.search.trials, seed=ctx.cfg.search.seed)]
+
+
+def plan_br_greedy(ctx: StudyContext, fresh: bool) -> Plan:
+    return [(f"br-greedy {len(s)}", s) for s in baselines.br_greedy(ctx.table)]
+
+
+def plan_proxy_front(ctx: StudyContext, fresh: bool) -> Plan:
+    """The proxy fronts' members within the budgets, layer by layer, coarse to fine: the first ``search.trials``."""
+    front = baselines.front_priors(ctx.table, ctx.objective, count=ctx.total)
+    return [("proxy front" if layer == 1 else f"proxy front, layer {layer}", s) for layer, s in front]
+
+
+def plan_shortgpt(ctx: StudyContext, fresh: bool) -> Plan:
+    # labelled with the name the study uses (block-drop studies keep their labels)
+    return [(f"{ctx.method} {len(s)}", s) for s in baselines.shortgpt_order(ctx.session.stats, ctx.session.pairs)]
+
+
+def plan_shortgpt_affine(ctx: StudyContext, fresh: bool) -> Plan:
+    order = baselines.shortgpt_order(ctx.session.stats, ctx.session.pairs)
+    return [(f"{ctx.method} {len(s)}", baselines.merge_runs(s, ctx.session.pairs)) for s in order]
+
+
+def plan_sleb(ctx: StudyContext, fresh: bool) -> Plan:
+    order, evaluations = baselines.sleb_order(ctx.objective)
+    info(f"{ctx.method}: removal order chosen with {evaluations} evaluations on a quarter of the eval split",
+         enabled=ctx.progress)
+    return [(f"{ctx.method} {len(s)}", s) for s in order]
+
+
+def plan_gromov(ctx: StudyContext, fresh: bool) -> Plan:
+    """One span per length (gromov: dropped; gromov-affine: fitted, by the method's fit kind)."""
+    spans = baselines.gromov_spans(baselines.angular_distances(ctx.session, ctx.session.pairs))
+    return [(f"{ctx.method} n={j - i}", [(i, j)]) for i, j in spans]
+
+
+def plan_random_lesions(ctx: StudyContext, fresh: bool) -> Plan:
+    stats, pairs = ctx.session.stats, ctx.session.pairs
+    blocks = [i for i, j in pairs if j == i + 1 and stats.dims[i] == stats.dims[j]]
+    lesions = baselines.random_lesions(blocks, ctx.cfg.search.trials, ctx.cfg.search.seed)
+    return [(f"{ctx.method} {len(s)}", s) for s in lesions]
