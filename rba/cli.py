@@ -358,6 +358,7 @@ class Report(_Command):
         parser.add_argument("dir", help="output folder of a finished `rba run`")
         parser.add_argument("--measure", action="store_true", help="measure the export's speed-up against the "
                             "unmodified model again (PyTorch, and ONNX Runtime where the study wrote ONNX)")
+        add_verbosity(parser)
 
     def take_action(self, args):
         from search.report import remeasure_report, render_report
@@ -365,7 +366,7 @@ class Report(_Command):
         folder = Path(args.dir)
         if folder.is_dir():
             _check_writable_dir(folder, "study folder")
-        report = remeasure_report(folder) if args.measure else render_report(folder)
+        report = remeasure_report(folder, progress=not args.quiet) if args.measure else render_report(folder)
         wrote(f"report: wrote {report} and its plots")
         return 0
 

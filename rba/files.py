@@ -2,6 +2,6 @@
 every file is written under a temporary name in its folder and renamed into place, so an interrupted run never
 leaves a truncated file that a later run would trust. The implementation is :mod:`rba._io`."""
 
-from rba._io import atomic_path, atomic_write_json, atomic_write_text, pid_alive
+from rba._io import atomic_path, atomic_write_json, atomic_write_text, package_versions, pid_alive
 
-__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "pid_alive"]
+__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "package_versions", "pid_alive"]

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from rba.files import atomic_write_json
+from rba.progress import phase
 from rba.spans import parse_spans
 from search._render import render_report
 from search._results import Choice, ReportError, _write_pareto, read_report_inputs, split_pareto
@@ -90,7 +91,7 @@ def _onnx_record(cfg, folder: Path) -> dict:
 
 
 
-def remeasure_report(out: Path) -> Path:
+def remeasure_report(out: Path, *, progress: bool = True) -> Path:
     """``rba report DIR --measure``: measure the export's speed-up lines again (PyTorch and, where the study
     wrote one, ONNX Runtime) with the model and data of the folder's ``config.resolved.toml`` and the export on
     disk, at the thread count the study used; update ``export/latency.json``, ``report.json`` and
@@ -126,7 +127,7 @@ def remeasure_report(out: Path) -> Path:
                               "export the report's choice again")
     cfg = load_config(out / "config.resolved.toml")
     # labels where the data has them, as rba run's report step (its export carries the probe head then)
-    session = Session(cfg, need_labels=None, progress=False, measure_latency=False)
+    session = Session(cfg, need_labels=None, progress=progress, measure_latency=False)
     if not exists:  # a committed report keeps no weights: export the choice again
         from rba.export import export_model
 
@@ -141,7 +142,9 @@ def remeasure_report(out: Path) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(int(export["speed"].get("threads", threads)))
     try:
-        records = measure_export(cfg, session, folder)
+        with phase(f"report: measuring the export `{info['choice']['spans']}` against the unmodified model",
+                   enabled=progress):
+            records = measure_export(cfg, session, folder)
     finally:
         torch.set_num_threads(threads)
     export |= records

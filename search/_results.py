@@ -17,6 +17,7 @@ from rba.config import config_hash
 from rba.errors import RBAError
 from rba.files import atomic_path
 from rba.spans import format_spans
+from search._storage import recorded_storage
 from search.analysis import front_members
 from search.baselines import br_greedy
 from search.objective import QUALITY, RESULT_COLUMNS
@@ -50,7 +51,7 @@ def finish(ctx: StudyContext, study) -> SearchResult:
     plot_front(ctx.out / "pareto.png", trials, front, objective_columns=ctx.objective.columns,
                budgets=ctx.objective.budgets, reference=reference, baselines=baselines, title=title)
     ctx.session.write_run_info(ctx.out, command="search", study={
-        "name": ctx.study_name, "storage": ctx.storage_url, "method": ctx.method,
+        "name": ctx.study_name, "storage": recorded_storage(ctx.cfg.search.storage), "method": ctx.method,
         "backend": ctx.cfg.search.backend, "sampler": ctx.cfg.search.sampler,
         "identity_hash": config_hash(ctx.identity), "trials_complete": int((trials["state"] == "COMPLETE").sum()),
         "front_size": len(front), "space": ctx.space.describe(),

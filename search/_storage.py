@@ -41,7 +41,7 @@ from rba.files import pid_alive
 from rba.errors import ConfigError, RBAError
 
 __all__ = ["StorageError", "open_storage", "storage_error", "heartbeat_interval", "worker_label", "live_trials",
-           "abandoned_trials", "recover_abandoned", "register_worker", "first_heartbeat", "HEARTBEAT_ENV", "RERUNS",
+           "abandoned_trials", "recover_abandoned", "recorded_storage", "register_worker", "first_heartbeat", "HEARTBEAT_ENV", "RERUNS",
            "WORKER_ATTR"]
 
 #: environment variable: seconds between a running trial's heartbeats (the grace period is twice that)
@@ -143,6 +143,19 @@ def open_storage(url: str, *, heartbeats: bool = True) -> Storage:
                                "(e.g. postgresql://user@host/db with psycopg2)") from None
         except DBAPIError as exc:
             raise storage_error(url, exc) from None
+
+
+def recorded_storage(configured: str | None) -> str:
+    """The study storage as output files record it: ``study.db`` for an output folder's own SQLite file (no path
+    of this machine in a moved or committed folder), else the configured URL without its password."""
+    if not configured:
+        return "study.db"
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(configured).render_as_string(hide_password=True)
+    except ArgumentError:
+        return configured
 
 
 def storage_error(url: str, exc: Exception) -> StorageError:

@@ -54,6 +54,25 @@ def _machine_line(load_start: float | None) -> str:
             + (f"; command: `{command}`" if command else ""))
 
 
+def _software_line() -> str:
+    """What produced the report: the git commit of rba and the versions of the libraries its numbers depend on."""
+    from rba.files import package_versions
+
+    v = package_versions()
+    commit = v.get("rba-commit")
+    libs = ", ".join(f"{name} {v[name]}" for name in ("torch", "transformers", "timm", "optuna", "ray", "numpy")
+                     if name in v)
+    return (f"software: rba {v.get('rba', '?')}" + (f" (commit {commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''})"
+            if commit else "") + f", {libs}, python {v.get('python', '?')}")
+
+
+def _relative(cfg, path: str | None, out: Path) -> str:
+    """A config path as the report names it: relative to the output folder (no path of this machine)."""
+    if not path:
+        return ""
+    return os.path.relpath(cfg.resolve_path(path).absolute(), out.absolute())
+
+
 def write_report(result: SearchResult, *, started: float, setup_s: float | None = None,
                  completed_before: int = 0, load_start: float | None = None) -> Path:
     """``rba run``'s last step: complete the front (accuracy, reference row, sorted by cost), evaluate what the
@@ -101,12 +120,13 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
         phases["export, its evaluation and speed-up"] = time.time() - t
     header = [
         f"model: {session.adapter.describe()}",
-        f"data: {cfg.data.kind} {cfg.data.path or ''} (calibration {len(session.splits.calibration)}, "
+        f"data: {cfg.data.kind} {_relative(cfg, cfg.data.path, out)} (calibration {len(session.splits.calibration)}, "
         f"probe {len(session.splits.probe)}, eval {len(session.splits.eval)})",
         f"fit: {fit_label(ctx.objective.kind)}, mode {cfg.fit.mode}, ridge {cfg.fit.ridge:g}",
         f"search: {ctx.method} ({cfg.search.backend}, sampler {cfg.search.sampler}), objectives "
         f"{', '.join(ctx.objective.objectives)}, budgets {ctx.objective.budgets or 'none'}; {ctx.space.describe()}",
         _machine_line(load_start),
+        _software_line(),
     ]
     trials_complete = int((result.trials["state"] == "COMPLETE").sum())
     info = {
@@ -141,9 +161,6 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
     for name in stale:
         (out / name).unlink(missing_ok=True)
     atomic_write_json(out / "report.json", info)
-    report = render_report(out)
-    if ctx.progress:
-        log(f"run: wrote {report}")
-    return report
+    return render_report(out)  # the CLI prints the path as its last line
 
 

@@ -91,6 +91,29 @@ def test_files_and_front_table(study):
     assert "## Baselines at the same budgets" in text and "BR-greedy" in text and "block-drop" in text
 
 
+def test_no_output_file_holds_a_path_of_this_machine(study, tmp_path_factory):
+    """A finished run's folder can be moved or committed: no text file in it (the export's included) names an
+    absolute path — neither the run's folder, nor the cache, nor the data or the home folder."""
+    from pathlib import Path
+
+    cfg, report = study
+    out = Path(report).parent
+    roots = {str(out.resolve()), str(out.absolute()), str(cfg.cache_dir().resolve()), str(Path.home()),
+             str(tmp_path_factory.getbasetemp().resolve())}
+    offenders = []
+    for path in sorted(out.rglob("*")):
+        if not path.is_file() or path.suffix not in (".json", ".toml", ".md", ".csv", ".txt"):
+            continue
+        text = path.read_text(errors="replace")
+        offenders += [f"{path.relative_to(out)}: {root}" for root in roots if root in text]
+    assert not offenders, offenders
+    resolved = (out / "config.resolved.toml").read_text()
+    from rba.config import load_config
+
+    again = load_config(out / "config.resolved.toml")  # relative paths still read back to the same files
+    assert again.cache_dir().resolve() == cfg.cache_dir().resolve(), resolved
+
+
 def test_export_follows_the_rule_and_classifies(study):
     import rba
 
