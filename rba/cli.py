@@ -148,15 +148,17 @@ class Scores(_Command):
         self.add_config(parser)
 
     def take_action(self, args):
+        from rba._folders import refuse_other_work
         from rba._io import atomic_path
         from rba.progress import info
         from rba.metrics import plot_scores, score_table
         from rba.session import Session
 
         cfg = self.load(args)
+        out = cfg.output_dir()
+        refuse_other_work(out, None, "`rba scores`")
         session = Session(cfg, need_labels=False, progress=not args.quiet)
         table = score_table(session.stats, cfg.fit.ridge)
-        out = cfg.output_dir()
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "scores.csv") as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
@@ -312,6 +314,7 @@ class CompareFits(_Command):
                             "default: every valid span")
 
     def take_action(self, args):
+        from rba._folders import refuse_other_work
         from rba.compare import DEFAULT_KINDS, compare_fits
         from rba.fit import get_fit
         from rba.session import Session
@@ -326,6 +329,7 @@ class CompareFits(_Command):
         if args.spans:
             spans = [s for item in args.spans.split(",") if item.strip() for s in parse_spans(item)]
         out = cfg.output_dir() if args.out is not None else cfg.output_dir() / "fits"
+        refuse_other_work(out, "comparison", "`rba compare-fits`")  # before the model loads
         session = Session(cfg, progress=not args.quiet, measure_latency=False)  # latency is not compared
         table = compare_fits(session, spans if spans is not None else session.pairs, kinds, out=out,
                              progress=not args.quiet)

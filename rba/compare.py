@@ -12,6 +12,7 @@ depend on), ``fits.md`` and ``fits.png``.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -21,6 +22,7 @@ from typing import Sequence
 import pandas as pd
 import torch
 
+from rba._folders import FolderError, refuse_other_work, refusal
 from rba._io import atomic_path, atomic_write_json, atomic_write_text
 from rba.config import config_hash
 from rba.errors import ConfigError
@@ -55,8 +57,12 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
         session.parse(format_spans([s]))  # validated against the model (and max_span) before any long work
     if not spans:
         raise ConfigError("compare-fits got no spans: give --spans, or a model with valid spans")
+    spans = list(dict.fromkeys(spans))  # a span asked twice is compared once
     out = None if out is None else Path(out)
     done = _finished_rows(session, out, kinds) if out is not None else {}
+    asked = {format_spans([s]) for s in spans}
+    # the finished spans of earlier runs into the folder that this run does not ask for stay in its files
+    kept = [row for span, rows in done.items() if span not in asked for row in rows]
     stats = session.stats
     todo = [s for s in spans if format_spans([s]) not in done]
     boundaries = sorted({k for s in todo for k in s})
@@ -90,19 +96,24 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
                 "fidelity": result["fidelity"], "accuracy": result.get("accuracy", math.nan),
                 "params_frac": result["params_frac"], "flops_frac": result["flops_frac"],
             })
-        table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
         if out is not None:
-            with atomic_path(out / "fits.csv") as tmp:
-                table.to_csv(tmp, index=False, float_format="%.6g")
+            _write_rows(out, kept + rows)
         if progress:
             _log(f"compare-fits: span {format_spans([span])} done ({n + 1}/{len(spans)})")
     table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     if out is not None:
+        folder = pd.DataFrame(kept + rows, columns=COMPARE_COLUMNS)
+        _write_rows(out, kept + rows)
         n_held = min((v.shape[0] for v in held.values()), default=cfg.fit.max_vectors)
-        atomic_write_text(out / "fits.md", _report(session, table, sample_s, n_held=n_held))
-        plot_comparison(table, out / "fits.png", title=session.adapter.describe())
+        atomic_write_text(out / "fits.md", _report(session, folder, sample_s, n_held=n_held))
+        plot_comparison(folder, out / "fits.png", title=session.adapter.describe())
         session.write_run_info(out, command="compare-fits", kinds=list(kinds))
     return table
+
+
+def _write_rows(out: Path, rows: list[dict]) -> None:
+    with atomic_path(out / "fits.csv") as tmp:
+        pd.DataFrame(rows, columns=COMPARE_COLUMNS).to_csv(tmp, index=False, float_format="%.6g")
 
 
 def _identity(session, kinds: Sequence[str]) -> dict:
@@ -113,19 +124,27 @@ def _identity(session, kinds: Sequence[str]) -> dict:
 
 
 def _finished_rows(session, out: Path, kinds: Sequence[str]) -> dict[str, list[dict]]:
-    """Rows of the spans a previous run into ``out`` finished (every kind), by span; refuses a folder holding
-    another comparison rather than overwrite it. Records this comparison's identity there."""
+    """Rows of the spans a previous run into ``out`` finished (every kind), by span, in the file's order; refuses
+    a folder holding another comparison or other work rather than overwrite it. Records this comparison's
+    identity there."""
+    refuse_other_work(out, "comparison", "`rba compare-fits`")
     record = out / "compare.json"
-    key = config_hash(_identity(session, kinds))
+    detail = json.loads(json.dumps(_identity(session, kinds), default=str))  # as the record holds it
+    key = config_hash(detail)
     if record.exists():
-        import json
-
-        found = json.loads(record.read_text()).get("identity")
-        if found != key:
-            raise ConfigError(f"{out} holds a comparison of another config or other kinds (identity {found}, this "
-                              f"one {key}): choose another --out, or remove that folder")
+        try:
+            found = json.loads(record.read_text())
+            if not isinstance(found, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise FolderError(f"{record} cannot be read ({str(exc).splitlines()[0]}): it records which comparison "
+                              f"{out} holds; choose another --out, or remove that folder") from None
+        if found.get("identity") != key:
+            old = found.get("detail") if isinstance(found.get("detail"), dict) else {"identity": found.get("identity")}
+            raise refusal(str(out), old, detail if isinstance(found.get("detail"), dict) else {"identity": key},
+                          what="a comparison", fix="Choose another --out, or remove that folder")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(record, {"identity": key, "detail": _identity(session, kinds)})
+    atomic_write_json(record, {"identity": key, "detail": detail})
     if not (out / "fits.csv").exists():
         return {}
     old = pd.read_csv(out / "fits.csv", dtype={"span": str})

@@ -216,7 +216,7 @@ def test_compare_fits_against_numpy(tmp_path, capsys):
     pd.testing.assert_frame_equal(again, table)  # fit times too: the same rows, not new fits
     # ... and a folder holding another comparison is refused, not overwritten
     assert cli_main(args + ["--kinds", "affine"]) == 2
-    assert "holds a comparison of another config" in capsys.readouterr().err
+    assert "holds a comparison with a different identity (differing keys: kinds)" in capsys.readouterr().err
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cmp" / "fits.csv"), again)
 
 
