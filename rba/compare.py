@@ -25,6 +25,7 @@ import torch
 from rba._folders import FolderError, refuse_other_work, refusal
 from rba._io import atomic_path, atomic_write_json, atomic_write_text
 from rba.config import config_hash
+from rba.data import data_identity
 from rba.errors import ConfigError
 from rba.fit import fit_label, get_fit
 from rba.spans import Span, format_spans
@@ -117,10 +118,10 @@ def _write_rows(out: Path, rows: list[dict]) -> None:
 
 
 def _identity(session, kinds: Sequence[str]) -> dict:
-    """What the comparison's rows depend on: model, data, capture, fit and evaluation settings, the kinds."""
+    """What the comparison's rows depend on: model, data (by content), capture, fit and evaluation settings, the kinds."""
     d = session.cfg.to_dict()
-    return {"model": session.adapter.identity, "data": d["data"], "capture_dtype": d["capture"]["dtype"],
-            "fit": d["fit"], "evaluate": {k: d["evaluate"][k] for k in ("head", "probe_c")}, "kinds": list(kinds)}
+    return {"model": session.adapter.identity, "data": data_identity(session.cfg, session.splits),
+            "capture_dtype": d["capture"]["dtype"], "fit": d["fit"], "evaluate": {k: d["evaluate"][k] for k in ("head", "probe_c")}, "kinds": list(kinds)}
 
 
 def _finished_rows(session, out: Path, kinds: Sequence[str]) -> dict[str, list[dict]]:

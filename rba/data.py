@@ -16,7 +16,8 @@ import numpy as np
 
 from rba.errors import DataError
 
-__all__ = ["Dataset", "Splits", "ImageFiles", "load_dataset", "load_calibration_dataset", "make_splits"]
+__all__ = ["Dataset", "Splits", "ImageFiles", "load_dataset", "load_calibration_dataset", "make_splits",
+           "data_identity"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 #: label cells that mean "no label" (pandas' default NA strings, compared lower-cased): never a class of their own
@@ -137,6 +138,22 @@ class Splits:
     probe: Dataset
     eval: Dataset
     indices: dict[str, np.ndarray]
+
+
+def data_identity(cfg, splits: Splits) -> dict[str, Any]:
+    """What results depend on in ``[data]``, for a study's or a comparison's identity: the settings, with the
+    files named by ``path`` and ``calibration_path`` replaced by a content digest of each split drawn from them
+    (:meth:`Dataset.fingerprint`). A file whose contents change gives another identity; the same contents at
+    another path give the same one."""
+    import dataclasses
+
+    data = dataclasses.asdict(cfg.data)
+    for key in ("path", "calibration_path"):
+        data.pop(key, None)
+    if data.get("calibration_kind") is None:  # unset: absent, as in identities from before transfers existed
+        data.pop("calibration_kind", None)
+    data["content"] = {name: getattr(splits, name).fingerprint() for name in ("calibration", "probe", "eval")}
+    return data
 
 
 def load_dataset(cfg, *, need_labels: bool | None = None) -> Dataset:

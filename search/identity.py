@@ -1,6 +1,7 @@
 """Study identity: what makes two runs the same study, and the refusal when they are not.
 
-The identity is a plain JSON dict of model, data, fit, evaluation head, objectives, budgets and search space
+The identity is a plain JSON dict of model, data (its settings and a digest of each split's contents, not the
+files' paths: :func:`rba.data.data_identity`), fit, evaluation head, objectives, budgets and search space
 (method, max_span, valid spans, screening). It is stored in the study (user attribute ``rba_identity``) and in
 the output folder's ``study.json``; a run whose identity differs from the stored one is refused with a message
 naming the keys that differ (:mod:`rba._folders`, shared with the other output folders). Sampler, seed,
@@ -9,13 +10,13 @@ naming the keys that differ (:mod:`rba._folders`, shared with the other output f
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
 from rba._folders import FolderError, identity_diff
 from rba._folders import refusal as _refusal
 from rba.config import Config
+from rba.data import data_identity
 from rba.fit import get_fit
 
 __all__ = ["IDENTITY_ATTR", "IdentityError", "study_identity", "identity_diff", "refusal"]
@@ -34,13 +35,6 @@ def _plain(value: Any) -> Any:
 
 def study_identity(cfg: Config, session, *, kind: str, method: str) -> dict[str, Any]:
     """The identity of the study ``cfg`` describes, for fit kind ``kind`` and search method ``method``."""
-    data = dataclasses.asdict(cfg.data)
-    for key in ("path", "calibration_path"):
-        if data.get(key):
-            data[key] = str(cfg.resolve_path(data[key]))
-    for key in ("calibration_path", "calibration_kind"):  # a transfer's keys: absent (as before they existed) when unset
-        if data.get(key) is None:
-            data.pop(key, None)
     s = cfg.search
     fit = {"kind": kind, "ridge": cfg.fit.ridge, "mode": cfg.fit.mode, "capture_dtype": cfg.capture.dtype}
     if get_fit(kind).trained:  # a trained fit's maps also depend on how it trains
@@ -48,7 +42,7 @@ def study_identity(cfg: Config, session, *, kind: str, method: str) -> dict[str,
                 "max_vectors": cfg.fit.max_vectors}
     return _plain({
         "model": session.adapter.identity,
-        "data": data,
+        "data": data_identity(cfg, session.splits),
         "fit": fit,
         "evaluate": {"head": cfg.evaluate.head, "probe_c": cfg.evaluate.probe_c},
         "objectives": list(s.objectives),
