@@ -100,3 +100,26 @@ def test_compare_fits_refusal_names_the_keys_that_differ(tmp_path, capsys):
     _one_line(capsys.readouterr().err, f"{cmp} holds a comparison with a different identity (differing keys: kinds)",
               '["identity"] → ["affine"]')
     assert _files(cmp) == before
+
+
+def test_compare_fits_does_not_reuse_an_edited_row(tmp_path, capsys):
+    """compare.json holds a checksum of each span's rows: a fidelity edited to 123.0 is computed again (and said
+    so), not carried into the table and plot."""
+    cfg = _config(tmp_path)
+    cmp = tmp_path / "cmp"
+    args = ["compare-fits", str(cfg), "--out", str(cmp), "--kinds", "identity,affine", "--spans", "1-2,2-4", "--quiet"]
+    assert cli_main(args) == 0
+    first = pd.read_csv(cmp / "fits.csv", dtype={"span": str})
+    edited = first.copy()
+    edited.loc[(edited.span == "2-4") & (edited.kind == "affine"), "fidelity"] = 123.0
+    edited.to_csv(cmp / "fits.csv", index=False, float_format="%.6g")
+    capsys.readouterr()
+    assert cli_main(args) == 0
+    err = capsys.readouterr().err
+    assert "rba: warning: " in err and "span(s) 2-4 do not match their checksums" in err, err
+    again = pd.read_csv(cmp / "fits.csv", dtype={"span": str})
+    assert (again["fidelity"] <= 1).all()
+    # the untouched span is reused as it was (its fit times too); the edited one is fitted again, to the same value
+    pd.testing.assert_frame_equal(again[again.span == "1-2"], first[first.span == "1-2"])
+    assert not again[again.span == "2-4"]["fit_s"].equals(first[first.span == "2-4"]["fit_s"])
+    assert again["fidelity"].tolist() == pytest.approx(first["fidelity"].tolist(), abs=1e-5)
