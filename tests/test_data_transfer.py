@@ -166,3 +166,33 @@ def test_changed_calibration_file_is_another_study(files, tmp_path, capsys):
     rc, _, err = run_main(capsys, *args)
     assert_one_line_error(rc, err, "holds a study with a different identity (differing keys: data.content.calibration)")
     assert (tmp_path / "out" / "trials.csv").read_bytes() == trials
+
+
+@pytest.mark.parametrize("calibration,needle", [
+    ("target.npz", "is data.path itself (target.npz)"),
+    ("copy.npz", "shares samples with data.path target.npz"),
+    ("source.npz", None),
+])
+def test_calibration_on_the_eval_data_is_said(files, tmp_path, capsys, calibration, needle):
+    """A transfer whose calibration data is data.path itself, or a copy of it, scores fits on samples they were
+    fitted on: one warning line with the counts (found here by comparing the split indices), exit 0."""
+    for name in ("target.npz", "source.npz"):
+        (tmp_path / name).write_bytes((files / name).read_bytes())
+    (tmp_path / "copy.npz").write_bytes((files / "target.npz").read_bytes())
+    data = {"kind": "npz", "path": "target.npz", "calibration_path": calibration, "calibration": N_CAL, "probe": 4,
+            "eval": 4, "options": {}}
+    cfg = write_config(tmp_path / "study.toml", vit_sections(tmp_path, data=data))
+    rc, _, err = run_main(capsys, "scores", cfg, "--out", tmp_path / "out", "--quiet", "--max-span", "1")
+    assert rc == 0, err
+    warned = [line for line in err.splitlines() if "data.calibration_path" in line]
+    if needle is None:
+        assert not warned, err
+        return
+    from rba.config import load_config
+    from rba.session import Session
+
+    idx = Session(load_config(cfg), progress=False).splits.indices  # the same file: overlap by index
+    counts = {name: len(set(idx["calibration"]) & set(idx[name])) for name in ("probe", "eval")}
+    assert len(warned) == 1 and warned[0].startswith("rba: warning: ") and needle in warned[0], err
+    for name, n in counts.items():
+        assert (f"{n} of the 4 {name} samples" in warned[0]) == (n > 0), warned[0]
