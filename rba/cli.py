@@ -491,15 +491,22 @@ PLUGIN_GROUP = "rba.plugins"
 
 
 def _load_plugins() -> None:
+    """Import every plug-in module installed under :data:`PLUGIN_GROUP`. One that fails, or exits, at import is
+    skipped with one warning line naming it (a broken package is the user's environment: the command goes on,
+    and a config that needs the plug-in then names its kind as unknown)."""
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=PLUGIN_GROUP):
         try:
             ep.load()
-        except Exception as exc:  # a broken plug-in is the user's environment, not an rba bug: say which one
-            raise ConfigError(f"the plug-in {ep.name!r} ({ep.value}, entry point group {PLUGIN_GROUP}) failed to "
-                              f"load: {type(exc).__name__}: {exc}; fix or uninstall the package that "
-                              "provides it") from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit too: a plug-in that exits would end every command, exit 0
+            what = (f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit)
+                    else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+            print(f"rba: warning: the plug-in {ep.name!r} ({ep.value}, entry point group {PLUGIN_GROUP}) failed to "
+                  f"load ({what}): skipped; fix or uninstall the package that provides it", file=sys.stderr,
+                  flush=True)
 
 
 def _no_library_bars() -> None:
