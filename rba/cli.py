@@ -322,7 +322,8 @@ class CompareFits(_Command):
 
         cfg = self.load(args)
         cfg.require_splits("compare-fits", accuracy=False)
-        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else list(DEFAULT_KINDS)
+        kinds = ([k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds is not None
+                 else list(DEFAULT_KINDS))
         for kind in kinds:
             get_fit(kind)
         spans = None

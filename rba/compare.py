@@ -52,6 +52,10 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
     from rba.vectors import collect_vectors
 
     cfg = session.cfg
+    kinds = list(dict.fromkeys(kinds))  # a kind named twice is compared once
+    if not kinds:
+        raise ConfigError("compare-fits got no fit kinds: give --kinds, e.g. \"affine,mlp\" (rba ls fits), or leave "
+                          "it out for identity,affine,mlp,res-mlp")
     plugins = {kind: get_fit(kind) for kind in kinds}  # unknown kinds are refused before any work
     if cfg.fit.mode != "independent":
         raise ConfigError(f"compare-fits compares independent fits: fit.mode = {cfg.fit.mode!r}; set it to "

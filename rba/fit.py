@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from rba._modules import Skip, SpanMap
+from rba._registry import RegistrationError, check_name
 from rba._threads import single_thread
 from rba.capture import Statistics
 from rba.errors import SpanError, did_you_mean
@@ -198,11 +199,13 @@ _FITS: dict[str, Fit] = {}
 def register_fit(name: str):
     """Class decorator: register a :class:`Fit` subclass under ``[fit] kind = name``."""
 
+    check_name("fit kind", name)  # at the call, before any class is decorated
+
     def deco(cls: type[Fit]) -> type[Fit]:
         if not (isinstance(cls, type) and issubclass(cls, Fit)):
             raise TypeError(f"register_fit({name!r}) decorates a subclass of rba.fit.Fit, got {cls!r}")
         if name in _FITS:
-            raise ValueError(f"fit kind {name!r} is already registered ({type(_FITS[name]).__name__})")
+            raise RegistrationError(f"fit kind {name!r} is already registered ({type(_FITS[name]).__name__})")
         plugin = cls()
         plugin.name = name
         _FITS[name] = plugin

@@ -72,6 +72,9 @@ def read_sweep(path: str | Path, out: Path | None, configure: Callable[[Config],
                           "[sweep] and optionally out")
     if not isinstance(raw.get("base"), str):
         raise ConfigError(f"sweep file {p}: base = \"config.toml\" (the config every study starts from) is missing")
+    if "out" in raw and not (isinstance(raw["out"], str) and raw["out"].strip()):
+        raise ConfigError(f"sweep file {p}: out = {raw['out']!r} is not a folder: write out = \"runs/name\" (relative "
+                          "to the sweep file's folder), or leave it out for runs/<sweep name>")
     sweep = raw["sweep"]
     if not isinstance(sweep, dict) or not sweep:
         raise ConfigError(f"sweep file {p}: [sweep] must hold at least one dotted key with a list of values, e.g. "
@@ -88,8 +91,11 @@ def read_sweep(path: str | Path, out: Path | None, configure: Callable[[Config],
     base = base if base.is_absolute() else p.parent / base
     if not base.is_file():
         raise ConfigError(f"sweep file {p}: base config {base} not found")
+    if is_sweep(base):
+        raise ConfigError(f"sweep file {p}: base {base} is itself a sweep file; base names a study config (sweeps "
+                          "do not nest: put every key in this sweep's [sweep] table)")
     if out is None:
-        out = (p.parent / raw["out"]) if isinstance(raw.get("out"), str) else Path.cwd() / "runs" / p.stem
+        out = (p.parent / raw["out"]) if "out" in raw else Path.cwd() / "runs" / p.stem
     keys = list(sweep)
     studies = []
     for combo in itertools.product(*(sweep[k] for k in keys)):
