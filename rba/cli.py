@@ -292,11 +292,20 @@ class Run(_Command):
             return 0
         studies, folder = expand(args.config, out, configure)
         _check_writable_dir(folder, "summary folder")
+        failed: dict[str, str] = {}
         for k, study in enumerate(studies, 1):
             info(f"run: study {k} of {len(studies)}: {study.label} → {study.cfg.output_dir()}")
-            with phase(f"run: study {k} of {len(studies)}", heartbeat=False):  # its own phases say how it goes
-                run_study(study.cfg, progress=not args.quiet)
-        summary = write_summary(studies, folder)
+            try:
+                with phase(f"run: study {k} of {len(studies)}", heartbeat=False):  # its own phases say how it goes
+                    run_study(study.cfg, progress=not args.quiet)
+            except RBAError as exc:  # the other studies still run; the summary lists this one with its error
+                failed[study.label] = " ".join(str(exc).split())
+                print(f"rba: warning: run: study {k} of {len(studies)} ({study.label}) failed: {failed[study.label]}; "
+                      "running the others", file=sys.stderr, flush=True)
+        summary = write_summary(studies, folder, failed)
+        if failed:
+            raise RBAError(f"{len(failed)} of {len(studies)} studies failed ({', '.join(failed)}): {summary} lists each "
+                           "with its error; fix them and rerun the same command (finished studies resume)")
         print(f"run: {len(studies)} studies; wrote {summary} and {folder / 'fronts.png'}",
               file=sys.stdout if args.quiet else sys.stderr)
         return 0

@@ -29,7 +29,7 @@ _SWEEP_KEYS = {"base", "sweep", "out"}
 
 SUMMARY_COLUMNS = ["study", "out", "trials_complete", "front_size", "quality", "cost", "reference_quality",
                    "export_spans", "export_quality", "export_cost", "within_drop", "accuracy", "fidelity",
-                   "flops_frac", "params_frac", "speedup", "speedup_q1", "speedup_q3"]
+                   "flops_frac", "params_frac", "speedup", "speedup_q1", "speedup_q3", "error"]
 
 
 @dataclass
@@ -138,15 +138,18 @@ def expand(paths: list[str], out: Path | None, configure: Callable[[Config], Con
     return studies, summary_dir
 
 
-def _summary_row(study: Study) -> dict[str, Any]:
+def _summary_row(study: Study, error: str | None) -> dict[str, Any]:
     out = study.cfg.output_dir()
+    if error is not None:
+        return {"study": study.label, "out": str(out), "error": error}
     info = json.loads((out / "summary.json").read_text())
-    return {"study": study.label, "out": str(out)} | {k: info.get(k) for k in SUMMARY_COLUMNS[2:]}
+    return {"study": study.label, "out": str(out)} | {k: info.get(k) for k in SUMMARY_COLUMNS[2:-1]}
 
 
-def write_summary(studies: list[Study], folder: Path) -> Path:
-    """``summary.csv`` (one row per study: its export and the rule's numbers) and ``fronts.png`` (every
-    study's front, quality against cost) in ``folder``. Returns the CSV's path."""
+def write_summary(studies: list[Study], folder: Path, failed: dict[str, str] | None = None) -> Path:
+    """``summary.csv`` (one row per study: its export and the rule's numbers; a study that failed, by label in
+    ``failed``, has its error instead) and ``fronts.png`` (every finished study's front, quality against cost)
+    in ``folder``. Returns the CSV's path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,12 +158,17 @@ def write_summary(studies: list[Study], folder: Path) -> Path:
     from search.pareto import AXIS_LABELS
 
     folder.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame([_summary_row(s) for s in studies], columns=SUMMARY_COLUMNS)
+    failed = failed or {}
+    table = pd.DataFrame([_summary_row(s, failed.get(s.label)) for s in studies], columns=SUMMARY_COLUMNS)
     with atomic_path(folder / "summary.csv") as tmp:
         table.to_csv(tmp, index=False)
+    done = [(k, study, row) for k, (study, row) in enumerate(zip(studies, table.itertuples()))
+            if study.label not in failed]
+    if not done:
+        return folder / "summary.csv"
     fig, ax = plt.subplots(figsize=(7.5, 5.0), constrained_layout=True)
-    quality, cost = table["quality"].iloc[0], table["cost"].iloc[0]
-    for k, (study, row) in enumerate(zip(studies, table.itertuples())):
+    quality, cost = done[0][2].quality, done[0][2].cost
+    for k, study, row in done:
         front = pd.read_csv(study.cfg.output_dir() / "pareto.csv")
         ref = front[front["state"] == "REFERENCE"]
         front = front[front["state"] != "REFERENCE"].sort_values(cost)
@@ -176,7 +184,7 @@ def write_summary(studies: list[Study], folder: Path) -> Path:
                        label="unmodified model" if k == 0 else None)
     ax.set_xlabel(AXIS_LABELS.get(cost, cost))
     ax.set_ylabel(AXIS_LABELS.get(quality, quality))
-    ax.set_title(f"{len(studies)} studies: fronts (circled: each study's export)", fontsize=9)
+    ax.set_title(f"{len(done)} studies: fronts (circled: each study's export)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     with atomic_path(folder / "fronts.png") as tmp:
