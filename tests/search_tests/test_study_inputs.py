@@ -214,3 +214,23 @@ def test_sqlite_file_of_another_program_is_refused_untouched(tmp_path, capsys):
     with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True) as conn:
         assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["customers"]
     conn.close()
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_in_memory_storage_is_refused_naming_why(tmp_path, capsys, url):
+    _one_line_error(capsys, ["search", _config(tmp_path), "--storage", url, "--quiet"],
+                    f"--storage {url!r} is an in-memory SQLite database", "sqlite:///PATH/study.db")
+    assert _no_statistics(tmp_path)
+
+
+def test_locked_storage_error_names_the_lock():
+    """What the opening reports when SQLite's busy timeout runs out (the driver's own error): the lock, not the
+    folder's permissions."""
+    from sqlalchemy.exc import OperationalError
+
+    from search._storage import storage_error
+
+    exc = OperationalError("BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked"))
+    message = str(storage_error("sqlite:///x/study.db", exc))
+    assert "stayed locked by another process past the busy timeout (database is locked)" in message
+    assert "writable" not in message and "\n" not in message
