@@ -10,13 +10,29 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import re
 from typing import Any, Callable, Generic, TypeVar
 
-from rba.errors import did_you_mean
+from rba.errors import ConfigError, did_you_mean
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "RegistrationError", "check_name"]
 
 T = TypeVar("T")
+
+#: a registered name: written in configs, in comma-separated flags (--kinds, --objectives) and in file names
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class RegistrationError(ConfigError, ValueError):
+    """A plug-in registered under a name no config could use, or under a name already taken."""
+
+
+def check_name(what: str, name: object) -> str:
+    """``name`` if it can name a ``what`` (letters, digits, ``.``, ``_``, ``-``), else a RegistrationError."""
+    if not (isinstance(name, str) and _NAME.fullmatch(name)):
+        raise RegistrationError(f"a {what} name is a word of letters, digits, '.', '_' and '-' (configs and "
+                                f"comma-separated flags name it), got {name!r}")
+    return name
 
 
 class Registry(Generic[T]):
@@ -28,10 +44,9 @@ class Registry(Generic[T]):
         self._targets: dict[str, T | str] = {}
 
     def register(self, name: str, target: T | str) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"a {self.what} name must be a non-empty string, got {name!r}")
+        check_name(self.what, name)
         if name in self._targets:
-            raise ValueError(f"{self.what} {name!r} is already registered")
+            raise RegistrationError(f"{self.what} {name!r} is already registered")
         if isinstance(target, str):
             if target.count(":") != 1:
                 raise ValueError(f"a lazy {self.what} target is written 'module:attr', got {target!r}")

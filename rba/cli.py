@@ -162,15 +162,17 @@ class Scores(_Command):
         self.add_config(parser)
 
     def take_action(self, args):
+        from rba._folders import refuse_other_work
         from rba._io import atomic_path
         from rba.progress import info
         from rba.metrics import plot_scores, score_table
         from rba.session import Session
 
         cfg = self.load(args)
+        out = cfg.output_dir()
+        refuse_other_work(out, None, "`rba scores`")
         session = Session(cfg, need_labels=False, progress=not args.quiet)
         table = score_table(session.stats, cfg.fit.ridge)
-        out = cfg.output_dir()
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "scores.csv") as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
@@ -306,11 +308,20 @@ class Run(_Command):
             return 0
         studies, folder = expand(args.config, out, configure)
         _check_writable_dir(folder, "summary folder")
+        failed: dict[str, str] = {}
         for k, study in enumerate(studies, 1):
             info(f"run: study {k} of {len(studies)}: {study.label} → {study.cfg.output_dir()}")
-            with phase(f"run: study {k} of {len(studies)}", heartbeat=False):  # its own phases say how it goes
-                run_study(study.cfg, progress=not args.quiet)
-        summary = write_summary(studies, folder)
+            try:
+                with phase(f"run: study {k} of {len(studies)}", heartbeat=False):  # its own phases say how it goes
+                    run_study(study.cfg, progress=not args.quiet)
+            except RBAError as exc:  # the other studies still run; the summary lists this one with its error
+                failed[study.label] = " ".join(str(exc).split())
+                print(f"rba: warning: run: study {k} of {len(studies)} ({study.label}) failed: {failed[study.label]}; "
+                      "running the others", file=sys.stderr, flush=True)
+        summary = write_summary(studies, folder, failed)
+        if failed:
+            raise RBAError(f"{len(failed)} of {len(studies)} studies failed ({', '.join(failed)}): {summary} lists each "
+                           "with its error; fix them and rerun the same command (finished studies resume)")
         wrote(f"run: {len(studies)} studies; wrote {summary} and {folder / 'fronts.png'}")
         return 0
 
@@ -327,6 +338,7 @@ class CompareFits(_Command):
                             "default: every valid span")
 
     def take_action(self, args):
+        from rba._folders import refuse_other_work
         from rba.compare import DEFAULT_KINDS, compare_fits
         from rba.fit import get_fit
         from rba.session import Session
@@ -334,13 +346,15 @@ class CompareFits(_Command):
 
         cfg = self.load(args)
         cfg.require_splits("compare-fits", accuracy=False)
-        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else list(DEFAULT_KINDS)
+        kinds = ([k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds is not None
+                 else list(DEFAULT_KINDS))
         for kind in kinds:
             get_fit(kind)
         spans = None
         if args.spans:
             spans = [s for item in args.spans.split(",") if item.strip() for s in parse_spans(item)]
         out = cfg.output_dir() if args.out is not None else cfg.output_dir() / "fits"
+        refuse_other_work(out, "comparison", "`rba compare-fits`")  # before the model loads
         session = Session(cfg, progress=not args.quiet, measure_latency=False)  # latency is not compared
         table = compare_fits(session, spans if spans is not None else session.pairs, kinds, out=out,
                              progress=not args.quiet)
@@ -510,15 +524,22 @@ PLUGIN_GROUP = "rba.plugins"
 
 
 def _load_plugins() -> None:
+    """Import every plug-in module installed under :data:`PLUGIN_GROUP`. One that fails, or exits, at import is
+    skipped with one warning line naming it (a broken package is the user's environment: the command goes on,
+    and a config that needs the plug-in then names its kind as unknown)."""
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=PLUGIN_GROUP):
         try:
             ep.load()
-        except Exception as exc:  # a broken plug-in is the user's environment, not an rba bug: say which one
-            raise ConfigError(f"the plug-in {ep.name!r} ({ep.value}, entry point group {PLUGIN_GROUP}) failed to "
-                              f"load: {type(exc).__name__}: {exc}; fix or uninstall the package that "
-                              "provides it") from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit too: a plug-in that exits would end every command, exit 0
+            what = (f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit)
+                    else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+            print(f"rba: warning: the plug-in {ep.name!r} ({ep.value}, entry point group {PLUGIN_GROUP}) failed to "
+                  f"load ({what}): skipped; fix or uninstall the package that provides it", file=sys.stderr,
+                  flush=True)
 
 
 def _no_library_bars() -> None:

@@ -6,12 +6,16 @@ it was fitted on (``train_mse``) and on held-out eval-split vectors (``heldout_m
 held-out SSE over Σ‖x_j − x̄_j‖², scale-free like ls_residual), then the configuration's fidelity, accuracy (with
 labels), parameter and FLOP fractions, as ``rba evaluate`` scores them. Trained kinds are marked so in every
 table and plot. Files: ``fits.csv`` (rewritten after each span, so a stopped run keeps its finished spans, and a
-rerun into the same folder with the same config and kinds goes on from them), ``compare.json`` (what the rows
-depend on), ``fits.md`` and ``fits.png``.
+rerun into the same folder with the same config and kinds goes on from them, keeping the finished spans it does
+not ask for), ``compare.json`` (what the rows depend on, and a checksum of each span's rows: an edited row is
+computed again, not reused), ``fits.md`` and ``fits.png``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import math
 import sys
 import time
@@ -21,8 +25,10 @@ from typing import Sequence
 import pandas as pd
 import torch
 
+from rba._folders import FolderError, refuse_other_work, refusal
 from rba._io import atomic_path, atomic_write_json, atomic_write_text
 from rba.config import config_hash
+from rba.data import data_identity
 from rba.errors import ConfigError
 from rba.fit import fit_label, get_fit
 from rba.spans import Span, format_spans
@@ -46,6 +52,10 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
     from rba.vectors import collect_vectors
 
     cfg = session.cfg
+    kinds = list(dict.fromkeys(kinds))  # a kind named twice is compared once
+    if not kinds:
+        raise ConfigError("compare-fits got no fit kinds: give --kinds, e.g. \"affine,mlp\" (rba ls fits), or leave "
+                          "it out for identity,affine,mlp,res-mlp")
     plugins = {kind: get_fit(kind) for kind in kinds}  # unknown kinds are refused before any work
     if cfg.fit.mode != "independent":
         raise ConfigError(f"compare-fits compares independent fits: fit.mode = {cfg.fit.mode!r}; set it to "
@@ -55,8 +65,12 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
         session.parse(format_spans([s]))  # validated against the model (and max_span) before any long work
     if not spans:
         raise ConfigError("compare-fits got no spans: give --spans, or a model with valid spans")
+    spans = list(dict.fromkeys(spans))  # a span asked twice is compared once
     out = None if out is None else Path(out)
-    done = _finished_rows(session, out, kinds) if out is not None else {}
+    done, record = _finished_rows(session, out, kinds) if out is not None else ({}, {})
+    asked = {format_spans([s]) for s in spans}
+    # the finished spans of earlier runs into the folder that this run does not ask for stay in its files
+    kept = [row for span, rows in done.items() if span not in asked for row in rows]
     stats = session.stats
     todo = [s for s in spans if format_spans([s]) not in done]
     boundaries = sorted({k for s in todo for k in s})
@@ -90,50 +104,88 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
                 "fidelity": result["fidelity"], "accuracy": result.get("accuracy", math.nan),
                 "params_frac": result["params_frac"], "flops_frac": result["flops_frac"],
             })
-        table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
         if out is not None:
-            with atomic_path(out / "fits.csv") as tmp:
-                table.to_csv(tmp, index=False, float_format="%.6g")
+            _write_rows(out, kept + rows, record)
         if progress:
             _log(f"compare-fits: span {format_spans([span])} done ({n + 1}/{len(spans)})")
     table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     if out is not None:
+        folder = pd.DataFrame(kept + rows, columns=COMPARE_COLUMNS)
+        _write_rows(out, kept + rows, record)
         n_held = min((v.shape[0] for v in held.values()), default=cfg.fit.max_vectors)
-        atomic_write_text(out / "fits.md", _report(session, table, sample_s, n_held=n_held))
-        plot_comparison(table, out / "fits.png", title=session.adapter.describe())
+        atomic_write_text(out / "fits.md", _report(session, folder, sample_s, n_held=n_held))
+        plot_comparison(folder, out / "fits.png", title=session.adapter.describe())
         session.write_run_info(out, command="compare-fits", kinds=list(kinds))
     return table
 
 
+def _write_rows(out: Path, rows: list[dict], record: dict) -> None:
+    """``fits.csv``, then ``compare.json`` with the checksum of each span's rows. A kill between the two leaves the
+    newest span without a checksum: computed again by the next run, never reused unchecked."""
+    text = pd.DataFrame(rows, columns=COMPARE_COLUMNS).to_csv(index=False, float_format="%.6g", lineterminator="\n")
+    atomic_write_text(out / "fits.csv", text)
+    atomic_write_json(out / "compare.json", record | {"rows": _row_sums(text)})
+
+
+def _row_sums(text: str) -> dict[str, str]:
+    """The sha256 of each span's lines of ``fits.csv`` text (with the header line), by span."""
+    lines = text.splitlines()
+    by_span: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        by_span.setdefault(line.split(",", 1)[0], []).append(line)  # spans and kind names hold no comma
+    return {span: hashlib.sha256("\n".join([lines[0], *rows]).encode()).hexdigest() for span, rows in by_span.items()}
+
+
 def _identity(session, kinds: Sequence[str]) -> dict:
-    """What the comparison's rows depend on: model, data, capture, fit and evaluation settings, the kinds."""
+    """What the comparison's rows depend on: model, data (by content), capture, fit and evaluation settings, the kinds."""
     d = session.cfg.to_dict()
-    return {"model": session.adapter.identity, "data": d["data"], "capture_dtype": d["capture"]["dtype"],
-            "fit": d["fit"], "evaluate": {k: d["evaluate"][k] for k in ("head", "probe_c")}, "kinds": list(kinds)}
+    return {"model": session.adapter.identity, "data": data_identity(session.cfg, session.splits),
+            "capture_dtype": d["capture"]["dtype"], "fit": d["fit"], "evaluate": {k: d["evaluate"][k] for k in ("head", "probe_c")}, "kinds": list(kinds)}
 
 
-def _finished_rows(session, out: Path, kinds: Sequence[str]) -> dict[str, list[dict]]:
-    """Rows of the spans a previous run into ``out`` finished (every kind), by span; refuses a folder holding
-    another comparison rather than overwrite it. Records this comparison's identity there."""
+def _finished_rows(session, out: Path, kinds: Sequence[str]) -> tuple[dict[str, list[dict]], dict]:
+    """Rows of the spans a previous run into ``out`` finished (every kind), by span, in the file's order, and the
+    comparison's record (``compare.json``) without its row checksums. Refuses a folder holding another comparison
+    or other work rather than overwrite it; rows that do not match their checksums (edited, or written by an
+    earlier rba) are not reused, with a warning. Records this comparison's identity there."""
+    refuse_other_work(out, "comparison", "`rba compare-fits`")
     record = out / "compare.json"
-    key = config_hash(_identity(session, kinds))
+    detail = json.loads(json.dumps(_identity(session, kinds), default=str))  # as the record holds it
+    key = config_hash(detail)
+    found: dict = {}
     if record.exists():
-        import json
-
-        found = json.loads(record.read_text()).get("identity")
-        if found != key:
-            raise ConfigError(f"{out} holds a comparison of another config or other kinds (identity {found}, this "
-                              f"one {key}): choose another --out, or remove that folder")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(record, {"identity": key, "detail": _identity(session, kinds)})
-    if not (out / "fits.csv").exists():
-        return {}
-    old = pd.read_csv(out / "fits.csv", dtype={"span": str})
+        try:
+            found = json.loads(record.read_text())
+            if not isinstance(found, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise FolderError(f"{record} cannot be read ({str(exc).splitlines()[0]}): it records which comparison "
+                              f"{out} holds; choose another --out, or remove that folder") from None
+        if found.get("identity") != key:
+            old = found.get("detail") if isinstance(found.get("detail"), dict) else {"identity": found.get("identity")}
+            raise refusal(str(out), old, detail if isinstance(found.get("detail"), dict) else {"identity": key},
+                          what="a comparison", fix="Choose another --out, or remove that folder")
+    sums = found["rows"] if isinstance(found.get("rows"), dict) else {}
+    try:
+        text = (out / "fits.csv").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):  # none yet, or damaged: nothing in it can match a checksum
+        text = ""
+    found_sums = _row_sums(text)
+    trusted = {span for span, digest in found_sums.items() if sums.get(span) == digest}
+    if set(found_sums) - trusted:
+        _log(f"rba: warning: {out / 'fits.csv'}: the rows of span(s) {', '.join(sorted(set(found_sums) - trusted))} "
+             "do not match their checksums in compare.json (edited, or written by an earlier rba): not reused; "
+             "they are computed again when asked for")
     done = {}
-    for span, rows in old.groupby("span", sort=False):
-        if list(rows["kind"]) == list(kinds):
-            done[span] = rows.to_dict("records")
-    return done
+    if trusted:
+        old = pd.read_csv(io.StringIO(text), dtype={"span": str})
+        for span, rows in old.groupby("span", sort=False):
+            if span in trusted and list(rows["kind"]) == list(kinds):
+                done[span] = rows.to_dict("records")
+    entry = {"identity": key, "detail": detail}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record, entry | {"rows": {span: found_sums[span] for span in done}})
+    return done, entry
 
 
 def _summary(table: pd.DataFrame) -> pd.DataFrame:

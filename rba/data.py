@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,11 +19,17 @@ import numpy as np
 
 from rba.errors import DataError
 
-__all__ = ["Dataset", "Splits", "ImageFiles", "load_dataset", "load_calibration_dataset", "make_splits"]
+__all__ = ["Dataset", "Splits", "ImageFiles", "load_dataset", "load_calibration_dataset", "make_splits",
+           "data_identity", "CalibrationOverlapWarning"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 #: label cells that mean "no label" (pandas' default NA strings, compared lower-cased): never a class of their own
 _MISSING_LABELS = {"", "nan", "-nan", "na", "n/a", "<na>", "#n/a", "null", "none"}
+
+
+class CalibrationOverlapWarning(UserWarning):
+    """A transfer's calibration data (``data.calibration_path``) is ``data.path`` itself, or shares samples with
+    the probe or eval split: those are then not unseen data for the fits."""
 
 
 @dataclass
@@ -142,6 +149,25 @@ class Splits:
     """each split's sample indices into its data set (``"test"`` only when ``data.test`` > 0)"""
     test: Dataset | None = None
     """the held-out split (``data.test`` samples; None when 0)"""
+
+
+def data_identity(cfg, splits: Splits) -> dict[str, Any]:
+    """What results depend on in ``[data]``, for a study's or a comparison's identity: the settings, with the
+    files named by ``path`` and ``calibration_path`` replaced by a content digest of each split drawn from them
+    (:meth:`Dataset.fingerprint`). A file whose contents change gives another identity; the same contents at
+    another path give the same one."""
+    import dataclasses
+
+    data = dataclasses.asdict(cfg.data)
+    for key in ("path", "calibration_path"):
+        data.pop(key, None)
+    if data.get("calibration_kind") is None:  # unset: absent, as in identities from before transfers existed
+        data.pop("calibration_kind", None)
+    # the test split is held out after the others, which stay as they were: the search never sees it (where more
+    # test samples change the data, synthetic data sized by the splits, the content digests change with it)
+    data.pop("test", None)
+    data["content"] = {name: getattr(splits, name).fingerprint() for name in ("calibration", "probe", "eval")}
+    return data
 
 
 def load_dataset(cfg, *, need_labels: bool | None = None) -> Dataset:
@@ -275,8 +301,38 @@ def make_splits(ds: Dataset, cfg, *, need_labels: bool, calibration: Dataset | N
     if calibration is not None:
         idx["calibration"] = np.sort(rng.permutation(len(calibration))[: d.calibration])
         source = calibration
-    return Splits(source.subset(idx["calibration"]), ds.subset(idx["probe"]), ds.subset(idx["eval"]), idx,
-                  test=ds.subset(idx["test"]) if d.test else None)
+    splits = Splits(source.subset(idx["calibration"]), ds.subset(idx["probe"]), ds.subset(idx["eval"]), idx,
+                    test=ds.subset(idx["test"]) if d.test else None)
+    if calibration is not None:
+        _warn_if_overlapping(cfg, splits)
+    return splits
+
+
+def _sample_digests(ds: Dataset) -> list[bytes]:
+    """One digest per sample: a text's, an image's pixels, an image file's bytes."""
+    if ds.modality == "text":
+        return [hashlib.sha1(s.encode("utf-8", "replace")).digest() for s in ds.samples]
+    if isinstance(ds.samples, ImageFiles):
+        return [hashlib.sha1(f.read_bytes()).digest() for f in ds.samples.files]
+    return [hashlib.sha1(np.ascontiguousarray(x).tobytes()).digest() for x in np.asarray(ds.samples)]
+
+
+def _warn_if_overlapping(cfg, splits: Splits) -> None:
+    """A transfer calibrated on ``data.path`` itself, or on samples of its probe or eval split, measures its fits on
+    data they were fitted on: said in one warning (the run goes on; a deliberate choice is the user's)."""
+    d = cfg.data
+    same = cfg.resolve_path(d.calibration_path).resolve() == cfg.resolve_path(d.path).resolve() if d.path else False
+    calibration = set(_sample_digests(splits.calibration))
+    shared = {name: sum(x in calibration for x in _sample_digests(getattr(splits, name))) for name in ("probe", "eval")}
+    if not same and not any(shared.values()):
+        return
+    what = (f"is data.path itself ({d.path})" if same else
+            f"shares samples with data.path {d.path}")
+    counts = ", ".join(f"{n} of the {len(getattr(splits, name))} {name} samples" for name, n in shared.items() if n)
+    warnings.warn(f"data.calibration_path {d.calibration_path} {what}: the calibration split holds "
+                  f"{counts or 'none of the probe or eval samples this time'}, so fits are scored on data they "
+                  "were fitted on; calibrate on another data set, or drop calibration_path for the disjoint splits of "
+                  "data.path", CalibrationOverlapWarning, stacklevel=2)
 
 
 # ---------------------------------------------------------------------- readers

@@ -95,11 +95,24 @@ class Recipe(_Strict):
     recipe_sha256: str
 
 
-def _schema_problems(exc: ValidationError) -> str:
+def _model_section_problems(model: dict[str, Any]) -> str:
+    """The recipe's ``model`` section against the config's ``[model]`` schema, which rebuilding the model reads:
+    unknown keys and invalid values, as :func:`_schema_problems` words them ("" when it follows the schema)."""
+    unknown = sorted(set(model) - {f.name for f in dataclasses.fields(ModelConfig)})
+    if unknown:
+        return "unknown keys: " + ", ".join(f"model.{k}" for k in unknown)
+    try:
+        ModelConfig(**model)
+    except ValidationError as exc:
+        return _schema_problems(exc, prefix="model.")
+    return ""
+
+
+def _schema_problems(exc: ValidationError, prefix: str = "") -> str:
     """Pydantic's errors as one line: unknown keys, missing fields, then wrong values, each named by its path."""
     unknown, missing, wrong = [], [], []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"])
+        where = prefix + ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             unknown.append(where)
         elif err["type"] == "missing":
@@ -229,6 +242,10 @@ def read_recipe(folder: str | Path) -> dict[str, Any]:
     except ValidationError as exc:
         raise RBAError(f"{path} does not follow recipe format {RECIPE_FORMAT} ({_schema_problems(exc)}): rerun "
                        "`rba export` into this folder") from None
+    problems = _model_section_problems(recipe["model"])
+    if problems:
+        raise RBAError(f"{path} does not follow recipe format {RECIPE_FORMAT} ({problems}): rerun `rba export` into "
+                       "this folder")
     if _recipe_checksum(recipe) != recipe["recipe_sha256"]:
         raise RBAError(f"{path} does not match its own checksum (edited or corrupted): rerun `rba export` into this "
                        "folder")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Literal
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from rba._modules import Skip, SpanMap
+from rba._registry import RegistrationError, check_name
 from rba._threads import single_thread
 from rba.capture import Statistics
 from rba.errors import SpanError, did_you_mean
@@ -197,11 +199,13 @@ _FITS: dict[str, Fit] = {}
 def register_fit(name: str):
     """Class decorator: register a :class:`Fit` subclass under ``[fit] kind = name``."""
 
+    check_name("fit kind", name)  # at the call, before any class is decorated
+
     def deco(cls: type[Fit]) -> type[Fit]:
         if not (isinstance(cls, type) and issubclass(cls, Fit)):
             raise TypeError(f"register_fit({name!r}) decorates a subclass of rba.fit.Fit, got {cls!r}")
         if name in _FITS:
-            raise ValueError(f"fit kind {name!r} is already registered ({type(_FITS[name]).__name__})")
+            raise RegistrationError(f"fit kind {name!r} is already registered ({type(_FITS[name]).__name__})")
         plugin = cls()
         plugin.name = name
         _FITS[name] = plugin
@@ -255,7 +259,27 @@ def fit_span(stats: Statistics | None, span: Span, kind: str = "affine", ridge: 
                     statistics=stats if plugin.needs == "statistics" else None,
                     vectors=vectors if plugin.needs == "vectors" else None)
     with single_thread():
-        return plugin.fit(data)
+        fit = plugin.fit(data)
+    _require_finite(fit, plugin, data)
+    return fit
+
+
+def _require_finite(fit: SpanFit, plugin: Fit, data: FitInput) -> None:
+    """Every fit, of every kind, before anything uses or exports it: NaN/Inf in its tensors (or in its SSE, when
+    already computed) stop it with one line, rather than spread into errors, accuracies and exported weights."""
+    bad = [name for name, t in fit.tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    sse = fit.__dict__.get("_sse")
+    if not bad and (callable(sse) or sse is None or math.isfinite(sse)):
+        return
+    i, j = data.span
+    what = f"NaN/Inf in {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}" if bad else f"its error is {sse}"
+    if plugin.trained:
+        loss = fit.info.get("final_loss")
+        fix = (f"training diverged (final loss {loss:.3g}); lower [fit] lr (now {data.train.lr:g})"
+               if loss is not None else f"training diverged; lower [fit] lr (now {data.train.lr:g})")
+    else:
+        fix = "the statistics or the system are not finite; raise [fit] ridge, or check the model's activations"
+    raise SpanError(f"span {i}-{j}: the {plugin.name or type(plugin).__name__} fit is not finite ({what}): {fix}")
 
 
 def ill_conditioning(stats: Statistics, k: int, *, with_bias: bool = True) -> float:

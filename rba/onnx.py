@@ -9,7 +9,9 @@
   probe, or the native head), written once: a later export of the same model into the same folder keeps it;
 - ``onnx_feed.npz``: one batch of the eval split, collated (the inputs both graphs were checked on, and what
   :func:`onnx_speedup` times);
-- ``onnx.json``: input and output names, the measured differences, the export it belongs to.
+- ``onnx.json``: input and output names, the measured differences, the export it belongs to, and the SHA-256 of
+  the three files above: they are verified before any is timed, evaluated or kept (:func:`verify_onnx`), so a
+  swapped, edited or truncated file is refused, never measured as the export's.
 
 Inputs: images ``pixels`` (N×C×H×W float32, the model's own preprocessing applied); text ``input_ids`` and
 ``attention_mask`` (N×T int64). The batch axis (and the token axis) are dynamic. Before anything is renamed into
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rba._io import atomic_path, atomic_write_json, package_versions
+from rba._io import atomic_path, atomic_write_json, file_sha256, package_versions
 from rba.errors import ConfigError, RBAError
 from rba.timing import compare
 
@@ -38,13 +40,17 @@ if TYPE_CHECKING:
     from rba.config import Config
     from rba.session import Session
 
-__all__ = ["export_onnx", "onnx_speedup", "onnx_state", "check_onnx_exportable", "MAX_REL_DIFF", "ONNX_MODEL",
-           "ONNX_UNMODIFIED"]
+__all__ = ["export_onnx", "onnx_speedup", "onnx_state", "verify_onnx", "check_onnx_exportable", "MAX_REL_DIFF",
+           "ONNX_MODEL", "ONNX_UNMODIFIED"]
 
 ONNX_MODEL = "model.onnx"
 ONNX_UNMODIFIED = "unmodified.onnx"
 ONNX_FEED = "onnx_feed.npz"
 ONNX_META = "onnx.json"
+#: onnx.json's format: 2 records the files' checksums
+ONNX_FORMAT = 2
+#: the files onnx.json vouches for, by checksum
+_CHECKED = (ONNX_MODEL, ONNX_UNMODIFIED, ONNX_FEED)
 #: the largest max relative difference accepted between ONNX Runtime's and PyTorch's outputs
 MAX_REL_DIFF = 1e-4
 OPSET = 17
@@ -204,7 +210,7 @@ def export_onnx(session: Session, folder: str | Path) -> dict[str, Any]:
     old = _read_meta(meta_path)
     base_head, base_record = _fitted_head(session, [], [], maps_tag(session.cfg.fit.kind, session.cfg.fit.mode))
     key = _unmodified_key(session, base_record)
-    if old.get("unmodified_key") == key and (folder / ONNX_UNMODIFIED).exists():
+    if old.get("unmodified_key") == key and _intact(folder, old, ONNX_UNMODIFIED):
         diffs["unmodified"] = old["max_rel_diff"]["unmodified"]  # the same model's: written once, kept
     else:
         base = session.adapter
@@ -222,7 +228,7 @@ def export_onnx(session: Session, folder: str | Path) -> dict[str, Any]:
     import onnx
     import onnxruntime
 
-    meta = {"format": 1, "inputs": list(feed), "outputs": ["pooled", "logits"][: 1 + (head is not None)],
+    meta = {"format": ONNX_FORMAT, "sha256": {name: file_sha256(folder / name) for name in _CHECKED}, "inputs": list(feed), "outputs": ["pooled", "logits"][: 1 + (head is not None)],
             "batch_size": len(samples), "max_rel_diff": diffs, "tolerance": MAX_REL_DIFF, "opset": OPSET,
             "recipe_sha256": recipe["recipe_sha256"], "spans": recipe["spans"], "unmodified_key": key,
             "versions": package_versions() | {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}}
@@ -236,6 +242,28 @@ def _read_meta(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return meta if isinstance(meta, dict) else {}
+
+
+def _intact(folder: Path, meta: dict[str, Any], name: str) -> bool:
+    """``folder/name`` exists and matches the checksum ``meta`` (an onnx.json) records for it."""
+    sums = meta.get("sha256")
+    path = folder / name
+    return isinstance(sums, dict) and path.is_file() and sums.get(name) == file_sha256(path)
+
+
+def verify_onnx(folder: str | Path) -> None:
+    """Refuse, naming the file, an ONNX export whose files do not match the checksums in its ``onnx.json`` (one
+    swapped for another, edited or truncated), or whose ``onnx.json`` records none (an earlier rba's)."""
+    folder = Path(folder)
+    meta = _read_meta(folder / ONNX_META)
+    fix = f"rerun `rba export CONFIG --spans … --out {folder} --format onnx`"
+    if not isinstance(meta.get("sha256"), dict):
+        raise RBAError(f"{folder / ONNX_META} records no checksums of the ONNX files (written by an earlier rba, or "
+                       f"edited), so they cannot be verified: {fix}")
+    for name in _CHECKED:
+        if not _intact(folder, meta, name):
+            raise RBAError(f"{folder / name} does not match the checksum in {folder / ONNX_META} (replaced, edited or "
+                           f"corrupted since it was written): {fix}")
 
 
 def onnx_state(folder: str | Path) -> str | None:
@@ -269,6 +297,7 @@ def onnx_speedup(export_dir: str | Path, *, repeats: int = 20, threads: int | No
     if onnx_state(folder) != "current":
         raise RBAError(f"{folder / ONNX_MODEL} was written for another export than {folder / 'recipe.json'} (the "
                        "folder was exported again without --format onnx): rerun `rba export … --format onnx`")
+    verify_onnx(folder)
     threads = int(threads or torch.get_num_threads())
     with np.load(folder / ONNX_FEED) as data:
         feed = {k: data[k] for k in data.files}

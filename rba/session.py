@@ -168,7 +168,13 @@ class Session:
         """Validated spans from ``"2-5,7-9"`` / ``"none"`` / ``"best"`` (the span with the lowest ls_residual)."""
         if str(text).strip().lower() == "best":
             return [self.best_span()]
-        spans = parse_spans(text)
+        return self.check(parse_spans(text))
+
+    def check(self, spans: str | Sequence[Span]) -> list[Span]:
+        """Spans as text (:meth:`parse`) or (start, end) pairs, validated against the model and ``search.max_span``
+        as the text form is: sorted, non-overlapping, in range, each joining boundaries of one shape."""
+        if isinstance(spans, str):
+            return self.parse(spans)
         return check_spans(spans, num_blocks=self.adapter.num_blocks, shapes=self.adapter.boundary_shapes(),
                            max_span=self.cfg.search.max_span)
 
@@ -267,7 +273,7 @@ class Session:
         """All result columns for one configuration: validated spans, or text for :meth:`parse`."""
         kind = kind or self.cfg.fit.kind
         mode = mode or self.cfg.fit.mode
-        spans = sorted(self.parse(spans) if isinstance(spans, str) else spans)
+        spans = self.check(spans)
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             maps = self.maps(spans, kind, mode)
@@ -298,7 +304,7 @@ class Session:
         :func:`rba.load_export`."""
         from rba.export import export_model
 
-        return export_model(self, self.parse(spans) if isinstance(spans, str) else spans, out)
+        return export_model(self, self.check(spans), out)
 
     def clear_caches(self) -> None:
         """Forget what is kept per configuration -- span fits (sequential ones too), the statistics'

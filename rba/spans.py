@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 from typing import Sequence
 
@@ -41,8 +42,11 @@ def parse_spans(text: str) -> list[Span]:
 
 def check_spans(spans: Sequence[Span], *, num_blocks: int, shapes: Sequence[tuple] | None = None,
                 max_span: int | None = None) -> list[Span]:
-    """Validate spans against a model with ``num_blocks`` blocks and its boundary ``shapes``."""
-    spans = sorted(spans)
+    """Validate spans against a model with ``num_blocks`` blocks and its boundary ``shapes``; returns them sorted,
+    as (int, int) tuples. Spans given as Python objects (the API) are checked for their form as the text is."""
+    if isinstance(spans, (str, bytes)) or not isinstance(spans, Sequence):
+        raise SpanError(f"spans must be a list of (start, end) pairs, or text such as \"2-5,7-9\", got {spans!r}")
+    spans = sorted(_pair(s) for s in spans)
     for i, j in spans:
         if i < 0 or j > num_blocks:
             raise SpanError(f"span {i}-{j} is out of range: boundaries run from 0 to {num_blocks} for this {num_blocks}-block model")
@@ -57,6 +61,18 @@ def check_spans(spans: Sequence[Span], *, num_blocks: int, shapes: Sequence[tupl
         if c < b:
             raise SpanError(f"spans {a}-{b} and {c}-{d} overlap: a configuration holds non-overlapping spans")
     return spans
+
+
+def _pair(span) -> Span:
+    """``span`` as an (int, int) tuple with end > start, or a SpanError naming it."""
+    ok = (isinstance(span, Sequence) and not isinstance(span, (str, bytes)) and len(span) == 2
+          and all(isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in span))
+    if not ok:
+        raise SpanError(f"span {span!r} is not a (start, end) pair of boundary indices, e.g. (2, 5)")
+    i, j = int(span[0]), int(span[1])
+    if j <= i:
+        raise SpanError(f"span {i}-{j}: END must be greater than START (span i-j replaces blocks i..j-1)")
+    return i, j
 
 
 def _shape(s: Sequence[int]) -> str:

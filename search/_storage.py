@@ -119,6 +119,7 @@ def open_storage(url: str, *, heartbeats: bool = True) -> Storage:
     """The study storage at ``url``; with ``heartbeats``, every :func:`heartbeat_interval` seconds, a grace
     period twice that, stale trials rerun up to :data:`RERUNS` times (Optuna runs heartbeats only inside
     ``study.optimize``: the Ray backend, which asks and tells, opens it without)."""
+    _refuse_unusable_sqlite(url)
     kwargs: dict = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
     if heartbeats:
         interval = heartbeat_interval()
@@ -158,9 +159,51 @@ def recorded_storage(configured: str | None) -> str:
         return configured
 
 
+#: the table every Optuna storage holds (its schema version)
+_OPTUNA_TABLE = "version_info"
+
+
+def _refuse_unusable_sqlite(url: str) -> None:
+    """Refuse an in-memory SQLite storage, and an SQLite file that holds tables but is not an Optuna storage
+    (another program's database) before Optuna creates its tables in it. A file SQLite cannot read is left to the
+    opening, which names the cause."""
+    import sqlite3
+    from contextlib import closing
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return  # not a URL: the opening says so
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite":
+        return
+    if not path or path == ":memory:" or "mode=memory" in url:
+        raise StorageError(f"--storage {url!r} is an in-memory SQLite database: it is gone when its connection closes "
+                           "(no resume, no other workers, no tables at the end); use sqlite:///PATH/study.db")
+    if not Path(path).is_file():
+        return
+    try:
+        with closing(sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return
+    if tables and _OPTUNA_TABLE not in tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", …" if len(tables) > 5 else "")
+        raise StorageError(f"the study storage {url} is an SQLite database of something else (tables {shown}; no "
+                           "Optuna study tables): rba does not add its tables to it; point --storage at a new file "
+                           "(sqlite:///PATH/study.db) or at an existing Optuna storage")
+
+
 def storage_error(url: str, exc: Exception) -> StorageError:
     """The one-line error for a database that is there but cannot be used as a study storage."""
     reason = _reason(exc)
+    if "database is locked" in reason or "database table is locked" in reason:
+        return StorageError(f"the study storage {url} stayed locked by another process past the busy timeout ({reason}): "
+                            "wait for the process holding it (or end it), then rerun the same command: the study "
+                            "resumes")
     if "not a database" in reason or "malformed" in reason:
         return StorageError(f"the study storage {url} is not a readable database ({reason}): it is corrupt or another "
                             "kind of file; move it away to start the study afresh, or point --storage / --out elsewhere")

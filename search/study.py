@@ -29,6 +29,7 @@ import time
 import warnings
 from pathlib import Path
 
+from rba._folders import refuse_other_work
 from rba.progress import info, phase
 from rba.config import Config, config_hash
 from rba.errors import ConfigError, RBAError
@@ -95,6 +96,7 @@ def check_inputs(cfg: Config):
         from search.ray_backend import check_address
 
         check_address(cfg.search.ray_address)
+    refuse_other_work(cfg.output_dir(), "study", "a study (`rba search` / `rba run`)")
     _read_marker(cfg.output_dir() / "study.json")
     if not (cfg.search.storage or (cfg.output_dir() / "study.db").exists()):
         return None

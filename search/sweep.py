@@ -29,7 +29,7 @@ _SWEEP_KEYS = {"base", "sweep", "out"}
 
 SUMMARY_COLUMNS = ["study", "out", "trials_complete", "front_size", "quality", "cost", "reference_quality",
                    "export_spans", "export_quality", "export_cost", "within_drop", "accuracy", "fidelity",
-                   "flops_frac", "params_frac", "speedup", "speedup_q1", "speedup_q3"]
+                   "flops_frac", "params_frac", "speedup", "speedup_q1", "speedup_q3", "error"]
 
 
 @dataclass
@@ -72,6 +72,9 @@ def read_sweep(path: str | Path, out: Path | None, configure: Callable[[Config],
                           "[sweep] and optionally out")
     if not isinstance(raw.get("base"), str):
         raise ConfigError(f"sweep file {p}: base = \"config.toml\" (the config every study starts from) is missing")
+    if "out" in raw and not (isinstance(raw["out"], str) and raw["out"].strip()):
+        raise ConfigError(f"sweep file {p}: out = {raw['out']!r} is not a folder: write out = \"runs/name\" (relative "
+                          "to the sweep file's folder), or leave it out for runs/<sweep name>")
     sweep = raw["sweep"]
     if not isinstance(sweep, dict) or not sweep:
         raise ConfigError(f"sweep file {p}: [sweep] must hold at least one dotted key with a list of values, e.g. "
@@ -88,6 +91,10 @@ def read_sweep(path: str | Path, out: Path | None, configure: Callable[[Config],
     base_path = base_path if base_path.is_absolute() else p.parent / base_path
     shipped = list_studies()
     if base_path.is_file():
+        if is_sweep(base_path):
+            raise ConfigError(f"sweep file {p}: base {base_path} is itself a sweep file; base names a study config "
+                              "(sweeps do not nest: put every key in this sweep's [sweep] table)")
+
         def load_base():
             return load_config(base_path)
     elif raw["base"] in shipped:  # a shipped study by name: its paths resolve against the working directory
@@ -98,7 +105,7 @@ def read_sweep(path: str | Path, out: Path | None, configure: Callable[[Config],
                           f"study ({', '.join(shipped)}): give a config file relative to the sweep file, or a study "
                           "name")
     if out is None:
-        out = (p.parent / raw["out"]) if isinstance(raw.get("out"), str) else Path.cwd() / "runs" / p.stem
+        out = (p.parent / raw["out"]) if "out" in raw else Path.cwd() / "runs" / p.stem
     keys = list(sweep)
     studies = []
     for combo in itertools.product(*(sweep[k] for k in keys)):
@@ -141,27 +148,35 @@ def expand(paths: list[str], out: Path | None, configure: Callable[[Config], Con
     return studies, summary_dir
 
 
-def _summary_row(study: Study) -> dict[str, Any]:
+def _summary_row(study: Study, error: str | None) -> dict[str, Any]:
     out = study.cfg.output_dir()
+    if error is not None:
+        return {"study": study.label, "out": str(out), "error": error}
     info = json.loads((out / "summary.json").read_text())
-    return {"study": study.label, "out": str(out)} | {k: info.get(k) for k in SUMMARY_COLUMNS[2:]}
+    return {"study": study.label, "out": str(out)} | {k: info.get(k) for k in SUMMARY_COLUMNS[2:-1]}
 
 
-def write_summary(studies: list[Study], folder: Path) -> Path:
-    """``summary.csv`` (one row per study: its export and the rule's numbers) and ``fronts.png`` (every
-    study's front, quality against cost) in ``folder``. Returns the CSV's path."""
+def write_summary(studies: list[Study], folder: Path, failed: dict[str, str] | None = None) -> Path:
+    """``summary.csv`` (one row per study: its export and the rule's numbers; a study that failed, by label in
+    ``failed``, has its error instead) and ``fronts.png`` (every finished study's front, quality against cost)
+    in ``folder``. Returns the CSV's path."""
     from matplotlib.figure import Figure
 
     from search.pareto import AXIS_LABELS
 
     folder.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame([_summary_row(s) for s in studies], columns=SUMMARY_COLUMNS)
+    failed = failed or {}
+    table = pd.DataFrame([_summary_row(s, failed.get(s.label)) for s in studies], columns=SUMMARY_COLUMNS)
     with atomic_path(folder / "summary.csv") as tmp:
         table.to_csv(tmp, index=False)
+    done = [(k, study, row) for k, (study, row) in enumerate(zip(studies, table.itertuples()))
+            if study.label not in failed]
+    if not done:
+        return folder / "summary.csv"
     fig = Figure(figsize=(7.5, 5.0), layout="constrained")
     ax = fig.subplots()
-    quality, cost = table["quality"].iloc[0], table["cost"].iloc[0]
-    for k, (study, row) in enumerate(zip(studies, table.itertuples())):
+    quality, cost = done[0][2].quality, done[0][2].cost
+    for k, study, row in done:
         front = pd.read_csv(study.cfg.output_dir() / "pareto.csv")
         ref = front[front["state"] == "REFERENCE"]
         front = front[front["state"] != "REFERENCE"].sort_values(cost)
@@ -177,7 +192,7 @@ def write_summary(studies: list[Study], folder: Path) -> Path:
                        label="unmodified model" if k == 0 else None)
     ax.set_xlabel(AXIS_LABELS.get(cost, cost))
     ax.set_ylabel(AXIS_LABELS.get(quality, quality))
-    ax.set_title(f"{len(studies)} studies: fronts (circled: each study's export)", fontsize=9)
+    ax.set_title(f"{len(done)} studies: fronts (circled: each study's export)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     with atomic_path(folder / "fronts.png") as tmp:

@@ -104,3 +104,78 @@ def test_search_equals_the_cli(study, capsys):
     pd.testing.assert_frame_equal(from_cli, from_api)
     pd.testing.assert_frame_equal(result.trials[columns].reset_index(drop=True), from_api, check_dtype=False,
                                   rtol=1e-5)
+
+
+# ---------------------------------------------------------------------- misuse: RBAError with one line
+def _one_line_rba_error(call, *needles: str) -> str:
+    from rba.errors import RBAError
+
+    with pytest.raises(RBAError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message, message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+@pytest.fixture(scope="module")
+def tiny_session(study):
+    tmp, path = study
+    from rba.config import load_config
+
+    return rba.Session(load_config(path), progress=False, measure_latency=False)
+
+
+@pytest.mark.parametrize("spans,needle", [
+    ([(1, 3), (2, 4)], "spans 1-3 and 2-4 overlap"),  # refused in the string form "1-3,2-4" too
+    ([(3, 1)], "span 3-1: END must be greater than START"),
+    ([(1, "3")], "span (1, '3') is not a (start, end) pair"),
+    ([(1, 2, 3)], "is not a (start, end) pair"),
+    ((1, 3), "span 1 is not a (start, end) pair"),
+])
+def test_span_lists_are_checked_as_span_text_is(tiny_session, spans, needle):
+    _one_line_rba_error(lambda: tiny_session.evaluate(spans), needle)
+
+
+@pytest.mark.parametrize("name", ["", "a,b", 5, "two words"])
+def test_register_fit_refuses_names_no_config_can_use(name):
+    from rba.fit import Fit, list_fits, register_fit
+
+    before = list_fits()
+    _one_line_rba_error(lambda: register_fit(name)(type("NoFit", (Fit,), {})), f"got {name!r}")
+    assert list_fits() == before
+
+
+def test_recipe_with_unknown_model_keys_is_refused(tiny_session, tmp_path):
+    """A recipe whose [model] section holds a key the config schema does not know (checksum recomputed, as
+    whoever edits it can): refused naming the key, rather than ignored while the model is rebuilt."""
+    import hashlib
+
+    from rba.export import load_export
+
+    out = tiny_session.export("2-3", tmp_path / "exp")
+    recipe = json.loads((out / "recipe.json").read_text())
+    recipe["model"]["depth_typo"] = 3
+    body = {k: v for k, v in recipe.items() if k != "recipe_sha256"}
+    recipe["recipe_sha256"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    (out / "recipe.json").write_text(json.dumps(recipe))
+    _one_line_rba_error(lambda: load_export(out), "unknown keys: model.depth_typo", "rerun `rba export`")
+
+
+def test_sweep_out_of_the_wrong_type_and_empty_kinds_are_refused(study, tmp_path, capsys):
+    from rba.cli import main
+    from search.sweep import read_sweep
+
+    tmp, path = study
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(f'base = "{path}"\nout = 5\n[sweep]\n"search.seed" = [0, 1]\n')
+    _one_line_rba_error(lambda: read_sweep(sweep, None, lambda c: c), "out = 5 is not a folder")
+    nested = tmp_path / "nested.toml"
+    nested.write_text(f'base = "{sweep}"\n[sweep]\n"search.seed" = [0, 1]\n')
+    _one_line_rba_error(lambda: read_sweep(nested, None, lambda c: c), f"base {sweep} is itself a sweep file")
+    capsys.readouterr()
+    assert main(["compare-fits", str(path), "--kinds", ",", "--out", str(tmp_path / "cmp"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rba: error: compare-fits got no fit kinds") and err.count("\n") == 1, err
+    assert not (tmp_path / "cmp").exists()

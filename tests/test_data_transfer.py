@@ -87,23 +87,31 @@ def test_statistics_come_from_the_calibration_data(files):
         assert (got - other[k]).abs().max() > 1e-2 * scale  # the target's statistics would fail the check
 
 
-def test_calibration_source_changes_key_and_identity(files):
-    """The statistics key and the study identity change with data.calibration_path; a config without it keeps
-    the identity keys it had before transfers existed."""
+def test_calibration_source_changes_key_and_identity(files, tmp_path):
+    """The statistics key and the study identity follow the calibration data's contents, not its path: a transfer
+    differs from the plain config in the calibration split's digest, the same file named another way (or copied
+    elsewhere) is the same study, and a config without a transfer has no transfer keys."""
+    import shutil
+
     from rba.session import Session
     from search.identity import identity_diff, study_identity
 
-    def both(**data):
-        s = Session(_config(files, **data), progress=False, measure_latency=False)
+    def both(folder=files, **data):
+        s = Session(_config(folder, **data), progress=False, measure_latency=False)
         return s.statistics_key(), study_identity(s.cfg, s, kind="affine", method="optuna")
 
     (key_plain, id_plain), (key_src, id_src) = both(), both(calibration_path="source.npz")
     key_src2, id_src2 = both(calibration_path=str(files / "source.npz"), calibration_kind="npz")
     assert key_plain != key_src and key_src == key_src2  # the key follows the calibration content
     assert "calibration_path" not in id_plain["data"] and "calibration_kind" not in id_plain["data"]
-    assert id_src["data"]["calibration_path"] == str(files / "source.npz")
-    assert identity_diff(id_plain, id_src) == [f"data.calibration_path: \"<unset>\" → \"{files / 'source.npz'}\""]
+    cal = Session(_config(files, calibration_path="source.npz"), progress=False).splits.calibration.fingerprint()
+    assert [line.split(":")[0] for line in identity_diff(id_plain, id_src)] == ["data.content.calibration"]
+    assert id_src["data"]["content"]["calibration"] == cal
     assert identity_diff(id_src, id_src2) == ['data.calibration_kind: "<unset>" → "npz"']
+    for name in ("target.npz", "source.npz"):
+        shutil.copy(files / name, tmp_path / f"moved-{name}")
+    _, id_moved = both(tmp_path, path="moved-target.npz", calibration_path="moved-source.npz")
+    assert id_moved == id_src
 
 
 @pytest.mark.parametrize("data,needles", [
@@ -139,3 +147,52 @@ def test_text_calibration_for_an_image_model_is_refused(files, tmp_path):
         "calibration_kind": "text-csv", "options": {}})))
     with pytest.raises(DataError, match="holds texts but data.path holds images"):
         load_calibration_dataset(cfg, load_dataset(cfg))
+
+
+def test_changed_calibration_file_is_another_study(files, tmp_path, capsys):
+    """A search resumed after the calibration file's contents changed would mix trials fitted on two calibration
+    sets in one front: it is refused like any identity change, and the finished study stays as it was."""
+    for name in ("target.npz", "source.npz"):
+        (tmp_path / name).write_bytes((files / name).read_bytes())
+    sections = vit_sections(tmp_path, data={"kind": "npz", "path": "target.npz", "calibration_path": "source.npz",
+                                            "calibration": N_CAL, "probe": 4, "eval": 4, "options": {}},
+                            search={"trials": 2, "objectives": ["fidelity", "flops"], "max_span": 2})
+    cfg = write_config(tmp_path / "study.toml", sections)
+    args = ("search", cfg, "--out", tmp_path / "out", "--quiet")
+    rc, _, err = run_main(capsys, *args)
+    assert rc == 0, err
+    trials = (tmp_path / "out" / "trials.csv").read_bytes()
+    _save(tmp_path / "source.npz", np.random.default_rng(8).integers(0, 96, (N_CAL, 3, 32, 32), dtype=np.uint8))
+    rc, _, err = run_main(capsys, *args)
+    assert_one_line_error(rc, err, "holds a study with a different identity (differing keys: data.content.calibration)")
+    assert (tmp_path / "out" / "trials.csv").read_bytes() == trials
+
+
+@pytest.mark.parametrize("calibration,needle", [
+    ("target.npz", "is data.path itself (target.npz)"),
+    ("copy.npz", "shares samples with data.path target.npz"),
+    ("source.npz", None),
+])
+def test_calibration_on_the_eval_data_is_said(files, tmp_path, capsys, calibration, needle):
+    """A transfer whose calibration data is data.path itself, or a copy of it, scores fits on samples they were
+    fitted on: one warning line with the counts (found here by comparing the split indices), exit 0."""
+    for name in ("target.npz", "source.npz"):
+        (tmp_path / name).write_bytes((files / name).read_bytes())
+    (tmp_path / "copy.npz").write_bytes((files / "target.npz").read_bytes())
+    data = {"kind": "npz", "path": "target.npz", "calibration_path": calibration, "calibration": N_CAL, "probe": 4,
+            "eval": 4, "options": {}}
+    cfg = write_config(tmp_path / "study.toml", vit_sections(tmp_path, data=data))
+    rc, _, err = run_main(capsys, "scores", cfg, "--out", tmp_path / "out", "--quiet", "--max-span", "1")
+    assert rc == 0, err
+    warned = [line for line in err.splitlines() if "data.calibration_path" in line]
+    if needle is None:
+        assert not warned, err
+        return
+    from rba.config import load_config
+    from rba.session import Session
+
+    idx = Session(load_config(cfg), progress=False).splits.indices  # the same file: overlap by index
+    counts = {name: len(set(idx["calibration"]) & set(idx[name])) for name in ("probe", "eval")}
+    assert len(warned) == 1 and warned[0].startswith("rba: warning: ") and needle in warned[0], err
+    for name, n in counts.items():
+        assert (f"{n} of the 4 {name} samples" in warned[0]) == (n > 0), warned[0]

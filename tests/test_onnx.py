@@ -144,3 +144,31 @@ def test_onnx_export_of_a_half_precision_forward_is_one_line_before_any_work(tmp
     rc, _, err = run_main(capsys, "run", cfg, "--out", tmp_path / "out", "--quiet")
     assert_one_line_error(rc, err, "ONNX export writes float32 models only")
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_swapped_or_corrupted_onnx_files_are_refused_or_rewritten(tmp_path, capsys):
+    """onnx.json records each file's SHA-256: unmodified.onnx copied over model.onnx is refused before it is timed
+    as "the export's speed-up" (one line naming the file and the fix), and a corrupted unmodified.onnx is written
+    again by the next export instead of being kept and vouched for."""
+    import hashlib
+    import shutil
+
+    cfg = write_config(tmp_path / "vit.toml", vit_sections(tmp_path, model={"options": {"depth": 4}},
+                                                           search={"max_span": 3}))
+    out = tmp_path / "exp"
+    export = ("export", cfg, "--spans", "1-3", "--out", out, "--format", "onnx", "--quiet")
+    rc, _, err = run_main(capsys, *export)
+    assert rc == 0, err
+    model = (out / "model.onnx").read_bytes()
+    shutil.copy(out / "unmodified.onnx", out / "model.onnx")
+    rc, _, err = run_main(capsys, "evaluate", cfg, "--export", out, "--quiet")
+    assert_one_line_error(rc, err, f"{out / 'model.onnx'} does not match the checksum in {out / 'onnx.json'}",
+                          "--format onnx")
+    (out / "model.onnx").write_bytes(model)
+    unmodified = out / "unmodified.onnx"
+    unmodified.write_bytes(unmodified.read_bytes()[:-1000])  # truncated
+    rc, _, err = run_main(capsys, *export)
+    assert rc == 0, err
+    recorded = json.loads((out / "onnx.json").read_text())["sha256"]
+    assert recorded["unmodified.onnx"] == hashlib.sha256(unmodified.read_bytes()).hexdigest()
+    _ort(unmodified)  # a whole graph again: ONNX Runtime loads it

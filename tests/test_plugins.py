@@ -265,3 +265,24 @@ def test_without_the_plugin_its_names_are_refused(plugin_env):
     elsewhere.mkdir(exist_ok=True)
     r = rba("scores", cfg, env=dict(env, PYTHONPATH=str(ROOT)), cwd=elsewhere)
     assert r.returncode == 2 and "model.kind = 'patch-mlp' is not one of" in r.stderr
+
+
+def test_a_plugin_that_fails_or_exits_at_import_is_skipped_with_one_warning(tmp_path):
+    """Two broken plug-ins installed beside each other, one raising and one calling sys.exit(0) at import: each
+    gives one warning line naming it, and the command runs (before, the first stopped every command with exit 2
+    and the second turned every command into a silent exit 0)."""
+    for name, body in (("rba_raising", "raise RuntimeError('no GPU driver\\nfound')\n"),
+                       ("rba_exiting", "import sys\nsys.exit(0)\n")):
+        (tmp_path / f"{name}.py").write_text(body)
+        dist = tmp_path / f"{name}-0.1.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+        (dist / "entry_points.txt").write_text(f"[rba.plugins]\n{name} = {name}\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]))
+    r = rba("ls", "fits", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "affine" in r.stdout.splitlines()
+    lines = r.stderr.splitlines()
+    assert len(lines) == 2 and all(line.startswith("rba: warning: the plug-in ") for line in lines), r.stderr
+    assert any("'rba_raising'" in line and "RuntimeError: no GPU driver found" in line for line in lines)
+    assert any("'rba_exiting'" in line and "sys.exit(0)" in line for line in lines)

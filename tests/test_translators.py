@@ -15,7 +15,7 @@ from torch import nn
 
 from conftest import materialise, ridge_lstsq, staged_forward, tiny_config
 from rba.cli import main as cli_main
-from rba.errors import ConfigError, DataError
+from rba.errors import ConfigError, DataError, SpanError
 from rba.export import load_export
 from rba.fit import TrainSettings, fit_span, get_fit, list_fits
 from rba.session import Session
@@ -216,7 +216,7 @@ def test_compare_fits_against_numpy(tmp_path, capsys):
     pd.testing.assert_frame_equal(again, table)  # fit times too: the same rows, not new fits
     # ... and a folder holding another comparison is refused, not overwritten
     assert cli_main(args + ["--kinds", "affine"]) == 2
-    assert "holds a comparison of another config" in capsys.readouterr().err
+    assert "holds a comparison with a different identity (differing keys: kinds)" in capsys.readouterr().err
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cmp" / "fits.csv"), again)
 
 
@@ -230,3 +230,21 @@ def test_cli_lists_trained_fits_and_refuses_unknown_kinds(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("rba: error: unknown fit kind 'mpl'") and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_diverging_training_stops_with_one_line_and_exports_nothing(tmp_path, capsys):
+    """lr = 1e30 drives the MLP's weights to NaN/Inf: the fit stops with one line, and `rba export` writes no
+    weights (a NaN map, or the NaN classifier head fitted on its output, would otherwise be exported, exit 0)."""
+    cfg = tiny_config(tmp_path, "vit", fit={"kind": "mlp", "steps": 10, "lr": 1e30, "max_vectors": 60}, data=SMALL)
+    path = tmp_path / "c.toml"
+    path.write_text(cfg.to_toml())
+    code = cli_main(["export", str(path), "--spans", "1-3", "--out", str(tmp_path / "exp"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("rba: error: span 1-3: the mlp fit is not finite (NaN/Inf in ")
+    assert "lower [fit] lr (now 1e+30)" in err
+    assert not (tmp_path / "exp").exists() or not any((tmp_path / "exp").iterdir())
+    # the API's fit_span runs the same check: targets that overflow float32 train into a non-finite map
+    x = torch.randn(40, 8)
+    with pytest.raises(SpanError, match=r"span 0-1: the mlp fit is not finite"):
+        fit_span(None, (0, 1), "mlp", vectors=(x, x * 1e30 * 1e30), train=TrainSettings(steps=3, batch_size=40))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rba._registry import Registry
+from rba._registry import Registry, RegistrationError
 from rba.metrics._base import Metric
 from rba.metrics._scores import BlockRedundancy, Cosine, LinearCKA, LSResidual
 from rba.metrics._svcca import SVCCA
@@ -21,7 +21,7 @@ _METRICS: Registry[type[Metric]] = Registry("metric", check=_check_metric)
 def register_metric(name: str, metric: type[Metric] | str) -> None:
     """Add the column ``name`` to scores.csv, scored by ``metric`` (a Metric subclass or ``"module:Class"``)."""
     if name in ("start", "end"):
-        raise ValueError(f"{name!r} is a span column of scores.csv, not a metric name")
+        raise RegistrationError(f"{name!r} is a span column of scores.csv, not a metric name")
     _METRICS.register(name, metric)
 
 

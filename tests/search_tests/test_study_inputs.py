@@ -196,3 +196,41 @@ def test_ctrl_c_while_a_heartbeat_starts_leaves_no_thread_running(tmp_path, caps
     finally:
         for heartbeat in started:  # never leave this process unable to exit, whatever failed above
             heartbeat._stop_event.set()
+
+
+def test_sqlite_file_of_another_program_is_refused_untouched(tmp_path, capsys):
+    """--storage naming an SQLite database that holds other tables (no Optuna storage): refused in one line before
+    Optuna adds its tables, so the other program's database is left as it was."""
+    db = tmp_path / "shop.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO customers (name) VALUES ('ada')")
+    conn.close()
+    before = db.read_bytes()
+    _one_line_error(capsys, ["search", _config(tmp_path), "--storage", f"sqlite:///{db}", "--quiet"],
+                    f"the study storage sqlite:///{db} is an SQLite database of something else (tables customers",
+                    "point --storage at a new file")
+    assert db.read_bytes() == before
+    with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True) as conn:
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["customers"]
+    conn.close()
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_in_memory_storage_is_refused_naming_why(tmp_path, capsys, url):
+    _one_line_error(capsys, ["search", _config(tmp_path), "--storage", url, "--quiet"],
+                    f"--storage {url!r} is an in-memory SQLite database", "sqlite:///PATH/study.db")
+    assert _no_statistics(tmp_path)
+
+
+def test_locked_storage_error_names_the_lock():
+    """What the opening reports when SQLite's busy timeout runs out (the driver's own error): the lock, not the
+    folder's permissions."""
+    from sqlalchemy.exc import OperationalError
+
+    from search._storage import storage_error
+
+    exc = OperationalError("BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked"))
+    message = str(storage_error("sqlite:///x/study.db", exc))
+    assert "stayed locked by another process past the busy timeout (database is locked)" in message
+    assert "writable" not in message and "\n" not in message

@@ -92,3 +92,23 @@ def test_a_sweeps_base_may_be_a_shipped_study_name(tmp_path):
     shipped = load_study("quickstart")
     assert [s.cfg.search.seed for s in studies] == [3, 4]
     assert all(s.cfg.model == shipped.model and s.cfg.data.path == shipped.data.path for s in studies)
+
+
+def test_a_failed_study_does_not_stop_the_others(tmp_path, cache, capsys):
+    """The first study's budget no configuration meets: it fails with its error in summary.csv, the second still
+    runs and is summarised, and the command ends with one error line naming the failed study, exit 2."""
+    _base(tmp_path, cache, search={"trials": 2}, run={"max_drop": 0.5})
+    (tmp_path / "sweep.toml").write_text('base = "base.toml"\nout = "batch"\n\n[sweep]\n'
+                                         '"search.budget_flops" = [0.001, 0.9]\n')
+    capsys.readouterr()
+    assert cli_main(["run", str(tmp_path / "sweep.toml"), "--quiet"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("rba: error: 1 of 2 studies failed (search.budget_flops=0.001)"), err
+    assert any(line.startswith("rba: warning: run: study 1 of 2 (search.budget_flops=0.001) failed: ") for line in err)
+    summary = pd.read_csv(tmp_path / "batch" / "summary.csv")
+    assert list(summary["study"]) == ["search.budget_flops=0.001", "search.budget_flops=0.9"]
+    failed, done = summary.iloc[0], summary.iloc[1]
+    assert "budget" in failed["error"] and pd.isna(failed["trials_complete"])
+    assert pd.isna(done["error"]) and done["trials_complete"] == 2
+    assert (tmp_path / "batch" / "search.budget_flops=0.9" / "report.md").exists()
+    assert (tmp_path / "batch" / "fronts.png").stat().st_size > 0
