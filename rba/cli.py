@@ -164,7 +164,6 @@ class Scores(_Command):
     def take_action(self, args):
         from rba._folders import refuse_other_work
         from rba._io import atomic_path
-        from rba.progress import info
         from rba.metrics import plot_scores, score_table
         from rba.session import Session
 
