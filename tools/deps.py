@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["latest", "freeze"])
     parser.add_argument("--tests", choices=["all", "real"], default="all",
                         help="the whole suite (default) or only the real-asset / real-backend tests")
-    parser.add_argument("--venv", type=Path, help="build the environment here and keep it (default: a temporary one)")
+    parser.add_argument("--venv", type=Path, help="build the environment here and keep it, or upgrade the one there "
+                        "(default: a temporary one)")
     args = parser.parse_args(argv)
     if args.action == "freeze" and args.tests != "all":
         parser.error("freeze writes constraints.txt only after the whole suite passed: drop --tests")
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     venv = args.venv or Path(tempfile.mkdtemp(prefix="rba-deps-"))
     python = venv / "bin" / "python"
     try:
-        if _run([sys.executable, "-m", "venv", "--clear", str(venv)]):
+        # a kept environment (--venv) is upgraded in place; a temporary one starts empty
+        if not python.exists() and _run([sys.executable, "-m", "venv", str(venv)]):
             return 1
         if _run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"]):
             return 1
