@@ -81,10 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         print("installed:", ", ".join(f"{k} {v}" for k, v in versions.items()), flush=True)
         selection = REAL_TESTS if args.tests == "real" else []
         status = _run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection])
-        print(f"tests ({args.tests}) with the newest releases: {'passed' if status == 0 else f'FAILED (exit {status})'}")
+        outcome = "passed" if status == 0 else f"FAILED (exit {status})"
+        print(f"tests ({args.tests}) with the newest releases: {outcome}")
         if status != 0 or args.action == "latest":
             return status
-        frozen = subprocess.check_output([str(python), "-m", "pip", "freeze", "--exclude-editable"], cwd=ROOT, text=True)
+        frozen = subprocess.check_output([str(python), "-m", "pip", "freeze", "--exclude-editable"], cwd=ROOT,
+                                         text=True)
         header = (f"# The versions the whole test suite passed with ({datetime.date.today().isoformat()}, Python "
                   f"{platform.python_version()}, {platform.system()} {platform.machine()}).\n"
                   "# Install with: pip install -e \".[test]\" -c constraints.txt\n"
