@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rba._folders import FolderError, identity_diff
-from rba._folders import refusal as _refusal
+from rba.files import FolderError, identity_diff
+from rba.files import refusal as _refusal
 from rba.config import Config
 from rba.data import data_identity
 from rba.fit import get_fit

@@ -29,7 +29,7 @@ import time
 import warnings
 from pathlib import Path
 
-from rba._folders import refuse_other_work
+from rba.files import refuse_other_work
 from rba.progress import info, phase
 from rba.config import Config, config_hash
 from rba.errors import ConfigError, RBAError
