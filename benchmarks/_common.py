@@ -542,15 +542,11 @@ def profile_top(fn: Callable[[], Any], n: int = 12, sort: str = "tottime", title
 
 # ---------------------------------------------------------------------------------------------- uniform sampling
 def hypervolume(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:
-    """Hypervolume of (fidelity ↑, flops_frac ↓) points against ``reference`` (Optuna's own computation);
-    points not better than the reference in both count nothing."""
-    # Optuna has no public hypervolume function (only plots of its history): its private one, here only
-    from optuna._hypervolume import compute_hypervolume
+    """Hypervolume of (fidelity ↑, flops_frac ↓) points against ``reference`` (:func:`search.analysis.hypervolume`,
+    Optuna's own computation); points not better than the reference in both count nothing."""
+    from search.analysis import hypervolume as area
 
-    loss = np.array([[-f, c] for f, c in points if f > reference[0] and c < reference[1]], dtype=float)
-    if not len(loss):
-        return 0.0
-    return float(compute_hypervolume(loss, np.array([-reference[0], reference[1]], dtype=float)))
+    return area([f for f, _ in points], [c for _, c in points], reference[0], reference[1])
 
 
 def count_configurations(num_blocks: int, pairs: Sequence[Span]) -> list[int]:

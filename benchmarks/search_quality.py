@@ -2,7 +2,7 @@
 
 1. **Exhaustive** (``--method exhaustive``, priors off): every configuration evaluated → the true front and its
    hypervolume (objectives fidelity ↑ and flops_frac ↓; reference point: flops_frac 1.0 and the lowest
-   fidelity of the exhaustive run; ``optuna._hypervolume.compute_hypervolume``).
+   fidelity of the exhaustive run; ``search.analysis.hypervolume``).
 2. **TPE, ``--trials`` trials**, for every seed, with and without the BR priors: hypervolume of its front as a
    fraction of the true one. These runs *replay* the exhaustive run's evaluations (the objective is
    deterministic: same fits, same forward), so the sampler sees exactly the numbers a fresh run would see and

@@ -3,17 +3,19 @@ so an interrupted run never leaves a truncated file that a later run would trust
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 import socket
+import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["pid_alive", "atomic_path", "remove_stale_tmp", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "file_sha256", "package_versions"]
+__all__ = ["pid_alive", "atomic_path", "remove_stale_tmp", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "file_sha256", "package_versions", "source_commit"]
 
 
 #: this host's name as it appears in temporary file names (letters, digits and _ only)
@@ -100,11 +102,18 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+#: the distributions whose versions every run.json, recipe.json and onnx.json record
+RECORDED_PACKAGES = ("rba", "torch", "timm", "transformers", "sentence-transformers", "optuna", "ray", "numpy", "pandas",
+                     "safetensors", "scipy", "scikit-learn", "onnx", "onnxruntime")
+
+
 def package_versions() -> dict[str, str]:
+    """Versions of :data:`RECORDED_PACKAGES`, Python's, and ``rba-commit``: the git commit of the rba source that
+    runs (``-dirty`` when its tracked files differ from it; absent when rba does not run from a git checkout)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("rba", "torch", "timm", "transformers", "sentence-transformers", "optuna", "ray", "numpy", "pandas", "safetensors"):
+    for name in RECORDED_PACKAGES:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -112,4 +121,28 @@ def package_versions() -> dict[str, str]:
     import platform
 
     out["python"] = platform.python_version()
+    commit = source_commit()
+    if commit:
+        out["rba-commit"] = commit
     return out
+
+
+@functools.cache
+def source_commit() -> str | None:
+    """The git commit of the checkout rba is imported from, with ``-dirty`` when tracked files have changes."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    head = git("rev-parse", "HEAD")
+    if not head:
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return head + ("-dirty" if status else "")

@@ -170,8 +170,8 @@ def worker_label() -> str:
 WORKER_ATTR = "rba_worker:"
 
 
-def first_heartbeat(trial) -> None:
-    """Record ``trial``'s first heartbeat now, before the trial is labelled with its ``worker``.
+def first_heartbeat(storage, trial) -> None:
+    """Record ``trial``'s first heartbeat in ``storage`` (the study's, from :func:`open_storage`) now, before the trial is labelled with its ``worker``.
 
     Optuna records it from its heartbeat thread, concurrently with the objective, and never counts a RUNNING
     trial without any heartbeat as stale: a process killed before that thread's first write would leave its trial
@@ -179,9 +179,9 @@ def first_heartbeat(trial) -> None:
     first, every labelled trial has a heartbeat, so a survivor fails it after the grace period; a trial killed
     before it is labelled is recovered by :func:`recover_abandoned`. Optuna ignores the duplicate row should the
     thread insert one at the same time."""
-    storage = trial.study._storage
     if storage.get_heartbeat_interval() is not None:
-        storage.record_heartbeat(trial._trial_id)
+        study_id = storage.get_study_id_from_name(trial.study.study_name)
+        storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
 
 
 def register_worker(study) -> None:

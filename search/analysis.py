@@ -22,6 +22,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from search._optuna_private import compute_hypervolume
+
 __all__ = ["hypervolume", "span_count", "redundant_spans", "compare_methods", "best_quality_at",
            "prior_correlations", "multi_span", "search_cost", "feasible_rows", "front_members"]
 
@@ -48,9 +50,6 @@ def feasible_rows(rows: pd.DataFrame) -> pd.DataFrame:
 def hypervolume(quality: Sequence[float], cost: Sequence[float], ref_quality: float, ref_cost: float) -> float:
     """Area that the points (quality ↑, cost ↓) dominate up to the reference point ``(ref_quality, ref_cost)``,
     by Optuna's hypervolume computation; points not better than the reference in both count nothing, nor do NaNs."""
-    # Optuna's hypervolume function is not public API (only plots of its history are): its private one, here only
-    from optuna._hypervolume import compute_hypervolume
-
     loss = np.array([[-q, c] for q, c in zip(quality, cost)
                      if math.isfinite(q) and math.isfinite(c) and q > ref_quality and c < ref_cost], dtype=float)
     if not len(loss):

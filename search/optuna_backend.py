@@ -19,6 +19,7 @@ import time
 from rba.progress import TrialProgress
 from rba.errors import RBAError
 from rba.spans import format_spans
+from search._optuna_private import heartbeat_thread_target
 from search._storage import first_heartbeat, worker_label
 from search.recording import (StudyContext, TrialFailure, complete_count, completed, enqueue_unseen, front_points,
                               record, record_duplicate, record_screened, trial_outcome)
@@ -35,7 +36,7 @@ def trial_function(ctx: StudyContext):
     early_stop = ctx.cfg.search.early_stop and ctx.method == "optuna"
 
     def run(trial: optuna.Trial):
-        first_heartbeat(trial)
+        first_heartbeat(ctx.storage, trial)
         trial.set_user_attr("worker", worker)
         spans = space.suggest(trial)
         key = format_spans(spans)
@@ -125,9 +126,8 @@ def _stop_stray_heartbeats() -> None:
     inside its ``Thread.start`` (waiting for the new thread to run, long enough on a loaded machine) skips the
     block's exit, so the thread records heartbeats forever and the interpreter waits for it at exit: the process
     printed ``rba: interrupted`` and never ended. Its arguments are (trial id, storage, stop event)."""
-    from optuna.storages._heartbeat import HeartbeatThread
-
+    target = heartbeat_thread_target()
     for thread in threading.enumerate():
-        if getattr(thread, "_target", None) is HeartbeatThread._record_heartbeat:
+        if getattr(thread, "_target", None) is target:
             thread._args[2].set()
             thread.join(timeout=10)

@@ -1,8 +1,8 @@
 """Ray Tune backend (``--backend ray``): a function trainable around the shared objective, proposals from
-Ray's ``OptunaSearch`` on the same space, sampler and storage as the Optuna backend.
+the same Optuna study (space, sampler, storage) as the Optuna backend, through its public ask / tell.
 
 * **Constraints**: a trial's result carries its constraint values (``constraint_<budget>``);
-  :class:`ConstrainedOptunaSearch` records them (``set_constraint``) and the result columns (user attributes)
+  :class:`SpanSearcher` records them (``set_constraint``) and the result columns (user attributes)
   on the Optuna trial *before* it is told, so budgets work exactly as with the Optuna backend.
 * **Shared state**: the driver builds the session once and puts the statistics, the cost model (its latency
   table is measured once, so every worker prices configurations identically) and the config into the object
@@ -21,6 +21,7 @@ Ray's ``OptunaSearch`` on the same space, sampler and storage as the Optuna back
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -32,14 +33,13 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from rba.config import config_hash
 from rba.errors import RBAError
 from rba.spans import format_spans
 from search._storage import worker_label
 from search.objective import RESULT_COLUMNS
-from search.recording import (DUPLICATE_ATTR, StudyContext, complete_count, completed, enqueue_unseen, needs_labels,
+from search.recording import (DUPLICATE_ATTR, StudyContext, complete_count, completed, enqueue_unseen, log, needs_labels,
                               record, record_duplicate, record_screened, trial_outcome)
 
 __all__ = ["run_ray", "SharedState"]
@@ -96,17 +96,30 @@ def _trainable(config: dict[str, Any], shared: SharedState) -> None:
     tune.report(report)
 
 
-class ConstrainedOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that records the repaired configuration on ask, and the result columns and
-    constraint values before ``tell``; screening (if on) happens here, before a trial reaches a worker."""
+class SpanSearcher(Searcher):
+    """A Tune ``Searcher`` over the study's Optuna ``ask`` / ``tell`` (public API only): records the repaired
+    configuration on ask, and the result columns and constraint values before ``tell``; screening (if on) happens
+    here, before a trial reaches a worker. Tune's trial ids map to asked Optuna trials; the Optuna storage holds
+    everything a resumed run needs, so :meth:`save` records only which study this is."""
 
-    def __init__(self, *args, driver_key: str, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *, study, distributions: dict, metric: list[str], mode: list[str], driver_key: str):
+        super().__init__(metric=metric, mode=mode)
+        self._study = study
+        self._distributions = distributions
+        self._asked: dict[str, Any] = {}
+        self._told: set[str] = set()
         # the study context lives in the driver process; Tune pickles its searcher, so keep a key only
         self._driver_key = driver_key
         self._failed: set[str] = set()
         self._failed_spans: set[str] = set()
         self._worker = worker_label()  # the driver asks and tells every trial
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w", encoding="utf-8") as f:
+            json.dump({"optuna_study": self._study.study_name}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass  # the Optuna storage is the record; rba resumes from it, not from Tune's checkpoint
 
     @property
     def _ctx(self) -> StudyContext:
@@ -120,50 +133,63 @@ class ConstrainedOptunaSearch(OptunaSearch):
     def _target(self) -> int:
         return _DRIVER[self._driver_key][2]
 
+    def _ask(self, trial_id: str) -> dict:
+        if trial_id not in self._asked:
+            self._asked[trial_id] = self._study.ask(fixed_distributions=self._distributions)
+        return dict(self._asked[trial_id].params)
+
+    def _tell(self, trial_id: str, values=None, state=TrialState.COMPLETE) -> None:
+        ot_trial = self._asked[trial_id]
+        try:
+            self._study.tell(ot_trial, values, state=state)
+        except (ValueError, RuntimeError) as exc:  # e.g. a NaN value: Optuna refuses it, the trial stays unfinished
+            log(f"trial {ot_trial.number}: could not be told ({exc})")
+        self._told.add(trial_id)
+
     def suggest(self, trial_id: str):
         # Tune's num_samples is only an upper bound: the study is done when enough trials COMPLETE, so a
         # failed trial is replaced within the same run
-        done = complete_count(self._ot_study)
+        done = complete_count(self._study)
         if done >= self._target:
             return Searcher.FINISHED
-        if self._ctx.method != "optuna" and not self._ot_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if self._ctx.method != "optuna" and not self._study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return Searcher.FINISHED  # a baseline runs its planned configurations only
-        live = sum(1 for t in self._ot_trials if t not in self._completed_trials)
+        live = sum(1 for t in self._asked if t not in self._told)
         if done + live >= self._target:
             return None  # wait for the running trials before proposing more
         for _ in range(1000):
-            params = super().suggest(trial_id)
-            ot_trial = self._ot_trials[trial_id]
+            params = self._ask(trial_id)
+            ot_trial = self._asked[trial_id]
             spans = self._ctx.space.repair(params)
             key = format_spans(spans)
             ot_trial.set_user_attr("worker", self._worker)
             ot_trial.set_user_attr("spans", key)
-            done = completed(self._ot_study)
+            done = completed(self._study)
             if key in done:  # a repeat: told with the earlier values, no worker spent; a new configuration next
                 if self._ctx.method == "optuna":
-                    enqueue_unseen(self._ctx, self._ot_study, done, seed=self._ctx.cfg.search.seed + ot_trial.number,
+                    enqueue_unseen(self._ctx, self._study, done, seed=self._ctx.cfg.search.seed + ot_trial.number,
                                    trial=ot_trial)
                 values = record_duplicate(ot_trial, done[key])
-                self._ot_study.tell(ot_trial, values, state=TrialState.COMPLETE)
-                del self._ot_trials[trial_id]
+                self._study.tell(ot_trial, values, state=TrialState.COMPLETE)
+                del self._asked[trial_id]
                 continue
-            running = {t.user_attrs.get("spans"): t.number for tid, t in self._ot_trials.items()
-                       if tid != trial_id and tid not in self._completed_trials}
+            running = {t.user_attrs.get("spans"): t.number for tid, t in self._asked.items()
+                       if tid != trial_id and tid not in self._told}
             if key in running:
                 # a repeat of a trial still running: its values are not known yet, so it is told FAIL (samplers
                 # skip it) and left out of the tables like any repeat; a new configuration comes next
                 if self._ctx.method == "optuna":
-                    enqueue_unseen(self._ctx, self._ot_study, set(done) | set(running),
+                    enqueue_unseen(self._ctx, self._study, set(done) | set(running),
                                    seed=self._ctx.cfg.search.seed + ot_trial.number)
                 ot_trial.set_user_attr(DUPLICATE_ATTR, int(running[key]))
-                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-                del self._ot_trials[trial_id]
+                self._study.tell(ot_trial, state=TrialState.FAIL)
+                del self._asked[trial_id]
                 continue
             if key in self._failed_spans and "source" not in ot_trial.user_attrs:
                 # it already failed after its retries in this run: do not spend a worker on it again
                 ot_trial.set_user_attr("error", "skipped: this configuration failed earlier in this run")
-                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-                del self._ot_trials[trial_id]
+                self._study.tell(ot_trial, state=TrialState.FAIL)
+                del self._asked[trial_id]
                 continue
             screen = self._ctx.screen
             if screen is None:
@@ -172,13 +198,13 @@ class ConstrainedOptunaSearch(OptunaSearch):
             if ok:
                 return params
             record_screened(ot_trial, spans, proxy, self._ctx.objective)
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-            del self._ot_trials[trial_id]
+            self._study.tell(ot_trial, state=TrialState.PRUNED)
+            del self._asked[trial_id]
         return params
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or trial_id in self._completed_trials:
+        ot_trial = self._asked.get(trial_id)
+        if ot_trial is None or trial_id in self._told:
             return
         if error:
             # told by fail() once the error text is known (the Tune callback runs right after this)
@@ -188,18 +214,22 @@ class ConstrainedOptunaSearch(OptunaSearch):
             res = {c: result[c] for c in RESULT_COLUMNS} | {"feasible": bool(result.get("feasible", True))}
             res["constraints"] = {k[len("constraint_"):]: v for k, v in result.items() if k.startswith("constraint_")}
             record(ot_trial, res, self._ctx.objective)
-        super().on_trial_complete(trial_id, result=result, error=error)
+        values = [result.get(m) for m in self.metric] if result else None
+        if values is None or any(v is None for v in values):
+            self._tell(trial_id, state=TrialState.PRUNED)
+        else:
+            self._tell(trial_id, values)
         if self._on_complete:
             self._on_complete(ot_trial, "COMPLETE" if result else "PRUNED")
 
     def fail(self, trial_id: str, message: str) -> None:
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or trial_id in self._completed_trials:
+        ot_trial = self._asked.get(trial_id)
+        if ot_trial is None or trial_id in self._told:
             return
         ot_trial.set_user_attr("error", message)
         self._failed_spans.add(ot_trial.user_attrs.get("spans", ""))
         self._failed.discard(trial_id)
-        super().on_trial_complete(trial_id, result=None, error=True)
+        self._tell(trial_id, state=TrialState.FAIL)
         if self._on_complete:
             self._on_complete(ot_trial, "FAIL")
 
@@ -229,7 +259,7 @@ def _error_text(trial) -> str:
 class RecordErrors(Callback):
     """Gives the searcher each failed trial's error text (after Tune's retries are spent)."""
 
-    def __init__(self, searcher: ConstrainedOptunaSearch):
+    def __init__(self, searcher: SpanSearcher):
         self.searcher = searcher
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -295,9 +325,8 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
         metric = ctx.objective.columns
         mode = ["max" if d == "maximize" else "min" for d in ctx.objective.directions]
         missing = total - complete_count(study)
-        searcher = ConstrainedOptunaSearch(space=ctx.space.distributions(), metric=metric, mode=mode,
-                                           sampler=sampler, study_name=ctx.study_name, storage=ctx.storage,
-                                           driver_key=driver_key)
+        searcher = SpanSearcher(study=study, distributions=ctx.space.distributions(), metric=metric, mode=mode,
+                                driver_key=driver_key)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher,

@@ -64,3 +64,20 @@ def test_installed_copy_lists_and_loads_studies_by_name(installed, tmp_path):
     shipped = sorted(p.stem for p in (ROOT / "studies").glob("*.toml"))
     assert "quickstart" in shipped and "minilm_reviews" in shipped
     assert [line.split()[0] for line in listed] == shipped
+
+
+def test_package_versions_record_the_source_commit():
+    """Every run.json / recipe.json / onnx.json records the git commit rba runs from (checked against git)."""
+    import subprocess
+    from pathlib import Path
+
+    import rba
+    from rba._io import package_versions
+
+    root = Path(rba.__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        pytest.skip("rba is not imported from a git checkout here")
+    head = subprocess.check_output(["git", "-C", str(root), "rev-parse", "HEAD"], text=True).strip()
+    versions = package_versions()
+    assert versions["rba-commit"] in (head, head + "-dirty")
+    assert {"torch", "transformers", "optuna", "ray", "timm", "python"} <= set(versions)

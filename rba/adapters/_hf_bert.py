@@ -70,24 +70,14 @@ def _folder_digest(folder: Path) -> str:
 
 
 def _layer_mask(model: nn.Module, h: torch.Tensor, mask: torch.Tensor | None) -> Any:
-    """The attention mask in the form the model's own forward hands to its layers.
+    """The attention mask in the form the model's own forward hands to its layers: transformers' public
+    ``create_bidirectional_mask`` with the arguments ``BertModel.forward`` passes it (it returns None when no
+    token is padding and the attention implementation can skip the mask)."""
+    from transformers.masking_utils import create_bidirectional_mask  # after _offline(): see the module docstring
 
-    transformers 5.x: ``model._create_attention_masks`` (``create_bidirectional_mask``; may be None when no
-    token is padding); 4.x: the extended additive mask (N, 1, 1, T).
-    """
     if mask is None:
         return None
     mask = mask.to(device=h.device, dtype=torch.long)
-    if hasattr(model, "_create_attention_masks"):
-        layer_mask, _ = model._create_attention_masks(
-            attention_mask=mask, encoder_attention_mask=None, embedding_output=h,
-            encoder_hidden_states=None, cache=None,
-        )
-        return layer_mask
-    try:
-        from transformers.masking_utils import create_bidirectional_mask
-    except ImportError:
-        return model.get_extended_attention_mask(mask, tuple(mask.shape), dtype=h.dtype)
     return create_bidirectional_mask(config=model.config, inputs_embeds=h, attention_mask=mask)
 
 

@@ -99,6 +99,14 @@ def _fixed_input_size(name: str) -> bool:
     return bool(pretrained_cfg is not None and pretrained_cfg.fixed_input_size)
 
 
+class _BlocksInput(Exception):
+    """Ends a ``forward_features`` call at ``model.blocks``, carrying the blocks' input."""
+
+    def __init__(self, x: torch.Tensor):
+        super().__init__("model.blocks reached")
+        self.x = x
+
+
 class TimmViT(Adapter):
     """timm ``VisionTransformer`` (and subclasses: DeiT, DINOv2-style with register tokens).
 
@@ -115,12 +123,22 @@ class TimmViT(Adapter):
         return self.preprocess(samples)
 
     def embed(self, inputs):
-        m = self.model
-        x = m.patch_embed(self.to_model(inputs))
-        x = m._pos_embed(x)
-        x = m.patch_drop(x)
-        x = m.norm_pre(x)
-        return x, Context()
+        """What ``forward_features`` hands to ``model.blocks`` (patch and position embeddings, prefix tokens, the
+        pre-norm), taken by a forward pre-hook that ends the forward there: timm's public surface has no call
+        for the embeddings alone, and this stays right whatever timm's model does before its blocks."""
+
+        def stop(_module, args):
+            raise _BlocksInput(args[0])
+
+        handle = self.model.blocks.register_forward_pre_hook(stop)
+        try:
+            self.model.forward_features(self.to_model(inputs))
+        except _BlocksInput as reached:
+            return reached.x, Context()
+        finally:
+            handle.remove()
+        raise ModelError(f"{type(self.model).__name__}.forward_features did not call model.blocks (gradient "
+                         "checkpointing on?): rba needs the blocks run as one nn.Sequential")
 
     def pool(self, h, ctx):
         return self.model.forward_head(self.model.norm(h), pre_logits=True)

@@ -72,3 +72,11 @@ def test_start_and_stop(tiny):
     span = {(i, j): lambda h: h * 2.0}
     got = adapter.last_boundary(states[i], ctx, start=i, replace=span)
     torch.testing.assert_close(adapter.pool(got, ctx), staged_forward(adapter, x, span), rtol=0, atol=0)
+
+
+@torch.inference_mode()
+def test_staged_forward_equals_the_models_own_forward(tiny):
+    """``embed`` → every block → ``pool`` equals the model's own forward (``adapter.forward`` calls the
+    library's forward, e.g. timm's ``forward_features`` / transformers' ``BertModel``), padding included."""
+    adapter, x = tiny
+    torch.testing.assert_close(staged_forward(adapter, x), adapter.forward(x), rtol=1e-5, atol=1e-6)

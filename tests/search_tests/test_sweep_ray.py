@@ -62,7 +62,7 @@ def test_sweep_on_two_node_cluster_resumes_after_sigkill(tmp_path):
                 cluster.address, "--max-concurrent", "2", "--quiet"]
         # the driver proposes each trial 0.5 s late, so the kill lands inside the second study's search (the
         # first study finished, the second with trials started and possibly some complete)
-        proc = subprocess.Popen([*slowed_cli("search.ray_backend", "ConstrainedOptunaSearch.suggest", 0.5), *argv], cwd=str(REPO), env=env,
+        proc = subprocess.Popen([*slowed_cli("search.ray_backend", "SpanSearcher.suggest", 0.5), *argv], cwd=str(REPO), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         first, second = out / "search.seed=0" / "study.db", out / "search.seed=1" / "study.db"
         killed = wait_for(lambda: _started(second) >= 1 and len(_complete(second)) < total, timeout_s=150, proc=proc)
