@@ -105,6 +105,7 @@ class CausalLM(Adapter):
         self.tokenizer = tokenizer
         if tokenizer.pad_token is None:  # Llama / GPT-2 tokenizers have none; padding is masked out anyway
             tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"  # real tokens at their own positions 0..n-1, padding after them
         limit = getattr(self.config, "max_position_embeddings", None) or getattr(self.config, "n_positions", None)
         self.max_length = int(min(max_length, limit or max_length))
         self.layer_types = list(getattr(self.config, "layer_types", None) or ["full_attention"] * len(layers))
@@ -120,7 +121,6 @@ class CausalLM(Adapter):
     # ------------------------------------------------------------------ staged forward
     def collate(self, samples: Sequence[str]) -> Any:
         texts = [str(s) for s in samples]
-        self.tokenizer.padding_side = "right"  # real tokens at their own positions, padding after them
         return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
 
     def _ids_and_mask(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,11 +225,15 @@ def build_causal_lm(cfg) -> Adapter:
         raise ModelError("model.weights is not used by kind causal-lm for real models: the weights are the folder's "
                          "or the .gguf file's (model.name)")
     folder, gguf = _locate(cfg, m.name)
-    model, tokenizer = _load(folder, gguf, pretrained=m.pretrained, seed=seed)
     if m.pretrained:
+        # the same weights whether read from the .gguf or from its converted folder: one identity, one cache key
         identity["weights"] = file_digest(folder / gguf) if gguf else _folder_digest(folder)
+        if gguf:
+            model, tokenizer = _load_gguf_converted(folder / gguf, cfg.cache_dir() / "models", identity["weights"])
+            return CausalLM(model, tokenizer, identity, cfg.data.max_length)
     else:
         identity |= {"weights": "random", "seed": seed}
+    model, tokenizer = _load(folder, gguf, pretrained=m.pretrained, seed=seed)
     return CausalLM(model, tokenizer, identity, cfg.data.max_length)
 
 
@@ -298,6 +302,47 @@ def _load(folder: Path, gguf: str | None, *, pretrained: bool, seed: int) -> tup
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ModelError(f"cannot load a transformers causal LM from {where}: {reason}") from None
     return model.eval(), tokenizer  # float32 already (dtype above); .float() is refused for GGUF-loaded models
+
+
+def _load_gguf_converted(path: Path, cache: Path, digest: str) -> tuple[nn.Module, Any]:
+    """A .gguf model through its plain float32 copy in ``cache`` (a transformers folder, written on first use).
+
+    transformers dequantises a GGUF file on every load (≈ 50 s for SmolLM2-135M on 2 busy cores, 1.6 GB peak)
+    and marks the result as a quantised model that ``save_pretrained`` and ``.float()`` refuse; the copy is an
+    ordinary model (its config without ``quantization_config``, the same tensors), loaded in about a second.
+    """
+    target = cache / f"{path.stem}-{digest}"
+    if (target / "config.json").is_file():
+        return _load(target, None, pretrained=True, seed=0)
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = _load(path.parent, path.name, pretrained=True, seed=0)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    plain = AutoModelForCausalLM.from_config(type(model.config).from_dict(config), dtype=torch.float32)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    _save_folder(plain, tokenizer, target)
+    return plain.eval(), tokenizer
+
+
+def _save_folder(model: nn.Module, tokenizer: Any, target: Path) -> None:
+    """``save_pretrained`` into a temporary folder beside ``target``, then one rename: a reader never sees a
+    half-written folder, and a concurrent writer's finished copy is kept."""
+    import shutil
+    import tempfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _need(package: str, what: str) -> None:

@@ -96,6 +96,16 @@ def test_gemma3_sliding_layers_get_their_own_mask_and_rotary():
 
 
 @torch.no_grad()
+def test_gemma_final_logit_softcapping():
+    """Gemma's soft-capping (tanh(logits / cap) · cap, off in Gemma 3's default config) is part of the head."""
+    adapter = create_adapter(_cfg(name="tiny-gemma3", options={"final_logit_softcapping": 0.05}))
+    x = adapter.collate(TEXTS)
+    logits = _staged_logits(adapter, x)
+    assert float(logits.abs().max()) <= 0.05 + 1e-6
+    torch.testing.assert_close(logits, _own_logits(adapter, x), rtol=0, atol=ATOL)
+
+
+@torch.no_grad()
 def test_gemma3_embedding_scale_is_applied():
     adapter = create_adapter(_cfg(name="tiny-gemma3"))
     x = adapter.collate(TEXTS[:1])
@@ -168,6 +178,11 @@ def test_a_local_folder_loads_as_saved(tmp_path):
     assert loaded.identity["weights"] not in ("random", None)
     x = tiny.collate(TEXTS)
     torch.testing.assert_close(_staged_logits(loaded, x), _own_logits(tiny, x), rtol=0, atol=ATOL)
+    # pretrained = false: the folder's architecture with seeded random weights
+    random = create_adapter(_cfg(name=str(tmp_path / "m"), options={"seed": 5}))
+    assert random.identity["weights"] == "random" and random.num_blocks == tiny.num_blocks
+    assert random.dtype == torch.float32
+    assert not torch.equal(random.blocks[0].mlp.up_proj.weight, tiny.blocks[0].mlp.up_proj.weight)
 
 
 def test_seeded_and_options():
