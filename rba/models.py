@@ -51,11 +51,18 @@ MODEL_FILES: dict[str, WheelFile] = {
 }
 
 
+#: environment variable: the folder of fetched model files, instead of the rba cache's ``models`` folder
+MODELS_DIR_ENV = "RBA_MODELS_DIR"
+
+
 def models_dir() -> Path:
-    """Where fetched model files live: the rba cache's ``models`` folder."""
+    """Where fetched model files live: ``$RBA_MODELS_DIR``, else the rba cache's ``models`` folder."""
+    import os
+
     from rba.config import default_cache_dir
 
-    return default_cache_dir() / "models"
+    configured = os.environ.get(MODELS_DIR_ENV)
+    return Path(configured) if configured else default_cache_dir() / "models"
 
 
 def model_file(name: str) -> Path:

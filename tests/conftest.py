@@ -18,6 +18,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 # Tests never write into the user's statistics cache (~/.cache/rba): the default cache folder of every test, and
 # of every process a test starts, is in this session's temporary folder
+# (fetched model files such as `rba data smollm2`'s stay where the user keeps them: real-model tests read them there)
+from rba.models import models_dir  # noqa: E402
+
+USER_MODELS_DIR = models_dir()
 _CACHE_HOME = tempfile.mkdtemp(prefix="rba-tests-cache-")
 os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
 atexit.register(shutil.rmtree, _CACHE_HOME, ignore_errors=True)

@@ -3,13 +3,22 @@
 import pytest
 import torch
 
-from rba.models import model_file
+from conftest import USER_MODELS_DIR
+from rba.models import MODELS_DIR_ENV, model_file
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not model_file("smollm2").is_file(),
+    pytest.mark.skipif(not (USER_MODELS_DIR / model_file("smollm2").name).is_file(),
                        reason="SmolLM2 GGUF not in the rba cache: fetch it with `rba data smollm2`"),
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _users_models():
+    """The model file where the user fetched it (the suite's own cache folder is a temporary one)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(MODELS_DIR_ENV, str(USER_MODELS_DIR))
+        yield
 
 PROMPT = "The capital of France is"
 
