@@ -11,7 +11,7 @@ the same Optuna study (space, sampler, storage) as the Optuna backend, through i
   reused): those caches are L × n × T × D floats (gigabytes for a BERT on 1000+1000 samples) and would
   cost more to ship through the store than to recompute.
 * **Cluster**: ``--address`` joins an existing cluster (its workers must be able to import ``rba`` and
-  ``search``); otherwise ``ray.init(num_cpus=os.cpu_count())`` starts a local one, with ``max_concurrent``
+  ``search``); otherwise ``ray.init(address="local", num_cpus=os.cpu_count())`` starts a local one, with ``max_concurrent``
   trials each given ``num_cpus // max_concurrent`` CPUs.
 * **Failures**: a trial that raises is retried ``max_failures`` times (``FailureConfig``); then it is
   recorded FAIL with its error (user attribute ``error``) and the study goes on. Only distinct completed
@@ -291,7 +291,9 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
             if s.ray_address:
                 ray.init(address=s.ray_address, **kwargs)
             else:
-                ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+                # "local": a new instance of its own, even where `ray start` left a cluster running on this machine
+                # (ray.init would join that one, and refuse num_cpus there)
+                ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)
         except ConnectionError as exc:  # e.g. --address auto with no cluster running
             raise RBAError(f"cannot join the Ray cluster at --address {s.ray_address}: {str(exc).splitlines()[0]} "
                            "Start one with `ray start --head`, or drop --address to run a local Ray") from None

@@ -11,8 +11,11 @@ from _search_helpers import faulty_objective, make_config
 from search.pareto import TRIAL_COLUMNS
 
 
-def test_ray_backend_writes_the_same_files(tmp_path):
+def test_ray_backend_writes_the_same_files(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
+    # where a cluster is already known on this machine (RAY_ADDRESS, or `ray start`'s record of its last cluster),
+    # a run without --address still starts a local Ray of its own (ray.init would join that one instead)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
     from search import run_search
     from search.baselines import front_priors, prior_configurations, span_scores
     from rba.session import Session
