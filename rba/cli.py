@@ -1,4 +1,4 @@
-"""``rba`` command line: one class per subcommand, flags override the config file (the README's flag table).
+"""``rba`` command line: one class per subcommand, flags override the config file (docs/cli.md).
 
 Errors a user can fix print one line (``rba: error: …``) and exit 2; nothing half-written is left behind.
 """
