@@ -103,8 +103,10 @@ class _Command:
     def configure(self, cfg, args: argparse.Namespace):
         """``cfg`` with the override flags applied (--out aside), checked against this machine."""
         cfg.override({key: getattr(args, _flag_dest(flag)) for flag, key, _, _ in self.flags})
+        from rba.adapters import check_weights_file
         from rba.data import check_data_paths
 
+        check_weights_file(cfg)  # the input files, before any long work: the model's, then the data's
         check_data_paths(cfg)
         _check_device(cfg)
         _check_writable_dir(cfg.cache_dir(), "statistics cache folder (capture.cache_dir)")

@@ -18,7 +18,7 @@ from torch import nn
 
 from rba._io import atomic_write_json, atomic_write_text, package_versions
 from rba.progress import info, phase, tick
-from rba.adapters import Adapter, Span, create_adapter
+from rba.adapters import Adapter, Span, check_weights_file, create_adapter
 from rba.capture import STATS_FORMAT, Statistics, capture_statistics
 from rba.config import Config, config_hash
 from rba.data import Dataset, Splits, check_data_paths, load_calibration_dataset, load_dataset, make_splits
@@ -77,7 +77,8 @@ class Session:
         self._given_adapter = adapter
         self._given_stats = stats
         self._given_cost_model = cost_model
-        check_data_paths(cfg)  # a wrong path fails now, not after the model has loaded
+        check_weights_file(cfg)  # a wrong path fails now, not after the model has loaded
+        check_data_paths(cfg)
 
     # ------------------------------------------------------------------ model and data
     @cached_property

@@ -3,5 +3,6 @@
 from rba.adapters._base import Adapter, Context
 from rba.spans import Span
 from rba.adapters._registry import create_adapter, is_adapter, list_adapters, register_adapter
+from rba.adapters._weights import check_weights_file
 
-__all__ = ["Adapter", "Context", "Span", "create_adapter", "is_adapter", "list_adapters", "register_adapter"]
+__all__ = ["Adapter", "Context", "Span", "check_weights_file", "create_adapter", "is_adapter", "list_adapters", "register_adapter"]

@@ -12,7 +12,7 @@ from torch import nn
 
 from rba.errors import ModelError
 
-__all__ = ["load_weights", "load_into", "describe_mismatch", "file_digest", "weights_path"]
+__all__ = ["load_weights", "load_into", "describe_mismatch", "file_digest", "weights_path", "check_weights_file"]
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -97,12 +97,20 @@ def weights_path(cfg, what: str) -> Path | None:
             f"{what} needs pretrained weights: set model.weights to a local file "
             "(nothing is downloaded), or pretrained = false for random weights"
         )
-    if weights is not None and m.pretrained and not weights.exists():  # before the model is even built
+    check_weights_file(cfg)  # before the model is even built
+    return weights
+
+
+def check_weights_file(cfg) -> None:
+    """A ``model.weights`` file the config names for pretrained weights exists (one line with the way to make it
+    otherwise): checked before the data are read or the model is built."""
+    m = cfg.model
+    weights = cfg.resolve_path(m.weights)
+    if weights is not None and m.pretrained and not weights.exists():
         how = (f"make it with: {m.weights_hint}" if m.weights_hint else
                "set model.weights to a local file (relative paths start at the config's folder, or at the working "
                "directory for a study run by name), or pretrained = false for random weights")
         raise ModelError(f"weights file not found: {weights}; {how}")
-    return weights
 
 
 def file_digest(path: str | Path) -> str:
