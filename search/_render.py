@@ -39,9 +39,7 @@ def _read(out: Path) -> dict:
     info = data["info"]
     info["metrics"] = dict(info["metrics"])  # metric → higher is more redundant, in the registry's order
     pareto = data["pareto"]
-    ref_row, reference, front = split_pareto(pareto, info["objective_columns"])
-    if len(ref_row) + len(front) < len(pareto):  # an older rba's: shown without the "none" trial, the file as it is
-        pareto = pd.concat([ref_row, front], ignore_index=True)  # (`rba report --measure` writes it again)
+    _, reference, front = split_pareto(pareto, info["objective_columns"])
     return {"info": info, "trials": data["trials"], "scores": data["scores"], "pareto": pareto, "front": front,
             "reference": reference, "baselines": data.get("baselines"), "singles": data.get("singles")}
 
@@ -116,17 +114,41 @@ def _load_text(record: dict) -> str:
     return f", load {record['load_start']:.1f} → {record['load_end']:.1f}" if "load_start" in record else ""
 
 
-def _onnx_lines(s: dict, flops_frac: float) -> list[str]:
-    """The report's ONNX Runtime line from an ``onnx`` record of :func:`measure_export`."""
-    from rba.timing import speedup_text
+def _speedup_text(record: dict, keys: dict[str, str], ceiling: dict) -> str:
+    """A speed-up record (PyTorch's, or ONNX Runtime's: ``keys`` maps the :class:`rba.timing.Comparison` fields to
+    its keys) as the report states it: the median paired ratio with its interval and how often the export was
+    faster (:func:`rba.timing.comparison_text`), or, above the ceiling that the same run's latency table (or the
+    FLOPs) allows, flagged as noise instead of quoted."""
+    from rba.timing import Comparison, comparison_text
 
+    c = Comparison(**{field: record[key] for field, key in keys.items()}, order=record["order"],
+                   confidence=record["confidence"], repeats=record["repeats"])
+    text = comparison_text(c, batch_size=record["batch_size"], threads=record["threads"])
+    bound = ceiling["speedup"]
+    what = ("the latency table of the same run" if ceiling["source"] == "latency table"
+            else "the FLOPs (no latency table was measured)")
+    if c.speedup > bound:
+        return (f"**implausible, not a result**: the measured {text} is above the ceiling of {bound:.3g}× that "
+                f"{what} allows with the replacing maps free; the difference is timing noise (load), so no speed-up "
+                "is claimed")
+    return f"{text}; ceiling {bound:.3g}× ({what}, the replacing maps free)"
+
+
+#: the PyTorch and ONNX Runtime records' keys for the fields of a Comparison
+_TORCH_KEYS = {"a_ms": "original_ms", "b_ms": "export_ms", "speedup": "speedup", "speedup_low": "speedup_low",
+               "speedup_high": "speedup_high", "b_faster": "export_faster", "a_times_ms": "original_times_ms",
+               "b_times_ms": "export_times_ms"}
+_ONNX_KEYS = {"a_ms": "onnx_unmodified_ms", "b_ms": "onnx_export_ms", "speedup": "onnx_speedup",
+              "speedup_low": "onnx_speedup_low", "speedup_high": "onnx_speedup_high",
+              "b_faster": "onnx_export_faster", "a_times_ms": "unmodified_times_ms", "b_times_ms": "export_times_ms"}
+
+
+def _onnx_lines(s: dict, flops_frac: float, ceiling: dict) -> list[str]:
+    """The report's ONNX Runtime line from an ``onnx`` record of :func:`search._measure.measure_export`."""
     return [f"ONNX Runtime (export/model.onnx against export/unmodified.onnx, both checked against PyTorch: max "
             f"relative difference {s['max_rel_diff']:.2g}{_load_text(s)}): unmodified {s['onnx_unmodified_ms']:.4g} "
-            f"ms/sample, export {s['onnx_export_ms']:.4g} ms/sample (medians); "
-            + speedup_text(s["onnx_speedup"], s["onnx_speedup_q1"], s["onnx_speedup_q3"], repeats=s["repeats"],
-                           batch_size=s["batch_size"], threads=s["threads"])
-            + f", at flops_frac {flops_frac:.3g}.", ""]
-
+            f"ms/sample, export {s['onnx_export_ms']:.4g} ms/sample (medians of the same repeats); "
+            + _speedup_text(s, _ONNX_KEYS, ceiling) + f"; at flops_frac {flops_frac:.3g}.", ""]
 
 
 def _why_column(column: str, info: dict, kinds) -> str:
@@ -321,30 +343,27 @@ def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: di
     if export is None:
         return ["## Exported configuration", "", "No feasible configuration: nothing exported.", ""]
     row = _chosen(front, reference, choice["spans"])
-    speed = export["speed"]
-    if "original_times_ms" in speed:
-        from rba.timing import speedup_text
-
-        headline = speedup_text(speed["speedup"], speed["speedup_q1"], speed["speedup_q3"], repeats=speed["repeats"],
-                                batch_size=speed["batch_size"], threads=speed["threads"])
-    else:  # a record of an older rba, which did not keep the times
-        headline = (f"speed-up {speed['speedup']:.3g}× (an older rba's median of per-repeat ratios, quartiles "
-                    f"{speed['speedup_q1']:.3g}–{speed['speedup_q3']:.3g}; `rba report DIR --measure` measures it "
-                    "again as the ratio of the medians)")
+    speed, ceiling = export["speed"], export["ceiling"]
     onnx = export.get("onnx") or {}
-    onnx_lines = (_onnx_lines(onnx, export["measured"]["flops_frac"]) if "unmodified_times_ms" in onnx
-                  else export.get("onnx_lines", []))
+    onnx_lines = _onnx_lines(onnx, export["measured"]["flops_frac"], ceiling) if onnx else []
+    # latency: the search row's is the cost model's; the unmodified model's and the export's are the medians of
+    # the interleaved run quoted under the table, so that the table and the speed-up line agree
+    table = pd.DataFrame([
+        {"source": "unmodified model"} | {c: reference.get(c) for c in RESULT_COLUMNS}
+        | {"latency_ms": speed["original_ms"]},
+        {"source": "search (modelled latency)"} | {c: row[c] for c in RESULT_COLUMNS},
+        {"source": "export (measured)"} | {c: export["measured"].get(c) for c in RESULT_COLUMNS}
+        | {"latency_ms": speed["export_ms"]}])
     return ["## Exported configuration", "",
             f"`{choice['spans']}`, written to `export/` (model.safetensors + recipe.json, with its classifier head "
-            "when the data has labels: `rba.head_logits`). Reloaded and evaluated end to end:", "",
-            _markdown(pd.DataFrame([{"source": "unmodified model"} | {c: reference.get(c) for c in RESULT_COLUMNS},
-                                    {"source": "search (modelled latency)"} | {c: row[c] for c in RESULT_COLUMNS},
-                                    {"source": "export (measured)"} | {c: export["measured"].get(c)
-                                                                       for c in RESULT_COLUMNS}])),
-            "",
-            f"Latency, measured back to back (unmodified model and export interleaved{_load_text(speed)}): unmodified "
-            f"{speed['original_ms']:.4g} ms/sample, export {speed['export_ms']:.4g} ms/sample (medians); {headline}. "
-            "Written to export/latency.json.", "",
+            "when the data has labels: `rba.head_logits`). Reloaded and evaluated end to end; the latency of the "
+            "unmodified model and of the export is the median per sample of the interleaved run below, the search "
+            "row's the cost model's:", "",
+            _markdown(table), "",
+            f"Latency, measured back to back (unmodified model and export interleaved, unmodified-export-export-"
+            f"unmodified in each repeat{_load_text(speed)}): unmodified {speed['original_ms']:.4g} ms/sample, export "
+            f"{speed['export_ms']:.4g} ms/sample (medians of the same repeats); "
+            f"{_speedup_text(speed, _TORCH_KEYS, ceiling)}. Written to export/latency.json.", "",
             *onnx_lines]
 
 

@@ -171,10 +171,11 @@ def split_pareto(pareto: pd.DataFrame, objective_columns: list[str]) -> tuple[pd
     return ref_row, reference, front
 
 
-#: report.json's format; ``rba report`` reads this format only
-REPORT_FORMAT = 1
+#: report.json's format; ``rba report`` reads this format only. 2: the speed-up as the median of paired
+#: per-repeat ratios with its interval and ceiling
+REPORT_FORMAT = 2
 
-#: what report.json holds (format 1)
+#: what report.json holds
 _REPORT_KEYS = {"format", "name", "header", "method", "objectives", "objective_columns", "budgets", "quality", "cost",
                 "max_drop", "choice", "export", "configurations", "metrics", "flops_points", "baselines",
                 "single_spans", "titles", "timing"}
@@ -258,7 +259,8 @@ def read_report_inputs(out: Path) -> dict:
                           "write it again (the study resumes, no trial is repeated)") from None
     if info.get("format") != REPORT_FORMAT:
         raise ReportError(f"{path} has report format {info.get('format')!r}, and this rba reads format "
-                          f"{REPORT_FORMAT}: rerun `rba run` on this study to write it again")
+                          f"{REPORT_FORMAT}: rerun `rba run` on this study to write it again (the study resumes, no "
+                          "trial is repeated)")
     missing = sorted(_REPORT_KEYS - info.keys())
     if missing:
         raise ReportError(f"{path} does not follow report format {REPORT_FORMAT} (missing: {', '.join(missing)}): "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rba.files import atomic_path, atomic_write_json
 from rba.fit import fit_label
-from search._measure import _export, measure_export, measure_speedup, remeasure_report
+from search._measure import _export, measure_export, measure_speedup, remeasure_report, speed_summary
 from search._render import render_report
 from search._results import (
     REPORT_FORMAT,
@@ -132,8 +132,7 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
         summary |= {"export_spans": str(choice.row["spans"]), "export_quality": float(choice.row[quality]),
                     "export_cost": float(choice.row[cost])}
         summary |= {c: float(export["measured"][c]) for c in ("accuracy", "fidelity", "flops_frac", "params_frac")}
-        summary |= {k: export["speed"][k] for k in ("speedup", "speedup_q1", "speedup_q3")}
-        summary |= {k: v for k, v in export["onnx"].items() if k.startswith("onnx_")}
+        summary |= speed_summary(export)
     atomic_write_json(out / "summary.json", summary)
     # what an earlier run of this folder wrote for a section this run leaves out would read as this run's
     stale = (([] if baselines else ["baselines.csv"])

@@ -210,15 +210,16 @@ def test_max_drop_refused_when_negative(study, capsys):
 
 
 def test_speedup_is_measured_back_to_back(monkeypatch):
-    """Two models whose forward costs are known on a fake clock (the test times nothing): interleaved calls
-    after a warm-up, per-sample medians, the speed-up as the median per-pair ratio with its quartiles."""
+    """Two models whose forward costs are known on a fake clock (the test times nothing): both warmed up, then
+    original-export-export-original in every repeat, at least 20 repeats of a fast batch, per-sample medians of
+    the same repeats, and the headline: the median of the paired per-repeat ratios."""
     clock = [0.0]
     calls = []
     monkeypatch.setattr("rba.timing.time.perf_counter", lambda: clock[0])
 
     class Fake:
         def __init__(self, name, seconds):
-            self.name, self.seconds, self.n = name, seconds, 0
+            self.name, self.seconds = name, seconds
 
         def collate(self, samples):
             return samples
@@ -226,29 +227,35 @@ def test_speedup_is_measured_back_to_back(monkeypatch):
         def forward(self, batch):
             assert len(batch) == 4
             calls.append(self.name)
-            # the original slows down for one repeat (load), the export for another
-            slow = (self.name == "o" and len(calls) == 7) or (self.name == "e" and len(calls) == 10)
+            # the original slows down in one run of repeat 3 (load), the export in one of repeat 5
+            slow = (self.name == "o" and len(calls) == 8 + 4 * 3 + 1) or (self.name == "e" and len(calls) == 8 + 4 * 5 + 2)
             clock[0] += self.seconds * (3 if slow else 1)
 
     speed = measure_speedup(Fake("o", 0.02), Fake("e", 0.005), list(range(10)), batch_size=4, repeats=5)
-    assert calls == ["o", "e"] * 7  # two warm-up pairs, then five interleaved pairs
-    assert speed["batch_size"] == 4 and speed["repeats"] == 5 and speed["threads"] == torch.get_num_threads()
-    assert speed["original_ms"] == pytest.approx(20 / 4) and speed["export_ms"] == pytest.approx(5 / 4)
-    # ratios per pair: 12 (original slow), 4/3 (export slow), and 4 three times
-    ratios = np.array([12.0, 4 / 3, 4.0, 4.0, 4.0])
-    assert speed["speedup"] == pytest.approx(4.0)
-    assert speed["speedup_q1"] == pytest.approx(np.percentile(ratios, 25))
-    assert speed["speedup_q3"] == pytest.approx(np.percentile(ratios, 75))
+    assert calls == ["o", "e", "e", "o"] * 22  # two warm-up rounds, then 20 repeats (a round is under a second)
+    assert speed["batch_size"] == 4 and speed["repeats"] == 20 and speed["threads"] == torch.get_num_threads()
+    # per repeat, each side's mean of its two runs, per sample (ms)
+    o = np.full(20, 20 / 4)
+    e = np.full(20, 5 / 4)
+    o[3] = (60 + 20) / 2 / 4
+    e[5] = (15 + 5) / 2 / 4
+    np.testing.assert_allclose(speed["original_times_ms"], o)
+    np.testing.assert_allclose(speed["export_times_ms"], e)
+    assert speed["original_ms"] == pytest.approx(np.median(o)) and speed["export_ms"] == pytest.approx(np.median(e))
+    assert speed["speedup"] == pytest.approx(np.median(o / e)) == pytest.approx(4.0)
+    assert speed["export_faster"] == 1.0 and speed["order"] == "ABBA"
+    assert min(o / e) <= speed["speedup_low"] <= speed["speedup"] <= speed["speedup_high"] <= max(o / e)
 
 
-def test_speedup_is_the_ratio_of_the_medians(monkeypatch):
-    """Per-repeat times on a fake clock where most per-repeat ratios favour the export but its median latency is
-    the slower: the speed-up reads < 1 (the ratio of the medians), the spread is the per-repeat ratios' quartiles."""
-    import statistics
-
+def test_speedup_is_the_median_of_the_paired_ratios(monkeypatch):
+    """Per-repeat times on a fake clock where the ratio of the medians says the export is slower and most paired
+    ratios say it is faster: the headline is the paired median (> 1), the share of repeats the export won is
+    stated, and the ratio of the medians is not what the record calls the speed-up."""
     clock = [0.0]
     monkeypatch.setattr("rba.timing.time.perf_counter", lambda: clock[0])
-    seconds = {"o": iter([1.0, 1.0, 1.0, 3.0, 2.0]), "e": iter([1.0, 1.0, 2.5, 2.9, 1.9])}  # 2 warm-ups, 3 repeats
+    o_s, e_s = [1.0, 3.0, 2.0, 2.2, 1.1], [2.5, 2.9, 1.9, 2.1, 1.0]  # seconds per repeat, slow (no raise to 20)
+    seconds = {"o": iter([1.0] * 4 + [v for v in o_s for _ in range(2)]),
+               "e": iter([1.0] * 4 + [v for v in e_s for _ in range(2)])}
 
     class Fake:
         def __init__(self, name):
@@ -260,36 +267,74 @@ def test_speedup_is_the_ratio_of_the_medians(monkeypatch):
         def forward(self, batch):
             clock[0] += next(seconds[self.name])
 
-    speed = measure_speedup(Fake("o"), Fake("e"), list(range(4)), batch_size=4, repeats=3)
-    o, e = np.array(speed["original_times_ms"]), np.array(speed["export_times_ms"])
-    np.testing.assert_allclose(o, np.array([1.0, 3.0, 2.0]) * 1000 / 4)
-    np.testing.assert_allclose(e, np.array([2.5, 2.9, 1.9]) * 1000 / 4)
-    assert np.median(o / e) > 1  # what the old headline said
-    assert speed["speedup"] == pytest.approx(np.median(o) / np.median(e)) and speed["speedup"] < 1
-    assert speed["speedup"] == pytest.approx(statistics.median([1, 3, 2]) / statistics.median([2.5, 2.9, 1.9]))
-    assert (speed["speedup_q1"], speed["speedup_q3"]) == pytest.approx(tuple(np.percentile(o / e, [25, 75])))
+    speed = measure_speedup(Fake("o"), Fake("e"), list(range(4)), batch_size=4, repeats=5)
+    o, e = np.array(o_s) * 1000 / 4, np.array(e_s) * 1000 / 4
+    np.testing.assert_allclose(speed["original_times_ms"], o)
+    np.testing.assert_allclose(speed["export_times_ms"], e)
+    assert np.median(o) / np.median(e) < 1  # what a ratio of the medians would say
+    assert speed["speedup"] == pytest.approx(np.median(o / e)) and speed["speedup"] > 1
+    assert speed["export_faster"] == pytest.approx(np.mean(e < o)) == 0.8
+
+
+def test_speedup_ceiling_is_the_configuration_with_free_maps(study):
+    """The ceiling is the unmodified model's cost over the configuration's with the replacing maps free: the cost
+    model's own pricing of the identity fit (which costs nothing), by latency table and by FLOPs."""
+    from search._measure import speedup_ceiling
+
+    cfg, _ = study
+    session = Session(cfg, progress=False)
+    cm = session.cost_model
+    assert cm.block_latency_ms  # measured
+    spans = [(1, 3)]
+    by_latency = speedup_ceiling(cm, spans)
+    assert by_latency["source"] == "latency table" and by_latency["blocks"] == [1, 2]
+    assert by_latency["speedup"] == pytest.approx(cm.cost([], "identity")["latency_ms"]
+                                                  / cm.cost(spans, "identity")["latency_ms"])
+    cm_flops = type(cm)(**{**cm.to_dict(), "block_latency_ms": []})
+    by_flops = speedup_ceiling(cm_flops, [(0, 1), (3, 4)])
+    assert by_flops["source"] == "FLOPs"
+    assert by_flops["speedup"] == pytest.approx(1 / cm.cost([(0, 1), (3, 4)], "identity")["flops_frac"])
+    assert 1 / by_flops["speedup"] < cm.cost([(0, 1), (3, 4)], "affine")["flops_frac"]  # a fitted map costs FLOPs
+
+
+@pytest.mark.parametrize("speedup", [1.05, 1.6])
+def test_a_speedup_above_its_ceiling_is_flagged_not_quoted(study, tmp_path, speedup):
+    """The report quotes a speed-up within the ceiling with its interval and share of faster repeats; one above
+    it (1.6× for a ceiling of 1.25×) is flagged as implausible noise, in the PyTorch and the ONNX line."""
+    out = _copy(study, tmp_path)
+    info = json.loads((out / "report.json").read_text())
+    export = info["export"]
+    export["ceiling"] = {"speedup": 1.25, "source": "latency table", "blocks": [1]}
+    export["speed"] |= {"speedup": speedup, "speedup_low": speedup - 0.01, "speedup_high": speedup + 0.02,
+                        "export_faster": 0.85}
+    export["onnx"] = {"onnx_unmodified_ms": 2.0, "onnx_export_ms": 2.0 / speedup, "onnx_speedup": speedup,
+                      "onnx_speedup_low": 1.0, "onnx_speedup_high": 2.0, "onnx_export_faster": 0.7,
+                      "confidence": 0.95, "order": "ABBA", "unmodified_times_ms": [2.0] * 20,
+                      "export_times_ms": [2.0 / speedup] * 20, "repeats": 20, "threads": 1, "batch_size": 8,
+                      "max_rel_diff": 1e-6}
+    (out / "report.json").write_text(json.dumps(info))
+    assert cli_main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    section = text.split("## Exported configuration")[1].split("## Wall time")[0]
+    lines = [ln for ln in section.splitlines() if "speed-up" in ln]
+    assert len(lines) == 2 and lines[1].startswith("ONNX Runtime")
+    quoted = (f"speed-up {speedup:.3g}× (median of {export['speed']['repeats']} paired per-repeat ratios, ABBA order, "
+              f"95% interval {speedup - 0.01:.3g}–{speedup + 0.02:.3g}; the export faster in 85% of repeats")
+    assert quoted in lines[0]
+    for line in lines:
+        assert ("implausible, not a result" in line) == (speedup > 1.25)
+        assert "ceiling of 1.25×" in line if speedup > 1.25 else "ceiling 1.25×" in line
 
 
 def test_rba_report_measure_refreshes_the_speedup_without_a_search(study, tmp_path, monkeypatch, capsys):
-    """A folder an older rba wrote (the "none" trial next to the reference row, a speed record without its
-    times), without its export/ (as committed): `rba report DIR --measure` exports the choice again from the
-    statistics and measures its speed-up, runs no trial, and the report's line is the ratio of the recorded
-    medians."""
+    """A folder without its export/ (as committed): `rba report DIR --measure` exports the choice again from the
+    statistics and measures its speed-up under the paired protocol, runs no trial, and the report quotes the
+    median paired ratio; the export table's latencies are that run's medians."""
     cfg, _ = study
     out = tmp_path / "old"
     shutil.copytree(cfg.output_dir(), out)
     recipe = json.loads((out / "export" / "recipe.json").read_text())
     shutil.rmtree(out / "export")  # as in a committed report, which keeps no weights
-    pareto = pd.read_csv(out / "pareto.csv", dtype={"spans": "string"})
-    trials = pd.read_csv(out / "trials.csv", dtype={"spans": "string"})
-    none = trials[trials["spans"] == "none"].head(1)
-    if not len(none):  # as an older rba listed it: the "none" trial among the front members
-        none = pareto[pareto["state"] == "REFERENCE"].assign(number=999, state="COMPLETE")
-    pd.concat([pareto, none], ignore_index=True).to_csv(out / "pareto.csv", index=False)
-    info = json.loads((out / "report.json").read_text())
-    for key in ("original_times_ms", "export_times_ms", "load_start", "load_end"):
-        info["export"]["speed"].pop(key)
-    (out / "report.json").write_text(json.dumps(info))
     study_db = (out / "study.db").read_bytes()
     trials_csv = (out / "trials.csv").read_bytes()
 
@@ -305,23 +350,25 @@ def test_rba_report_measure_refreshes_the_speedup_without_a_search(study, tmp_pa
     assert again["recipe_sha256"] == recipe["recipe_sha256"]
     latency = json.loads((out / "export" / "latency.json").read_text())
     o, e = np.array(latency["original_times_ms"]), np.array(latency["export_times_ms"])
-    assert len(o) == len(e) == cfg.report.speedup_repeats
-    speedup = float(np.median(o) / np.median(e))
-    q1, q3 = np.percentile(o / e, [25, 75])
+    assert len(o) == len(e) == latency["repeats"] >= max(20, cfg.report.speedup_repeats)  # fast batches: 20
+    speedup = float(np.median(o / e))
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["speedup"] == pytest.approx(speedup) and summary["speedup_q1"] == pytest.approx(q1)
-    assert json.loads((out / "report.json").read_text())["export"]["speed"] == latency
+    assert summary["speedup"] == pytest.approx(speedup) and summary["export_faster"] == pytest.approx(np.mean(e < o))
+    report = json.loads((out / "report.json").read_text())
+    assert report["export"]["speed"] == latency and report["export"]["ceiling"]["source"] == "latency table"
+    assert summary["speedup_ceiling"] == report["export"]["ceiling"]["speedup"]
     text = (out / "report.md").read_text()
-    assert (f"unmodified {np.median(o):.4g} ms/sample, export {np.median(e):.4g} ms/sample (medians); speed-up "
-            f"{speedup:.3g}× (ratio of the medians; per-repeat ratios: interquartile range {q1:.3g}–{q3:.3g} over "
-            f"{len(o)} interleaved repeats, batch {latency['batch_size']}") in text
-    # the front lists the unmodified model once, as the reference row, in the table and in pareto.csv
-    fixed = pd.read_csv(out / "pareto.csv")
-    assert all(not ln.split(",")[0].endswith(".0") for ln in (out / "pareto.csv").read_text().splitlines())
-    assert f"front: {len(fixed) - 1} configurations besides the unmodified model" in text
-    assert (fixed["spans"] == "none").sum() == 1 and fixed.loc[fixed["spans"] == "none", "state"].item() == "REFERENCE"
-    table = text.split("## Front")[1].split("## Export rule")[0]
-    assert sum("| none |" in ln for ln in table.splitlines()) == 1
+    assert (f"unmodified {np.median(o):.4g} ms/sample, export {np.median(e):.4g} ms/sample (medians of the same "
+            f"repeats); ") in text
+    assert f"speed-up {speedup:.3g}× (median of {len(o)} paired per-repeat ratios, ABBA order" in text
+    # the export table shows the latencies of that same run
+    table = text.split("## Exported configuration")[1]
+    cells = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")]
+             for ln in table.splitlines() if ln.startswith("| ")}
+    header = cells["source"]
+    at = header.index("latency_ms")
+    assert cells["unmodified model"][at] == f"{np.median(o):.4g}"
+    assert cells["export (measured)"][at] == f"{np.median(e):.4g}"
 
 
 def test_sentence_transformer_runs_with_an_export_head():
@@ -362,20 +409,32 @@ def _copy(study, tmp_path) -> Path:
 
 
 def test_rba_report_regenerates_the_report_without_the_model(study, tmp_path, monkeypatch, capsys):
+    """Rendering again writes the same bytes, builds no model, changes no other file, and leaves the caller's
+    matplotlib backend (here svg, not the Agg the plots draw with) as it was."""
+    import matplotlib
+
     out = _copy(study, tmp_path)
     assert sorted(p.name for p in out.glob("*.png")) == sorted(f for f in REPORT_FILES if f.endswith(".png"))
     before = {name: (out / name).read_bytes() for name in REPORT_FILES}
     for name in REPORT_FILES:
         (out / name).unlink()
+    inputs = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
     def no_model(*args, **kwargs):
         raise AssertionError("rba report built a model")
 
     monkeypatch.setattr("rba.adapters._registry._ADAPTERS.get", no_model)
-    assert cli_main(["report", str(out)]) == 0
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        assert cli_main(["report", str(out)]) == 0
+        assert matplotlib.get_backend().lower() == "svg"
+    finally:
+        matplotlib.use(backend)
     assert "report: wrote" in capsys.readouterr().err
     for name, data in before.items():
         assert (out / name).read_bytes() == data, name
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name not in before} == inputs
 
 
 @pytest.mark.parametrize("damage", ["no report.json", "no pareto.csv", "bad report.json", "old format", "no folder"])
@@ -391,14 +450,15 @@ def test_rba_report_refuses_what_it_cannot_render(study, tmp_path, capsys, damag
     elif damage == "bad report.json":
         (out / "report.json").write_text('{"format": 1')
     elif damage == "old format":
-        (out / "report.json").write_text(json.dumps({"format": 0}))
+        (out / "report.json").write_text(json.dumps({"format": 1}))
     else:
         target = out / "missing"
     assert cli_main(["report", str(target)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rba: error:"), err
     expected = {"no report.json": "holds no report.json", "no pareto.csv": "lacks pareto.csv",
-                "bad report.json": "cannot be read", "old format": "report format 0", "no folder": "is not a folder"}
+                "bad report.json": "cannot be read", "old format": "report format 1, and this rba reads format",
+                "no folder": "is not a folder"}
     assert expected[damage] in err[0]
     assert not any((out / name).exists() for name in REPORT_FILES)  # nothing written
 
