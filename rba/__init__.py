@@ -67,14 +67,16 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-def search(config: Config | str | os.PathLike, *, out: str | os.PathLike | None = None, progress: bool = False,
+def search(config: Config | str | os.PathLike, *, out: str | os.PathLike | None = None, progress: bool = True,
            session: Session | None = None, **settings: Any) -> SearchResult:
     """Run (or resume) the span-set search that ``config`` (a :class:`Config` or a TOML path) describes, and
     write its files (trials, Pareto front, plots) to ``out`` (default: the config's output folder).
 
     ``settings`` are ``[search]`` keys, as the CLI flags set them: ``rba.search(cfg, trials=40,
     objectives=["fidelity", "flops"], budget_flops=0.7)``. The given config is not modified. ``session``
-    reuses a :class:`Session` built for the same config (its statistics and caches)."""
+    reuses a :class:`Session` built for the same config (its statistics and caches). Progress bars and phase
+    lines go to stderr, as the CLI's do, ending with where the files were written; ``progress=False`` silences
+    them."""
     from rba.config import Config, load_config
     from search import run_search  # the search package is imported only here: `import rba` stays light
 

@@ -452,11 +452,10 @@ class StatisticsCollector:
                                    row_blocks=self._row_blocks[i])
 
     def _symmetrised_gram(self, k: int) -> torch.Tensor:
-        """Boundary k's Gram total with its lower blocks mirrored from the accumulated upper ones."""
-        g = self.gram[k].clone()
-        for r0, r1 in self._row_blocks[k]:
-            g[r1:, r0:r1] = g[r0:r1, r1:].T
-        return g
+        """Boundary k's Gram total: its upper triangle, diagonal blocks included, mirrored below. Exactly
+        symmetric on every CPU: a GEMM's diagonal blocks are not bit-symmetric with every BLAS (MKL on AMD)."""
+        g = self.gram[k]
+        return torch.triu(g) + torch.triu(g, diagonal=1).T
 
     def result(self, *, key: str = "", meta: dict[str, Any] | None = None) -> Statistics:
         self.flush()

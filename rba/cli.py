@@ -103,11 +103,21 @@ class _Command:
     def configure(self, cfg, args: argparse.Namespace):
         """``cfg`` with the override flags applied (--out aside), checked against this machine."""
         cfg.override({key: getattr(args, _flag_dest(flag)) for flag, key, _, _ in self.flags})
+        from rba.data import check_data_paths
+
+        check_data_paths(cfg)
         _check_device(cfg)
         _check_writable_dir(cfg.cache_dir(), "statistics cache folder (capture.cache_dir)")
         if self.takes_output_dir:
             _check_writable_dir(cfg.output_dir(), "output folder")
         return cfg
+
+
+def wrote(msg: str) -> None:
+    """A command's result, the files it wrote: the last line, on stdout (progress and warnings go to stderr), with
+    --quiet too, so scripts can read it."""
+    sys.stderr.flush()
+    print(msg, flush=True)
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
@@ -167,7 +177,7 @@ class Scores(_Command):
         plot_scores(table, out / "scores.png", title=f"{session.adapter.describe()}, n = {session.stats.n} vectors")
         session.write_run_info(out, command="scores")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        info(f"\nwrote {out / 'scores.csv'} and {out / 'scores.png'}")
+        wrote(f"scores: wrote {out / 'scores.csv'} and {out / 'scores.png'}")
         return 0
 
 
@@ -230,14 +240,17 @@ class Export(_Command):
         session = Session(cfg, progress=not args.quiet)
         spans = session.parse(args.spans)
         out = export_model(session, spans, args.out)
-        info(f"wrote {out / 'model.safetensors'} and {out / 'recipe.json'}")
         if args.format == "onnx":
             from rba.onnx import export_onnx
 
             meta = export_onnx(session, out)
             diff = meta["max_rel_diff"]
-            info(f"wrote {out / 'model.onnx'} and {out / 'unmodified.onnx'}; ONNX Runtime vs PyTorch, max relative "
-                 f"difference: export {diff['model']:.2g}, unmodified {diff['unmodified']:.2g}")
+            info(f"ONNX Runtime vs PyTorch, max relative difference: export {diff['model']:.2g}, unmodified "
+                 f"{diff['unmodified']:.2g}")
+            wrote(f"export: wrote {out / 'model.safetensors'}, {out / 'recipe.json'}, {out / 'model.onnx'} and "
+                  f"{out / 'unmodified.onnx'}")
+        else:
+            wrote(f"export: wrote {out / 'model.safetensors'} and {out / 'recipe.json'}")
         return 0
 
 
@@ -289,8 +302,7 @@ class Run(_Command):
         if len(args.config) == 1 and not is_sweep(args.config[0]):
             report = run_study(configure(self.load(argparse.Namespace(**(vars(args) | {"config": args.config[0]})))),
                                progress=not args.quiet)
-            if args.quiet:  # otherwise the run has said so; stderr stays for errors and warnings
-                print(f"run: wrote {report}")
+            wrote(f"run: wrote {report}")
             return 0
         studies, folder = expand(args.config, out, configure)
         _check_writable_dir(folder, "summary folder")
@@ -299,8 +311,7 @@ class Run(_Command):
             with phase(f"run: study {k} of {len(studies)}", heartbeat=False):  # its own phases say how it goes
                 run_study(study.cfg, progress=not args.quiet)
         summary = write_summary(studies, folder)
-        print(f"run: {len(studies)} studies; wrote {summary} and {folder / 'fronts.png'}",
-              file=sys.stdout if args.quiet else sys.stderr)
+        wrote(f"run: {len(studies)} studies; wrote {summary} and {folder / 'fronts.png'}")
         return 0
 
 
@@ -334,7 +345,7 @@ class CompareFits(_Command):
         table = compare_fits(session, spans if spans is not None else session.pairs, kinds, out=out,
                              progress=not args.quiet)
         print(table.drop(columns=["start", "end"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        print(f"\nwrote {out / 'fits.csv'}, {out / 'fits.md'} and {out / 'fits.png'}", file=sys.stderr)
+        wrote(f"compare-fits: wrote {out / 'fits.csv'}, {out / 'fits.md'} and {out / 'fits.png'}")
         return 0
 
 
@@ -355,7 +366,7 @@ class Report(_Command):
         if folder.is_dir():
             _check_writable_dir(folder, "study folder")
         report = remeasure_report(folder) if args.measure else render_report(folder)
-        print(f"report: wrote {report} and its plots", file=sys.stderr)
+        wrote(f"report: wrote {report} and its plots")
         return 0
 
 

@@ -312,12 +312,15 @@ class Config:
         d.pop("base_dir")
         return d
 
-    def to_toml(self) -> str:
-        """The config as TOML with its relative paths resolved, so the file reads back the same from anywhere."""
+    def to_toml(self, folder: str | Path | None = None) -> str:
+        """The config as TOML that reads back the same: its paths resolved, and written relative to ``folder`` (the
+        folder the file goes into, so a moved or committed output folder holds no path of this machine), or
+        absolute without one."""
         d = self.to_dict()
         for section, key in _PATH_KEYS:
             if d[section][key]:
-                d[section][key] = str(self.resolve_path(d[section][key]).absolute())
+                path = self.resolve_path(d[section][key]).absolute()
+                d[section][key] = str(path) if folder is None else os.path.relpath(path, Path(folder).absolute())
         header = f"# rba resolved config (version {CONFIG_VERSION}, name {self.name!r})\n"
         return header + dict_to_toml(d)
 

@@ -9,6 +9,7 @@ Preprocessing is the adapter's job (tokenizer, timm normalisation, EfficientNet-
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -174,6 +175,18 @@ def load_calibration_dataset(cfg, main: Dataset | None = None) -> Dataset | None
         raise DataError(f"data.calibration_path {ds.source} holds {ds.modality}s but data.path holds "
                         f"{main.modality}s: calibrate on data of the same modality")
     return ds
+
+
+def check_data_paths(cfg) -> None:
+    """The data files the config names exist (one line naming the missing one otherwise): checked before the model
+    loads, so a wrong path costs no model load."""
+    d = cfg.data
+    if d.calibration_path is not None:
+        _existing(cfg, d.calibration_path, "data.calibration_path")
+    if d.kind != "synthetic":
+        if d.path is None:
+            raise DataError(f"[data] kind = {d.kind!r} needs a path: set data.path in the config")
+        _existing(cfg, d.path, "data.path")
 
 
 def _existing(cfg, raw_path: str, key: str) -> Path:
@@ -379,6 +392,28 @@ _WORDS = (
 ).split()
 
 
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable, else free physical pages)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits_in_memory(nbytes: int, what: str) -> None:
+    available = _available_memory()
+    if available is not None and nbytes > 0.8 * available:
+        raise DataError(f"{what} would need {nbytes / 2**30:.1f} GiB of memory and {available / 2**30:.1f} GiB is "
+                        "available: lower data.options.n (or calibration / probe / eval / test), or the image shape")
+
+
 def _synthetic(d) -> Dataset:
     """Deterministic toy data for tests: texts whose label depends on their words, or images whose label
     sets the mean brightness of a quadrant."""
@@ -387,6 +422,10 @@ def _synthetic(d) -> Dataset:
     classes = int(opts.get("classes", 2))
     rng = np.random.default_rng(int(opts.get("seed", 1234)))
     modality = opts.get("modality", "text")
+    c, h, w = opts.get("shape", [3, 32, 32])
+    # bytes while generating: the int64 image array (or ~256 bytes per short text) and the labels
+    _check_fits_in_memory(n * (int(c) * int(h) * int(w) * 9 if modality != "text" else 256) + 8 * n,
+                          f"synthetic data of {n:,} samples")
     labels = rng.integers(0, classes, size=n)
     if modality == "text":
         texts = []
@@ -396,7 +435,6 @@ def _synthetic(d) -> Dataset:
             words[int(rng.integers(0, length))] = _WORDS[int(y) % 8]
             texts.append(" ".join(words))
         return Dataset(texts, labels.astype(np.int64), "text", [str(c) for c in range(classes)], source="synthetic")
-    c, h, w = opts.get("shape", [3, 32, 32])
     images = rng.integers(0, 160, size=(n, c, h, w)).astype(np.int64)
     for i, y in enumerate(labels):
         qy, qx = divmod(int(y) % 4, 2)

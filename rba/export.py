@@ -63,6 +63,8 @@ class _Head(_Strict):
     kind: Literal["probe", "fixed-probe", "native"]
     features: int
     classes: int
+    #: what each logit means, in order (the data's class names; absent for a model's own head)
+    class_names: list[str] | None = None
 
 
 class _Preprocess(_Strict):
@@ -168,6 +170,7 @@ def export_model(session: Session, spans: Sequence[Span], out: str | Path, *, ki
     recipe["recipe_sha256"] = _recipe_checksum(recipe)
     Recipe.model_validate(recipe)  # what is written must read back
     atomic_write_json(out / "recipe.json", recipe)
+    session.write_run_info(out, command="export", spans=recipe["spans"], fit=recipe["fit"])
     return out
 
 
@@ -187,7 +190,11 @@ def _fitted_head(session, spans, maps, tag: str) -> tuple[nn.Linear | None, dict
     if probe is None:
         return None, None
     head = probe.as_linear()
-    return head, {"kind": evaluator.head, "features": head.in_features, "classes": head.out_features}
+    record = {"kind": evaluator.head, "features": head.in_features, "classes": head.out_features}
+    names = session.dataset.classes
+    record["class_names"] = ([str(c) for c in names] if names is not None and len(names) == head.out_features
+                             else [str(k) for k in range(head.out_features)])
+    return head, record
 
 
 def _recipe_checksum(recipe: dict[str, Any]) -> str:

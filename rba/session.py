@@ -21,7 +21,7 @@ from rba.progress import info, phase, tick
 from rba.adapters import Adapter, Span, create_adapter
 from rba.capture import STATS_FORMAT, Statistics, capture_statistics
 from rba.config import Config, config_hash
-from rba.data import Dataset, Splits, load_calibration_dataset, load_dataset, make_splits
+from rba.data import Dataset, Splits, check_data_paths, load_calibration_dataset, load_dataset, make_splits
 from rba.errors import CacheError
 from rba.apply import span_module
 from rba.errors import ModelError
@@ -77,6 +77,7 @@ class Session:
         self._given_adapter = adapter
         self._given_stats = stats
         self._given_cost_model = cost_model
+        check_data_paths(cfg)  # a wrong path fails now, not after the model has loaded
 
     # ------------------------------------------------------------------ model and data
     @cached_property
@@ -313,7 +314,7 @@ class Session:
     # ------------------------------------------------------------------ output folder records
     def write_run_info(self, out: Path, **extra: Any) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.resolved.toml", self.cfg.to_toml())
+        atomic_write_text(out / "config.resolved.toml", self.cfg.to_toml(out))
         atomic_write_json(out / "run.json", {
             "versions": package_versions(),
             "statistics_hash": self.stats.key,

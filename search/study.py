@@ -43,7 +43,7 @@ from search.report import finish, write_report
 from search.samplers import make_sampler
 from search.space import SpanSpace
 
-__all__ = ["run_search", "run_study", "prepare", "check_inputs", "open_study", "plan", "storage_url", "StudyBusyError",
+__all__ = ["run_search", "run_study", "prepare", "check_inputs", "open_study", "plan", "storage_url", "recorded_storage", "StudyBusyError",
            "StudyFileError"]
 
 
@@ -58,6 +58,20 @@ class StudyFileError(RBAError):
 def storage_url(cfg: Config) -> str:
     """``search.storage``, or the SQLite file ``study.db`` in the output folder."""
     return cfg.search.storage or f"sqlite:///{(cfg.output_dir() / 'study.db').resolve()}"
+
+
+def recorded_storage(cfg: Config) -> str:
+    """The storage as the output folder's files record it: ``study.db`` for the folder's own SQLite file (no path
+    of this machine in a moved or committed folder), else the URL without its password."""
+    if not cfg.search.storage:
+        return "study.db"
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(cfg.search.storage).render_as_string(hide_password=True)
+    except ArgumentError:
+        return cfg.search.storage
 
 
 def _open_storage(cfg: Config):
@@ -175,7 +189,7 @@ def open_study(ctx: StudyContext, sampler=None):
         if old != ctx.identity:
             raise refusal(f"study {ctx.study_name!r} in {ctx.storage_url}", old, ctx.identity)
     atomic_write_json(marker, {"identity": ctx.identity, "identity_hash": config_hash(ctx.identity),
-                               "study_name": ctx.study_name, "storage": ctx.storage_url})
+                               "study_name": ctx.study_name, "storage": recorded_storage(ctx.cfg)})
     register_worker(study)
     for number in recover_abandoned(study, storage):
         info(f"resume: trial {number} was left running by a process that has ended; marked FAIL, rerun",

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from rba.config import Config, load_config, load_study
+from rba.config import Config, list_studies, load_config, load_study
 from rba.errors import ConfigError
 from rba.files import atomic_path
 
@@ -85,17 +85,26 @@ def read_sweep(path: str | Path, out: Path | None, configure: Callable[[Config],
             raise ConfigError(f"sweep file {p}: [sweep] key {key!r} is not a dotted config key such as search.seed")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep file {p}: [sweep] {key} must be a non-empty list of values, got {values!r}")
-    base = Path(raw["base"]).expanduser()
-    base = base if base.is_absolute() else p.parent / base
-    if not base.is_file():
-        raise ConfigError(f"sweep file {p}: base config {base} not found")
+    base_path = Path(raw["base"]).expanduser()
+    base_path = base_path if base_path.is_absolute() else p.parent / base_path
+    shipped = list_studies()
+    if base_path.is_file():
+        def load_base():
+            return load_config(base_path)
+    elif raw["base"] in shipped:  # a shipped study by name: its paths resolve against the working directory
+        def load_base():
+            return load_study(raw["base"])
+    else:
+        raise ConfigError(f"sweep file {p}: base config {base_path} not found, and {raw['base']!r} is no shipped "
+                          f"study ({', '.join(shipped)}): give a config file relative to the sweep file, or a study "
+                          "name")
     if out is None:
         out = (p.parent / raw["out"]) if isinstance(raw.get("out"), str) else Path.cwd() / "runs" / p.stem
     keys = list(sweep)
     studies = []
     for combo in itertools.product(*(sweep[k] for k in keys)):
         label = ",".join(f"{k}={_value_text(v)}" for k, v in zip(keys, combo))
-        cfg = load_config(base)
+        cfg = load_base()
         try:
             cfg.override(dict(zip(keys, combo)))
         except ConfigError as exc:

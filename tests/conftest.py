@@ -1,5 +1,8 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -13,6 +16,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # in-process `rba evaluate` of the tiny ViT measured 7-22 s on 2 threads, 0.6 s on 1, at load 11)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+# Tests never write into the user's statistics cache (~/.cache/rba): the default cache folder of every test, and
+# of every process a test starts, is in this session's temporary folder
+_CACHE_HOME = tempfile.mkdtemp(prefix="rba-tests-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
+atexit.register(shutil.rmtree, _CACHE_HOME, ignore_errors=True)
 
 
 #: tiny random-weight models of each family: a ViT (tokens, no padding), a ResNet (pixels, stages of

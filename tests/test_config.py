@@ -182,3 +182,14 @@ def test_a_shipped_study_by_name_resolves_against_the_working_directory(tmp_path
     for path in studies.values():
         raw = tomllib.loads(path.read_text())
         assert "output" not in raw and raw["data"]["path"].startswith("data/")
+
+
+def test_the_suite_never_uses_the_users_statistics_cache():
+    """conftest points the default cache folder (and so every subprocess's) into a temporary folder."""
+    from pathlib import Path
+
+    from rba.config import Config
+
+    cfg = Config.from_dict({"model": {"kind": "timm", "name": "test_vit", "pretrained": False},
+                            "data": {"kind": "synthetic"}}, name="t")
+    assert not cfg.cache_dir().resolve().is_relative_to((Path.home() / ".cache").resolve())

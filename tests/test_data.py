@@ -138,3 +138,19 @@ def test_image_folder_decodes_lazily_and_resized(tmp_path, monkeypatch):
     assert ev.files == [files[i] for i in splits.indices["eval"]]
     decoded.clear()
     assert splits.calibration.fingerprint() != splits.probe.fingerprint() and decoded == []
+
+
+def test_synthetic_data_larger_than_memory_stops_up_front_in_one_line(tmp_path):
+    """A sample count whose arrays cannot fit stops before numpy allocates, naming the size and the limit."""
+    from rba.config import Config
+    from rba.data import load_dataset
+    from rba.errors import DataError
+
+    cfg = Config.from_dict({"model": {"kind": "timm", "name": "test_vit", "pretrained": False},
+                            "data": {"kind": "synthetic", "calibration": 10, "probe": 10, "eval": 10,
+                                     "options": {"modality": "image", "n": 10**12}}},
+                           name="huge", base_dir=str(tmp_path))
+    with pytest.raises(DataError) as err:
+        load_dataset(cfg)
+    text = str(err.value)
+    assert "\n" not in text and "GiB" in text and "1,000,000,000,000 samples" in text

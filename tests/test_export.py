@@ -127,7 +127,12 @@ def test_exported_probe_head_classifies_like_the_session(tmp_path, head):
     spans = session.parse("1-3,4-6")
     out = export_model(session, spans, tmp_path / "exp")
     recipe = json.loads((out / "recipe.json").read_text())
-    assert recipe["head"] == {"kind": head, "features": 64, "classes": 4}
+    # what each logit means: the data's class names, in label order
+    assert recipe["head"] == {"kind": head, "features": 64, "classes": 4, "class_names": ["0", "1", "2", "3"]}
+    assert recipe["head"]["class_names"] == session.dataset.classes
+    # the export folder says what made it, as every output folder does
+    assert json.loads((out / "run.json").read_text())["command"] == "export"
+    assert (out / "config.resolved.toml").is_file()
     # the session's probe for this configuration: fitted on the approximated network's probe-split features
     # (head "probe"), or once on the unmodified network's (head "fixed-probe")
     ev = session.evaluator

@@ -431,7 +431,7 @@ def test_rba_report_regenerates_the_report_without_the_model(study, tmp_path, mo
         assert matplotlib.get_backend().lower() == "svg"
     finally:
         matplotlib.use(backend)
-    assert "report: wrote" in capsys.readouterr().err
+    assert "report: wrote" in capsys.readouterr().out
     for name, data in before.items():
         assert (out / name).read_bytes() == data, name
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name not in before} == inputs

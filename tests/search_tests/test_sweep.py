@@ -78,3 +78,17 @@ def test_bad_sweep_files_are_one_line_errors(tmp_path, cache, capsys, text, need
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rba: error:") and needle in err[0], err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_sweeps_base_may_be_a_shipped_study_name(tmp_path):
+    """``base = "quickstart"``: each study is the shipped study (as `rba run quickstart` loads it) with the
+    sweep's keys overridden; nothing runs here."""
+    from rba.config import load_study
+    from search.sweep import read_sweep
+
+    sweep = tmp_path / "seeds.toml"
+    sweep.write_text('base = "quickstart"\n\n[sweep]\n"search.seed" = [3, 4]\n')
+    studies = read_sweep(sweep, tmp_path / "out", lambda cfg: cfg)
+    shipped = load_study("quickstart")
+    assert [s.cfg.search.seed for s in studies] == [3, 4]
+    assert all(s.cfg.model == shipped.model and s.cfg.data.path == shipped.data.path for s in studies)
