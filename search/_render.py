@@ -207,23 +207,28 @@ def _redundancy_section(scores: pd.DataFrame, info: dict) -> list[str]:
 
 def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
                        choice: dict) -> list[str]:
+    from rba.methods import get_method
+
     quality, cost = info["quality"], info["cost"]
     lines = ["## Baselines at the same budgets", "",
-             "The same rule applied to each baseline's configurations (BR-greedy: the paper's heuristic, "
-             "fitted spans; block-drop: spans replaced by the identity). Configurations the trials evaluated carry "
-             "the trials' results (`source` = trial; accuracy only where the search computed it):", ""]
+             "The same rule applied to the configurations each baseline method plans (`rba ls methods`; each "
+             "replaces its spans with its own fit kind: identity = the blocks dropped). Configurations the trials "
+             "evaluated with the same fit kind carry the trials' results (`source` = trial; accuracy only where the "
+             "search computed it):", ""]
     r = _chosen(front, reference, choice["spans"])
     if r is not None:
-        lines.append(f"- search: `{choice['spans']}`, {quality} {r[quality]:.4g}, {cost} {r[cost]:.4g}")
+        lines.append(f"- search ({info['method']}): `{choice['spans']}`, {quality} {r[quality]:.4g}, {cost} "
+                     f"{r[cost]:.4g}")
     else:
-        lines.append("- search: nothing feasible")
+        lines.append(f"- search ({info['method']}): nothing feasible")
     for method, rows in baselines.groupby("method", sort=False):
+        what = f"{method} ({rows['kind'].iloc[0]}; {get_method(method).summary})"
         pick = choose_export(rows.assign(spans=rows["spans"].astype(str)), reference, info["objectives"],
                              info["max_drop"])
         if pick.row is None:
-            lines.append(f"- {method}: no configuration within the budgets")
+            lines.append(f"- {what}: no configuration within the budgets")
         else:
-            lines.append(f"- {method}: `{pick.row['spans']}`, {quality} {pick.row[quality]:.4g}, {cost} "
+            lines.append(f"- {what}: `{pick.row['spans']}`, {quality} {pick.row[quality]:.4g}, {cost} "
                          f"{pick.row[cost]:.4g}" + ("" if pick.within else f" (none within {info['max_drop']:g})"))
     return lines + ["", _markdown(baselines), ""]
 
@@ -235,7 +240,7 @@ def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baseline
     methods = {"search": trials} | {m: rows for m, rows in baselines.groupby("method", sort=False)}
     table, ref = compare_methods(methods, quality=quality, cost=cost, reference=reference,
                                  flops_points=info["flops_points"])
-    return ["## Search against BR-greedy and block-drop", "",
+    return ["## Search against the baselines", "",
             f"Each method's feasible configurations (the search: every completed trial). Hypervolume of ({quality} ↑, "
             f"{cost} ↓) with the reference point {quality} = {ref[0]:.4g} (the lowest of all methods) and {cost} = "
             f"{ref[1]:.4g} (the unmodified model); best {quality} within each FLOPs fraction. The front plot above "

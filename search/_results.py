@@ -23,7 +23,7 @@ from search.objective import QUALITY, RESULT_COLUMNS
 from search.recording import SearchResult, StudyContext, log
 
 __all__ = ["finish", "rule_columns", "Choice", "choose_export", "complete_front", "reference_row",
-           "split_pareto", "read_report_inputs", "ReportError", "REPORT_FORMAT", "COST_COLUMNS"]
+           "split_pareto", "read_report_inputs", "ReportError", "REPORT_FORMAT", "REPORT_BASELINES", "COST_COLUMNS"]
 
 
 def finish(ctx: StudyContext, study) -> SearchResult:
@@ -200,28 +200,45 @@ def _result_row(result: dict) -> dict:
     return {c: result[c] for c in RESULT_COLUMNS} | {"feasible": bool(result["feasible"])}
 
 
+#: the methods (registry names, ``rba ls methods``) that ``rba run``'s report compares the search with, when
+#: ``[report] baselines``: those that plan a fixed list of configurations. The methods that plan
+#: ``search.trials`` of them (random, random-lesions, proxy-front) would double the report's evaluations; run
+#: them with ``rba run --method``.
+REPORT_BASELINES = ("br-greedy", "shortgpt", "shortgpt-affine", "sleb", "gromov", "gromov-affine")
+
+
 def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
-    """BR-greedy (the search's fit kind) and block-drop (identity) configurations, each with its results: the
-    trials' where the search evaluated the configuration (same fit kind), else evaluated through the search's
-    objective (its session and budgets; accuracy only where the trials compute it)."""
-    from search.baselines import block_drop_order
+    """The configurations each method of :data:`REPORT_BASELINES` plans (its registry planner, on the study's
+    session, budgets and objectives; the study's own method left out), with the fit kind the registry gives it
+    (``get_method(name).fit_kind``) and its results: the trials' where the search evaluated the configuration
+    with that fit kind, else evaluated through an objective of that kind (one per kind, so a configuration two
+    methods share is evaluated once; accuracy only where the trials compute it)."""
+    import dataclasses
+
+    from rba.methods import get_method
     from search.objective import Objective
 
     session = ctx.session
-    plans = {"BR-greedy": (ctx.objective.kind, br_greedy(ctx.table) if ctx.table is not None else []),
-             "block-drop": ("identity", block_drop_order(session.stats, session.pairs))}
+    objectives = {ctx.objective.kind: ctx.objective}
+    own = get_method(ctx.method).name
     rows = []
-    for method, (kind, configurations) in plans.items():
-        objective = (ctx.objective if kind == ctx.objective.kind
-                     else Objective(session, kind=kind, mode=ctx.objective.mode))
-        for spans in configurations:
+    for name in REPORT_BASELINES:
+        spec = get_method(name)
+        if spec.name == own:
+            continue
+        kind = spec.fit_kind(ctx.cfg.fit.kind)
+        if kind not in objectives:
+            objectives[kind] = Objective(session, kind=kind, mode=ctx.objective.mode)
+        objective = objectives[kind]
+        planned = spec.plan(dataclasses.replace(ctx, method=name, objective=objective), True)
+        for _, spans in planned:
             key = format_spans(spans)
             if kind == ctx.objective.kind and key in known:
                 row, source = known[key], "trial"
             else:
                 row, source = _result_row(objective(spans)), "evaluated"
-            rows.append({"method": method} | row | {"source": source})
-    return pd.DataFrame(rows, columns=["method", *RESULT_COLUMNS, "feasible", "source"])
+            rows.append({"method": name, "kind": kind} | row | {"source": source})
+    return pd.DataFrame(rows, columns=["method", "kind", *RESULT_COLUMNS, "feasible", "source"])
 
 
 def _single_rows(ctx: StudyContext, session, known: dict[str, dict]) -> pd.DataFrame:

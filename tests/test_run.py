@@ -88,7 +88,7 @@ def test_files_and_front_table(study):
                     & ((done["fidelity"] > row["fidelity"]) | (done["flops_frac"] < row["flops_frac"]))).any()
     text = report.read_text()
     assert "## Export rule" in text and "max_drop = 0.12" in text
-    assert "## Baselines at the same budgets" in text and "BR-greedy" in text and "block-drop" in text
+    assert "## Baselines at the same budgets" in text and "- br-greedy (affine; " in text and "- shortgpt (identity; " in text
 
 
 def test_export_follows_the_rule_and_classifies(study):
@@ -506,18 +506,45 @@ def test_report_sections_against_independent_computations(study):
         if not any(r["start"] < b and a < r["end"] for a, b in chosen):
             chosen.append((int(r["start"]), int(r["end"])))
             greedy.append(",".join(f"{a}-{b}" for a, b in sorted(chosen)))
-    assert list(baselines.loc[baselines["method"] == "BR-greedy", "spans"]) == greedy
-    # block-drop: single blocks by mean cosine of their input and output (Block Influence 1 − cos), highest first
+    assert list(baselines.loc[baselines["method"] == "br-greedy", "spans"]) == greedy
+    # shortgpt: single blocks by mean cosine of their input and output (Block Influence 1 − cos), highest first
     one = scores[scores["end"] == scores["start"] + 1].sort_values(["cosine", "start"], ascending=[False, True])
-    drops = [",".join(f"{a}-{a + 1}" for a in sorted(one["start"].iloc[: k + 1])) for k in range(len(one))]
-    assert list(baselines.loc[baselines["method"] == "block-drop", "spans"]) == drops
-    # configurations the trials evaluated are reused, with the trials' values
+    ranked = [int(a) for a in one["start"]]
+    drops = [",".join(f"{a}-{a + 1}" for a in sorted(ranked[: k + 1])) for k in range(len(ranked))]
+    assert list(baselines.loc[baselines["method"] == "shortgpt", "spans"]) == drops
+    # shortgpt-affine: the same blocks, each run of adjacent ones one fitted span (every span of 4 blocks is valid)
+    merged = []
+    for k in range(len(ranked)):
+        blocks, runs = sorted(ranked[: k + 1]), []
+        for b in blocks:
+            if runs and runs[-1][1] == b:
+                runs[-1][1] = b + 1
+            else:
+                runs.append([b, b + 1])
+        merged.append(",".join(f"{a}-{b}" for a, b in runs))
+    assert list(baselines.loc[baselines["method"] == "shortgpt-affine", "spans"]) == merged
+    # gromov / gromov-affine: one span of each length 1..4, the same spans dropped and fitted
+    for name in ("gromov", "gromov-affine"):
+        spans = list(baselines.loc[baselines["method"] == name, "spans"])
+        assert [int(s.split("-")[1]) - int(s.split("-")[0]) for s in spans] == [1, 2, 3, 4]
+    assert spans == list(baselines.loc[baselines["method"] == "gromov", "spans"])
+    # sleb: nested removals of single blocks, never the first or the last remaining block (4 blocks: 2 steps)
+    sleb = [set(s.split(",")) for s in baselines.loc[baselines["method"] == "sleb", "spans"]]
+    assert len(sleb) == 2 and sleb[0] < sleb[1] and sleb[1] == {"1-2", "2-3"}
+    # the fit kind of each method is the registry's: identity for the dropping baselines
+    kinds = baselines.groupby("method", sort=False)["kind"].unique().map(list).to_dict()
+    assert kinds == {"br-greedy": ["affine"], "shortgpt": ["identity"], "shortgpt-affine": ["affine"],
+                     "sleb": ["identity"], "gromov": ["identity"], "gromov-affine": ["affine"]}
+    # configurations the trials evaluated (with the search's fit kind) are reused, with the trials' values
     by_spans = done.set_index("spans")
-    for _, r in baselines[baselines["method"] == "BR-greedy"].iterrows():
+    for _, r in baselines[baselines["kind"] == "affine"].iterrows():
         assert r["source"] == ("trial" if r["spans"] in by_spans.index else "evaluated")
         if r["source"] == "trial":
             assert r["fidelity"] == pytest.approx(by_spans.loc[r["spans"], "fidelity"], rel=1e-12)
-    assert (baselines.loc[baselines["method"] == "block-drop", "source"] == "evaluated").all()
+    assert (baselines.loc[baselines["kind"] == "identity", "source"] == "evaluated").all()
+    # a configuration two dropping baselines share has one result (evaluated once, by one objective)
+    drop = baselines[baselines["kind"] == "identity"]
+    assert (drop.groupby("spans")["fidelity"].nunique() == 1).all()
 
     # every single span, with accuracy (the data has labels), reusing the trials' fidelity
     assert sorted(zip(singles["start"], singles["end"])) == sorted(zip(scores["start"], scores["end"]))
@@ -562,6 +589,6 @@ def test_rba_report_without_the_optional_sections(study, tmp_path):
         (out / name).unlink()
     assert cli_main(["report", str(out)]) == 0
     text = (out / "report.md").read_text()
-    assert "## Baselines at the same budgets" not in text and "## Search against BR-greedy" not in text
+    assert "## Baselines at the same budgets" not in text and "## Search against the baselines" not in text
     assert "Not computed: set `[report] single_spans = true`" in text and "## Cost of the search" in text
     assert not (out / "priors.png").exists() and (out / "cost.png").exists()
