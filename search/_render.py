@@ -10,7 +10,17 @@ import numpy as np
 import pandas as pd
 
 from rba.files import atomic_path, atomic_write_text
-from search._results import COST_COLUMNS, choose_export, read_report_inputs, split_pareto
+from search._results import (
+    COST_COLUMNS,
+    PER_SAMPLE,
+    PerSample,
+    budget_picks,
+    choose_export,
+    method_rows,
+    paired_tests,
+    read_report_inputs,
+    split_pareto,
+)
 from search.objective import QUALITY, RESULT_COLUMNS
 
 __all__ = ["render_report", "PLOTS"]
@@ -41,7 +51,8 @@ def _read(out: Path) -> dict:
     pareto = data["pareto"]
     _, reference, front = split_pareto(pareto, info["objective_columns"])
     return {"info": info, "trials": data["trials"], "scores": data["scores"], "pareto": pareto, "front": front,
-            "reference": reference, "baselines": data.get("baselines"), "singles": data.get("singles")}
+            "reference": reference, "baselines": data.get("baselines"), "singles": data.get("singles"),
+            "per_sample": data.get("per_sample")}
 
 
 def _draw_plots(out: Path, inputs: dict) -> None:
@@ -63,33 +74,40 @@ def _report_text(out: Path, inputs: dict) -> str:
     """report.md's text; ``out`` is read for the study's resolved config only (:func:`_data_sources`)."""
     info, trials, scores, pareto = inputs["info"], inputs["trials"], inputs["scores"], inputs["pareto"]
     front, reference, baselines, singles = inputs["front"], inputs["reference"], inputs["baselines"], inputs["singles"]
+    per = inputs["per_sample"]
     quality, cost = info["quality"], info["cost"]
     max_drop = info["max_drop"]
     choice = info["choice"]
     plots = ["scores.png", "pareto.png"]
     files = ["scores.csv", "scores.png", "trials.csv", "trials.parquet", "pareto.csv", "pareto.png"]
     files += (["baselines.csv"] if baselines is not None else []) + (["singles.csv"] if singles is not None else [])
-    files += ["config.resolved.toml", "run.json", "summary.json", "report.json"]
+    files += ["config.resolved.toml", "run.json", "summary.json", "report.json"] + ([PER_SAMPLE] if per else [])
     # the trials line is counted from the tables (an older rba stored it, counting the "none" trial in the front)
     header = [h for h in info["header"] if not h.startswith("trials: ")]
     header.insert(len(header) - 1, f"trials: {int((trials['state'] == 'COMPLETE').sum())} complete of {len(trials)}; "
                                    f"front: {len(front)} configurations besides the unmodified model")
-    lines = [f"# rba study: {info['name']}", "", *[f"- {h}" for h in header + _data_sources(out)], ""]
+    lines = [f"# rba study: {info['name']}", "", *[f"- {h}" for h in header + _data_sources(out)],
+             f"- {_test_line(per)}", ""]
     lines_files = len(lines)
     lines += ["## Front", "",
               f"Sorted by {cost}; the first row is the unmodified model (a reference, not a trial). Accuracy is "
-              "evaluated here for front members whose trials did not compute it (when the data has labels).", "",
-              _markdown(pareto), "", "![front](pareto.png)", "",
+              "evaluated here for front members whose trials did not compute it (when the data has labels). "
+              + ("The search selected the front on the eval split (its columns); the test columns score the same "
+                 "configurations on the held-out test split, ± one standard error." if per else ""), "",
+              _markdown(_with_test(pareto, info["kind"], per)), "", "![front](pareto.png)", "",
               "## Export rule", "",
               f"The export is the cheapest feasible front member by {cost} ({_why_column(cost, info, COST_COLUMNS)}) "
               f"whose {quality} ({_why_column(quality, info, QUALITY)}) is at most max_drop = {max_drop:g} "
               "(absolute, `--max-drop`, `[run] max_drop`) below the unmodified model's; if none is, the "
               f"best-{quality} feasible member, with a warning.", "",
-              f"Picked: {choice['reason']}.{_picked_accuracy(info, reference, front, choice)}", ""]
+              f"Picked: {choice['reason']}.{_picked_accuracy(info, reference, front, choice)}"
+              + _picked_test(info, per, choice), ""]
     lines += _redundancy_section(scores, info)
     if baselines is not None:
-        lines += _baselines_section(info, front, reference, baselines, choice)
-        lines += _methods_section(info, trials, reference, baselines)
+        lines += _baselines_section(info, front, reference, baselines, choice, per)
+        lines += _methods_section(info, trials, reference, baselines, per)
+    if per is not None:
+        lines += _paired_section(info, trials, baselines, per)
     lines += _multi_span_section(info, front, trials, singles, reference)
     if singles is not None:
         lines += _priors_section(info, singles, scores)
@@ -100,7 +118,7 @@ def _report_text(out: Path, inputs: dict) -> str:
                   "metric with the post-replacement fidelity and accuracy.", ""]
     lines += _cost_section(info, trials)
     plots.append("cost.png")
-    lines += _export_section(info, reference, front, choice)
+    lines += _export_section(info, reference, front, choice, per)
     timing = info["timing"]
     lines += ["## Wall time", "",
               f"Wall time: {timing['total_s']:.1f} s (report rendering aside), by phase:", "",
@@ -108,6 +126,53 @@ def _report_text(out: Path, inputs: dict) -> str:
     files += [p for p in plots if p not in files] + (["export/"] if info["export"] is not None else [])
     lines[lines_files:lines_files] = [f"Files: {', '.join(files)}", ""]
     return "\n".join(lines)
+
+
+def _test_line(per: PerSample | None) -> str:
+    if per is None:
+        return ("test split: none (`[data] test = 0`): every quality here is on the eval split that selected it, so "
+                "the best values are biased upwards (a winner's curse); set `[data] test` to hold samples out")
+    return (f"test split: {per.samples} samples held out, which neither the search nor the export rule saw; every "
+            "test number is re-evaluated on it with ± one standard error (binomial for accuracy, of the mean for "
+            f"fidelity), per-sample results in {PER_SAMPLE}")
+
+
+def _pm(value: float, se: float) -> str:
+    """value ± SE as the report prints it ("" for a missing value)."""
+    if value != value:
+        return ""
+    return f"{value:.4g} ± {se:.2g}" if se == se else f"{value:.4g}"
+
+
+def _with_test(rows: pd.DataFrame, kind: str | pd.Series, per: PerSample | None) -> pd.DataFrame:
+    """``rows`` (configurations with ``spans``; ``kind``: their fit kind, one for all or a column) with the test
+    split's fidelity and accuracy, each ± its standard error (accuracy only when the data has labels)."""
+    if per is None:
+        return rows
+    kinds = [kind] * len(rows) if isinstance(kind, str) else list(kind)
+    scores = [per.scores(k, str(s)) for k, s in zip(kinds, rows["spans"], strict=True)]
+    out = rows.copy()
+    out["test fidelity"] = [_pm(x["fidelity"], x["fidelity_se"]) for x in scores]
+    if per.prediction is not None:
+        out["test accuracy"] = [_pm(x["accuracy"], x["accuracy_se"]) for x in scores]
+    return out
+
+
+def _test_text(per: PerSample | None, kind: str, spans: str | None) -> str:
+    """A configuration's test-split numbers in a sentence ("" without a test split)."""
+    if per is None or spans is None:
+        return ""
+    x = per.scores(kind, spans)
+    parts = ([f"accuracy {_pm(x['accuracy'], x['accuracy_se'])}"] if per.prediction is not None else []) + \
+        [f"fidelity {_pm(x['fidelity'], x['fidelity_se'])}"]
+    return f"test split: {', '.join(parts)}"
+
+
+def _picked_test(info: dict, per: PerSample | None, choice: dict) -> str:
+    if per is None or choice["spans"] is None:
+        return ""
+    return (f" On the {_test_text(per, info['kind'], choice['spans'])} (unmodified model: "
+            f"{_test_text(per, info['kind'], 'none').removeprefix('test split: ')}).")
 
 
 def _load_text(record: dict) -> str:
@@ -168,11 +233,16 @@ def _data_sources(out: Path) -> list[str]:
     except (OSError, ValueError, KeyError):
         return []
     main = f"{data.get('kind')} {data.get('path') or ''}".strip()
+    if data.get("test"):
+        evaluation, others = "eval (the search's and the rule's selection; every score not marked test) and test", \
+            "probe, eval and test"
+    else:
+        evaluation, others = "eval (every score here)", "probe and eval"
     if data.get("calibration_path"):
         cal = f"{data.get('calibration_kind') or data.get('kind')} {data['calibration_path']}"
-        return [f"calibration source (statistics and span fits): {cal}, another data set than the probe and eval "
-                f"splits (a transfer)", f"probe (classifier) and eval (every score here) source: {main}"]
-    return [f"calibration (statistics and span fits), probe (classifier) and eval (every score here): disjoint "
+        return [f"calibration source (statistics and span fits): {cal}, another data set than the {others} "
+                f"splits (a transfer)", f"probe (classifier) and {evaluation} source: {main}"]
+    return [f"calibration (statistics and span fits), probe (classifier) and {evaluation}: disjoint "
             f"splits of one source, {main}"]
 
 
@@ -206,7 +276,7 @@ def _redundancy_section(scores: pd.DataFrame, info: dict) -> list[str]:
 
 
 def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
-                       choice: dict) -> list[str]:
+                       choice: dict, per: PerSample | None) -> list[str]:
     from rba.methods import get_method
 
     quality, cost = info["quality"], info["cost"]
@@ -218,7 +288,7 @@ def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselin
     r = _chosen(front, reference, choice["spans"])
     if r is not None:
         lines.append(f"- search ({info['method']}): `{choice['spans']}`, {quality} {r[quality]:.4g}, {cost} "
-                     f"{r[cost]:.4g}")
+                     f"{r[cost]:.4g}" + _semicolon(_test_text(per, info["kind"], choice["spans"])))
     else:
         lines.append(f"- search ({info['method']}): nothing feasible")
     for method, rows in baselines.groupby("method", sort=False):
@@ -229,22 +299,54 @@ def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselin
             lines.append(f"- {what}: no configuration within the budgets")
         else:
             lines.append(f"- {what}: `{pick.row['spans']}`, {quality} {pick.row[quality]:.4g}, {cost} "
-                         f"{pick.row[cost]:.4g}" + ("" if pick.within else f" (none within {info['max_drop']:g})"))
-    return lines + ["", _markdown(baselines), ""]
+                         f"{pick.row[cost]:.4g}" + ("" if pick.within else f" (none within {info['max_drop']:g})")
+                         + _semicolon(_test_text(per, pick.row["kind"], str(pick.row["spans"]))))
+    return lines + ["", _markdown(_with_test(baselines, baselines["kind"], per)), ""]
 
 
-def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baselines: pd.DataFrame) -> list[str]:
+def _semicolon(text: str) -> str:
+    return f"; {text}" if text else ""
+
+
+def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
+                     per: PerSample | None) -> list[str]:
     from search.analysis import compare_methods
 
     quality, cost = info["quality"], info["cost"]
-    methods = {"search": trials} | {m: rows for m, rows in baselines.groupby("method", sort=False)}
+    methods = method_rows(info, trials, baselines)
     table, ref = compare_methods(methods, quality=quality, cost=cost, reference=reference,
                                  flops_points=info["flops_points"])
+    if per is not None:  # each pick, selected on eval, scored on the test split
+        picks = budget_picks(info, methods)
+        for p in info["flops_points"]:
+            at = list(table.columns).index(f"spans at {p:g}")
+            values = []
+            for label in table["method"]:
+                x = per.scores(*picks[label][p]) if picks[label][p] is not None else {quality: math.nan}
+                values.append(_pm(x[quality], x.get(f"{quality}_se", math.nan)))
+            table.insert(at + 1, f"test {quality} at {p:g}", values)
     return ["## Search against the baselines", "",
             f"Each method's feasible configurations (the search: every completed trial). Hypervolume of ({quality} ↑, "
             f"{cost} ↓) with the reference point {quality} = {ref[0]:.4g} (the lowest of all methods) and {cost} = "
-            f"{ref[1]:.4g} (the unmodified model); best {quality} within each FLOPs fraction. The front plot above "
-            "draws the baselines as dashed lines.", "", _markdown(table), ""]
+            f"{ref[1]:.4g} (the unmodified model); best {quality} within each FLOPs fraction, selected on eval"
+            + (f", and that configuration's {quality} on the test split ± one standard error" if per else "")
+            + ". The front plot above draws the baselines as dashed lines.", "", _markdown(table), ""]
+
+
+def _paired_section(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | None, per: PerSample) -> list[str]:
+    table = paired_tests(info, trials, baselines, per)
+    lines = ["## Paired tests on the test split", "",
+             f"Two configurations scored on the same {per.samples} test samples, compared sample by sample: the export "
+             "against the unmodified model, and at each budget of `[report] flops_points` the configuration the "
+             "search selects on eval (its best feasible "
+             f"{info['quality']} within that FLOPs fraction) against each baseline's. B − A is the difference of the "
+             "means (B: the export, the search) with its 95% paired bootstrap interval (low, high); p tests \"no "
+             "difference\": McNemar's exact test for accuracy (mid-p beside it), the paired bootstrap for fidelity; "
+             f"p (Holm) adjusts all {len(table)} p-values of this table as one family (Holm's step-down).", ""]
+    if not len(table):
+        return lines + ["No comparison: nothing was exported and no method has a configuration within a budget.", ""]
+    shown = table.assign(budget=[("" if b != b else f"≤ {b:g}") for b in table["budget"]])
+    return lines + [_markdown(shown), ""]
 
 
 def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, singles: pd.DataFrame | None,
@@ -343,7 +445,8 @@ def _cost_section(info: dict, trials: pd.DataFrame) -> list[str]:
             *resumed, "![cost](cost.png)", ""]
 
 
-def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: dict) -> list[str]:
+def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: dict,
+                    per: PerSample | None) -> list[str]:
     export = info["export"]
     if export is None:
         return ["## Exported configuration", "", "No feasible configuration: nothing exported.", ""]
@@ -365,6 +468,9 @@ def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: di
             "unmodified model and of the export is the median per sample of the interleaved run below, the search "
             "row's the cost model's:", "",
             _markdown(table), "",
+            *([f"The export's configuration on the {_test_text(per, info['kind'], choice['spans'])}; the unmodified "
+               f"model's: {_test_text(per, info['kind'], 'none').removeprefix('test split: ')} (paired tests above).",
+               ""] if per is not None else []),
             f"Latency, measured back to back (unmodified model and export interleaved, unmodified-export-export-"
             f"unmodified in each repeat{_load_text(speed)}): unmodified {speed['original_ms']:.4g} ms/sample, export "
             f"{speed['export_ms']:.4g} ms/sample (medians of the same repeats); "

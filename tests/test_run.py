@@ -37,7 +37,7 @@ def study(tmp_path_factory, cache):
     evaluated for the report."""
     tmp = tmp_path_factory.mktemp("run")
     cfg = make_config(tmp, cache, search={"trials": 8, "objectives": ["fidelity", "flops"], "budget_flops": 0.9},
-                      run={"max_drop": 0.12}, report={"single_spans": True})
+                      run={"max_drop": 0.12}, report={"single_spans": True}, data={"test": 40})
     report = run_study(cfg, progress=False)
     return cfg, report
 
@@ -198,7 +198,9 @@ def test_report_names_the_data_sources(study, tmp_path):
             .replace("# calibration_kind = (unset)", 'calibration_kind = "npz"'))
     lines = _data_sources(tmp_path)
     assert lines[0].startswith("calibration source (statistics and span fits): npz /data/digits.npz")
-    assert lines[1].startswith("probe (classifier) and eval (every score here) source: synthetic")
+    assert "another data set than the probe, eval and test splits" in lines[0]
+    assert lines[1].startswith("probe (classifier) and eval (the search's and the rule's selection; every score not "
+                               "marked test) and test source: synthetic")
 
 
 def test_max_drop_refused_when_negative(study, capsys):
@@ -437,7 +439,8 @@ def test_rba_report_regenerates_the_report_without_the_model(study, tmp_path, mo
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name not in before} == inputs
 
 
-@pytest.mark.parametrize("damage", ["no report.json", "no pareto.csv", "bad report.json", "old format", "no folder"])
+@pytest.mark.parametrize("damage", ["no report.json", "no pareto.csv", "bad report.json", "old format", "no folder",
+                                    "bad per_sample.npz", "no per_sample.npz"])
 def test_rba_report_refuses_what_it_cannot_render(study, tmp_path, capsys, damage):
     out = _copy(study, tmp_path)
     for name in REPORT_FILES:
@@ -451,6 +454,10 @@ def test_rba_report_refuses_what_it_cannot_render(study, tmp_path, capsys, damag
         (out / "report.json").write_text('{"format": 1')
     elif damage == "old format":
         (out / "report.json").write_text(json.dumps({"format": 1}))
+    elif damage == "bad per_sample.npz":
+        (out / "per_sample.npz").write_bytes(b"PK\x03\x04 truncated")
+    elif damage == "no per_sample.npz":
+        (out / "per_sample.npz").unlink()
     else:
         target = out / "missing"
     assert cli_main(["report", str(target)]) == 2
@@ -458,6 +465,7 @@ def test_rba_report_refuses_what_it_cannot_render(study, tmp_path, capsys, damag
     assert len(err) == 1 and err[0].startswith("rba: error:"), err
     expected = {"no report.json": "holds no report.json", "no pareto.csv": "lacks pareto.csv",
                 "bad report.json": "cannot be read", "old format": "report format 1, and this rba reads format",
+                "bad per_sample.npz": "per_sample.npz cannot be read", "no per_sample.npz": "lacks per_sample.npz",
                 "no folder": "is not a folder"}
     assert expected[damage] in err[0]
     assert not any((out / name).exists() for name in REPORT_FILES)  # nothing written
@@ -578,17 +586,135 @@ def test_report_sections_against_independent_computations(study):
     assert report["configurations"] == 34 and not math.isnan(report["timing"]["total_s"])
 
 
+def _table(text: str, section: str) -> list[dict[str, str]]:
+    """The first markdown table of a report section, as rows of cells by column name."""
+    body = text.split(f"## {section}")[1].split("\n## ")[0]
+    lines = [ln for ln in body.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")), strict=True)) for ln in lines[2:]]
+
+
+def _pm(values: np.ndarray, binary: bool) -> str:
+    """mean ± SE written out: √(p(1 − p)/n) for 0/1 outcomes, s/√n (ddof 1) for cosines."""
+    m = float(np.mean(values))
+    se = math.sqrt(m * (1 - m) / len(values)) if binary else float(np.std(values, ddof=1) / math.sqrt(len(values)))
+    return f"{m:.4g} ± {se:.2g}"
+
+
+def _exact_mcnemar(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided exact McNemar p-value by summing binomial(n, 1/2) probabilities with math.comb."""
+    n01, n10 = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n, k = n01 + n10, min(n01, n10)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def test_the_test_split_numbers_and_the_paired_tests(study):
+    """With ``[data] test``, the report quotes each configuration on the held-out split with its standard error,
+    and the paired tests, all recomputed here from the saved per-sample arrays: the front's test columns, the
+    export scored end to end by the exported model (another path than the evaluator), the picks each method makes
+    on eval within each budget (selected by hand from trials.csv and baselines.csv), exact McNemar p-values
+    summed with math.comb, a numpy bootstrap of the fidelity differences, and Holm's adjustment by hand."""
+    import torch.nn.functional as F
+
+    from rba.export import head_logits, load_export
+
+    cfg, report = study
+    out = cfg.output_dir()
+    text = report.read_text()
+    z = np.load(out / "per_sample.npz")
+    rows = {(str(k), str(s)): r for r, (k, s) in enumerate(zip(z["kind"], z["spans"], strict=True))}
+    correct = z["prediction"] == z["label"]
+    n = len(z["index"])
+    session = Session(cfg, progress=False, measure_latency=False)
+    np.testing.assert_array_equal(z["index"], session.splits.indices["test"])
+    np.testing.assert_array_equal(z["label"], session.splits.test.labels)
+    assert n == 40 and not np.intersect1d(z["index"], session.splits.indices["eval"]).size
+
+    # the export on the test split, end to end: the exported model against the unmodified one
+    choice = json.loads((out / "report.json").read_text())["choice"]["spans"]
+    exported = load_export(out / "export")
+    with torch.inference_mode():
+        batch = session.adapter.collate(session.splits.test.samples)
+        cos = F.cosine_similarity(exported.forward(batch).double(), session.adapter.forward(batch).double()).numpy()
+        predicted = head_logits(exported, batch).argmax(1).numpy()
+    r = rows[("affine", choice)]
+    np.testing.assert_allclose(z["cosine"][r], cos, rtol=1e-5, atol=1e-6)
+    assert np.mean(z["prediction"][r] == predicted) >= 0.95  # float rounding may flip a sample on a boundary
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_fidelity"] == pytest.approx(z["cosine"][r].mean())
+    assert summary["test_accuracy"] == pytest.approx(correct[r].mean())
+
+    # the front's test columns, mean ± SE by hand
+    for row in _table(text, "Front"):
+        k = rows[("affine", row["spans"])]
+        assert row["test fidelity"] == _pm(z["cosine"][k], binary=False)
+        assert row["test accuracy"] == _pm(correct[k], binary=True)
+
+    # each method's pick on eval within each budget, then the comparisons on test
+    trials = pd.read_csv(out / "trials.csv", dtype={"spans": "string"})
+    baselines = pd.read_csv(out / "baselines.csv", dtype={"spans": "string"})
+    methods = {"search": trials[(trials["state"] == "COMPLETE")].assign(kind="affine")}
+    methods |= {m: g for m, g in baselines.groupby("method", sort=False)}
+
+    def pick(rows_, budget):
+        ok = rows_[rows_["feasible"].astype(bool) & (rows_["flops_frac"] <= budget)]
+        if not len(ok):
+            return None
+        best = ok.sort_values(["fidelity", "flops_frac"], ascending=[False, True]).iloc[0]
+        return str(best["kind"]), str(best["spans"])
+
+    expected = [("export vs unmodified", "", ("affine", "none"), ("affine", choice))]
+    for label in list(methods)[1:]:
+        for budget in cfg.report.flops_points:
+            a, b = pick(methods[label], budget), pick(methods["search"], budget)
+            if a and b:
+                expected.append((f"search vs {label}", f"≤ {budget:g}", a, b))
+    table = _table(text, "Paired tests on the test split")
+    assert [(t["comparison"], t["budget"]) for t in table] == [(c, b) for c, b, _, _ in expected for _ in range(2)]
+    rng = np.random.default_rng(1)
+    pvalues = []
+    for (comparison, budget, a, b), (acc, fid) in zip(expected, zip(table[::2], table[1::2], strict=True),
+                                                      strict=True):
+        ra, rb = rows[a if a[1] != "none" else ("affine", "none")], rows[b]
+        label = (lambda k, sp: "unmodified" if sp == "none" else f"{sp} ({k})")
+        assert (acc["A"], acc["B"], fid["A"], fid["B"]) == (label(*a), label(*b), label(*a), label(*b))
+        assert acc["quality"] == "accuracy" and fid["quality"] == "fidelity"
+        p_acc = _exact_mcnemar(correct[ra], correct[rb])
+        assert acc["B − A"] == f"{correct[rb].mean() - correct[ra].mean():.4g}" and acc["p"] == f"{p_acc:.4g}"
+        diff = z["cosine"][rb] - z["cosine"][ra]
+        assert fid["B − A"] == f"{diff.mean():.4g}"
+        boot = diff[rng.integers(0, n, size=(20000, n))].mean(axis=1)
+        low, high = np.percentile(boot, [2.5, 97.5])
+        slack = 0.15 * diff.std(ddof=1) / math.sqrt(n) + 1e-12
+        assert abs(float(fid["low"] or 0) - low) <= slack and abs(float(fid["high"] or 0) - high) <= slack
+        p_fid = min(1.0, 2 * (1 + min(np.sum(boot <= 0), np.sum(boot >= 0))) / (1 + len(boot)))
+        assert abs(float(fid["p"]) - p_fid) <= 0.02
+        pvalues += [float(acc["p"]), float(fid["p"])]
+    # Holm by hand on the printed p-values: k-th smallest × (m − k + 1), running maximum, capped at 1
+    order = np.argsort(pvalues, kind="stable")
+    adjusted, running = np.empty(len(pvalues)), 0.0
+    for rank, k in enumerate(order):
+        running = max(running, min(1.0, pvalues[k] * (len(pvalues) - rank)))
+        adjusted[k] = running
+    printed = np.array([float(t["p (Holm)"]) for t in table])
+    np.testing.assert_allclose(printed, adjusted, rtol=2e-3)  # from 4-digit p-values
+
+
 def test_rba_report_without_the_optional_sections(study, tmp_path):
     """A study run with ``[report] baselines = false`` and no single spans: the report leaves those sections out
     and says how to turn the priors section on."""
     out = _copy(study, tmp_path)
     info = json.loads((out / "report.json").read_text())
-    info |= {"baselines": False, "single_spans": False}
+    info |= {"baselines": False, "single_spans": False, "test": None}
     (out / "report.json").write_text(json.dumps(info))
-    for name in ("baselines.csv", "singles.csv", "priors.png", "report.md"):
+    for name in ("baselines.csv", "singles.csv", "priors.png", "report.md", "per_sample.npz"):
         (out / name).unlink()
     assert cli_main(["report", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert "## Baselines at the same budgets" not in text and "## Search against the baselines" not in text
     assert "Not computed: set `[report] single_spans = true`" in text and "## Cost of the search" in text
+    assert "- test split: none (`[data] test = 0`)" in text and "## Paired tests" not in text
+    assert "test fidelity" not in text and "test split:" not in text.split("## Front")[1]
     assert not (out / "priors.png").exists() and (out / "cost.png").exists()
