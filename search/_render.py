@@ -16,6 +16,8 @@ from search._results import (
     PerSample,
     budget_picks,
     choose_export,
+    fixed_reference,
+    hypervolumes,
     method_rows,
     paired_tests,
     read_report_inputs,
@@ -314,8 +316,12 @@ def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baseline
 
     quality, cost = info["quality"], info["cost"]
     methods = method_rows(info, trials, baselines)
-    table, ref = compare_methods(methods, quality=quality, cost=cost, reference=reference,
-                                 flops_points=info["flops_points"])
+    worst, worst_ref = compare_methods(methods, quality=quality, cost=cost, reference=reference,
+                                       flops_points=info["flops_points"])
+    fixed, refs = hypervolumes(info, methods, reference, per)
+    table = fixed.merge(worst.rename(columns={"hypervolume": "hypervolume (worst point)",
+                                              "share of best": "share (worst point)"}), on="method")
+    table.insert(1, "configurations", table.pop("configurations"))
     if per is not None:  # each pick, selected on eval, scored on the test split
         picks = budget_picks(info, methods)
         for p in info["flops_points"]:
@@ -325,12 +331,19 @@ def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baseline
                 x = per.scores(*picks[label][p]) if picks[label][p] is not None else {quality: math.nan}
                 values.append(_pm(x[quality], x.get(f"{quality}_se", math.nan)))
             table.insert(at + 1, f"test {quality} at {p:g}", values)
+    ref = refs["eval"]
+    test_ref = (f" The test hypervolume scores each method's eval front (its feasible configurations no other of "
+                f"its own beats on eval) on the test split, at {quality} = {refs['test'][0]:.4g} (0.9 × the "
+                f"unmodified model's test {quality})." if per is not None else "")
     return ["## Search against the baselines", "",
             f"Each method's feasible configurations (the search: every completed trial). Hypervolume of ({quality} ↑, "
-            f"{cost} ↓) with the reference point {quality} = {ref[0]:.4g} (the lowest of all methods) and {cost} = "
-            f"{ref[1]:.4g} (the unmodified model); best {quality} within each FLOPs fraction, selected on eval"
+            f"{cost} ↓) at a reference point fixed before the runs: {quality} = {ref[0]:.4g} (0.9 × the unmodified "
+            f"model's {quality}) and {cost} = {ref[1]:.4g} (the unmodified model), so configurations that lose more "
+            f"than a tenth of the {quality} add no area; beside it, the hypervolume at the worst point of all "
+            f"methods ({quality} = {worst_ref[0]:.4g}, the lowest of any method). Best {quality} within each FLOPs "
+            "fraction, selected on eval"
             + (f", and that configuration's {quality} on the test split ± one standard error" if per else "")
-            + ". The front plot above draws the baselines as dashed lines.", "", _markdown(table), ""]
+            + f".{test_ref} The front plot above draws the baselines as dashed lines.", "", _markdown(table), ""]
 
 
 def _paired_section(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | None, per: PerSample) -> list[str]:
@@ -351,7 +364,7 @@ def _paired_section(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | 
 
 def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, singles: pd.DataFrame | None,
                         reference: dict) -> list[str]:
-    from search.analysis import multi_span
+    from search.analysis import feasible_rows, hypervolume, multi_span, span_count
 
     quality, cost = info["quality"], info["cost"]
     evaluated = trials[trials["state"] == "COMPLETE"]
@@ -360,6 +373,12 @@ def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, s
         evaluated = pd.concat([evaluated, extra[[c for c in extra.columns if c in evaluated.columns]]],
                               ignore_index=True)
     m = multi_span(front, evaluated, quality=quality, cost=cost, reference=reference)
+    ok = feasible_rows(evaluated)
+    ok = ok[ok[quality].notna()]
+    single = ok[ok["spans"].map(span_count) <= 1]
+    ref = fixed_reference(reference[quality], reference[cost])
+    hv_all, hv_single = (hypervolume(rows[quality], rows[cost], *ref) for rows in (ok, single))
+    share = f"{hv_single / hv_all:.3f}" if hv_all > 0 else "none (no configuration within the reference point)"
     answer = "yes" if m["multi_span_members"] else "no"
     counts = ", ".join(f"{v} with {k} span{'s' if k != 1 else ''}" for k, v in m["by_count"].items()) or "none"
     which = ("every single span evaluated ([report] single_spans)" if singles is not None else
@@ -368,10 +387,11 @@ def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, s
             f"**{answer.capitalize()}**: {m['multi_span_members']} of the front's {m['front_members']} members hold "
             f"two spans or more ({counts})" + (f": {', '.join('`' + s + '`' for s in m['multi_span_spans'])}."
                                            if m["multi_span_spans"] else "."),
-            f"The front of configurations with at most one span ({which}) covers {m['single_share']:.3f} of the "
-            f"hypervolume of all evaluated configurations ({m['hypervolume_single']:.4g} of "
-            f"{m['hypervolume_all']:.4g}; reference point {quality} = {m['reference_point'][0]:.4g}, {cost} = "
-            f"{m['reference_point'][1]:.4g}).", ""]
+            f"The front of configurations with at most one span ({which}) covers {share} of the hypervolume of all "
+            f"evaluated configurations on eval ({hv_single:.4g} of {hv_all:.4g}) at the fixed reference point "
+            f"{quality} = {ref[0]:.4g}, {cost} = {ref[1]:.4g}; at the worst point ({quality} = "
+            f"{m['reference_point'][0]:.4g}, the lowest evaluated), {m['single_share']:.3f} "
+            f"({m['hypervolume_single']:.4g} of {m['hypervolume_all']:.4g}).", ""]
 
 
 def _priors_section(info: dict, singles: pd.DataFrame, scores: pd.DataFrame) -> list[str]:

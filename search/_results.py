@@ -494,3 +494,45 @@ def paired_tests(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | Non
                                         "low", "high", "test", "p", "mid-p"])
     table["p (Holm)"] = holm(table["p"].to_numpy(dtype=float)) if len(table) else []
     return table
+
+
+#: the hypervolume's reference point, fixed before any run: this share of the unmodified model's quality (the
+#: export rule's quality column) at the unmodified model's cost. Configurations that lose more than a tenth of the
+#: quality, which nobody would deploy, add no area.
+REFERENCE_QUALITY_SHARE = 0.9
+
+
+def fixed_reference(quality_value: float, cost_value: float) -> tuple[float, float]:
+    """The fixed reference point for an unmodified model of quality ``quality_value`` and cost ``cost_value``."""
+    return REFERENCE_QUALITY_SHARE * float(quality_value), float(cost_value)
+
+
+def hypervolumes(info: dict, methods: dict[str, pd.DataFrame], reference: dict,
+                 per: PerSample | None = None) -> tuple[pd.DataFrame, dict[str, tuple[float, float]]]:
+    """Per method: the hypervolume of its feasible configurations in (rule quality ↑, rule cost ↓) on eval at the
+    fixed reference point (:func:`fixed_reference` of the unmodified model's eval quality) with its share of the
+    largest; with a test split, the hypervolume of the method's eval front (:func:`front_2d`, selected on eval)
+    scored on the test split, at the fixed reference point of the unmodified model's test quality. Returns the
+    table and the reference points by split."""
+    from search.analysis import feasible_rows, hypervolume
+
+    quality, cost = info["quality"], info["cost"]
+    refs = {"eval": fixed_reference(reference[quality], reference[cost])}
+    if per is not None:
+        refs["test"] = fixed_reference(per.scores(info["kind"], "none")[quality], reference[cost])
+    rows = []
+    for label, method in methods.items():
+        ok = feasible_rows(method)
+        row = {"method": label, "hypervolume": hypervolume(ok[quality], ok[cost], *refs["eval"]) if len(ok) else 0.0}
+        if per is not None:
+            front = front_2d(method, quality, cost)
+            test_q = [per.scores(str(k), str(s))[quality] for k, s in zip(front["kind"], front["spans"], strict=True)]
+            row["test hypervolume"] = hypervolume(test_q, front[cost], *refs["test"])
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    top = table["hypervolume"].max()
+    table.insert(2, "share of best", table["hypervolume"] / top if top > 0 else math.nan)
+    if per is not None:
+        top = table["test hypervolume"].max()
+        table["test share of best"] = table["test hypervolume"] / top if top > 0 else math.nan
+    return table, refs
