@@ -426,10 +426,16 @@ def _plot_priors(path: Path, singles: pd.DataFrame, scores: pd.DataFrame, metric
 
 
 def _search_cost(info: dict, trials: pd.DataFrame) -> dict:
+    """The search's cost (:func:`search.analysis.search_cost`). Its time is this run's search wall time, or, when
+    the study resumed (trials completed in an earlier run), the summed durations of all its completed trials: this
+    run's wall time covers only the trials it ran (none, when the study was already complete)."""
     from search.analysis import search_cost
 
-    return search_cost(trials, search_wall_s=dict(info["timing"]["phases"]).get("search", math.nan),
-                       configurations=info["configurations"], exhaustive_run=info["method"] == "exhaustive")
+    wall = dict(info["timing"]["phases"]).get("search", math.nan)
+    if info["timing"].get("completed_before", 0):
+        wall = float(trials.loc[trials["state"] == "COMPLETE", "duration_s"].sum())
+    return search_cost(trials, search_wall_s=wall, configurations=info["configurations"],
+                       exhaustive_run=info["method"] == "exhaustive")
 
 
 def _plot_cost(path: Path, c: dict) -> None:
@@ -452,17 +458,19 @@ def _cost_section(info: dict, trials: pd.DataFrame) -> list[str]:
     how = ("an estimate: the number of configurations × one evaluation" if c["exhaustive_estimated"]
            else "measured: this study was the exhaustive sweep")
     before = info["timing"].get("completed_before", 0)
-    resumed = ([f"The study resumed: {before} of its {c['trials']} completed trials ran before this run, so the "
-                "search time above covers only the rest; the summed trial durations over all runs are "
-                f"{float(trials.loc[trials['state'] == 'COMPLETE', 'duration_s'].sum()):.4g} s.", ""]
-               if before else [])
+    if before:
+        took = (f"The study resumed ({before} of its {c['trials']} completed trials ran before this run, whose search "
+                f"phase took {dict(info['timing']['phases']).get('search', math.nan):.1f} s), so the search's time "
+                f"here is the summed duration of all its completed trials, {c['search_wall_s']:.1f} s (the eval "
+                "split's cache and the latency table not included)")
+    else:
+        took = (f"The search took {c['search_wall_s']:.1f} s wall time ({c['trials']} trials; the eval split's cache "
+                "and the latency table included, the statistics not)")
     return ["## Cost of the search", "",
-            f"The search took {c['search_wall_s']:.1f} s wall time ({c['trials']} trials; the eval split's cache and "
-            f"the latency table included, the statistics not), {c['search_in_evaluations']:.1f}× one evaluation "
-            f"({c['one_evaluation_s']:.3g} s, the median completed trial). An exhaustive sweep of all "
-            f"{c['configurations']:,} configurations takes {c['exhaustive_s']:.4g} s ({how}): "
-            f"{c['exhaustive_over_search']:.3g}× the search.", "",
-            *resumed, "![cost](cost.png)", ""]
+            f"{took}: {c['search_in_evaluations']:.1f}× one evaluation ({c['one_evaluation_s']:.3g} s, the median "
+            f"completed trial). An exhaustive sweep of all {c['configurations']:,} configurations takes "
+            f"{c['exhaustive_s']:.4g} s ({how}): {c['exhaustive_over_search']:.3g}× the search.", "",
+            "![cost](cost.png)", ""]
 
 
 def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: dict,
