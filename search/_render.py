@@ -22,6 +22,7 @@ from search._results import (
     paired_tests,
     read_report_inputs,
     split_pareto,
+    within_length_correlations,
 )
 from search.objective import QUALITY, RESULT_COLUMNS
 
@@ -398,12 +399,21 @@ def _priors_section(info: dict, singles: pd.DataFrame, scores: pd.DataFrame) -> 
     from search.analysis import prior_correlations
 
     table = prior_correlations(singles, scores, info["metrics"])
+    within = within_length_correlations(singles, scores, info["metrics"])
+    pooled = table.set_index(["metric", "quality"])["spearman"]
+    within.insert(2, "pooled", [pooled.get((m, q), math.nan) for m, q in zip(within["metric"], within["quality"],
+                                                                              strict=True)])
     evaluated = int((singles["source"] == "evaluated").sum())
     return ["## Metrics as priors (every single span)", "",
             f"Spearman correlation over all {len(singles)} single spans between each metric, oriented so that higher "
             "means more redundant (ls_residual negated), and the span's post-replacement fidelity and accuracy: a good "
             f"prior has ρ near 1. {len(singles) - evaluated} spans reuse trial results, {evaluated} were evaluated "
-            "for the report (singles.csv).", "", _markdown(table), "", "![priors](priors.png)", ""]
+            "for the report (singles.csv).", "", _markdown(table), "",
+            "Pooled over span lengths, ρ mostly measures that longer spans hurt more. The decision a prior must "
+            "make is among spans of equal cost, once a budget fixes how much to replace: below, ρ among the spans of "
+            "each length (end − start blocks; equal cost where the blocks are alike) with at least 3 spans, and "
+            "their mean weighted by the number of spans (`within lengths`), next to the pooled ρ.", "",
+            _markdown(within), "", "![priors](priors.png)", ""]
 
 
 def _plot_priors(path: Path, singles: pd.DataFrame, scores: pd.DataFrame, metrics: dict[str, bool]) -> None:

@@ -536,3 +536,38 @@ def hypervolumes(info: dict, methods: dict[str, pd.DataFrame], reference: dict,
         top = table["test hypervolume"].max()
         table["test share of best"] = table["test hypervolume"] / top if top > 0 else math.nan
     return table, refs
+
+
+def within_length_correlations(singles: pd.DataFrame, scores: pd.DataFrame, orientation: dict[str, bool],
+                               qualities=("fidelity", "accuracy")) -> pd.DataFrame:
+    """Metrics as priors among spans of one length (``end − start`` blocks: equal cost where the blocks are
+    alike), the decision a prior must make once a budget fixes how much to replace: per metric (oriented so that
+    higher is more redundant) and quality, the Spearman ρ within each length of at least 3 spans (NaN where the
+    metric or the quality is constant there), and their mean weighted by the number of spans. Pooled over all
+    lengths, ρ also measures "longer spans hurt more"."""
+    from scipy.stats import spearmanr
+
+    merged = singles.merge(scores, on=["start", "end"], how="inner", suffixes=("", "_score"))
+    merged["length"] = merged["end"] - merged["start"]
+    lengths = sorted(int(k) for k, n in merged["length"].value_counts().items() if n >= 3)
+    rows = []
+    for m in orientation:
+        if m not in scores.columns:
+            continue
+        for q in qualities:
+            if q not in merged or not merged[q].notna().any():
+                continue
+            row, weighted, spans = {"metric": m, "quality": q}, 0.0, 0
+            for length in lengths:
+                group = merged[merged["length"] == length].dropna(subset=[m, q])
+                x = group[m] if orientation[m] else -group[m]
+                rho = math.nan
+                if len(group) >= 3 and x.nunique() > 1 and group[q].nunique() > 1:
+                    rho = float(spearmanr(x, group[q]).statistic)
+                    weighted, spans = weighted + rho * len(group), spans + len(group)
+                row[f"length {length}"] = rho
+                row[f"spans {length}"] = len(group)
+            row["within lengths"] = weighted / spans if spans else math.nan
+            rows.append(row)
+    columns = ["metric", "quality", "within lengths"] + [c for k in lengths for c in (f"length {k}", f"spans {k}")]
+    return pd.DataFrame(rows, columns=columns)

@@ -5,6 +5,7 @@ here, and ``rba report DIR`` re-rendering the report from the files without the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -569,6 +570,20 @@ def test_report_sections_against_independent_computations(study):
     for metric, sign in (("br", 1), ("ls_residual", -1)):
         rho = _hand_ranks_corr(sign * merged[metric], merged["fidelity"])
         assert f"| {metric} | fidelity | {rho:.4g} |" in text, (metric, rho)
+    # within each span length (3 or more spans of it), ρ by hand, and the mean weighted by the number of spans
+    within = {(r["metric"], r["quality"]): r for r in _table(text.split("next to the pooled ρ.")[1], "")}
+    lengths = (merged["end"] - merged["start"]).value_counts()
+    kept = sorted(k for k, n in lengths.items() if n >= 3)
+    assert kept == [1, 2]  # 4 blocks: 4 spans of one block, 3 of two (2 of three, 1 of four: too few)
+    for metric, sign in (("br", 1), ("ls_residual", -1)):
+        row, total, weight = within[(metric, "fidelity")], 0.0, 0
+        for k in kept:
+            group = merged[merged["end"] - merged["start"] == k]
+            rho = _hand_ranks_corr(sign * group[metric], group["fidelity"])
+            assert row[f"length {k}"] == f"{rho:.4g}" and row[f"spans {k}"] == str(len(group))
+            total, weight = total + rho * len(group), weight + len(group)
+        assert row["within lengths"] == f"{total / weight:.4g}"
+        assert row["pooled"] == f"{_hand_ranks_corr(sign * merged[metric], merged['fidelity']):.4g}"
 
     # hypervolume of the search's feasible trials at the fixed reference point (0.9 × the unmodified model's
     # fidelity, full cost) and at the worst point of any method, and the best fidelity within 50% of the FLOPs
@@ -614,9 +629,11 @@ def test_report_sections_against_independent_computations(study):
 
 
 def _table(text: str, section: str) -> list[dict[str, str]]:
-    """The first markdown table of a report section, as rows of cells by column name."""
-    body = text.split(f"## {section}")[1].split("\n## ")[0]
-    lines = [ln for ln in body.splitlines() if ln.startswith("|")]
+    """The first markdown table of a report section ("": of ``text``), as rows of cells by column name."""
+    body = text.split(f"## {section}")[1].split("\n## ")[0] if section else text
+    body = body.splitlines()
+    start = next(k for k, ln in enumerate(body) if ln.startswith("|"))
+    lines = list(itertools.takewhile(lambda ln: ln.startswith("|"), body[start:]))
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")), strict=True)) for ln in lines[2:]]
 
