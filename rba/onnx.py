@@ -283,11 +283,11 @@ def onnx_speedup(export_dir: str | Path, *, repeats: int = 20, threads: int | No
     ``rba export --format onnx``), on the batch in ``onnx_feed.npz``, measured by :func:`rba.timing.compare`
     (warm-up of both, unmodified-export-export-unmodified within each repeat, at least ``repeats``).
 
-    Returns per-sample medians (``onnx_unmodified_ms``, ``onnx_export_ms``), their ratio (``onnx_speedup``,
-    what the report quotes until it moves to the paired headline) with the quartiles of the per-repeat ratios
-    (``onnx_speedup_q1``, ``onnx_speedup_q3``), every repeat's times (``unmodified_times_ms``,
-    ``export_times_ms``), ``repeats`` (as run), ``threads``, ``batch_size``, and ``paired``: the median of the
-    per-repeat ratios with its bootstrap interval and the share of repeats in which the export was faster."""
+    Returns per-sample medians (``onnx_unmodified_ms``, ``onnx_export_ms``), the headline ``onnx_speedup``: the
+    median of the paired per-repeat ratios unmodified/export, with its bootstrap interval (``onnx_speedup_low``,
+    ``onnx_speedup_high`` at ``confidence``) and the share of repeats in which the export was faster
+    (``onnx_export_faster``), every repeat's times (``unmodified_times_ms``, ``export_times_ms``), ``repeats`` (as
+    run), ``order``, ``threads`` and ``batch_size``."""
     folder = Path(export_dir)
     meta = _read_meta(folder / ONNX_META)
     files = [folder / ONNX_MODEL, folder / ONNX_UNMODIFIED, folder / ONNX_FEED]
@@ -306,10 +306,7 @@ def onnx_speedup(export_dir: str | Path, *, repeats: int = 20, threads: int | No
                 "export": _ort_session(folder / ONNX_MODEL, threads)}
     c = compare(lambda: sessions["unmodified"].run(None, feed), lambda: sessions["export"].run(None, feed),
                 samples=n, repeats=repeats, warmup=warmup)
-    q1, q3 = np.percentile(c.ratios, [25, 75])
-    return {"onnx_unmodified_ms": c.a_ms, "onnx_export_ms": c.b_ms, "onnx_speedup": c.ratio_of_medians,
-            "onnx_speedup_q1": float(q1), "onnx_speedup_q3": float(q3),
-            "unmodified_times_ms": c.a_times_ms, "export_times_ms": c.b_times_ms,
-            "repeats": c.repeats, "threads": threads, "batch_size": n,
-            "paired": {"speedup": c.speedup, "low": c.speedup_low, "high": c.speedup_high,
-                       "confidence": c.confidence, "export_faster": c.b_faster, "order": c.order}}
+    return {"onnx_unmodified_ms": c.a_ms, "onnx_export_ms": c.b_ms, "onnx_speedup": c.speedup,
+            "onnx_speedup_low": c.speedup_low, "onnx_speedup_high": c.speedup_high, "onnx_export_faster": c.b_faster,
+            "confidence": c.confidence, "order": c.order, "unmodified_times_ms": c.a_times_ms,
+            "export_times_ms": c.b_times_ms, "repeats": c.repeats, "threads": threads, "batch_size": n}

@@ -28,16 +28,14 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["FAST_REPEATS", "FAST_S", "Timing", "Comparison", "time_ms", "compare", "comparison_text",
-           "interleaved_speedup", "speedup_text"]
+__all__ = ["FAST_REPEATS", "FAST_S", "Timing", "Comparison", "time_ms", "compare", "comparison_text"]
 
 #: the fewest repeats of a measurement whose repeat takes under FAST_S seconds: a median of fewer moves with load
 FAST_REPEATS = 20
 FAST_S = 1.0
 
-#: the orders a repeat may run its sides in; "ABBA" is the protocol, "AB" and "alternate" (AB, then BA) only
-#: serve :func:`interleaved_speedup`, the older measurement the report code still calls
-_ORDERS = {"ABBA": ("a", "b", "b", "a"), "AB": ("a", "b"), "alternate": ("a", "b")}
+#: the order of the runs within a repeat (the protocol's only one)
+_ABBA = ("a", "b", "b", "a")
 
 
 @dataclass
@@ -129,25 +127,22 @@ def time_ms(fn: Callable[[], object], *, repeats: int = FAST_REPEATS, samples: i
 
 
 def compare(a: Callable[[], object], b: Callable[[], object], *, repeats: int = FAST_REPEATS, samples: int = 1,
-            warmup: int = 2, fast_repeats: int = FAST_REPEATS, order: str = "ABBA", confidence: float = 0.95,
+            warmup: int = 2, fast_repeats: int = FAST_REPEATS, confidence: float = 0.95,
             resamples: int = 9999, seed: int = 0, clock: Callable[[], float] | None = None,
             sync: Callable[[], None] | None | bool = None) -> Comparison:
     """A and B (each processing ``samples`` samples) timed under the protocol in the module docstring:
-    ``warmup`` rounds of the repeat's order, then ``repeats`` repeats (raised to ``fast_repeats`` when a warm-up
+    ``warmup`` rounds of A, B, B, A, then ``repeats`` repeats (raised to ``fast_repeats`` when a warm-up
     round took under :data:`FAST_S`). ``sync`` as for :func:`time_ms`; ``seed`` draws the bootstrap resamples."""
-    if order not in _ORDERS:
-        raise ValueError(f"unknown timing order {order!r}; known: {', '.join(_ORDERS)}")
     run = _Runner(clock, sync)
     sides = {"a": a, "b": b}
-    pattern = _ORDERS[order]
     round_s = math.inf
     for _ in range(warmup):
-        round_s = sum(run.seconds(sides[name]) for name in pattern)
+        round_s = sum(run.seconds(sides[name]) for name in _ABBA)
     n = _repeats(repeats, round_s, fast_repeats)
     times: dict[str, list[float]] = {"a": [], "b": []}
-    for r in range(n):
+    for _ in range(n):
         taken: dict[str, list[float]] = {"a": [], "b": []}
-        for name in (pattern[::-1] if order == "alternate" and r % 2 else pattern):
+        for name in _ABBA:
             taken[name].append(run.seconds(sides[name]))
         for name in times:
             times[name].append(statistics.fmean(taken[name]) * 1000 / samples)
@@ -162,7 +157,7 @@ def compare(a: Callable[[], object], b: Callable[[], object], *, repeats: int = 
     return Comparison(a_ms=statistics.median(times["a"]), b_ms=statistics.median(times["b"]),
                       speedup=float(np.median(ratios)), speedup_low=low, speedup_high=high, confidence=confidence,
                       b_faster=float(np.mean(np.asarray(times["b"]) < np.asarray(times["a"]))), repeats=n,
-                      order=order, a_times_ms=times["a"], b_times_ms=times["b"])
+                      order="ABBA", a_times_ms=times["a"], b_times_ms=times["b"])
 
 
 def comparison_text(c: Comparison, *, what: str = "export", batch_size: int, threads: int) -> str:
@@ -172,26 +167,3 @@ def comparison_text(c: Comparison, *, what: str = "export", batch_size: int, thr
     return (f"speed-up {c.speedup:.3g}× (median of {c.repeats} paired per-repeat ratios, {c.order} order{interval}; "
             f"the {what} faster in {c.b_faster:.0%} of repeats; batch {batch_size}, "
             f"{threads} thread{'s' if threads != 1 else ''})")
-
-
-# ---------------------------------------------------------------------- the older measurement, for the report code
-def interleaved_speedup(first: Callable[[], object], second: Callable[[], object], *, samples: int, repeats: int,
-                        warmup: int = 2, alternate: bool = False) -> dict:
-    """The measurement ``search/report.py`` quotes today, now run by :func:`compare`: exactly ``repeats``
-    repeats of ``first`` then ``second`` (``alternate``: swapped on every other repeat) after ``warmup`` pairs.
-    Returns both medians (``first_ms``, ``second_ms``), ``speedup`` as the ratio of those medians, the quartiles
-    of the per-repeat ratios first/second (``speedup_q1``, ``speedup_q3``) and every repeat's times
-    (``first_times_ms``, ``second_times_ms``). New code calls :func:`compare` (ABBA, paired headline)."""
-    c = compare(first, second, repeats=repeats, samples=samples, warmup=warmup, fast_repeats=0,
-                order="alternate" if alternate else "AB", resamples=1000)
-    q1, q3 = np.percentile(c.ratios, [25, 75])
-    return {"first_ms": c.a_ms, "second_ms": c.b_ms, "speedup": c.ratio_of_medians,
-            "speedup_q1": float(q1), "speedup_q3": float(q3),
-            "first_times_ms": c.a_times_ms, "second_times_ms": c.b_times_ms}
-
-
-def speedup_text(speedup: float, q1: float, q3: float, *, repeats: int, batch_size: int, threads: int) -> str:
-    """The speed-up as the report code states it today: the ratio of the medians, then its spread and conditions
-    (:func:`comparison_text` states the paired protocol's result)."""
-    return (f"speed-up {speedup:.3g}× (ratio of the medians; per-repeat ratios: interquartile range "
-            f"{q1:.3g}–{q3:.3g} over {repeats} interleaved repeats, batch {batch_size}, {threads} thread{'s' if threads != 1 else ''})")

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -12,32 +13,47 @@ from rba.files import atomic_write_json
 from rba.progress import phase
 from rba.spans import parse_spans
 from search._render import render_report
-from search._results import Choice, ReportError, _write_pareto, read_report_inputs, split_pareto
+from search._results import Choice, ReportError, read_report_inputs
 from search.objective import RESULT_COLUMNS
 from search.recording import StudyContext, log
 
-__all__ = ["measure_speedup", "measure_export", "remeasure_report"]
+__all__ = ["measure_speedup", "speedup_ceiling", "measure_export", "remeasure_report"]
 
 
 def measure_speedup(original, exported, samples, *, batch_size: int, repeats: int) -> dict:
-    """Per-sample latency of the unmodified model and the export on one batch, measured back to back
-    (original, export, original, export, …) after a warm-up of each, so that load changes hit both alike.
-    Returns the medians, the speed-up (the ratio of the medians) with the quartiles of the per-repeat ratios,
-    every repeat's times, threads and batch (:func:`rba.timing.interleaved_speedup`)."""
+    """Per-sample latency of the unmodified model and the export on one batch, timed by :func:`rba.timing.compare`
+    (warm-up of both, unmodified-export-export-unmodified within each repeat, at least ``repeats`` repeats and at
+    least 20 where a repeat is under a second). The headline ``speedup`` is the median of the paired per-repeat
+    ratios unmodified/export, with its bootstrap interval (``speedup_low``, ``speedup_high`` at ``confidence``)
+    and the share of repeats in which the export was faster (``export_faster``); ``original_ms`` and
+    ``export_ms`` are each side's median of the same repeats, whose times are kept (``original_times_ms``,
+    ``export_times_ms``), with ``repeats`` (as run), ``order``, ``threads`` and ``batch_size``."""
     import torch
 
-    from rba.timing import interleaved_speedup
+    from rba.timing import compare
 
     batch = original.collate(samples[:batch_size])
     n = len(samples[:batch_size])
     with torch.inference_mode():
-        s = interleaved_speedup(lambda: original.forward(batch), lambda: exported.forward(batch), samples=n,
-                                repeats=repeats)
-    return {"original_ms": s["first_ms"], "export_ms": s["second_ms"], "speedup": s["speedup"],
-            "speedup_q1": s["speedup_q1"], "speedup_q3": s["speedup_q3"],
-            "original_times_ms": s["first_times_ms"], "export_times_ms": s["second_times_ms"],
-            "repeats": repeats, "threads": torch.get_num_threads(), "batch_size": n}
+        c = compare(lambda: original.forward(batch), lambda: exported.forward(batch), samples=n, repeats=repeats)
+    return {"original_ms": c.a_ms, "export_ms": c.b_ms, "speedup": c.speedup, "speedup_low": c.speedup_low,
+            "speedup_high": c.speedup_high, "confidence": c.confidence, "export_faster": c.b_faster,
+            "order": c.order, "original_times_ms": c.a_times_ms, "export_times_ms": c.b_times_ms,
+            "repeats": c.repeats, "threads": torch.get_num_threads(), "batch_size": n}
 
+
+def speedup_ceiling(cost_model, spans) -> dict:
+    """The largest speed-up the configuration ``spans`` can plausibly have: the unmodified model's time over its
+    time without the replaced blocks, the replacing maps counted as free. From the session's per-block latency
+    table when it was measured (``source`` "latency table"), else from the blocks' FLOPs ("FLOPs"). A measured
+    speed-up above it is timing noise, not a result."""
+    blocks = sorted({k for i, j in spans for k in range(i, j)})
+    if cost_model.block_latency_ms:
+        total, parts, source = cost_model.total_latency_ms, cost_model.block_latency_ms, "latency table"
+    else:
+        total, parts, source = float(cost_model.total_flops), cost_model.block_flops, "FLOPs"
+    kept = total - sum(parts[k] for k in blocks)
+    return {"speedup": total / kept if kept > 0 else math.inf, "source": source, "blocks": blocks}
 
 
 def _export(ctx: StudyContext, session, choice: Choice, out: Path) -> dict:
@@ -60,9 +76,10 @@ def _load() -> float:
 
 def measure_export(cfg, session, folder: Path) -> dict:
     """The speed-up records of an export folder against the session's unmodified model: ``speed`` (PyTorch,
-    also written to ``export/latency.json``) and, with ``[run] onnx`` and a current ONNX export in the folder,
-    ``onnx`` (ONNX Runtime, with the export check's largest relative difference); each with the load average
-    at its start and end."""
+    also written to ``export/latency.json``), ``ceiling`` (:func:`speedup_ceiling` from the session's cost
+    model: its latency table when measured) and, with ``[run] onnx`` and a current ONNX export in the folder,
+    ``onnx`` (ONNX Runtime, with the export check's largest relative difference); each timing with the load
+    average at its start and end."""
     from rba.export import load_export
     from rba.onnx import onnx_state
 
@@ -70,13 +87,14 @@ def measure_export(cfg, session, folder: Path) -> dict:
     trusted = model.kind == "module" and model.trust_code
     exported = load_export(folder, device=str(session.adapter.device), trust_code=trusted,
                            factory=model.name if trusted else None)
+    ceiling = speedup_ceiling(session.cost_model, parse_spans(exported.export_recipe["spans"]))
     load = _load()
     speed = measure_speedup(session.adapter, exported, session.splits.eval.samples,
                             batch_size=cfg.evaluate.batch_size, repeats=cfg.report.speedup_repeats)
     speed |= {"load_start": load, "load_end": _load()}
     atomic_write_json(folder / "latency.json", speed)
     onnx = _onnx_record(cfg, folder) if cfg.run.onnx and onnx_state(folder) == "current" else {}
-    return {"speed": speed, "onnx": onnx}
+    return {"speed": speed, "ceiling": ceiling, "onnx": onnx}
 
 
 def _onnx_record(cfg, folder: Path) -> dict:
@@ -94,14 +112,15 @@ def _onnx_record(cfg, folder: Path) -> dict:
 def remeasure_report(out: Path, *, progress: bool = True) -> Path:
     """``rba report DIR --measure``: measure the export's speed-up lines again (PyTorch and, where the study
     wrote one, ONNX Runtime) with the model and data of the folder's ``config.resolved.toml`` and the export on
-    disk, at the thread count the study used; update ``export/latency.json``, ``report.json`` and
-    ``summary.json`` (and an older rba's ``pareto.csv``, which listed the "none" trial next to the reference row),
-    then render the report (:func:`render_report`). A folder without ``export/`` (a committed
-    report keeps no weights) gets the chosen configuration exported again from the statistics (the closed-form
-    fits of the same calibration split). No search, trial or front evaluation runs. Returns the report's path."""
+    disk, at the thread count the study used, with the per-block latency table measured again for the speed-up's
+    ceiling; update ``export/latency.json``, ``report.json`` and ``summary.json``, then render the report
+    (:func:`render_report`). A folder without ``export/`` (a committed report keeps no weights) gets the chosen
+    configuration exported again from the statistics (the closed-form fits of the same calibration split, the fit
+    kind of the study's method). No search, trial or front evaluation runs. Returns the report's path."""
     import torch
 
     from rba.config import load_config
+    from rba.methods import get_method
     from rba.session import Session
 
     out = Path(out)
@@ -126,39 +145,39 @@ def remeasure_report(out: Path, *, progress: bool = True) -> Path:
                               f"`{info['choice']['spans']}`: rerun `rba run` on this study, or remove export/ to "
                               "export the report's choice again")
     cfg = load_config(out / "config.resolved.toml")
-    # labels where the data has them, as rba run's report step (its export carries the probe head then)
-    session = Session(cfg, need_labels=None, progress=progress, measure_latency=False)
-    if not exists:  # a committed report keeps no weights: export the choice again
-        from rba.export import export_model
-
-        spans = info["choice"]["spans"]
-        log(f"report: {folder} holds no export: exporting `{spans}` again from the statistics")
-        export_model(session, parse_spans(spans), folder, mode=cfg.fit.mode,
-                     kind="identity" if info["method"] == "block-drop" else cfg.fit.kind)
-        if cfg.run.onnx:
-            from rba.onnx import export_onnx
-
-            export_onnx(session, folder)
     threads = torch.get_num_threads()
     torch.set_num_threads(int(export["speed"].get("threads", threads)))
     try:
+        # labels where the data has them, as rba run's report step (its export carries the probe head then)
+        session = Session(cfg, need_labels=None, progress=progress)
+        if not exists:  # a committed report keeps no weights: export the choice again
+            from rba.export import export_model
+
+            spans = info["choice"]["spans"]
+            log(f"report: {folder} holds no export: exporting `{spans}` again from the statistics")
+            export_model(session, parse_spans(spans), folder, mode=cfg.fit.mode,
+                         kind=get_method(info["method"]).fit_kind(cfg.fit.kind))
+            if cfg.run.onnx:
+                from rba.onnx import export_onnx
+
+                export_onnx(session, folder)
         with phase(f"report: measuring the export `{info['choice']['spans']}` against the unmodified model",
                    enabled=progress):
             records = measure_export(cfg, session, folder)
     finally:
         torch.set_num_threads(threads)
     export |= records
-    export.pop("onnx_lines", None)  # the ONNX line is rendered from the record now
-    ref_row, _, front = split_pareto(data["pareto"], info["objective_columns"])
-    if len(ref_row) + len(front) < len(data["pareto"]):  # an older rba listed the "none" trial next to the reference
-        _write_pareto(out, ref_row, front)
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    summary = {k: v for k, v in summary.items() if not k.startswith("onnx_")}
-    summary |= {k: records["speed"][k] for k in ("speedup", "speedup_q1", "speedup_q3")}
-    summary |= {k: v for k, v in records["onnx"].items() if k.startswith("onnx_")}
+    summary = {k: v for k, v in summary.items() if not k.startswith("onnx_")} | speed_summary(records)
     atomic_write_json(summary_path, summary)
     atomic_write_json(out / "report.json", info)
     return render_report(out)
 
 
+def speed_summary(records: dict) -> dict:
+    """``summary.json``'s speed-up keys from :func:`measure_export`'s records."""
+    speed, onnx = records["speed"], records["onnx"]
+    return ({k: speed[k] for k in ("speedup", "speedup_low", "speedup_high", "export_faster")}
+            | {"speedup_ceiling": records["ceiling"]["speedup"]}
+            | {k: v for k, v in onnx.items() if k.startswith("onnx_")})

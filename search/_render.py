@@ -10,7 +10,20 @@ import numpy as np
 import pandas as pd
 
 from rba.files import atomic_path, atomic_write_text
-from search._results import COST_COLUMNS, choose_export, read_report_inputs, split_pareto
+from search._results import (
+    COST_COLUMNS,
+    PER_SAMPLE,
+    PerSample,
+    budget_picks,
+    choose_export,
+    fixed_reference,
+    hypervolumes,
+    method_rows,
+    paired_tests,
+    read_report_inputs,
+    split_pareto,
+    within_length_correlations,
+)
 from search.objective import QUALITY, RESULT_COLUMNS
 
 __all__ = ["render_report", "PLOTS"]
@@ -39,11 +52,10 @@ def _read(out: Path) -> dict:
     info = data["info"]
     info["metrics"] = dict(info["metrics"])  # metric → higher is more redundant, in the registry's order
     pareto = data["pareto"]
-    ref_row, reference, front = split_pareto(pareto, info["objective_columns"])
-    if len(ref_row) + len(front) < len(pareto):  # an older rba's: shown without the "none" trial, the file as it is
-        pareto = pd.concat([ref_row, front], ignore_index=True)  # (`rba report --measure` writes it again)
+    _, reference, front = split_pareto(pareto, info["objective_columns"])
     return {"info": info, "trials": data["trials"], "scores": data["scores"], "pareto": pareto, "front": front,
-            "reference": reference, "baselines": data.get("baselines"), "singles": data.get("singles")}
+            "reference": reference, "baselines": data.get("baselines"), "singles": data.get("singles"),
+            "per_sample": data.get("per_sample")}
 
 
 def _draw_plots(out: Path, inputs: dict) -> None:
@@ -65,33 +77,40 @@ def _report_text(out: Path, inputs: dict) -> str:
     """report.md's text; ``out`` is read for the study's resolved config only (:func:`_data_sources`)."""
     info, trials, scores, pareto = inputs["info"], inputs["trials"], inputs["scores"], inputs["pareto"]
     front, reference, baselines, singles = inputs["front"], inputs["reference"], inputs["baselines"], inputs["singles"]
+    per = inputs["per_sample"]
     quality, cost = info["quality"], info["cost"]
     max_drop = info["max_drop"]
     choice = info["choice"]
     plots = ["scores.png", "pareto.png"]
     files = ["scores.csv", "scores.png", "trials.csv", "trials.parquet", "pareto.csv", "pareto.png"]
     files += (["baselines.csv"] if baselines is not None else []) + (["singles.csv"] if singles is not None else [])
-    files += ["config.resolved.toml", "run.json", "summary.json", "report.json"]
+    files += ["config.resolved.toml", "run.json", "summary.json", "report.json"] + ([PER_SAMPLE] if per else [])
     # the trials line is counted from the tables (an older rba stored it, counting the "none" trial in the front)
     header = [h for h in info["header"] if not h.startswith("trials: ")]
     header.insert(len(header) - 1, f"trials: {int((trials['state'] == 'COMPLETE').sum())} complete of {len(trials)}; "
                                    f"front: {len(front)} configurations besides the unmodified model")
-    lines = [f"# rba study: {info['name']}", "", *[f"- {h}" for h in header + _data_sources(out)], ""]
+    lines = [f"# rba study: {info['name']}", "", *[f"- {h}" for h in header + _data_sources(out)],
+             f"- {_test_line(per)}", ""]
     lines_files = len(lines)
     lines += ["## Front", "",
               f"Sorted by {cost}; the first row is the unmodified model (a reference, not a trial). Accuracy is "
-              "evaluated here for front members whose trials did not compute it (when the data has labels).", "",
-              _markdown(pareto), "", "![front](pareto.png)", "",
+              "evaluated here for front members whose trials did not compute it (when the data has labels). "
+              + ("The search selected the front on the eval split (its columns); the test columns score the same "
+                 "configurations on the held-out test split, ± one standard error." if per else ""), "",
+              _markdown(_with_test(pareto, info["kind"], per)), "", "![front](pareto.png)", "",
               "## Export rule", "",
               f"The export is the cheapest feasible front member by {cost} ({_why_column(cost, info, COST_COLUMNS)}) "
               f"whose {quality} ({_why_column(quality, info, QUALITY)}) is at most max_drop = {max_drop:g} "
               "(absolute, `--max-drop`, `[run] max_drop`) below the unmodified model's; if none is, the "
               f"best-{quality} feasible member, with a warning.", "",
-              f"Picked: {choice['reason']}.{_picked_accuracy(info, reference, front, choice)}", ""]
+              f"Picked: {choice['reason']}.{_picked_accuracy(info, reference, front, choice)}"
+              + _picked_test(info, per, choice), ""]
     lines += _redundancy_section(scores, info)
     if baselines is not None:
-        lines += _baselines_section(info, front, reference, baselines, choice)
-        lines += _methods_section(info, trials, reference, baselines)
+        lines += _baselines_section(info, front, reference, baselines, choice, per)
+        lines += _methods_section(info, trials, reference, baselines, per)
+    if per is not None:
+        lines += _paired_section(info, trials, baselines, per)
     lines += _multi_span_section(info, front, trials, singles, reference)
     if singles is not None:
         lines += _priors_section(info, singles, scores)
@@ -102,7 +121,7 @@ def _report_text(out: Path, inputs: dict) -> str:
                   "metric with the post-replacement fidelity and accuracy.", ""]
     lines += _cost_section(info, trials)
     plots.append("cost.png")
-    lines += _export_section(info, reference, front, choice)
+    lines += _export_section(info, reference, front, choice, per)
     timing = info["timing"]
     lines += ["## Wall time", "",
               f"Wall time: {timing['total_s']:.1f} s (report rendering aside), by phase:", "",
@@ -112,21 +131,92 @@ def _report_text(out: Path, inputs: dict) -> str:
     return "\n".join(lines)
 
 
+def _test_line(per: PerSample | None) -> str:
+    if per is None:
+        return ("test split: none (`[data] test = 0`): every quality here is on the eval split that selected it, so "
+                "the best values are biased upwards (a winner's curse); set `[data] test` to hold samples out")
+    return (f"test split: {per.samples} samples held out, which neither the search nor the export rule saw; every "
+            "test number is re-evaluated on it with ± one standard error (binomial for accuracy, of the mean for "
+            f"fidelity), per-sample results in {PER_SAMPLE}")
+
+
+def _pm(value: float, se: float) -> str:
+    """value ± SE as the report prints it ("" for a missing value)."""
+    if value != value:
+        return ""
+    return f"{value:.4g} ± {se:.2g}" if se == se else f"{value:.4g}"
+
+
+def _with_test(rows: pd.DataFrame, kind: str | pd.Series, per: PerSample | None) -> pd.DataFrame:
+    """``rows`` (configurations with ``spans``; ``kind``: their fit kind, one for all or a column) with the test
+    split's fidelity and accuracy, each ± its standard error (accuracy only when the data has labels)."""
+    if per is None:
+        return rows
+    kinds = [kind] * len(rows) if isinstance(kind, str) else list(kind)
+    scores = [per.scores(k, str(s)) for k, s in zip(kinds, rows["spans"], strict=True)]
+    out = rows.copy()
+    out["test fidelity"] = [_pm(x["fidelity"], x["fidelity_se"]) for x in scores]
+    if per.prediction is not None:
+        out["test accuracy"] = [_pm(x["accuracy"], x["accuracy_se"]) for x in scores]
+    return out
+
+
+def _test_text(per: PerSample | None, kind: str, spans: str | None) -> str:
+    """A configuration's test-split numbers in a sentence ("" without a test split)."""
+    if per is None or spans is None:
+        return ""
+    x = per.scores(kind, spans)
+    parts = ([f"accuracy {_pm(x['accuracy'], x['accuracy_se'])}"] if per.prediction is not None else []) + \
+        [f"fidelity {_pm(x['fidelity'], x['fidelity_se'])}"]
+    return f"test split: {', '.join(parts)}"
+
+
+def _picked_test(info: dict, per: PerSample | None, choice: dict) -> str:
+    if per is None or choice["spans"] is None:
+        return ""
+    return (f" On the {_test_text(per, info['kind'], choice['spans'])} (unmodified model: "
+            f"{_test_text(per, info['kind'], 'none').removeprefix('test split: ')}).")
+
+
 def _load_text(record: dict) -> str:
     return f", load {record['load_start']:.1f} → {record['load_end']:.1f}" if "load_start" in record else ""
 
 
-def _onnx_lines(s: dict, flops_frac: float) -> list[str]:
-    """The report's ONNX Runtime line from an ``onnx`` record of :func:`measure_export`."""
-    from rba.timing import speedup_text
+def _speedup_text(record: dict, keys: dict[str, str], ceiling: dict) -> str:
+    """A speed-up record (PyTorch's, or ONNX Runtime's: ``keys`` maps the :class:`rba.timing.Comparison` fields to
+    its keys) as the report states it: the median paired ratio with its interval and how often the export was
+    faster (:func:`rba.timing.comparison_text`), or, above the ceiling that the same run's latency table (or the
+    FLOPs) allows, flagged as noise instead of quoted."""
+    from rba.timing import Comparison, comparison_text
 
+    c = Comparison(**{field: record[key] for field, key in keys.items()}, order=record["order"],
+                   confidence=record["confidence"], repeats=record["repeats"])
+    text = comparison_text(c, batch_size=record["batch_size"], threads=record["threads"])
+    bound = ceiling["speedup"]
+    what = ("the latency table of the same run" if ceiling["source"] == "latency table"
+            else "the FLOPs (no latency table was measured)")
+    if c.speedup > bound:
+        return (f"**implausible, not a result**: the measured {text} is above the ceiling of {bound:.3g}× that "
+                f"{what} allows with the replacing maps free; the difference is timing noise (load), so no speed-up "
+                "is claimed")
+    return f"{text}; ceiling {bound:.3g}× ({what}, the replacing maps free)"
+
+
+#: the PyTorch and ONNX Runtime records' keys for the fields of a Comparison
+_TORCH_KEYS = {"a_ms": "original_ms", "b_ms": "export_ms", "speedup": "speedup", "speedup_low": "speedup_low",
+               "speedup_high": "speedup_high", "b_faster": "export_faster", "a_times_ms": "original_times_ms",
+               "b_times_ms": "export_times_ms"}
+_ONNX_KEYS = {"a_ms": "onnx_unmodified_ms", "b_ms": "onnx_export_ms", "speedup": "onnx_speedup",
+              "speedup_low": "onnx_speedup_low", "speedup_high": "onnx_speedup_high",
+              "b_faster": "onnx_export_faster", "a_times_ms": "unmodified_times_ms", "b_times_ms": "export_times_ms"}
+
+
+def _onnx_lines(s: dict, flops_frac: float, ceiling: dict) -> list[str]:
+    """The report's ONNX Runtime line from an ``onnx`` record of :func:`search._measure.measure_export`."""
     return [f"ONNX Runtime (export/model.onnx against export/unmodified.onnx, both checked against PyTorch: max "
             f"relative difference {s['max_rel_diff']:.2g}{_load_text(s)}): unmodified {s['onnx_unmodified_ms']:.4g} "
-            f"ms/sample, export {s['onnx_export_ms']:.4g} ms/sample (medians); "
-            + speedup_text(s["onnx_speedup"], s["onnx_speedup_q1"], s["onnx_speedup_q3"], repeats=s["repeats"],
-                           batch_size=s["batch_size"], threads=s["threads"])
-            + f", at flops_frac {flops_frac:.3g}.", ""]
-
+            f"ms/sample, export {s['onnx_export_ms']:.4g} ms/sample (medians of the same repeats); "
+            + _speedup_text(s, _ONNX_KEYS, ceiling) + f"; at flops_frac {flops_frac:.3g}.", ""]
 
 
 def _why_column(column: str, info: dict, kinds) -> str:
@@ -146,11 +236,16 @@ def _data_sources(out: Path) -> list[str]:
     except (OSError, ValueError, KeyError):
         return []
     main = f"{data.get('kind')} {data.get('path') or ''}".strip()
+    if data.get("test"):
+        evaluation, others = "eval (the search's and the rule's selection; every score not marked test) and test", \
+            "probe, eval and test"
+    else:
+        evaluation, others = "eval (every score here)", "probe and eval"
     if data.get("calibration_path"):
         cal = f"{data.get('calibration_kind') or data.get('kind')} {data['calibration_path']}"
-        return [f"calibration source (statistics and span fits): {cal}, another data set than the probe and eval "
-                f"splits (a transfer)", f"probe (classifier) and eval (every score here) source: {main}"]
-    return [f"calibration (statistics and span fits), probe (classifier) and eval (every score here): disjoint "
+        return [f"calibration source (statistics and span fits): {cal}, another data set than the {others} "
+                f"splits (a transfer)", f"probe (classifier) and {evaluation} source: {main}"]
+    return [f"calibration (statistics and span fits), probe (classifier) and {evaluation}: disjoint "
             f"splits of one source, {main}"]
 
 
@@ -184,45 +279,93 @@ def _redundancy_section(scores: pd.DataFrame, info: dict) -> list[str]:
 
 
 def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
-                       choice: dict) -> list[str]:
+                       choice: dict, per: PerSample | None) -> list[str]:
+    from rba.methods import get_method
+
     quality, cost = info["quality"], info["cost"]
     lines = ["## Baselines at the same budgets", "",
-             "The same rule applied to each baseline's configurations (BR-greedy: the paper's heuristic, "
-             "fitted spans; block-drop: spans replaced by the identity). Configurations the trials evaluated carry "
-             "the trials' results (`source` = trial; accuracy only where the search computed it):", ""]
+             "The same rule applied to the configurations each baseline method plans (`rba ls methods`; each "
+             "replaces its spans with its own fit kind: identity = the blocks dropped). Configurations the trials "
+             "evaluated with the same fit kind carry the trials' results (`source` = trial; accuracy only where the "
+             "search computed it):", ""]
     r = _chosen(front, reference, choice["spans"])
     if r is not None:
-        lines.append(f"- search: `{choice['spans']}`, {quality} {r[quality]:.4g}, {cost} {r[cost]:.4g}")
+        lines.append(f"- search ({info['method']}): `{choice['spans']}`, {quality} {r[quality]:.4g}, {cost} "
+                     f"{r[cost]:.4g}" + _semicolon(_test_text(per, info["kind"], choice["spans"])))
     else:
-        lines.append("- search: nothing feasible")
+        lines.append(f"- search ({info['method']}): nothing feasible")
     for method, rows in baselines.groupby("method", sort=False):
+        what = f"{method} ({rows['kind'].iloc[0]}; {get_method(method).summary})"
         pick = choose_export(rows.assign(spans=rows["spans"].astype(str)), reference, info["objectives"],
                              info["max_drop"])
         if pick.row is None:
-            lines.append(f"- {method}: no configuration within the budgets")
+            lines.append(f"- {what}: no configuration within the budgets")
         else:
-            lines.append(f"- {method}: `{pick.row['spans']}`, {quality} {pick.row[quality]:.4g}, {cost} "
-                         f"{pick.row[cost]:.4g}" + ("" if pick.within else f" (none within {info['max_drop']:g})"))
-    return lines + ["", _markdown(baselines), ""]
+            lines.append(f"- {what}: `{pick.row['spans']}`, {quality} {pick.row[quality]:.4g}, {cost} "
+                         f"{pick.row[cost]:.4g}" + ("" if pick.within else f" (none within {info['max_drop']:g})")
+                         + _semicolon(_test_text(per, pick.row["kind"], str(pick.row["spans"]))))
+    return lines + ["", _markdown(_with_test(baselines, baselines["kind"], per)), ""]
 
 
-def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baselines: pd.DataFrame) -> list[str]:
+def _semicolon(text: str) -> str:
+    return f"; {text}" if text else ""
+
+
+def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
+                     per: PerSample | None) -> list[str]:
     from search.analysis import compare_methods
 
     quality, cost = info["quality"], info["cost"]
-    methods = {"search": trials} | {m: rows for m, rows in baselines.groupby("method", sort=False)}
-    table, ref = compare_methods(methods, quality=quality, cost=cost, reference=reference,
-                                 flops_points=info["flops_points"])
-    return ["## Search against BR-greedy and block-drop", "",
+    methods = method_rows(info, trials, baselines)
+    worst, worst_ref = compare_methods(methods, quality=quality, cost=cost, reference=reference,
+                                       flops_points=info["flops_points"])
+    fixed, refs = hypervolumes(info, methods, reference, per)
+    table = fixed.merge(worst.rename(columns={"hypervolume": "hypervolume (worst point)",
+                                              "share of best": "share (worst point)"}), on="method")
+    table.insert(1, "configurations", table.pop("configurations"))
+    if per is not None:  # each pick, selected on eval, scored on the test split
+        picks = budget_picks(info, methods)
+        for p in info["flops_points"]:
+            at = list(table.columns).index(f"spans at {p:g}")
+            values = []
+            for label in table["method"]:
+                x = per.scores(*picks[label][p]) if picks[label][p] is not None else {quality: math.nan}
+                values.append(_pm(x[quality], x.get(f"{quality}_se", math.nan)))
+            table.insert(at + 1, f"test {quality} at {p:g}", values)
+    ref = refs["eval"]
+    test_ref = (f" The test hypervolume scores each method's eval front (its feasible configurations no other of "
+                f"its own beats on eval) on the test split, at {quality} = {refs['test'][0]:.4g} (0.9 × the "
+                f"unmodified model's test {quality})." if per is not None else "")
+    return ["## Search against the baselines", "",
             f"Each method's feasible configurations (the search: every completed trial). Hypervolume of ({quality} ↑, "
-            f"{cost} ↓) with the reference point {quality} = {ref[0]:.4g} (the lowest of all methods) and {cost} = "
-            f"{ref[1]:.4g} (the unmodified model); best {quality} within each FLOPs fraction. The front plot above "
-            "draws the baselines as dashed lines.", "", _markdown(table), ""]
+            f"{cost} ↓) at a reference point fixed before the runs: {quality} = {ref[0]:.4g} (0.9 × the unmodified "
+            f"model's {quality}) and {cost} = {ref[1]:.4g} (the unmodified model), so configurations that lose more "
+            f"than a tenth of the {quality} add no area; beside it, the hypervolume at the worst point of all "
+            f"methods ({quality} = {worst_ref[0]:.4g}, the lowest of any method). Best {quality} within each FLOPs "
+            "fraction, selected on eval"
+            + (f", and that configuration's {quality} on the test split ± one standard error" if per else "")
+            + f".{test_ref} The front plot above draws the baselines as dashed lines.", "", _markdown(table), ""]
+
+
+def _paired_section(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | None, per: PerSample) -> list[str]:
+    table = paired_tests(info, trials, baselines, per)
+    lines = ["## Paired tests on the test split", "",
+             f"Two configurations scored on the same {per.samples} test samples, compared sample by sample: the export "
+             "against the unmodified model, and at each budget of `[report] flops_points` the configuration the "
+             "search selects on eval (its best feasible "
+             f"{info['quality']} within that FLOPs fraction) against each baseline's. B − A is the difference of the "
+             "means (B: the export, the search) with its 95% paired bootstrap interval (low, high); p tests \"no "
+             "difference\": McNemar's exact test for accuracy (mid-p beside it), the paired bootstrap for fidelity; "
+             f"p (Holm) adjusts all {len(table)} p-values of this table as one family (Holm's step-down).", ""]
+    if not len(table):
+        return lines + ["No comparison: nothing was exported and no method has a configuration within a budget.", ""]
+    shown = table.assign(budget=[("" if b != b else f"≤ {b:g}") for b in table["budget"]])
+    return lines + [_markdown(shown), ""]
 
 
 def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, singles: pd.DataFrame | None,
                         reference: dict) -> list[str]:
-    from search.analysis import multi_span
+    from search.analysis import feasible_rows, hypervolume, multi_span, span_count
 
     quality, cost = info["quality"], info["cost"]
     evaluated = trials[trials["state"] == "COMPLETE"]
@@ -231,6 +374,12 @@ def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, s
         evaluated = pd.concat([evaluated, extra[[c for c in extra.columns if c in evaluated.columns]]],
                               ignore_index=True)
     m = multi_span(front, evaluated, quality=quality, cost=cost, reference=reference)
+    ok = feasible_rows(evaluated)
+    ok = ok[ok[quality].notna()]
+    single = ok[ok["spans"].map(span_count) <= 1]
+    ref = fixed_reference(reference[quality], reference[cost])
+    hv_all, hv_single = (hypervolume(rows[quality], rows[cost], *ref) for rows in (ok, single))
+    share = f"{hv_single / hv_all:.3f}" if hv_all > 0 else "none (no configuration within the reference point)"
     answer = "yes" if m["multi_span_members"] else "no"
     counts = ", ".join(f"{v} with {k} span{'s' if k != 1 else ''}" for k, v in m["by_count"].items()) or "none"
     which = ("every single span evaluated ([report] single_spans)" if singles is not None else
@@ -239,22 +388,32 @@ def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, s
             f"**{answer.capitalize()}**: {m['multi_span_members']} of the front's {m['front_members']} members hold "
             f"two spans or more ({counts})" + (f": {', '.join('`' + s + '`' for s in m['multi_span_spans'])}."
                                            if m["multi_span_spans"] else "."),
-            f"The front of configurations with at most one span ({which}) covers {m['single_share']:.3f} of the "
-            f"hypervolume of all evaluated configurations ({m['hypervolume_single']:.4g} of "
-            f"{m['hypervolume_all']:.4g}; reference point {quality} = {m['reference_point'][0]:.4g}, {cost} = "
-            f"{m['reference_point'][1]:.4g}).", ""]
+            f"The front of configurations with at most one span ({which}) covers {share} of the hypervolume of all "
+            f"evaluated configurations on eval ({hv_single:.4g} of {hv_all:.4g}) at the fixed reference point "
+            f"{quality} = {ref[0]:.4g}, {cost} = {ref[1]:.4g}; at the worst point ({quality} = "
+            f"{m['reference_point'][0]:.4g}, the lowest evaluated), {m['single_share']:.3f} "
+            f"({m['hypervolume_single']:.4g} of {m['hypervolume_all']:.4g}).", ""]
 
 
 def _priors_section(info: dict, singles: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
     from search.analysis import prior_correlations
 
     table = prior_correlations(singles, scores, info["metrics"])
+    within = within_length_correlations(singles, scores, info["metrics"])
+    pooled = table.set_index(["metric", "quality"])["spearman"]
+    within.insert(2, "pooled", [pooled.get((m, q), math.nan) for m, q in zip(within["metric"], within["quality"],
+                                                                              strict=True)])
     evaluated = int((singles["source"] == "evaluated").sum())
     return ["## Metrics as priors (every single span)", "",
             f"Spearman correlation over all {len(singles)} single spans between each metric, oriented so that higher "
             "means more redundant (ls_residual negated), and the span's post-replacement fidelity and accuracy: a good "
             f"prior has ρ near 1. {len(singles) - evaluated} spans reuse trial results, {evaluated} were evaluated "
-            "for the report (singles.csv).", "", _markdown(table), "", "![priors](priors.png)", ""]
+            "for the report (singles.csv).", "", _markdown(table), "",
+            "Pooled over span lengths, ρ mostly measures that longer spans hurt more. The decision a prior must "
+            "make is among spans of equal cost, once a budget fixes how much to replace: below, ρ among the spans of "
+            "each length (end − start blocks; equal cost where the blocks are alike) with at least 3 spans, and "
+            "their mean weighted by the number of spans (`within lengths`), next to the pooled ρ.", "",
+            _markdown(within), "", "![priors](priors.png)", ""]
 
 
 def _plot_priors(path: Path, singles: pd.DataFrame, scores: pd.DataFrame, metrics: dict[str, bool]) -> None:
@@ -277,10 +436,16 @@ def _plot_priors(path: Path, singles: pd.DataFrame, scores: pd.DataFrame, metric
 
 
 def _search_cost(info: dict, trials: pd.DataFrame) -> dict:
+    """The search's cost (:func:`search.analysis.search_cost`). Its time is this run's search wall time, or, when
+    the study resumed (trials completed in an earlier run), the summed durations of all its completed trials: this
+    run's wall time covers only the trials it ran (none, when the study was already complete)."""
     from search.analysis import search_cost
 
-    return search_cost(trials, search_wall_s=dict(info["timing"]["phases"]).get("search", math.nan),
-                       configurations=info["configurations"], exhaustive_run=info["method"] == "exhaustive")
+    wall = dict(info["timing"]["phases"]).get("search", math.nan)
+    if info["timing"].get("completed_before", 0):
+        wall = float(trials.loc[trials["state"] == "COMPLETE", "duration_s"].sum())
+    return search_cost(trials, search_wall_s=wall, configurations=info["configurations"],
+                       exhaustive_run=info["method"] == "exhaustive")
 
 
 def _plot_cost(path: Path, c: dict) -> None:
@@ -303,48 +468,51 @@ def _cost_section(info: dict, trials: pd.DataFrame) -> list[str]:
     how = ("an estimate: the number of configurations × one evaluation" if c["exhaustive_estimated"]
            else "measured: this study was the exhaustive sweep")
     before = info["timing"].get("completed_before", 0)
-    resumed = ([f"The study resumed: {before} of its {c['trials']} completed trials ran before this run, so the "
-                "search time above covers only the rest; the summed trial durations over all runs are "
-                f"{float(trials.loc[trials['state'] == 'COMPLETE', 'duration_s'].sum()):.4g} s.", ""]
-               if before else [])
+    if before:
+        took = (f"The study resumed ({before} of its {c['trials']} completed trials ran before this run, whose search "
+                f"phase took {dict(info['timing']['phases']).get('search', math.nan):.1f} s), so the search's time "
+                f"here is the summed duration of all its completed trials, {c['search_wall_s']:.1f} s (the eval "
+                "split's cache and the latency table not included)")
+    else:
+        took = (f"The search took {c['search_wall_s']:.1f} s wall time ({c['trials']} trials; the eval split's cache "
+                "and the latency table included, the statistics not)")
     return ["## Cost of the search", "",
-            f"The search took {c['search_wall_s']:.1f} s wall time ({c['trials']} trials; the eval split's cache and "
-            f"the latency table included, the statistics not), {c['search_in_evaluations']:.1f}× one evaluation "
-            f"({c['one_evaluation_s']:.3g} s, the median completed trial). An exhaustive sweep of all "
-            f"{c['configurations']:,} configurations takes {c['exhaustive_s']:.4g} s ({how}): "
-            f"{c['exhaustive_over_search']:.3g}× the search.", "",
-            *resumed, "![cost](cost.png)", ""]
+            f"{took}: {c['search_in_evaluations']:.1f}× one evaluation ({c['one_evaluation_s']:.3g} s, the median "
+            f"completed trial). An exhaustive sweep of all {c['configurations']:,} configurations takes "
+            f"{c['exhaustive_s']:.4g} s ({how}): {c['exhaustive_over_search']:.3g}× the search.", "",
+            "![cost](cost.png)", ""]
 
 
-def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: dict) -> list[str]:
+def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: dict,
+                    per: PerSample | None) -> list[str]:
     export = info["export"]
     if export is None:
         return ["## Exported configuration", "", "No feasible configuration: nothing exported.", ""]
     row = _chosen(front, reference, choice["spans"])
-    speed = export["speed"]
-    if "original_times_ms" in speed:
-        from rba.timing import speedup_text
-
-        headline = speedup_text(speed["speedup"], speed["speedup_q1"], speed["speedup_q3"], repeats=speed["repeats"],
-                                batch_size=speed["batch_size"], threads=speed["threads"])
-    else:  # a record of an older rba, which did not keep the times
-        headline = (f"speed-up {speed['speedup']:.3g}× (an older rba's median of per-repeat ratios, quartiles "
-                    f"{speed['speedup_q1']:.3g}–{speed['speedup_q3']:.3g}; `rba report DIR --measure` measures it "
-                    "again as the ratio of the medians)")
+    speed, ceiling = export["speed"], export["ceiling"]
     onnx = export.get("onnx") or {}
-    onnx_lines = (_onnx_lines(onnx, export["measured"]["flops_frac"]) if "unmodified_times_ms" in onnx
-                  else export.get("onnx_lines", []))
+    onnx_lines = _onnx_lines(onnx, export["measured"]["flops_frac"], ceiling) if onnx else []
+    # latency: the search row's is the cost model's; the unmodified model's and the export's are the medians of
+    # the interleaved run quoted under the table, so that the table and the speed-up line agree
+    table = pd.DataFrame([
+        {"source": "unmodified model"} | {c: reference.get(c) for c in RESULT_COLUMNS}
+        | {"latency_ms": speed["original_ms"]},
+        {"source": "search (modelled latency)"} | {c: row[c] for c in RESULT_COLUMNS},
+        {"source": "export (measured)"} | {c: export["measured"].get(c) for c in RESULT_COLUMNS}
+        | {"latency_ms": speed["export_ms"]}])
     return ["## Exported configuration", "",
             f"`{choice['spans']}`, written to `export/` (model.safetensors + recipe.json, with its classifier head "
-            "when the data has labels: `rba.head_logits`). Reloaded and evaluated end to end:", "",
-            _markdown(pd.DataFrame([{"source": "unmodified model"} | {c: reference.get(c) for c in RESULT_COLUMNS},
-                                    {"source": "search (modelled latency)"} | {c: row[c] for c in RESULT_COLUMNS},
-                                    {"source": "export (measured)"} | {c: export["measured"].get(c)
-                                                                       for c in RESULT_COLUMNS}])),
-            "",
-            f"Latency, measured back to back (unmodified model and export interleaved{_load_text(speed)}): unmodified "
-            f"{speed['original_ms']:.4g} ms/sample, export {speed['export_ms']:.4g} ms/sample (medians); {headline}. "
-            "Written to export/latency.json.", "",
+            "when the data has labels: `rba.head_logits`). Reloaded and evaluated end to end; the latency of the "
+            "unmodified model and of the export is the median per sample of the interleaved run below, the search "
+            "row's the cost model's:", "",
+            _markdown(table), "",
+            *([f"The export's configuration on the {_test_text(per, info['kind'], choice['spans'])}; the unmodified "
+               f"model's: {_test_text(per, info['kind'], 'none').removeprefix('test split: ')} (paired tests above).",
+               ""] if per is not None else []),
+            f"Latency, measured back to back (unmodified model and export interleaved, unmodified-export-export-"
+            f"unmodified in each repeat{_load_text(speed)}): unmodified {speed['original_ms']:.4g} ms/sample, export "
+            f"{speed['export_ms']:.4g} ms/sample (medians of the same repeats); "
+            f"{_speedup_text(speed, _TORCH_KEYS, ceiling)}. Written to export/latency.json.", "",
             *onnx_lines]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from search.objective import QUALITY, RESULT_COLUMNS
 from search.recording import SearchResult, StudyContext, log
 
 __all__ = ["finish", "rule_columns", "Choice", "choose_export", "complete_front", "reference_row",
-           "split_pareto", "read_report_inputs", "ReportError", "REPORT_FORMAT", "COST_COLUMNS"]
+           "split_pareto", "read_report_inputs", "ReportError", "REPORT_FORMAT", "REPORT_BASELINES", "COST_COLUMNS"]
 
 
 def finish(ctx: StudyContext, study) -> SearchResult:
@@ -172,13 +173,15 @@ def split_pareto(pareto: pd.DataFrame, objective_columns: list[str]) -> tuple[pd
     return ref_row, reference, front
 
 
-#: report.json's format; ``rba report`` reads this format only
-REPORT_FORMAT = 1
+#: report.json's format; ``rba report`` reads this format only. 2: the speed-up as the median of paired
+#: per-repeat ratios with its interval and ceiling; the search's fit kind (``kind``) and the held-out test split
+#: (``test``: None, or the per-sample file with its size)
+REPORT_FORMAT = 2
 
-#: what report.json holds (format 1)
-_REPORT_KEYS = {"format", "name", "header", "method", "objectives", "objective_columns", "budgets", "quality", "cost",
-                "max_drop", "choice", "export", "configurations", "metrics", "flops_points", "baselines",
-                "single_spans", "titles", "timing"}
+#: what report.json holds
+_REPORT_KEYS = {"format", "name", "header", "method", "kind", "objectives", "objective_columns", "budgets", "quality",
+                "cost", "max_drop", "choice", "export", "configurations", "metrics", "flops_points", "baselines",
+                "single_spans", "test", "titles", "timing"}
 
 
 class ReportError(RBAError):
@@ -200,28 +203,45 @@ def _result_row(result: dict) -> dict:
     return {c: result[c] for c in RESULT_COLUMNS} | {"feasible": bool(result["feasible"])}
 
 
+#: the methods (registry names, ``rba ls methods``) that ``rba run``'s report compares the search with, when
+#: ``[report] baselines``: those that plan a fixed list of configurations. The methods that plan
+#: ``search.trials`` of them (random, random-lesions, proxy-front) would double the report's evaluations; run
+#: them with ``rba run --method``.
+REPORT_BASELINES = ("br-greedy", "shortgpt", "shortgpt-affine", "sleb", "gromov", "gromov-affine")
+
+
 def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
-    """BR-greedy (the search's fit kind) and block-drop (identity) configurations, each with its results: the
-    trials' where the search evaluated the configuration (same fit kind), else evaluated through the search's
-    objective (its session and budgets; accuracy only where the trials compute it)."""
-    from search.baselines import block_drop_order
+    """The configurations each method of :data:`REPORT_BASELINES` plans (its registry planner, on the study's
+    session, budgets and objectives; the study's own method left out), with the fit kind the registry gives it
+    (``get_method(name).fit_kind``) and its results: the trials' where the search evaluated the configuration
+    with that fit kind, else evaluated through an objective of that kind (one per kind, so a configuration two
+    methods share is evaluated once; accuracy only where the trials compute it)."""
+    import dataclasses
+
+    from rba.methods import get_method
     from search.objective import Objective
 
     session = ctx.session
-    plans = {"BR-greedy": (ctx.objective.kind, br_greedy(ctx.table) if ctx.table is not None else []),
-             "block-drop": ("identity", block_drop_order(session.stats, session.pairs))}
+    objectives = {ctx.objective.kind: ctx.objective}
+    own = get_method(ctx.method).name
     rows = []
-    for method, (kind, configurations) in plans.items():
-        objective = (ctx.objective if kind == ctx.objective.kind
-                     else Objective(session, kind=kind, mode=ctx.objective.mode))
-        for spans in configurations:
+    for name in REPORT_BASELINES:
+        spec = get_method(name)
+        if spec.name == own:
+            continue
+        kind = spec.fit_kind(ctx.cfg.fit.kind)
+        if kind not in objectives:
+            objectives[kind] = Objective(session, kind=kind, mode=ctx.objective.mode)
+        objective = objectives[kind]
+        planned = spec.plan(dataclasses.replace(ctx, method=name, objective=objective), True)
+        for _, spans in planned:
             key = format_spans(spans)
             if kind == ctx.objective.kind and key in known:
                 row, source = known[key], "trial"
             else:
                 row, source = _result_row(objective(spans)), "evaluated"
-            rows.append({"method": method} | row | {"source": source})
-    return pd.DataFrame(rows, columns=["method", *RESULT_COLUMNS, "feasible", "source"])
+            rows.append({"method": name, "kind": kind} | row | {"source": source})
+    return pd.DataFrame(rows, columns=["method", "kind", *RESULT_COLUMNS, "feasible", "source"])
 
 
 def _single_rows(ctx: StudyContext, session, known: dict[str, dict]) -> pd.DataFrame:
@@ -259,7 +279,8 @@ def read_report_inputs(out: Path) -> dict:
                           "write it again (the study resumes, no trial is repeated)") from None
     if info.get("format") != REPORT_FORMAT:
         raise ReportError(f"{path} has report format {info.get('format')!r}, and this rba reads format "
-                          f"{REPORT_FORMAT}: rerun `rba run` on this study to write it again")
+                          f"{REPORT_FORMAT}: rerun `rba run` on this study to write it again (the study resumes, no "
+                          "trial is repeated)")
     missing = sorted(_REPORT_KEYS - info.keys())
     if missing:
         raise ReportError(f"{path} does not follow report format {REPORT_FORMAT} (missing: {', '.join(missing)}): "
@@ -269,7 +290,8 @@ def read_report_inputs(out: Path) -> dict:
         tables["baselines"] = "baselines.csv"
     if info.get("single_spans"):
         tables["singles"] = "singles.csv"
-    missing = [name for name in tables.values() if not (out / name).exists()]
+    needed = list(tables.values()) + ([PER_SAMPLE] if info.get("test") else [])
+    missing = [name for name in needed if not (out / name).exists()]
     if missing:
         raise ReportError(f"{out} lacks {', '.join(missing)}, which its report.json needs: rerun `rba run` on this "
                           "study to write them again")
@@ -280,5 +302,273 @@ def read_report_inputs(out: Path) -> dict:
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             raise ReportError(f"{out / name} cannot be read ({str(exc).splitlines()[0]}): rerun `rba run` on this "
                               "study to write it again") from None
+    if info.get("test"):
+        try:
+            data["per_sample"] = PerSample.load(out / PER_SAMPLE)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise ReportError(f"{out / PER_SAMPLE} cannot be read ({str(exc).splitlines()[0]}): rerun `rba run` on "
+                              "this study to write it again") from None
     return data
 
+
+
+# ---------------------------------------------------------------------- the held-out test split
+#: the file of per-sample results on the test split (``report.json``'s ``test`` names it)
+PER_SAMPLE = "per_sample.npz"
+
+
+@dataclass
+class PerSample:
+    """Per-sample results of several configurations on one split (``per_sample.npz``): configuration r is
+    (``kind[r]``, ``spans[r]``), its cosines to the unmodified model ``cosine[r]`` and, when the data has labels,
+    its predicted classes ``prediction[r]``; column s of each is data set sample ``index[s]``."""
+
+    split: str
+    index: np.ndarray
+    label: np.ndarray | None
+    kind: np.ndarray
+    spans: np.ndarray
+    cosine: np.ndarray
+    prediction: np.ndarray | None
+
+    @property
+    def samples(self) -> int:
+        return len(self.index)
+
+    def row(self, kind: str, spans: str) -> int | None:
+        """The row of a configuration ("none", the unmodified model, under any fit kind); None if absent."""
+        for r, (k, s) in enumerate(zip(self.kind, self.spans, strict=True)):
+            if s == spans and (k == kind or spans == "none"):
+                return r
+        return None
+
+    def correct(self, r: int) -> np.ndarray | None:
+        return None if self.prediction is None else self.prediction[r] == self.label
+
+    def scores(self, kind: str, spans: str) -> dict[str, float]:
+        """fidelity and accuracy with their standard errors (of the mean; binomial), NaN where absent."""
+        from rba._stats import binomial_se, mean_se
+
+        out = dict.fromkeys(("fidelity", "fidelity_se", "accuracy", "accuracy_se"), math.nan)
+        r = self.row(kind, spans)
+        if r is None:
+            return out
+        out |= {"fidelity": float(self.cosine[r].mean()), "fidelity_se": mean_se(self.cosine[r])}
+        if self.prediction is not None:
+            correct = self.correct(r)
+            out |= {"accuracy": float(correct.mean()), "accuracy_se": binomial_se(correct)}
+        return out
+
+    def save(self, path: Path) -> None:
+        arrays = {"split": np.array(self.split), "index": self.index, "kind": self.kind.astype(str),
+                  "spans": self.spans.astype(str), "cosine": self.cosine}
+        if self.prediction is not None:
+            arrays |= {"label": self.label, "prediction": self.prediction}
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> "PerSample":
+        with np.load(path, allow_pickle=False) as z:
+            labelled = "prediction" in z.files
+            return cls(split=str(z["split"]), index=z["index"], label=z["label"] if labelled else None,
+                       kind=z["kind"], spans=z["spans"], cosine=z["cosine"],
+                       prediction=z["prediction"] if labelled else None)
+
+
+def front_2d(rows: pd.DataFrame, quality: str, cost: str) -> pd.DataFrame:
+    """The feasible rows no other feasible row beats in (``quality`` ↑, ``cost`` ↓), sorted by cost: what a method
+    selects on eval as its front."""
+    from search.analysis import feasible_rows
+
+    ok = feasible_rows(rows)
+    ok = ok[ok[quality].notna() & ok[cost].notna()].sort_values([cost, quality], ascending=[True, False])
+    keep, best = [], -math.inf
+    for k, q in zip(ok.index, ok[quality], strict=True):
+        if q > best:
+            keep.append(k)
+            best = q
+    return ok.loc[keep]
+
+
+def method_rows(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
+    """Label → the configurations a method evaluated on eval, each with its fit kind: the search (every completed
+    trial, the study's fit kind) first, then each baseline method."""
+    search = trials[trials["state"] == "COMPLETE"].assign(kind=info["kind"])
+    methods = {"search": search}
+    if baselines is not None:
+        methods |= {m: rows for m, rows in baselines.groupby("method", sort=False)}
+    return methods
+
+
+def budget_picks(info: dict, methods: dict[str, pd.DataFrame]) -> dict[str, dict[float, tuple[str, str] | None]]:
+    """Per method and ``flops_points`` budget, the configuration (fit kind, spans) it selects on eval: its best
+    feasible rule quality within that FLOPs fraction (None when it has none)."""
+    from search.analysis import best_quality_at
+
+    quality = info["quality"]
+    picks = {}
+    for label, rows in methods.items():
+        picks[label] = {}
+        for p in info["flops_points"]:
+            _, spans = best_quality_at(rows, quality, p)
+            picks[label][p] = None if not spans else (str(rows.loc[rows["spans"] == spans, "kind"].iloc[0]), spans)
+    return picks
+
+
+def test_configurations(info: dict, trials: pd.DataFrame, front: pd.DataFrame,
+                        baselines: pd.DataFrame | None) -> list[tuple[str, str]]:
+    """Every (fit kind, spans) the report quotes a test-split number for: the unmodified model, the front members
+    (and so the export), each method's eval front in (rule quality, rule cost) and its pick at each budget, every
+    baseline configuration. In a fixed order, without repeats."""
+    quality, cost, kind = info["quality"], info["cost"], info["kind"]
+    found = [(kind, "none")] + [(kind, str(s)) for s in front["spans"]]
+    if info["choice"]["spans"] is not None:
+        found.append((kind, info["choice"]["spans"]))
+    methods = method_rows(info, trials, baselines)
+    for rows in methods.values():
+        selected = front_2d(rows, quality, cost)
+        found += [(str(k), str(s)) for k, s in zip(selected["kind"], selected["spans"], strict=True)]
+    for by_budget in budget_picks(info, methods).values():
+        found += [pick for pick in by_budget.values() if pick is not None]
+    if baselines is not None:
+        found += [(str(k), str(s)) for k, s in zip(baselines["kind"], baselines["spans"], strict=True)]
+    return list(dict.fromkeys((k, s) for k, s in found))
+
+
+def evaluate_test_split(session, configurations: list[tuple[str, str]], mode: str) -> PerSample:
+    """Each configuration scored on the test split sample by sample (:meth:`rba.session.Session.evaluate_split`)."""
+    scored = [session.evaluate_split(spans, "test", kind=kind, mode=mode) for kind, spans in configurations]
+    first = scored[0]
+    labelled = first.prediction is not None
+    return PerSample(split="test", index=np.asarray(first.index), label=first.label if labelled else None,
+                     kind=np.array([k for k, _ in configurations]), spans=np.array([s for _, s in configurations]),
+                     cosine=np.stack([s.cosine for s in scored]).astype(np.float64),
+                     prediction=np.stack([s.prediction for s in scored]).astype(np.int64) if labelled else None)
+
+
+def _configuration_label(kind: str, spans: str) -> str:
+    return "unmodified" if spans == "none" else f"{spans} ({kind})"
+
+
+def paired_tests(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | None, per: PerSample,
+                 *, resamples: int = 9999, seed: int = 0) -> pd.DataFrame:
+    """The report's paired comparisons on the test split: the export against the unmodified model, and at each
+    ``flops_points`` budget the search's pick against each baseline's (:func:`budget_picks`, selected on eval).
+    Per comparison and quality: accuracy by McNemar's exact test (with its mid-p), fidelity by a paired bootstrap
+    of the mean difference; both with a paired bootstrap interval of the difference (B − A: the export, the
+    search). ``p (Holm)`` adjusts every p-value of the table together (one family: the report's comparisons)."""
+    from rba._stats import holm, mcnemar, mean_difference
+
+    pairs = []  # (comparison, budget, A, B)
+    kind = info["kind"]
+    if info["export"] is not None and info["choice"]["spans"] is not None:
+        pairs.append(("export vs unmodified", math.nan, (kind, "none"), (kind, info["choice"]["spans"])))
+    picks = budget_picks(info, method_rows(info, trials, baselines))
+    for label in [m for m in picks if m != "search"]:
+        for p in info["flops_points"]:
+            a, b = picks[label][p], picks["search"][p]
+            if a is not None and b is not None:
+                pairs.append((f"search vs {label}", p, a, b))
+    rows = []
+    qualities = (["accuracy"] if per.prediction is not None else []) + ["fidelity"]
+    for comparison, budget, a, b in pairs:
+        ra, rb = per.row(*a), per.row(*b)
+        if ra is None or rb is None:
+            continue
+        for quality in qualities:
+            if quality == "accuracy":
+                xa, xb = per.correct(ra), per.correct(rb)
+                m = mcnemar(xa, xb)
+                test, p, p_mid = "McNemar (exact)", m.p_exact, m.p_mid
+            else:
+                xa, xb = per.cosine[ra], per.cosine[rb]
+                test, p_mid = "paired bootstrap", math.nan
+            diff = mean_difference(xa.astype(float), xb.astype(float), resamples=resamples, seed=seed)
+            if quality == "fidelity":
+                p = diff.p
+            rows.append({"comparison": comparison, "budget": budget, "quality": quality,
+                         "A": _configuration_label(*a), "B": _configuration_label(*b), "A value": float(np.mean(xa)),
+                         "B value": float(np.mean(xb)), "B − A": diff.estimate, "low": diff.low, "high": diff.high,
+                         "test": test, "p": p, "mid-p": p_mid})
+    table = pd.DataFrame(rows, columns=["comparison", "budget", "quality", "A", "B", "A value", "B value", "B − A",
+                                        "low", "high", "test", "p", "mid-p"])
+    table["p (Holm)"] = holm(table["p"].to_numpy(dtype=float)) if len(table) else []
+    return table
+
+
+#: the hypervolume's reference point, fixed before any run: this share of the unmodified model's quality (the
+#: export rule's quality column) at the unmodified model's cost. Configurations that lose more than a tenth of the
+#: quality, which nobody would deploy, add no area.
+REFERENCE_QUALITY_SHARE = 0.9
+
+
+def fixed_reference(quality_value: float, cost_value: float) -> tuple[float, float]:
+    """The fixed reference point for an unmodified model of quality ``quality_value`` and cost ``cost_value``."""
+    return REFERENCE_QUALITY_SHARE * float(quality_value), float(cost_value)
+
+
+def hypervolumes(info: dict, methods: dict[str, pd.DataFrame], reference: dict,
+                 per: PerSample | None = None) -> tuple[pd.DataFrame, dict[str, tuple[float, float]]]:
+    """Per method: the hypervolume of its feasible configurations in (rule quality ↑, rule cost ↓) on eval at the
+    fixed reference point (:func:`fixed_reference` of the unmodified model's eval quality) with its share of the
+    largest; with a test split, the hypervolume of the method's eval front (:func:`front_2d`, selected on eval)
+    scored on the test split, at the fixed reference point of the unmodified model's test quality. Returns the
+    table and the reference points by split."""
+    from search.analysis import feasible_rows, hypervolume
+
+    quality, cost = info["quality"], info["cost"]
+    refs = {"eval": fixed_reference(reference[quality], reference[cost])}
+    if per is not None:
+        refs["test"] = fixed_reference(per.scores(info["kind"], "none")[quality], reference[cost])
+    rows = []
+    for label, method in methods.items():
+        ok = feasible_rows(method)
+        row = {"method": label, "hypervolume": hypervolume(ok[quality], ok[cost], *refs["eval"]) if len(ok) else 0.0}
+        if per is not None:
+            front = front_2d(method, quality, cost)
+            test_q = [per.scores(str(k), str(s))[quality] for k, s in zip(front["kind"], front["spans"], strict=True)]
+            row["test hypervolume"] = hypervolume(test_q, front[cost], *refs["test"])
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    top = table["hypervolume"].max()
+    table.insert(2, "share of best", table["hypervolume"] / top if top > 0 else math.nan)
+    if per is not None:
+        top = table["test hypervolume"].max()
+        table["test share of best"] = table["test hypervolume"] / top if top > 0 else math.nan
+    return table, refs
+
+
+def within_length_correlations(singles: pd.DataFrame, scores: pd.DataFrame, orientation: dict[str, bool],
+                               qualities=("fidelity", "accuracy")) -> pd.DataFrame:
+    """Metrics as priors among spans of one length (``end − start`` blocks: equal cost where the blocks are
+    alike), the decision a prior must make once a budget fixes how much to replace: per metric (oriented so that
+    higher is more redundant) and quality, the Spearman ρ within each length of at least 3 spans (NaN where the
+    metric or the quality is constant there), and their mean weighted by the number of spans. Pooled over all
+    lengths, ρ also measures "longer spans hurt more"."""
+    from scipy.stats import spearmanr
+
+    merged = singles.merge(scores, on=["start", "end"], how="inner", suffixes=("", "_score"))
+    merged["length"] = merged["end"] - merged["start"]
+    lengths = sorted(int(k) for k, n in merged["length"].value_counts().items() if n >= 3)
+    rows = []
+    for m in orientation:
+        if m not in scores.columns:
+            continue
+        for q in qualities:
+            if q not in merged or not merged[q].notna().any():
+                continue
+            row, weighted, spans = {"metric": m, "quality": q}, 0.0, 0
+            for length in lengths:
+                group = merged[merged["length"] == length].dropna(subset=[m, q])
+                x = group[m] if orientation[m] else -group[m]
+                rho = math.nan
+                if len(group) >= 3 and x.nunique() > 1 and group[q].nunique() > 1:
+                    rho = float(spearmanr(x, group[q]).statistic)
+                    weighted, spans = weighted + rho * len(group), spans + len(group)
+                row[f"length {length}"] = rho
+                row[f"spans {length}"] = len(group)
+            row["within lengths"] = weighted / spans if spans else math.nan
+            rows.append(row)
+    columns = ["metric", "quality", "within lengths"] + [c for k in lengths for c in (f"length {k}", f"spans {k}")]
+    return pd.DataFrame(rows, columns=columns)

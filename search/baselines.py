@@ -34,7 +34,7 @@ import pandas as pd
 from rba.spans import Span
 from rba.capture import Statistics
 
-__all__ = ["span_scores", "best_single_spans", "br_greedy", "shortgpt_order", "block_drop_order", "merge_runs",
+__all__ = ["span_scores", "best_single_spans", "br_greedy", "shortgpt_order", "merge_runs",
            "sleb_order", "angular_distances", "gromov_spans", "random_lesions", "proxy_front", "proxy_layers",
            "bisection_order", "front_priors", "prior_configurations", "EXHAUSTIVE_LIMIT", "SLEB_BARRIERS"]
 
@@ -104,10 +104,6 @@ def shortgpt_order(stats: Statistics, pairs: Sequence[Span]) -> list[list[Span]]
         chosen.append(s)
         out.append(sorted(chosen))
     return out
-
-
-#: the name search/report.py imports (block-drop is ShortGPT's method)
-block_drop_order = shortgpt_order
 
 
 def merge_runs(spans: Sequence[Span], pairs: Sequence[Span]) -> list[Span]:

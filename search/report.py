@@ -14,11 +14,13 @@ from pathlib import Path
 
 from rba.files import atomic_path, atomic_write_json
 from rba.fit import fit_label
-from search._measure import _export, measure_export, measure_speedup, remeasure_report
+from search._measure import _export, measure_export, measure_speedup, remeasure_report, speed_summary
 from search._render import render_report
 from search._results import (
+    PER_SAMPLE,
     REPORT_FORMAT,
     Choice,
+    PerSample,
     ReportError,
     _baseline_rows,
     _known_results,
@@ -27,10 +29,12 @@ from search._results import (
     _write_pareto,
     choose_export,
     complete_front,
+    evaluate_test_split,
     finish,
     read_report_inputs,
     reference_row,
     rule_columns,
+    test_configurations,
 )
 from search.analysis import front_members
 from search.recording import SearchResult, log
@@ -71,6 +75,24 @@ def _relative(cfg, path: str | None, out: Path) -> str:
     if not path:
         return ""
     return os.path.relpath(cfg.resolve_path(path).absolute(), out.absolute())
+
+
+def _write_test_split(ctx, session, members, baselines: bool, choice: dict, exported: bool) -> dict:
+    """Score every configuration the report quotes on the held-out test split, sample by sample, and write
+    ``per_sample.npz``; the selections (front, picks, export) were all made on eval before. Returns report.json's
+    ``test`` record."""
+    import pandas as pd
+
+    out = ctx.out
+    trials = pd.read_csv(out / "trials.csv", dtype={"spans": "string"})  # as the renderer will read them
+    table = pd.read_csv(out / "baselines.csv", dtype={"spans": "string"}) if baselines else None
+    quality, cost = rule_columns(ctx.objective.objectives)
+    info = {"quality": quality, "cost": cost, "kind": ctx.objective.kind, "choice": choice,
+            "flops_points": list(ctx.cfg.report.flops_points), "export": exported}
+    configurations = test_configurations(info, trials, members, table)
+    per = evaluate_test_split(session, configurations, ctx.objective.mode)
+    per.save(out / PER_SAMPLE)
+    return {"file": PER_SAMPLE, "split": per.split, "samples": per.samples, "configurations": len(configurations)}
 
 
 def write_report(result: SearchResult, *, started: float, setup_s: float | None = None,
@@ -118,24 +140,34 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
         t = time.time()
         export = _export(ctx, session, choice, out)
         phases["export, its evaluation and speed-up"] = time.time() - t
+    choice_record = {"spans": None if choice.row is None else str(choice.row["spans"]), "reason": choice.reason,
+                     "within": choice.within}
+    test = None
+    if cfg.data.test:
+        t = time.time()
+        test = _write_test_split(ctx, session, members, baselines, choice_record, export is not None)
+        phases["test split (front, baselines, export)"] = time.time() - t
+    else:
+        (out / PER_SAMPLE).unlink(missing_ok=True)  # an earlier run's would read as this run's
     header = [
         f"model: {session.adapter.describe()}",
         f"data: {cfg.data.kind} {_relative(cfg, cfg.data.path, out)} (calibration {len(session.splits.calibration)}, "
-        f"probe {len(session.splits.probe)}, eval {len(session.splits.eval)})",
+        f"probe {len(session.splits.probe)}, eval {len(session.splits.eval)}"
+        + (f", test {len(session.splits.test)}" if session.splits.test is not None else "")
+        + f"; data seed {cfg.data.seed})",
         f"fit: {fit_label(ctx.objective.kind)}, mode {cfg.fit.mode}, ridge {cfg.fit.ridge:g}",
-        f"search: {ctx.method} ({cfg.search.backend}, sampler {cfg.search.sampler}), objectives "
-        f"{', '.join(ctx.objective.objectives)}, budgets {ctx.objective.budgets or 'none'}; {ctx.space.describe()}",
+        f"search: {ctx.method} ({cfg.search.backend}, sampler {cfg.search.sampler}, sampler seed {cfg.search.seed}), "
+        f"objectives {', '.join(ctx.objective.objectives)}, budgets {ctx.objective.budgets or 'none'}; "
+        f"{ctx.space.describe()}",
         _machine_line(load_start),
         _software_line(),
     ]
     trials_complete = int((result.trials["state"] == "COMPLETE").sum())
     info = {
         "format": REPORT_FORMAT, "name": cfg.name, "header": header, "method": ctx.method,
-        "objectives": ctx.objective.objectives, "objective_columns": ctx.objective.columns,
+        "kind": ctx.objective.kind, "objectives": ctx.objective.objectives, "objective_columns": ctx.objective.columns,
         "budgets": ctx.objective.budgets, "quality": quality, "cost": cost, "max_drop": max_drop,
-        "choice": {"spans": None if choice.row is None else str(choice.row["spans"]), "reason": choice.reason,
-                   "within": choice.within},
-        "export": export, "configurations": int(ctx.space.count()),
+        "choice": choice_record, "export": export, "test": test, "configurations": int(ctx.space.count()),
         "metrics": [[m, bool(get_metric(m).higher_is_redundant)] for m in list_metrics()],
         "flops_points": list(cfg.report.flops_points), "baselines": baselines, "single_spans": cfg.report.single_spans,
         "titles": {"scores": f"{session.adapter.describe()}, n = {session.stats.n} vectors",
@@ -152,8 +184,10 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
         summary |= {"export_spans": str(choice.row["spans"]), "export_quality": float(choice.row[quality]),
                     "export_cost": float(choice.row[cost])}
         summary |= {c: float(export["measured"][c]) for c in ("accuracy", "fidelity", "flops_frac", "params_frac")}
-        summary |= {k: export["speed"][k] for k in ("speedup", "speedup_q1", "speedup_q3")}
-        summary |= {k: v for k, v in export["onnx"].items() if k.startswith("onnx_")}
+        summary |= speed_summary(export)
+        if test is not None:
+            scores = PerSample.load(out / PER_SAMPLE).scores(ctx.objective.kind, choice_record["spans"])
+            summary |= {f"test_{k}": v for k, v in scores.items()}
     atomic_write_json(out / "summary.json", summary)
     # what an earlier run of this folder wrote for a section this run leaves out would read as this run's
     stale = (([] if baselines else ["baselines.csv"])

@@ -29,7 +29,8 @@ _SWEEP_KEYS = {"base", "sweep", "out"}
 
 SUMMARY_COLUMNS = ["study", "out", "trials_complete", "front_size", "quality", "cost", "reference_quality",
                    "export_spans", "export_quality", "export_cost", "within_drop", "accuracy", "fidelity",
-                   "flops_frac", "params_frac", "speedup", "speedup_q1", "speedup_q3", "error"]
+                   "flops_frac", "params_frac", "test_accuracy", "test_fidelity", "speedup", "speedup_low",
+                   "speedup_high", "export_faster", "speedup_ceiling", "error"]
 
 
 @dataclass

@@ -5,6 +5,7 @@ here, and ``rba report DIR`` re-rendering the report from the files without the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -37,7 +38,7 @@ def study(tmp_path_factory, cache):
     evaluated for the report."""
     tmp = tmp_path_factory.mktemp("run")
     cfg = make_config(tmp, cache, search={"trials": 8, "objectives": ["fidelity", "flops"], "budget_flops": 0.9},
-                      run={"max_drop": 0.12}, report={"single_spans": True})
+                      run={"max_drop": 0.12}, report={"single_spans": True}, data={"test": 40})
     report = run_study(cfg, progress=False)
     return cfg, report
 
@@ -88,7 +89,7 @@ def test_files_and_front_table(study):
                     & ((done["fidelity"] > row["fidelity"]) | (done["flops_frac"] < row["flops_frac"]))).any()
     text = report.read_text()
     assert "## Export rule" in text and "max_drop = 0.12" in text
-    assert "## Baselines at the same budgets" in text and "BR-greedy" in text and "block-drop" in text
+    assert "## Baselines at the same budgets" in text and "- br-greedy (affine; " in text and "- shortgpt (identity; " in text
 
 
 def test_no_output_file_holds_a_path_of_this_machine(study, tmp_path_factory):
@@ -155,9 +156,14 @@ def test_max_drop_zero_picks_best_quality_with_warning(study, capsys):
     assert json.loads((out / "export" / "recipe.json").read_text())["spans"] == expected
     text = (out / "report.md").read_text()
     assert "max_drop = 0 " in text
-    # the cost section says that this run's search time covers none of the trials
-    done = int((after["state"] == "COMPLETE").sum())
-    assert f"The study resumed: {done} of its {done} completed trials ran before this run" in text
+    # the cost section: this run's search evaluated no trial, so the search's time is the summed trial durations
+    complete = after[after["state"] == "COMPLETE"]
+    done, summed, one = len(complete), complete["duration_s"].sum(), complete["duration_s"].median()
+    assert f"The study resumed ({done} of its {done} completed trials ran before this run" in text
+    assert (f"the summed duration of all its completed trials, {summed:.1f} s (the eval split's cache and the latency "
+            f"table not included): {summed / one:.1f}× one evaluation ({one:.3g} s, the median completed trial). An "
+            f"exhaustive sweep of all 34 configurations takes {34 * one:.4g} s (an estimate: the number of "
+            f"configurations × one evaluation): {34 * one / summed:.3g}× the search.") in text
 
 
 def _brute_front(rows: pd.DataFrame, columns: dict[str, bool]) -> set[str]:
@@ -221,7 +227,9 @@ def test_report_names_the_data_sources(study, tmp_path):
             .replace("# calibration_kind = (unset)", 'calibration_kind = "npz"'))
     lines = _data_sources(tmp_path)
     assert lines[0].startswith("calibration source (statistics and span fits): npz /data/digits.npz")
-    assert lines[1].startswith("probe (classifier) and eval (every score here) source: synthetic")
+    assert "another data set than the probe, eval and test splits" in lines[0]
+    assert lines[1].startswith("probe (classifier) and eval (the search's and the rule's selection; every score not "
+                               "marked test) and test source: synthetic")
 
 
 def test_max_drop_refused_when_negative(study, capsys):
@@ -233,15 +241,16 @@ def test_max_drop_refused_when_negative(study, capsys):
 
 
 def test_speedup_is_measured_back_to_back(monkeypatch):
-    """Two models whose forward costs are known on a fake clock (the test times nothing): interleaved calls
-    after a warm-up, per-sample medians, the speed-up as the median per-pair ratio with its quartiles."""
+    """Two models whose forward costs are known on a fake clock (the test times nothing): both warmed up, then
+    original-export-export-original in every repeat, at least 20 repeats of a fast batch, per-sample medians of
+    the same repeats, and the headline: the median of the paired per-repeat ratios."""
     clock = [0.0]
     calls = []
     monkeypatch.setattr("rba.timing.time.perf_counter", lambda: clock[0])
 
     class Fake:
         def __init__(self, name, seconds):
-            self.name, self.seconds, self.n = name, seconds, 0
+            self.name, self.seconds = name, seconds
 
         def collate(self, samples):
             return samples
@@ -249,29 +258,35 @@ def test_speedup_is_measured_back_to_back(monkeypatch):
         def forward(self, batch):
             assert len(batch) == 4
             calls.append(self.name)
-            # the original slows down for one repeat (load), the export for another
-            slow = (self.name == "o" and len(calls) == 7) or (self.name == "e" and len(calls) == 10)
+            # the original slows down in one run of repeat 3 (load), the export in one of repeat 5
+            slow = (self.name == "o" and len(calls) == 8 + 4 * 3 + 1) or (self.name == "e" and len(calls) == 8 + 4 * 5 + 2)
             clock[0] += self.seconds * (3 if slow else 1)
 
     speed = measure_speedup(Fake("o", 0.02), Fake("e", 0.005), list(range(10)), batch_size=4, repeats=5)
-    assert calls == ["o", "e"] * 7  # two warm-up pairs, then five interleaved pairs
-    assert speed["batch_size"] == 4 and speed["repeats"] == 5 and speed["threads"] == torch.get_num_threads()
-    assert speed["original_ms"] == pytest.approx(20 / 4) and speed["export_ms"] == pytest.approx(5 / 4)
-    # ratios per pair: 12 (original slow), 4/3 (export slow), and 4 three times
-    ratios = np.array([12.0, 4 / 3, 4.0, 4.0, 4.0])
-    assert speed["speedup"] == pytest.approx(4.0)
-    assert speed["speedup_q1"] == pytest.approx(np.percentile(ratios, 25))
-    assert speed["speedup_q3"] == pytest.approx(np.percentile(ratios, 75))
+    assert calls == ["o", "e", "e", "o"] * 22  # two warm-up rounds, then 20 repeats (a round is under a second)
+    assert speed["batch_size"] == 4 and speed["repeats"] == 20 and speed["threads"] == torch.get_num_threads()
+    # per repeat, each side's mean of its two runs, per sample (ms)
+    o = np.full(20, 20 / 4)
+    e = np.full(20, 5 / 4)
+    o[3] = (60 + 20) / 2 / 4
+    e[5] = (15 + 5) / 2 / 4
+    np.testing.assert_allclose(speed["original_times_ms"], o)
+    np.testing.assert_allclose(speed["export_times_ms"], e)
+    assert speed["original_ms"] == pytest.approx(np.median(o)) and speed["export_ms"] == pytest.approx(np.median(e))
+    assert speed["speedup"] == pytest.approx(np.median(o / e)) == pytest.approx(4.0)
+    assert speed["export_faster"] == 1.0 and speed["order"] == "ABBA"
+    assert min(o / e) <= speed["speedup_low"] <= speed["speedup"] <= speed["speedup_high"] <= max(o / e)
 
 
-def test_speedup_is_the_ratio_of_the_medians(monkeypatch):
-    """Per-repeat times on a fake clock where most per-repeat ratios favour the export but its median latency is
-    the slower: the speed-up reads < 1 (the ratio of the medians), the spread is the per-repeat ratios' quartiles."""
-    import statistics
-
+def test_speedup_is_the_median_of_the_paired_ratios(monkeypatch):
+    """Per-repeat times on a fake clock where the ratio of the medians says the export is slower and most paired
+    ratios say it is faster: the headline is the paired median (> 1), the share of repeats the export won is
+    stated, and the ratio of the medians is not what the record calls the speed-up."""
     clock = [0.0]
     monkeypatch.setattr("rba.timing.time.perf_counter", lambda: clock[0])
-    seconds = {"o": iter([1.0, 1.0, 1.0, 3.0, 2.0]), "e": iter([1.0, 1.0, 2.5, 2.9, 1.9])}  # 2 warm-ups, 3 repeats
+    o_s, e_s = [1.0, 3.0, 2.0, 2.2, 1.1], [2.5, 2.9, 1.9, 2.1, 1.0]  # seconds per repeat, slow (no raise to 20)
+    seconds = {"o": iter([1.0] * 4 + [v for v in o_s for _ in range(2)]),
+               "e": iter([1.0] * 4 + [v for v in e_s for _ in range(2)])}
 
     class Fake:
         def __init__(self, name):
@@ -283,36 +298,74 @@ def test_speedup_is_the_ratio_of_the_medians(monkeypatch):
         def forward(self, batch):
             clock[0] += next(seconds[self.name])
 
-    speed = measure_speedup(Fake("o"), Fake("e"), list(range(4)), batch_size=4, repeats=3)
-    o, e = np.array(speed["original_times_ms"]), np.array(speed["export_times_ms"])
-    np.testing.assert_allclose(o, np.array([1.0, 3.0, 2.0]) * 1000 / 4)
-    np.testing.assert_allclose(e, np.array([2.5, 2.9, 1.9]) * 1000 / 4)
-    assert np.median(o / e) > 1  # what the old headline said
-    assert speed["speedup"] == pytest.approx(np.median(o) / np.median(e)) and speed["speedup"] < 1
-    assert speed["speedup"] == pytest.approx(statistics.median([1, 3, 2]) / statistics.median([2.5, 2.9, 1.9]))
-    assert (speed["speedup_q1"], speed["speedup_q3"]) == pytest.approx(tuple(np.percentile(o / e, [25, 75])))
+    speed = measure_speedup(Fake("o"), Fake("e"), list(range(4)), batch_size=4, repeats=5)
+    o, e = np.array(o_s) * 1000 / 4, np.array(e_s) * 1000 / 4
+    np.testing.assert_allclose(speed["original_times_ms"], o)
+    np.testing.assert_allclose(speed["export_times_ms"], e)
+    assert np.median(o) / np.median(e) < 1  # what a ratio of the medians would say
+    assert speed["speedup"] == pytest.approx(np.median(o / e)) and speed["speedup"] > 1
+    assert speed["export_faster"] == pytest.approx(np.mean(e < o)) == 0.8
+
+
+def test_speedup_ceiling_is_the_configuration_with_free_maps(study):
+    """The ceiling is the unmodified model's cost over the configuration's with the replacing maps free: the cost
+    model's own pricing of the identity fit (which costs nothing), by latency table and by FLOPs."""
+    from search._measure import speedup_ceiling
+
+    cfg, _ = study
+    session = Session(cfg, progress=False)
+    cm = session.cost_model
+    assert cm.block_latency_ms  # measured
+    spans = [(1, 3)]
+    by_latency = speedup_ceiling(cm, spans)
+    assert by_latency["source"] == "latency table" and by_latency["blocks"] == [1, 2]
+    assert by_latency["speedup"] == pytest.approx(cm.cost([], "identity")["latency_ms"]
+                                                  / cm.cost(spans, "identity")["latency_ms"])
+    cm_flops = type(cm)(**{**cm.to_dict(), "block_latency_ms": []})
+    by_flops = speedup_ceiling(cm_flops, [(0, 1), (3, 4)])
+    assert by_flops["source"] == "FLOPs"
+    assert by_flops["speedup"] == pytest.approx(1 / cm.cost([(0, 1), (3, 4)], "identity")["flops_frac"])
+    assert 1 / by_flops["speedup"] < cm.cost([(0, 1), (3, 4)], "affine")["flops_frac"]  # a fitted map costs FLOPs
+
+
+@pytest.mark.parametrize("speedup", [1.05, 1.6])
+def test_a_speedup_above_its_ceiling_is_flagged_not_quoted(study, tmp_path, speedup):
+    """The report quotes a speed-up within the ceiling with its interval and share of faster repeats; one above
+    it (1.6× for a ceiling of 1.25×) is flagged as implausible noise, in the PyTorch and the ONNX line."""
+    out = _copy(study, tmp_path)
+    info = json.loads((out / "report.json").read_text())
+    export = info["export"]
+    export["ceiling"] = {"speedup": 1.25, "source": "latency table", "blocks": [1]}
+    export["speed"] |= {"speedup": speedup, "speedup_low": speedup - 0.01, "speedup_high": speedup + 0.02,
+                        "export_faster": 0.85}
+    export["onnx"] = {"onnx_unmodified_ms": 2.0, "onnx_export_ms": 2.0 / speedup, "onnx_speedup": speedup,
+                      "onnx_speedup_low": 1.0, "onnx_speedup_high": 2.0, "onnx_export_faster": 0.7,
+                      "confidence": 0.95, "order": "ABBA", "unmodified_times_ms": [2.0] * 20,
+                      "export_times_ms": [2.0 / speedup] * 20, "repeats": 20, "threads": 1, "batch_size": 8,
+                      "max_rel_diff": 1e-6}
+    (out / "report.json").write_text(json.dumps(info))
+    assert cli_main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    section = text.split("## Exported configuration")[1].split("## Wall time")[0]
+    lines = [ln for ln in section.splitlines() if "speed-up" in ln]
+    assert len(lines) == 2 and lines[1].startswith("ONNX Runtime")
+    quoted = (f"speed-up {speedup:.3g}× (median of {export['speed']['repeats']} paired per-repeat ratios, ABBA order, "
+              f"95% interval {speedup - 0.01:.3g}–{speedup + 0.02:.3g}; the export faster in 85% of repeats")
+    assert quoted in lines[0]
+    for line in lines:
+        assert ("implausible, not a result" in line) == (speedup > 1.25)
+        assert "ceiling of 1.25×" in line if speedup > 1.25 else "ceiling 1.25×" in line
 
 
 def test_rba_report_measure_refreshes_the_speedup_without_a_search(study, tmp_path, monkeypatch, capsys):
-    """A folder an older rba wrote (the "none" trial next to the reference row, a speed record without its
-    times), without its export/ (as committed): `rba report DIR --measure` exports the choice again from the
-    statistics and measures its speed-up, runs no trial, and the report's line is the ratio of the recorded
-    medians."""
+    """A folder without its export/ (as committed): `rba report DIR --measure` exports the choice again from the
+    statistics and measures its speed-up under the paired protocol, runs no trial, and the report quotes the
+    median paired ratio; the export table's latencies are that run's medians."""
     cfg, _ = study
     out = tmp_path / "old"
     shutil.copytree(cfg.output_dir(), out)
     recipe = json.loads((out / "export" / "recipe.json").read_text())
     shutil.rmtree(out / "export")  # as in a committed report, which keeps no weights
-    pareto = pd.read_csv(out / "pareto.csv", dtype={"spans": "string"})
-    trials = pd.read_csv(out / "trials.csv", dtype={"spans": "string"})
-    none = trials[trials["spans"] == "none"].head(1)
-    if not len(none):  # as an older rba listed it: the "none" trial among the front members
-        none = pareto[pareto["state"] == "REFERENCE"].assign(number=999, state="COMPLETE")
-    pd.concat([pareto, none], ignore_index=True).to_csv(out / "pareto.csv", index=False)
-    info = json.loads((out / "report.json").read_text())
-    for key in ("original_times_ms", "export_times_ms", "load_start", "load_end"):
-        info["export"]["speed"].pop(key)
-    (out / "report.json").write_text(json.dumps(info))
     study_db = (out / "study.db").read_bytes()
     trials_csv = (out / "trials.csv").read_bytes()
 
@@ -328,23 +381,25 @@ def test_rba_report_measure_refreshes_the_speedup_without_a_search(study, tmp_pa
     assert again["recipe_sha256"] == recipe["recipe_sha256"]
     latency = json.loads((out / "export" / "latency.json").read_text())
     o, e = np.array(latency["original_times_ms"]), np.array(latency["export_times_ms"])
-    assert len(o) == len(e) == cfg.report.speedup_repeats
-    speedup = float(np.median(o) / np.median(e))
-    q1, q3 = np.percentile(o / e, [25, 75])
+    assert len(o) == len(e) == latency["repeats"] >= max(20, cfg.report.speedup_repeats)  # fast batches: 20
+    speedup = float(np.median(o / e))
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["speedup"] == pytest.approx(speedup) and summary["speedup_q1"] == pytest.approx(q1)
-    assert json.loads((out / "report.json").read_text())["export"]["speed"] == latency
+    assert summary["speedup"] == pytest.approx(speedup) and summary["export_faster"] == pytest.approx(np.mean(e < o))
+    report = json.loads((out / "report.json").read_text())
+    assert report["export"]["speed"] == latency and report["export"]["ceiling"]["source"] == "latency table"
+    assert summary["speedup_ceiling"] == report["export"]["ceiling"]["speedup"]
     text = (out / "report.md").read_text()
-    assert (f"unmodified {np.median(o):.4g} ms/sample, export {np.median(e):.4g} ms/sample (medians); speed-up "
-            f"{speedup:.3g}× (ratio of the medians; per-repeat ratios: interquartile range {q1:.3g}–{q3:.3g} over "
-            f"{len(o)} interleaved repeats, batch {latency['batch_size']}") in text
-    # the front lists the unmodified model once, as the reference row, in the table and in pareto.csv
-    fixed = pd.read_csv(out / "pareto.csv")
-    assert all(not ln.split(",")[0].endswith(".0") for ln in (out / "pareto.csv").read_text().splitlines())
-    assert f"front: {len(fixed) - 1} configurations besides the unmodified model" in text
-    assert (fixed["spans"] == "none").sum() == 1 and fixed.loc[fixed["spans"] == "none", "state"].item() == "REFERENCE"
-    table = text.split("## Front")[1].split("## Export rule")[0]
-    assert sum("| none |" in ln for ln in table.splitlines()) == 1
+    assert (f"unmodified {np.median(o):.4g} ms/sample, export {np.median(e):.4g} ms/sample (medians of the same "
+            f"repeats); ") in text
+    assert f"speed-up {speedup:.3g}× (median of {len(o)} paired per-repeat ratios, ABBA order" in text
+    # the export table shows the latencies of that same run
+    table = text.split("## Exported configuration")[1]
+    cells = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")]
+             for ln in table.splitlines() if ln.startswith("| ")}
+    header = cells["source"]
+    at = header.index("latency_ms")
+    assert cells["unmodified model"][at] == f"{np.median(o):.4g}"
+    assert cells["export (measured)"][at] == f"{np.median(e):.4g}"
 
 
 def test_sentence_transformer_runs_with_an_export_head():
@@ -385,23 +440,36 @@ def _copy(study, tmp_path) -> Path:
 
 
 def test_rba_report_regenerates_the_report_without_the_model(study, tmp_path, monkeypatch, capsys):
+    """Rendering again writes the same bytes, builds no model, changes no other file, and leaves the caller's
+    matplotlib backend (here svg, not the Agg the plots draw with) as it was."""
+    import matplotlib
+
     out = _copy(study, tmp_path)
     assert sorted(p.name for p in out.glob("*.png")) == sorted(f for f in REPORT_FILES if f.endswith(".png"))
     before = {name: (out / name).read_bytes() for name in REPORT_FILES}
     for name in REPORT_FILES:
         (out / name).unlink()
+    inputs = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
     def no_model(*args, **kwargs):
         raise AssertionError("rba report built a model")
 
     monkeypatch.setattr("rba.adapters._registry._ADAPTERS.get", no_model)
-    assert cli_main(["report", str(out)]) == 0
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        assert cli_main(["report", str(out)]) == 0
+        assert matplotlib.get_backend().lower() == "svg"
+    finally:
+        matplotlib.use(backend)
     assert "report: wrote" in capsys.readouterr().out
     for name, data in before.items():
         assert (out / name).read_bytes() == data, name
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name not in before} == inputs
 
 
-@pytest.mark.parametrize("damage", ["no report.json", "no pareto.csv", "bad report.json", "old format", "no folder"])
+@pytest.mark.parametrize("damage", ["no report.json", "no pareto.csv", "bad report.json", "old format", "no folder",
+                                    "bad per_sample.npz", "no per_sample.npz"])
 def test_rba_report_refuses_what_it_cannot_render(study, tmp_path, capsys, damage):
     out = _copy(study, tmp_path)
     for name in REPORT_FILES:
@@ -414,14 +482,20 @@ def test_rba_report_refuses_what_it_cannot_render(study, tmp_path, capsys, damag
     elif damage == "bad report.json":
         (out / "report.json").write_text('{"format": 1')
     elif damage == "old format":
-        (out / "report.json").write_text(json.dumps({"format": 0}))
+        (out / "report.json").write_text(json.dumps({"format": 1}))
+    elif damage == "bad per_sample.npz":
+        (out / "per_sample.npz").write_bytes(b"PK\x03\x04 truncated")
+    elif damage == "no per_sample.npz":
+        (out / "per_sample.npz").unlink()
     else:
         target = out / "missing"
     assert cli_main(["report", str(target)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rba: error:"), err
     expected = {"no report.json": "holds no report.json", "no pareto.csv": "lacks pareto.csv",
-                "bad report.json": "cannot be read", "old format": "report format 0", "no folder": "is not a folder"}
+                "bad report.json": "cannot be read", "old format": "report format 1, and this rba reads format",
+                "bad per_sample.npz": "per_sample.npz cannot be read", "no per_sample.npz": "lacks per_sample.npz",
+                "no folder": "is not a folder"}
     assert expected[damage] in err[0]
     assert not any((out / name).exists() for name in REPORT_FILES)  # nothing written
 
@@ -469,18 +543,45 @@ def test_report_sections_against_independent_computations(study):
         if not any(r["start"] < b and a < r["end"] for a, b in chosen):
             chosen.append((int(r["start"]), int(r["end"])))
             greedy.append(",".join(f"{a}-{b}" for a, b in sorted(chosen)))
-    assert list(baselines.loc[baselines["method"] == "BR-greedy", "spans"]) == greedy
-    # block-drop: single blocks by mean cosine of their input and output (Block Influence 1 − cos), highest first
+    assert list(baselines.loc[baselines["method"] == "br-greedy", "spans"]) == greedy
+    # shortgpt: single blocks by mean cosine of their input and output (Block Influence 1 − cos), highest first
     one = scores[scores["end"] == scores["start"] + 1].sort_values(["cosine", "start"], ascending=[False, True])
-    drops = [",".join(f"{a}-{a + 1}" for a in sorted(one["start"].iloc[: k + 1])) for k in range(len(one))]
-    assert list(baselines.loc[baselines["method"] == "block-drop", "spans"]) == drops
-    # configurations the trials evaluated are reused, with the trials' values
+    ranked = [int(a) for a in one["start"]]
+    drops = [",".join(f"{a}-{a + 1}" for a in sorted(ranked[: k + 1])) for k in range(len(ranked))]
+    assert list(baselines.loc[baselines["method"] == "shortgpt", "spans"]) == drops
+    # shortgpt-affine: the same blocks, each run of adjacent ones one fitted span (every span of 4 blocks is valid)
+    merged = []
+    for k in range(len(ranked)):
+        blocks, runs = sorted(ranked[: k + 1]), []
+        for b in blocks:
+            if runs and runs[-1][1] == b:
+                runs[-1][1] = b + 1
+            else:
+                runs.append([b, b + 1])
+        merged.append(",".join(f"{a}-{b}" for a, b in runs))
+    assert list(baselines.loc[baselines["method"] == "shortgpt-affine", "spans"]) == merged
+    # gromov / gromov-affine: one span of each length 1..4, the same spans dropped and fitted
+    for name in ("gromov", "gromov-affine"):
+        spans = list(baselines.loc[baselines["method"] == name, "spans"])
+        assert [int(s.split("-")[1]) - int(s.split("-")[0]) for s in spans] == [1, 2, 3, 4]
+    assert spans == list(baselines.loc[baselines["method"] == "gromov", "spans"])
+    # sleb: nested removals of single blocks, never the first or the last remaining block (4 blocks: 2 steps)
+    sleb = [set(s.split(",")) for s in baselines.loc[baselines["method"] == "sleb", "spans"]]
+    assert len(sleb) == 2 and sleb[0] < sleb[1] and sleb[1] == {"1-2", "2-3"}
+    # the fit kind of each method is the registry's: identity for the dropping baselines
+    kinds = baselines.groupby("method", sort=False)["kind"].unique().map(list).to_dict()
+    assert kinds == {"br-greedy": ["affine"], "shortgpt": ["identity"], "shortgpt-affine": ["affine"],
+                     "sleb": ["identity"], "gromov": ["identity"], "gromov-affine": ["affine"]}
+    # configurations the trials evaluated (with the search's fit kind) are reused, with the trials' values
     by_spans = done.set_index("spans")
-    for _, r in baselines[baselines["method"] == "BR-greedy"].iterrows():
+    for _, r in baselines[baselines["kind"] == "affine"].iterrows():
         assert r["source"] == ("trial" if r["spans"] in by_spans.index else "evaluated")
         if r["source"] == "trial":
             assert r["fidelity"] == pytest.approx(by_spans.loc[r["spans"], "fidelity"], rel=1e-12)
-    assert (baselines.loc[baselines["method"] == "block-drop", "source"] == "evaluated").all()
+    assert (baselines.loc[baselines["kind"] == "identity", "source"] == "evaluated").all()
+    # a configuration two dropping baselines share has one result (evaluated once, by one objective)
+    drop = baselines[baselines["kind"] == "identity"]
+    assert (drop.groupby("spans")["fidelity"].nunique() == 1).all()
 
     # every single span, with accuracy (the data has labels), reusing the trials' fidelity
     assert sorted(zip(singles["start"], singles["end"])) == sorted(zip(scores["start"], scores["end"]))
@@ -492,16 +593,52 @@ def test_report_sections_against_independent_computations(study):
     for metric, sign in (("br", 1), ("ls_residual", -1)):
         rho = _hand_ranks_corr(sign * merged[metric], merged["fidelity"])
         assert f"| {metric} | fidelity | {rho:.4g} |" in text, (metric, rho)
+    # within each span length (3 or more spans of it), ρ by hand, and the mean weighted by the number of spans
+    within = {(r["metric"], r["quality"]): r for r in _table(text.split("next to the pooled ρ.")[1], "")}
+    lengths = (merged["end"] - merged["start"]).value_counts()
+    kept = sorted(k for k, n in lengths.items() if n >= 3)
+    assert kept == [1, 2]  # 4 blocks: 4 spans of one block, 3 of two (2 of three, 1 of four: too few)
+    for metric, sign in (("br", 1), ("ls_residual", -1)):
+        row, total, weight = within[(metric, "fidelity")], 0.0, 0
+        for k in kept:
+            group = merged[merged["end"] - merged["start"] == k]
+            rho = _hand_ranks_corr(sign * group[metric], group["fidelity"])
+            assert row[f"length {k}"] == f"{rho:.4g}" and row[f"spans {k}"] == str(len(group))
+            total, weight = total + rho * len(group), weight + len(group)
+        assert row["within lengths"] == f"{total / weight:.4g}"
+        assert row["pooled"] == f"{_hand_ranks_corr(sign * merged[metric], merged['fidelity']):.4g}"
 
-    # hypervolume of the search's feasible trials and best fidelity within 50% of the FLOPs
+    # hypervolume of the search's feasible trials at the fixed reference point (0.9 × the unmodified model's
+    # fidelity, full cost) and at the worst point of any method, and the best fidelity within 50% of the FLOPs
     feas = done[done["feasible"].astype(bool)]
     base_feas = baselines[baselines["feasible"].astype(bool)]
-    ref_q = min(feas["fidelity"].min(), base_feas["fidelity"].min())
-    hv = _staircase_hv(list(zip(feas["fidelity"], feas["flops_frac"])), ref_q, 1.0)
+    reference = pareto[pareto["state"] == "REFERENCE"].iloc[0]
+    fixed_q = 0.9 * reference["fidelity"]
+    hv = _staircase_hv(list(zip(feas["fidelity"], feas["flops_frac"])), fixed_q, 1.0)
+    worst_q = min(feas["fidelity"].min(), base_feas["fidelity"].min())
+    hv_worst = _staircase_hv(list(zip(feas["fidelity"], feas["flops_frac"])), worst_q, 1.0)
     best50 = feas.loc[feas["flops_frac"] <= 0.5, "fidelity"].max()
-    row = next(ln for ln in text.splitlines() if ln.startswith("| search |"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == str(len(feas)) and cells[2] == f"{hv:.4g}" and cells[4] == f"{best50:.4g}"
+    methods = {row["method"]: row for row in _table(text, "Search against the baselines")}
+    cells = methods["search"]
+    assert cells["configurations"] == str(len(feas)) and cells["hypervolume"] == f"{hv:.4g}"
+    assert cells["hypervolume (worst point)"] == f"{hv_worst:.4g}"
+    assert cells["best fidelity at flops_frac ≤ 0.5"] == f"{best50:.4g}"
+    assert f"fixed before the runs: fidelity = {fixed_q:.4g} (0.9 × the unmodified model's fidelity)" in text
+    # on the test split: the search's eval front (by hand: no feasible trial beats a member in both), its test
+    # fidelities from per_sample.npz, at 0.9 × the unmodified model's test fidelity
+    z = np.load(out / "per_sample.npz")
+    test_fid = {str(sp): float(c.mean()) for k, sp, c in zip(z["kind"], z["spans"], z["cosine"], strict=True)
+                if k == "affine" or sp == "none"}
+    eval_front = [r for _, r in feas.iterrows()
+                  if not any((o["fidelity"] > r["fidelity"] and o["flops_frac"] <= r["flops_frac"])
+                             or (o["fidelity"] >= r["fidelity"] and o["flops_frac"] < r["flops_frac"])
+                             for _, o in feas.iterrows())]
+    test_hv = _staircase_hv([(test_fid[r["spans"]], r["flops_frac"]) for r in eval_front], 0.9 * test_fid["none"], 1.0)
+    assert cells["test hypervolume"] == f"{test_hv:.4g}"
+    # every single span or less, at the fixed point: the multi-span section's first hypervolume
+    evaluated = pd.concat([feas[["spans", "fidelity", "flops_frac"]], singles[["spans", "fidelity", "flops_frac"]]])
+    hv_all = _staircase_hv(list(zip(evaluated["fidelity"], evaluated["flops_frac"])), fixed_q, 1.0)
+    assert f"of {hv_all:.4g}) at the fixed reference point fidelity = {fixed_q:.4g}, flops_frac = 1;" in text
 
     # multi-span members of the front, counted by hand
     front = pareto[pareto["state"] != "REFERENCE"]
@@ -514,17 +651,137 @@ def test_report_sections_against_independent_computations(study):
     assert report["configurations"] == 34 and not math.isnan(report["timing"]["total_s"])
 
 
+def _table(text: str, section: str) -> list[dict[str, str]]:
+    """The first markdown table of a report section ("": of ``text``), as rows of cells by column name."""
+    body = text.split(f"## {section}")[1].split("\n## ")[0] if section else text
+    body = body.splitlines()
+    start = next(k for k, ln in enumerate(body) if ln.startswith("|"))
+    lines = list(itertools.takewhile(lambda ln: ln.startswith("|"), body[start:]))
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")), strict=True)) for ln in lines[2:]]
+
+
+def _pm(values: np.ndarray, binary: bool) -> str:
+    """mean ± SE written out: √(p(1 − p)/n) for 0/1 outcomes, s/√n (ddof 1) for cosines."""
+    m = float(np.mean(values))
+    se = math.sqrt(m * (1 - m) / len(values)) if binary else float(np.std(values, ddof=1) / math.sqrt(len(values)))
+    return f"{m:.4g} ± {se:.2g}"
+
+
+def _exact_mcnemar(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided exact McNemar p-value by summing binomial(n, 1/2) probabilities with math.comb."""
+    n01, n10 = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n, k = n01 + n10, min(n01, n10)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def test_the_test_split_numbers_and_the_paired_tests(study):
+    """With ``[data] test``, the report quotes each configuration on the held-out split with its standard error,
+    and the paired tests, all recomputed here from the saved per-sample arrays: the front's test columns, the
+    export scored end to end by the exported model (another path than the evaluator), the picks each method makes
+    on eval within each budget (selected by hand from trials.csv and baselines.csv), exact McNemar p-values
+    summed with math.comb, a numpy bootstrap of the fidelity differences, and Holm's adjustment by hand."""
+    import torch.nn.functional as F
+
+    from rba.export import head_logits, load_export
+
+    cfg, report = study
+    out = cfg.output_dir()
+    text = report.read_text()
+    z = np.load(out / "per_sample.npz")
+    rows = {(str(k), str(s)): r for r, (k, s) in enumerate(zip(z["kind"], z["spans"], strict=True))}
+    correct = z["prediction"] == z["label"]
+    n = len(z["index"])
+    session = Session(cfg, progress=False, measure_latency=False)
+    np.testing.assert_array_equal(z["index"], session.splits.indices["test"])
+    np.testing.assert_array_equal(z["label"], session.splits.test.labels)
+    assert n == 40 and not np.intersect1d(z["index"], session.splits.indices["eval"]).size
+
+    # the export on the test split, end to end: the exported model against the unmodified one
+    choice = json.loads((out / "report.json").read_text())["choice"]["spans"]
+    exported = load_export(out / "export")
+    with torch.inference_mode():
+        batch = session.adapter.collate(session.splits.test.samples)
+        cos = F.cosine_similarity(exported.forward(batch).double(), session.adapter.forward(batch).double()).numpy()
+        predicted = head_logits(exported, batch).argmax(1).numpy()
+    r = rows[("affine", choice)]
+    np.testing.assert_allclose(z["cosine"][r], cos, rtol=1e-5, atol=1e-6)
+    assert np.mean(z["prediction"][r] == predicted) >= 0.95  # float rounding may flip a sample on a boundary
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_fidelity"] == pytest.approx(z["cosine"][r].mean())
+    assert summary["test_accuracy"] == pytest.approx(correct[r].mean())
+
+    # the front's test columns, mean ± SE by hand
+    for row in _table(text, "Front"):
+        k = rows[("affine", row["spans"])]
+        assert row["test fidelity"] == _pm(z["cosine"][k], binary=False)
+        assert row["test accuracy"] == _pm(correct[k], binary=True)
+
+    # each method's pick on eval within each budget, then the comparisons on test
+    trials = pd.read_csv(out / "trials.csv", dtype={"spans": "string"})
+    baselines = pd.read_csv(out / "baselines.csv", dtype={"spans": "string"})
+    methods = {"search": trials[(trials["state"] == "COMPLETE")].assign(kind="affine")}
+    methods |= {m: g for m, g in baselines.groupby("method", sort=False)}
+
+    def pick(rows_, budget):
+        ok = rows_[rows_["feasible"].astype(bool) & (rows_["flops_frac"] <= budget)]
+        if not len(ok):
+            return None
+        best = ok.sort_values(["fidelity", "flops_frac"], ascending=[False, True]).iloc[0]
+        return str(best["kind"]), str(best["spans"])
+
+    expected = [("export vs unmodified", "", ("affine", "none"), ("affine", choice))]
+    for label in list(methods)[1:]:
+        for budget in cfg.report.flops_points:
+            a, b = pick(methods[label], budget), pick(methods["search"], budget)
+            if a and b:
+                expected.append((f"search vs {label}", f"≤ {budget:g}", a, b))
+    table = _table(text, "Paired tests on the test split")
+    assert [(t["comparison"], t["budget"]) for t in table] == [(c, b) for c, b, _, _ in expected for _ in range(2)]
+    rng = np.random.default_rng(1)
+    pvalues = []
+    for (comparison, budget, a, b), (acc, fid) in zip(expected, zip(table[::2], table[1::2], strict=True),
+                                                      strict=True):
+        ra, rb = rows[a if a[1] != "none" else ("affine", "none")], rows[b]
+        label = (lambda k, sp: "unmodified" if sp == "none" else f"{sp} ({k})")
+        assert (acc["A"], acc["B"], fid["A"], fid["B"]) == (label(*a), label(*b), label(*a), label(*b))
+        assert acc["quality"] == "accuracy" and fid["quality"] == "fidelity"
+        p_acc = _exact_mcnemar(correct[ra], correct[rb])
+        assert acc["B − A"] == f"{correct[rb].mean() - correct[ra].mean():.4g}" and acc["p"] == f"{p_acc:.4g}"
+        diff = z["cosine"][rb] - z["cosine"][ra]
+        assert fid["B − A"] == f"{diff.mean():.4g}"
+        boot = diff[rng.integers(0, n, size=(20000, n))].mean(axis=1)
+        low, high = np.percentile(boot, [2.5, 97.5])
+        slack = 0.15 * diff.std(ddof=1) / math.sqrt(n) + 1e-12
+        assert abs(float(fid["low"] or 0) - low) <= slack and abs(float(fid["high"] or 0) - high) <= slack
+        p_fid = min(1.0, 2 * (1 + min(np.sum(boot <= 0), np.sum(boot >= 0))) / (1 + len(boot)))
+        assert abs(float(fid["p"]) - p_fid) <= 0.02
+        pvalues += [float(acc["p"]), float(fid["p"])]
+    # Holm by hand on the printed p-values: k-th smallest × (m − k + 1), running maximum, capped at 1
+    order = np.argsort(pvalues, kind="stable")
+    adjusted, running = np.empty(len(pvalues)), 0.0
+    for rank, k in enumerate(order):
+        running = max(running, min(1.0, pvalues[k] * (len(pvalues) - rank)))
+        adjusted[k] = running
+    printed = np.array([float(t["p (Holm)"]) for t in table])
+    np.testing.assert_allclose(printed, adjusted, rtol=2e-3)  # from 4-digit p-values
+
+
 def test_rba_report_without_the_optional_sections(study, tmp_path):
     """A study run with ``[report] baselines = false`` and no single spans: the report leaves those sections out
     and says how to turn the priors section on."""
     out = _copy(study, tmp_path)
     info = json.loads((out / "report.json").read_text())
-    info |= {"baselines": False, "single_spans": False}
+    info |= {"baselines": False, "single_spans": False, "test": None}
     (out / "report.json").write_text(json.dumps(info))
-    for name in ("baselines.csv", "singles.csv", "priors.png", "report.md"):
+    for name in ("baselines.csv", "singles.csv", "priors.png", "report.md", "per_sample.npz"):
         (out / name).unlink()
     assert cli_main(["report", str(out)]) == 0
     text = (out / "report.md").read_text()
-    assert "## Baselines at the same budgets" not in text and "## Search against BR-greedy" not in text
+    assert "## Baselines at the same budgets" not in text and "## Search against the baselines" not in text
     assert "Not computed: set `[report] single_spans = true`" in text and "## Cost of the search" in text
+    assert "- test split: none (`[data] test = 0`)" in text and "## Paired tests" not in text
+    assert "test fidelity" not in text and "test split:" not in text.split("## Front")[1]
     assert not (out / "priors.png").exists() and (out / "cost.png").exists()
