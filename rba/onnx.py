@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rba._io import atomic_path, atomic_write_json, file_sha256, package_versions
+from rba._io import atomic_path, atomic_write_json, disk_full, file_sha256, package_versions
 from rba.errors import ConfigError, RBAError
 from rba.timing import compare
 
@@ -148,6 +148,8 @@ def _write_onnx(module: _Deployed, adapter: Adapter, feed: dict[str, np.ndarray]
                 torch.onnx.export(module.eval(), _tracing_inputs(adapter, feed), str(tmp), input_names=names,
                                   output_names=outputs, dynamic_axes=axes, opset_version=OPSET, dynamo=False)
         except Exception as exc:  # a tracer failure is the model's, not the user's input: name it in one line
+            if disk_full(exc):  # not the model's: atomic_path names the file and the space left
+                raise
             reason = " ".join(str(exc).split())[:300] or type(exc).__name__
             raise RBAError(f"cannot export {what} to ONNX ({type(exc).__name__}: {reason}): this model or fit kind "
                            "is not supported by the ONNX export") from None
