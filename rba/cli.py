@@ -353,7 +353,8 @@ class CompareFits(_Command):
         if args.spans:
             spans = [s for item in args.spans.split(",") if item.strip() for s in parse_spans(item)]
         out = cfg.output_dir() if args.out is not None else cfg.output_dir() / "fits"
-        refuse_other_work(out, "comparison", "`rba compare-fits`")  # before the model loads
+        _check_writable_dir(out, "compare-fits output folder")  # the default fits/ too: before the model loads
+        refuse_other_work(out, "comparison", "`rba compare-fits`")
         session = Session(cfg, progress=not args.quiet, measure_latency=False)  # latency is not compared
         table = compare_fits(session, spans if spans is not None else session.pairs, kinds, out=out,
                              progress=not args.quiet)

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from rba._io import atomic_path, atomic_write_json, file_sha256, package_versions
+from rba._records import schema_problems
 from rba.adapters import Adapter, create_adapter
 from rba.apply import replace_
 from rba.config import Config, DataConfig, ModelConfig
@@ -97,31 +98,15 @@ class Recipe(_Strict):
 
 def _model_section_problems(model: dict[str, Any]) -> str:
     """The recipe's ``model`` section against the config's ``[model]`` schema, which rebuilding the model reads:
-    unknown keys and invalid values, as :func:`_schema_problems` words them ("" when it follows the schema)."""
+    unknown keys and invalid values, as :func:`schema_problems` words them ("" when it follows the schema)."""
     unknown = sorted(set(model) - {f.name for f in dataclasses.fields(ModelConfig)})
     if unknown:
         return "unknown keys: " + ", ".join(f"model.{k}" for k in unknown)
     try:
         ModelConfig(**model)
     except ValidationError as exc:
-        return _schema_problems(exc, prefix="model.")
+        return schema_problems(exc, prefix="model.")
     return ""
-
-
-def _schema_problems(exc: ValidationError, prefix: str = "") -> str:
-    """Pydantic's errors as one line: unknown keys, missing fields, then wrong values, each named by its path."""
-    unknown, missing, wrong = [], [], []
-    for err in exc.errors():
-        where = prefix + ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            unknown.append(where)
-        elif err["type"] == "missing":
-            missing.append(where)
-        else:
-            wrong.append(f"{where} ({err['msg']})")
-    parts = [f"{label}: {', '.join(sorted(names))}" for label, names in
-             (("unknown keys", unknown), ("missing fields", missing), ("invalid values", wrong)) if names]
-    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------- writing
@@ -240,7 +225,7 @@ def read_recipe(folder: str | Path) -> dict[str, Any]:
     try:
         Recipe.model_validate(recipe)
     except ValidationError as exc:
-        raise RBAError(f"{path} does not follow recipe format {RECIPE_FORMAT} ({_schema_problems(exc)}): rerun "
+        raise RBAError(f"{path} does not follow recipe format {RECIPE_FORMAT} ({schema_problems(exc)}): rerun "
                        "`rba export` into this folder") from None
     problems = _model_section_problems(recipe["model"])
     if problems:

@@ -1,7 +1,10 @@
 """Atomic file output for packages built on rba (the search writes its tables and study records with it):
 every file is written under a temporary name in its folder and renamed into place, so an interrupted run never
-leaves a truncated file that a later run would trust. The implementation is :mod:`rba._io`."""
+leaves a truncated file that a later run would trust; and files read back against one schema per file kind, shared
+by the writer and the reader. The implementations are :mod:`rba._io` and :mod:`rba._records`."""
 
 from rba._io import atomic_path, atomic_write_json, atomic_write_text, package_versions, pid_alive
+from rba._records import Record, checked, read_record, read_table
 
-__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "package_versions", "pid_alive"]
+__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "package_versions", "pid_alive", "Record",
+           "checked", "read_record", "read_table"]

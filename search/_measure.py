@@ -12,7 +12,7 @@ from rba.files import atomic_write_json
 from rba.progress import phase
 from rba.spans import parse_spans
 from search._render import render_report
-from search._results import Choice, ReportError, _write_pareto, read_report_inputs, split_pareto
+from search._results import Choice, ReportError, _write_pareto, read_report_inputs, read_summary, split_pareto
 from search.objective import RESULT_COLUMNS
 from search.recording import StudyContext, log
 
@@ -82,9 +82,9 @@ def measure_export(cfg, session, folder: Path) -> dict:
 def _onnx_record(cfg, folder: Path) -> dict:
     """ONNX Runtime speed-up of the current ONNX export in ``folder``, with the export check's largest relative
     difference and the load average at the start and end."""
-    from rba.onnx import ONNX_META, onnx_speedup
+    from rba.onnx import onnx_speedup, read_onnx_meta
 
-    meta = json.loads((folder / ONNX_META).read_text())
+    meta = read_onnx_meta(folder)
     load = _load()
     onnx = onnx_speedup(folder, repeats=max(7, cfg.evaluate.latency_repeats))
     return onnx | {"max_rel_diff": max(meta["max_rel_diff"].values()), "load_start": load, "load_end": _load()}
@@ -106,6 +106,7 @@ def remeasure_report(out: Path, *, progress: bool = True) -> Path:
 
     out = Path(out)
     data = read_report_inputs(out)  # everything checked before the model loads
+    summary = read_summary(out)
     info = data["info"]
     export = info["export"]
     folder = out / "export"
@@ -153,7 +154,6 @@ def remeasure_report(out: Path, *, progress: bool = True) -> Path:
     if len(ref_row) + len(front) < len(data["pareto"]):  # an older rba listed the "none" trial next to the reference
         _write_pareto(out, ref_row, front)
     summary_path = out / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary = {k: v for k, v in summary.items() if not k.startswith("onnx_")}
     summary |= {k: records["speed"][k] for k in ("speedup", "speedup_q1", "speedup_q3")}
     summary |= {k: v for k, v in records["onnx"].items() if k.startswith("onnx_")}

@@ -421,7 +421,7 @@ def test_rba_report_refuses_what_it_cannot_render(study, tmp_path, capsys, damag
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rba: error:"), err
     expected = {"no report.json": "holds no report.json", "no pareto.csv": "lacks pareto.csv",
-                "bad report.json": "cannot be read", "old format": "report format 0", "no folder": "is not a folder"}
+                "bad report.json": "is damaged (not JSON", "old format": "report format 0", "no folder": "is not a folder"}
     assert expected[damage] in err[0]
     assert not any((out / name).exists() for name in REPORT_FILES)  # nothing written
 
