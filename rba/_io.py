@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from rba.errors import DiskFullError
 
-__all__ = ["disk_full", "pid_alive", "atomic_path", "remove_stale_tmp", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "file_sha256", "package_versions", "source_commit"]
+__all__ = ["disk_full", "long_name", "pid_alive", "atomic_path", "remove_stale_tmp", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "file_sha256", "package_versions", "source_commit"]
 
 
 #: the errors of a write that found no room: the disk is full, or the user's quota is spent
@@ -145,6 +145,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, payload: Any) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def long_name(path: str | Path) -> tuple[str, int, int] | None:
+    """The first name in ``path`` longer than its file system allows for one name (NAME_MAX, 255 bytes on most),
+    as (name, its length in bytes, the limit); None when every name fits."""
+    path = Path(path)
+    sizes = [(name, len(os.fsencode(name))) for name in path.parts]
+    # the limit of the file system the path goes to: that of its nearest existing folder (a name longer than
+    # 255 bytes makes exists() raise, so only shorter ones are asked)
+    known = next((p for p in path.parents if all(len(os.fsencode(n)) <= 255 for n in p.parts) and p.is_dir()),
+                 Path(path.anchor or "."))
+    try:
+        limit = os.pathconf(known, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    return next(((name, size, limit) for name, size in sizes if size > limit), None)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -140,6 +140,13 @@ def _check_device(cfg) -> None:
 
 def _check_writable_dir(path: Path, what: str) -> None:
     """``path`` is, or can become, a folder this process writes to; checked before the long work starts."""
+    from rba._io import long_name
+
+    too_long = long_name(path.absolute())
+    if too_long:
+        name, size, limit = too_long
+        raise ConfigError(f"{what} {path}: the name {name[:40]}… is {size} bytes long, and the file system allows "
+                          f"{limit} for one name: choose a shorter one")
     resolved = path.resolve()
     system = next((d for d in _SYSTEM_DIRS if resolved == Path(d) or Path(d) in resolved.parents), None)
     if system:

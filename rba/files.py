@@ -3,8 +3,8 @@ every file is written under a temporary name in its folder and renamed into plac
 leaves a truncated file that a later run would trust; and files read back against one schema per file kind, shared
 by the writer and the reader. The implementations are :mod:`rba._io` and :mod:`rba._records`."""
 
-from rba._io import atomic_path, atomic_write_json, atomic_write_text, package_versions, pid_alive
+from rba._io import atomic_path, atomic_write_json, atomic_write_text, long_name, package_versions, pid_alive
 from rba._records import Record, checked, read_record, read_table
 
-__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "package_versions", "pid_alive", "Record",
+__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "package_versions", "pid_alive", "long_name", "Record",
            "checked", "read_record", "read_table"]

@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from rba.config import Config, list_studies, load_config, load_study
+from rba.config import Config, check_dotted_key, list_studies, load_config, load_study
 from rba.errors import ConfigError
-from rba.files import atomic_path
+from rba.files import atomic_path, long_name
 
 __all__ = ["Study", "expand", "is_sweep", "read_sweep", "write_summary", "SUMMARY_COLUMNS"]
 
@@ -83,8 +83,10 @@ def read_sweep(path: str | Path, out: Path | None, configure: Callable[[Config],
         if isinstance(values, dict):
             raise ConfigError(f"sweep file {p}: [sweep] key {key!r} is a table; write dotted keys in quotes, "
                               f"e.g. \"search.seed\" = [0, 1]")
-        if "." not in key:
-            raise ConfigError(f"sweep file {p}: [sweep] key {key!r} is not a dotted config key such as search.seed")
+        try:
+            check_dotted_key(key)  # against the config's schema, before the base config is read
+        except ConfigError as exc:
+            raise ConfigError(f"sweep file {p}: [sweep] {exc}") from None
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep file {p}: [sweep] {key} must be a non-empty list of values, got {values!r}")
     base_path = Path(raw["base"]).expanduser()
@@ -110,6 +112,12 @@ def read_sweep(path: str | Path, out: Path | None, configure: Callable[[Config],
     studies = []
     for combo in itertools.product(*(sweep[k] for k in keys)):
         label = ",".join(f"{k}={_value_text(v)}" for k, v in zip(keys, combo))
+        too_long = long_name(out / label)
+        if too_long:
+            _, size, limit = too_long
+            raise ConfigError(f"sweep file {p}: the folder of study {label[:60]}… would be named by its {size} bytes "
+                              f"of keys and values, and the file system allows {limit} for one name: sweep fewer keys "
+                              "or shorter values (or split the sweep)")
         cfg = load_base()
         try:
             cfg.override(dict(zip(keys, combo)))

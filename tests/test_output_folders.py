@@ -173,3 +173,10 @@ def test_damaged_comparison_files_are_one_line(tmp_path, capsys):
     other = _config(tmp_path, "other", output={"dir": str(tmp_path / "study")})
     assert cli_main(["compare-fits", str(other), "--kinds", "identity", "--spans", "1-2", "--quiet"]) == 2
     _one_line(capsys.readouterr().err, f"compare-fits output folder {tmp_path / 'study' / 'fits'} is an existing file")
+
+
+def test_an_output_folder_name_longer_than_the_file_system_allows_is_one_line(tmp_path, capsys):
+    cfg = _config(tmp_path)
+    out = tmp_path / ("é" * 130)  # 260 bytes: NAME_MAX is 255 bytes on the usual file systems
+    assert cli_main(["scores", str(cfg), "--out", str(out), "--quiet"]) == 2
+    _one_line(capsys.readouterr().err, "output folder", "is 260 bytes long", "choose a shorter one")
