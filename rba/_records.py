@@ -38,6 +38,8 @@ def schema_problems(exc: ValidationError, prefix: str = "") -> str:
             unknown.append(where)
         elif err["type"] == "missing":
             missing.append(where)
+        elif err["type"] == "value_error":  # a check across keys (a model validator): its message names them
+            wrong.append(f"{where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}")
         else:
             wrong.append(f"{where or 'the file'} ({err['msg']}, got {_short(err.get('input'))})")
     parts = [f"{label}: {', '.join(sorted(dict.fromkeys(names)))}" for label, names in
