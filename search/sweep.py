@@ -10,7 +10,6 @@ any runs; :func:`write_summary` writes ``summary.csv`` and ``fronts.png`` over a
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import tomllib
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import pandas as pd
 from rba.config import Config, check_dotted_key, list_studies, load_config, load_study
 from rba.errors import ConfigError
 from rba.files import atomic_path, long_name
+from search._results import read_summary
 
 __all__ = ["Study", "expand", "is_sweep", "read_sweep", "write_summary", "SUMMARY_COLUMNS"]
 
@@ -160,7 +160,7 @@ def _summary_row(study: Study, error: str | None) -> dict[str, Any]:
     out = study.cfg.output_dir()
     if error is not None:
         return {"study": study.label, "out": str(out), "error": error}
-    info = json.loads((out / "summary.json").read_text())
+    info = read_summary(out)  # the schema rba run writes it by
     return {"study": study.label, "out": str(out)} | {k: info.get(k) for k in SUMMARY_COLUMNS[2:-1]}
 
 
