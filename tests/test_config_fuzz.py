@@ -148,8 +148,8 @@ def _recipe(folder) -> dict:
 
     weights = folder / "model.safetensors"
     weights.write_bytes(b"weights")
-    return {"format": 2, "model": {"kind": "timm", "name": "test_vit", "pretrained": False}, "identity": {"kind": "timm"},
-            "preprocess": {"max_length": 128, "image_size": 32}, "spans": "1-3",
+    return {"format": 2, "model": {"kind": "timm", "name": "test_vit", "pretrained": False},
+            "identity": {"kind": "timm"}, "preprocess": {"max_length": 128, "image_size": 32}, "spans": "1-3",
             "span_modules": [{"span": [1, 3], "kind": "affine", "trained": False, "dim_in": 64, "dim_out": 64}],
             "head": {"kind": "probe", "features": 64, "classes": 3, "class_names": ["a", "b", "c"]},
             "layout": "tokens", "dims": [64] * 7, "fit": {"kind": "affine", "ridge": 1e-6, "mode": "independent"},
