@@ -3,11 +3,13 @@ so an interrupted run never leaves a truncated file that a later run would trust
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -15,7 +17,46 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["pid_alive", "atomic_path", "remove_stale_tmp", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "file_sha256", "package_versions", "source_commit"]
+from rba.errors import DiskFullError
+
+__all__ = ["disk_full", "long_name", "pid_alive", "atomic_path", "remove_stale_tmp", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "file_sha256", "package_versions", "source_commit"]
+
+
+#: the errors of a write that found no room: the disk is full, or the user's quota is spent
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_TEXTS = (os.strerror(errno.ENOSPC), f"os error {errno.ENOSPC}", "StorageFull")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it was raised from (libraries wrap their I/O errors), is a write that
+    found no space left on the device."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            return True
+        # Rust-backed writers (safetensors) raise their own exception type holding the OS error's text
+        if not isinstance(exc, OSError) and any(t in str(exc) for t in _NO_SPACE_TEXTS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _disk_full_error(path: Path) -> DiskFullError:
+    try:
+        free = f"{_size(shutil.disk_usage(path.parent).free)} free there"
+    except OSError:
+        free = "its free space unknown"
+    return DiskFullError(f"no space left on the device to write {path} ({free}): nothing was written in its "
+                         "place; free some space (or give a folder on another disk) and run the command again")
 
 
 #: this host's name as it appears in temporary file names (letters, digits and _ only)
@@ -61,13 +102,21 @@ def remove_stale_tmp(path: str | Path) -> list[Path]:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
 
+    A write that finds the disk full (in the caller's block, or here) raises :class:`DiskFullError`, one line
+    naming ``path`` and the space left; ``path`` keeps what it held before.
+
     A kill (SIGKILL, power loss) can leave the temporary file ``.<name>.<host>.<pid>-<random>.tmp`` behind: no
     reader ever opens it, and the next write of ``path`` removes it (:func:`remove_stale_tmp`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if disk_full(exc):
+            raise _disk_full_error(path) from None
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -76,6 +125,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp_path, path)
+    except Exception as exc:
+        if disk_full(exc):  # one line naming the file, whichever library's write ran out of room
+            raise _disk_full_error(path) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -92,6 +145,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, payload: Any) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def long_name(path: str | Path) -> tuple[str, int, int] | None:
+    """The first name in ``path`` longer than its file system allows for one name (NAME_MAX, 255 bytes on most),
+    as (name, its length in bytes, the limit); None when every name fits."""
+    path = Path(path)
+    sizes = [(name, len(os.fsencode(name))) for name in path.parts]
+    # the limit of the file system the path goes to: that of its nearest existing folder (a name longer than
+    # 255 bytes makes exists() raise, so only shorter ones are asked)
+    known = next((p for p in path.parents if all(len(os.fsencode(n)) <= 255 for n in p.parts) and p.is_dir()),
+                 Path(path.anchor or "."))
+    try:
+        limit = os.pathconf(known, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    return next(((name, size, limit) for name, size in sizes if size > limit), None)
 
 
 def file_sha256(path: str | Path) -> str:

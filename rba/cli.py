@@ -142,6 +142,13 @@ def _check_device(cfg) -> None:
 
 def _check_writable_dir(path: Path, what: str) -> None:
     """``path`` is, or can become, a folder this process writes to; checked before the long work starts."""
+    from rba._io import long_name
+
+    too_long = long_name(path.absolute())
+    if too_long:
+        name, size, limit = too_long
+        raise ConfigError(f"{what} {path}: the name {name[:40]}… is {size} bytes long, and the file system allows "
+                          f"{limit} for one name: choose a shorter one")
     resolved = path.resolve()
     system = next((d for d in _SYSTEM_DIRS if resolved == Path(d) or Path(d) in resolved.parents), None)
     if system:
@@ -355,7 +362,8 @@ class CompareFits(_Command):
         if args.spans:
             spans = [s for item in args.spans.split(",") if item.strip() for s in parse_spans(item)]
         out = cfg.output_dir() if args.out is not None else cfg.output_dir() / "fits"
-        refuse_other_work(out, "comparison", "`rba compare-fits`")  # before the model loads
+        _check_writable_dir(out, "compare-fits output folder")  # the default fits/ too: before the model loads
+        refuse_other_work(out, "comparison", "`rba compare-fits`")
         session = Session(cfg, progress=not args.quiet, measure_latency=False)  # latency is not compared
         table = compare_fits(session, spans if spans is not None else session.pairs, kinds, out=out,
                              progress=not args.quiet)

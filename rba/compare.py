@@ -14,19 +14,19 @@ computed again, not reused), ``fits.md`` and ``fits.png``.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import torch
 
-from rba._folders import FolderError, refuse_other_work, refusal
+from rba._folders import FolderError, refusal, refuse_other_work
 from rba._io import atomic_path, atomic_write_json, atomic_write_text
+from rba._records import Record, checked, read_record, read_table
 from rba.config import config_hash
 from rba.data import data_identity
 from rba.errors import ConfigError
@@ -119,12 +119,24 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
     return table
 
 
+#: the columns of fits.csv that hold numbers
+_NUMBER_COLUMNS = [c for c in COMPARE_COLUMNS if c not in ("span", "kind", "trained")]
+
+
+class CompareRecord(Record):
+    """compare.json: the comparison's identity (a hash, and what it hashes) and the checksum of each span's rows."""
+
+    identity: str
+    detail: dict[str, Any]
+    rows: dict[str, str] = {}
+
+
 def _write_rows(out: Path, rows: list[dict], record: dict) -> None:
     """``fits.csv``, then ``compare.json`` with the checksum of each span's rows. A kill between the two leaves the
     newest span without a checksum: computed again by the next run, never reused unchecked."""
     text = pd.DataFrame(rows, columns=COMPARE_COLUMNS).to_csv(index=False, float_format="%.6g", lineterminator="\n")
     atomic_write_text(out / "fits.csv", text)
-    atomic_write_json(out / "compare.json", record | {"rows": _row_sums(text)})
+    atomic_write_json(out / "compare.json", checked(record | {"rows": _row_sums(text)}, CompareRecord, "compare.json"))
 
 
 def _row_sums(text: str) -> dict[str, str]:
@@ -154,18 +166,12 @@ def _finished_rows(session, out: Path, kinds: Sequence[str]) -> tuple[dict[str, 
     key = config_hash(detail)
     found: dict = {}
     if record.exists():
-        try:
-            found = json.loads(record.read_text())
-            if not isinstance(found, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise FolderError(f"{record} cannot be read ({str(exc).splitlines()[0]}): it records which comparison "
-                              f"{out} holds; choose another --out, or remove that folder") from None
-        if found.get("identity") != key:
-            old = found.get("detail") if isinstance(found.get("detail"), dict) else {"identity": found.get("identity")}
-            raise refusal(str(out), old, detail if isinstance(found.get("detail"), dict) else {"identity": key},
-                          what="a comparison", fix="Choose another --out, or remove that folder")
-    sums = found["rows"] if isinstance(found.get("rows"), dict) else {}
+        found = read_record(record, CompareRecord, error=FolderError,
+                            fix=f"it records which comparison {out} holds; choose another --out, or remove that folder")
+        if found["identity"] != key:
+            raise refusal(str(out), found["detail"], detail, what="a comparison",
+                          fix="Choose another --out, or remove that folder")
+    sums = found.get("rows", {})
     try:
         text = (out / "fits.csv").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):  # none yet, or damaged: nothing in it can match a checksum
@@ -177,14 +183,16 @@ def _finished_rows(session, out: Path, kinds: Sequence[str]) -> tuple[dict[str, 
              "do not match their checksums in compare.json (edited, or written by an earlier rba): not reused; "
              "they are computed again when asked for")
     done = {}
-    if trusted:
-        old = pd.read_csv(io.StringIO(text), dtype={"span": str})
+    if trusted:  # (the checksums can be recomputed by hand: the rows are checked as any table read back is)
+        old = read_table(out / "fits.csv", columns=COMPARE_COLUMNS, numeric=_NUMBER_COLUMNS, dtype={"span": str},
+                         error=FolderError, fix=f"remove {out / 'fits.csv'} to compute its rows again")
         for span, rows in old.groupby("span", sort=False):
             if span in trusted and list(rows["kind"]) == list(kinds):
                 done[span] = rows.to_dict("records")
     entry = {"identity": key, "detail": detail}
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(record, entry | {"rows": {span: found_sums[span] for span in done}})
+    atomic_write_json(record, checked(entry | {"rows": {span: found_sums[span] for span in done}}, CompareRecord,
+                                      str(record)))
     return done, entry
 
 

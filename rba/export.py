@@ -22,13 +22,14 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from rba._io import atomic_path, atomic_write_json, file_sha256, package_versions
+from rba._records import checked, schema_problems
 from rba.adapters import Adapter, create_adapter
 from rba.apply import replace_
 from rba.config import Config, DataConfig, ModelConfig
@@ -48,33 +49,45 @@ HEAD_ATTR = "rba_head"
 
 # ---------------------------------------------------------------------- the recipe's schema
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # read as JSON: no "3" for 3, no 1 for true
+
+
+#: the largest size a recipe may record: a width, a token count, an image side or a class count beyond it is
+#: damage (or an edit), not a model; refused before anything of that size is allocated
+_MAX_SIZE = 1 << 20
+_Size = Annotated[int, Field(ge=1, le=_MAX_SIZE)]
 
 
 class _SpanModule(_Strict):
-    span: tuple[int, int]
+    span: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]]
     kind: str
     trained: bool
-    dim_in: int
-    dim_out: int
+    dim_in: _Size
+    dim_out: _Size
 
 
 class _Head(_Strict):
     kind: Literal["probe", "fixed-probe", "native"]
-    features: int
-    classes: int
+    features: _Size
+    classes: _Size
     #: what each logit means, in order (the data's class names; absent for a model's own head)
     class_names: list[str] | None = None
 
+    @model_validator(mode="after")
+    def _a_name_per_class(self):
+        if self.class_names is not None and len(self.class_names) != self.classes:
+            raise ValueError(f"{len(self.class_names)} class_names for {self.classes} classes")
+        return self
+
 
 class _Preprocess(_Strict):
-    max_length: int
-    image_size: int | None
+    max_length: _Size
+    image_size: Annotated[int, Field(ge=1, le=1 << 14)] | None
 
 
 class _FitRecord(_Strict):
     kind: str
-    ridge: float
+    ridge: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     mode: Literal["independent", "sequential"]
 
 
@@ -87,41 +100,37 @@ class Recipe(_Strict):
     span_modules: list[_SpanModule]
     head: _Head | None
     layout: Literal["tokens", "pixels"]
-    dims: list[int]
+    dims: Annotated[list[_Size], Field(min_length=2)]
     fit: _FitRecord
     statistics_hash: str
     model_sha256: str
     versions: dict[str, Any]
     recipe_sha256: str
 
+    @model_validator(mode="after")
+    def _spans_within_the_boundaries(self):
+        """Each span runs forward between two of the model's boundaries, with their widths."""
+        for n, entry in enumerate(self.span_modules):
+            i, j = entry.span
+            if not i < j < len(self.dims):
+                raise ValueError(f"span_modules.{n}.span {[i, j]} is not a span of {len(self.dims) - 1} blocks")
+            if (entry.dim_in, entry.dim_out) != (self.dims[i], self.dims[j]):
+                raise ValueError(f"span_modules.{n} maps {entry.dim_in} → {entry.dim_out} features, but dims says "
+                                 f"{self.dims[i]} → {self.dims[j]}")
+        return self
+
 
 def _model_section_problems(model: dict[str, Any]) -> str:
     """The recipe's ``model`` section against the config's ``[model]`` schema, which rebuilding the model reads:
-    unknown keys and invalid values, as :func:`_schema_problems` words them ("" when it follows the schema)."""
+    unknown keys and invalid values, as :func:`schema_problems` words them ("" when it follows the schema)."""
     unknown = sorted(set(model) - {f.name for f in dataclasses.fields(ModelConfig)})
     if unknown:
         return "unknown keys: " + ", ".join(f"model.{k}" for k in unknown)
     try:
         ModelConfig(**model)
     except ValidationError as exc:
-        return _schema_problems(exc, prefix="model.")
+        return schema_problems(exc, prefix="model.")
     return ""
-
-
-def _schema_problems(exc: ValidationError, prefix: str = "") -> str:
-    """Pydantic's errors as one line: unknown keys, missing fields, then wrong values, each named by its path."""
-    unknown, missing, wrong = [], [], []
-    for err in exc.errors():
-        where = prefix + ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            unknown.append(where)
-        elif err["type"] == "missing":
-            missing.append(where)
-        else:
-            wrong.append(f"{where} ({err['msg']})")
-    parts = [f"{label}: {', '.join(sorted(names))}" for label, names in
-             (("unknown keys", unknown), ("missing fields", missing), ("invalid values", wrong)) if names]
-    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------- writing
@@ -181,7 +190,7 @@ def export_model(session: Session, spans: Sequence[Span], out: str | Path, *, ki
     }
     recipe = json.loads(json.dumps(recipe))  # what reading it back gives (tuples become lists)
     recipe["recipe_sha256"] = _recipe_checksum(recipe)
-    Recipe.model_validate(recipe)  # what is written must read back
+    checked(recipe, Recipe, "recipe.json")  # what is written must read back
     atomic_write_json(out / "recipe.json", recipe)
     session.write_run_info(out, command="export", spans=recipe["spans"], fit=recipe["fit"])
     return out
@@ -238,9 +247,9 @@ def read_recipe(folder: str | Path) -> dict[str, Any]:
         raise RBAError(f"{path} has no checksum (recipe_sha256 and model_sha256), so its weights cannot be verified: "
                        "rerun `rba export` into this folder")
     try:
-        Recipe.model_validate(recipe)
+        Recipe.model_validate_json(json.dumps(recipe))
     except ValidationError as exc:
-        raise RBAError(f"{path} does not follow recipe format {RECIPE_FORMAT} ({_schema_problems(exc)}): rerun "
+        raise RBAError(f"{path} does not follow recipe format {RECIPE_FORMAT} ({schema_problems(exc)}): rerun "
                        "`rba export` into this folder") from None
     problems = _model_section_problems(recipe["model"])
     if problems:
@@ -290,6 +299,10 @@ def load_export(folder: str | Path, device: str = "cpu", *, trust_code: bool = F
     model_cfg["device"] = "cpu"
     cfg = Config(model=ModelConfig(**model_cfg), data=DataConfig(**recipe["preprocess"]))
     adapter = create_adapter(cfg)
+    if adapter.layout != recipe["layout"] or adapter.num_blocks != len(recipe["dims"]) - 1:
+        raise RBAError(f"{folder / 'recipe.json'} records a model of {len(recipe['dims']) - 1} blocks with "
+                       f"{recipe['layout']} boundaries, but the model it names has {adapter.num_blocks} blocks with "
+                       f"{adapter.layout} boundaries (an edited recipe): rerun `rba export` into this folder")
     spans = parse_spans(recipe["spans"])
     # in the model's forward dtype (a bfloat16 export holds bfloat16 maps)
     modules = [plugin.module(e["dim_in"], e["dim_out"], layout=recipe["layout"], span=tuple(e["span"])).to(adapter.dtype)

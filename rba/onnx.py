@@ -25,13 +25,15 @@ import copy
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 import torch
+from pydantic import model_validator
 from torch import nn
 
-from rba._io import atomic_path, atomic_write_json, file_sha256, package_versions
+from rba._io import atomic_path, atomic_write_json, disk_full, file_sha256, package_versions
+from rba._records import Record, checked, read_record
 from rba.errors import ConfigError, RBAError
 from rba.timing import compare
 
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     from rba.config import Config
     from rba.session import Session
 
-__all__ = ["export_onnx", "onnx_speedup", "onnx_state", "verify_onnx", "check_onnx_exportable", "MAX_REL_DIFF",
+__all__ = ["export_onnx", "onnx_speedup", "onnx_state", "verify_onnx", "read_onnx_meta", "OnnxRecord", "check_onnx_exportable", "MAX_REL_DIFF",
            "ONNX_MODEL", "ONNX_UNMODIFIED"]
 
 ONNX_MODEL = "model.onnx"
@@ -51,6 +53,33 @@ ONNX_META = "onnx.json"
 ONNX_FORMAT = 2
 #: the files onnx.json vouches for, by checksum
 _CHECKED = (ONNX_MODEL, ONNX_UNMODIFIED, ONNX_FEED)
+
+
+class OnnxRecord(Record):
+    """onnx.json (format 2), written by :func:`export_onnx`, read before any ONNX file is timed, evaluated or kept."""
+
+    format: Literal[2]
+    sha256: dict[str, str]
+    inputs: list[str]
+    outputs: list[str]
+    batch_size: int
+    max_rel_diff: dict[str, float]
+    tolerance: float
+    opset: int
+    recipe_sha256: str
+    spans: str
+    unmodified_key: str
+    versions: dict[str, str]
+
+    @model_validator(mode="after")
+    def _every_file_and_graph(self):
+        lacking = [n for n in _CHECKED if n not in self.sha256] + [g for g in ("model", "unmodified")
+                                                                     if g not in self.max_rel_diff]
+        if lacking:
+            raise ValueError(f"no entry for {', '.join(lacking)}")
+        return self
+
+
 #: the largest max relative difference accepted between ONNX Runtime's and PyTorch's outputs
 MAX_REL_DIFF = 1e-4
 OPSET = 17
@@ -148,6 +177,8 @@ def _write_onnx(module: _Deployed, adapter: Adapter, feed: dict[str, np.ndarray]
                 torch.onnx.export(module.eval(), _tracing_inputs(adapter, feed), str(tmp), input_names=names,
                                   output_names=outputs, dynamic_axes=axes, opset_version=OPSET, dynamo=False)
         except Exception as exc:  # a tracer failure is the model's, not the user's input: name it in one line
+            if disk_full(exc):  # not the model's: atomic_path names the file and the space left
+                raise
             reason = " ".join(str(exc).split())[:300] or type(exc).__name__
             raise RBAError(f"cannot export {what} to ONNX ({type(exc).__name__}: {reason}): this model or fit kind "
                            "is not supported by the ONNX export") from None
@@ -232,7 +263,7 @@ def export_onnx(session: Session, folder: str | Path) -> dict[str, Any]:
             "batch_size": len(samples), "max_rel_diff": diffs, "tolerance": MAX_REL_DIFF, "opset": OPSET,
             "recipe_sha256": recipe["recipe_sha256"], "spans": recipe["spans"], "unmodified_key": key,
             "versions": package_versions() | {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}}
-    atomic_write_json(meta_path, meta)
+    atomic_write_json(meta_path, checked(meta, OnnxRecord, str(meta_path)))
     return meta
 
 
@@ -251,19 +282,49 @@ def _intact(folder: Path, meta: dict[str, Any], name: str) -> bool:
     return isinstance(sums, dict) and path.is_file() and sums.get(name) == file_sha256(path)
 
 
+def _fix(folder: Path) -> str:
+    return f"rerun `rba export CONFIG --spans … --out {folder} --format onnx`"
+
+
+def read_onnx_meta(folder: str | Path) -> dict[str, Any]:
+    """``folder``'s onnx.json, checked against :class:`OnnxRecord`: one line naming it and the fix when it is
+    missing, damaged, or written by an earlier rba (format 1 recorded no checksums)."""
+    folder = Path(folder)
+    path = folder / ONNX_META
+    if not path.is_file():
+        raise RBAError(f"{folder} holds {ONNX_MODEL} but no {ONNX_META} (an interrupted export?): {_fix(folder)}")
+    fmt = _read_meta(path).get("format", ONNX_FORMAT)
+    if fmt != ONNX_FORMAT:
+        raise RBAError(f"{path} has format {fmt!r} and records no checksums of the ONNX files (written by an earlier "
+                       f"rba), so they cannot be verified: {_fix(folder)}")
+    return read_record(path, OnnxRecord, fix=_fix(folder))
+
+
 def verify_onnx(folder: str | Path) -> None:
     """Refuse, naming the file, an ONNX export whose files do not match the checksums in its ``onnx.json`` (one
-    swapped for another, edited or truncated), or whose ``onnx.json`` records none (an earlier rba's)."""
+    swapped for another, edited or truncated), or whose ``onnx.json`` is damaged or records none (an earlier
+    rba's)."""
     folder = Path(folder)
-    meta = _read_meta(folder / ONNX_META)
-    fix = f"rerun `rba export CONFIG --spans … --out {folder} --format onnx`"
-    if not isinstance(meta.get("sha256"), dict):
-        raise RBAError(f"{folder / ONNX_META} records no checksums of the ONNX files (written by an earlier rba, or "
-                       f"edited), so they cannot be verified: {fix}")
+    meta = read_onnx_meta(folder)
     for name in _CHECKED:
         if not _intact(folder, meta, name):
             raise RBAError(f"{folder / name} does not match the checksum in {folder / ONNX_META} (replaced, edited or "
-                           f"corrupted since it was written): {fix}")
+                           f"corrupted since it was written): {_fix(folder)}")
+
+
+def _read_feed(folder: Path, inputs: list[str]) -> dict[str, np.ndarray]:
+    """onnx_feed.npz's arrays, one per graph input, of one batch size (checked: its checksum can be recomputed)."""
+    path = folder / ONNX_FEED
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            feed = {k: data[k] for k in data.files}
+    except Exception as exc:  # numpy raises many kinds on a damaged archive
+        raise RBAError(f"{path} cannot be read ({type(exc).__name__}): {_fix(folder)}") from None
+    sizes = {len(v) if v.ndim else -1 for v in feed.values()}
+    if sorted(feed) != sorted(inputs) or len(sizes) != 1 or -1 in sizes:
+        raise RBAError(f"{path} holds {', '.join(sorted(feed)) or 'nothing'}, not one batch of the inputs "
+                       f"{', '.join(inputs)}: {_fix(folder)}")
+    return feed
 
 
 def onnx_state(folder: str | Path) -> str | None:
@@ -272,9 +333,9 @@ def onnx_state(folder: str | Path) -> str | None:
     folder = Path(folder)
     if not (folder / ONNX_MODEL).exists():
         return None
-    meta = _read_meta(folder / ONNX_META)
+    meta = read_onnx_meta(folder)  # a damaged onnx.json is named, not taken for an earlier export's
     recipe = _read_meta(folder / "recipe.json")
-    return "current" if meta and recipe.get("recipe_sha256") == meta.get("recipe_sha256") else "stale"
+    return "current" if recipe.get("recipe_sha256") == meta["recipe_sha256"] else "stale"
 
 
 def onnx_speedup(export_dir: str | Path, *, repeats: int = 20, threads: int | None = None,
@@ -289,9 +350,8 @@ def onnx_speedup(export_dir: str | Path, *, repeats: int = 20, threads: int | No
     (``onnx_export_faster``), every repeat's times (``unmodified_times_ms``, ``export_times_ms``), ``repeats`` (as
     run), ``order``, ``threads`` and ``batch_size``."""
     folder = Path(export_dir)
-    meta = _read_meta(folder / ONNX_META)
-    files = [folder / ONNX_MODEL, folder / ONNX_UNMODIFIED, folder / ONNX_FEED]
-    if not meta or not all(f.exists() for f in files):
+    files = [folder / ONNX_MODEL, folder / ONNX_UNMODIFIED, folder / ONNX_FEED, folder / ONNX_META]
+    if not all(f.exists() for f in files):
         raise RBAError(f"{folder} holds no complete ONNX export (model.onnx, unmodified.onnx, onnx_feed.npz, "
                        "onnx.json): write one with `rba export CONFIG --spans … --out DIR --format onnx`")
     if onnx_state(folder) != "current":
@@ -299,8 +359,7 @@ def onnx_speedup(export_dir: str | Path, *, repeats: int = 20, threads: int | No
                        "folder was exported again without --format onnx): rerun `rba export … --format onnx`")
     verify_onnx(folder)
     threads = int(threads or torch.get_num_threads())
-    with np.load(folder / ONNX_FEED) as data:
-        feed = {k: data[k] for k in data.files}
+    feed = _read_feed(folder, read_onnx_meta(folder)["inputs"])
     n = len(next(iter(feed.values())))
     sessions = {"unmodified": _ort_session(folder / ONNX_UNMODIFIED, threads),
                 "export": _ort_session(folder / ONNX_MODEL, threads)}

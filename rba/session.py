@@ -7,6 +7,7 @@ adapter → splits → statistics (disk cache keyed by content hash) → fits �
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from functools import cached_property
@@ -20,9 +21,9 @@ from rba._io import atomic_write_json, atomic_write_text, package_versions
 from rba.progress import info, phase, tick
 from rba.adapters import Adapter, Span, check_weights_file, create_adapter
 from rba.capture import STATS_FORMAT, Statistics, capture_statistics
-from rba.config import Config, config_hash
+from rba.config import Config, config_hash, load_config
 from rba.data import Dataset, Splits, check_data_paths, load_calibration_dataset, load_dataset, make_splits
-from rba.errors import CacheError
+from rba.errors import CacheError, RBAError
 from rba.apply import span_module
 from rba.errors import ModelError
 from rba.fit import SpanFit, TrainSettings, fit_span, get_fit
@@ -65,9 +66,14 @@ class Session:
     driver), so they are used instead of being rebuilt; statistics are checked against this config's key.
     """
 
-    def __init__(self, cfg: Config, *, need_labels: bool | None = None, progress: bool = True,
+    def __init__(self, cfg: Config | str | os.PathLike, *, need_labels: bool | None = None, progress: bool = True,
                  measure_latency: bool = True, adapter: Adapter | None = None, stats: Statistics | None = None,
                  cost_model: CostModel | None = None):
+        if isinstance(cfg, (str, os.PathLike)):  # a config file's path, as rba.search takes it
+            cfg = load_config(cfg)
+        elif not isinstance(cfg, Config):
+            raise RBAError(f"Session(cfg): cfg must be a Config (rba.load_config(path)) or a config file's path, "
+                           f"got {type(cfg).__name__} {cfg!r:.60}")
         self.cfg = cfg
         self.progress = progress
         self.measure_latency = measure_latency

@@ -13,7 +13,7 @@ from rba.files import atomic_write_json
 from rba.progress import phase
 from rba.spans import parse_spans
 from search._render import render_report
-from search._results import Choice, ReportError, read_report_inputs
+from search._results import Choice, ReportError, read_report_inputs, read_summary
 from search.objective import RESULT_COLUMNS
 from search.recording import StudyContext, log
 
@@ -100,9 +100,9 @@ def measure_export(cfg, session, folder: Path) -> dict:
 def _onnx_record(cfg, folder: Path) -> dict:
     """ONNX Runtime speed-up of the current ONNX export in ``folder``, with the export check's largest relative
     difference and the load average at the start and end."""
-    from rba.onnx import ONNX_META, onnx_speedup
+    from rba.onnx import onnx_speedup, read_onnx_meta
 
-    meta = json.loads((folder / ONNX_META).read_text())
+    meta = read_onnx_meta(folder)
     load = _load()
     onnx = onnx_speedup(folder, repeats=max(7, cfg.evaluate.latency_repeats))
     return onnx | {"max_rel_diff": max(meta["max_rel_diff"].values()), "load_start": load, "load_end": _load()}
@@ -125,6 +125,7 @@ def remeasure_report(out: Path, *, progress: bool = True) -> Path:
 
     out = Path(out)
     data = read_report_inputs(out)  # everything checked before the model loads
+    summary = read_summary(out)
     info = data["info"]
     export = info["export"]
     folder = out / "export"
@@ -168,7 +169,6 @@ def remeasure_report(out: Path, *, progress: bool = True) -> Path:
         torch.set_num_threads(threads)
     export |= records
     summary_path = out / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary = {k: v for k, v in summary.items() if not k.startswith("onnx_")} | speed_summary(records)
     atomic_write_json(summary_path, summary)
     atomic_write_json(out / "report.json", info)

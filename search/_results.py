@@ -10,13 +10,15 @@ import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import model_validator
 
 from rba.config import config_hash
 from rba.errors import RBAError
-from rba.files import atomic_path
+from rba.files import Record, atomic_path, read_record, read_table
 from rba.spans import format_spans
 from search._storage import recorded_storage
 from search.analysis import front_members
@@ -25,7 +27,8 @@ from search.objective import QUALITY, RESULT_COLUMNS
 from search.recording import SearchResult, StudyContext, log
 
 __all__ = ["finish", "rule_columns", "Choice", "choose_export", "complete_front", "reference_row",
-           "split_pareto", "read_report_inputs", "ReportError", "REPORT_FORMAT", "REPORT_BASELINES", "COST_COLUMNS"]
+           "split_pareto", "read_report_inputs", "read_summary", "ReportError", "ReportRecord", "SummaryRecord",
+           "REPORT_FORMAT", "REPORT_BASELINES", "COST_COLUMNS"]
 
 
 def finish(ctx: StudyContext, study) -> SearchResult:
@@ -178,10 +181,166 @@ def split_pareto(pareto: pd.DataFrame, objective_columns: list[str]) -> tuple[pd
 #: (``test``: None, or the per-sample file with its size)
 REPORT_FORMAT = 2
 
-#: what report.json holds
-_REPORT_KEYS = {"format", "name", "header", "method", "kind", "objectives", "objective_columns", "budgets", "quality",
-                "cost", "max_drop", "choice", "export", "configurations", "metrics", "flops_points", "baselines",
-                "single_spans", "test", "titles", "timing"}
+#: the numbers of a result row (every result column but the configuration's text)
+_NUMBERS = [c for c in RESULT_COLUMNS if c != "spans"]
+
+
+class _Choice(Record):
+    spans: str | None
+    reason: str
+    within: bool
+
+
+class _Speed(Record):
+    """``measure_export``'s ``speed`` record (an older rba's kept no times, repeats, batch or threads)."""
+
+    speedup: float
+    speedup_low: float
+    speedup_high: float
+    export_faster: float
+    original_ms: float
+    export_ms: float
+    original_times_ms: list[float] | None = None
+    repeats: int | None = None
+    batch_size: int | None = None
+    threads: int | None = None
+    load_start: float | None = None
+    load_end: float | None = None
+
+    @model_validator(mode="after")
+    def _times_with_their_setting(self):
+        if self.original_times_ms is not None and None in (self.repeats, self.batch_size, self.threads):
+            raise ValueError("a speed record with times needs repeats, batch_size and threads")
+        return self
+
+
+class _Onnx(Record):
+    """``measure_export``'s ``onnx`` record: empty, or a measurement with what the report's ONNX line quotes."""
+
+    unmodified_times_ms: list[float] | None = None
+    onnx_unmodified_ms: float | None = None
+    onnx_export_ms: float | None = None
+    onnx_speedup: float | None = None
+    onnx_speedup_low: float | None = None
+    onnx_speedup_high: float | None = None
+    onnx_export_faster: float | None = None
+    max_rel_diff: float | None = None
+    repeats: int | None = None
+    batch_size: int | None = None
+    threads: int | None = None
+    load_start: float | None = None
+    load_end: float | None = None
+
+    @model_validator(mode="after")
+    def _measured_whole(self):
+        if self.unmodified_times_ms is not None:
+            lacking = [k for k, v in self if v is None and k not in ("load_start", "load_end")]
+            if lacking:
+                raise ValueError(f"an ONNX measurement without {', '.join(lacking)}")
+        return self
+
+
+class _Ceiling(Record):
+    """The largest speed-up the exported configuration can plausibly have, and what it was computed from."""
+
+    speedup: float
+    source: str
+
+
+class _Export(Record):
+    measured: dict[str, float | str | None]
+    speed: _Speed
+    ceiling: _Ceiling
+    onnx: _Onnx | None = None
+    onnx_lines: list[str] | None = None  # an older rba's rendered ONNX line
+
+    @model_validator(mode="after")
+    def _measured_numbers(self):
+        for key in _NUMBERS:
+            if key in self.measured and isinstance(self.measured[key], str):
+                raise ValueError(f"measured.{key} must be a number")
+        if not isinstance(self.measured.get("flops_frac"), float):
+            raise ValueError("measured.flops_frac must be a number")
+        return self
+
+
+class _Timing(Record):
+    phases: list[tuple[str, float]]
+    total_s: float
+    completed_before: int = 0
+
+
+class _Test(Record):
+    """Where the held-out test split's per-sample results are."""
+
+    file: str
+    split: str
+    samples: int
+    configurations: int
+
+
+class _Titles(Record):
+    scores: str
+    pareto: str
+
+
+class ReportRecord(Record):
+    """report.json (format 2): what ``rba run``'s report step found, read by ``rba report`` and ``--measure``."""
+
+    format: Literal[2]
+    name: str
+    header: list[str]
+    method: str
+    kind: str
+    objectives: list[str]
+    objective_columns: list[Literal[tuple(_NUMBERS)]]
+    budgets: dict[str, float]
+    quality: Literal[QUALITY]
+    cost: Literal[tuple(COST_COLUMNS.values())]
+    max_drop: float
+    choice: _Choice
+    export: _Export | None
+    configurations: int
+    metrics: list[tuple[str, bool]]
+    flops_points: list[float]
+    baselines: bool
+    single_spans: bool
+    test: _Test | None
+    titles: _Titles
+    timing: _Timing
+
+
+class SummaryRecord(Record):
+    """summary.json: the study's headline numbers, for scripts (``rba run`` writes it, ``--measure`` updates it)."""
+
+    trials_complete: int
+    front_size: int
+    quality: str
+    cost: str
+    reference_quality: float
+    max_drop: float
+    within_drop: bool
+    rule: str
+    export_spans: str | None = None
+    export_quality: float | None = None
+    export_cost: float | None = None
+    speedup: float | None = None
+    speedup_low: float | None = None
+    speedup_high: float | None = None
+    export_faster: float | None = None
+    speedup_ceiling: float | None = None
+
+
+#: the tables of a finished ``rba run`` folder: file, the columns its readers use, which of them hold numbers
+_TABLES = {
+    "scores": ("scores.csv", ["start", "end"], None),  # start, end, then one column per metric: all numbers
+    "trials": ("trials.csv", ["number", *RESULT_COLUMNS, "feasible", "state"], ["number", *_NUMBERS]),
+    "pareto": ("pareto.csv", ["number", *RESULT_COLUMNS, "feasible", "state"], ["number", *_NUMBERS]),
+    "baselines": ("baselines.csv", ["method", *RESULT_COLUMNS, "feasible", "source"], _NUMBERS),
+    "singles": ("singles.csv", ["start", "end", *RESULT_COLUMNS, "feasible", "source"], ["start", "end", *_NUMBERS]),
+}
+#: how a damaged file of a finished study is written again
+_REWRITE = "rerun `rba run` on this study to write it again (the study resumes, no trial is repeated)"
 
 
 class ReportError(RBAError):
@@ -261,7 +420,8 @@ def _single_rows(ctx: StudyContext, session, known: dict[str, dict]) -> pd.DataF
     return pd.DataFrame(rows, columns=["start", "end", *RESULT_COLUMNS, "feasible", "source"])
 
 def read_report_inputs(out: Path) -> dict:
-    """report.json and the tables of a finished ``rba run`` folder, checked before anything is written."""
+    """report.json (:class:`ReportRecord`) and the tables of a finished ``rba run`` folder (their columns, numbers
+    where numbers belong), checked before anything is written: a damaged file is one line naming it."""
     out = Path(out)
     if not out.is_dir():
         raise ReportError(f"{out} is not a folder: give the output folder of a finished `rba run`")
@@ -271,24 +431,17 @@ def read_report_inputs(out: Path) -> dict:
                           "writes no report); run `rba run CONFIG --out {out}` to finish the study and write one"
                           .replace("{out}", str(out)))
     try:
-        info = json.loads(path.read_text())
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ReportError(f"{path} cannot be read ({str(exc).splitlines()[0]}): rerun `rba run` on this study to "
-                          "write it again (the study resumes, no trial is repeated)") from None
-    if info.get("format") != REPORT_FORMAT:
-        raise ReportError(f"{path} has report format {info.get('format')!r}, and this rba reads format "
-                          f"{REPORT_FORMAT}: rerun `rba run` on this study to write it again (the study resumes, no "
-                          "trial is repeated)")
-    missing = sorted(_REPORT_KEYS - info.keys())
-    if missing:
-        raise ReportError(f"{path} does not follow report format {REPORT_FORMAT} (missing: {', '.join(missing)}): "
-                          "rerun `rba run` on this study to write it again")
+        fmt = json.loads(path.read_text()).get("format")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        fmt = REPORT_FORMAT  # unreadable: the schema's reading below names what is wrong
+    if fmt != REPORT_FORMAT:
+        raise ReportError(f"{path} has report format {fmt!r}, and this rba reads format {REPORT_FORMAT}: rerun "
+                          "`rba run` on this study to write it again")
+    info = read_record(path, ReportRecord, fix=_REWRITE, error=ReportError)
     tables = {"scores": "scores.csv", "trials": "trials.csv", "pareto": "pareto.csv"}
-    if info.get("baselines"):
+    if info["baselines"]:
         tables["baselines"] = "baselines.csv"
-    if info.get("single_spans"):
+    if info["single_spans"]:
         tables["singles"] = "singles.csv"
     needed = list(tables.values()) + ([PER_SAMPLE] if info.get("test") else [])
     missing = [name for name in needed if not (out / name).exists()]
@@ -296,12 +449,10 @@ def read_report_inputs(out: Path) -> dict:
         raise ReportError(f"{out} lacks {', '.join(missing)}, which its report.json needs: rerun `rba run` on this "
                           "study to write them again")
     data = {"info": info}
-    for key, name in tables.items():
-        try:
-            data[key] = pd.read_csv(out / name, dtype={"spans": "string"} if key != "scores" else None)
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            raise ReportError(f"{out / name} cannot be read ({str(exc).splitlines()[0]}): rerun `rba run` on this "
-                              "study to write it again") from None
+    for key in tables:
+        name, columns, numeric = _TABLES[key]
+        data[key] = read_table(out / name, columns=columns, numeric=numeric, fix=_REWRITE, error=ReportError,
+                               dtype={"spans": "string"} if key != "scores" else None)
     if info.get("test"):
         try:
             data["per_sample"] = PerSample.load(out / PER_SAMPLE)
@@ -309,6 +460,12 @@ def read_report_inputs(out: Path) -> dict:
             raise ReportError(f"{out / PER_SAMPLE} cannot be read ({str(exc).splitlines()[0]}): rerun `rba run` on "
                               "this study to write it again") from None
     return data
+
+
+def read_summary(out: Path) -> dict:
+    """summary.json of a finished ``rba run`` folder (:class:`SummaryRecord`; ``{}`` when there is none)."""
+    path = Path(out) / "summary.json"
+    return read_record(path, SummaryRecord, fix=_REWRITE, error=ReportError) if path.exists() else {}
 
 
 

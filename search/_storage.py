@@ -197,23 +197,49 @@ def _refuse_unusable_sqlite(url: str) -> None:
                            "(sqlite:///PATH/study.db) or at an existing Optuna storage")
 
 
+#: what the database says when the tables it holds are not the ones Optuna's schema expects
+_CLASH = ("no such table", "no such column", "has no column", "already exists", "undefined column", "undefinedtable",
+          "does not exist")
+#: what it says when it cannot open or write the file (the folder, the permissions, the disk)
+_UNOPENED = ("unable to open database file", "readonly database", "read-only", "permission denied", "disk i/o error")
+
+
 def storage_error(url: str, exc: Exception) -> StorageError:
-    """The one-line error for a database that is there but cannot be used as a study storage."""
+    """The one-line error for a database that is there but cannot be used as a study storage, naming the cause the
+    database gave (Optuna's own wrapper, "… e.g. exceeding max length", says nothing of it)."""
     reason = _reason(exc)
-    if "database is locked" in reason or "database table is locked" in reason:
+    low = reason.lower()
+    if "database is locked" in low or "database table is locked" in low:
         return StorageError(f"the study storage {url} stayed locked by another process past the busy timeout ({reason}): "
                             "wait for the process holding it (or end it), then rerun the same command: the study "
                             "resumes")
-    if "not a database" in reason or "malformed" in reason:
+    if "not a database" in low or "malformed" in low:
         return StorageError(f"the study storage {url} is not a readable database ({reason}): it is corrupt or another "
                             "kind of file; move it away to start the study afresh, or point --storage / --out elsewhere")
-    return StorageError(f"cannot open the study storage {url} ({reason}): check that its folder exists and is "
-                        "writable (or that the database server runs), or choose another --storage / --out")
+    if any(t in low for t in _CLASH):
+        return StorageError(f"the study storage {url} holds tables that clash with Optuna's ({reason}): it is another "
+                            "program's database, or one of another Optuna version; point --storage at a new file "
+                            "(sqlite:///PATH/study.db) or at an existing Optuna storage")
+    if "database or disk is full" in low or "no space left" in low:
+        return StorageError(f"the study storage {url} cannot grow: the disk is full ({reason}); free some space, then "
+                            "rerun the same command: the study resumes")
+    if any(t in low for t in _UNOPENED):
+        return StorageError(f"cannot open the study storage {url} ({reason}): check that its folder exists and is "
+                            "writable (or that the database server runs), or choose another --storage / --out")
+    return StorageError(f"the study storage {url} cannot be used ({reason}): choose another --storage / --out, or "
+                        "rerun the same command if the database was busy")
 
 
-def _reason(exc: Exception) -> str:
-    orig = getattr(exc, "orig", None)
-    return str(orig if orig is not None else exc).splitlines()[0]
+def _reason(exc: BaseException) -> str:
+    """The database's own words: the driver's error under SQLAlchemy's and Optuna's wrappers."""
+    seen, cause = set(), exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        orig = getattr(cause, "orig", None)
+        if orig is not None:
+            return str(orig).splitlines()[0]
+        cause = cause.__cause__ or cause.__context__
+    return str(exc).splitlines()[0]
 
 
 # ---------------------------------------------------------------------- which process runs a trial

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from rba.files import atomic_path, atomic_write_json
+from rba.files import atomic_path, atomic_write_json, checked
 from rba.fit import fit_label
 from search._measure import _export, measure_export, measure_speedup, remeasure_report, speed_summary
 from search._render import render_report
@@ -22,6 +22,8 @@ from search._results import (
     Choice,
     PerSample,
     ReportError,
+    ReportRecord,
+    SummaryRecord,
     _baseline_rows,
     _known_results,
     _labelled_session,
@@ -188,13 +190,13 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
         if test is not None:
             scores = PerSample.load(out / PER_SAMPLE).scores(ctx.objective.kind, choice_record["spans"])
             summary |= {f"test_{k}": v for k, v in scores.items()}
-    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", checked(summary, SummaryRecord, "summary.json"))
     # what an earlier run of this folder wrote for a section this run leaves out would read as this run's
     stale = (([] if baselines else ["baselines.csv"])
              + ([] if cfg.report.single_spans else ["singles.csv", "priors.png"]))
     for name in stale:
         (out / name).unlink(missing_ok=True)
-    atomic_write_json(out / "report.json", info)
+    atomic_write_json(out / "report.json", checked(info, ReportRecord, "report.json"))  # the schema rba report reads
     return render_report(out)  # the CLI prints the path as its last line
 
 

@@ -10,7 +10,6 @@ any runs; :func:`write_summary` writes ``summary.csv`` and ``fronts.png`` over a
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import tomllib
 from dataclasses import dataclass
@@ -19,9 +18,10 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from rba.config import Config, list_studies, load_config, load_study
+from rba.config import Config, check_dotted_key, list_studies, load_config, load_study
 from rba.errors import ConfigError
-from rba.files import atomic_path
+from rba.files import atomic_path, long_name
+from search._results import read_summary
 
 __all__ = ["Study", "expand", "is_sweep", "read_sweep", "write_summary", "SUMMARY_COLUMNS"]
 
@@ -84,8 +84,10 @@ def read_sweep(path: str | Path, out: Path | None, configure: Callable[[Config],
         if isinstance(values, dict):
             raise ConfigError(f"sweep file {p}: [sweep] key {key!r} is a table; write dotted keys in quotes, "
                               f"e.g. \"search.seed\" = [0, 1]")
-        if "." not in key:
-            raise ConfigError(f"sweep file {p}: [sweep] key {key!r} is not a dotted config key such as search.seed")
+        try:
+            check_dotted_key(key)  # against the config's schema, before the base config is read
+        except ConfigError as exc:
+            raise ConfigError(f"sweep file {p}: [sweep] {exc}") from None
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep file {p}: [sweep] {key} must be a non-empty list of values, got {values!r}")
     base_path = Path(raw["base"]).expanduser()
@@ -111,6 +113,12 @@ def read_sweep(path: str | Path, out: Path | None, configure: Callable[[Config],
     studies = []
     for combo in itertools.product(*(sweep[k] for k in keys)):
         label = ",".join(f"{k}={_value_text(v)}" for k, v in zip(keys, combo))
+        too_long = long_name(out / label)
+        if too_long:
+            _, size, limit = too_long
+            raise ConfigError(f"sweep file {p}: the folder of study {label[:60]}… would be named by its {size} bytes "
+                              f"of keys and values, and the file system allows {limit} for one name: sweep fewer keys "
+                              "or shorter values (or split the sweep)")
         cfg = load_base()
         try:
             cfg.override(dict(zip(keys, combo)))
@@ -153,7 +161,7 @@ def _summary_row(study: Study, error: str | None) -> dict[str, Any]:
     out = study.cfg.output_dir()
     if error is not None:
         return {"study": study.label, "out": str(out), "error": error}
-    info = json.loads((out / "summary.json").read_text())
+    info = read_summary(out)  # the schema rba run writes it by
     return {"study": study.label, "out": str(out)} | {k: info.get(k) for k in SUMMARY_COLUMNS[2:-1]}
 
 

@@ -138,6 +138,19 @@ def test_span_lists_are_checked_as_span_text_is(tiny_session, spans, needle):
     _one_line_rba_error(lambda: tiny_session.evaluate(spans), needle)
 
 
+def test_session_takes_a_config_or_its_path_and_refuses_anything_else(study, tmp_path):
+    """``Session("x.toml")`` reads the file as ``rba.search`` does (an AttributeError before); a missing file, or a
+    value of another type, is one RBAError line."""
+    from rba.config import load_config
+
+    _, path = study
+    for given in (str(path), path):
+        assert rba.Session(given, progress=False).cfg.to_dict() == load_config(path).to_dict()
+    _one_line_rba_error(lambda: rba.Session(tmp_path / "absent.toml"), "absent.toml")
+    _one_line_rba_error(lambda: rba.Session(5), "cfg must be a Config (rba.load_config(path)) or a config file's "
+                                                "path, got int 5")
+
+
 @pytest.mark.parametrize("name", ["", "a,b", 5, "two words"])
 def test_register_fit_refuses_names_no_config_can_use(name):
     from rba.fit import Fit, list_fits, register_fit

@@ -63,6 +63,8 @@ CASES = [
     pytest.param(lambda f: _npz(f, np.array(LABELS)) | {"data": {"kind": "image-folder", "path": "images.npz",
                                                                  **SPLITS}},
                  ["scores"], ["data.path", "images.npz is a file", "kind = \"npz\""], id="image-folder-is-a-file"),
+    pytest.param(lambda f: _csv(f, ["pos", "neg"] * 6) | {"data": {"kind": "npz", "path": "texts.csv", **SPLITS}},
+                 ["scores"], ["texts.csv is not a numpy .npz file", "\"text-csv\""], id="csv-read-as-npz"),
 ]
 
 
@@ -72,6 +74,7 @@ def test_bad_data_one_line_error(tmp_path, capsys, make, argv, needles):
     out = ["--out", tmp_path / "out"] if argv[0] == "scores" else []
     rc, _, err = run_main(capsys, *argv, cfg, *out, "--quiet")
     assert_one_line_error(rc, err, *needles)
+    assert "allow_pickle" not in err  # numpy's advice to unpickle a file that is no npz is never passed on
     assert_nothing_written(tmp_path)
 
 

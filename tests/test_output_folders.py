@@ -123,3 +123,60 @@ def test_compare_fits_does_not_reuse_an_edited_row(tmp_path, capsys):
     pd.testing.assert_frame_equal(again[again.span == "1-2"], first[first.span == "1-2"])
     assert not again[again.span == "2-4"]["fit_s"].equals(first[first.span == "2-4"]["fit_s"])
     assert again["fidelity"].tolist() == pytest.approx(first["fidelity"].tolist(), abs=1e-5)
+
+
+def _recompute_row_sums(cmp: Path) -> None:
+    """compare.json's checksums made to match fits.csv again, as anyone could, so that only the schema checks of
+    the reader stand between the edited rows and the table."""
+    import hashlib
+    import json
+
+    lines = (cmp / "fits.csv").read_text().splitlines()
+    by_span: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        by_span.setdefault(line.split(",", 1)[0], []).append(line)
+    record = json.loads((cmp / "compare.json").read_text())
+    record["rows"] = {s: hashlib.sha256("\n".join([lines[0], *rows]).encode()).hexdigest() for s, rows in by_span.items()}
+    (cmp / "compare.json").write_text(json.dumps(record))
+
+
+def test_damaged_comparison_files_are_one_line(tmp_path, capsys):
+    """A compare.json that is not JSON or holds keys of the wrong type, and fits.csv rows with text where numbers
+    belong (their checksums recomputed), end in one line naming the file; a file where the default fits/ folder goes
+    is named before the model loads."""
+    import json
+
+    cfg = _config(tmp_path)
+    cmp = tmp_path / "cmp"
+    args = ["compare-fits", str(cfg), "--out", str(cmp), "--kinds", "identity", "--spans", "1-2", "--quiet"]
+    assert cli_main(args) == 0
+    capsys.readouterr()
+    record, fits = (cmp / "compare.json").read_text(), (cmp / "fits.csv").read_text()
+    (cmp / "compare.json").write_text(record[:40])
+    assert cli_main(args) == 2
+    _one_line(capsys.readouterr().err, f"{cmp / 'compare.json'} is damaged (not JSON", "choose another --out")
+    (cmp / "compare.json").write_text(json.dumps(json.loads(record) | {"rows": ["1-2"]}))
+    assert cli_main(args) == 2
+    _one_line(capsys.readouterr().err, f"{cmp / 'compare.json'} is damaged (invalid values: rows")
+    (cmp / "compare.json").write_text(record)
+    table = pd.read_csv(cmp / "fits.csv", dtype=str)
+    table.loc[0, "fidelity"] = "high"
+    table.to_csv(cmp / "fits.csv", index=False)
+    _recompute_row_sums(cmp)
+    assert cli_main(args) == 2
+    _one_line(capsys.readouterr().err, f"{cmp / 'fits.csv'} is damaged (column fidelity holds 'high'",
+              f"remove {cmp / 'fits.csv'}")
+    (cmp / "fits.csv").write_text(fits)
+    # output.dir's fits/ (compare-fits' default folder) is a file: named before the model loads
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "fits").write_text("not a folder")
+    other = _config(tmp_path, "other", output={"dir": str(tmp_path / "study")})
+    assert cli_main(["compare-fits", str(other), "--kinds", "identity", "--spans", "1-2", "--quiet"]) == 2
+    _one_line(capsys.readouterr().err, f"compare-fits output folder {tmp_path / 'study' / 'fits'} is an existing file")
+
+
+def test_an_output_folder_name_longer_than_the_file_system_allows_is_one_line(tmp_path, capsys):
+    cfg = _config(tmp_path)
+    out = tmp_path / ("é" * 130)  # 260 bytes: NAME_MAX is 255 bytes on the usual file systems
+    assert cli_main(["scores", str(cfg), "--out", str(out), "--quiet"]) == 2
+    _one_line(capsys.readouterr().err, "output folder", "is 260 bytes long", "choose a shorter one")

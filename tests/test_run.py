@@ -493,7 +493,7 @@ def test_rba_report_refuses_what_it_cannot_render(study, tmp_path, capsys, damag
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rba: error:"), err
     expected = {"no report.json": "holds no report.json", "no pareto.csv": "lacks pareto.csv",
-                "bad report.json": "cannot be read", "old format": "report format 1, and this rba reads format",
+                "bad report.json": "is damaged (not JSON", "old format": "report format 1, and this rba reads format",
                 "bad per_sample.npz": "per_sample.npz cannot be read", "no per_sample.npz": "lacks per_sample.npz",
                 "no folder": "is not a folder"}
     assert expected[damage] in err[0]

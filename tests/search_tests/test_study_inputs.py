@@ -234,3 +234,46 @@ def test_locked_storage_error_names_the_lock():
     message = str(storage_error("sqlite:///x/study.db", exc))
     assert "stayed locked by another process past the busy timeout (database is locked)" in message
     assert "writable" not in message and "\n" not in message
+
+
+def test_a_clashing_studies_table_is_named_as_a_clash(tmp_path, capsys):
+    """An SQLite file with Optuna's version table but a ``studies`` table of another schema: the error quotes the
+    database's own cause and calls it a clash, not Optuna's "e.g. exceeding max length" nor a folder to check."""
+    db = tmp_path / "clash.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE version_info (version_info_id INTEGER PRIMARY KEY, schema_version INTEGER, "
+                     "library_version TEXT)")
+        conn.execute("CREATE TABLE studies (id INTEGER, name TEXT)")
+    conn.close()
+    err = _one_line_error(capsys, ["search", _config(tmp_path), "--storage", f"sqlite:///{db}", "--quiet"],
+                          f"the study storage sqlite:///{db} holds tables that clash with Optuna's (no such column: "
+                          "studies.", "point --storage at a new file")
+    assert "exceeding max length" not in err and "writable" not in err
+    assert _no_statistics(tmp_path)
+
+
+def test_storage_errors_quote_the_database_under_optunas_wrapper():
+    """Optuna wraps a failed commit in StorageInternalError ("… e.g. exceeding max length"): the message is the
+    driver's error under it, sorted by cause; an unknown cause is quoted without a guess at the folder."""
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    from search._storage import storage_error
+
+    def wrapped(text):
+        try:
+            try:
+                raise OperationalError("INSERT", {}, sqlite3.OperationalError(text))
+            except OperationalError as inner:
+                raise optuna.exceptions.StorageInternalError("An exception is raised during the commit. This "
+                                                             "typically happens due to invalid data in the commit, "
+                                                             "e.g. exceeding max length.") from inner
+        except optuna.exceptions.StorageInternalError as exc:
+            return str(storage_error("sqlite:///s.db", exc))
+
+    assert "clash with Optuna's (table studies has no column named study_name)" in wrapped(
+        "table studies has no column named study_name")
+    assert "the disk is full (database or disk is full)" in wrapped("database or disk is full")
+    assert "check that its folder exists and is writable" in wrapped("unable to open database file")
+    other = wrapped("something unforeseen")
+    assert "(something unforeseen)" in other and "writable" not in other and "max length" not in other

@@ -70,6 +70,11 @@ def test_several_configs_under_out(tmp_path, cache):
     ('base = "base.toml"\nextra = 1\n[sweep]\n"search.seed" = [0]\n', "unknown key"),
     ('base = "base.toml"\n[sweep]\n"search.trials" = ["many"]\n', "search.trials"),
     ('[sweep]\n"search.seed" = [0]\n', "base"),
+    ('base = "base.toml"\n[sweep]\n"nosuch.key" = [1]\n', "unknown section in the key 'nosuch.key'"),
+    ('base = "base.toml"\n[sweep]\n"name.x" = [1]\n', "unknown section in the key 'name.x'"),
+    ('base = "base.toml"\n[sweep]\nseed = [1]\n', "'seed' is not a dotted config key"),
+    ('base = "base.toml"\n[sweep]\n"search.seed" = [' + "1" * 300 + "]\n", "allows 255 for one name"),
+    ('base = "sweep.toml"\n[sweep]\n"search.seed" = [0]\n', "sweep.toml: base "),
 ])
 def test_bad_sweep_files_are_one_line_errors(tmp_path, cache, capsys, text, needle):
     _base(tmp_path, cache)
