@@ -1,7 +1,7 @@
 """``rba report DIR`` (and ``--measure``) on a finished study whose files were damaged: report.json with keys of
 the wrong type, tables without their columns or with text where numbers belong, a summary.json that is not JSON.
 Each ends in one line naming the file, what is wrong and how to write it again (exit 2), before anything is
-written or any model loads. The folder is a copy of the committed quickstart report; no model is loaded."""
+written or any model loads. The folder is a copy of one tiny finished study (made once for the module)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,21 @@ from pathlib import Path
 import pytest
 
 from _helpers import assert_one_line_error, run_main
+from _search_helpers import make_config, single_thread  # noqa: F401  (autouse fixture)
 
-QUICKSTART = Path(__file__).resolve().parents[2] / "studies" / "reports" / "quickstart"
+REPORTS = Path(__file__).resolve().parents[2] / "studies" / "reports"
 REWRITE = "rerun `rba run` on this study"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished `rba run` folder of the current report format: a tiny ViT, baselines, an export."""
+    from search import run_study
+
+    tmp = tmp_path_factory.mktemp("finished")
+    cfg = make_config(tmp, tmp / "cache", search={"trials": 4, "objectives": ["fidelity", "flops"]},
+                      run={"max_drop": 0.5})
+    return Path(run_study(cfg, progress=False)).parent
 
 
 def _edit_json(name, edit):
@@ -75,24 +87,24 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_damaged_report_files_are_one_line(tmp_path, capsys, case):
+def test_damaged_report_files_are_one_line(finished, tmp_path, capsys, case):
     damage, name, needles = CASES[case]
-    folder = shutil.copytree(QUICKSTART, tmp_path / "study")
+    folder = shutil.copytree(finished, tmp_path / "study")
     damage(folder)
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     rc, _, err = run_main(capsys, "report", folder)
     assert_one_line_error(rc, err, str(folder / name), *needles, REWRITE)
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing written
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before  # nothing written
 
 
-def test_summary_that_is_not_json_stops_measure_before_the_model_loads(tmp_path, capsys, monkeypatch):
+def test_summary_that_is_not_json_stops_measure_before_the_model_loads(finished, tmp_path, capsys, monkeypatch):
     import rba.session
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(rba.session.Session, "__init__", no_model)
-    folder = shutil.copytree(QUICKSTART, tmp_path / "study")
+    folder = shutil.copytree(finished, tmp_path / "study")
     (folder / "summary.json").write_text('{"trials_complete": 24,')
     rc, _, err = run_main(capsys, "report", folder, "--measure")
     assert_one_line_error(rc, err, str(folder / "summary.json"), "not JSON", REWRITE)
@@ -101,11 +113,16 @@ def test_summary_that_is_not_json_stops_measure_before_the_model_loads(tmp_path,
     assert_one_line_error(rc, err, str(folder / "summary.json"), "trials_complete", REWRITE)
 
 
-def test_the_committed_reports_follow_the_schema():
-    """The readers' schema accepts every committed report as it is (an older rba's included)."""
-    from search._results import read_report_inputs, read_summary
+def test_the_committed_reports_follow_the_schema_or_are_refused_as_older(finished):
+    """The readers' schema accepts a report of the current format as rba run writes it, and every committed report
+    of that format as it is; a committed report of an older format is refused in one line until it is regenerated."""
+    from search._results import REPORT_FORMAT, ReportError, read_report_inputs, read_summary
 
-    for folder in sorted(QUICKSTART.parent.glob("*/report.json")):
-        data = read_report_inputs(folder.parent)
+    for folder in [finished, *sorted(p.parent for p in REPORTS.glob("*/report.json"))]:
+        if json.loads((folder / "report.json").read_text())["format"] != REPORT_FORMAT:
+            with pytest.raises(ReportError, match="has report format"):
+                read_report_inputs(folder)
+            continue
+        data = read_report_inputs(folder)
         assert {"info", "scores", "trials", "pareto"} <= set(data)
-        assert read_summary(folder.parent)["trials_complete"] >= 1
+        assert read_summary(folder)["trials_complete"] >= 1
