@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from rba._io import atomic_path, atomic_write_json, atomic_write_text
-from rba.config import config_hash
+from rba._names import config_hash
 from rba.errors import ConfigError
 from rba.fit import fit_label, get_fit
 from rba.spans import Span, format_spans

@@ -7,7 +7,6 @@ the valid ones. Configs are parsed as data (``tomllib``); nothing in them is eva
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import tomllib
@@ -20,6 +19,7 @@ import pydantic
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from rba._names import config_hash
 from rba.errors import ConfigError, did_you_mean
 
 __all__ = [
@@ -386,12 +386,6 @@ def load_study(name_or_path: str | Path) -> Config:
             raise ConfigError(f"no config file or shipped study named {str(name_or_path)!r}."
                               f"{did_you_mean(name_or_path, studies)} Studies: {', '.join(studies)}")
     return load_config(p)
-
-
-def config_hash(payload: Any) -> str:
-    """A stable short hash of JSON-able data."""
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------- helpers

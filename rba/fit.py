@@ -17,7 +17,7 @@ Built in, trained on calibration vectors (:mod:`rba._translators`, the paper's t
 
 ``SSE = s_j − 2·tr(Wᵀ B) + tr(Wᵀ A W)``, which for the ridge solution is ``s_j − tr(WᵀB) − λ‖W‖²``. The
 factorisation of A_i + λI is computed once per start boundary. The statistics are sums about a centre per
-boundary (:mod:`rba.capture`); the affine fit solves this same problem in those shifted coordinates, and the
+boundary (:mod:`rba.statistics`); the affine fit solves this same problem in those shifted coordinates, and the
 linear fit reads the plain sums recovered from them.
 """
 
@@ -34,7 +34,7 @@ from torch import nn
 
 from rba._modules import Skip, SpanMap
 from rba._threads import single_thread
-from rba.capture import Statistics
+from rba.statistics import Statistics
 from rba.errors import SpanError, did_you_mean
 from rba.spans import Span
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from rba._io import atomic_path, atomic_write_json, package_versions
+from rba._names import config_hash
 from rba.errors import ConfigError, RBAError
 from rba.timing import compare
 
@@ -167,8 +168,6 @@ def _reference(adapter: Adapter, feed: dict[str, np.ndarray], head_fn) -> list[n
 
 
 def _unmodified_key(session: Session, head_record: dict | None) -> str:
-    from rba.config import config_hash
-
     cfg = session.cfg
     probe = session.splits.probe.fingerprint() if head_record and head_record["kind"] != "native" else None
     return config_hash({"identity": session.adapter.identity, "max_length": cfg.data.max_length,

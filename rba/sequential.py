@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from rba.spans import Span
-from rba.capture import Statistics, add_products, centred, check_finite, iter_batches
+from rba.capture import check_finite, iter_batches
+from rba.statistics import Statistics, add_products, centred
 from rba.apply import span_module
 from rba.errors import SpanError
 from rba.fit import SpanFit, fit_span, get_fit
@@ -166,7 +167,7 @@ class SequentialFitter:
         dtype = {"float32": torch.float32, "float64": torch.float64}[session.cfg.capture.dtype]
         dev = adapter.device
         dims = session.stats.dims
-        # about the original statistics' centres, in the capture dtype (see rba.capture)
+        # about the original statistics' centres, in the capture dtype (see rba.statistics)
         center = {k: session.stats.center[k].to(dtype=dtype, device=dev) for k in set(starts) | target_set}
         gram = {i: torch.zeros(dims[i] + 1, dims[i] + 1, dtype=torch.float64, device=dev) for i in starts}
         sq = {i: torch.zeros((), dtype=torch.float64, device=dev) for i in starts}

@@ -19,8 +19,10 @@ from torch import nn
 from rba._io import atomic_write_json, atomic_write_text, package_versions
 from rba.progress import info, phase, tick
 from rba.adapters import Adapter, Span, create_adapter
-from rba.capture import STATS_FORMAT, Statistics, capture_statistics
-from rba.config import Config, config_hash
+from rba.capture import capture_statistics
+from rba.statistics import STATS_FORMAT, Statistics
+from rba._names import config_hash
+from rba.config import Config
 from rba.data import Dataset, Splits, check_data_paths, load_calibration_dataset, load_dataset, make_splits
 from rba.errors import CacheError
 from rba.apply import span_module

@@ -18,7 +18,8 @@ from torch import nn
 from conftest import materialise, ridge_lstsq, tiny_config, tiny_samples
 from rba._io import file_sha256
 from rba.adapters import create_adapter
-from rba.capture import STATS_FORMAT, Statistics, capture_statistics
+from rba.capture import capture_statistics
+from rba.statistics import STATS_FORMAT, Statistics
 from rba.metrics import LSResidual
 from rba.session import Session
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import materialise, tiny_vit_config
-from rba.capture import Statistics
+from rba.statistics import Statistics
 from rba.errors import CacheError
 from rba.session import Session
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rba.capture import Statistics
+from rba.statistics import Statistics
 from rba.metrics._registry import get_metric, list_metrics
 
 __all__ = ["score_table", "plot_scores", "score_columns"]
