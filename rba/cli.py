@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rba._registry import load_plugins
 from rba.errors import ConfigError, RBAError
 
 __all__ = ["main", "build_parser"]
@@ -503,23 +504,6 @@ def _show_rba_warning(message, category, filename, lineno, file=None, line=None,
         _default(message, category, filename, lineno, file, line)
 
 
-#: installed packages name their plug-in modules under this entry-point group; importing a module registers
-#: its adapters, fits, metrics or samplers (``register_adapter``, ``register_fit``, ``register_metric``, …)
-PLUGIN_GROUP = "rba.plugins"
-
-
-def _load_plugins() -> None:
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=PLUGIN_GROUP):
-        try:
-            ep.load()
-        except Exception as exc:  # a broken plug-in is the user's environment, not an rba bug: say which one
-            raise ConfigError(f"the plug-in {ep.name!r} ({ep.value}, entry point group {PLUGIN_GROUP}) failed to "
-                              f"load: {type(exc).__name__}: {exc}; fix or uninstall the package that "
-                              "provides it") from None
-
-
 def _no_library_bars() -> None:
     """No progress bars from the libraries rba loads models with (transformers, the hub): under --quiet, and
     when stderr is not a terminal (logs, CI), where their redraws would be control characters."""
@@ -571,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = functools.partial(_show_rba_warning, _default=saved)
     sys.unraisablehook = functools.partial(_redeliver_lost_interrupt, _default=saved_hook)
     try:
-        _load_plugins()
+        load_plugins()  # any registry's first lookup would, but a broken plug-in fails every command up front
         return args.handler.take_action(args)
     except RBAError as exc:
         print(f"rba: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)  # one line, whatever it holds

@@ -20,7 +20,10 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from rba._names import config_hash
+from rba._registry import ADAPTERS, FITS
 from rba.errors import ConfigError, did_you_mean
+from rba.methods import list_methods
+from rba.samplers import list_samplers
 
 __all__ = [
     "Config",
@@ -249,14 +252,10 @@ class Config:
 
     def validate(self) -> "Config":
         """Checks across keys and against the registries (pydantic has checked each value on its own)."""
-        from rba.adapters import list_adapters
-        from rba.fit import list_fits
-        from rba.methods import list_methods
-        from rba.samplers import list_samplers
         from rba.session import OBJECTIVES
 
-        _choice("model.kind", self.model.kind, list_adapters())
-        _choice("fit.kind", self.fit.kind, list_fits())
+        _choice("model.kind", self.model.kind, sorted(ADAPTERS.names()))
+        _choice("fit.kind", self.fit.kind, sorted(FITS.names()))
         _choice("search.sampler", self.search.sampler, list_samplers())
         _choice("search.method", self.search.method, list_methods())
         for obj in self.search.objectives:

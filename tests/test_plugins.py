@@ -265,3 +265,18 @@ def test_without_the_plugin_its_names_are_refused(plugin_env):
     elsewhere.mkdir(exist_ok=True)
     r = rba("scores", cfg, env=dict(env, PYTHONPATH=str(ROOT)), cwd=elsewhere)
     assert r.returncode == 2 and "model.kind = 'patch-mlp' is not one of" in r.stderr
+
+
+def test_the_python_api_sees_installed_plugins_without_the_cli(plugin_env):
+    """Entry points load on the first registry lookup: a config naming the plug-in's model and fit kinds validates,
+    and a Session scores it, from Python alone (no rba.cli imported)."""
+    folder, env = plugin_env
+    cfg = folder / "api.toml"
+    cfg.write_text(dict_to_toml(sections("mean-shift")))
+    code = ("import sys, rba\n"
+            f"session = rba.Session(rba.load_config({str(cfg)!r}), progress=False)\n"
+            "result = session.evaluate('1-3')\n"
+            "print(result['spans'], 'rba.cli' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["1-3", "False"]
