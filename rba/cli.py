@@ -132,7 +132,7 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
 def _check_device(cfg) -> None:
     if cfg.model.device not in ("cuda", "auto"):
         return
-    from rba._device import resolve_device
+    from rba.adapters._device import resolve_device
 
     if resolve_device(cfg.model.device).type == "cuda":
         return

@@ -19,7 +19,7 @@ import pydantic
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from rba._names import config_hash
+from rba._names import OBJECTIVES, config_hash
 from rba._registry import ADAPTERS, FITS
 from rba.errors import ConfigError, did_you_mean
 from rba.methods import list_methods
@@ -252,8 +252,6 @@ class Config:
 
     def validate(self) -> "Config":
         """Checks across keys and against the registries (pydantic has checked each value on its own)."""
-        from rba.session import OBJECTIVES
-
         _choice("model.kind", self.model.kind, sorted(ADAPTERS.names()))
         _choice("fit.kind", self.fit.kind, sorted(FITS.names()))
         _choice("search.sampler", self.search.sampler, list_samplers())

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from rba._io import atomic_path, atomic_write_json, file_sha256, package_versions
+from rba._names import HEAD_ATTR, maps_tag
 from rba.adapters import Adapter, create_adapter
 from rba.apply import replace_
 from rba.config import Config, DataConfig, ModelConfig
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
 __all__ = ["export_model", "load_export", "read_recipe", "head_logits", "RECIPE_FORMAT"]
 
 RECIPE_FORMAT = 2
-#: the attribute of the saved model that holds a fitted probe head
-HEAD_ATTR = "rba_head"
 
 
 # ---------------------------------------------------------------------- the recipe's schema
@@ -120,8 +119,6 @@ def export_model(session: Session, spans: Sequence[Span], out: str | Path, *, ki
     ``rba evaluate`` and the search score. With labels and a probe head, the probe fitted for this configuration
     (or the fixed probe) is saved as the head; with the native head, the model's own head is already saved."""
     from safetensors.torch import save_model
-
-    from rba.session import maps_tag
 
     out = Path(out)
     cfg = session.cfg

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from rba._io import atomic_path, atomic_write_json, package_versions
-from rba._names import config_hash
+from rba._names import HEAD_ATTR, config_hash, maps_tag
 from rba.errors import ConfigError, RBAError
 from rba.timing import compare
 
@@ -179,8 +179,7 @@ def export_onnx(session: Session, folder: str | Path) -> dict[str, Any]:
     """Write ``folder/model.onnx`` for the rba export in ``folder`` (made by :func:`rba.export.export_model` from
     ``session``) and, once per model, ``folder/unmodified.onnx``; both checked in ONNX Runtime. Returns what
     ``onnx.json`` records."""
-    from rba.export import HEAD_ATTR, _fitted_head, load_export, read_recipe
-    from rba.session import maps_tag
+    from rba.export import _fitted_head, load_export, read_recipe
 
     check_onnx_exportable(session.cfg)
     folder = Path(folder)

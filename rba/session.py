@@ -17,18 +17,17 @@ import torch
 from torch import nn
 
 from rba._io import atomic_write_json, atomic_write_text, package_versions
-from rba.progress import info, phase, tick
+from rba._names import HEAD_ATTR, config_hash, maps_tag
 from rba.adapters import Adapter, Span, create_adapter
+from rba.apply import span_module
 from rba.capture import capture_statistics
-from rba.statistics import STATS_FORMAT, Statistics
-from rba._names import config_hash
 from rba.config import Config
 from rba.data import Dataset, Splits, check_data_paths, load_calibration_dataset, load_dataset, make_splits
-from rba.errors import CacheError
-from rba.apply import span_module
-from rba.errors import ModelError
+from rba.errors import CacheError, ModelError
 from rba.fit import SpanFit, TrainSettings, fit_span, get_fit
+from rba.progress import info, phase, tick
 from rba.spans import check_spans, format_spans, parse_spans
+from rba.statistics import STATS_FORMAT, Statistics
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,23 +36,6 @@ if TYPE_CHECKING:
     from rba.evaluate import Evaluator, SplitScores
 
 __all__ = ["Session"]
-
-RESULT_COLUMNS = ["spans", "accuracy", "fidelity", "flops", "flops_frac", "params", "params_frac", "latency_ms"]
-#: objective name -> (result column, direction). The search optimises these result columns, so their names
-#: live with the columns, and a config's ``search.objectives`` is validated without importing the search package.
-OBJECTIVES: dict[str, tuple[str, str]] = {
-    "accuracy": ("accuracy", "maximize"),
-    "fidelity": ("fidelity", "maximize"),
-    "flops": ("flops_frac", "minimize"),
-    "params": ("params_frac", "minimize"),
-    "latency": ("latency_ms", "minimize"),
-}
-
-
-def maps_tag(kind: str, mode: str) -> str:
-    """What the evaluator's prefix memo keys replacement modules by: maps differ by fit kind and mode."""
-    return f"{kind}/{mode}"
-
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -330,7 +312,7 @@ class Session:
         The export must come from this config's model and preprocessing: anything else is refused before any
         evaluation runs, naming both model identities."""
         from rba.evaluate import SplitCache
-        from rba.export import HEAD_ATTR, load_export
+        from rba.export import load_export
         from rba.timing import time_ms
 
         model = self.cfg.model

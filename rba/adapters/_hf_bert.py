@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from rba._names import HEAD_ATTR
 from rba.adapters._base import Adapter, Context
 from rba.adapters._builder import load_pretrained, seeded, split_seed
 from rba.adapters._weights import file_digest
@@ -200,8 +201,6 @@ class SentenceTransformerBert(HFBert):
     def _pipeline(self) -> list[nn.Module]:
         """The SentenceTransformer's modules in order, without an export's classifier head: the head is an
         attribute of the model, which nn.Sequential would otherwise run as its last stage."""
-        from rba.export import HEAD_ATTR
-
         return [m for name, m in self.st.named_children() if name != HEAD_ATTR]
 
     def _truncate(self, pooled: torch.Tensor) -> torch.Tensor:

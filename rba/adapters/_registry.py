@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from rba._device import resolve_device, set_forward_dtype
 from rba._registry import ADAPTERS
+from rba.adapters._device import resolve_device, set_forward_dtype
 from rba.errors import ModelError
 
 if TYPE_CHECKING:
