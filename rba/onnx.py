@@ -32,12 +32,13 @@ from torch import nn
 from rba._io import atomic_path, atomic_write_json, package_versions
 from rba._names import HEAD_ATTR, config_hash, maps_tag
 from rba.errors import ConfigError, RBAError
+from rba.export import load_export, read_recipe
 from rba.timing import compare
 
 if TYPE_CHECKING:
     from rba.adapters import Adapter
     from rba.config import Config
-    from rba.session import Session
+    from rba.export import SessionParts
 
 __all__ = ["export_onnx", "onnx_speedup", "onnx_state", "check_onnx_exportable", "MAX_REL_DIFF", "ONNX_MODEL",
            "ONNX_UNMODIFIED"]
@@ -167,7 +168,7 @@ def _reference(adapter: Adapter, feed: dict[str, np.ndarray], head_fn) -> list[n
     return out
 
 
-def _unmodified_key(session: Session, head_record: dict | None) -> str:
+def _unmodified_key(session: SessionParts, head_record: dict | None) -> str:
     cfg = session.cfg
     probe = session.splits.probe.fingerprint() if head_record and head_record["kind"] != "native" else None
     return config_hash({"identity": session.adapter.identity, "max_length": cfg.data.max_length,
@@ -175,11 +176,10 @@ def _unmodified_key(session: Session, head_record: dict | None) -> str:
                         "probe_c": cfg.evaluate.probe_c, "feed": cfg.evaluate.batch_size})
 
 
-def export_onnx(session: Session, folder: str | Path) -> dict[str, Any]:
+def export_onnx(session: SessionParts, folder: str | Path) -> dict[str, Any]:
     """Write ``folder/model.onnx`` for the rba export in ``folder`` (made by :func:`rba.export.export_model` from
     ``session``) and, once per model, ``folder/unmodified.onnx``; both checked in ONNX Runtime. Returns what
     ``onnx.json`` records."""
-    from rba.export import _fitted_head, load_export, read_recipe
 
     check_onnx_exportable(session.cfg)
     folder = Path(folder)
@@ -200,7 +200,8 @@ def export_onnx(session: Session, folder: str | Path) -> dict[str, Any]:
 
     meta_path = folder / ONNX_META
     old = _read_meta(meta_path)
-    base_head, base_record = _fitted_head(session, [], [], maps_tag(session.cfg.fit.kind, session.cfg.fit.mode))
+    base_head, base_record = session.evaluator.export_head([], [], maps_tag(session.cfg.fit.kind, session.cfg.fit.mode),
+                                                           class_names=session.dataset.classes)
     key = _unmodified_key(session, base_record)
     if old.get("unmodified_key") == key and (folder / ONNX_UNMODIFIED).exists():
         diffs["unmodified"] = old["max_rel_diff"]["unmodified"]  # the same model's: written once, kept
