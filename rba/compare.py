@@ -26,6 +26,7 @@ from rba._names import config_hash
 from rba.errors import ConfigError
 from rba.fit import fit_label, get_fit
 from rba.spans import Span, format_spans
+from rba.vectors import collect_vectors
 
 __all__ = ["compare_fits", "plot_comparison", "COMPARE_COLUMNS", "DEFAULT_KINDS"]
 
@@ -43,8 +44,6 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
     """The comparison table (``COMPARE_COLUMNS``, one row per span and kind); with ``out``, also its files.
 
     ``session`` is a :class:`rba.session.Session`; ``spans`` are single spans, each evaluated alone."""
-    from rba.vectors import collect_vectors
-
     cfg = session.cfg
     plugins = {kind: get_fit(kind) for kind in kinds}  # unknown kinds are refused before any work
     if cfg.fit.mode != "independent":

@@ -20,6 +20,8 @@ from torch import nn
 from rba._threads import single_thread
 from rba.adapters import Adapter, Context
 from rba.capture import check_finite, iter_batches, length_order
+from rba.errors import ConfigError, ModelError
+from rba.progress import bar as progress_bar
 from rba.spans import Span
 
 __all__ = ["SplitCache", "Evaluator", "LinearProbe", "SpanForward", "SplitScores"]
@@ -46,8 +48,6 @@ class SplitCache:
     @torch.inference_mode()
     def build(cls, adapter: Adapter, samples, labels, *, keep: set[int], batch_size: int, name: str,
               progress: bool = False) -> "SplitCache":
-        from rba.progress import bar as progress_bar
-
         contexts, states, pooled = [], [], []
         L = adapter.num_blocks
         order = length_order(samples)
@@ -157,7 +157,7 @@ class SplitScores:
 
     @property
     def fidelity_se(self) -> float:
-        from rba._stats import mean_se
+        from rba._stats import mean_se  # scipy loads when a standard error is first asked for
 
         return mean_se(self.cosine)
 
@@ -167,7 +167,7 @@ class SplitScores:
 
     @property
     def accuracy_se(self) -> float:
-        from rba._stats import binomial_se
+        from rba._stats import binomial_se  # scipy loads when a standard error is first asked for
 
         return float("nan") if self.prediction is None else binomial_se(self.correct)
 
@@ -295,8 +295,6 @@ class Evaluator:
         if name not in self.held_out:
             split = getattr(self.splits, name, None)
             if split is None:
-                from rba.errors import ConfigError
-
                 raise ConfigError(f"data.{name} = 0: there is no {name} split to score on; set data.{name} to at "
                                   "least 1 (the other splits stay the same)")
             self.held_out[name] = SplitCache.build(self.adapter, split.samples, split.labels, keep=self.keep,
@@ -353,8 +351,6 @@ class Evaluator:
         if self.head == "native":
             logits = self.adapter.logits(pooled_eval.to(self.adapter.device, self.adapter.dtype))
             if logits is None:
-                from rba.errors import ModelError
-
                 raise ModelError("evaluate.head = \"native\" but this model has no classification head: use \"probe\"")
             return logits.argmax(1).cpu()
         if probe is None:

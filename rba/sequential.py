@@ -30,6 +30,7 @@ from rba.apply import span_module
 from rba.capture import check_finite, iter_batches
 from rba.errors import SpanError
 from rba.fit import SpanFit, fit_span, get_fit
+from rba.progress import bar as progress_bar
 from rba.spans import Span
 from rba.statistics import Statistics, add_products, centred
 
@@ -175,8 +176,6 @@ class SequentialFitter:
     def _capture(self, prefix: Prefix, maps: Sequence[nn.Module]) -> PrefixStatistics:
         """One pass over the calibration split: the original network to every target boundary, and the
         network with ``prefix`` replaced from the prefix's first start to every later span start."""
-        from rba.progress import bar as progress_bar
-
         session = self.session
         adapter = session.adapter
         end = prefix[-1][1]

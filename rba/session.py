@@ -22,18 +22,23 @@ from rba.adapters import Adapter, Span, create_adapter
 from rba.apply import span_module
 from rba.capture import capture_statistics
 from rba.config import Config
+from rba.cost import CostModel
 from rba.data import Dataset, Splits, check_data_paths, load_calibration_dataset, load_dataset, make_splits
 from rba.errors import CacheError, ModelError
+from rba.evaluate import Evaluator, SplitCache, SplitScores
+from rba.export import export_model, load_export
 from rba.fit import SpanFit, TrainSettings, fit_span, get_fit
+from rba.metrics import score_table
+from rba.onnx import onnx_speedup, onnx_state
 from rba.progress import info, phase, tick
+from rba.sequential import SequentialFitter
 from rba.spans import check_spans, format_spans, parse_spans
 from rba.statistics import STATS_FORMAT, Statistics
+from rba.timing import time_ms
+from rba.vectors import collect_vectors
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from rba.cost import CostModel
-    from rba.evaluate import Evaluator, SplitScores
 
 __all__ = ["Session"]
 
@@ -157,8 +162,6 @@ class Session:
                            max_span=self.cfg.search.max_span)
 
     def best_span(self) -> Span:
-        from rba.metrics import score_table
-
         table = score_table(self.stats, self.cfg.fit.ridge)
         row = table.loc[table["ls_residual"].idxmin()]
         return (int(row.start), int(row.end))
@@ -185,8 +188,6 @@ class Session:
         """Keep the bounded sample of calibration vectors (``fit.max_vectors`` per boundary) at the boundaries of
         ``spans`` that are not held yet: one forward pass over the first calibration samples for all of them,
         its memory printed and capped by ``capture.max_memory_gb`` counting what is already held."""
-        from rba.vectors import collect_vectors
-
         missing = sorted({k for span in spans for k in span} - set(self._vectors))
         if not missing:
             return
@@ -208,8 +209,6 @@ class Session:
     @cached_property
     def sequential(self):
         """Sequential fits (``[fit] mode = "sequential"``) of this session's configurations."""
-        from rba.sequential import SequentialFitter
-
         return SequentialFitter(self)
 
     def maps(self, spans: Sequence[Span], kind: str | None = None, mode: str | None = None) -> list[nn.Module]:
@@ -228,8 +227,6 @@ class Session:
     # ------------------------------------------------------------------ cost and evaluation
     @cached_property
     def cost_model(self) -> CostModel:
-        from rba.cost import CostModel
-
         if self._given_cost_model is not None:
             return self._given_cost_model
         what = "FLOPs and per-block latency" if self.measure_latency else "FLOPs"
@@ -240,8 +237,6 @@ class Session:
 
     @cached_property
     def evaluator(self) -> Evaluator:
-        from rba.evaluate import Evaluator
-
         e = self.cfg.evaluate
         starts = {i for i, _ in self.pairs}
         return Evaluator(self.adapter, self.splits, head=e.head, batch_size=e.batch_size, probe_c=e.probe_c,
@@ -273,15 +268,11 @@ class Session:
 
     def scores(self) -> pd.DataFrame:
         """One row per valid span: ``start, end`` and every registered metric (br, cosine, cka, ls_residual)."""
-        from rba.metrics import score_table
-
         return score_table(self.stats, self.cfg.fit.ridge)
 
     def export(self, spans: str | Sequence[Span], out: str | Path) -> Path:
         """Write ``out/model.safetensors`` and ``out/recipe.json`` for this configuration; reload it with
         :func:`rba.load_export`."""
-        from rba.export import export_model
-
         return export_model(self, self.parse(spans) if isinstance(spans, str) else spans, out)
 
     def clear_caches(self) -> None:
@@ -311,10 +302,6 @@ class Session:
 
         The export must come from this config's model and preprocessing: anything else is refused before any
         evaluation runs, naming both model identities."""
-        from rba.evaluate import SplitCache
-        from rba.export import load_export
-        from rba.timing import time_ms
-
         model = self.cfg.model
         trusted = model.kind == "module" and model.trust_code
         exported = load_export(folder, device=str(self.adapter.device), trust_code=trusted,
@@ -342,7 +329,6 @@ class Session:
         costs["params_frac"] = costs["params"] / self.cost_model.total_params
         costs["latency_ms"] = latency.median_ms
         result = {"spans": format_spans(spans)} | scores | costs
-        from rba.onnx import onnx_speedup, onnx_state
 
         state = onnx_state(folder)
         if state == "current":  # written by `rba export --format onnx`: ONNX Runtime latency of both, interleaved

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from rba.adapters import Adapter
+from rba.capture import boundary_vectors
 from rba.errors import DataError
 
 __all__ = ["vectors_nbytes", "collect_vectors"]
@@ -31,8 +32,6 @@ def collect_vectors(adapter: Adapter, samples: Sequence[Any], boundaries: Sequen
                     what: str = "calibration") -> dict[int, torch.Tensor]:
     """{boundary: (n_k, D_k) float32 CPU tensor}: the vectors of the first ``samples`` at each of ``boundaries``,
     at most ``limit`` each. Refused before any forward pass when the sample could exceed ``max_memory_gb``."""
-    from rba.capture import boundary_vectors
-
     boundaries = sorted(set(boundaries))
     if not boundaries:
         return {}
