@@ -12,30 +12,34 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from rba._registry import load_plugins
+from rba._names import OBJECTIVES
 from rba.errors import ConfigError, RBAError
+from rba.methods import list_methods
+from rba.samplers import list_samplers
 
 __all__ = ["main", "build_parser"]
 
-# flag, config key, type, help. Each subcommand shows only the groups it uses.
-_MODEL_FLAGS: list[tuple[str, str, Any, str]] = [
+# flag, config key, type, help (a function: names read from a registry when the parser is built). Each subcommand
+# shows only the groups it uses.
+_MODEL_FLAGS: list[tuple[str, str, Any, str | Callable[[], str]]] = [
     ("--max-span", "search.max_span", int, "longest span considered"),
     ("--device", "model.device", str, "cpu, cuda or auto"),
     ("--forward-dtype", "model.forward_dtype", str, "float32, bfloat16 or float16: the model's forward dtype "
      "(statistics stay float64)"),
 ]
-_SEARCH_FLAGS: list[tuple[str, str, Any, str]] = [
+_SEARCH_FLAGS: list[tuple[str, str, Any, str | Callable[[], str]]] = [
     ("--trials", "search.trials", int, "total trials of the study"),
     ("--backend", "search.backend", str, "optuna (default) or ray"),
-    ("--method", "search.method", str, "optuna (default: the sampler) or a baseline (rba ls methods)"),
+    ("--method", "search.method", str,
+     lambda: f"optuna (default: the sampler) or a baseline: {', '.join(n for n in list_methods() if n != 'optuna')}"),
     ("--priors", "search.priors", lambda s: _PRIORS[s] if s in _PRIORS else s,
      "method optuna's first trials: all (default), proxy (none BR-greedy proposes) or none"),
-    ("--sampler", "search.sampler", str, "tpe, nsga2, random, gp (or a registered sampler)"),
+    ("--sampler", "search.sampler", str, lambda: ", ".join(list_samplers())),
     ("--seed", "search.seed", int, "sampler seed (data splits use data.seed)"),
     ("--objectives", "search.objectives", lambda s: [x.strip() for x in s.split(",") if x.strip()],
-     "comma-separated: accuracy, fidelity, flops, params, latency"),
+     lambda: f"comma-separated: {', '.join(OBJECTIVES)}"),
     ("--budget-flops", "search.budget_flops", float, "at most this fraction of the unmodified model's FLOPs"),
     ("--budget-params", "search.budget_params", float, "at most this fraction of its parameters"),
     ("--budget-latency", "search.budget_latency", float, "at most this fraction of its latency"),
@@ -68,7 +72,7 @@ class _Command:
     """Base of subcommands: ``add_arguments`` and ``take_action(args) -> exit code``."""
 
     #: the config-override flags this command accepts
-    flags: list[tuple[str, str, Any, str]] = _MODEL_FLAGS
+    flags: list[tuple[str, str, Any, str | Callable[[], str]]] = _MODEL_FLAGS
     #: --out sets the output folder (output.dir)
     takes_output_dir = True
 
@@ -89,7 +93,8 @@ class _Command:
             parser.add_argument("--out", help="output folder (default: output.dir, else runs/<config name>)")
         group = parser.add_argument_group("config overrides (flags > file > defaults)")
         for flag, _, typ, help_ in self.flags:
-            group.add_argument(flag, dest=_flag_dest(flag), type=typ, default=None, help=help_)
+            group.add_argument(flag, dest=_flag_dest(flag), type=typ, default=None,
+                               help=help_() if callable(help_) else help_)
         add_verbosity(parser)
 
     def load(self, args: argparse.Namespace):
@@ -157,7 +162,7 @@ def _check_writable_dir(path: Path, what: str) -> None:
 
 
 class Scores(_Command):
-    """Capture statistics and write scores.csv (br, cosine, cka, ls_residual per span) and scores.png."""
+    """Capture statistics and write scores.csv (one column per registered metric, rba ls metrics) and scores.png."""
 
     def add_arguments(self, parser):
         self.add_config(parser)
@@ -537,7 +542,11 @@ def main(argv: list[str] | None = None) -> int:
     import functools
     import warnings
 
-    parser = build_parser()
+    try:
+        parser = build_parser()  # its help lists the registries' names, so plug-ins load first (a broken one fails here)
+    except RBAError as exc:
+        print(f"rba: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
+        return 2
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # named by the subcommand, whose --help lists what it takes
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -555,7 +564,6 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = functools.partial(_show_rba_warning, _default=saved)
     sys.unraisablehook = functools.partial(_redeliver_lost_interrupt, _default=saved_hook)
     try:
-        load_plugins()  # any registry's first lookup would, but a broken plug-in fails every command up front
         return args.handler.take_action(args)
     except RBAError as exc:
         print(f"rba: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)  # one line, whatever it holds

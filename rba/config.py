@@ -59,8 +59,7 @@ _POSITIVE_INT = Annotated[int, Field(ge=1)]
 @dataclass(config=_SCHEMA)
 class ModelConfig:
     kind: str = "timm"
-    """a registered adapter kind (``rba ls adapters``): timm | sentence-transformers | huggingface |
-    efficientnet-lite | torchvision | module"""
+    """a registered adapter kind (``rba ls adapters``, :data:`rba._registry.ADAPTERS`)"""
     name: str = ""
     weights: str | None = None
     """a local weights file (safetensors, or a torch checkpoint loaded with weights_only=True)"""
@@ -119,7 +118,7 @@ class CaptureConfig:
 @dataclass(config=_SCHEMA)
 class FitConfig:
     kind: str = "affine"
-    """a registered fit kind (``rba ls fits``): affine | linear | identity | mlp | res-mlp (the last two trained)"""
+    """a registered fit kind (``rba ls fits``, :data:`rba._registry.FITS`)"""
     ridge: Annotated[float, Field(ge=0)] = 1e-6
     mode: Literal["independent", "sequential"] = "independent"
     steps: _POSITIVE_INT = 300
@@ -148,7 +147,7 @@ class SearchConfig:
     method: str = "optuna"
     """a registered search method (``rba ls methods``): optuna (the sampler) or a baseline"""
     sampler: str = "tpe"
-    """a registered sampler (``rba.samplers``): tpe | nsga2 | random | gp"""
+    """a registered sampler (``rba ls samplers``, :mod:`rba.samplers`)"""
     seed: _SEED = 0
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "flops"])
     budget_flops: float | None = None

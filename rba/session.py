@@ -267,7 +267,7 @@ class Session:
         return self.evaluator.per_sample(spans, maps, split=split, tag=maps_tag(kind, mode))
 
     def scores(self) -> pd.DataFrame:
-        """One row per valid span: ``start, end`` and every registered metric (br, cosine, cka, ls_residual)."""
+        """One row per valid span: ``start, end`` and one column per registered metric (:func:`rba.metrics.list_metrics`)."""
         return score_table(self.stats, self.cfg.fit.ridge)
 
     def export(self, spans: str | Sequence[Span], out: str | Path) -> Path:
