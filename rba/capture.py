@@ -7,19 +7,21 @@ The pass (batches in length order, every boundary's vectors checked finite) feed
 
 from __future__ import annotations
 
-import sys
+import logging
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from rba.errors import DataError
-from rba.progress import QUIET, bar, level
+from rba.progress import bar
 from rba.spans import Span
 from rba.statistics import Statistics, StatisticsCollector, statistics_nbytes
 
 if TYPE_CHECKING:
     from rba.adapters import Adapter
+
+log = logging.getLogger(__name__)
 
 __all__ = ["capture_statistics", "boundary_vectors", "iter_batches", "length_order", "check_finite"]
 
@@ -75,11 +77,8 @@ def capture_statistics(adapter: Adapter, samples: Sequence[Any], *, pairs: Seque
             f"{msg} exceeds capture.max_memory_gb = {max_memory_gb}: lower search.max_span "
             "(memory grows with the number of spans), or raise capture.max_memory_gb"
         )
-    if progress and level() > QUIET:  # on stdout, where it has always been (scripts wait for it there)
-        from tqdm import tqdm
-
-        tqdm.write(msg)
-        sys.stdout.flush()
+    if progress:
+        log.info(msg)
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     collector = StatisticsCollector(dims, pairs, dtype=torch_dtype, device=adapter.device)
     order = length_order(samples)

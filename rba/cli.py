@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 import math
 import os
 import sys
@@ -169,7 +170,6 @@ class Scores(_Command):
 
     def take_action(self, args):
         from rba._io import atomic_path
-        from rba.progress import info
         from rba.metrics import plot_scores, score_table
         from rba.session import Session
 
@@ -231,8 +231,8 @@ class Export(_Command):
                             help="onnx: also write the export and the unmodified model as ONNX (onnxruntime)")
 
     def take_action(self, args):
-        from rba.progress import info
         from rba.export import export_model
+        from rba.progress import info
         from rba.session import Session
 
         cfg = self.load(args)
@@ -525,6 +525,29 @@ def _quiet_libraries() -> None:
     _no_library_bars()
 
 
+def _log_to_stderr(verbosity: int) -> Callable[[], None]:
+    """rba's and search's log records as plain lines on stderr at the level of ``verbosity`` (--quiet: warnings
+    only; --verbose: timings too), not passed on to the root logger's handlers; returns what puts them back."""
+    from rba.progress import LOG_LEVELS, LineHandler
+
+    handler = LineHandler()
+    saved = []
+    for name in ("rba", "search"):
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate))
+        logger.setLevel(LOG_LEVELS[verbosity])
+        logger.addHandler(handler)
+        logger.propagate = False
+
+    def restore() -> None:
+        for logger, level, propagate in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+    return restore
+
+
 def _redeliver_lost_interrupt(unraisable, *, _default) -> None:
     """``sys.unraisablehook`` while rba runs: a Ctrl-C that lands in a finaliser or a weakref callback (seen: one of
     SQLAlchemy's, run by the garbage collector between trials) is printed as "Exception ignored" and lost, and the
@@ -558,8 +581,10 @@ def main(argv: list[str] | None = None) -> int:
         _no_library_bars()
 
     before = _progress.level()
-    _progress.configure(_progress.QUIET if getattr(args, "quiet", False)
-                        else _progress.VERBOSE if getattr(args, "verbose", False) else _progress.NORMAL)
+    verbosity = (_progress.QUIET if getattr(args, "quiet", False)
+                 else _progress.VERBOSE if getattr(args, "verbose", False) else _progress.NORMAL)
+    _progress.configure(verbosity)
+    restore_logging = _log_to_stderr(verbosity)
     saved, saved_hook = warnings.showwarning, sys.unraisablehook
     warnings.showwarning = functools.partial(_show_rba_warning, _default=saved)
     sys.unraisablehook = functools.partial(_redeliver_lost_interrupt, _default=saved_hook)
@@ -574,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         warnings.showwarning, sys.unraisablehook = saved, saved_hook
         _progress.configure(before)  # main() called in-process (tests, scripts) leaves the level as it was
+        restore_logging()
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ depend on), ``fits.md`` and ``fits.png``.
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -28,15 +28,13 @@ from rba.fit import fit_label, get_fit
 from rba.spans import Span, format_spans
 from rba.vectors import collect_vectors
 
+log = logging.getLogger(__name__)
+
 __all__ = ["compare_fits", "plot_comparison", "COMPARE_COLUMNS", "DEFAULT_KINDS"]
 
 DEFAULT_KINDS = ("identity", "affine", "mlp", "res-mlp")
 COMPARE_COLUMNS = ["span", "start", "end", "kind", "trained", "fit_s", "fit_vectors", "train_mse", "heldout_mse", "heldout_rel",
                    "fidelity", "accuracy", "params_frac", "flops_frac"]
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_KINDS, *, out: str | Path | None = None,
@@ -94,7 +92,7 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
             with atomic_path(out / "fits.csv") as tmp:
                 table.to_csv(tmp, index=False, float_format="%.6g")
         if progress:
-            _log(f"compare-fits: span {format_spans([span])} done ({n + 1}/{len(spans)})")
+            log.info(f"compare-fits: span {format_spans([span])} done ({n + 1}/{len(spans)})")
     table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     if out is not None:
         n_held = min((v.shape[0] for v in held.values()), default=cfg.fit.max_vectors)

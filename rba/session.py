@@ -7,7 +7,7 @@ adapter → splits → statistics (disk cache keyed by content hash) → fits �
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import warnings
 from functools import cached_property
 from pathlib import Path
@@ -40,11 +40,9 @@ from rba.vectors import collect_vectors
 if TYPE_CHECKING:
     import pandas as pd
 
+log = logging.getLogger(__name__)
+
 __all__ = ["Session"]
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
 
 class Session:
     """One config's model, data, statistics, fits, costs and evaluator, each built on first use.
@@ -137,7 +135,7 @@ class Session:
                 info(f"statistics: loaded cache {path}", enabled=self.progress)
                 return stats
             except CacheError as exc:
-                _log(f"rba: warning: {exc}; rebuilding it")
+                log.warning(f"rba: warning: {exc}; rebuilding it")
         stats = capture_statistics(
             self.adapter,
             self.splits.calibration.samples,
@@ -335,7 +333,7 @@ class Session:
             speed = onnx_speedup(folder, repeats=max(7, self.cfg.evaluate.latency_repeats))
             result |= {k: v for k, v in speed.items() if k.startswith("onnx_")}
         elif state == "stale":
-            _log(f"rba: note: {Path(folder) / 'model.onnx'} belongs to an earlier export into this folder: ONNX "
+            log.warning(f"rba: note: {Path(folder) / 'model.onnx'} belongs to an earlier export into this folder: ONNX "
                  "Runtime latency not measured (rerun `rba export … --format onnx`)")
         tick()  # one evaluation, for the phase that counts them (rba run's report)
         return result

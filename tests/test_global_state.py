@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 
 import optuna
+from conftest import tiny_config
 
 import rba
-from conftest import tiny_config
 from rba.adapters import create_adapter
 
 
@@ -37,3 +37,17 @@ def test_a_search_leaves_optuna_verbosity_alone(tmp_path):
         assert optuna.logging.get_verbosity() == optuna.logging.WARNING
     finally:
         optuna.logging.set_verbosity(before)
+
+
+def test_the_cli_configures_logging_only_while_it_runs(capsys):
+    """main() gives rba's and search's loggers its stderr handler and level for the command, then puts them back
+    (tests and scripts call it in-process)."""
+    import logging
+
+    from rba.cli import main
+
+    loggers = [logging.getLogger(name) for name in ("rba", "search")]
+    before = [(lg.level, lg.propagate, list(lg.handlers)) for lg in loggers]
+    assert main(["ls", "fits"]) == 0
+    assert "affine" in capsys.readouterr().out.split()
+    assert [(lg.level, lg.propagate, list(lg.handlers)) for lg in loggers] == before

@@ -1,8 +1,9 @@
 """The import layers of rba and search, bottom to top, held by reading the source (ast, no imports run).
 
 Every import counts, function-level ones included (they run too, only later), and so does the package
-``__init__`` that importing a submodule runs from outside its package (``rba.adapters`` for ``rba.adapters._base``);
-the root packages ``rba`` and ``search`` are left out of that, as every import of a submodule runs them. An import may reach its
+``__init__`` that importing a submodule runs from outside its package (``rba.adapters`` for
+``rba.adapters._base``); the root packages ``rba`` and ``search`` are left out of that, as every import of a
+submodule runs them. An import may reach its
 own layer or a lower one, never a higher one, and, leaving out the imports under ``if TYPE_CHECKING:`` (they never
 run), the modules form no cycle. So no function-level import is there to dodge a cycle: moved to the top of its
 module, it would still close none (the lazy ones left wait for a heavy optional library, and say so).

@@ -353,7 +353,7 @@ def test_kill_during_capture_then_rerun_gives_the_same_statistics(tmp_path, caps
                 nonlocal done
                 counts = re.findall(rf"(\d+)/{KILL_CALIBRATION}", (b / "stderr.txt").read_text())
                 done = max(map(int, counts), default=0)
-                return done > 0 or "statistics:" in (b / "stdout.txt").read_text()
+                return done > 0 or "statistics:" in (b / "stderr.txt").read_text()
 
             wait_for(capturing, timeout_s=240, proc=proc, interval_s=0.02)
             assert proc.poll() is None, "the run ended before it could be killed mid-capture:\n" + (b / "stderr.txt").read_text()
@@ -364,7 +364,7 @@ def test_kill_during_capture_then_rerun_gives_the_same_statistics(tmp_path, caps
                 proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert "statistics:" in (b / "stdout.txt").read_text()  # it was capturing
+    assert "statistics:" in (b / "stderr.txt").read_text()  # it was capturing
     assert _stats_files(b / "cache") == [], "a killed capture left statistics behind"
     assert not (b / "out" / "scores.csv").exists()
 
