@@ -40,7 +40,8 @@ def cpu_timed(fn) -> tuple[float, float]:
 
 def measure(label: str, cfg, *, max_span: int | None, batch_sizes, repeats: int, dtypes=("float32",),
             profile: bool = False) -> list[dict]:
-    from rba.capture import capture_statistics, iter_batches, statistics_nbytes
+    from rba.capture import capture_statistics, iter_batches
+    from rba.statistics import statistics_nbytes
     from rba.session import Session
 
     from rba.capture import length_order
@@ -119,7 +120,9 @@ class NearlyAffine(torch.nn.Module):
 def precision(label: str, cfg, *, boundary: int, deltas, batch_size: int) -> list[dict]:
     import numpy as np
 
-    from rba.capture import Statistics, StatisticsCollector, boundary_vectors, length_order
+    from rba.capture import boundary_vectors, length_order
+
+    from rba.statistics import Statistics, StatisticsCollector
     from rba.metrics import LSResidual
     from rba.session import Session
 

@@ -6,7 +6,7 @@ The public API; the ``rba`` command line is a thin layer over it::
 
     cfg = rba.load_config("studies/minilm_reviews.toml")
     session = rba.Session(cfg)
-    session.scores()                       # DataFrame: start, end, br, cosine, cka, ls_residual per span
+    session.scores()                       # DataFrame: start, end, then a column per metric (rba ls metrics)
     session.evaluate("2-4")                # accuracy, fidelity, flops, params, latency of one configuration
     session.export("2-4", "runs/m_2-4")    # model.safetensors + recipe.json
     approx = rba.load_export("runs/m_2-4")  # its adapter; approx.model is the nn.Module

@@ -1,4 +1,4 @@
-"""Standard errors and paired tests for what reports quote (not the capture statistics of :mod:`rba.capture`).
+"""Standard errors and paired tests for what reports quote (not the capture statistics of :mod:`rba.statistics`).
 
 Two configurations scored on the same samples are compared sample by sample, which removes the variance the
 samples share:

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rba.errors import SpanError
-from rba.fit import Fit, FitInput, SpanFit, TrainSettings, register_fit
+from rba.fit import Fit, FitInput, SpanFit, TrainSettings
 from rba.spans import Span
 
-__all__ = ["MLPTranslator", "ResMLPTranslator", "train_translator"]
+__all__ = ["MLPFit", "ResMLPFit", "MLPTranslator", "ResMLPTranslator", "train_translator"]
 
 #: res-mlp's dropout probability (the paper's LearningBlock)
 RES_MLP_DROPOUT = 0.2
@@ -154,11 +154,9 @@ class _TranslatorFit(Fit):
         return self.translator(dim_in, dim_out, layout=layout, span=span)
 
 
-@register_fit("mlp")
 class MLPFit(_TranslatorFit):
     translator = MLPTranslator
 
 
-@register_fit("res-mlp")
 class ResMLPFit(_TranslatorFit):
     translator = ResMLPTranslator

@@ -8,33 +8,39 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from rba._names import OBJECTIVES
 from rba.errors import ConfigError, RBAError
+from rba.methods import list_methods
+from rba.samplers import list_samplers
 
 __all__ = ["main", "build_parser"]
 
-# flag, config key, type, help. Each subcommand shows only the groups it uses.
-_MODEL_FLAGS: list[tuple[str, str, Any, str]] = [
+# flag, config key, type, help (a function: names read from a registry when the parser is built). Each subcommand
+# shows only the groups it uses.
+_MODEL_FLAGS: list[tuple[str, str, Any, str | Callable[[], str]]] = [
     ("--max-span", "search.max_span", int, "longest span considered"),
     ("--device", "model.device", str, "cpu, cuda or auto"),
     ("--forward-dtype", "model.forward_dtype", str, "float32, bfloat16 or float16: the model's forward dtype "
      "(statistics stay float64)"),
 ]
-_SEARCH_FLAGS: list[tuple[str, str, Any, str]] = [
+_SEARCH_FLAGS: list[tuple[str, str, Any, str | Callable[[], str]]] = [
     ("--trials", "search.trials", int, "total trials of the study"),
     ("--backend", "search.backend", str, "optuna (default) or ray"),
-    ("--method", "search.method", str, "optuna (default: the sampler) or a baseline (rba ls methods)"),
+    ("--method", "search.method", str,
+     lambda: f"optuna (default: the sampler) or a baseline: {', '.join(n for n in list_methods() if n != 'optuna')}"),
     ("--priors", "search.priors", lambda s: _PRIORS[s] if s in _PRIORS else s,
      "method optuna's first trials: all (default), proxy (none BR-greedy proposes) or none"),
-    ("--sampler", "search.sampler", str, "tpe, nsga2, random, gp (or a registered sampler)"),
+    ("--sampler", "search.sampler", str, lambda: ", ".join(list_samplers())),
     ("--seed", "search.seed", int, "sampler seed (data splits use data.seed)"),
     ("--objectives", "search.objectives", lambda s: [x.strip() for x in s.split(",") if x.strip()],
-     "comma-separated: accuracy, fidelity, flops, params, latency"),
+     lambda: f"comma-separated: {', '.join(OBJECTIVES)}"),
     ("--budget-flops", "search.budget_flops", float, "at most this fraction of the unmodified model's FLOPs"),
     ("--budget-params", "search.budget_params", float, "at most this fraction of its parameters"),
     ("--budget-latency", "search.budget_latency", float, "at most this fraction of its latency"),
@@ -67,7 +73,7 @@ class _Command:
     """Base of subcommands: ``add_arguments`` and ``take_action(args) -> exit code``."""
 
     #: the config-override flags this command accepts
-    flags: list[tuple[str, str, Any, str]] = _MODEL_FLAGS
+    flags: list[tuple[str, str, Any, str | Callable[[], str]]] = _MODEL_FLAGS
     #: --out sets the output folder (output.dir)
     takes_output_dir = True
 
@@ -88,7 +94,8 @@ class _Command:
             parser.add_argument("--out", help="output folder (default: output.dir, else runs/<config name>)")
         group = parser.add_argument_group("config overrides (flags > file > defaults)")
         for flag, _, typ, help_ in self.flags:
-            group.add_argument(flag, dest=_flag_dest(flag), type=typ, default=None, help=help_)
+            group.add_argument(flag, dest=_flag_dest(flag), type=typ, default=None,
+                               help=help_() if callable(help_) else help_)
         add_verbosity(parser)
 
     def load(self, args: argparse.Namespace):
@@ -133,7 +140,7 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
 def _check_device(cfg) -> None:
     if cfg.model.device not in ("cuda", "auto"):
         return
-    from rba._device import resolve_device
+    from rba.adapters._device import resolve_device
 
     if resolve_device(cfg.model.device).type == "cuda":
         return
@@ -165,7 +172,7 @@ def _check_writable_dir(path: Path, what: str) -> None:
 
 
 class Scores(_Command):
-    """Capture statistics and write scores.csv (br, cosine, cka, ls_residual per span) and scores.png."""
+    """Capture statistics and write scores.csv (one column per registered metric, rba ls metrics) and scores.png."""
 
     def add_arguments(self, parser):
         self.add_config(parser)
@@ -235,8 +242,8 @@ class Export(_Command):
                             help="onnx: also write the export and the unmodified model as ONNX (onnxruntime)")
 
     def take_action(self, args):
-        from rba.progress import info
         from rba.export import export_model
+        from rba.progress import info
         from rba.session import Session
 
         cfg = self.load(args)
@@ -527,30 +534,6 @@ def _show_rba_warning(message, category, filename, lineno, file=None, line=None,
         _default(message, category, filename, lineno, file, line)
 
 
-#: installed packages name their plug-in modules under this entry-point group; importing a module registers
-#: its adapters, fits, metrics or samplers (``register_adapter``, ``register_fit``, ``register_metric``, …)
-PLUGIN_GROUP = "rba.plugins"
-
-
-def _load_plugins() -> None:
-    """Import every plug-in module installed under :data:`PLUGIN_GROUP`. One that fails, or exits, at import is
-    skipped with one warning line naming it (a broken package is the user's environment: the command goes on,
-    and a config that needs the plug-in then names its kind as unknown)."""
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=PLUGIN_GROUP):
-        try:
-            ep.load()
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:  # SystemExit too: a plug-in that exits would end every command, exit 0
-            what = (f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit)
-                    else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
-            print(f"rba: warning: the plug-in {ep.name!r} ({ep.value}, entry point group {PLUGIN_GROUP}) failed to "
-                  f"load ({what}): skipped; fix or uninstall the package that provides it", file=sys.stderr,
-                  flush=True)
-
-
 def _no_library_bars() -> None:
     """No progress bars from the libraries rba loads models with (transformers, the hub): under --quiet, and
     when stderr is not a terminal (logs, CI), where their redraws would be control characters."""
@@ -565,6 +548,29 @@ def _quiet_libraries() -> None:
     """--quiet also silences the progress bars and notes of those libraries."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     _no_library_bars()
+
+
+def _log_to_stderr(verbosity: int) -> Callable[[], None]:
+    """rba's and search's log records as plain lines on stderr at the level of ``verbosity`` (--quiet: warnings
+    only; --verbose: timings too), not passed on to the root logger's handlers; returns what puts them back."""
+    from rba.progress import LOG_LEVELS, LineHandler
+
+    handler = LineHandler()
+    saved = []
+    for name in ("rba", "search"):
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate))
+        logger.setLevel(LOG_LEVELS[verbosity])
+        logger.addHandler(handler)
+        logger.propagate = False
+
+    def restore() -> None:
+        for logger, level, propagate in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+    return restore
 
 
 def _redeliver_lost_interrupt(unraisable, *, _default) -> None:
@@ -584,7 +590,11 @@ def main(argv: list[str] | None = None) -> int:
     import functools
     import warnings
 
-    parser = build_parser()
+    try:
+        parser = build_parser()  # its help lists the registries' names, so plug-ins load first (a broken one fails here)
+    except RBAError as exc:
+        print(f"rba: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
+        return 2
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # named by the subcommand, whose --help lists what it takes
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -596,13 +606,14 @@ def main(argv: list[str] | None = None) -> int:
         _no_library_bars()
 
     before = _progress.level()
-    _progress.configure(_progress.QUIET if getattr(args, "quiet", False)
-                        else _progress.VERBOSE if getattr(args, "verbose", False) else _progress.NORMAL)
+    verbosity = (_progress.QUIET if getattr(args, "quiet", False)
+                 else _progress.VERBOSE if getattr(args, "verbose", False) else _progress.NORMAL)
+    _progress.configure(verbosity)
+    restore_logging = _log_to_stderr(verbosity)
     saved, saved_hook = warnings.showwarning, sys.unraisablehook
     warnings.showwarning = functools.partial(_show_rba_warning, _default=saved)
     sys.unraisablehook = functools.partial(_redeliver_lost_interrupt, _default=saved_hook)
     try:
-        _load_plugins()
         return args.handler.take_action(args)
     except RBAError as exc:
         print(f"rba: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)  # one line, whatever it holds
@@ -613,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         warnings.showwarning, sys.unraisablehook = saved, saved_hook
         _progress.configure(before)  # main() called in-process (tests, scripts) leaves the level as it was
+        restore_logging()
 
 
 if __name__ == "__main__":

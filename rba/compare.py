@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,12 +26,15 @@ import torch
 
 from rba._folders import FolderError, refusal, refuse_other_work
 from rba._io import atomic_path, atomic_write_json, atomic_write_text
+from rba._names import config_hash
 from rba._records import Record, checked, read_record, read_table
-from rba.config import config_hash
 from rba.data import data_identity
 from rba.errors import ConfigError
 from rba.fit import fit_label, get_fit
 from rba.spans import Span, format_spans
+from rba.vectors import collect_vectors
+
+log = logging.getLogger(__name__)
 
 __all__ = ["compare_fits", "plot_comparison", "COMPARE_COLUMNS", "DEFAULT_KINDS"]
 
@@ -40,17 +43,11 @@ COMPARE_COLUMNS = ["span", "start", "end", "kind", "trained", "fit_s", "fit_vect
                    "fidelity", "accuracy", "params_frac", "flops_frac"]
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_KINDS, *, out: str | Path | None = None,
                  progress: bool = True) -> pd.DataFrame:
     """The comparison table (``COMPARE_COLUMNS``, one row per span and kind); with ``out``, also its files.
 
     ``session`` is a :class:`rba.session.Session`; ``spans`` are single spans, each evaluated alone."""
-    from rba.vectors import collect_vectors
-
     cfg = session.cfg
     kinds = list(dict.fromkeys(kinds))  # a kind named twice is compared once
     if not kinds:
@@ -107,7 +104,7 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
         if out is not None:
             _write_rows(out, kept + rows, record)
         if progress:
-            _log(f"compare-fits: span {format_spans([span])} done ({n + 1}/{len(spans)})")
+            log.info(f"compare-fits: span {format_spans([span])} done ({n + 1}/{len(spans)})")
     table = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     if out is not None:
         folder = pd.DataFrame(kept + rows, columns=COMPARE_COLUMNS)
@@ -179,9 +176,9 @@ def _finished_rows(session, out: Path, kinds: Sequence[str]) -> tuple[dict[str, 
     found_sums = _row_sums(text)
     trusted = {span for span, digest in found_sums.items() if sums.get(span) == digest}
     if set(found_sums) - trusted:
-        _log(f"rba: warning: {out / 'fits.csv'}: the rows of span(s) {', '.join(sorted(set(found_sums) - trusted))} "
-             "do not match their checksums in compare.json (edited, or written by an earlier rba): not reused; "
-             "they are computed again when asked for")
+        log.warning("%s: the rows of span(s) %s do not match their checksums in compare.json (edited, or written by "
+                    "an earlier rba): not reused; they are computed again when asked for", out / "fits.csv",
+                    ", ".join(sorted(set(found_sums) - trusted)))
     done = {}
     if trusted:  # (the checksums can be recomputed by hand: the rows are checked as any table read back is)
         old = read_table(out / "fits.csv", columns=COMPARE_COLUMNS, numeric=_NUMBER_COLUMNS, dtype={"span": str},

@@ -7,7 +7,6 @@ the valid ones. Configs are parsed as data (``tomllib``); nothing in them is eva
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import tomllib
@@ -20,7 +19,11 @@ import pydantic
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from rba._names import OBJECTIVES, config_hash
+from rba._registry import ADAPTERS, FITS
 from rba.errors import ConfigError, did_you_mean
+from rba.methods import list_methods
+from rba.samplers import list_samplers
 
 __all__ = [
     "Config",
@@ -57,8 +60,7 @@ _POSITIVE_INT = Annotated[int, Field(ge=1)]
 @dataclass(config=_SCHEMA)
 class ModelConfig:
     kind: str = "timm"
-    """a registered adapter kind (``rba ls adapters``): timm | sentence-transformers | huggingface |
-    efficientnet-lite | torchvision | module"""
+    """a registered adapter kind (``rba ls adapters``, :data:`rba._registry.ADAPTERS`)"""
     name: str = ""
     weights: str | None = None
     """a local weights file (safetensors, or a torch checkpoint loaded with weights_only=True)"""
@@ -117,7 +119,7 @@ class CaptureConfig:
 @dataclass(config=_SCHEMA)
 class FitConfig:
     kind: str = "affine"
-    """a registered fit kind (``rba ls fits``): affine | linear | identity | mlp | res-mlp (the last two trained)"""
+    """a registered fit kind (``rba ls fits``, :data:`rba._registry.FITS`)"""
     ridge: Annotated[float, Field(ge=0)] = 1e-6
     mode: Literal["independent", "sequential"] = "independent"
     steps: _POSITIVE_INT = 300
@@ -146,7 +148,7 @@ class SearchConfig:
     method: str = "optuna"
     """a registered search method (``rba ls methods``): optuna (the sampler) or a baseline"""
     sampler: str = "tpe"
-    """a registered sampler (``rba.samplers``): tpe | nsga2 | random | gp"""
+    """a registered sampler (``rba ls samplers``, :mod:`rba.samplers`)"""
     seed: _SEED = 0
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "flops"])
     budget_flops: float | None = None
@@ -251,14 +253,8 @@ class Config:
 
     def validate(self) -> "Config":
         """Checks across keys and against the registries (pydantic has checked each value on its own)."""
-        from rba.adapters import list_adapters
-        from rba.fit import list_fits
-        from rba.methods import list_methods
-        from rba.samplers import list_samplers
-        from rba.session import OBJECTIVES
-
-        _choice("model.kind", self.model.kind, list_adapters())
-        _choice("fit.kind", self.fit.kind, list_fits())
+        _choice("model.kind", self.model.kind, sorted(ADAPTERS.names()))
+        _choice("fit.kind", self.fit.kind, sorted(FITS.names()))
         _choice("search.sampler", self.search.sampler, list_samplers())
         _choice("search.method", self.search.method, list_methods())
         for obj in self.search.objectives:
@@ -388,12 +384,6 @@ def load_study(name_or_path: str | Path) -> Config:
             raise ConfigError(f"no config file or shipped study named {str(name_or_path)!r}."
                               f"{did_you_mean(name_or_path, studies)} Studies: {', '.join(studies)}")
     return load_config(p)
-
-
-def config_hash(payload: Any) -> str:
-    """A stable short hash of JSON-able data."""
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------- helpers

@@ -11,6 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rba.adapters import Adapter
+from rba.apply import SpanMap
 from rba.fit import get_fit
 from rba.spans import Span
 from rba.timing import time_ms
@@ -145,8 +146,6 @@ class CostModel:
         return model
 
     def _measure_latency(self, adapter: Adapter, one_sample, batch_size: int, repeats: int) -> None:
-        from rba.apply import SpanMap
-
         import numpy as np
 
         batch = adapter.collate(list(one_sample) * batch_size if isinstance(one_sample, list)

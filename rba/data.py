@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rba.datasets import DATASETS, data_file
 from rba.errors import DataError
 
 __all__ = ["Dataset", "Splits", "ImageFiles", "load_dataset", "load_calibration_dataset", "make_splits",
@@ -219,8 +220,6 @@ def _existing(cfg, raw_path: str, key: str) -> Path:
     """``raw_path`` resolved, or a DataError naming the key and, for a file ``rba data`` makes, the command."""
     path = cfg.resolve_path(raw_path)
     if not path.exists():
-        from rba.datasets import DATASETS, data_file
-
         made_by = [name for name in DATASETS if data_file(name) == path.name]
         how = ("relative paths are read from the config's folder, or from the working directory for a study run "
                "by name")

@@ -28,6 +28,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
+from rba._io import atomic_path, atomic_write_bytes
 from rba.errors import DataError
 
 __all__ = ["prepare_reviews", "prepare_plots", "prepare_digits", "prepare_cifar10", "prepare_cifar100",
@@ -42,8 +43,6 @@ _REVIEWS_MIN_ROWS = 12000
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace`` (:mod:`rba._io`)."""
-    from rba._io import atomic_write_bytes
-
     atomic_write_bytes(path, data)
 
 
@@ -197,7 +196,6 @@ def prepare_digits(dest: Path, source: Path | None = None, *, size: int = DIGITS
     digits = load_digits()
     ink = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # N×8×8
     images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in ink])
-    from rba._io import atomic_path
 
     with atomic_path(Path(dest)) as tmp:
         with open(tmp, "wb") as f:
@@ -309,7 +307,6 @@ def _prepare_cifar(name: str, dest: Path, source: Path | None) -> Path:
                             f"{len(data)} images")
         images.append(data.reshape(-1, 3, 32, 32))  # rows hold the red, green, blue planes, each row-major
         labels.append(y)
-    from rba._io import atomic_path
 
     with atomic_path(Path(dest)) as tmp:
         with open(tmp, "wb") as f:
@@ -443,7 +440,6 @@ def prepare_fashion_mnist(dest: Path, n: int | None = None, *, source: Path | No
     if len(x) < want:
         raise DataError(f"the Fashion-MNIST {split} files in {source or _FASHION_DIR} hold {len(x)} images, and "
                         f"{want} are asked for")
-    from rba._io import atomic_path
 
     with atomic_path(dest) as tmp:
         with open(tmp, "wb") as f:

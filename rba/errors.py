@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["did_you_mean", "RBAError", "ConfigError", "DataError", "ModelError", "SpanError", "BudgetError", "CacheError", "DiskFullError"]
+__all__ = ["did_you_mean", "RBAError", "ConfigError", "UnknownNameError", "DataError", "ModelError", "SpanError",
+           "BudgetError", "CacheError", "DiskFullError"]
 
 
 class RBAError(Exception):
@@ -11,6 +12,15 @@ class RBAError(Exception):
 
 class ConfigError(RBAError):
     pass
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name no registry holds (model kind, fit kind, metric, sampler, search method), with the closest known one.
+
+    Also a KeyError, as a failed lookup in a mapping is, but printed as its message (KeyError quotes it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class DataError(RBAError):

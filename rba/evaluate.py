@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rba.adapters import Adapter, Context
-from rba.spans import Span
 from rba._threads import single_thread
+from rba.adapters import Adapter, Context
 from rba.capture import check_finite, iter_batches, length_order
+from rba.errors import ConfigError, ModelError
+from rba.progress import bar as progress_bar
+from rba.spans import Span
 
 __all__ = ["SplitCache", "Evaluator", "LinearProbe", "SpanForward", "SplitScores"]
 
@@ -46,8 +48,6 @@ class SplitCache:
     @torch.inference_mode()
     def build(cls, adapter: Adapter, samples, labels, *, keep: set[int], batch_size: int, name: str,
               progress: bool = False) -> "SplitCache":
-        from rba.progress import bar as progress_bar
-
         contexts, states, pooled = [], [], []
         L = adapter.num_blocks
         order = length_order(samples)
@@ -157,7 +157,7 @@ class SplitScores:
 
     @property
     def fidelity_se(self) -> float:
-        from rba._stats import mean_se
+        from rba._stats import mean_se  # scipy loads when a standard error is first asked for
 
         return mean_se(self.cosine)
 
@@ -167,7 +167,7 @@ class SplitScores:
 
     @property
     def accuracy_se(self) -> float:
-        from rba._stats import binomial_se
+        from rba._stats import binomial_se  # scipy loads when a standard error is first asked for
 
         return float("nan") if self.prediction is None else binomial_se(self.correct)
 
@@ -295,8 +295,6 @@ class Evaluator:
         if name not in self.held_out:
             split = getattr(self.splits, name, None)
             if split is None:
-                from rba.errors import ConfigError
-
                 raise ConfigError(f"data.{name} = 0: there is no {name} split to score on; set data.{name} to at "
                                   "least 1 (the other splits stay the same)")
             self.held_out[name] = SplitCache.build(self.adapter, split.samples, split.labels, keep=self.keep,
@@ -353,13 +351,34 @@ class Evaluator:
         if self.head == "native":
             logits = self.adapter.logits(pooled_eval.to(self.adapter.device, self.adapter.dtype))
             if logits is None:
-                from rba.errors import ModelError
-
                 raise ModelError("evaluate.head = \"native\" but this model has no classification head: use \"probe\"")
             return logits.argmax(1).cpu()
         if probe is None:
             probe = self.probe_for({"probe": pooled_probe})
         return probe.predict(pooled_eval)
+
+    def export_head(self, spans: Sequence[Span], maps: Sequence[nn.Module], tag: str = "", *,
+                    class_names: Sequence[Any] | None = None) -> tuple[nn.Linear | None, dict[str, Any] | None]:
+        """(the head module an export saves, its recipe entry) for this configuration; (None, None) without
+        labels. A probe head is the probe fitted on the configuration's pooled representation (or the fixed probe),
+        its classes named by ``class_names`` (the data set's, when they match the probe's outputs; else 0, 1, ...);
+        the native head is the model's own (already in its weights), recorded by its sizes only."""
+        if not self.need_labels:
+            return None, None
+        if self.head == "native":
+            with torch.inference_mode():
+                pooled = self.parts["eval"].pooled[:1].to(self.adapter.device, self.adapter.dtype)
+                logits = self.adapter.logits(pooled)
+            if logits is None:
+                return None, None
+            return None, {"kind": "native", "features": int(pooled.shape[1]), "classes": int(logits.shape[1])}
+        probe = self.probe_for(self.pooled(spans, maps, tag))
+        if probe is None:
+            return None, None
+        head = probe.as_linear()
+        names = class_names if class_names is not None and len(class_names) == head.out_features else None
+        return head, {"kind": self.head, "features": head.in_features, "classes": head.out_features,
+                      "class_names": [str(c) for c in (names if names is not None else range(head.out_features))]}
 
     def probe_for(self, pooled: dict[str, torch.Tensor]) -> LinearProbe | None:
         """The linear probe that scores these pooled representations: the fixed one, or one fitted on

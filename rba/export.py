@@ -22,13 +22,14 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from rba._io import atomic_path, atomic_write_json, file_sha256, package_versions
+from rba._names import HEAD_ATTR, maps_tag
 from rba._records import checked, schema_problems
 from rba.adapters import Adapter, create_adapter
 from rba.apply import replace_
@@ -38,13 +39,13 @@ from rba.fit import get_fit
 from rba.spans import Span, format_spans, parse_spans
 
 if TYPE_CHECKING:
-    from rba.session import Session
+    from rba.data import Dataset, Splits
+    from rba.evaluate import Evaluator
+    from rba.statistics import Statistics
 
 __all__ = ["export_model", "load_export", "read_recipe", "head_logits", "RECIPE_FORMAT"]
 
 RECIPE_FORMAT = 2
-#: the attribute of the saved model that holds a fitted probe head
-HEAD_ATTR = "rba_head"
 
 
 # ---------------------------------------------------------------------- the recipe's schema
@@ -134,7 +135,34 @@ def _model_section_problems(model: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------- writing
-def export_model(session: Session, spans: Sequence[Span], out: str | Path, *, kind: str | None = None,
+class SessionParts(Protocol):
+    """What exporting reads from a :class:`rba.session.Session` (which is built on this module, so it is described
+    here rather than imported)."""
+
+    @property
+    def cfg(self) -> Config: ...
+
+    @property
+    def adapter(self) -> Adapter: ...
+
+    @property
+    def dataset(self) -> Dataset: ...
+
+    @property
+    def splits(self) -> Splits: ...
+
+    @property
+    def stats(self) -> Statistics: ...
+
+    @property
+    def evaluator(self) -> Evaluator: ...
+
+    def maps(self, spans: Sequence[Span], kind: str | None = None, mode: str | None = None) -> list[nn.Module]: ...
+
+    def write_run_info(self, out: Path, **extra: Any) -> None: ...
+
+
+def export_model(session: SessionParts, spans: Sequence[Span], out: str | Path, *, kind: str | None = None,
                  mode: str | None = None) -> Path:
     """Write the approximated model for ``spans`` to ``out``; returns the folder.
 
@@ -143,8 +171,6 @@ def export_model(session: Session, spans: Sequence[Span], out: str | Path, *, ki
     (or the fixed probe) is saved as the head; with the native head, the model's own head is already saved."""
     from safetensors.torch import save_model
 
-    from rba.session import maps_tag
-
     out = Path(out)
     cfg = session.cfg
     kind = kind or cfg.fit.kind
@@ -152,7 +178,8 @@ def export_model(session: Session, spans: Sequence[Span], out: str | Path, *, ki
     spans = sorted(spans)
     adapter = session.adapter
     maps = session.maps(spans, kind, mode)
-    head, head_record = _fitted_head(session, spans, maps, maps_tag(kind, mode))
+    head, head_record = session.evaluator.export_head(spans, maps, maps_tag(kind, mode),
+                                                      class_names=session.dataset.classes)
     handle = replace_(adapter, spans, maps)
     try:
         if head is not None:
@@ -194,29 +221,6 @@ def export_model(session: Session, spans: Sequence[Span], out: str | Path, *, ki
     atomic_write_json(out / "recipe.json", recipe)
     session.write_run_info(out, command="export", spans=recipe["spans"], fit=recipe["fit"])
     return out
-
-
-def _fitted_head(session, spans, maps, tag: str) -> tuple[nn.Linear | None, dict[str, Any] | None]:
-    """(head module to save, its recipe entry) for this configuration; (None, None) without labels."""
-    if not session.need_labels:
-        return None, None
-    evaluator = session.evaluator
-    if evaluator.head == "native":
-        with torch.inference_mode():
-            pooled = evaluator.parts["eval"].pooled[:1].to(session.adapter.device, session.adapter.dtype)
-            logits = session.adapter.logits(pooled)
-        if logits is None:
-            return None, None
-        return None, {"kind": "native", "features": int(pooled.shape[1]), "classes": int(logits.shape[1])}
-    probe = evaluator.probe_for(evaluator.pooled(spans, maps, tag))
-    if probe is None:
-        return None, None
-    head = probe.as_linear()
-    record = {"kind": evaluator.head, "features": head.in_features, "classes": head.out_features}
-    names = session.dataset.classes
-    record["class_names"] = ([str(c) for c in names] if names is not None and len(names) == head.out_features
-                             else [str(k) for k in range(head.out_features)])
-    return head, record
 
 
 def _recipe_checksum(recipe: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ Built in, trained on calibration vectors (:mod:`rba._translators`, the paper's t
 
 ``SSE = s_j − 2·tr(Wᵀ B) + tr(Wᵀ A W)``, which for the ridge solution is ``s_j − tr(WᵀB) − λ‖W‖²``. The
 factorisation of A_i + λI is computed once per start boundary. The statistics are sums about a centre per
-boundary (:mod:`rba.capture`); the affine fit solves this same problem in those shifted coordinates, and the
+boundary (:mod:`rba.statistics`); the affine fit solves this same problem in those shifted coordinates, and the
 linear fit reads the plain sums recovered from them.
 """
 
@@ -34,11 +34,11 @@ import torch
 from torch import nn
 
 from rba._modules import Skip, SpanMap
-from rba._registry import RegistrationError, check_name
+from rba._registry import FITS, check_name
 from rba._threads import single_thread
-from rba.capture import Statistics
-from rba.errors import SpanError, did_you_mean
+from rba.errors import SpanError
 from rba.spans import Span
+from rba.statistics import Statistics
 
 __all__ = ["Fit", "FitInput", "SpanFit", "TrainSettings", "RankDeficientWarning", "fit_label", "fit_span", "get_fit", "list_fits",
            "register_fit", "ill_conditioning", "conditioning_certificate", "rank_deficient"]
@@ -193,7 +193,8 @@ def _module_costs(plugin: Fit, dim_in: int, dim_out: int) -> tuple[int, int]:
     return _COSTS[key]
 
 
-_FITS: dict[str, Fit] = {}
+_PLUGINS: dict[str, Fit] = {}
+"""fit kind → its plug-in instance, made on first use"""
 
 
 def register_fit(name: str):
@@ -204,11 +205,7 @@ def register_fit(name: str):
     def deco(cls: type[Fit]) -> type[Fit]:
         if not (isinstance(cls, type) and issubclass(cls, Fit)):
             raise TypeError(f"register_fit({name!r}) decorates a subclass of rba.fit.Fit, got {cls!r}")
-        if name in _FITS:
-            raise RegistrationError(f"fit kind {name!r} is already registered ({type(_FITS[name]).__name__})")
-        plugin = cls()
-        plugin.name = name
-        _FITS[name] = plugin
+        FITS.register(name, cls)
         return cls
 
     return deco
@@ -216,16 +213,18 @@ def register_fit(name: str):
 
 def list_fits() -> list[str]:
     """Registered fit kinds, sorted."""
-    return sorted(_FITS)
+    return sorted(FITS.names())
 
 
 def get_fit(name: str) -> Fit:
-    """The plug-in registered as ``name``; a :class:`SpanError` naming the known ones (and the closest) otherwise."""
-    try:
-        return _FITS[name]
-    except KeyError:
-        raise SpanError(f"unknown fit kind {name!r}; known: {', '.join(list_fits())}.{did_you_mean(name, _FITS)} "
-                        "Set [fit] kind to one of them") from None
+    """The plug-in registered as ``name``; an :class:`~rba.errors.UnknownNameError` naming the known ones (and the
+    closest) otherwise."""
+    plugin = _PLUGINS.get(name)
+    if plugin is None:
+        plugin = FITS.get(name)()
+        plugin.name = name
+        _PLUGINS[name] = plugin
+    return plugin
 
 
 def fit_label(kind: str) -> str:
@@ -567,17 +566,14 @@ class _LinearMapFit(Fit):
         return y if fit.bias is None else y + fit.bias
 
 
-@register_fit("affine")
 class AffineFit(_LinearMapFit):
     with_bias = True
 
 
-@register_fit("linear")
 class LinearFit(_LinearMapFit):
     with_bias = False
 
 
-@register_fit("identity")
 class IdentityFit(Fit):
     """x_j ≈ x_i: the skip baseline (block-drop). Its SSE is Σ‖x_i − x_j‖² = s_i − 2·tr(B) + s_j."""
 
@@ -598,7 +594,3 @@ class IdentityFit(Fit):
 
     def predict(self, fit: SpanFit, x: torch.Tensor) -> torch.Tensor:
         return x.double()
-
-
-# the trained fits (mlp, res-mlp) register themselves; imported last, as they build on the names above
-import rba._translators  # noqa: E402,F401

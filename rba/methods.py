@@ -55,7 +55,7 @@ def _load(target: str | Callable) -> Callable:
     return target
 
 
-_METHODS: Registry[MethodSpec] = Registry("search method")
+_METHODS: Registry[MethodSpec] = Registry("search method", hint="Set [search] method to one of them")
 
 
 def register_method(name: str, planner: str | Callable[..., list], *, summary: str, kind: str | None = None,
@@ -76,8 +76,6 @@ def list_methods() -> list[str]:
 
 
 def get_method(name: str) -> MethodSpec:
-    if name not in _METHODS:
-        raise KeyError(_METHODS.unknown(name))
     return _METHODS.get(name)
 
 

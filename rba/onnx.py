@@ -33,14 +33,16 @@ from pydantic import model_validator
 from torch import nn
 
 from rba._io import atomic_path, atomic_write_json, disk_full, file_sha256, package_versions
+from rba._names import HEAD_ATTR, config_hash, maps_tag
 from rba._records import Record, checked, read_record
 from rba.errors import ConfigError, RBAError
+from rba.export import load_export, read_recipe
 from rba.timing import compare
 
 if TYPE_CHECKING:
     from rba.adapters import Adapter
     from rba.config import Config
-    from rba.session import Session
+    from rba.export import SessionParts
 
 __all__ = ["export_onnx", "onnx_speedup", "onnx_state", "verify_onnx", "read_onnx_meta", "OnnxRecord", "check_onnx_exportable", "MAX_REL_DIFF",
            "ONNX_MODEL", "ONNX_UNMODIFIED"]
@@ -203,9 +205,7 @@ def _reference(adapter: Adapter, feed: dict[str, np.ndarray], head_fn) -> list[n
     return out
 
 
-def _unmodified_key(session: Session, head_record: dict | None) -> str:
-    from rba.config import config_hash
-
+def _unmodified_key(session: SessionParts, head_record: dict | None) -> str:
     cfg = session.cfg
     probe = session.splits.probe.fingerprint() if head_record and head_record["kind"] != "native" else None
     return config_hash({"identity": session.adapter.identity, "max_length": cfg.data.max_length,
@@ -213,12 +213,10 @@ def _unmodified_key(session: Session, head_record: dict | None) -> str:
                         "probe_c": cfg.evaluate.probe_c, "feed": cfg.evaluate.batch_size})
 
 
-def export_onnx(session: Session, folder: str | Path) -> dict[str, Any]:
+def export_onnx(session: SessionParts, folder: str | Path) -> dict[str, Any]:
     """Write ``folder/model.onnx`` for the rba export in ``folder`` (made by :func:`rba.export.export_model` from
     ``session``) and, once per model, ``folder/unmodified.onnx``; both checked in ONNX Runtime. Returns what
     ``onnx.json`` records."""
-    from rba.export import HEAD_ATTR, _fitted_head, load_export, read_recipe
-    from rba.session import maps_tag
 
     check_onnx_exportable(session.cfg)
     folder = Path(folder)
@@ -239,7 +237,8 @@ def export_onnx(session: Session, folder: str | Path) -> dict[str, Any]:
 
     meta_path = folder / ONNX_META
     old = _read_meta(meta_path)
-    base_head, base_record = _fitted_head(session, [], [], maps_tag(session.cfg.fit.kind, session.cfg.fit.mode))
+    base_head, base_record = session.evaluator.export_head([], [], maps_tag(session.cfg.fit.kind, session.cfg.fit.mode),
+                                                           class_names=session.dataset.classes)
     key = _unmodified_key(session, base_record)
     if old.get("unmodified_key") == key and _intact(folder, old, ONNX_UNMODIFIED):
         diffs["unmodified"] = old["max_rel_diff"]["unmodified"]  # the same model's: written once, kept

@@ -11,12 +11,20 @@ One verbosity for the whole process, set by the command line (:func:`configure`)
 Callers pass ``enabled`` (their ``progress`` switch: off for library calls that asked for silence, for
 tests and for Ray workers); output happens only when it is on and the level is above ``QUIET``.
 
+Two kinds of output: the progress display (bars, their plain-line form, per-trial lines) goes to stderr as tqdm
+does, by default from the Python API too; messages (a phase's summary, notes, warnings) are log records of the
+module's logger (``logging.getLogger(__name__)``, through :func:`info`, :func:`detail`, :func:`write`). The CLI
+gives the ``rba`` and ``search`` loggers a :class:`LineHandler` at the level of its verbosity
+(:data:`LOG_LEVELS`); from Python they follow your logging configuration (``logging.basicConfig(level="INFO",
+format="%(message)s")`` shows what the CLI shows; warnings show without one).
+
 Trial ETAs (:class:`Eta`) leave out the first trial, which carries warm-up and cache building: with two or
 more trials complete, the time per trial is the mean interval between completions since the first one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -24,10 +32,14 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-__all__ = ["QUIET", "NORMAL", "VERBOSE", "configure", "level", "verbose", "interactive", "write", "info", "detail",
-           "bar", "phase", "tick", "Eta", "TrialProgress", "format_duration", "LINE_INTERVAL_S"]
+__all__ = ["QUIET", "NORMAL", "VERBOSE", "LOG_LEVELS", "LineHandler", "configure", "level", "verbose", "interactive",
+           "write", "info", "detail", "bar", "phase", "tick", "Eta", "TrialProgress", "format_duration",
+           "LINE_INTERVAL_S"]
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
+#: the level of rba's and search's loggers at each verbosity (the CLI sets it)
+LOG_LEVELS = {QUIET: logging.WARNING, NORMAL: logging.INFO, VERBOSE: logging.DEBUG}
+_log = logging.getLogger(__name__)
 _level = NORMAL
 #: on a non-terminal, counted work prints a progress line at most this often (and always at the start)
 LINE_INTERVAL_S = 10.0
@@ -63,26 +75,44 @@ def interactive() -> bool:
         return False
 
 
-def write(msg: str) -> None:
-    """One line to stderr whatever the verbosity (warnings, failures), above any open bar on a terminal."""
+def _display(msg: str) -> None:
+    """One line on stderr (the current one), above any open bar on a terminal: the progress display's own lines
+    (bars' plain-line form without a terminal) and, through :class:`LineHandler`, the CLI's log lines."""
     if interactive():
         from tqdm import tqdm
 
         tqdm.write(msg, file=sys.stderr)  # above any open bar, which is redrawn below
     else:
-        print(msg, file=sys.stderr, flush=True)
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
 
 
-def info(msg: str, *, enabled: bool = True) -> None:
-    """One line to stderr, unless quiet (or ``enabled`` is off)."""
-    if enabled and _level > QUIET:
-        write(msg)
+class LineHandler(logging.Handler):
+    """Log records as plain lines on stderr, above any open progress bar: the handler the CLI gives rba's and
+    search's loggers (from Python, configure logging as you like, e.g. ``logging.basicConfig(level="INFO")``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _display(self.format(record))
+        except Exception:  # noqa: BLE001 -- logging's contract: a failing handler reports, never raises
+            self.handleError(record)
 
 
-def detail(msg: str, *, enabled: bool = True) -> None:
-    """One line to stderr with ``--verbose`` only (timings)."""
-    if enabled and _level >= VERBOSE:
-        write(msg)
+def write(msg: str, *, logger: logging.Logger | None = None) -> None:
+    """A warning or failure: shown whatever the verbosity (logged at WARNING)."""
+    (logger or _log).warning(msg)
+
+
+def info(msg: str, *, enabled: bool = True, logger: logging.Logger | None = None) -> None:
+    """A line as a phase ends (logged at INFO), unless ``enabled`` is off."""
+    if enabled:
+        (logger or _log).info(msg)
+
+
+def detail(msg: str, *, enabled: bool = True, logger: logging.Logger | None = None) -> None:
+    """A timing, for ``--verbose`` (logged at DEBUG), unless ``enabled`` is off."""
+    if enabled:
+        (logger or _log).debug(msg)
 
 
 def format_duration(seconds: float) -> str:
@@ -151,7 +181,7 @@ class _Progress:
 
     def _line(self) -> None:
         counted = f"{self._count()}, " if self.unit is not None else ""
-        write(f"{self.desc}: {counted}{format_duration(self.clock() - self.started)} so far")
+        _display(f"{self.desc}: {counted}{format_duration(self.clock() - self.started)} so far")
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -178,9 +208,10 @@ class _Progress:
             return
         counted = self._count() if self.unit is not None else ""
         if _level >= VERBOSE:
-            write(f"{self.desc}: {counted + ' ' if counted else ''}in {format_duration(self.clock() - self.started)}")
+            took = format_duration(self.clock() - self.started)
+            _display(f"{self.desc}: {counted + ' ' if counted else ''}in {took}")
         else:
-            write(f"{self.desc}: {counted or 'done'}")
+            _display(f"{self.desc}: {counted or 'done'}")
 
 
 def bar(total: int | None, desc: str, unit: str, *, enabled: bool = True, initial: int = 0) -> _Progress:
@@ -283,7 +314,7 @@ class TrialProgress:
             self._bar.set_postfix_str(self.eta.text())
             self._ticker = _Every(1.0, self._bar.refresh)  # the elapsed time moves during a long trial
         else:
-            write(f"{desc}: {initial} of {total} complete; {self.eta.text()}")
+            _display(f"{desc}: {initial} of {total} complete; {self.eta.text()}")
 
     def finished(self, number: int, complete: int, *, outcome: str, duration_s: float | None = None) -> None:
         """Trial ``number`` has ended (``outcome``: a few words, e.g. ``2-4: fidelity 0.95, flops_frac 0.8``);
@@ -299,7 +330,7 @@ class TrialProgress:
             if took:
                 self._bar.write(f"trial {number}{took}: {outcome}", file=sys.stderr)
         else:
-            write(f"trial {number}{took}: {outcome}; {complete} of {self.total} complete, {self.eta.text()}")
+            _display(f"trial {number}{took}: {outcome}; {complete} of {self.total} complete, {self.eta.text()}")
         self.n = complete
 
     def write(self, msg: str) -> None:
@@ -307,7 +338,7 @@ class TrialProgress:
         if self._bar is not None:
             self._bar.write(msg, file=sys.stderr)
         else:
-            print(msg, file=sys.stderr, flush=True)
+            _display(msg)
 
     def close(self) -> None:
         if self._ticker is not None:

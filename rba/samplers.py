@@ -13,7 +13,7 @@ from rba._registry import Registry
 
 __all__ = ["register_sampler", "list_samplers", "get_sampler_factory"]
 
-_SAMPLERS: Registry[Callable[[Any], Any]] = Registry("sampler")
+_SAMPLERS: Registry[Callable[[Any], Any]] = Registry("sampler", hint="Set [search] sampler to one of them")
 
 
 def register_sampler(name: str, factory: Callable[[Any], Any] | str) -> None:
@@ -26,8 +26,6 @@ def list_samplers() -> list[str]:
 
 
 def get_sampler_factory(name: str) -> Callable[[Any], Any]:
-    if name not in _SAMPLERS:
-        raise KeyError(_SAMPLERS.unknown(name))
     return _SAMPLERS.get(name)
 
 

@@ -21,23 +21,49 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import torch
 from torch import nn
 
-from rba.spans import Span
-from rba.capture import Statistics, add_products, centred, check_finite, iter_batches
 from rba.apply import span_module
+from rba.capture import check_finite, iter_batches
 from rba.errors import SpanError
 from rba.fit import SpanFit, fit_span, get_fit
+from rba.progress import bar as progress_bar
+from rba.spans import Span
+from rba.statistics import Statistics, add_products, centred
 
 if TYPE_CHECKING:
-    from rba.session import Session
+    from rba.adapters import Adapter
+    from rba.config import Config
+    from rba.data import Splits
 
 __all__ = ["SequentialFitter", "PrefixStatistics"]
 
 Prefix = tuple[Span, ...]
+
+
+class SessionParts(Protocol):
+    """What sequential fitting reads from a :class:`rba.session.Session` (which is built on this module, so it is
+    described here rather than imported)."""
+
+    @property
+    def cfg(self) -> Config: ...
+
+    @property
+    def adapter(self) -> Adapter: ...
+
+    @property
+    def splits(self) -> Splits: ...
+
+    @property
+    def stats(self) -> Statistics: ...
+
+    @property
+    def pairs(self) -> list[Span]: ...
+
+    def fit(self, span: Span, kind: str | None = None, *, refit: bool = False) -> SpanFit: ...
 
 
 @dataclass
@@ -71,7 +97,7 @@ class PrefixStatistics:
 class SequentialFitter:
     """Sequential fits and replacement modules for configurations of one :class:`~rba.session.Session`."""
 
-    def __init__(self, session: Session, *, memo_bytes: int = 1 << 30, progress: bool = False):
+    def __init__(self, session: SessionParts, *, memo_bytes: int = 1 << 30, progress: bool = False):
         self.session = session
         self.memo_bytes = memo_bytes
         self.progress = progress
@@ -150,8 +176,6 @@ class SequentialFitter:
     def _capture(self, prefix: Prefix, maps: Sequence[nn.Module]) -> PrefixStatistics:
         """One pass over the calibration split: the original network to every target boundary, and the
         network with ``prefix`` replaced from the prefix's first start to every later span start."""
-        from rba.progress import bar as progress_bar
-
         session = self.session
         adapter = session.adapter
         end = prefix[-1][1]
@@ -166,7 +190,7 @@ class SequentialFitter:
         dtype = {"float32": torch.float32, "float64": torch.float64}[session.cfg.capture.dtype]
         dev = adapter.device
         dims = session.stats.dims
-        # about the original statistics' centres, in the capture dtype (see rba.capture)
+        # about the original statistics' centres, in the capture dtype (see rba.statistics)
         center = {k: session.stats.center[k].to(dtype=dtype, device=dev) for k in set(starts) | target_set}
         gram = {i: torch.zeros(dims[i] + 1, dims[i] + 1, dtype=torch.float64, device=dev) for i in starts}
         sq = {i: torch.zeros((), dtype=torch.float64, device=dev) for i in starts}

@@ -7,8 +7,8 @@ adapter → splits → statistics (disk cache keyed by content hash) → fits �
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 import warnings
 from functools import cached_property
 from pathlib import Path
@@ -18,45 +18,32 @@ import torch
 from torch import nn
 
 from rba._io import atomic_write_json, atomic_write_text, package_versions
-from rba.progress import info, phase, tick
+from rba._names import HEAD_ATTR, config_hash, maps_tag
 from rba.adapters import Adapter, Span, check_weights_file, create_adapter
-from rba.capture import STATS_FORMAT, Statistics, capture_statistics
-from rba.config import Config, config_hash, load_config
-from rba.data import Dataset, Splits, check_data_paths, load_calibration_dataset, load_dataset, make_splits
-from rba.errors import CacheError, RBAError
 from rba.apply import span_module
-from rba.errors import ModelError
+from rba.capture import capture_statistics
+from rba.config import Config, load_config
+from rba.cost import CostModel
+from rba.data import Dataset, Splits, check_data_paths, load_calibration_dataset, load_dataset, make_splits
+from rba.errors import CacheError, ModelError, RBAError
+from rba.evaluate import Evaluator, SplitCache, SplitScores
+from rba.export import export_model, load_export
 from rba.fit import SpanFit, TrainSettings, fit_span, get_fit
+from rba.metrics import score_table
+from rba.onnx import onnx_speedup, onnx_state
+from rba.progress import info, phase, tick
+from rba.sequential import SequentialFitter
 from rba.spans import check_spans, format_spans, parse_spans
+from rba.statistics import STATS_FORMAT, Statistics
+from rba.timing import time_ms
+from rba.vectors import collect_vectors
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from rba.cost import CostModel
-    from rba.evaluate import Evaluator, SplitScores
+log = logging.getLogger(__name__)
 
 __all__ = ["Session"]
-
-RESULT_COLUMNS = ["spans", "accuracy", "fidelity", "flops", "flops_frac", "params", "params_frac", "latency_ms"]
-#: objective name -> (result column, direction). The search optimises these result columns, so their names
-#: live with the columns, and a config's ``search.objectives`` is validated without importing the search package.
-OBJECTIVES: dict[str, tuple[str, str]] = {
-    "accuracy": ("accuracy", "maximize"),
-    "fidelity": ("fidelity", "maximize"),
-    "flops": ("flops_frac", "minimize"),
-    "params": ("params_frac", "minimize"),
-    "latency": ("latency_ms", "minimize"),
-}
-
-
-def maps_tag(kind: str, mode: str) -> str:
-    """What the evaluator's prefix memo keys replacement modules by: maps differ by fit kind and mode."""
-    return f"{kind}/{mode}"
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
 
 class Session:
     """One config's model, data, statistics, fits, costs and evaluator, each built on first use.
@@ -155,7 +142,7 @@ class Session:
                 info(f"statistics: loaded cache {path}", enabled=self.progress)
                 return stats
             except CacheError as exc:
-                _log(f"rba: warning: {exc}; rebuilding it")
+                log.warning(f"rba: warning: {exc}; rebuilding it")
         stats = capture_statistics(
             self.adapter,
             self.splits.calibration.samples,
@@ -186,8 +173,6 @@ class Session:
                            max_span=self.cfg.search.max_span)
 
     def best_span(self) -> Span:
-        from rba.metrics import score_table
-
         table = score_table(self.stats, self.cfg.fit.ridge)
         row = table.loc[table["ls_residual"].idxmin()]
         return (int(row.start), int(row.end))
@@ -214,8 +199,6 @@ class Session:
         """Keep the bounded sample of calibration vectors (``fit.max_vectors`` per boundary) at the boundaries of
         ``spans`` that are not held yet: one forward pass over the first calibration samples for all of them,
         its memory printed and capped by ``capture.max_memory_gb`` counting what is already held."""
-        from rba.vectors import collect_vectors
-
         missing = sorted({k for span in spans for k in span} - set(self._vectors))
         if not missing:
             return
@@ -237,8 +220,6 @@ class Session:
     @cached_property
     def sequential(self):
         """Sequential fits (``[fit] mode = "sequential"``) of this session's configurations."""
-        from rba.sequential import SequentialFitter
-
         return SequentialFitter(self)
 
     def maps(self, spans: Sequence[Span], kind: str | None = None, mode: str | None = None) -> list[nn.Module]:
@@ -257,8 +238,6 @@ class Session:
     # ------------------------------------------------------------------ cost and evaluation
     @cached_property
     def cost_model(self) -> CostModel:
-        from rba.cost import CostModel
-
         if self._given_cost_model is not None:
             return self._given_cost_model
         what = "FLOPs and per-block latency" if self.measure_latency else "FLOPs"
@@ -269,8 +248,6 @@ class Session:
 
     @cached_property
     def evaluator(self) -> Evaluator:
-        from rba.evaluate import Evaluator
-
         e = self.cfg.evaluate
         starts = {i for i, _ in self.pairs}
         return Evaluator(self.adapter, self.splits, head=e.head, batch_size=e.batch_size, probe_c=e.probe_c,
@@ -301,16 +278,12 @@ class Session:
         return self.evaluator.per_sample(spans, maps, split=split, tag=maps_tag(kind, mode))
 
     def scores(self) -> pd.DataFrame:
-        """One row per valid span: ``start, end`` and every registered metric (br, cosine, cka, ls_residual)."""
-        from rba.metrics import score_table
-
+        """One row per valid span: ``start, end`` and one column per registered metric (:func:`rba.metrics.list_metrics`)."""
         return score_table(self.stats, self.cfg.fit.ridge)
 
     def export(self, spans: str | Sequence[Span], out: str | Path) -> Path:
         """Write ``out/model.safetensors`` and ``out/recipe.json`` for this configuration; reload it with
         :func:`rba.load_export`."""
-        from rba.export import export_model
-
         return export_model(self, self.check(spans), out)
 
     def clear_caches(self) -> None:
@@ -340,10 +313,6 @@ class Session:
 
         The export must come from this config's model and preprocessing: anything else is refused before any
         evaluation runs, naming both model identities."""
-        from rba.evaluate import SplitCache
-        from rba.export import HEAD_ATTR, load_export
-        from rba.timing import time_ms
-
         model = self.cfg.model
         trusted = model.kind == "module" and model.trust_code
         exported = load_export(folder, device=str(self.adapter.device), trust_code=trusted,
@@ -371,14 +340,13 @@ class Session:
         costs["params_frac"] = costs["params"] / self.cost_model.total_params
         costs["latency_ms"] = latency.median_ms
         result = {"spans": format_spans(spans)} | scores | costs
-        from rba.onnx import onnx_speedup, onnx_state
 
         state = onnx_state(folder)
         if state == "current":  # written by `rba export --format onnx`: ONNX Runtime latency of both, interleaved
             speed = onnx_speedup(folder, repeats=max(7, self.cfg.evaluate.latency_repeats))
             result |= {k: v for k, v in speed.items() if k.startswith("onnx_")}
         elif state == "stale":
-            _log(f"rba: note: {Path(folder) / 'model.onnx'} belongs to an earlier export into this folder: ONNX "
+            log.warning(f"rba: note: {Path(folder) / 'model.onnx'} belongs to an earlier export into this folder: ONNX "
                  "Runtime latency not measured (rerun `rba export … --format onnx`)")
         tick()  # one evaluation, for the phase that counts them (rba run's report)
         return result

@@ -9,13 +9,16 @@ vectors' representations row for row, so a span's (x_i, x_j) are paired. The mem
 
 from __future__ import annotations
 
-import sys
+import logging
 from typing import Any, Sequence
 
 import torch
 
 from rba.adapters import Adapter
+from rba.capture import boundary_vectors
 from rba.errors import DataError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["vectors_nbytes", "collect_vectors"]
 
@@ -31,8 +34,6 @@ def collect_vectors(adapter: Adapter, samples: Sequence[Any], boundaries: Sequen
                     what: str = "calibration") -> dict[int, torch.Tensor]:
     """{boundary: (n_k, D_k) float32 CPU tensor}: the vectors of the first ``samples`` at each of ``boundaries``,
     at most ``limit`` each. Refused before any forward pass when the sample could exceed ``max_memory_gb``."""
-    from rba.capture import boundary_vectors
-
     boundaries = sorted(set(boundaries))
     if not boundaries:
         return {}
@@ -44,7 +45,7 @@ def collect_vectors(adapter: Adapter, samples: Sequence[Any], boundaries: Sequen
         raise DataError(f"{msg} exceeds capture.max_memory_gb = {max_memory_gb}: lower fit.max_vectors, or raise "
                         "capture.max_memory_gb")
     if progress:
-        print(msg, file=sys.stderr, flush=True)
+        log.info(msg)
     kept: dict[int, list[torch.Tensor]] = {k: [] for k in boundaries}
     counts = dict.fromkeys(boundaries, 0)
     for _, vecs in boundary_vectors(adapter, samples, batch_size):

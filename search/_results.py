@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from pydantic import model_validator
 
+from rba._names import COST_COLUMNS
 from rba.config import config_hash
 from rba.errors import RBAError
 from rba.files import Record, atomic_path, read_record, read_table
@@ -69,10 +70,6 @@ def finish(ctx: StudyContext, study) -> SearchResult:
             "pareto.csv, pareto.png")
     return SearchResult(out=ctx.out, trials=trials, front=front, study_name=ctx.study_name,
                         storage=ctx.storage_url, identity=ctx.identity, context=ctx)
-
-
-#: cost columns (minimised), in the order the export rule looks for them (quality: search.objective.QUALITY)
-COST_COLUMNS = {"flops": "flops_frac", "params": "params_frac", "latency": "latency_ms"}
 
 
 def rule_columns(objectives: list[str]) -> tuple[str, str]:

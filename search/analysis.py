@@ -22,13 +22,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from rba._names import OBJECTIVES
 from search._optuna_private import compute_hypervolume
 
 __all__ = ["hypervolume", "span_count", "redundant_spans", "compare_methods", "best_quality_at",
            "prior_correlations", "multi_span", "search_cost", "feasible_rows", "front_members"]
 
 #: result columns that are maximised; every other objective column is minimised
-MAXIMISED = ("accuracy", "fidelity")
+MAXIMISED = tuple(spec.column for spec in OBJECTIVES.values() if spec.direction == "maximize")
 
 
 def span_count(spans: str) -> int:

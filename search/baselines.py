@@ -32,7 +32,7 @@ from typing import Sequence
 import pandas as pd
 
 from rba.spans import Span
-from rba.capture import Statistics
+from rba.statistics import Statistics
 
 __all__ = ["span_scores", "best_single_spans", "br_greedy", "shortgpt_order", "merge_runs",
            "sleb_order", "angular_distances", "gromov_spans", "random_lesions", "proxy_front", "proxy_layers",

@@ -32,19 +32,14 @@ from typing import Any, Sequence
 
 import torch
 
-from rba.spans import Span
+from rba._names import BUDGET_KEYS, OBJECTIVES, QUALITY, RESULT_COLUMNS, maps_tag
 from rba.errors import BudgetError, ConfigError
-from rba.session import OBJECTIVES, RESULT_COLUMNS
-from rba.spans import format_spans
+from rba.spans import Span, format_spans
 from search.baselines import proxy_front
 
 __all__ = ["Objective", "OBJECTIVES", "RESULT_COLUMNS", "BUDGET_KEYS", "QUALITY", "STOP_KEYS", "FrontPoint",
            "dominated_by"]
 
-#: budget name → SearchConfig field
-BUDGET_KEYS = {"flops": "budget_flops", "params": "budget_params", "latency": "budget_latency"}
-#: objectives estimated on the eval split (the others are exact, from the cost model)
-QUALITY = ("accuracy", "fidelity")
 #: what a result stopped early carries besides the result columns
 STOP_KEYS = ("stopped_early", "eval_fraction", "eval_samples", "accuracy_se", "fidelity_se")
 #: a front member as early stopping sees it: (trial number, {objective column: value})
@@ -85,8 +80,6 @@ class Objective:
 
     @property
     def tag(self) -> str:
-        from rba.session import maps_tag
-
         return maps_tag(self.kind, self.mode)
 
     def values(self, result: dict[str, Any]) -> list[float]:

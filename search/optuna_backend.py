@@ -12,17 +12,19 @@ stop once it has ``trials`` distinct COMPLETE configurations, so together they f
 
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 import time
 
-from rba.progress import TrialProgress
 from rba.errors import RBAError
+from rba.progress import TrialProgress
 from rba.spans import format_spans
 from search._optuna_private import heartbeat_thread_target
 from search._storage import first_heartbeat, worker_label
 from search.recording import (StudyContext, TrialFailure, complete_count, completed, enqueue_unseen, front_points,
                               record, record_duplicate, record_screened, trial_outcome)
+
+log = logging.getLogger(__name__)
 
 __all__ = ["run_optuna", "trial_function"]
 
@@ -110,7 +112,7 @@ def run_optuna(ctx: StudyContext, study, n: int) -> None:
             # a round of repeats enqueued new configurations: run them (at most 3 rounds in a row without progress)
             idle += 1
             if idle >= 3 or not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                print(f"search: a round of {missing} trials completed no new configuration; stopping", file=sys.stderr)
+                log.warning(f"search: a round of {missing} trials completed no new configuration; stopping")
                 break
     except KeyboardInterrupt:
         _stop_stray_heartbeats()

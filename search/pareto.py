@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from rba._names import COST_COLUMNS, OBJECTIVES, QUALITY
 from rba.files import atomic_path
 
 __all__ = ["TRIAL_COLUMNS", "trials_frame", "front_frame", "write_tables", "plot_front", "AXIS_LABELS"]
@@ -85,8 +86,8 @@ def write_tables(out: Path, trials: pd.DataFrame, front: pd.DataFrame) -> None:
 
 
 def _axes(objective_columns: Sequence[str]) -> tuple[str, str]:
-    costs = [c for c in objective_columns if c in ("flops_frac", "params_frac", "latency_ms")]
-    quality = [c for c in objective_columns if c in ("accuracy", "fidelity")]
+    costs = [c for c in objective_columns if c in COST_COLUMNS.values()]
+    quality = [c for c in objective_columns if c in (OBJECTIVES[o].column for o in QUALITY)]
     return (costs[0] if costs else "flops_frac"), (quality[0] if quality else "fidelity")
 
 

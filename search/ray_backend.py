@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,8 @@ from search._storage import worker_label
 from search.objective import RESULT_COLUMNS
 from search.recording import (DUPLICATE_ATTR, StudyContext, complete_count, completed, enqueue_unseen, log, needs_labels,
                               record, record_duplicate, record_screened, trial_outcome)
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["run_ray", "SharedState"]
 
@@ -353,8 +354,7 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
             bar.close()
             _DRIVER.pop(driver_key, None)
         if complete_count(study) < total:
-            print(f"search (ray): {complete_count(study)} of {total} trials complete (failures or timeout)",
-                  file=sys.stderr)
+            _log.warning(f"search (ray): {complete_count(study)} of {total} trials complete (failures or timeout)")
     finally:
         if started:
             ray.shutdown()

@@ -6,6 +6,7 @@ The study storage and the liveness of trials live in :mod:`search._storage`.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ import pandas as pd
 from rba.config import Config
 from search.objective import RESULT_COLUMNS, Objective
 from search.space import SpanSpace
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["StudyContext", "SearchResult", "TrialFailure", "needs_labels", "record", "record_screened",
            "record_duplicate", "complete_count", "completed", "enqueue_unseen", "resample", "DUPLICATE_ATTR", "STOPPED_ATTR",
@@ -68,9 +71,8 @@ class SearchResult:
 
 
 def log(msg: str) -> None:
-    from rba.progress import write
-
-    write(msg)  # above any open progress bar
+    """A line of the search's results (the front, where the files went): logged at INFO."""
+    _log.info(msg)
 
 
 def needs_labels(cfg: Config) -> bool | None:

@@ -27,7 +27,9 @@ import json
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from rba.files import refuse_other_work
 from rba.progress import info, phase
@@ -150,7 +152,6 @@ def open_study(ctx: StudyContext, sampler=None):
 
     from search._storage import recorded_storage, recover_abandoned, register_worker
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by the backends, in one line
     marker = ctx.out / "study.json"
     old = _read_marker(marker)
     if old is not None and old["identity"] != ctx.identity:
@@ -260,45 +261,60 @@ def run_search(cfg: Config, progress: bool = True, *, session=None, objective: O
     if cfg.search.early_stop and (cfg.search.backend == "ray" or ctx.method != "optuna"):
         info("search: early_stop applies to method optuna on the optuna backend; these trials run in full",
              enabled=progress)
-    sampler = make_sampler(cfg, ctx.method)
-    before = {p for p in _study_files(ctx) if p.exists()}
-    study = None
-    try:
-        study, fresh = open_study(ctx, sampler)
-        if cfg.search.backend == "ray":
-            _refuse_if_shared(ctx, study)
-        if cfg.search.screening:
-            from search.screening import Screen
-
-            ctx.screen = Screen(ctx.objective)
-            ctx.screen.seed([parse_spans(s) for s in _complete_spans(study)])
-        n = plan(ctx, study, fresh)
-        if not fresh:
-            info(f"resume: {complete_count(study)} of {ctx.total if ctx.method == 'optuna' else 'planned'} trials "
-                 f"complete; running {n} more", enabled=progress)
-        if n > 0:
-            # the cost model (FLOPs, per-block latency) and the evaluation caches (a forward pass over the eval and
-            # probe splits), built here with their own lines rather than inside the first trial, whose time would
-            # otherwise mislead the ETA (Ray's workers build their own caches)
-            ctx.session.cost_model  # noqa: B018
-            if cfg.search.backend != "ray":
-                ctx.session.evaluator  # noqa: B018
+    with _optuna_errors_only():
+        sampler = make_sampler(cfg, ctx.method)
+        before = {p for p in _study_files(ctx) if p.exists()}
+        study = None
+        try:
+            study, fresh = open_study(ctx, sampler)
             if cfg.search.backend == "ray":
-                from search.ray_backend import run_ray
+                _refuse_if_shared(ctx, study)
+            if cfg.search.screening:
+                from search.screening import Screen
 
-                run_ray(ctx, study, n, sampler)
-            else:
-                from search.optuna_backend import run_optuna
+                ctx.screen = Screen(ctx.objective)
+                ctx.screen.seed([parse_spans(s) for s in _complete_spans(study)])
+            n = plan(ctx, study, fresh)
+            if not fresh:
+                info(f"resume: {complete_count(study)} of {ctx.total if ctx.method == 'optuna' else 'planned'} trials "
+                     f"complete; running {n} more", enabled=progress)
+            if n > 0:
+                # the cost model (FLOPs, per-block latency) and the evaluation caches (a forward pass over the eval and
+                # probe splits), built here with their own lines rather than inside the first trial, whose time would
+                # otherwise mislead the ETA (Ray's workers build their own caches)
+                ctx.session.cost_model  # noqa: B018
+                if cfg.search.backend != "ray":
+                    ctx.session.evaluator  # noqa: B018
+                if cfg.search.backend == "ray":
+                    from search.ray_backend import run_ray
 
-                run_optuna(ctx, study, n)
-    except BaseException:
-        if study is not None and fresh and _never_ran(study):
-            _forget(ctx, study, keep=before)
-        raise
-    with phase("search: tables and front plot", enabled=progress):
-        result = finish(ctx, study)
+                    run_ray(ctx, study, n, sampler)
+                else:
+                    from search.optuna_backend import run_optuna
+
+                    run_optuna(ctx, study, n)
+        except BaseException:
+            if study is not None and fresh and _never_ran(study):
+                _forget(ctx, study, keep=before)
+            raise
+        with phase("search: tables and front plot", enabled=progress):
+            result = finish(ctx, study)
     result.wall_s = time.time() - t0
     return result
+
+
+@contextmanager
+def _optuna_errors_only() -> Iterator[None]:
+    """Optuna's own log at ERROR while a search runs (failed trials are reported by the backends, in one line),
+    and at the caller's level again afterwards."""
+    import optuna
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 def _study_files(ctx: StudyContext) -> list[Path]:

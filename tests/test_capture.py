@@ -6,7 +6,8 @@ import torch
 
 from conftest import TINY_MODELS, materialise, tiny_config, tiny_samples
 from rba.adapters import create_adapter
-from rba.capture import Statistics, StatisticsCollector, capture_statistics, check_finite, statistics_nbytes
+from rba.capture import capture_statistics, check_finite
+from rba.statistics import Statistics, StatisticsCollector, statistics_nbytes
 from rba.errors import CacheError, DataError
 
 

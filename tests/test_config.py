@@ -109,7 +109,7 @@ def test_registered_names_are_valid_config_values():
     from rba.adapters import list_adapters
     from rba.fit import list_fits
     from rba.samplers import list_samplers
-    from rba.session import OBJECTIVES
+    from rba._names import OBJECTIVES
 
     for kind in list_adapters():
         assert Config.from_dict({"model": {"kind": kind}}).model.kind == kind

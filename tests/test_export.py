@@ -40,6 +40,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from rba.errors import RBAError  # noqa: E402
 from rba.export import RECIPE_FORMAT, head_logits  # noqa: E402
+from rba._registry import FITS  # noqa: E402
 from rba.fit import list_fits  # noqa: E402
 from test_fit_plugins import translator  # noqa: E402,F401  (fixture: registers the test-only vector fit)
 from _helpers import assert_one_line_error, run_main, vit_sections, write_config  # noqa: E402
@@ -87,7 +88,8 @@ def test_unknown_fit_kind_in_a_recipe_is_one_line(tmp_path, capsys, translator, 
     from rba.config import load_config
 
     export_model(Session(load_config(cfg), progress=False), [(1, 3)], tmp_path / "exp", kind="test-translator")
-    monkeypatch.setattr(rba.fit, "_FITS", {k: v for k, v in rba.fit._FITS.items() if k != "test-translator"})
+    monkeypatch.setattr(FITS, "_targets", {k: v for k, v in FITS._targets.items() if k != "test-translator"})
+    monkeypatch.delitem(rba.fit._PLUGINS, "test-translator")
     rc, _, err = run_main(capsys, "evaluate", cfg, "--export", tmp_path / "exp", "--quiet")
     assert_one_line_error(rc, err, "unknown fit kind 'test-translator'")
 

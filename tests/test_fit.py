@@ -134,7 +134,7 @@ def test_sse_is_computed_when_first_read_and_travels_resolved():
     import dataclasses
     import pickle
 
-    from rba.capture import StatisticsCollector
+    from rba.statistics import StatisticsCollector
     from rba.fit import SpanFit
 
     rng = np.random.default_rng(4)

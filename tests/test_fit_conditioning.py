@@ -98,7 +98,7 @@ def test_neighbouring_decision_orders_the_tests(monkeypatch):
     """rank_deficient hands the nearest decided boundary's answer to the certificate: on Grams that are all deficient
     (LayerNorm-like, with the ones column) every boundary after the first takes one factorisation instead of two, and
     every decision still equals the eigen-analysis's."""
-    from rba.capture import Statistics
+    from rba.statistics import Statistics
     from rba.fit import rank_deficient
 
     rng = np.random.default_rng(2)
@@ -153,7 +153,7 @@ def test_fits_certify_from_their_own_inverse(monkeypatch):
     """Affine fits on LayerNorm-like boundaries (every [x, 1] exactly dependent): the conditioning check reuses the
     ridged inverse the fit computed, so each start boundary costs one factorisation (the fit's own), and the fit
     warns exactly where the eigen-analysis finds a ratio below the threshold."""
-    from rba.capture import Statistics
+    from rba.statistics import Statistics
 
     rng = np.random.default_rng(3)
     xs = []

@@ -14,7 +14,8 @@ from torch import nn
 
 import rba.fit
 from conftest import materialise, staged_forward, tiny_config
-from rba.errors import SpanError
+from rba._registry import FITS
+from rba.errors import SpanError, UnknownNameError
 from rba.fit import Fit, FitInput, SpanFit, fit_span, get_fit, list_fits, register_fit
 from rba.session import Session
 
@@ -69,7 +70,8 @@ class VectorTranslatorFit(Fit):
 @pytest.fixture
 def translator(monkeypatch):
     """``test-translator`` registered for this test only."""
-    monkeypatch.setattr(rba.fit, "_FITS", dict(rba.fit._FITS))
+    monkeypatch.setattr(FITS, "_targets", dict(FITS._targets))
+    monkeypatch.setattr(rba.fit, "_PLUGINS", dict(rba.fit._PLUGINS))
     register_fit("test-translator")(VectorTranslatorFit)
     return get_fit("test-translator")
 
@@ -84,7 +86,7 @@ def hand_translator(h: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor
 def test_registry_lists_finds_and_refuses():
     assert list_fits() == sorted(list_fits()) and {"affine", "linear", "identity"} <= set(list_fits())
     assert get_fit("affine").needs == "statistics" and not get_fit("affine").trained
-    with pytest.raises(SpanError, match="Did you mean 'affine'"):
+    with pytest.raises(UnknownNameError, match="Did you mean 'affine'"):
         get_fit("afine")
     with pytest.raises(ValueError, match="already registered"):
         register_fit("affine")(type(get_fit("affine")))

@@ -286,3 +286,18 @@ def test_a_plugin_that_fails_or_exits_at_import_is_skipped_with_one_warning(tmp_
     assert len(lines) == 2 and all(line.startswith("rba: warning: the plug-in ") for line in lines), r.stderr
     assert any("'rba_raising'" in line and "RuntimeError: no GPU driver found" in line for line in lines)
     assert any("'rba_exiting'" in line and "sys.exit(0)" in line for line in lines)
+
+
+def test_the_python_api_sees_installed_plugins_without_the_cli(plugin_env):
+    """Entry points load on the first registry lookup: a config naming the plug-in's model and fit kinds validates,
+    and a Session scores it, from Python alone (no rba.cli imported)."""
+    folder, env = plugin_env
+    cfg = folder / "api.toml"
+    cfg.write_text(dict_to_toml(sections("mean-shift")))
+    code = ("import sys, rba\n"
+            f"session = rba.Session(rba.load_config({str(cfg)!r}), progress=False)\n"
+            "result = session.evaluate('1-3')\n"
+            "print(result['spans'], 'rba.cli' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["1-3", "False"]

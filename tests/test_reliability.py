@@ -326,7 +326,7 @@ def _tmp_files(*folders: Path) -> list[Path]:
 
 def test_kill_during_capture_then_rerun_gives_the_same_statistics(tmp_path, capsys):
     from rba._io import _HOST
-    from rba.capture import Statistics
+    from rba.statistics import Statistics
 
     # an uninterrupted run (in-process)
     a = tmp_path / "a"
@@ -344,7 +344,7 @@ def test_kill_during_capture_then_rerun_gives_the_same_statistics(tmp_path, caps
     cfg_b = write_config(b / "study.toml", _scores_sections(b))
     with open(b / "stdout.txt", "w") as out, open(b / "stderr.txt", "w") as err_f:
         # each capture batch held for 0.2 s: the kill lands mid-capture on any machine
-        proc = subprocess.Popen([*slowed_cli("rba.capture", "StatisticsCollector.update", 0.2), "scores", str(cfg_b),
+        proc = subprocess.Popen([*slowed_cli("rba.statistics", "StatisticsCollector.update", 0.2), "scores", str(cfg_b),
                                  "--out", str(b / "out")], cwd=b, stdout=out, stderr=err_f, env=cli_env())
         try:
             done = 0
@@ -353,7 +353,7 @@ def test_kill_during_capture_then_rerun_gives_the_same_statistics(tmp_path, caps
                 nonlocal done
                 counts = re.findall(rf"(\d+)/{KILL_CALIBRATION}", (b / "stderr.txt").read_text())
                 done = max(map(int, counts), default=0)
-                return done > 0 or "statistics:" in (b / "stdout.txt").read_text()
+                return done > 0 or "statistics:" in (b / "stderr.txt").read_text()
 
             wait_for(capturing, timeout_s=240, proc=proc, interval_s=0.02)
             assert proc.poll() is None, "the run ended before it could be killed mid-capture:\n" + (b / "stderr.txt").read_text()
@@ -364,7 +364,7 @@ def test_kill_during_capture_then_rerun_gives_the_same_statistics(tmp_path, caps
                 proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert "statistics:" in (b / "stdout.txt").read_text()  # it was capturing
+    assert "statistics:" in (b / "stderr.txt").read_text()  # it was capturing
     assert _stats_files(b / "cache") == [], "a killed capture left statistics behind"
     assert not (b / "out" / "scores.csv").exists()
 
@@ -395,7 +395,7 @@ def test_kill_during_capture_then_rerun_gives_the_same_statistics(tmp_path, caps
 
 def test_truncated_cache_is_reported_and_rebuilt(tmp_path, capsys):
     """Run `rba scores`, truncate the statistics cache, rerun: one stderr line, the same scores.csv."""
-    from rba.capture import Statistics
+    from rba.statistics import Statistics
 
     cfg = write_config(tmp_path / "study.toml", vit_sections(tmp_path))
     rc, _, err = run_main(capsys, "scores", cfg, "--out", tmp_path / "out", "--quiet")
@@ -420,7 +420,7 @@ def test_truncated_cache_is_reported_and_rebuilt(tmp_path, capsys):
     ("sidecar-missing-field", "is inconsistent with its"),
 ])
 def test_damaged_statistics_cache_is_refused(tmp_path, damage, needle):
-    from rba.capture import Statistics
+    from rba.statistics import Statistics
     from rba.errors import CacheError
 
     stats = Statistics(dims=[2, 2], pairs=[(0, 1)], n=4, gram=[torch.eye(3, dtype=torch.float64) for _ in range(2)],

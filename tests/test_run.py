@@ -454,7 +454,7 @@ def test_rba_report_regenerates_the_report_without_the_model(study, tmp_path, mo
     def no_model(*args, **kwargs):
         raise AssertionError("rba report built a model")
 
-    monkeypatch.setattr("rba.adapters._registry._ADAPTERS.get", no_model)
+    monkeypatch.setattr("rba._registry.ADAPTERS.get", no_model)
     backend = matplotlib.get_backend()
     matplotlib.use("svg")
     try:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import materialise, tiny_vit_config
-from rba.capture import Statistics
+from rba.statistics import Statistics
 from rba.errors import CacheError
 from rba.session import Session
 
@@ -74,7 +74,7 @@ def _seeded_vit(tmp_path, seed: int):
     return tiny_vit_config(tmp_path, model={"options": {"seed": seed}})
 
 
-def test_foreign_cache_under_the_expected_name_is_rebuilt(tmp_path, capsys):
+def test_foreign_cache_under_the_expected_name_is_rebuilt(tmp_path, caplog):
     cache = tmp_path / "cache"
     a = Session(_seeded_vit(tmp_path, 1), progress=False)
     assert a.stats.n > 0
@@ -84,10 +84,9 @@ def test_foreign_cache_under_the_expected_name_is_rebuilt(tmp_path, capsys):
     assert expected != foreign
     shutil.copy(foreign, expected)
     shutil.copy(foreign.with_suffix(".safetensors.json"), expected.with_suffix(".safetensors.json"))
-    capsys.readouterr()
-
-    stats = b.stats
-    [line] = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    with caplog.at_level("WARNING", logger="rba"):  # the session's warning is a log record (the CLI prints it)
+        stats = b.stats
+    [line] = [r.getMessage() for r in caplog.records if "warning" in r.getMessage()]
     assert line.startswith(f"rba: warning: statistics cache {expected} was built for another request (its model differ")
     assert line.endswith("; rebuilding it")
     # the rebuilt statistics are b's model's: the Gram matrix of its materialised boundary-0 vectors

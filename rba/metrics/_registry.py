@@ -31,8 +31,6 @@ def list_metrics() -> list[str]:
 
 
 def get_metric(name: str) -> type[Metric]:
-    if name not in _METRICS:
-        raise KeyError(_METRICS.unknown(name))
     return _METRICS.get(name)
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from rba.spans import Span
-from rba.capture import Statistics
+from rba.statistics import Statistics
 from rba.fit import fit_span
 from rba.metrics._base import Metric
 

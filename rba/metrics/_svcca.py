@@ -8,7 +8,7 @@ import math
 import torch
 
 from rba._threads import single_thread
-from rba.capture import Statistics
+from rba.statistics import Statistics
 from rba.metrics._base import Metric
 from rba.spans import Span
 

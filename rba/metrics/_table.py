@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from rba.capture import Statistics
+from rba._io import atomic_path
 from rba.metrics._registry import get_metric, list_metrics
+from rba.statistics import Statistics
 
 __all__ = ["score_table", "plot_scores", "score_columns"]
 
@@ -32,10 +33,9 @@ def score_table(stats: Statistics, ridge: float = 1e-6) -> pd.DataFrame:
 
 def plot_scores(table: pd.DataFrame, path: str | Path, title: str = "") -> None:
     """Heatmaps of every score over (start, end): one panel per metric, spans outside the set left blank."""
-    from matplotlib.figure import Figure
     import numpy as np
+    from matplotlib.figure import Figure
 
-    from rba._io import atomic_path
 
     L = int(table["end"].max()) if len(table) else 1
     columns = [c for c in table.columns if c not in ("start", "end")]

@@ -7,7 +7,8 @@ import torch
 
 from conftest import TINY_MODELS, materialise, tiny_config, tiny_samples
 from rba.adapters import create_adapter
-from rba.capture import StatisticsCollector, capture_statistics
+from rba.capture import capture_statistics
+from rba.statistics import StatisticsCollector
 from rba.metrics import SVCCA, list_metrics, score_table
 
 

@@ -13,7 +13,7 @@ import torch
 from rba.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
-    from rba.adapters import Adapter
+    from rba.adapters._base import Adapter
 
 __all__ = ["resolve_device", "FORWARD_DTYPES", "set_forward_dtype"]
 
