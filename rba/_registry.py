@@ -67,8 +67,8 @@ def load_plugins() -> None:
         except BaseException as exc:  # SystemExit too: a plug-in that exits would end every command, exit 0
             what = (f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit)
                     else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
-            log.warning("the plug-in %r (%s, entry point group %s) failed to load (%s): skipped; fix or uninstall "
-                        "the package that provides it", ep.name, ep.value, PLUGIN_GROUP, what)
+            log.warning("rba: warning: the plug-in %r (%s, entry point group %s) failed to load (%s): skipped; fix or "
+                        "uninstall the package that provides it", ep.name, ep.value, PLUGIN_GROUP, what)
 
 
 class Registry(Generic[T]):

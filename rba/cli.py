@@ -590,16 +590,19 @@ def main(argv: list[str] | None = None) -> int:
     import functools
     import warnings
 
+    from rba import progress as _progress
+
+    restore_early = _log_to_stderr(_progress.NORMAL)  # a plug-in that fails to load while the parser is built warns
     try:
-        parser = build_parser()  # its help lists the registries' names, so plug-ins load first (a broken one fails here)
+        parser = build_parser()  # its help lists the registries' names, so plug-ins load first
     except RBAError as exc:
         print(f"rba: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2
+    finally:
+        restore_early()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # named by the subcommand, whose --help lists what it takes
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    from rba import progress as _progress
-
     if getattr(args, "quiet", False):
         _quiet_libraries()
     elif not _progress.interactive():

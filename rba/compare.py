@@ -176,7 +176,7 @@ def _finished_rows(session, out: Path, kinds: Sequence[str]) -> tuple[dict[str, 
     found_sums = _row_sums(text)
     trusted = {span for span, digest in found_sums.items() if sums.get(span) == digest}
     if set(found_sums) - trusted:
-        log.warning("%s: the rows of span(s) %s do not match their checksums in compare.json (edited, or written by "
+        log.warning("rba: warning: %s: the rows of span(s) %s do not match their checksums in compare.json (edited, or written by "
                     "an earlier rba): not reused; they are computed again when asked for", out / "fits.csv",
                     ", ".join(sorted(set(found_sums) - trusted)))
     done = {}

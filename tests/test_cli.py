@@ -177,7 +177,7 @@ def test_usage_errors_are_one_line_exit_2(argv, needle, capsys):
 
 def test_ls_lists_every_registry(rba_in):
     out = {what: rba_in("ls", what, cwd=ROOT).stdout.splitlines() for what in ("adapters", "fits", "metrics", "samplers")}
-    assert out == {"adapters": ["efficientnet-lite", "huggingface", "module", "sentence-transformers", "timm",
+    assert out == {"adapters": ["causal-lm", "efficientnet-lite", "huggingface", "module", "sentence-transformers", "timm",
                                 "torchvision"],
                    "fits": ["affine", "identity", "linear", "mlp (trained)", "res-mlp (trained)"],
                    "metrics": ["br", "cosine", "cka", "ls_residual", "svcca"],

@@ -21,10 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[tuple[str, list[str]]] = [
     ("errors, spans, config schema, shared names and registries", [
         "rba.errors", "rba.spans", "rba.config", "rba._names", "rba._registry", "rba.methods", "rba.samplers",
-        "rba._io", "rba.files", "rba._threads", "rba._stats", "rba.timing", "rba.progress", "rba.compat"]),
+        "rba._io", "rba._folders", "rba._records", "rba.files", "rba._threads", "rba._stats", "rba.timing", "rba.progress",
+        "rba.compat"]),
     ("statistics, metrics, fits (no adapters, no models)", [
         "rba.statistics", "rba.metrics", "rba.metrics.*", "rba.fit", "rba._translators", "rba._modules"]),
-    ("adapters, data", ["rba.adapters", "rba.adapters.*", "rba.data", "rba.datasets"]),
+    ("adapters, data", ["rba.adapters", "rba.adapters.*", "rba.data", "rba.datasets", "rba.models"]),
     ("capture, apply, evaluate, cost, export", [
         "rba.capture", "rba.vectors", "rba.apply", "rba.evaluate", "rba.cost", "rba.sequential", "rba.export",
         "rba.onnx", "rba.compare"]),

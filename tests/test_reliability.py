@@ -59,11 +59,12 @@ ROWS = [
     pytest.param(lambda f, a: vit_sections(f, model={"name": "vit_tiny_patch16_22"}), ["scores"],
                  ["unknown timm model 'vit_tiny_patch16_22'. Did you mean 'vit_tiny_patch16_224'"],
                  id="timm-name-typo"),
-    pytest.param(lambda f, a: text_sections(f, model={"kind": "sentence-transformers", "name": "all-MiniLM-L6-v3",
-                                                      "pretrained": True}), ["scores"],
+    pytest.param(lambda f, a: _with_texts(f, text_sections(f, model={"kind": "sentence-transformers",
+                                                                     "name": "all-MiniLM-L6-v3", "pretrained": True})),
+                 ["scores"],
                  ["unknown sentence-transformers model 'all-MiniLM-L6-v3'. Did you mean 'all-MiniLM-L6-v2'?",
                   "nothing is downloaded"], id="sentence-transformers-unknown-name"),
-    pytest.param(lambda f, a: text_sections(f, model={"name": "tiny-bret"}), ["scores"],
+    pytest.param(lambda f, a: _with_texts(f, text_sections(f, model={"name": "tiny-bret"})), ["scores"],
                  ["unknown huggingface model 'tiny-bret'. Did you mean 'tiny-bert'?"], id="huggingface-unknown-name"),
     # weights
     pytest.param(lambda f, a: vit_sections(f, model={"pretrained": True, "weights": "missing.safetensors"}),
@@ -116,6 +117,13 @@ ROWS = [
     pytest.param(lambda f, a: vit_sections(f, data={"kind": "npz", "path": "images.npz"}), ["scores"],
                  ["data path not found:", "images.npz"], id="data-npz-missing"),
 ]
+
+
+def _with_texts(folder, sections: dict) -> dict:
+    """``sections`` with the texts.csv they name written (input paths are checked first: only the model is wrong)."""
+    pd.DataFrame({"text": [f"a short text number {k}" for k in range(24)], "label": [k % 2 for k in range(24)]}) \
+        .to_csv(folder / "texts.csv", index=False)
+    return sections
 
 
 @pytest.mark.parametrize("make,argv,needles", ROWS)
