@@ -203,11 +203,11 @@ def _positions(h: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- builders
+@_offline
 def build_causal_lm(cfg) -> Adapter:
     """``[model] kind = "causal-lm"``: a local transformers folder, a ``.gguf`` file, ``SmolLM2-135M-Instruct``
     (from the rba cache), or a tiny random test model."""
     m = cfg.model
-    _offline()
     options, seed = split_seed(m.options)
     identity: dict[str, Any] = {"kind": m.kind, "name": m.name, "options": options}
     if m.name in TINY_CAUSAL_LMS:
