@@ -413,8 +413,8 @@ class Naive:
         parts: list[list[np.ndarray]] = [[] for _ in range(a.num_blocks + 1)]
         for _, chunk in iter_batches(samples, batch_size or self.batch_size):
             h, ctx = a.embed(a.collate(chunk))
-            for k, h in a.boundaries(h, ctx):
-                v = a.vectors(h, ctx).to(self.dtype)
+            for k, state in a.boundaries(h, ctx):
+                v = a.vectors(state, ctx).to(self.dtype)
                 parts[k].append(v.numpy().copy() if v.device.type == "cpu" else v.clone())
         self.states = []
         for k in range(len(parts)):

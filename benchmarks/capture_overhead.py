@@ -26,7 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 
 
@@ -40,11 +39,9 @@ def cpu_timed(fn) -> tuple[float, float]:
 
 def measure(label: str, cfg, *, max_span: int | None, batch_sizes, repeats: int, dtypes=("float32",),
             profile: bool = False) -> list[dict]:
-    from rba.capture import capture_statistics, iter_batches
-    from rba.statistics import statistics_nbytes
+    from rba.capture import capture_statistics, iter_batches, length_order
     from rba.session import Session
-
-    from rba.capture import length_order
+    from rba.statistics import statistics_nbytes
 
     session = Session(cfg, need_labels=False, progress=False, measure_latency=False)
     adapter = session.adapter
@@ -121,10 +118,9 @@ def precision(label: str, cfg, *, boundary: int, deltas, batch_size: int) -> lis
     import numpy as np
 
     from rba.capture import boundary_vectors, length_order
-
-    from rba.statistics import Statistics, StatisticsCollector
     from rba.metrics import LSResidual
     from rba.session import Session
+    from rba.statistics import Statistics, StatisticsCollector
 
     session = Session(cfg, need_labels=False, progress=False, measure_latency=False)
     samples = session.splits.calibration.samples
@@ -205,7 +201,6 @@ def main() -> None:
             cfg = C.vit_config(cache, depth=4, width=32, heads=2, image_size=32, patch=8, calibration=64, eval=0)
             rows += measure("tiny ViT", cfg, max_span=None, batch_sizes=[32], repeats=1)
             rows += measure("tiny ViT", cfg, max_span=2, batch_sizes=[32], repeats=1)
-            minilm = vit12 = vit4 = None
         else:
             reps = args.repeats or 3
             if "minilm" not in args.skip:

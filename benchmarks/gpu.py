@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import capture_overhead  # noqa: E402
 import per_trial  # noqa: E402
-
 import torch  # noqa: E402
 
 #: the tiny model of ``--quick`` (numbers meaningless: a smoke test of the code path)

@@ -19,7 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -65,7 +64,7 @@ def bench(label: str, cfg, *, random_configs: int, repeats: int) -> list[dict]:
             adapter.forward(batch), exported.forward(batch)  # warm-up
             for _ in range(repeats):
                 t_base.append(C.timed(lambda: adapter.forward(batch))[0])
-                t_exp.append(C.timed(lambda: exported.forward(batch))[0])
+                t_exp.append(C.timed(lambda exported=exported: exported.forward(batch))[0])
             base_ms = C.median(t_base) * 1000 / bs
             exp_ms = C.median(t_exp) * 1000 / bs
             pred = cm.cost(spans)["latency_ms"]

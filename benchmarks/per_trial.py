@@ -26,7 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -140,7 +139,7 @@ def bench_model(label: str, cfg, *, n_configs: int, lstsq_spans: int | None, see
     setup["rba_capture_s"], stats = C.timed(lambda: session.stats)
     if n_configs:
         setup["rba_cache_probe_eval_s"], _ = C.timed(lambda: session.evaluator)
-        session.cost_model  # FLOP counting, once (not part of a trial)
+        _ = session.cost_model  # FLOP counting, once (not part of a trial)
     naive = C.Naive(adapter, splits, ridge=cfg.fit.ridge, batch_size=cfg.capture.batch_size)
     setup["naive_materialise_s"], _ = C.timed(naive.materialise)
     setup["naive_states_mb"] = naive.nbytes() / 2**20

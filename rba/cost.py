@@ -120,7 +120,7 @@ class CostModel:
         embed_flops = _count_flops(run_embed)
         ctx = holder["ctx"]
         states = [h for _, h in adapter.boundaries(holder["h"], ctx)]
-        block_flops = [_count_flops(lambda: adapter.run_block(k, states[k], ctx)) for k in range(L)]
+        block_flops = [_count_flops(lambda k=k: adapter.run_block(k, states[k], ctx)) for k in range(L)]
         h = states[-1]
 
         def run_head():
@@ -153,7 +153,7 @@ class CostModel:
         h, ctx = adapter.embed(batch)
         embed_ms = time_ms(lambda: adapter.embed(batch), repeats=repeats).median_ms
         states = [h for _, h in adapter.boundaries(h, ctx)]
-        block_ms = [time_ms(lambda: adapter.run_block(k, states[k], ctx), repeats=repeats).median_ms
+        block_ms = [time_ms(lambda k=k: adapter.run_block(k, states[k], ctx), repeats=repeats).median_ms
                     for k in range(adapter.num_blocks)]
         h = states[-1]
         head_ms = time_ms(lambda: adapter.logits(adapter.pool(h, ctx)), repeats=repeats).median_ms
@@ -162,7 +162,7 @@ class CostModel:
             if d not in maps:
                 m = SpanMap(d, d, layout=adapter.layout).to(states[k].device, states[k].dtype)
                 s = states[k]
-                maps[d] = time_ms(lambda: m(s), repeats=repeats).median_ms
+                maps[d] = time_ms(lambda m=m, s=s: m(s), repeats=repeats).median_ms
         self.base_latency_ms = embed_ms + head_ms
         self.block_latency_ms = block_ms
         self.map_latency_table = maps

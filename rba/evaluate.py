@@ -60,9 +60,9 @@ class SplitCache:
             for _, chunk in iter_batches(samples, batch_size):
                 kept = {}
                 h, ctx = adapter.embed(adapter.collate(chunk))
-                for k, h in adapter.boundaries(h, ctx):
+                for k, state in adapter.boundaries(h, ctx):
                     if k in keep:
-                        kept[k] = h
+                        kept[k] = state
                 check_finite(h, L, f"{name} split")
                 contexts.append(ctx)
                 states.append(kept)
@@ -424,11 +424,12 @@ class SpanForward:
         for b in batches:
             h = self.states[name][b] if self.states is not None else part.states[b][self.boundary]
             ctx = part.contexts[b]
-            for k, h in self.ev.adapter.boundaries(h, ctx, start=self.boundary, replace=self.replace):
+            state = h
+            for k, state in self.ev.adapter.boundaries(h, ctx, start=self.boundary, replace=self.replace):
                 idx = self._span_ends.get(k)
                 if idx is not None and idx + 1 > self.start_s:  # the state after span idx: memo of that prefix
-                    self._new_memo.setdefault((self.tag, tuple(self.spans[: idx + 1])), {}).setdefault(name, {})[b] = h
-            out.append(self.ev.adapter.pool(h, ctx).float())
+                    self._new_memo.setdefault((self.tag, tuple(self.spans[: idx + 1])), {}).setdefault(name, {})[b] = state
+            out.append(self.ev.adapter.pool(state, ctx).float())
             self._done[name].add(b)
         return torch.cat(out) if out else part.pooled[:0]
 

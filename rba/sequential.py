@@ -207,11 +207,11 @@ class SequentialFitter:
                 h, ctx = adapter.embed(adapter.collate(chunk))
                 original: dict[int, torch.Tensor] = {}
                 start_state = h
-                for k, h in adapter.boundaries(h, ctx, stop=max(targets)):
+                for k, state in adapter.boundaries(h, ctx, stop=max(targets)):
                     if k == first:
-                        start_state = h
+                        start_state = state
                     if k in target_set:
-                        original[k] = centred(adapter.vectors(h, ctx).to(dtype), center[k])
+                        original[k] = centred(adapter.vectors(state, ctx).to(dtype), center[k])
                 # the modified network, from the prefix's first start to the last span start after it
                 modified: dict[int, torch.Tensor] = {}
                 for k, h in adapter.boundaries(start_state, ctx, start=first, stop=starts[-1], replace=replace):

@@ -6,8 +6,8 @@ only when a study runs.
 """
 
 from search.objective import OBJECTIVES, RESULT_COLUMNS, Objective
-from search.space import SpanSpace
 from search.recording import SearchResult
+from search.space import SpanSpace
 from search.study import run_search, run_study
 
 __all__ = ["run_search", "run_study", "SearchResult", "Objective", "SpanSpace", "OBJECTIVES", "RESULT_COLUMNS"]

@@ -37,8 +37,8 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 
-from rba.files import pid_alive
 from rba.errors import ConfigError, RBAError
+from rba.files import pid_alive
 
 __all__ = ["StorageError", "open_storage", "storage_error", "heartbeat_interval", "worker_label", "live_trials",
            "abandoned_trials", "recover_abandoned", "recorded_storage", "register_worker", "first_heartbeat", "HEARTBEAT_ENV", "RERUNS",

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rba.files import FolderError, identity_diff
-from rba.files import refusal as _refusal
 from rba.config import Config
 from rba.data import data_identity
+from rba.files import FolderError, identity_diff
+from rba.files import refusal as _refusal
 from rba.fit import get_fit
 
 __all__ = ["IDENTITY_ATTR", "IdentityError", "study_identity", "identity_diff", "refusal"]

@@ -21,8 +21,18 @@ from rba.progress import TrialProgress
 from rba.spans import format_spans
 from search._optuna_private import heartbeat_thread_target
 from search._storage import first_heartbeat, worker_label
-from search.recording import (StudyContext, TrialFailure, complete_count, completed, enqueue_unseen, front_points,
-                              record, record_duplicate, record_screened, trial_outcome)
+from search.recording import (
+    StudyContext,
+    TrialFailure,
+    complete_count,
+    completed,
+    enqueue_unseen,
+    front_points,
+    record,
+    record_duplicate,
+    record_screened,
+    trial_outcome,
+)
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,19 @@ from rba.errors import RBAError
 from rba.spans import format_spans
 from search._storage import worker_label
 from search.objective import RESULT_COLUMNS
-from search.recording import (DUPLICATE_ATTR, StudyContext, complete_count, completed, enqueue_unseen, log, needs_labels,
-                              record, record_duplicate, record_screened, trial_outcome)
+from search.recording import (
+    DUPLICATE_ATTR,
+    StudyContext,
+    complete_count,
+    completed,
+    enqueue_unseen,
+    log,
+    needs_labels,
+    record,
+    record_duplicate,
+    record_screened,
+    trial_outcome,
+)
 
 _log = logging.getLogger(__name__)
 

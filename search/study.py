@@ -31,13 +31,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from rba.files import refuse_other_work
-from rba.progress import info, phase
 from rba.config import Config, config_hash
 from rba.errors import ConfigError, RBAError
-from rba.files import atomic_path, atomic_write_json
-from rba.spans import format_spans, parse_spans
+from rba.files import atomic_path, atomic_write_json, refuse_other_work
 from rba.methods import get_method
+from rba.progress import info, phase
+from rba.spans import format_spans, parse_spans
 from search.baselines import span_scores
 from search.identity import IDENTITY_ATTR, IdentityError, refusal, study_identity
 from search.objective import Objective
@@ -174,9 +173,9 @@ def open_study(ctx: StudyContext, sampler=None):
         old = _stored_identity(study)
         if old is None:
             raise IdentityError(f"storage {ctx.storage_url} already holds a study {ctx.study_name!r} that rba did not "
-                                "create: choose another --study-name or --storage")
+                                "create: choose another --study-name or --storage") from None
         if old != ctx.identity:
-            raise refusal(f"study {ctx.study_name!r} in {ctx.storage_url}", old, ctx.identity)
+            raise refusal(f"study {ctx.study_name!r} in {ctx.storage_url}", old, ctx.identity) from None
     atomic_write_json(marker, {"identity": ctx.identity, "identity_hash": config_hash(ctx.identity),
                                "study_name": ctx.study_name, "storage": recorded_storage(ctx.cfg.search.storage)})
     register_worker(study)

@@ -193,3 +193,18 @@ def rba_many(*argvs, cwd, env, timeout=300):
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [subprocess.CompletedProcess(argv, code, out, err) for argv, (code, out, err) in
             zip(argvs, json.loads(proc.stdout))]
+
+
+@pytest.fixture
+def translator(monkeypatch):
+    """``test-translator`` (tests/_fit_helpers.py) registered for this test only."""
+    from _fit_helpers import VectorTranslatorFit
+
+    import rba.fit
+    from rba._registry import FITS
+    from rba.fit import get_fit, register_fit
+
+    monkeypatch.setattr(FITS, "_targets", dict(FITS._targets))
+    monkeypatch.setattr(rba.fit, "_PLUGINS", dict(rba.fit._PLUGINS))
+    register_fit("test-translator")(VectorTranslatorFit)
+    return get_fit("test-translator")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from test_cli import TOML as CLI_TOML
 
 import rba
-from test_cli import TOML as CLI_TOML
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_MODELS, materialise, tiny_config, tiny_samples
+
 from rba.adapters import create_adapter
 from rba.capture import capture_statistics, check_finite
-from rba.statistics import Statistics, StatisticsCollector, statistics_nbytes
 from rba.errors import CacheError, DataError
+from rba.statistics import Statistics, StatisticsCollector, statistics_nbytes
 
 
 @pytest.fixture(params=list(TINY_MODELS))

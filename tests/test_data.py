@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _helpers import assert_nothing_written, assert_one_line_error, run_main, text_sections, vit_sections, write_config
 from PIL import Image
-
-from _helpers import assert_nothing_written, assert_one_line_error, run_main, text_sections, vit_sections, \
-    write_config
 
 SPLITS = {"calibration": 4, "probe": 4, "eval": 4}
 

@@ -11,7 +11,6 @@ import tarfile
 
 import numpy as np
 import pytest
-
 from _helpers import assert_one_line_error, run_main
 
 PER_BATCH = 3

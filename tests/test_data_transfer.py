@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from _helpers import assert_nothing_written, assert_one_line_error, run_main, vit_sections, write_config
 
 N_EVAL, N_CAL = 16, 8  # target.npz: calibration 8 (unused in a transfer) + probe 4 + eval 4

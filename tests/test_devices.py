@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import materialise, staged_forward, tiny_config, tiny_samples
 from torch import nn
 
-from conftest import materialise, staged_forward, tiny_config, tiny_samples
 from rba.adapters import create_adapter
 from rba.capture import capture_statistics
 from rba.cli import main as cli_main

@@ -11,7 +11,6 @@ import errno
 import os
 
 import pytest
-
 from _helpers import assert_one_line_error, run_main, vit_sections, write_config
 
 

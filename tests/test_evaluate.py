@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import staged_forward, tiny_vit_config
+
 from rba.apply import replaced
 from rba.session import Session
 

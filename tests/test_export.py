@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from rba.apply import replaced
 from rba.export import export_model, load_export
 from rba.session import Session
@@ -36,14 +36,13 @@ def test_export_reloads_and_reproduces(tmp_path, model, text):
 
 
 # ---------------------------------------------------------------------- recipe format 2
+from _helpers import assert_one_line_error, run_main, vit_sections, write_config  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from rba._registry import FITS  # noqa: E402
 from rba.errors import RBAError  # noqa: E402
 from rba.export import RECIPE_FORMAT, head_logits  # noqa: E402
-from rba._registry import FITS  # noqa: E402
 from rba.fit import list_fits  # noqa: E402
-from test_fit_plugins import translator  # noqa: E402,F401  (fixture: registers the test-only vector fit)
-from _helpers import assert_one_line_error, run_main, vit_sections, write_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")

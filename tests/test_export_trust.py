@@ -15,11 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from _helpers import TOY_DIR, assert_one_line_error, cli_env, run_main, toy_sections, vit_sections, write_config
 
 from rba.errors import RBAError
 from rba.export import load_export
-from _helpers import (TOY_DIR, assert_one_line_error, cli_env, run_main, toy_sections, vit_sections,
-                              write_config)
 
 # A module whose import alone, and whose factory, leave a marker file: it must never be imported.
 MARKER_MODULE = '''

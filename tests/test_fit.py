@@ -5,9 +5,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODELS, materialise, ridge_lstsq, tiny_config, tiny_samples
 from torch import nn
 
-from conftest import TINY_MODELS, materialise, ridge_lstsq, tiny_config, tiny_samples
 from rba.adapters import create_adapter
 from rba.capture import capture_statistics
 from rba.fit import RankDeficientWarning, fit_span
@@ -134,8 +134,8 @@ def test_sse_is_computed_when_first_read_and_travels_resolved():
     import dataclasses
     import pickle
 
-    from rba.statistics import StatisticsCollector
     from rba.fit import SpanFit
+    from rba.statistics import StatisticsCollector
 
     rng = np.random.default_rng(4)
     x = rng.standard_normal((500, 6)) + 2.0

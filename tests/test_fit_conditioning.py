@@ -68,9 +68,9 @@ def test_layernorm_like_gram_is_certified_without_eigen_analysis(monkeypatch):
 def test_fit_warning_follows_the_certificate(tmp_path, images):
     """On real statistics (a tiny ViT, one block collapsed to 3 dimensions): the fit warns exactly where the full
     eigen-analysis finds a ratio below the threshold."""
+    from conftest import tiny_config
     from torch import nn
 
-    from conftest import tiny_config
     from rba.adapters import create_adapter
     from rba.capture import capture_statistics
 
@@ -98,12 +98,12 @@ def test_neighbouring_decision_orders_the_tests(monkeypatch):
     """rank_deficient hands the nearest decided boundary's answer to the certificate: on Grams that are all deficient
     (LayerNorm-like, with the ones column) every boundary after the first takes one factorisation instead of two, and
     every decision still equals the eigen-analysis's."""
-    from rba.statistics import Statistics
     from rba.fit import rank_deficient
+    from rba.statistics import Statistics
 
     rng = np.random.default_rng(2)
     grams, truth = [], []
-    for k in range(4):
+    for _ in range(4):
         z = rng.standard_normal((2000, 24))
         z -= z.mean(1, keepdims=True)
         x = z * rng.uniform(0.5, 2, 24) + rng.standard_normal(24)

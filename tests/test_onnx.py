@@ -11,15 +11,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
+from _helpers import assert_one_line_error, run_main, vit_sections, write_config
 from conftest import tiny_config, tiny_samples
+
 from rba.config import load_config
 from rba.export import head_logits, load_export
 from rba.onnx import MAX_REL_DIFF, export_onnx
 from rba.session import Session
 from search._measure import measure_export
 from search._render import _onnx_lines
-from _helpers import assert_one_line_error, run_main, vit_sections, write_config
 
 
 def _rel(got, want) -> float:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import tiny_config
+
 from rba.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import rba_many
+
 from rba.config import dict_to_toml
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import USER_MODELS_DIR
+
 from rba.models import MODELS_DIR_ENV, model_file
 
 pytestmark = [

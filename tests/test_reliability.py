@@ -25,12 +25,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
-from _helpers import (assert_nothing_written, assert_one_line_error, cli_env, run_main, text_sections, toy_sections,
-                      vit_sections, write_config)
+from _helpers import (
+    assert_nothing_written,
+    assert_one_line_error,
+    cli_env,
+    run_main,
+    text_sections,
+    toy_sections,
+    vit_sections,
+    write_config,
+)
 from conftest import rba_many, slowed_cli, wait_for
-from rba.cli import main
 
+from rba.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -428,8 +435,8 @@ def test_truncated_cache_is_reported_and_rebuilt(tmp_path, capsys):
     ("sidecar-missing-field", "is inconsistent with its"),
 ])
 def test_damaged_statistics_cache_is_refused(tmp_path, damage, needle):
-    from rba.statistics import Statistics
     from rba.errors import CacheError
+    from rba.statistics import Statistics
 
     stats = Statistics(dims=[2, 2], pairs=[(0, 1)], n=4, gram=[torch.eye(3, dtype=torch.float64) for _ in range(2)],
                        cross={(0, 1): torch.ones(3, 2, dtype=torch.float64)}, cos_sum={(0, 1): 1.0}, key="k")

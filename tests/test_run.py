@@ -742,10 +742,11 @@ def test_the_test_split_numbers_and_the_paired_tests(study):
     assert [(t["comparison"], t["budget"]) for t in table] == [(c, b) for c, b, _, _ in expected for _ in range(2)]
     rng = np.random.default_rng(1)
     pvalues = []
-    for (comparison, budget, a, b), (acc, fid) in zip(expected, zip(table[::2], table[1::2], strict=True),
+    for (_comparison, _budget, a, b), (acc, fid) in zip(expected, zip(table[::2], table[1::2], strict=True),
                                                       strict=True):
         ra, rb = rows[a if a[1] != "none" else ("affine", "none")], rows[b]
-        label = (lambda k, sp: "unmodified" if sp == "none" else f"{sp} ({k})")
+        def label(k, sp):
+            return "unmodified" if sp == "none" else f"{sp} ({k})"
         assert (acc["A"], acc["B"], fid["A"], fid["B"]) == (label(*a), label(*b), label(*a), label(*b))
         assert acc["quality"] == "accuracy" and fid["quality"] == "fidelity"
         p_acc = _exact_mcnemar(correct[ra], correct[rb])

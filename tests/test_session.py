@@ -6,11 +6,11 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import materialise, tiny_vit_config
-from rba.statistics import Statistics
+
 from rba.errors import CacheError
 from rba.session import Session
+from rba.statistics import Statistics
 
 
 def _stats_files(folder):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import staged_forward, tiny_vit_config
+
 from rba.data import load_dataset, make_splits
 from rba.errors import ConfigError
 from rba.evaluate import LinearProbe

@@ -118,6 +118,7 @@ def test_the_cost_model_times_every_part_through_the_timer(tmp_path, monkeypatch
     """Every latency of the cost model's table is a synchronised, warmed-up median of at least FAST_REPEATS runs
     (tiny blocks are fast): counted through the synchronisation hook."""
     from conftest import tiny_vit_config
+
     from rba.cost import CostModel
     from rba.session import Session
 

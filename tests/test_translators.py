@@ -11,15 +11,14 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import materialise, ridge_lstsq, staged_forward, tiny_config
 from torch import nn
 
-from conftest import materialise, ridge_lstsq, staged_forward, tiny_config
 from rba.cli import main as cli_main
 from rba.errors import ConfigError, DataError, SpanError
 from rba.export import load_export
 from rba.fit import TrainSettings, fit_span, get_fit, list_fits
 from rba.session import Session
-
 
 #: fewer samples than the default tiny config: 16 each (5 vectors per sample)
 SMALL = {"calibration": 16, "probe": 16, "eval": 16}
@@ -173,7 +172,7 @@ def test_vector_memory_is_capped_before_the_pass(tmp_path):
     cfg = tiny_config(tmp_path, "vit", fit={"kind": "res-mlp", "max_vectors": 10**6},
                       capture={"max_memory_gb": 0.01}, data=SMALL)
     session = Session(cfg, progress=False, measure_latency=False)
-    session.stats  # the statistics fit in the cap; the vector sample (1e6 × 64 × 4 B at two boundaries) does not
+    _ = session.stats  # the statistics fit in the cap; the vector sample (1e6 × 64 × 4 B at two boundaries) does not
     with pytest.raises(DataError, match="fit.max_vectors"):
         session.fit((2, 4))
 

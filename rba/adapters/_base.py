@@ -10,6 +10,7 @@ cached boundary (prefix reuse).
 from __future__ import annotations
 
 import abc
+import collections
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -124,9 +125,7 @@ class Adapter(abc.ABC):
 
     def last_boundary(self, h: torch.Tensor, ctx: Context, **kwargs: Any) -> torch.Tensor:
         """The representation where :meth:`boundaries` ends (same arguments)."""
-        for _, h in self.boundaries(h, ctx, **kwargs):
-            pass
-        return h
+        return collections.deque(self.boundaries(h, ctx, **kwargs), maxlen=1)[0][1]
 
     @abc.abstractmethod
     def pool(self, h: torch.Tensor, ctx: Context) -> torch.Tensor:

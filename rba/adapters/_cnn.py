@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from rba.adapters._base import Adapter, Context
-from rba.adapters._image import ImagePreprocess
 from rba.adapters._builder import build_model
+from rba.adapters._image import ImagePreprocess
 from rba.adapters._weights import weights_path
 from rba.errors import ModelError, did_you_mean
 

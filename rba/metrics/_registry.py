@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rba._registry import Registry, RegistrationError
+from rba._registry import RegistrationError, Registry
 from rba.metrics._base import Metric
 from rba.metrics._scores import BlockRedundancy, Cosine, LinearCKA, LSResidual
 from rba.metrics._svcca import SVCCA

@@ -6,10 +6,10 @@ import math
 
 import torch
 
-from rba.spans import Span
-from rba.statistics import Statistics
 from rba.fit import fit_span
 from rba.metrics._base import Metric
+from rba.spans import Span
+from rba.statistics import Statistics
 
 __all__ = ["BlockRedundancy", "Cosine", "LinearCKA", "LSResidual", "RandomMetric"]
 

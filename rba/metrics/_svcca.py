@@ -8,9 +8,9 @@ import math
 import torch
 
 from rba._threads import single_thread
-from rba.statistics import Statistics
 from rba.metrics._base import Metric
 from rba.spans import Span
+from rba.statistics import Statistics
 
 __all__ = ["SVCCA"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TINY_MODELS, staged_forward, tiny_config, tiny_samples
+
 from rba.adapters import create_adapter
 
 

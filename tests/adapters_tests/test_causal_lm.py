@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_LMS, materialise, staged_forward, tiny_config
+
 from rba.adapters import create_adapter
 from rba.apply import Skip, SpanMap, replace_
 from rba.config import Config

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import staged_forward
 from torch import nn
 
 from rba.adapters._cnn import BlockList
 from rba.adapters._registry import create_adapter
 from rba.apply import SpanMap, replace_
-from conftest import staged_forward
 from rba.config import Config
 from rba.errors import ModelError
 

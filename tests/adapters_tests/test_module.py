@@ -7,11 +7,11 @@ import importlib
 import numpy as np
 import pytest
 import torch
+from conftest import staged_forward
 
 from rba.adapters._module import resolve_attr
 from rba.adapters._registry import create_adapter
 from rba.apply import SpanMap, replace_
-from conftest import staged_forward
 from rba.config import Config
 from rba.errors import ModelError
 

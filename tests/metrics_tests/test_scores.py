@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import TINY_MODELS, materialise, ridge_lstsq, tiny_config, tiny_samples
+
 from rba.adapters import create_adapter
 from rba.capture import capture_statistics
 from rba.metrics import BlockRedundancy, Cosine, LinearCKA, LSResidual, score_table

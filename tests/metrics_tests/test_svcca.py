@@ -4,12 +4,12 @@ data (keep the leading directions holding 99% of the variance), then CCA by QR o
 import numpy as np
 import pytest
 import torch
+from conftest import materialise, tiny_config, tiny_samples
 
-from conftest import TINY_MODELS, materialise, tiny_config, tiny_samples
 from rba.adapters import create_adapter
 from rba.capture import capture_statistics
-from rba.statistics import StatisticsCollector
 from rba.metrics import SVCCA, list_metrics, score_table
+from rba.statistics import StatisticsCollector
 
 
 def svcca_numpy(x, y, keep=0.99):

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from _search_helpers import make_config, single_thread  # noqa: F401  (autouse fixture)
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from _search_helpers import make_config, single_thread  # noqa: F401  (autouse fixture)
 from rba.session import Session
 from search import run_search
 

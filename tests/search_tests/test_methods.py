@@ -10,10 +10,13 @@ import numpy as np
 import optuna
 import pytest
 import torch
-
-from _search_helpers import single_thread  # noqa: F401  (autouse fixture)
-from _search_helpers import make_config, materialise
+from _search_helpers import (
+    make_config,
+    materialise,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 from conftest import staged_forward
+
 from rba.cli import build_parser
 from rba.cli import main as cli_main
 from rba.config import Config
@@ -21,9 +24,19 @@ from rba.errors import ConfigError
 from rba.methods import get_method, list_methods
 from rba.session import Session
 from search import run_search
-from search.baselines import (angular_distances, best_single_spans, br_greedy, front_priors, gromov_spans,
-                              merge_runs, prior_configurations, random_lesions, shortgpt_order, sleb_order,
-                              span_scores)
+from search.baselines import (
+    angular_distances,
+    best_single_spans,
+    br_greedy,
+    front_priors,
+    gromov_spans,
+    merge_runs,
+    prior_configurations,
+    random_lesions,
+    shortgpt_order,
+    sleb_order,
+    span_scores,
+)
 from search.objective import Objective
 
 DEPTH = 6

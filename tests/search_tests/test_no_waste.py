@@ -7,9 +7,11 @@ from __future__ import annotations
 import optuna
 import pandas as pd
 import pytest
+from _search_helpers import (
+    make_config,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 
-from _search_helpers import single_thread  # noqa: F401  (autouse fixture)
-from _search_helpers import make_config
 from rba.session import Session
 from search import run_search
 from search.objective import Objective

@@ -11,9 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch.nn.functional as F
+from _search_helpers import (
+    lstsq_fit,
+    make_config,
+    materialise,
+    single_thread,  # noqa: F401  (autouse fixture)
+    staged_forward,
+)
 
-from _search_helpers import single_thread  # noqa: F401  (autouse fixture)
-from _search_helpers import lstsq_fit, make_config, materialise, staged_forward
 from rba.session import Session
 from search.objective import Objective, dominated_by
 

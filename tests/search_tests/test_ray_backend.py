@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from _search_helpers import (
+    faulty_objective,
+    make_config,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 
-from _search_helpers import single_thread  # noqa: F401  (autouse fixture)
-from _search_helpers import faulty_objective, make_config
 from search.pareto import TRIAL_COLUMNS
 
 
@@ -16,9 +19,9 @@ def test_ray_backend_writes_the_same_files(tmp_path, monkeypatch):
     # where a cluster is already known on this machine (RAY_ADDRESS, or `ray start`'s record of its last cluster),
     # a run without --address still starts a local Ray of its own (ray.init would join that one instead)
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    from rba.session import Session
     from search import run_search
     from search.baselines import front_priors, prior_configurations, span_scores
-    from rba.session import Session
 
     cfg = make_config(tmp_path, tmp_path / "cache",
                       search={"backend": "ray", "trials": 4, "max_concurrent": 2, "max_failures": 1,

@@ -8,8 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from search.analysis import (best_quality_at, compare_methods, hypervolume, multi_span, prior_correlations,
-                             redundant_spans, search_cost, span_count)
+from search.analysis import (
+    best_quality_at,
+    compare_methods,
+    hypervolume,
+    multi_span,
+    prior_correlations,
+    redundant_spans,
+    search_cost,
+    span_count,
+)
 
 
 def _rows(points, feasible=None):

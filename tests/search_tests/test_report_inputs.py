@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from _helpers import assert_one_line_error, run_main
 from _search_helpers import make_config, single_thread  # noqa: F401  (autouse fixture)
 

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from search.report import render_report
-
 REPORTS = Path(__file__).resolve().parents[2] / "studies" / "reports"
 #: every committed ``rba run`` folder (those with a report.md; transfer/ and translators_*/ hold other tables)
 RENDERED = sorted(p.parent.name for p in REPORTS.glob("*/report.md"))

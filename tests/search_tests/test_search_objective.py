@@ -10,10 +10,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _search_helpers import (
+    lstsq_fit,
+    make_config,
+    materialise,
+    single_thread,  # noqa: F401  (autouse fixture)
+    staged_forward,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
-from _search_helpers import single_thread  # noqa: F401  (autouse fixture)
-from _search_helpers import lstsq_fit, make_config, materialise, staged_forward
 from rba.apply import SpanMap, replaced
 from rba.errors import BudgetError
 from rba.evaluate import LinearProbe

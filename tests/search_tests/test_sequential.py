@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _search_helpers import (
+    lstsq_fit,
+    make_config,
+    materialise,
+    single_thread,  # noqa: F401  (autouse fixture)
+    staged_forward,
+)
 
-from _search_helpers import single_thread  # noqa: F401  (autouse fixture)
-from _search_helpers import lstsq_fit, make_config, materialise, staged_forward
 from rba.sequential import SequentialFitter
 from rba.session import Session
 from search.objective import Objective
@@ -122,7 +127,7 @@ def test_sequential_mode_gives_the_same_maps_to_search_evaluate_and_export(sessi
     independent = session.maps(spans, mode="independent")
     out = export_model(session, spans, tmp_path / "exp")
     saved = load_file(str(out / "model.safetensors"))
-    for (i, _), s, e, ind in zip(spans, searched, evaluated, independent):
+    for (i, _), s, e, _ind in zip(spans, searched, evaluated, independent):
         assert torch.equal(s.linear.weight, e.linear.weight) and torch.equal(s.linear.bias, e.linear.bias)
         assert torch.equal(saved[f"blocks.{i}.linear.weight"], s.linear.weight)
         assert torch.equal(saved[f"blocks.{i}.linear.bias"], s.linear.bias)

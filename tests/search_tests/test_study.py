@@ -7,15 +7,19 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from _search_helpers import single_thread  # noqa: F401  (autouse fixture)
-from _search_helpers import dominates, make_config, study_dict, write_config
+from _search_helpers import (
+    dominates,
+    make_config,
+    single_thread,  # noqa: F401  (autouse fixture)
+    study_dict,
+    write_config,
+)
 from conftest import slowed_cli, wait_for
+
 from rba.config import load_config
 from rba.errors import RBAError
 from rba.session import Session

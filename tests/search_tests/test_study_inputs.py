@@ -13,10 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-
-from _search_helpers import single_thread  # noqa: F401  (autouse fixture)
-from _search_helpers import study_dict, write_config
+from _search_helpers import (
+    single_thread,  # noqa: F401  (autouse fixture)
+    study_dict,
+    write_config,
+)
 from conftest import slowed_cli
+
 from rba.cli import main
 
 REPO = Path(__file__).resolve().parents[2]

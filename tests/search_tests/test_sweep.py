@@ -8,9 +8,12 @@ import json
 
 import pandas as pd
 import pytest
+from _search_helpers import (
+    single_thread,  # noqa: F401  (autouse fixture)
+    study_dict,
+    write_config,
+)
 
-from _search_helpers import single_thread  # noqa: F401  (autouse fixture)
-from _search_helpers import study_dict, write_config
 from rba.cli import main as cli_main
 from search.sweep import SUMMARY_COLUMNS
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from _search_helpers import study_dict, write_config
 from conftest import slowed_cli, wait_for
 

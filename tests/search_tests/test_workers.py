@@ -12,10 +12,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from _search_helpers import single_thread  # noqa: F401  (autouse fixture)
-from _search_helpers import study_dict, write_config
+from _search_helpers import (
+    single_thread,  # noqa: F401  (autouse fixture)
+    study_dict,
+    write_config,
+)
 from conftest import slowed_cli, wait_for
+
 from rba.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +33,7 @@ def cache(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("workers-cache")
     config = write_config(folder / "warm.toml", study_dict(folder, folder / "warm-out"))
-    Session(load_config(config), need_labels=False, progress=False).stats
+    _ = Session(load_config(config), need_labels=False, progress=False).stats  # warms the cache
     return folder
 
 
@@ -90,7 +93,7 @@ def _trials(db: Path) -> dict[int, dict]:
 def _distinct_complete(trials: dict[int, dict]) -> set[str]:
     """The configurations of the COMPLETE trials that are not repeats (what ``trials`` counts); every repeat
     names an earlier COMPLETE trial of the same configuration."""
-    for n, t in trials.items():
+    for t in trials.values():
         if "duplicate_of" in t:
             earlier = trials[int(t["duplicate_of"])]
             assert earlier["state"] == "COMPLETE" and earlier["spans"] == t["spans"] and "duplicate_of" not in earlier
