@@ -60,13 +60,14 @@ class SplitCache:
             for _, chunk in iter_batches(samples, batch_size):
                 kept = {}
                 h, ctx = adapter.embed(adapter.collate(chunk))
+                state = h
                 for k, state in adapter.boundaries(h, ctx):
                     if k in keep:
                         kept[k] = state
-                check_finite(h, L, f"{name} split")
+                check_finite(state, L, f"{name} split")  # the last boundary's
                 contexts.append(ctx)
                 states.append(kept)
-                pooled.append(adapter.pool(h, ctx).float())
+                pooled.append(adapter.pool(state, ctx).float())
                 bar.update(len(chunk))
         lab = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
         return cls(contexts, states, torch.cat(pooled), lab, order, [len(p) for p in pooled])

@@ -188,8 +188,18 @@ class _Choice(Record):
     within: bool
 
 
-class _Speed(Record):
-    """``measure_export``'s ``speed`` record (an older rba's kept no times, repeats, batch or threads)."""
+class _Timed(Record):
+    """How a latency measurement ran: its repeats, batch, threads and the load average around it."""
+
+    repeats: int | None = None
+    batch_size: int | None = None
+    threads: int | None = None
+    load_start: float | None = None
+    load_end: float | None = None
+
+
+class _Speed(_Timed):
+    """``measure_export``'s ``speed`` record."""
 
     speedup: float
     speedup_low: float
@@ -198,11 +208,6 @@ class _Speed(Record):
     original_ms: float
     export_ms: float
     original_times_ms: list[float] | None = None
-    repeats: int | None = None
-    batch_size: int | None = None
-    threads: int | None = None
-    load_start: float | None = None
-    load_end: float | None = None
 
     @model_validator(mode="after")
     def _times_with_their_setting(self):
@@ -211,7 +216,7 @@ class _Speed(Record):
         return self
 
 
-class _Onnx(Record):
+class _Onnx(_Timed):
     """``measure_export``'s ``onnx`` record: empty, or a measurement with what the report's ONNX line quotes."""
 
     unmodified_times_ms: list[float] | None = None
@@ -222,11 +227,6 @@ class _Onnx(Record):
     onnx_speedup_high: float | None = None
     onnx_export_faster: float | None = None
     max_rel_diff: float | None = None
-    repeats: int | None = None
-    batch_size: int | None = None
-    threads: int | None = None
-    load_start: float | None = None
-    load_end: float | None = None
 
     @model_validator(mode="after")
     def _measured_whole(self):

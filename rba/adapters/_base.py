@@ -125,7 +125,8 @@ class Adapter(abc.ABC):
 
     def last_boundary(self, h: torch.Tensor, ctx: Context, **kwargs: Any) -> torch.Tensor:
         """The representation where :meth:`boundaries` ends (same arguments)."""
-        return collections.deque(self.boundaries(h, ctx, **kwargs), maxlen=1)[0][1]
+        walked = collections.deque(self.boundaries(h, ctx, **kwargs), maxlen=1)  # only the last is kept
+        return walked[0][1] if walked else h
 
     @abc.abstractmethod
     def pool(self, h: torch.Tensor, ctx: Context) -> torch.Tensor:
