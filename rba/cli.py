@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from rba._names import OBJECTIVES
 from rba.errors import ConfigError, RBAError
 from rba.methods import list_methods
+from rba.names import OBJECTIVES
 from rba.samplers import list_samplers
 
 __all__ = ["main", "build_parser"]

@@ -26,11 +26,11 @@ import torch
 
 from rba._folders import FolderError, refusal, refuse_other_work
 from rba._io import atomic_path, atomic_write_json, atomic_write_text
-from rba._names import config_hash
 from rba._records import Record, checked, read_record, read_table
 from rba.data import data_identity
 from rba.errors import ConfigError
 from rba.fit import fit_label, get_fit
+from rba.names import config_hash
 from rba.spans import Span, format_spans
 from rba.vectors import collect_vectors
 

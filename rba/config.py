@@ -19,10 +19,10 @@ import pydantic
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from rba._names import OBJECTIVES, config_hash
 from rba._registry import ADAPTERS, FITS
 from rba.errors import ConfigError, did_you_mean
 from rba.methods import list_methods
+from rba.names import OBJECTIVES, config_hash
 from rba.samplers import list_samplers
 
 __all__ = [

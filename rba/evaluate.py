@@ -138,7 +138,7 @@ class LinearProbe:
 @dataclass
 class SplitScores:
     """One configuration's per-sample results on one split, in the split's sample order (row r is data set
-    sample ``index[r]``), so that two configurations' results pair sample by sample (:mod:`rba._stats`)."""
+    sample ``index[r]``), so that two configurations' results pair sample by sample (:mod:`rba.stats`)."""
 
     split: str
     index: np.ndarray
@@ -158,7 +158,7 @@ class SplitScores:
 
     @property
     def fidelity_se(self) -> float:
-        from rba._stats import mean_se  # scipy loads when a standard error is first asked for
+        from rba.stats import mean_se  # scipy loads when a standard error is first asked for
 
         return mean_se(self.cosine)
 
@@ -168,7 +168,7 @@ class SplitScores:
 
     @property
     def accuracy_se(self) -> float:
-        from rba._stats import binomial_se  # scipy loads when a standard error is first asked for
+        from rba.stats import binomial_se  # scipy loads when a standard error is first asked for
 
         return float("nan") if self.prediction is None else binomial_se(self.correct)
 

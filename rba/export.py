@@ -29,13 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from torch import nn
 
 from rba._io import atomic_path, atomic_write_json, file_sha256, package_versions
-from rba._names import HEAD_ATTR, maps_tag
 from rba._records import checked, schema_problems
 from rba.adapters import Adapter, create_adapter
 from rba.apply import replace_
 from rba.config import Config, DataConfig, ModelConfig
 from rba.errors import RBAError
 from rba.fit import get_fit
+from rba.names import HEAD_ATTR, maps_tag
 from rba.spans import Span, format_spans, parse_spans
 
 if TYPE_CHECKING:

@@ -33,10 +33,10 @@ from pydantic import model_validator
 from torch import nn
 
 from rba._io import atomic_path, atomic_write_json, disk_full, file_sha256, package_versions
-from rba._names import HEAD_ATTR, config_hash, maps_tag
 from rba._records import Record, checked, read_record
 from rba.errors import ConfigError, RBAError
 from rba.export import load_export, read_recipe
+from rba.names import HEAD_ATTR, config_hash, maps_tag
 from rba.timing import compare
 
 if TYPE_CHECKING:

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from rba._io import atomic_write_json, atomic_write_text, package_versions
-from rba._names import HEAD_ATTR, config_hash, maps_tag
 from rba.adapters import Adapter, Span, check_weights_file, create_adapter
 from rba.apply import span_module
 from rba.capture import capture_statistics
@@ -30,6 +29,7 @@ from rba.evaluate import Evaluator, SplitCache, SplitScores
 from rba.export import export_model, load_export
 from rba.fit import SpanFit, TrainSettings, fit_span, get_fit
 from rba.metrics import score_table
+from rba.names import HEAD_ATTR, config_hash, maps_tag
 from rba.onnx import onnx_speedup, onnx_state
 from rba.progress import info, phase, tick
 from rba.sequential import SequentialFitter
@@ -268,7 +268,7 @@ class Session:
     def evaluate_split(self, spans: str | Sequence[Span], split: str = "test", kind: str | None = None,
                        mode: str | None = None) -> "SplitScores":
         """One configuration's per-sample cosines and predictions on ``split`` (``"test"``: the held-out split
-        ``data.test``, which no search sees; ``"eval"``), for standard errors and paired tests (:mod:`rba._stats`)."""
+        ``data.test``, which no search sees; ``"eval"``), for standard errors and paired tests (:mod:`rba.stats`)."""
         kind = kind or self.cfg.fit.kind
         mode = mode or self.cfg.fit.mode
         spans = sorted(self.parse(spans) if isinstance(spans, str) else spans)

@@ -27,8 +27,8 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from rba._io import atomic_path, atomic_write_json, file_sha256
-from rba._names import config_hash
 from rba.errors import CacheError
+from rba.names import config_hash
 from rba.spans import Span
 
 __all__ = ["Statistics", "StatisticsCollector", "statistics_nbytes", "add_products", "add_augmented_products", "centred",

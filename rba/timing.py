@@ -149,7 +149,7 @@ def compare(a: Callable[[], object], b: Callable[[], object], *, repeats: int = 
     ratios = np.asarray(times["a"]) / np.asarray(times["b"])
     low = high = math.nan
     if n > 1:
-        from rba._stats import paired_bootstrap  # scipy loads with the first comparison, not with the cost model
+        from rba.stats import paired_bootstrap  # scipy loads with the first comparison, not with the cost model
 
         interval = paired_bootstrap(np.median, ratios, vectorized=True, confidence=confidence, resamples=resamples,
                                     seed=seed)

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 from pydantic import model_validator
 
-from rba._names import COST_COLUMNS
 from rba.config import config_hash
 from rba.errors import RBAError
 from rba.files import Record, atomic_path, read_record, read_table
+from rba.names import COST_COLUMNS
 from rba.spans import format_spans
 from search._storage import recorded_storage
 from search.analysis import front_members
@@ -501,7 +501,7 @@ class PerSample:
 
     def scores(self, kind: str, spans: str) -> dict[str, float]:
         """fidelity and accuracy with their standard errors (of the mean; binomial), NaN where absent."""
-        from rba._stats import binomial_se, mean_se
+        from rba.stats import binomial_se, mean_se
 
         out = dict.fromkeys(("fidelity", "fidelity_se", "accuracy", "accuracy_se"), math.nan)
         r = self.row(kind, spans)
@@ -612,7 +612,7 @@ def paired_tests(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | Non
     Per comparison and quality: accuracy by McNemar's exact test (with its mid-p), fidelity by a paired bootstrap
     of the mean difference; both with a paired bootstrap interval of the difference (B − A: the export, the
     search). ``p (Holm)`` adjusts every p-value of the table together (one family: the report's comparisons)."""
-    from rba._stats import holm, mcnemar, mean_difference
+    from rba.stats import holm, mcnemar, mean_difference
 
     pairs = []  # (comparison, budget, A, B)
     kind = info["kind"]

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from rba._names import OBJECTIVES
+from rba.names import OBJECTIVES
 from search._optuna_private import compute_hypervolume
 
 __all__ = ["hypervolume", "span_count", "redundant_spans", "compare_methods", "best_quality_at",

@@ -32,8 +32,8 @@ from typing import Any, Sequence
 
 import torch
 
-from rba._names import BUDGET_KEYS, OBJECTIVES, QUALITY, RESULT_COLUMNS, maps_tag
 from rba.errors import BudgetError, ConfigError
+from rba.names import BUDGET_KEYS, OBJECTIVES, QUALITY, RESULT_COLUMNS, maps_tag
 from rba.spans import Span, format_spans
 from search.baselines import proxy_front
 

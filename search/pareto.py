@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from rba._names import COST_COLUMNS, OBJECTIVES, QUALITY
 from rba.files import atomic_path
+from rba.names import COST_COLUMNS, OBJECTIVES, QUALITY
 
 __all__ = ["TRIAL_COLUMNS", "trials_frame", "front_frame", "write_tables", "plot_front", "AXIS_LABELS"]
 

@@ -106,9 +106,9 @@ def test_ints_are_accepted_for_float_keys():
 
 def test_registered_names_are_valid_config_values():
     """model.kind, fit.kind, search.sampler and search.objectives read their registries, not a copied list."""
-    from rba._names import OBJECTIVES
     from rba.adapters import list_adapters
     from rba.fit import list_fits
+    from rba.names import OBJECTIVES
     from rba.samplers import list_samplers
 
     for kind in list_adapters():

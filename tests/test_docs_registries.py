@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from rba._names import OBJECTIVES
 from rba._registry import ADAPTERS, FITS
 from rba.methods import list_methods
 from rba.metrics import list_metrics
+from rba.names import OBJECTIVES
 from rba.samplers import list_samplers
 
 ROOT = Path(__file__).resolve().parents[1]

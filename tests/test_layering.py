@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: bottom to top; a module belongs to the first layer with a matching pattern
 LAYERS: list[tuple[str, list[str]]] = [
     ("errors, spans, config schema, shared names and registries", [
-        "rba.errors", "rba.spans", "rba.config", "rba._names", "rba._registry", "rba.methods", "rba.samplers",
-        "rba._io", "rba._folders", "rba._records", "rba.files", "rba._threads", "rba._stats", "rba.timing", "rba.progress",
+        "rba.errors", "rba.spans", "rba.config", "rba.names", "rba._registry", "rba.methods", "rba.samplers",
+        "rba._io", "rba._folders", "rba._records", "rba.files", "rba._threads", "rba.stats", "rba.timing", "rba.progress",
         "rba.compat"]),
     ("statistics, metrics, fits (no adapters, no models)", [
         "rba.statistics", "rba.metrics", "rba.metrics.*", "rba.fit", "rba._translators", "rba._modules"]),

@@ -1,11 +1,11 @@
-"""rba._stats against hand computations and an independent numpy bootstrap."""
+"""rba.stats against hand computations and an independent numpy bootstrap."""
 
 from math import comb, sqrt
 
 import numpy as np
 import pytest
 
-from rba._stats import binomial_se, holm, mcnemar, mean_difference, mean_se, paired_bootstrap
+from rba.stats import binomial_se, holm, mcnemar, mean_difference, mean_se, paired_bootstrap
 
 
 def test_standard_errors_by_hand():

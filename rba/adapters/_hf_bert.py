@@ -30,11 +30,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from rba._names import HEAD_ATTR
 from rba.adapters._base import Adapter, Context
 from rba.adapters._builder import load_pretrained, seeded, split_seed
 from rba.adapters._weights import file_digest
 from rba.errors import ModelError, did_you_mean
+from rba.names import HEAD_ATTR
 
 __all__ = ["HFBert", "SentenceTransformerBert", "build_sentence_transformer", "build_huggingface", "MINILM_NAMES"]
 
