@@ -69,7 +69,7 @@ def read_sweep(path: str | Path, out: Path | None, configure: Callable[[Config],
         raise ConfigError(f"{p} is not valid TOML: {exc}") from None
     unknown = sorted(set(raw) - _SWEEP_KEYS)
     if unknown:
-        raise ConfigError(f"sweep file {p}: unknown key(s) {', '.join(unknown)}; a sweep file holds base = \"x.toml\", "
+        raise ConfigError(f"sweep file {p}: unknown key(s) {', '.join(map(repr, unknown))}; a sweep file holds base = \"x.toml\", "
                           "[sweep] and optionally out")
     if not isinstance(raw.get("base"), str):
         raise ConfigError(f"sweep file {p}: base = \"config.toml\" (the config every study starts from) is missing")
