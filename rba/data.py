@@ -177,8 +177,7 @@ def load_dataset(cfg, *, need_labels: bool | None = None) -> Dataset:
     ``need_labels=False`` (label-free commands such as ``rba scores``): a text-csv file without the
     ``data.label`` column loads unlabelled instead of failing."""
     d = cfg.data
-    if d.calibration_path is not None:  # a missing calibration file fails with the data, before any capture
-        _existing(cfg, d.calibration_path, "data.calibration_path")
+    check_data_paths(cfg)  # a missing calibration file fails with the data, before any capture
     if d.kind == "synthetic":
         return _synthetic(d)
     return _load(cfg, d.kind, d.path, "data.path", need_labels=need_labels)
