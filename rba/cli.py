@@ -296,6 +296,8 @@ class Run(_Command):
     flags = _MODEL_FLAGS + _SEARCH_FLAGS + [
         ("--max-drop", "run.max_drop", float, "export the cheapest front member at most this far (absolute) below "
          "the unmodified model's first quality objective (default 0.01)"),
+        ("--max-rise", "run.max_rise", float, "... or, when that quality is minimised (perplexity, kl), at most "
+         "this far above it, relative (default 0.05: perplexity × 1.05, kl + log 1.05 nats)"),
     ]
 
     def add_arguments(self, parser):

@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 
 from rba.files import atomic_path, atomic_write_text
+from rba.names import maximised, objective_of
 from search._results import (
     COST_COLUMNS,
     PER_SAMPLE,
+    REFERENCE_QUALITY_CHANGE,
     PerSample,
     budget_picks,
     choose_export,
@@ -79,7 +81,6 @@ def _report_text(out: Path, inputs: dict) -> str:
     front, reference, baselines, singles = inputs["front"], inputs["reference"], inputs["baselines"], inputs["singles"]
     per = inputs["per_sample"]
     quality, cost = info["quality"], info["cost"]
-    max_drop = info["max_drop"]
     choice = info["choice"]
     plots = ["scores.png", "pareto.png"]
     files = ["scores.csv", "scores.png", "trials.csv", "trials.parquet", "pareto.csv", "pareto.png"]
@@ -100,8 +101,7 @@ def _report_text(out: Path, inputs: dict) -> str:
               _markdown(_with_test(pareto, info["kind"], per)), "", "![front](pareto.png)", "",
               "## Export rule", "",
               f"The export is the cheapest feasible front member by {cost} ({_why_column(cost, info, COST_COLUMNS)}) "
-              f"whose {quality} ({_why_column(quality, info, QUALITY)}) is at most max_drop = {max_drop:g} "
-              "(absolute, `--max-drop`, `[run] max_drop`) below the unmodified model's; if none is, the "
+              f"whose {quality} ({_why_column(quality, info, QUALITY)}) is {_rule_words(info)}; if none is, the "
               f"best-{quality} feasible member, with a warning.", "",
               f"Picked: {choice['reason']}.{_picked_accuracy(info, reference, front, choice)}"
               + _picked_test(info, per, choice), ""]
@@ -278,6 +278,37 @@ def _redundancy_section(scores: pd.DataFrame, info: dict) -> list[str]:
             "![scores](scores.png)", "", _markdown(table), ""]
 
 
+def _max_rise(info: dict) -> float:
+    """The rule's relative allowance for a minimised quality (its default in a report of an older rba)."""
+    return 0.05 if info.get("max_rise") is None else float(info["max_rise"])
+
+
+def _allowance(info: dict) -> str:
+    return f"{info['max_drop']:g}" if maximised(info["quality"]) else f"a relative rise of {_max_rise(info):g}"
+
+
+def _rule_words(info: dict) -> str:
+    """How far the export rule lets the rule's quality move from the unmodified model's, in words."""
+    if maximised(info["quality"]):
+        return (f"at most max_drop = {info['max_drop']:g} (absolute, `--max-drop`, `[run] max_drop`) below the "
+                "unmodified model's")
+    rise = _max_rise(info)
+    limit = (f"the unmodified model's + log(1 + {rise:g}) nats, the rise of cross-entropy a relative rise of "
+             f"{rise:g} in perplexity is" if objective_of(info["quality"]).log_scale else
+             f"(1 + {rise:g}) × the unmodified model's")
+    return f"at most {limit} (max_rise = {rise:g}, relative, `--max-rise`, `[run] max_rise`)"
+
+
+def _reference_words(quality: str, split: str = "") -> str:
+    """How the fixed reference point's quality derives from the unmodified model's (:func:`fixed_reference`)."""
+    change = REFERENCE_QUALITY_CHANGE
+    if maximised(quality):
+        return f"{1 - change:g} × the unmodified model's {split}{quality}"
+    if objective_of(quality).log_scale:
+        return f"the unmodified model's {split}{quality} + log {1 + change:g}"
+    return f"{1 + change:g} × the unmodified model's {split}{quality}"
+
+
 def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
                        choice: dict, per: PerSample | None) -> list[str]:
     from rba.methods import get_method
@@ -297,12 +328,12 @@ def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselin
     for method, rows in baselines.groupby("method", sort=False):
         what = f"{method} ({rows['kind'].iloc[0]}; {get_method(method).summary})"
         pick = choose_export(rows.assign(spans=rows["spans"].astype(str)), reference, info["objectives"],
-                             info["max_drop"])
+                             info["max_drop"], _max_rise(info))
         if pick.row is None:
             lines.append(f"- {what}: no configuration within the budgets")
         else:
             lines.append(f"- {what}: `{pick.row['spans']}`, {quality} {pick.row[quality]:.4g}, {cost} "
-                         f"{pick.row[cost]:.4g}" + ("" if pick.within else f" (none within {info['max_drop']:g})")
+                         f"{pick.row[cost]:.4g}" + ("" if pick.within else f" (none within {_allowance(info)})")
                          + _semicolon(_test_text(per, pick.row["kind"], str(pick.row["spans"]))))
     return lines + ["", _markdown(_with_test(baselines, baselines["kind"], per)), ""]
 
@@ -334,14 +365,15 @@ def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baseline
             table.insert(at + 1, f"test {quality} at {p:g}", values)
     ref = refs["eval"]
     test_ref = (f" The test hypervolume scores each method's eval front (its feasible configurations no other of "
-                f"its own beats on eval) on the test split, at {quality} = {refs['test'][0]:.4g} (0.9 × the "
-                f"unmodified model's test {quality})." if per is not None else "")
+                f"its own beats on eval) on the test split, at {quality} = {refs['test'][0]:.4g} "
+                f"({_reference_words(quality, 'test ')})." if per is not None else "")
+    arrow, worst = ("↑", "lowest") if maximised(quality) else ("↓", "highest")
     return ["## Search against the baselines", "",
-            f"Each method's feasible configurations (the search: every completed trial). Hypervolume of ({quality} ↑, "
-            f"{cost} ↓) at a reference point fixed before the runs: {quality} = {ref[0]:.4g} (0.9 × the unmodified "
-            f"model's {quality}) and {cost} = {ref[1]:.4g} (the unmodified model), so configurations that lose more "
-            f"than a tenth of the {quality} add no area; beside it, the hypervolume at the worst point of all "
-            f"methods ({quality} = {worst_ref[0]:.4g}, the lowest of any method). Best {quality} within each FLOPs "
+            f"Each method's feasible configurations (the search: every completed trial). Hypervolume of ({quality} "
+            f"{arrow}, {cost} ↓) at a reference point fixed before the runs: {quality} = {ref[0]:.4g} "
+            f"({_reference_words(quality)}) and {cost} = {ref[1]:.4g} (the unmodified model), so configurations that "
+            f"lose more than a tenth of the {quality} add no area; beside it, the hypervolume at the worst point of "
+            f"all methods ({quality} = {worst_ref[0]:.4g}, the {worst} of any method). Best {quality} within each FLOPs "
             "fraction, selected on eval"
             + (f", and that configuration's {quality} on the test split ± one standard error" if per else "")
             + f".{test_ref} The front plot above draws the baselines as dashed lines.", "", _markdown(table), ""]
@@ -355,7 +387,9 @@ def _paired_section(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | 
              "search selects on eval (its best feasible "
              f"{info['quality']} within that FLOPs fraction) against each baseline's. B − A is the difference of the "
              "means (B: the export, the search) with its 95% paired bootstrap interval (low, high); p tests \"no "
-             "difference\": McNemar's exact test for accuracy (mid-p beside it), the paired bootstrap for fidelity; "
+             "difference\": McNemar's exact test for accuracy (mid-p beside it), the paired bootstrap for fidelity"
+             + (" and for perplexity, kl and top1 (over every scored token; each resample draws texts with their "
+                "tokens)" if per.tokens is not None else "") + "; "
              f"p (Holm) adjusts all {len(table)} p-values of this table as one family (Holm's step-down).", ""]
     if not len(table):
         return lines + ["No comparison: nothing was exported and no method has a configuration within a budget.", ""]
@@ -377,8 +411,9 @@ def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, s
     ok = feasible_rows(evaluated)
     ok = ok[ok[quality].notna()]
     single = ok[ok["spans"].map(span_count) <= 1]
-    ref = fixed_reference(reference[quality], reference[cost])
-    hv_all, hv_single = (hypervolume(rows[quality], rows[cost], *ref) for rows in (ok, single))
+    ref = fixed_reference(reference[quality], reference[cost], quality)
+    hv_all, hv_single = (hypervolume(rows[quality], rows[cost], *ref, higher=maximised(quality))
+                         for rows in (ok, single))
     share = f"{hv_single / hv_all:.3f}" if hv_all > 0 else "none (no configuration within the reference point)"
     answer = "yes" if m["multi_span_members"] else "no"
     counts = ", ".join(f"{v} with {k} span{'s' if k != 1 else ''}" for k, v in m["by_count"].items()) or "none"
@@ -391,7 +426,8 @@ def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, s
             f"The front of configurations with at most one span ({which}) covers {share} of the hypervolume of all "
             f"evaluated configurations on eval ({hv_single:.4g} of {hv_all:.4g}) at the fixed reference point "
             f"{quality} = {ref[0]:.4g}, {cost} = {ref[1]:.4g}; at the worst point ({quality} = "
-            f"{m['reference_point'][0]:.4g}, the lowest evaluated), {m['single_share']:.3f} "
+            f"{m['reference_point'][0]:.4g}, the {'lowest' if maximised(quality) else 'highest'} evaluated), "
+            f"{m['single_share']:.3f} "
             f"({m['hypervolume_single']:.4g} of {m['hypervolume_all']:.4g}).", ""]
 
 

@@ -31,6 +31,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from rba.names import maximised
 from rba.spans import Span
 from rba.statistics import Statistics
 
@@ -127,7 +128,7 @@ def merge_runs(spans: Sequence[Span], pairs: Sequence[Span]) -> list[Span]:
 
 
 def _subset_quality(objective, spans: list[Span], batches: list[int]) -> float:
-    """The objective's first quality (accuracy or fidelity; fidelity without one) of ``spans`` on the eval
+    """The objective's first quality (fidelity without one) of ``spans`` on the eval
     split's ``batches``, the probe (if any) fitted on the whole probe split, as an early-stopped trial scores."""
     ev = objective.session.evaluator
     column = (objective.quality_columns or ["fidelity"])[0]
@@ -141,7 +142,8 @@ def _subset_quality(objective, spans: list[Span], batches: list[int]) -> float:
 def sleb_order(objective, barriers: tuple[int, int] = SLEB_BARRIERS) -> tuple[list[list[Span]], int]:
     """SLEB's removal order: configuration k holds the first k removed blocks (identity spans). Each step tries
     every remaining candidate block with the blocks already removed, on the eval split's first early-stopping
-    subset (every 4th batch), and removes the one that leaves the quality highest (ties: the earliest block).
+    subset (every 4th batch), and removes the one that leaves the quality best (highest; lowest for perplexity or
+    kl; ties: the earliest block).
     Returns the configurations and the number of subset evaluations they took."""
     session = objective.session
     stats = session.stats
@@ -150,10 +152,11 @@ def sleb_order(objective, barriers: tuple[int, int] = SLEB_BARRIERS) -> tuple[li
     early, late = barriers
     removed: list[Span] = []
     out, evaluations = [], 0
+    sign = 1.0 if maximised((objective.quality_columns or ["fidelity"])[0]) else -1.0
     while len(alive) > early + late:
         best_score, best = -math.inf, None
         for k in alive[early : len(alive) - late]:
-            score = _subset_quality(objective, sorted(removed + [(k, k + 1)]), batches)
+            score = sign * _subset_quality(objective, sorted(removed + [(k, k + 1)]), batches)
             evaluations += 1
             if score > best_score:
                 best_score, best = score, k

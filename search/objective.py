@@ -41,7 +41,8 @@ __all__ = ["Objective", "OBJECTIVES", "RESULT_COLUMNS", "BUDGET_KEYS", "QUALITY"
            "dominated_by"]
 
 #: what a result stopped early carries besides the result columns
-STOP_KEYS = ("stopped_early", "eval_fraction", "eval_samples", "accuracy_se", "fidelity_se")
+STOP_KEYS = ("stopped_early", "eval_fraction", "eval_samples", "accuracy_se", "fidelity_se", "perplexity_se",
+             "kl_se", "top1_se")
 #: a front member as early stopping sees it: (trial number, {objective column: value})
 FrontPoint = tuple[int, dict[str, float]]
 

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from rba.config import Config
-from search.objective import RESULT_COLUMNS, Objective
+from search.objective import RESULT_COLUMNS, STOP_KEYS, Objective
 from search.space import SpanSpace
 
 _log = logging.getLogger(__name__)
@@ -92,8 +92,7 @@ def record(trial, result: dict[str, Any], objective: Objective) -> None:
         trial.set_constraint(name, float(value))
     if result.get(STOPPED_ATTR) is not None:
         trial.set_user_attr(STOPPED_ATTR, int(result[STOPPED_ATTR]))
-        trial.set_user_attr("early_stop", {k: result[k] for k in ("eval_fraction", "eval_samples", "accuracy_se",
-                                                                    "fidelity_se") if k in result})
+        trial.set_user_attr("early_stop", {k: result[k] for k in STOP_KEYS[1:] if k in result})
 
 
 def front_points(study, objective: Objective) -> list[tuple[int, dict[str, float]]]:

@@ -121,7 +121,7 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
     front, reference = complete_front(ctx, result.front, session)
     members = front_members(front, reference, ctx.objective.columns)
     _write_pareto(out, reference_row(reference, list(front.columns)), members)
-    choice = choose_export(front, reference, ctx.objective.objectives, max_drop)
+    choice = choose_export(front, reference, ctx.objective.objectives, max_drop, cfg.run.max_rise)
     if not choice.within:
         log(f"warning: {choice.reason}")
     phases["front accuracy"] = time.time() - t
@@ -169,6 +169,7 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
         "format": REPORT_FORMAT, "name": cfg.name, "header": header, "method": ctx.method,
         "kind": ctx.objective.kind, "objectives": ctx.objective.objectives, "objective_columns": ctx.objective.columns,
         "budgets": ctx.objective.budgets, "quality": quality, "cost": cost, "max_drop": max_drop,
+        "max_rise": cfg.run.max_rise,
         "choice": choice_record, "export": export, "test": test, "configurations": int(ctx.space.count()),
         "metrics": [[m, bool(get_metric(m).higher_is_redundant)] for m in list_metrics()],
         "flops_points": list(cfg.report.flops_points), "baselines": baselines, "single_spans": cfg.report.single_spans,
@@ -181,7 +182,8 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
     }
     summary = {"trials_complete": trials_complete, "front_size": len(members),
                "quality": quality, "cost": cost, "reference_quality": float(reference[quality]),
-               "max_drop": max_drop, "within_drop": choice.within, "rule": choice.reason}
+               "max_drop": max_drop, "max_rise": cfg.run.max_rise, "within_drop": choice.within,
+               "rule": choice.reason}
     if export is not None:
         summary |= {"export_spans": str(choice.row["spans"]), "export_quality": float(choice.row[quality]),
                     "export_cost": float(choice.row[cost])}

@@ -136,6 +136,11 @@ class Adapter(abc.ABC):
         """The model's native head on the pooled representation, or None when it has none."""
         return None
 
+    def targets(self, inputs: Any, ctx: Context) -> torch.Tensor | None:
+        """Decoder LMs: the next token's id for every pooled row of ``inputs`` (−1 on the last token of a text),
+        what the next-token objectives score :meth:`logits` against; None for models that predict no next token."""
+        return None
+
     # ------------------------------------------------------------------ vectors
     def vectors(self, h: torch.Tensor, ctx: Context) -> torch.Tensor:
         """A boundary's representation as (n, D) vectors: real tokens, or every pixel position."""

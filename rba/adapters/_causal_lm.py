@@ -185,6 +185,13 @@ class CausalLM(Adapter):
         cap = getattr(self.config, "final_logit_softcapping", None)
         return logits if cap is None else torch.tanh(logits / cap) * cap
 
+    def targets(self, inputs: Any, ctx: Context) -> torch.Tensor:
+        """The next token of every real token, in the order of the pooled rows; −1 on each text's last token."""
+        ids, mask = self._ids_and_mask(inputs)
+        following = torch.full_like(ids, -1)
+        following[:, :-1] = torch.where(mask[:, 1:].bool(), ids[:, 1:], -1)  # right padding: the next real token
+        return following[mask.bool()]
+
     def wrap_replacement(self, module: nn.Module) -> nn.Module:
         return _LayerReplacement(module)
 
