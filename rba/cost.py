@@ -1,6 +1,15 @@
 """Compute cost of a configuration: FLOPs and parameters (counted once per block), latency (a per-block
 table measured once). A span costs what its fit plug-in's module costs (:meth:`rba.fit.Fit.num_params`,
-:meth:`~rba.fit.Fit.flops_per_vector`); everything else is the unmodified model's."""
+:meth:`~rba.fit.Fit.flops_per_vector`); everything else is the unmodified model's.
+
+FLOPs are per sample, counted (PyTorch's FlopCounterMode: matrix products and convolutions) on the sample whose
+length is closest to the split's mean; for token models that is ``reference_length`` tokens, so FLOPs per token
+are ``flops / reference_length``. ``base_flops`` holds everything outside the blocks: the embedding and the
+pooling, and the head the adapter's :meth:`~rba.adapters.Adapter.logits` applies -- for a decoder LM its LM head
+on every token (2·T·D·V for T tokens, hidden size D and vocabulary V: most of a small LM's compute, e.g. Gemma 3
+270M's 262k-entry vocabulary). Parameters are every parameter of the model, counted once: the embeddings and
+the head included (tied input and output embeddings once), so ``params_frac`` is a fraction of the whole
+model."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ configurations that share leading spans share that work.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -253,10 +254,10 @@ def token_weighted(sums: np.ndarray, counts: np.ndarray, population: int | None 
     sums, counts = np.asarray(sums, dtype=np.float64), np.asarray(counts, dtype=np.float64)
     total, m = counts.sum(), len(counts)
     if total <= 0:
-        return float("nan"), float("nan")
+        return math.nan, math.nan
     ratio = sums.sum() / total
     if m < 2:
-        return float(ratio), float("nan")
+        return float(ratio), math.nan
     fpc = 1.0 if population is None else max(0.0, 1.0 - m / population)
     se = np.sqrt(m / (m - 1) * np.sum((sums - ratio * counts) ** 2) * fpc) / total
     return float(ratio), float(se)
@@ -578,7 +579,7 @@ def _summary(per: dict[str, np.ndarray], population: int | None = None) -> dict[
     fpc = 1.0 if population is None else max(0.0, 1.0 - m / population)
     var = float(cos.var(correction=1)) if m > 1 else 0.0
     out = {"fidelity": float(cos.mean()), "fidelity_se": (var / m * fpc) ** 0.5}
-    nan = float("nan")
+    nan = math.nan  # one object: result dicts with NaN compare equal (dict equality tries identity first)
     out |= {"perplexity": nan, "perplexity_se": nan, "kl": nan, "kl_se": nan, "top1": nan, "top1_se": nan}
     if "tokens" in per:
         nll, nll_se = token_weighted(per["nll"], per["tokens"], population)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from rba.files import atomic_path, atomic_write_text
-from rba.names import maximised, objective_of
+from rba.names import LM_COLUMNS, maximised, objective_of
 from search._results import (
     COST_COLUMNS,
     PER_SAMPLE,
@@ -135,9 +135,11 @@ def _test_line(per: PerSample | None) -> str:
     if per is None:
         return ("test split: none (`[data] test = 0`): every quality here is on the eval split that selected it, so "
                 "the best values are biased upwards (a winner's curse); set `[data] test` to hold samples out")
+    lm = ("; perplexity, kl and top1 over every scored token, their errors over texts (a ratio estimator; the "
+          "delta method for perplexity)" if per.tokens is not None else "")
     return (f"test split: {per.samples} samples held out, which neither the search nor the export rule saw; every "
             "test number is re-evaluated on it with ± one standard error (binomial for accuracy, of the mean for "
-            f"fidelity), per-sample results in {PER_SAMPLE}")
+            f"fidelity{lm}), per-sample results in {PER_SAMPLE}")
 
 
 def _pm(value: float, se: float) -> str:
@@ -158,7 +160,14 @@ def _with_test(rows: pd.DataFrame, kind: str | pd.Series, per: PerSample | None)
     out["test fidelity"] = [_pm(x["fidelity"], x["fidelity_se"]) for x in scores]
     if per.prediction is not None:
         out["test accuracy"] = [_pm(x["accuracy"], x["accuracy_se"]) for x in scores]
+    for column in _test_lm_columns(per):
+        out[f"test {column}"] = [_pm(x[column], x[f"{column}_se"]) for x in scores]
     return out
+
+
+def _test_lm_columns(per: PerSample) -> tuple[str, ...]:
+    """The next-token qualities the test split holds (decoder LMs), else none."""
+    return LM_COLUMNS if per.tokens is not None else ()
 
 
 def _test_text(per: PerSample | None, kind: str, spans: str | None) -> str:
@@ -167,7 +176,8 @@ def _test_text(per: PerSample | None, kind: str, spans: str | None) -> str:
         return ""
     x = per.scores(kind, spans)
     parts = ([f"accuracy {_pm(x['accuracy'], x['accuracy_se'])}"] if per.prediction is not None else []) + \
-        [f"fidelity {_pm(x['fidelity'], x['fidelity_se'])}"]
+        [f"fidelity {_pm(x['fidelity'], x['fidelity_se'])}"] + \
+        [f"{c} {_pm(x[c], x[f'{c}_se'])}" for c in _test_lm_columns(per)]
     return f"test split: {', '.join(parts)}"
 
 
@@ -372,7 +382,8 @@ def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baseline
             f"Each method's feasible configurations (the search: every completed trial). Hypervolume of ({quality} "
             f"{arrow}, {cost} ↓) at a reference point fixed before the runs: {quality} = {ref[0]:.4g} "
             f"({_reference_words(quality)}) and {cost} = {ref[1]:.4g} (the unmodified model), so configurations that "
-            f"lose more than a tenth of the {quality} add no area; beside it, the hypervolume at the worst point of "
+            f"{'lose more than a tenth of the' if maximised(quality) else 'worsen by more than a tenth the'} {quality} "
+            f"add no area; beside it, the hypervolume at the worst point of "
             f"all methods ({quality} = {worst_ref[0]:.4g}, the {worst} of any method). Best {quality} within each FLOPs "
             "fraction, selected on eval"
             + (f", and that configuration's {quality} on the test split ± one standard error" if per else "")
