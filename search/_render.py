@@ -445,16 +445,18 @@ def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, s
 def _priors_section(info: dict, singles: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
     from search.analysis import prior_correlations
 
-    table = prior_correlations(singles, scores, info["metrics"])
-    within = within_length_correlations(singles, scores, info["metrics"])
+    qualities = _prior_qualities(singles)
+    table = prior_correlations(singles, scores, info["metrics"], qualities)
+    within = within_length_correlations(singles, scores, info["metrics"], qualities)
     pooled = table.set_index(["metric", "quality"])["spearman"]
     within.insert(2, "pooled", [pooled.get((m, q), math.nan) for m, q in zip(within["metric"], within["quality"],
                                                                               strict=True)])
     evaluated = int((singles["source"] == "evaluated").sum())
     return ["## Metrics as priors (every single span)", "",
             f"Spearman correlation over all {len(singles)} single spans between each metric, oriented so that higher "
-            "means more redundant (ls_residual negated), and the span's post-replacement fidelity and accuracy: a good "
-            f"prior has ρ near 1. {len(singles) - evaluated} spans reuse trial results, {evaluated} were evaluated "
+            "means more redundant (ls_residual negated), and the span's post-replacement fidelity and accuracy"
+            + (" (and perplexity, kl and top1, the minimised perplexity and kl negated so that higher is better)"
+               if len(qualities) > 2 else "") + f": a good prior has ρ near 1. {len(singles) - evaluated} spans reuse trial results, {evaluated} were evaluated "
             "for the report (singles.csv).", "", _markdown(table), "",
             "Pooled over span lengths, ρ mostly measures that longer spans hurt more. The decision a prior must "
             "make is among spans of equal cost, once a budget fixes how much to replace: below, ρ among the spans of "
@@ -463,12 +465,18 @@ def _priors_section(info: dict, singles: pd.DataFrame, scores: pd.DataFrame) -> 
             _markdown(within), "", "![priors](priors.png)", ""]
 
 
+def _prior_qualities(singles: pd.DataFrame) -> tuple[str, ...]:
+    """The qualities the priors section correlates with: fidelity and accuracy, and the next-token ones where the
+    single spans have them (decoder LMs)."""
+    return ("fidelity", "accuracy") + tuple(c for c in LM_COLUMNS if c in singles and singles[c].notna().any())
+
+
 def _plot_priors(path: Path, singles: pd.DataFrame, scores: pd.DataFrame, metrics: dict[str, bool]) -> None:
     from matplotlib.figure import Figure
 
     merged = singles.merge(scores, on=["start", "end"], how="inner", suffixes=("", "_score"))
     names = [m for m in metrics if m in scores.columns]
-    qualities = [q for q in ("fidelity", "accuracy") if merged[q].notna().any()]
+    qualities = [q for q in _prior_qualities(singles) if merged[q].notna().any()]
     fig = Figure(figsize=(3.2 * len(names), 3.0 * len(qualities)), layout="constrained")
     axes = fig.subplots(len(qualities), len(names), squeeze=False)
     for r, q in enumerate(qualities):

@@ -806,9 +806,10 @@ def within_length_correlations(singles: pd.DataFrame, scores: pd.DataFrame, orie
             for length in lengths:
                 group = merged[merged["length"] == length].dropna(subset=[m, q])
                 x = group[m] if orientation[m] else -group[m]
+                y = group[q] if maximised(q) else -group[q]  # perplexity and kl negated: higher is better
                 rho = math.nan
                 if len(group) >= 3 and x.nunique() > 1 and group[q].nunique() > 1:
-                    rho = float(spearmanr(x, group[q]).statistic)
+                    rho = float(spearmanr(x, y).statistic)
                     weighted, spans = weighted + rho * len(group), spans + len(group)
                 row[f"length {length}"] = rho
                 row[f"spans {length}"] = len(group)

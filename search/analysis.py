@@ -141,7 +141,8 @@ def prior_correlations(singles: pd.DataFrame, scores: pd.DataFrame, orientation:
                        qualities: Sequence[str] = ("fidelity", "accuracy")) -> pd.DataFrame:
     """Spearman ρ (scipy) over every single span in ``singles`` (columns start, end and the qualities) between
     each metric of ``orientation`` (oriented: higher is more redundant, so a good prior has ρ > 0) and each
-    quality; with its p-value and the number of spans. NaN where a quality is missing or constant."""
+    quality (oriented too: perplexity and kl negated); with its p-value and the number of spans. NaN where a
+    quality is missing or constant."""
     from scipy.stats import spearmanr
 
     merged = singles.merge(scores, on=["start", "end"], how="inner", suffixes=("", "_score"))
@@ -154,9 +155,10 @@ def prior_correlations(singles: pd.DataFrame, scores: pd.DataFrame, orientation:
                 continue
             both = merged.dropna(subset=[m, q])
             x = both[m] if orientation[m] else -both[m]
+            y = both[q] if maximised(q) else -both[q]  # a minimised quality negated: a good prior has ρ > 0
             rho, p = math.nan, math.nan
             if len(both) >= 3 and x.nunique() > 1 and both[q].nunique() > 1:
-                res = spearmanr(x, both[q])
+                res = spearmanr(x, y)
                 rho, p = float(res.statistic), float(res.pvalue)
             rows.append({"metric": m, "quality": q, "spearman": rho, "p_value": p, "spans": len(both)})
     return pd.DataFrame(rows, columns=["metric", "quality", "spearman", "p_value", "spans"])

@@ -79,3 +79,15 @@ def test_best_at_budget_and_eval_front_take_the_lowest_perplexity():
             kept.append(r["spans"])
             best = r["perplexity"]
     assert list(front["spans"]) == kept
+
+
+def test_priors_orient_a_minimised_quality():
+    """A metric that calls the spans of lowest kl most redundant is a perfect prior: ρ = +1, as it is for fidelity."""
+    from search.analysis import prior_correlations
+
+    singles = pd.DataFrame({"start": [0, 1, 2, 3], "end": [1, 2, 3, 4], "kl": [0.4, 0.1, 0.3, 0.2],
+                            "fidelity": [0.6, 0.9, 0.7, 0.8]})
+    scores = singles[["start", "end"]].assign(br=[0.1, 0.9, 0.3, 0.5])  # higher: more redundant
+    table = prior_correlations(singles, scores, {"br": True}, ("fidelity", "kl")).set_index("quality")
+    assert table.loc["kl", "spearman"] == pytest.approx(1.0)
+    assert table.loc["fidelity", "spearman"] == pytest.approx(1.0)
