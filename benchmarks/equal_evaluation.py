@@ -39,7 +39,12 @@ bootstrap interval that resamples the test samples (``rba.stats.paired_bootstrap
 
 Output (``--out``, default ``<table>/equal_evaluation``): ``equal_evaluation.csv`` (one row per method, data
 seed, sampler seed and n), ``differences.csv``, ``equal_evaluation.md``, ``equal_evaluation.png`` and
-``equal_evaluation.json`` (arguments, the exhaustive run's run.json, versions, load average, wall times).
+``equal_evaluation.json`` (arguments, the exhaustive run's run.json, versions, load average, wall times). Each data
+seed's results are saved as it finishes (``parts/seed<S>.json``): run the same command again after an
+interruption and finished seeds are read back, not redone (a part made with other arguments is redone).
+
+The curve at n < N is the first n evaluations of an N-evaluation run (the search plans its priors for N trials:
+at most N/2 proxy-front members), not a run asked for n trials.
 """
 
 from __future__ import annotations
@@ -476,6 +481,9 @@ def run_data_seed(args, cfg, seed: int, workroot: Path) -> tuple[Pool, list[Run]
                 keys = []
                 for p in picks:
                     result = dropped(parse_spans(p))  # already evaluated by the run: its memo
+                    if f"identity:{p}" in pool.pos:  # scored on test for an earlier run
+                        keys.append(f"identity:{p}")
+                        continue
                     split = session.evaluate_split(p, "test", kind="identity")
                     if pool.extra["label"] is not None and not np.array_equal(split.label, pool.extra["label"]):
                         raise SystemExit("error: this session's test split differs from the table's: pass the "
@@ -632,28 +640,57 @@ def plot(path: Path, study: str, curves: pd.DataFrame, everything: pd.DataFrame,
 
     from rba._io import atomic_path
 
-    fig = Figure(figsize=(12, 4.8))
+    fig = Figure(figsize=(13, 5))
     axes = fig.subplots(1, 2)
-    colors = {m: f"C{i % 10}" for i, m in enumerate(_order(curves["method"].unique()))}
-    for method in _order(curves["method"].unique()):
+    methods = _order(curves["method"].unique())
+    palette = [f"C{i}" for i in range(10)] + ["#222222", "#b8860b", "#8fbc8f", "#ff69b4"]
+    colors = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
+    for method in methods:
         style = "--" if method in IDENTITY else "-"
         for ax, col in zip(axes, ["hv_share", f"best_{budget:g}"]):
             g = curves[curves["method"] == method].groupby("evaluations")[col]
             mean = g.mean()
             ax.plot(mean.index, mean.to_numpy(), style, color=colors[method], label=method, lw=1.4)
-            if g.size().max() > 1:
+            if g.size().max() > 1:  # the 95 % t interval over runs
                 bounds = np.array([_interval(v)[1:] for _, v in g])
-                ax.fill_between(mean.index, bounds[:, 0], bounds[:, 1], color=colors[method], alpha=0.12, lw=0)
+                ax.fill_between(mean.index, bounds[:, 0], bounds[:, 1], color=colors[method], alpha=0.08, lw=0)
     axes[0].axhline(everything["hv_share"].mean(), color="k", lw=0.8, ls=":", label=f"{EVERYTHING} (on eval)")
     axes[1].axhline(everything[f"truth_{budget:g}"].mean(), color="k", lw=0.8, ls=":", label="truth (on test)")
+    top = curves.groupby(["method", "evaluations"])["hv_share"].mean().max()
+    axes[0].set_ylim(0, max(1.05, top + 0.05))  # intervals of few runs can be wide: the means stay readable
+    best = curves.groupby(["method", "evaluations"])[f"best_{budget:g}"].mean()
+    if best.notna().any():
+        truth = everything[f"truth_{budget:g}"].mean()
+        axes[1].set_ylim(best.min() - 0.05 * abs(best.min()), max(best.max(), truth) + 0.02 * abs(truth))
     axes[0].set(xlabel="evaluations (distinct configurations)", ylabel="HV share of the true test front",
                 title=f"{study}: fronts selected on eval, scored on test")
     axes[1].set(xlabel="evaluations (distinct configurations)", ylabel=f"test {quality}",
                 title=f"best on eval within FLOPs ≤ {budget:g}, scored on test")
-    axes[0].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    more, extra = axes[1].get_legend_handles_labels()
+    axes[1].legend(handles + more[-1:], labels + extra[-1:], fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
+
+
+def part_key(args) -> dict:
+    """What a data seed's results depend on, besides the table: a saved part with another key is redone."""
+    return {k: getattr(args, k) for k in ("evaluations", "sampler_seeds", "methods", "at", "budgets", "resamples",
+                                          "verify", "config", "quick")} | {"table": str(args.table.resolve())}
+
+
+def load_part(out: Path, seed: int, args) -> dict | None:
+    """A data seed's saved results (``parts/seed<S>.json``, written when it finished) if made with these
+    arguments; None otherwise (then it is run again)."""
+    import json
+
+    path = out / "parts" / f"seed{seed}.json"
+    try:
+        part = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return part if part.get("key") == json.loads(json.dumps(part_key(args))) else None
 
 
 def main(argv=None) -> int:
@@ -682,15 +719,24 @@ def main(argv=None) -> int:
     quality = cost = None
     try:
         for seed in seeds:
-            pool, runs, info = run_data_seed(args, cfg, seed, workroot)
-            quality, cost = pool.quality, pool.cost
-            curves += curve_rows(pool, runs, args.evaluations, args.budgets)
-            everything.append(everything_row(pool, seed, args.budgets))
-            t0 = time.perf_counter()
-            diffs += differences(pool, runs, args.at, args.resamples, seed)
-            info |= {"bootstrap_s": round(time.perf_counter() - t0, 1),
-                     "replay_s": {f"{r.method} {r.sampler_seed}": round(r.wall_s, 1) for r in runs}}
-            per_seed[seed] = info
+            part = load_part(out, seed, args)
+            if part is None:
+                pool, runs, info = run_data_seed(args, cfg, seed, workroot)
+                t0 = time.perf_counter()
+                part = {"key": part_key(args), "quality": pool.quality, "cost": pool.cost,
+                        "curves": curve_rows(pool, runs, args.evaluations, args.budgets),
+                        "everything": everything_row(pool, seed, args.budgets),
+                        "differences": differences(pool, runs, args.at, args.resamples, seed),
+                        "info": info | {"replay_s": {f"{r.method} {r.sampler_seed}": round(r.wall_s, 1) for r in runs}}}
+                part["info"]["scoring_s"] = round(time.perf_counter() - t0, 1)
+                atomic_write_json(out / "parts" / f"seed{seed}.json", part)
+            else:
+                _log(f"data seed {seed}: done before ({out / 'parts' / f'seed{seed}.json'}), not run again")
+            quality, cost = part["quality"], part["cost"]
+            curves += part["curves"]
+            everything.append(part["everything"])
+            diffs += part["differences"]
+            per_seed[seed] = part["info"]
     finally:
         shutil.rmtree(workroot, ignore_errors=True)
     curves_df, everything_df = pd.DataFrame(curves), pd.DataFrame(everything)
