@@ -601,8 +601,10 @@ def write_markdown(path: Path, study: str, meta: dict, table: pd.DataFrame, ever
                          f"{_cell(r['difference'], r['low'], r['high'], 4)} | {r['p']:.3g} |")
         lines += ["", "## Which way the numbers go", ""] + statements(diffs, table, counts)
     lines += ["", f"Exhaustive table: `{meta['table']}` (run.json: commit {meta['exhaustive'].get('rba_commit')}, "
-              f"load {meta['exhaustive'].get('load_start')} → {meta['exhaustive'].get('load_end')}). This replay: "
-              f"{meta['wall_s']:.0f} s, load {meta['load_start']} → {meta['load_end']}, commit {meta['rba_commit']}."]
+              f"load {meta['exhaustive'].get('load_start')} → {meta['exhaustive'].get('load_end')}). This replay, "
+              f"commit {meta['rba_commit']}, {meta['threads']} torch thread(s) on {meta['cpus']} CPUs: "
+              + "; ".join(f"data seed {s}: {v.get('wall_s', math.nan):.0f} s (load {v.get('load_start')} → "
+                          f"{v.get('load_end')})" for s, v in meta["data_seeds"].items()) + "."]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -721,6 +723,7 @@ def main(argv=None) -> int:
         for seed in seeds:
             part = load_part(out, seed, args)
             if part is None:
+                seed_started, seed_load = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
                 pool, runs, info = run_data_seed(args, cfg, seed, workroot)
                 t0 = time.perf_counter()
                 part = {"key": part_key(args), "quality": pool.quality, "cost": pool.cost,
@@ -728,7 +731,9 @@ def main(argv=None) -> int:
                         "everything": everything_row(pool, seed, args.budgets),
                         "differences": differences(pool, runs, args.at, args.resamples, seed),
                         "info": info | {"replay_s": {f"{r.method} {r.sampler_seed}": round(r.wall_s, 1) for r in runs}}}
-                part["info"]["scoring_s"] = round(time.perf_counter() - t0, 1)
+                part["info"] |= {"scoring_s": round(time.perf_counter() - t0, 1), "load_start": seed_load,
+                                 "load_end": [round(x, 2) for x in os.getloadavg()],
+                                 "wall_s": round(time.perf_counter() - seed_started, 1)}
                 atomic_write_json(out / "parts" / f"seed{seed}.json", part)
             else:
                 _log(f"data seed {seed}: done before ({out / 'parts' / f'seed{seed}.json'}), not run again")
@@ -739,7 +744,11 @@ def main(argv=None) -> int:
             per_seed[seed] = part["info"]
     finally:
         shutil.rmtree(workroot, ignore_errors=True)
+    columns = ["method", "data_seed", "sampler_seed", "kind", "evaluations", "configurations", "front", "hv_share"]
     curves_df, everything_df = pd.DataFrame(curves), pd.DataFrame(everything)
+    for df in (curves_df, everything_df):
+        df["sampler_seed"] = df["sampler_seed"].astype("Int64")  # None for the methods that take no seed
+    curves_df = curves_df[columns + [c for c in curves_df.columns if c not in columns]]
     diffs_df = pd.DataFrame(diffs)
     table = summary(curves_df, args.at, args.budgets)
     atomic_write_text(out / "equal_evaluation.csv", pd.concat([curves_df, everything_df]).to_csv(index=False))
