@@ -453,7 +453,7 @@ def run_data_seed(args, cfg, seed: int, workroot: Path) -> tuple[Pool, list[Run]
     objective = TableObjective(session, table)
     info: dict = {"session_s": round(time.perf_counter() - t0, 1), "configurations": len(table),
                   "test_samples": int(arrays["cosine"].shape[1])}
-    feasible = [objective._memo[str(s)]["feasible"] for s in table["spans"]]
+    feasible = [objective.feasible(parse_spans(str(s))) for s in table["spans"]]
     pool = Pool.from_table(table, arrays, quality, cost, objective.kind, feasible)
     info |= {"reference": list(pool.reference), "true_hv": pool.true_hv}
     if args.verify:
