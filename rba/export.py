@@ -31,7 +31,7 @@ from torch import nn
 from rba._io import atomic_path, atomic_write_json, file_sha256, package_versions
 from rba._records import checked, schema_problems
 from rba.adapters import Adapter, create_adapter
-from rba.apply import replace_
+from rba.apply import replace_, walk_spans
 from rba.config import Config, DataConfig, ModelConfig
 from rba.errors import RBAError
 from rba.fit import get_fit
@@ -178,7 +178,7 @@ def export_model(session: SessionParts, spans: Sequence[Span], out: str | Path, 
     spans = sorted(spans)
     adapter = session.adapter
     maps = session.maps(spans, kind, mode)
-    head, head_record = session.evaluator.export_head(spans, maps, maps_tag(kind, mode),
+    head, head_record = session.evaluator.export_head(walk_spans(spans, maps), maps, maps_tag(kind, mode),
                                                       class_names=session.dataset.classes)
     handle = replace_(adapter, spans, maps)
     try:

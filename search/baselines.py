@@ -31,6 +31,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from rba.apply import walk_spans
 from rba.spans import Span
 from rba.statistics import Statistics
 
@@ -131,7 +132,8 @@ def _subset_quality(objective, spans: list[Span], batches: list[int]) -> float:
     split's ``batches``, the probe (if any) fitted on the whole probe split, as an early-stopped trial scores."""
     ev = objective.session.evaluator
     column = (objective.quality_columns or ["fidelity"])[0]
-    run = ev.forward(spans, objective.maps(spans), tag=objective.tag)  # not finished: nothing enters the memo
+    maps = objective.maps(spans)
+    run = ev.forward(walk_spans(spans, maps), maps, tag=objective.tag)  # not finished: nothing enters the memo
     pooled_probe = run.pooled("probe", range(len(ev.parts["probe"].contexts))) if "probe" in ev.parts else None
     probe = ev.probe_for({"probe": pooled_probe}) if ev.need_labels and pooled_probe is not None else None
     rows = ev.parts["eval"].rows(batches)

@@ -101,6 +101,25 @@ class Adapter(abc.ABC):
         """Boundary k → boundary k+1 through the original block k."""
         return self.blocks[k](h)
 
+    def run_block_as(self, k: int, block: nn.Module, h: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Boundary k → k+1 through ``block`` in place of block k (called as :meth:`run_block` calls block k)."""
+        original = self.blocks[k]
+        self.blocks[k] = block
+        try:
+            return self.run_block(k, h, ctx)
+        finally:
+            self.blocks[k] = original
+
+    def fold_target(self, k: int) -> str:
+        """The name, within block k, of the linear module whose output is the block's MLP output and is added to
+        the residual stream as it is (the down projection): where ``[fit] kind = "fold"`` multiplies its map.
+        Families that have one override this; the others raise a ModelError naming why and the fix."""
+        from rba.errors import ModelError
+
+        raise ModelError(f"{self.describe()}: fit kind \"fold\" needs blocks whose MLP output is added to the "
+                         f"residual stream as it is, and this model kind does not expose one; use [fit] kind = "
+                         "\"affine\"")
+
     def boundaries(self, h: torch.Tensor, ctx: Context, *, start: int = 0, stop: int | None = None,
                    replace: Mapping[Span, Callable[[torch.Tensor], torch.Tensor]] | None = None,
                    ) -> Iterator[tuple[int, torch.Tensor]]:
@@ -118,7 +137,10 @@ class Adapter(abc.ABC):
         while k < stop:
             if k in jumps:
                 j, module = jumps[k]
-                h, k = module(h), j
+                # a fold (rba.apply.FoldedBlock) is block k with its down projection changed, run as block k is
+                block = getattr(module, "folded_block", None)
+                h = module(h) if block is None else self.run_block_as(k, block, h, ctx)
+                k = j
             else:
                 h, k = self.run_block(k, h, ctx), k + 1
             yield k, h

@@ -188,6 +188,22 @@ class CausalLM(Adapter):
     def wrap_replacement(self, module: nn.Module) -> nn.Module:
         return _LayerReplacement(module)
 
+    def fold_target(self, k: int) -> str:
+        """``mlp.down_proj`` (Llama, Qwen) or ``mlp.c_proj`` (GPT-2): added to the residual stream as it is. Gemma 3
+        normalises the MLP output first (``post_feedforward_layernorm``), so a map on it does not fold."""
+        layer = self.blocks[k]
+        if hasattr(layer, "post_feedforward_layernorm"):
+            raise ModelError(f"{type(self.model).__name__}: fit kind \"fold\" is not exact here: a norm "
+                             "(post_feedforward_layernorm) follows each layer's MLP, so a map on the MLP output cannot "
+                             "be multiplied into its down projection; use [fit] kind = \"affine\"")
+        for name in ("mlp.down_proj", "mlp.c_proj"):
+            try:
+                layer.get_submodule(name)
+            except AttributeError:
+                continue
+            return name
+        return super().fold_target(k)
+
     def forward(self, inputs: Any) -> torch.Tensor:
         ids, mask = self._ids_and_mask(inputs)
         out = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False, return_dict=True)
