@@ -147,3 +147,36 @@ def test_fold_statistics_reload_from_their_cache_and_score(tmp_path):
     blocks = sum(p.numel() for k in (1, 2) for p in session.adapter.blocks[k].parameters())
     assert row["params"] == session.cost_model.total_params - blocks  # the map is folded: it adds nothing
     assert 0 < row["fidelity"] < 1
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_folded_export_reloads_in_plain_transformers(tmp_path, family):
+    from transformers import AutoModelForCausalLM
+
+    from rba.apply import replaced
+    from rba.export import FOLD_RECORD, load_export
+
+    cfg = tiny_config(tmp_path, family, fit={"kind": "fold"})
+    session = Session(cfg, need_labels=False, progress=False, measure_latency=False)
+    adapter = session.adapter
+    spans = [SPANS[family][0]]
+    (i, j), = spans
+    out = session.export(spans, tmp_path / "export")
+    assert (out / "model.safetensors").is_file() and (out / FOLD_RECORD).is_file()
+    assert not (out / "recipe.json").exists()
+    x = _ids(adapter.collate(session.splits.eval.samples[:8]))
+    mask = x["attention_mask"].bool()
+    with torch.no_grad():
+        with replaced(adapter, spans, session.maps(spans)):
+            ours = adapter.model(**x, use_cache=False).logits[mask]
+        reloaded = AutoModelForCausalLM.from_pretrained(out)  # no rba code involved
+        assert reloaded.config.num_hidden_layers == adapter.num_blocks - (j - i)
+        theirs = reloaded(**x).logits[mask]
+        torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)
+        generated = reloaded.generate(x["input_ids"][:1, :4], max_new_tokens=3, do_sample=False)
+    assert generated.shape == (1, 7)
+    # rba reads it back through the folder's own loader, as the same configuration
+    result = session.evaluate_export(out)
+    assert result["spans"] == f"{i}-{j}"
+    assert result["fidelity"] == pytest.approx(session.evaluate(spans)["fidelity"], abs=1e-5)
+    assert load_export(out).num_blocks == adapter.num_blocks - (j - i)

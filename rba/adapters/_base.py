@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import collections
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -119,6 +120,19 @@ class Adapter(abc.ABC):
         raise ModelError(f"{self.describe()}: fit kind \"fold\" needs blocks whose MLP output is added to the "
                          f"residual stream as it is, and this model kind does not expose one; use [fit] kind = "
                          "\"affine\"")
+
+    def without_blocks(self, drop: Sequence[int]) -> nn.Module:
+        """A plain model of this family without blocks ``drop``, the others' weights as they stand (a fold's
+        block included, when :func:`rba.apply.replace_` has put one in): what a fold exports in the model's own
+        format. Families that can build one override this, with :meth:`save_native`."""
+        from rba.errors import ModelError
+
+        raise ModelError(f"{self.describe()}: this model kind cannot export a model with fewer blocks in its own "
+                         "format; export with [fit] kind = \"affine\" (a recipe export)")
+
+    def save_native(self, model: nn.Module, folder: Path) -> None:
+        """Write ``model`` (from :meth:`without_blocks`) into ``folder`` in its family's own format."""
+        raise NotImplementedError
 
     def boundaries(self, h: torch.Tensor, ctx: Context, *, start: int = 0, stop: int | None = None,
                    replace: Mapping[Span, Callable[[torch.Tensor], torch.Tensor]] | None = None,
