@@ -180,3 +180,47 @@ def test_folded_export_reloads_in_plain_transformers(tmp_path, family):
     assert result["spans"] == f"{i}-{j}"
     assert result["fidelity"] == pytest.approx(session.evaluate(spans)["fidelity"], abs=1e-5)
     assert load_export(out).num_blocks == adapter.num_blocks - (j - i)
+
+
+def test_replaceme_picks_the_span_of_least_last_token_angular_distance(tmp_path):
+    from types import SimpleNamespace
+
+    from rba.methods import get_method
+    from search.baselines import replaceme_distances
+    from search.methods import plan_replaceme
+
+    cfg = tiny_config(tmp_path, "llama", model={"options": {"num_hidden_layers": 8}}, search={"method": "replaceme"})
+    session = Session(cfg, need_labels=False, progress=False, measure_latency=False)
+    adapter = session.adapter
+    assert get_method("replaceme").kind == "fold" and session.folds()  # one pass: MLP outputs in the statistics
+    # by hand: each layer's output (boundary k + 1) at each sample's last real token, from forward hooks
+    outs: dict[int, torch.Tensor] = {}
+    layers = _layers(adapter.model)
+    hooks = [layer.register_forward_hook(lambda m, a, o, k=k: outs.__setitem__(k, o[0] if isinstance(o, tuple) else o))
+             for k, layer in enumerate(layers)]
+    last_tokens = {k: [] for k in range(len(layers))}
+    samples = session.splits.calibration.samples
+    with torch.no_grad():
+        for start in range(0, len(samples), 16):
+            x = _ids(adapter.collate(samples[start:start + 16]))
+            adapter.model(**x)
+            last = x["attention_mask"].sum(1) - 1
+            for k in last_tokens:
+                last_tokens[k].append(outs[k][torch.arange(len(last)), last].double().numpy())
+    for h in hooks:
+        h.remove()
+    x = {k + 1: np.concatenate(v) for k, v in last_tokens.items()}
+    n = 2  # 25% of 8 layers
+    expected = {}
+    for i in range(1, 8 - n + 1):
+        a, b = x[i], x[i + n]
+        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        expected[(i, i + n)] = float(np.mean(np.arccos(np.clip(cos, -1, 1)) / np.pi))
+    got = replaceme_distances(session, [n])
+    assert got.keys() == expected.keys()
+    for span in got:
+        assert got[span] == pytest.approx(expected[span], rel=1e-5)
+    plans = plan_replaceme(SimpleNamespace(session=session, cfg=cfg, method="replaceme"), True)
+    assert plans[0] == ("replaceme n=2", [min(expected, key=expected.get)])
+    assert [len(p[1]) for p in plans] == [1] * 7 and sorted(j - i for _, [(i, j)] in plans) == list(range(1, 8))
+    assert 0 < session.evaluate(plans[0][1], kind="fold")["fidelity"] < 1
