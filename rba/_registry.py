@@ -137,5 +137,6 @@ FITS: Registry[type] = Registry("fit kind", hint="Set [fit] kind to one of them"
 FITS.register("affine", "rba.fit:AffineFit")
 FITS.register("linear", "rba.fit:LinearFit")
 FITS.register("identity", "rba.fit:IdentityFit")
+FITS.register("fold", "rba.fit:FoldFit")
 FITS.register("mlp", "rba._translators:MLPFit")
 FITS.register("res-mlp", "rba._translators:ResMLPFit")

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["capture_statistics", "boundary_vectors", "iter_batches", "length_order", "check_finite"]
+__all__ = ["capture_statistics", "boundary_vectors", "iter_batches", "length_order", "check_finite", "mlp_pairs"]
 
 
 def length_order(samples: Sequence[Any]) -> np.ndarray | None:
@@ -55,23 +55,52 @@ def check_finite(h: torch.Tensor, k: int, where: str) -> None:
 def boundary_vectors(adapter: Adapter, samples: Sequence[Any], batch_size: int):
     """Per batch of the calibration samples: (batch size, every boundary's vectors), each checked finite —
     the forward path of the statistics pass (call under ``torch.inference_mode()``)."""
-    for _, chunk in iter_batches(samples, batch_size):
-        h, ctx = adapter.embed(adapter.collate(chunk))
-        vecs = [adapter.vectors(h_k, ctx) for _, h_k in adapter.boundaries(h, ctx)]
-        for k, v in enumerate(vecs):
-            check_finite(v, k, "calibration split")
-        yield len(chunk), vecs
+    for n, vecs, _ in _batch_vectors(adapter, samples, batch_size, mlp_blocks=0):
+        yield n, vecs
+
+
+def _batch_vectors(adapter: Adapter, samples: Sequence[Any], batch_size: int, *, mlp_blocks: int):
+    """:func:`boundary_vectors`, plus the MLP outputs of blocks 0..mlp_blocks-1 as vectors (forward hooks on the
+    modules :meth:`~rba.adapters.Adapter.fold_target` names), in the same rows."""
+    modules = [adapter.blocks[e].get_submodule(adapter.fold_target(e)) for e in range(mlp_blocks)]
+    outputs: dict[int, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda _m, _in, out, e=e: outputs.__setitem__(e, out))
+             for e, m in enumerate(modules)]
+    try:
+        for _, chunk in iter_batches(samples, batch_size):
+            outputs.clear()
+            h, ctx = adapter.embed(adapter.collate(chunk))
+            vecs = [adapter.vectors(h_k, ctx) for _, h_k in adapter.boundaries(h, ctx)]
+            for k, v in enumerate(vecs):
+                check_finite(v, k, "calibration split")
+            mlp = [adapter.vectors(outputs[e], ctx) for e in range(mlp_blocks)]
+            yield len(chunk), vecs, mlp
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def mlp_pairs(pairs: Sequence[Span]) -> list[tuple[int, int]]:
+    """The (block, boundary) products a fold fit of ``pairs`` needs: for every span (i, j) with i ≥ 1, the MLP
+    output of block i − 1 against boundaries i and j."""
+    return sorted({(i - 1, k) for i, j in pairs if i >= 1 for k in (i, j)})
 
 
 @torch.inference_mode()
 def capture_statistics(adapter: Adapter, samples: Sequence[Any], *, pairs: Sequence[Span], batch_size: int = 64,
                        dtype: str = "float32", max_memory_gb: float = 8.0, progress: bool = True,
-                       key: str = "", meta: dict[str, Any] | None = None) -> Statistics:
-    """Run ``adapter`` once over ``samples`` and return the streamed statistics."""
+                       key: str = "", meta: dict[str, Any] | None = None, mlp_outputs: bool = False) -> Statistics:
+    """Run ``adapter`` once over ``samples`` and return the streamed statistics; with ``mlp_outputs`` (a fit that
+    folds) also those of the MLP outputs of the blocks before the spans' starts (:func:`mlp_pairs`)."""
     dims = adapter.dims()
-    nbytes = statistics_nbytes(dims, pairs)
+    products = mlp_pairs(pairs) if mlp_outputs else []
+    blocks = max((e for e, _ in products), default=-1) + 1
+    targets = [adapter.fold_target(e) for e in range(blocks)]  # a model that cannot fold says so before the pass
+    mlp_dims = [dims[e + 1] for e in range(blocks)]  # an MLP output is added to the residual stream: its width
+    nbytes = statistics_nbytes(dims, pairs, mlp_dims, products)
     limit = max_memory_gb * 2**30
-    msg = f"statistics: {nbytes / 2**20:.1f} MiB for {len(dims)} boundaries and {len(pairs)} spans"
+    msg = (f"statistics: {nbytes / 2**20:.1f} MiB for {len(dims)} boundaries and {len(pairs)} spans"
+           + (f" (with the MLP outputs of {blocks} blocks)" if blocks else ""))
     if nbytes > limit:
         raise DataError(
             f"{msg} exceeds capture.max_memory_gb = {max_memory_gb}: lower search.max_span "
@@ -80,12 +109,14 @@ def capture_statistics(adapter: Adapter, samples: Sequence[Any], *, pairs: Seque
     if progress:
         log.info(msg)
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-    collector = StatisticsCollector(dims, pairs, dtype=torch_dtype, device=adapter.device)
+    collector = StatisticsCollector(dims, pairs, dtype=torch_dtype, device=adapter.device, mlp_dims=mlp_dims,
+                                    mlp_pairs=products)
     order = length_order(samples)
     if order is not None:
         samples = [samples[i] for i in order]
     with bar(len(samples), "capture", "samples", enabled=progress) as progress_bar:
-        for n, vecs in boundary_vectors(adapter, samples, batch_size):
-            collector.update(vecs)
+        for n, vecs, mlp in _batch_vectors(adapter, samples, batch_size, mlp_blocks=blocks):
+            collector.update(vecs, mlp)
             progress_bar.update(n)
-    return collector.result(key=key, meta=meta)
+    bias = [adapter.blocks[e].get_submodule(t).bias is not None for e, t in enumerate(targets)]
+    return collector.result(key=key, meta=meta, mlp_meta={"modules": targets, "bias": bias})

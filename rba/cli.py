@@ -266,8 +266,11 @@ class Export(_Command):
                  f"{diff['unmodified']:.2g}")
             wrote(f"export: wrote {out / 'model.safetensors'}, {out / 'recipe.json'}, {out / 'model.onnx'} and "
                   f"{out / 'unmodified.onnx'}")
-        else:
+        elif (out / "recipe.json").exists():
             wrote(f"export: wrote {out / 'model.safetensors'} and {out / 'recipe.json'}")
+        else:  # a fold: the model's own format, fewer blocks
+            wrote(f"export: wrote {out} (the model's own format with the span's blocks folded away: loads without "
+                  "rba)")
         return 0
 
 

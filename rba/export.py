@@ -31,7 +31,7 @@ from torch import nn
 from rba._io import atomic_path, atomic_write_json, file_sha256, package_versions
 from rba._records import checked, schema_problems
 from rba.adapters import Adapter, create_adapter
-from rba.apply import replace_
+from rba.apply import replace_, walk_spans
 from rba.config import Config, DataConfig, ModelConfig
 from rba.errors import RBAError
 from rba.fit import get_fit
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from rba.evaluate import Evaluator
     from rba.statistics import Statistics
 
-__all__ = ["export_model", "load_export", "read_recipe", "head_logits", "RECIPE_FORMAT"]
+__all__ = ["export_model", "load_export", "read_recipe", "head_logits", "RECIPE_FORMAT", "FOLD_RECORD"]
 
 RECIPE_FORMAT = 2
 
@@ -176,9 +176,11 @@ def export_model(session: SessionParts, spans: Sequence[Span], out: str | Path, 
     kind = kind or cfg.fit.kind
     mode = mode or cfg.fit.mode
     spans = sorted(spans)
+    if get_fit(kind).folds:
+        return _export_folded(session, spans, out, kind, mode)
     adapter = session.adapter
     maps = session.maps(spans, kind, mode)
-    head, head_record = session.evaluator.export_head(spans, maps, maps_tag(kind, mode),
+    head, head_record = session.evaluator.export_head(walk_spans(spans, maps), maps, maps_tag(kind, mode),
                                                       class_names=session.dataset.classes)
     handle = replace_(adapter, spans, maps)
     try:
@@ -220,6 +222,46 @@ def export_model(session: SessionParts, spans: Sequence[Span], out: str | Path, 
     checked(recipe, Recipe, "recipe.json")  # what is written must read back
     atomic_write_json(out / "recipe.json", recipe)
     session.write_run_info(out, command="export", spans=recipe["spans"], fit=recipe["fit"])
+    return out
+
+
+#: the record a folded export writes beside the model's own files (last: its presence marks a finished export)
+FOLD_RECORD = "rba-fold.json"
+
+
+def _export_folded(session: SessionParts, spans: Sequence[Span], out: Path, kind: str, mode: str) -> Path:
+    """A fold's configuration as the model's own format with fewer blocks (:meth:`Adapter.without_blocks`; for a
+    causal LM a transformers folder ``AutoModelForCausalLM.from_pretrained`` loads, no rba needed), plus
+    :data:`FOLD_RECORD` (spans, fit, model identity, statistics hash). Written into a temporary folder beside
+    ``out``, then moved in file by file, the record last; a recipe export's files left in ``out`` are removed."""
+    import os
+    import shutil
+    import tempfile
+
+    adapter = session.adapter
+    maps = session.maps(spans, kind, mode)
+    handle = replace_(adapter, spans, maps)
+    try:
+        model = adapter.without_blocks([k for i, j in spans for k in range(i, j)])
+    finally:
+        handle.restore()
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        adapter.save_native(model, tmp)
+        for stale in ("recipe.json", "model.onnx", "model.onnx.json", FOLD_RECORD):
+            (out / stale).unlink(missing_ok=True)
+        for path in sorted(tmp.iterdir()):
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    cfg = session.cfg
+    record = {"format": 1, "spans": format_spans(spans), "fit": {"kind": kind, "ridge": cfg.fit.ridge, "mode": mode},
+              "identity": adapter.identity, "preprocess": {"max_length": cfg.data.max_length,
+                                                          "image_size": cfg.data.image_size},
+              "blocks": adapter.num_blocks, "statistics_hash": session.stats.key, "versions": package_versions()}
+    atomic_write_json(out / FOLD_RECORD, json.loads(json.dumps(record, default=str)))
+    session.write_run_info(out, command="export", spans=record["spans"], fit=record["fit"])
     return out
 
 
@@ -282,6 +324,8 @@ def load_export(folder: str | Path, device: str = "cpu", *, trust_code: bool = F
     from safetensors.torch import load_model
 
     folder = Path(folder)
+    if (folder / FOLD_RECORD).is_file() and not (folder / "recipe.json").exists():
+        return _load_folded(folder, device)
     recipe = read_recipe(folder)
     model_cfg = dict(recipe["model"])
     model_cfg.pop("trust_code", None)
@@ -321,6 +365,27 @@ def load_export(folder: str | Path, device: str = "cpu", *, trust_code: bool = F
         raise RBAError(f"{folder}/model.safetensors does not match its recipe: {exc}") from None
     adapter.identity = dict(adapter.identity) | {"export": str(folder), "spans": recipe["spans"]}
     adapter.export_recipe = recipe
+    if device != "cpu":
+        adapter.to(device)
+    return adapter
+
+
+def _load_folded(folder: Path, device: str) -> Adapter:
+    """A folded export through its own family's loader (the folder as ``model.name``); ``export_recipe`` holds what
+    :meth:`rba.session.Session.evaluate_export` reads (spans, fit, the base model's identity, no head)."""
+    try:
+        record = json.loads((folder / FOLD_RECORD).read_text())
+        identity, preprocess = dict(record["identity"]), dict(record["preprocess"])
+        parse_spans(record["spans"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise RBAError(f"{folder / FOLD_RECORD} is unreadable ({type(exc).__name__}: {exc}): rerun `rba export` into "
+                       "this folder") from None
+    cfg = Config(model=ModelConfig(kind=identity["kind"], name=str(folder.resolve()), pretrained=True, device="cpu"),
+                 data=DataConfig(**preprocess))
+    adapter = create_adapter(cfg)
+    adapter.export_recipe = {"spans": record["spans"], "fit": record["fit"], "identity": identity,
+                             "preprocess": preprocess, "head": None}
+    adapter.identity = dict(adapter.identity) | {"export": str(folder), "spans": record["spans"]}
     if device != "cpu":
         adapter.to(device)
     return adapter

@@ -38,9 +38,9 @@ from rba._registry import FITS, check_name
 from rba._threads import single_thread
 from rba.errors import SpanError
 from rba.spans import Span
-from rba.statistics import Statistics
+from rba.statistics import Statistics, plain_cross_from
 
-__all__ = ["Fit", "FitInput", "SpanFit", "TrainSettings", "RankDeficientWarning", "fit_label", "fit_span", "get_fit", "list_fits",
+__all__ = ["Fit", "FitInput", "FoldFit", "SpanFit", "TrainSettings", "RankDeficientWarning", "fit_label", "fit_span", "get_fit", "list_fits",
            "register_fit", "ill_conditioning", "conditioning_certificate", "rank_deficient"]
 
 #: smallest/largest eigenvalue of the unridged system below which the ridge is what makes it solvable
@@ -144,6 +144,9 @@ class Fit(abc.ABC):
     needs: ClassVar[Needs] = "statistics"
     #: trained by an optimiser (not closed form); shown wherever fits are listed
     trained: ClassVar[bool] = False
+    #: the map acts on the MLP output of the block before the span and is multiplied into its down projection
+    #: (:class:`FoldFit`): the statistics then carry the MLP outputs, and :mod:`rba.apply` folds instead of swapping
+    folds: ClassVar[bool] = False
     #: the registry name, set by :func:`register_fit`
     name: str = ""
 
@@ -490,17 +493,29 @@ def _inverse(stats: Statistics, k: int, ridge: float, span: Span, *, with_bias: 
 def _solve(stats: Statistics, span: Span, ridge: float, *,
            with_bias: bool) -> tuple[torch.Tensor, float, Callable[[], float]]:
     """W (rows: the input's D, then the bias row when ``with_bias``) minimising Σ‖x̃_i W − x_j‖² + λ‖W‖², and
-    a function that returns its SSE (read only when asked: a trial applies the map and never needs it).
+    a function that returns its SSE (read only when asked: a trial applies the map and never needs it)."""
+    i, j = span
+    return _solve_system(stats, i, span, ridge, with_bias=with_bias, bu=stats.centred_cross[span],
+                         cj=stats.center[j], sq_j=stats.centred_sq[j],
+                         plain_b=lambda: stats.plain_cross(span)[:-1], plain_sq=lambda: stats.sum_sq(j))
+
+
+def _solve_system(stats: Statistics, i: int, span: Span, ridge: float, *, with_bias: bool, bu: torch.Tensor,
+                  cj: torch.Tensor, sq_j: float, plain_b: Callable[[], torch.Tensor], plain_sq: Callable[[], float],
+                  where: str = "") -> tuple[torch.Tensor, float, Callable[[], float]]:
+    """The least squares of a target y on the input x̃_i = [x_i, 1] of ``stats``' boundary i, from the target's
+    sums: ``bu`` = Σ u_i (y − c_y)ᵀ, its centre ``cj`` = c_y and ``sq_j`` = Σ‖y − c_y‖² (and, without the bias,
+    ``plain_b()`` = Σ x_i yᵀ and ``plain_sq()`` = Σ‖y‖²). The target is boundary j for the span fits, the fold's
+    residual-stream difference for :class:`FoldFit`.
 
     Affine, in the centred coordinates: (Σ u uᵀ + λM) W' = Σ u_i x_jᵀ, then W = T⁻¹W' (the weight rows are
     W'[:-1], the bias is W'[-1] − c_iᵀW'[:-1]). The SSE comes from the centred sums, which carry no mean:
     with W'' = W' less c_j in its bias row, (Σ u uᵀ)W'' = Σ u v_jᵀ − λMW', so
     SSE = Σ‖v_j‖² − tr(W''ᵀ Σ u v_jᵀ) − λ·tr(W''ᵀMW'), and MW' = [W'[:-1] − c_i b; b] with b the bias.
     Linear: plain sums, SSE = s_j − tr(WᵀB) − λ‖W‖² (because (A + λI)W = B)."""
-    i, j = span
     inv, lam = _inverse(stats, i, ridge, span, with_bias=with_bias)
     if with_bias:
-        bu, ci, cj = stats.centred_cross[span], stats.center[i], stats.center[j]
+        ci = stats.center[i]
         su = stats.centred_gram[i][-1]
         wp = inv @ bu
         wp.addr_(inv @ su, cj)  # W' = inv·(Σ u_i v_jᵀ + (Σ u_i) c_jᵀ), no temporary of the system's size
@@ -517,25 +532,28 @@ def _solve(stats: Statistics, span: Span, ridge: float, *,
                         - float(cj @ bu[-1]))
             reg_term = (float(torch.dot(top.reshape(-1), top.reshape(-1))) - float(ci @ (top @ bias))
                         + float((last - cj) @ bias))
-            return max(stats.centred_sq[j] - fit_term - lam * reg_term, 0.0)
+            return max(sq_j - fit_term - lam * reg_term, 0.0)
     else:
-        b = stats.plain_cross(span)[:-1]
+        b = plain_b()
         w = inv @ b
 
         def sse() -> float:
-            return max(stats.sum_sq(j) - float((w * b).sum()) - lam * float((w * w).sum()), 0.0)
-    _warn_if_singular(stats, span, with_bias, lam)
+            return max(plain_sq() - float((w * b).sum()) - lam * float((w * w).sum()), 0.0)
+    _warn_if_singular(stats, span, with_bias, lam, k=i, where=where)
     return w, lam, sse
 
 
-def _warn_if_singular(stats: Statistics, span: Span, with_bias: bool, lam: float) -> None:
-    deficient, ratio = rank_deficient(stats, span[0], with_bias=with_bias)
+def _warn_if_singular(stats: Statistics, span: Span, with_bias: bool, lam: float, *, k: int | None = None,
+                      where: str = "") -> None:
+    """Warn once per span when the input's Gram matrix (boundary ``k``, default the span's start) is rank-deficient;
+    ``where`` names that input in the message."""
+    deficient, ratio = rank_deficient(stats, span[0] if k is None else k, with_bias=with_bias)
     if deficient:
         seen = stats.scratch.setdefault("warned", set())
         if span not in seen:
             seen.add(span)
             warnings.warn(
-                f"span {span[0]}-{span[1]}: statistics at boundary {span[0]} are rank-deficient "
+                f"span {span[0]}-{span[1]}: statistics at {where or f'boundary {span[0]}'} are rank-deficient "
                 f"(eigenvalue ratio {ratio}); the ridge (λ = {lam:.3g}) takes over",
                 RankDeficientWarning,
                 stacklevel=4,
@@ -594,3 +612,65 @@ class IdentityFit(Fit):
 
     def predict(self, fit: SpanFit, x: torch.Tensor) -> torch.Tensor:
         return x.double()
+
+
+class FoldFit(Fit):
+    """ReplaceMe's map (Shopkhoev et al. 2025, ``mts-ai/ReplaceMe`` ``lstsq.py``), fitted from the statistics: for span
+    (i, j), a D×D map T on m, the MLP output of block i − 1 (its down projection's output, before the residual add),
+    so that the block's output h_i − m + m·T (+ c) approximates h_j. Least squares m̃·[T; c] ≈ h_j − h_i + m, ridged
+    as ``affine`` (λ = ridge · mean diagonal of the system), with the bias c only where the down projection has one
+    (GPT-2); ReplaceMe solves the same system without ridge or bias, with ``torch.linalg.inv``, on every token,
+    padding included. Folded, T multiplies the down projection (W ← Tᵀ W; bias ← b·T + c) and blocks i..j−1 go:
+    the model keeps its architecture, with fewer layers. The SSE is that of h_j, as for the span fits.
+
+    From the statistics' MLP part (:attr:`Statistics.mlp`, captured only for this kind), with v = x − c per stream:
+    Σ u_m (y − c_y)ᵀ = Σ u_m v_jᵀ − Σ u_m v_iᵀ + Σ u_m v_mᵀ and c_y = c_j − c_i + c_m."""
+
+    folds = True
+
+    def fit(self, data: FitInput) -> SpanFit:
+        stats, (i, j) = data.statistics, data.span
+        if i < 1:
+            raise SpanError(f"span {i}-{j}: fit kind \"fold\" multiplies its map into the MLP of the block before the "
+                            "span, and no block precedes boundary 0; use [fit] kind = \"affine\" for spans from 0")
+        mlp, e = stats.mlp, i - 1
+        if mlp is None or (e, j) not in stats.mlp_cross:
+            raise SpanError(f"span {i}-{j}: these statistics hold no MLP outputs for it (they are captured with fit "
+                            "kind \"fold\" only); capture them with [fit] kind = \"fold\"")
+        ci_, cj_ = stats.mlp_cross[(e, i)], stats.mlp_cross[(e, j)]
+        gram = mlp.centred_gram[e]
+        bu = cj_ - ci_ + gram[:, :-1]
+        cy = stats.center[j] - stats.center[i] + mlp.center[e]
+        dot_ij = float(torch.diagonal(stats.centred_cross[(i, j)][:-1]).sum())
+        dot_mj, dot_mi = (float(torch.diagonal(c[:-1]).sum()) for c in (cj_, ci_))
+        sq_y = (stats.centred_sq[j] + stats.centred_sq[i] + mlp.centred_sq[e]
+                - 2 * dot_ij + 2 * dot_mj - 2 * dot_mi)
+        n = mlp.count(e)
+        with_bias = bool(mlp.meta.get("bias", [False] * (e + 1))[e])
+        w, lam, sse = _solve_system(
+            mlp, e, data.span, data.ridge, with_bias=with_bias, bu=bu, cj=cy, sq_j=max(sq_y, 0.0),
+            plain_b=lambda: plain_cross_from(bu, gram[-1], mlp.center[e], cy)[:-1],
+            plain_sq=lambda: max(sq_y, 0.0) + 2 * float(cy @ bu[-1]) + n * float(cy @ cy),
+            where=f"the MLP output of block {e}")
+        tensors = {"weight": w[:-1], "bias": w[-1]} if with_bias else {"weight": w}
+        return SpanFit(data.span, self.name, data.dim_in, data.dim_out, tensors, sse, lam)
+
+    def module(self, dim_in: int, dim_out: int, *, layout: str, span: Span) -> nn.Module:
+        """The map as a :class:`SpanMap` on MLP outputs (what :meth:`predict` applies); in a model the map is folded
+        into the down projection (:func:`rba.apply.fold_module`), so it adds no module."""
+        return SpanMap(dim_in, dim_out, bias=True, layout=layout, span=span)
+
+    def state_dict(self, fit: SpanFit) -> dict[str, torch.Tensor]:
+        bias = fit.bias if fit.bias is not None else torch.zeros(fit.dim_out, dtype=fit.weight.dtype)
+        return {"linear.weight": fit.weight.T, "linear.bias": bias}
+
+    def predict(self, fit: SpanFit, x: torch.Tensor) -> torch.Tensor:
+        """The map on MLP outputs x (n, D) of block i − 1 (not on boundary vectors)."""
+        y = x.to(fit.weight.dtype) @ fit.weight
+        return y if fit.bias is None else y + fit.bias
+
+    def num_params(self, dim_in: int, dim_out: int) -> int:
+        return 0  # multiplied into a down projection the model has anyway (and into its bias, where it has one)
+
+    def flops_per_vector(self, dim_in: int, dim_out: int) -> int:
+        return 0

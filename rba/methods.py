@@ -109,3 +109,5 @@ register_method("gromov-affine", f"{_PLANS}:plan_gromov",
                 summary="Gromov et al.'s span per length n, replaced by its fitted map")
 register_method("random-lesions", f"{_PLANS}:plan_random_lesions", kind="identity", uses_trials=True,
                 summary="search.trials random sets of blocks (a size, then the blocks; search.seed), dropped")
+register_method("replaceme", f"{_PLANS}:plan_replaceme", kind="fold", check=f"{_PLANS}:check_replaceme",
+                summary="ReplaceMe: the 25%-of-blocks span of least angular distance on the last tokens, folded (fold)")

@@ -89,6 +89,11 @@ OPSET = 17
 
 def check_onnx_exportable(cfg: Config) -> None:
     """Refuse, before any model is loaded, what the ONNX export does not cover."""
+    from rba.fit import get_fit
+
+    if get_fit(cfg.fit.kind).folds:
+        raise ConfigError(f"fit.kind = {cfg.fit.kind!r} exports the model in its own format (fewer blocks), which "
+                          "--format onnx does not cover: export without --format onnx, or with [fit] kind = \"affine\"")
     if cfg.model.forward_dtype != "float32":
         raise ConfigError(f"model.forward_dtype = {cfg.model.forward_dtype!r}: the ONNX export writes float32 models "
                           "only (ONNX Runtime's CPU kernels are float32); export with --forward-dtype float32")

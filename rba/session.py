@@ -19,15 +19,16 @@ from torch import nn
 
 from rba._io import atomic_write_json, atomic_write_text, package_versions
 from rba.adapters import Adapter, Span, check_weights_file, create_adapter
-from rba.apply import span_module
+from rba.apply import fold_module, span_module, walk_spans
 from rba.capture import capture_statistics
 from rba.config import Config, load_config
 from rba.cost import CostModel
 from rba.data import Dataset, Splits, check_data_paths, load_calibration_dataset, load_dataset, make_splits
-from rba.errors import CacheError, ModelError, RBAError
+from rba.errors import CacheError, ModelError, RBAError, SpanError
 from rba.evaluate import Evaluator, SplitCache, SplitScores
 from rba.export import export_model, load_export
 from rba.fit import SpanFit, TrainSettings, fit_span, get_fit
+from rba.methods import get_method
 from rba.metrics import score_table
 from rba.names import HEAD_ATTR, LM_KINDS, config_hash, maps_tag
 from rba.onnx import onnx_speedup, onnx_state
@@ -109,13 +110,14 @@ class Session:
         return self.adapter.valid_spans(self.cfg.search.max_span)
 
     # ------------------------------------------------------------------ statistics
-    def statistics_request(self) -> dict[str, Any]:
+    def statistics_request(self, mlp_outputs: bool | None = None) -> dict[str, Any]:
         """What the statistics depend on: model identity (with its weights digest), calibration data (a content
         hash of the calibration split, from ``data.calibration_path`` in a transfer), preprocessing and capture
-        settings. Its hash is the cache key; the cache records it and is verified
-        against it on load."""
+        settings, and whether they hold the MLP outputs (``mlp_outputs``, default :meth:`folds`; the key is absent
+        without them, so those statistics keep their key). Its hash is the cache key; the cache records it and is
+        verified against it on load."""
         d = self.cfg.data
-        return {
+        request = {
             "format": STATS_FORMAT,
             "model": self.adapter.identity,
             "calibration": self.splits.calibration.fingerprint(),
@@ -123,16 +125,34 @@ class Session:
             "dtype": self.cfg.capture.dtype,
             "pairs": self.pairs,
         }
+        if self.folds() if mlp_outputs is None else mlp_outputs:
+            request["mlp_outputs"] = True
+        return request
 
     def statistics_key(self) -> str:
         return config_hash(self.statistics_request())
+
+    def folds(self) -> bool:
+        """Whether this config's spans are fitted by a kind that folds (``[fit] kind``, or the one its search method
+        replaces spans with, as ``replaceme``'s ``fold``): its statistics then carry the MLP outputs."""
+        kinds = {self.cfg.fit.kind, get_method(self.cfg.search.method).fit_kind(self.cfg.fit.kind)}
+        return any(get_fit(k).folds for k in kinds)
 
     def cache_dir(self) -> Path:
         return self.cfg.cache_dir()
 
     @cached_property
     def stats(self) -> Statistics:
-        request = self.statistics_request()
+        return self._statistics(self.folds())
+
+    @cached_property
+    def fold_stats(self) -> Statistics:
+        """Statistics with the MLP outputs, for a fit that folds: :attr:`stats` when they hold them, else those of a
+        pass of their own (a fold asked for by a config whose fit kind does not fold)."""
+        return self.stats if self.stats.mlp is not None else self._statistics(True)
+
+    def _statistics(self, mlp_outputs: bool) -> Statistics:
+        request = self.statistics_request(mlp_outputs)
         key = config_hash(request)
         if self._given_stats is not None:
             if self._given_stats.key != key:
@@ -157,6 +177,7 @@ class Session:
             progress=self.progress,
             key=key,
             meta={"model": self.adapter.identity, "samples": len(self.splits.calibration), "request": request},
+            mlp_outputs=mlp_outputs,
         )
         stats.save(path)
         return stats
@@ -195,7 +216,8 @@ class Session:
                 fit = fit_span(None, span, kind, f.ridge, vectors=self.fit_vectors(span), seed=self.cfg.data.seed,
                                train=TrainSettings(steps=f.steps, lr=f.lr, batch_size=f.batch_size))
             else:
-                fit = fit_span(self.stats, span, kind, self.cfg.fit.ridge)
+                stats = self.fold_stats if get_fit(kind).folds else self.stats
+                fit = fit_span(stats, span, kind, self.cfg.fit.ridge)
             self._fits[(span, kind)] = fit
         return self._fits[(span, kind)]
 
@@ -232,11 +254,16 @@ class Session:
         The one place ``[fit] mode`` is honoured: every command (evaluate, export, search) gets its maps here."""
         kind = kind or self.cfg.fit.kind
         mode = mode or self.cfg.fit.mode
+        plugin = get_fit(kind)
+        if plugin.folds:
+            _check_foldable(spans, mode)
         if mode == "sequential":
             return self.sequential.maps(spans, kind)
-        if get_fit(kind).needs == "vectors":
+        if plugin.needs == "vectors":
             self.keep_vectors(spans)  # one pass for every boundary this configuration needs
         dtype = next(self.adapter.model.parameters()).dtype
+        if plugin.folds:
+            return [fold_module(self.adapter, self.fit(s, kind), dtype) for s in spans]
         return [span_module(self.fit(s, kind), self.adapter.layout, dtype).to(self.adapter.device) for s in spans]
 
     # ------------------------------------------------------------------ cost and evaluation
@@ -254,6 +281,8 @@ class Session:
     def evaluator(self) -> Evaluator:
         e = self.cfg.evaluate
         starts = {i for i, _ in self.pairs}
+        if self.folds():  # a fold's forward starts at the block before its span
+            starts |= {i - 1 for i in starts if i >= 1}
         return Evaluator(self.adapter, self.splits, head=e.head, batch_size=e.batch_size, probe_c=e.probe_c,
                          need_labels=self.need_labels, starts=starts, progress=self.progress)
 
@@ -265,7 +294,7 @@ class Session:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             maps = self.maps(spans, kind, mode)
-        scores = self.evaluator.score(spans, maps, tag=maps_tag(kind, mode))
+        scores = self.evaluator.score(walk_spans(spans, maps), maps, tag=maps_tag(kind, mode))
         tick()  # one evaluation, for the phase that counts them (rba run's report)
         return {"spans": format_spans(spans)} | scores | self.cost_model.cost(spans, kind)
 
@@ -280,7 +309,7 @@ class Session:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             maps = self.maps(spans, kind, mode)
-        return self.evaluator.per_sample(spans, maps, split=split, tag=maps_tag(kind, mode))
+        return self.evaluator.per_sample(walk_spans(spans, maps), maps, split=split, tag=maps_tag(kind, mode))
 
     def scores(self) -> pd.DataFrame:
         """One row per valid span: ``start, end`` and one column per registered metric (:func:`rba.metrics.list_metrics`)."""
@@ -368,6 +397,22 @@ class Session:
                 f"{_describe_model(**ours)}: evaluate the export with the config it was exported from, or export "
                 "this config's model with `rba export`"
             )
+
+
+def _check_foldable(spans: Sequence[Span], mode: str) -> None:
+    """A fold needs block i − 1 of each span (i, j) kept and run: no span from boundary 0, none right after another
+    (its block i − 1 would be replaced), and independent fits (the fold is fitted on the unmodified network)."""
+    if mode == "sequential":
+        raise SpanError("fit kind \"fold\" fits every span on the unmodified network: set [fit] mode = "
+                        "\"independent\" (or use [fit] kind = \"affine\" for sequential fits)")
+    for (a, b), (i, j) in zip(spans, spans[1:]):
+        if b == i:
+            raise SpanError(f"spans {a}-{b} and {i}-{j}: fit kind \"fold\" multiplies the map of {i}-{j} into block "
+                            f"{i - 1}, which {a}-{b} replaces; leave a block between them, or join them into {a}-{j}")
+    if spans and spans[0][0] == 0:
+        i, j = spans[0]
+        raise SpanError(f"span {i}-{j}: fit kind \"fold\" multiplies its map into the MLP of the block before the "
+                        "span, and no block precedes boundary 0; use [fit] kind = \"affine\" for spans from 0")
 
 
 def _describe_model(identity: dict[str, Any], preprocess: dict[str, Any]) -> str:

@@ -32,6 +32,7 @@ from rba.names import config_hash
 from rba.spans import Span
 
 __all__ = ["Statistics", "StatisticsCollector", "statistics_nbytes", "add_products", "add_augmented_products", "centred",
+           "plain_cross_from",
            "STATS_FORMAT"]
 
 #: version of the statistics' content and file layout; a cache of another format is rebuilt.
@@ -56,7 +57,8 @@ class Statistics:
                  cos_sum: Mapping[Span, float] | None = None, meta: dict[str, Any] | None = None, key: str = "", *,
                  center: Sequence[torch.Tensor] | None = None, centred_gram: Sequence[torch.Tensor] | None = None,
                  centred_cross: Mapping[Span, torch.Tensor] | None = None,
-                 centred_sq: Sequence[float] | None = None):
+                 centred_sq: Sequence[float] | None = None, mlp: "Statistics | None" = None,
+                 mlp_cross: Mapping[tuple[int, int], torch.Tensor] | None = None):
         plain = gram is not None or cross is not None
         centred = centred_gram is not None or centred_cross is not None or center is not None
         if plain == centred:
@@ -88,6 +90,12 @@ class Statistics:
         self.cos_sum = dict(cos_sum or {})
         self.meta = meta or {}
         self.key = key
+        #: the MLP outputs of blocks 0..E-1 (what a block adds to the residual stream through its MLP), captured
+        #: only for a fit kind that folds (``[fit] kind = "fold"``): their own statistics, "boundary" e being block
+        #: e's MLP output (no spans; ``meta["bias"]``: whether each down projection has a bias); else None
+        self.mlp = mlp
+        #: (D_m+1)×D_k float64 per (block e, boundary k): Σ [m_e − c_e, 1](x_k − c_k)ᵀ
+        self.mlp_cross = dict(mlp_cross or {})
         #: derived values computed on demand (conditioning, warnings issued); never saved
         self.scratch: dict[str, Any] = {}
 
@@ -155,13 +163,7 @@ class Statistics:
     def plain_cross(self, span: Span) -> torch.Tensor:
         """Σ x̃_i x_jᵀ, recovered in float64 from Σ u_i v_jᵀ: Tᵀ (Σ u_i v_jᵀ + (Σ u_i) c_jᵀ)."""
         i, j = span
-        b, ci, cj = self.centred_cross[span], self.center[i], self.center[j]
-        if not ci.any() and not cj.any():
-            return b
-        su = self.centred_gram[i][-1]  # Σ u_i, its last entry n
-        out = b + torch.outer(su, cj)
-        out[:-1] += torch.outer(ci, out[-1])
-        return out
+        return plain_cross_from(self.centred_cross[span], self.centred_gram[i][-1], self.center[i], self.center[j])
 
     @property
     def gram(self) -> Sequence[torch.Tensor]:
@@ -188,6 +190,14 @@ class Statistics:
         tensors |= {f"cross.{i}.{j}": c.contiguous() for (i, j), c in self.centred_cross.items()}
         tensors["sq"] = torch.tensor(self.centred_sq, dtype=torch.float64)
         tensors["cos_sum"] = torch.tensor([self.cos_sum[p] for p in self.pairs], dtype=torch.float64)
+        extra: dict[str, Any] = {}
+        if self.mlp is not None:  # only then: statistics without MLP outputs keep their bytes and sidecar
+            m = self.mlp
+            tensors |= {f"mlp.gram.{e}": g.contiguous() for e, g in enumerate(m.centred_gram)}
+            tensors |= {f"mlp.center.{e}": c.contiguous() for e, c in enumerate(m.center)}
+            tensors |= {f"mlp.cross.{e}.{k}": c.contiguous() for (e, k), c in self.mlp_cross.items()}
+            tensors["mlp.sq"] = torch.tensor(m.centred_sq, dtype=torch.float64)
+            extra["mlp"] = {"dims": m.dims, "pairs": [list(p) for p in self.mlp_cross], "meta": m.meta}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp))
         atomic_write_json(
@@ -200,7 +210,7 @@ class Statistics:
                 "n": self.n,
                 "key": self.key,
                 "meta": self.meta,
-            },
+            } | extra,
         )
 
     @classmethod
@@ -234,6 +244,15 @@ class Statistics:
             dims = [int(d) for d in info["dims"]]
             pairs = [tuple(int(v) for v in p) for p in info["pairs"]]
             cos = tensors["cos_sum"].tolist()
+            mlp, mlp_cross = None, None
+            if "mlp" in info:
+                m = info["mlp"]
+                count = len(m["dims"])
+                mlp = cls(dims=m["dims"], pairs=[], n=int(info["n"]),
+                          center=[tensors[f"mlp.center.{e}"] for e in range(count)],
+                          centred_gram=[tensors[f"mlp.gram.{e}"] for e in range(count)], centred_cross={},
+                          centred_sq=tensors["mlp.sq"].tolist(), meta=m.get("meta", {}))
+                mlp_cross = {(int(e), int(k)): tensors[f"mlp.cross.{int(e)}.{int(k)}"] for e, k in m["pairs"]}
             return cls(
                 dims=dims,
                 pairs=pairs,  # type: ignore[arg-type]
@@ -245,9 +264,21 @@ class Statistics:
                 cos_sum=dict(zip(pairs, cos)),  # type: ignore[arg-type]
                 meta=info.get("meta", {}),
                 key=info.get("key", ""),
+                mlp=mlp,
+                mlp_cross=mlp_cross,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CacheError(f"statistics cache {path} is inconsistent with its {side.name} ({type(exc).__name__}: {exc})") from None
+
+
+def plain_cross_from(b: torch.Tensor, su: torch.Tensor, ci: torch.Tensor, cj: torch.Tensor) -> torch.Tensor:
+    """Σ x̃ yᵀ from the centred Σ u (y − c_j)ᵀ (``b``), Σ u (``su``, its last entry n) and the centres c_i, c_j:
+    Tᵀ (b + (Σ u) c_jᵀ) with T = [[I, 0], [c_iᵀ, 1]]."""
+    if not ci.any() and not cj.any():
+        return b
+    out = b + torch.outer(su, cj)
+    out[:-1] += torch.outer(ci, out[-1])
+    return out
 
 
 class _Lazy(SequenceABC):
@@ -301,10 +332,11 @@ def _check_request(path: Path, info: dict[str, Any], request: dict[str, Any]) ->
                      f"expected {want!r})")
 
 
-def statistics_nbytes(dims: Sequence[int], pairs: Sequence[Span]) -> int:
-    """Bytes of the float64 totals for these boundaries and spans."""
-    grams = sum((d + 1) ** 2 + d + 1 for d in dims)  # Gram, centre and Σ‖x − c‖²
-    crosses = sum((dims[i] + 1) * dims[j] for i, j in pairs)
+def statistics_nbytes(dims: Sequence[int], pairs: Sequence[Span], mlp_dims: Sequence[int] = (),
+                      mlp_pairs: Sequence[tuple[int, int]] = ()) -> int:
+    """Bytes of the float64 totals for these boundaries and spans (and MLP outputs with their boundary pairs)."""
+    grams = sum((d + 1) ** 2 + d + 1 for d in [*dims, *mlp_dims])  # Gram, centre and Σ‖x − c‖²
+    crosses = sum((dims[i] + 1) * dims[j] for i, j in pairs) + sum((mlp_dims[e] + 1) * dims[k] for e, k in mlp_pairs)
     return 8 * (grams + crosses + len(pairs))
 
 
@@ -381,31 +413,42 @@ class StatisticsCollector:
 
     def __init__(self, dims: Sequence[int], pairs: Sequence[Span], *, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu", gram_blocks: int = GRAM_BLOCKS,
-                 min_rows: int = MIN_PRODUCT_ROWS):
+                 min_rows: int = MIN_PRODUCT_ROWS, mlp_dims: Sequence[int] = (),
+                 mlp_pairs: Sequence[tuple[int, int]] = ()):
         self.dims = list(dims)
         self.pairs = sorted(pairs)
         self.dtype = dtype
         self.n = 0
-        self.center: list[torch.Tensor | None] = [None] * len(self.dims)
-        self.gram = [torch.zeros(d + 1, d + 1, dtype=torch.float64, device=device) for d in self.dims]
-        self.sq = [torch.zeros((), dtype=torch.float64, device=device) for _ in self.dims]
-        self.cross = {p: torch.zeros(self.dims[p[0]] + 1, self.dims[p[1]], dtype=torch.float64, device=device) for p in self.pairs}
+        #: MLP output streams (block e's, for a fit that folds) follow the boundaries: stream e is row len(dims) + e
+        #: of every per-stream list below, and (e, k) crosses it with boundary k
+        self.mlp_dims = list(mlp_dims)
+        self.mlp_pairs = sorted(mlp_pairs)
+        nb = len(self.dims)
+        streams = self.dims + self.mlp_dims
+        products = self.pairs + [(nb + e, k) for e, k in self.mlp_pairs]
+        self.center: list[torch.Tensor | None] = [None] * len(streams)
+        self.gram = [torch.zeros(d + 1, d + 1, dtype=torch.float64, device=device) for d in streams]
+        self.sq = [torch.zeros((), dtype=torch.float64, device=device) for _ in streams]
+        self.cross = {p: torch.zeros(streams[p[0]] + 1, streams[p[1]], dtype=torch.float64, device=device) for p in products}
         self.cos_sum = {p: torch.zeros((), dtype=torch.float64, device=device) for p in self.pairs}
         self._targets: dict[int, list[int]] = {}
-        for i, j in self.pairs:
+        for i, j in products:
             self._targets.setdefault(i, []).append(j)
-        #: per boundary: the row ranges [(r0, r1)] of its Gram's upper block triangle
-        self._row_blocks = [_row_blocks(d + 1, gram_blocks) for d in self.dims]
+        #: per stream: the row ranges [(r0, r1)] of its Gram's upper block triangle
+        self._row_blocks = [_row_blocks(d + 1, gram_blocks) for d in streams]
         self.min_rows = min_rows
-        #: per boundary: the held batches' [x − c | 1] (fresh tensors, not views of the model's states)
-        self._held: list[list[torch.Tensor]] = [[] for _ in self.dims]
+        #: per stream: the held batches' [x − c | 1] (fresh tensors, not views of the model's states)
+        self._held: list[list[torch.Tensor]] = [[] for _ in streams]
         self._held_rows = 0
 
     @torch.no_grad()
-    def update(self, vectors: Sequence[torch.Tensor]) -> None:
+    def update(self, vectors: Sequence[torch.Tensor], mlp: Sequence[torch.Tensor] = ()) -> None:
         """``vectors[k]`` is the (n_k, D_k) matrix of this batch's vectors at boundary k; a tracked span (i, j)
-        needs n_i == n_j (rows are the same token / pixel position)."""
-        xs = [v.to(self.dtype) for v in vectors]
+        needs n_i == n_j (rows are the same token / pixel position). ``mlp[e]``: block e's MLP output vectors, when
+        the collector tracks MLP outputs (the same rows as the boundaries')."""
+        if len(mlp) != len(self.mlp_dims):
+            raise ValueError(f"{len(mlp)} MLP output streams for a collector of {len(self.mlp_dims)}")
+        xs = [v.to(self.dtype) for v in [*vectors, *mlp]]
         n_b = xs[0].shape[0]
         if n_b == 0:
             return
@@ -436,7 +479,7 @@ class StatisticsCollector:
         if not self._held_rows:
             return
         xts = [None if not held else held[0] if len(held) == 1 else torch.cat(held) for held in self._held]
-        self._held = [[] for _ in self.dims]
+        self._held = [[] for _ in self._held]
         self._held_rows = 0
         self._add_products(xts)
 
@@ -454,20 +497,33 @@ class StatisticsCollector:
         g = self.gram[k]
         return torch.triu(g) + torch.triu(g, diagonal=1).T
 
-    def result(self, *, key: str = "", meta: dict[str, Any] | None = None) -> Statistics:
+    def result(self, *, key: str = "", meta: dict[str, Any] | None = None,
+               mlp_meta: dict[str, Any] | None = None) -> Statistics:
         self.flush()
+        nb = len(self.dims)
+
+        def centres(dims: Sequence[int], offset: int) -> list[torch.Tensor]:
+            return [torch.zeros(d, dtype=torch.float64) if self.center[offset + k] is None
+                    else self.center[offset + k].to(torch.float64).cpu() for k, d in enumerate(dims)]
+
+        mlp = None
+        if self.mlp_dims:
+            mlp = Statistics(dims=self.mlp_dims, pairs=[], n=self.n, center=centres(self.mlp_dims, nb),
+                             centred_gram=[self._symmetrised_gram(nb + e).cpu() for e in range(len(self.mlp_dims))],
+                             centred_cross={}, centred_sq=[float(s) for s in self.sq[nb:]], meta=mlp_meta or {})
         return Statistics(
             dims=self.dims,
             pairs=self.pairs,
             n=self.n,
-            center=[torch.zeros(d, dtype=torch.float64) if c is None else c.to(torch.float64).cpu()
-                    for d, c in zip(self.dims, self.center)],
-            centred_gram=[self._symmetrised_gram(k).cpu() for k in range(len(self.dims))],
-            centred_cross={p: c.cpu() for p, c in self.cross.items()},
-            centred_sq=[float(s) for s in self.sq],
+            center=centres(self.dims, 0),
+            centred_gram=[self._symmetrised_gram(k).cpu() for k in range(nb)],
+            centred_cross={p: self.cross[p].cpu() for p in self.pairs},
+            centred_sq=[float(s) for s in self.sq[:nb]],
             cos_sum={p: float(c) for p, c in self.cos_sum.items()},
             meta=meta or {},
             key=key,
+            mlp=mlp,
+            mlp_cross={(e, k): self.cross[(nb + e, k)].cpu() for e, k in self.mlp_pairs},
         )
 
 

@@ -20,6 +20,12 @@
   span (ℓ, ℓ + n) of least angular distance arccos(cos(x_ℓ, x_{ℓ+n}))/π, averaged over the calibration split's
   vectors (the paper reads the last token of a decoder; these encoders pool every token, or a CLS token that
   attends to all, so every vector counts, as in the statistics).
+* **ReplaceMe** (Shopkhoev et al. 2025; ``replaceme``): one span (ℓ, ℓ + n) of n = 25% of the blocks (rounded),
+  the one of least angular distance arccos(cos(x_ℓ, x_{ℓ+n}))/π between the **last real token** of each calibration
+  sample entering and leaving it (as its ``distance.py`` reads ``get_last_non_padded_tokens``), ℓ ≥ 1 (it reads the
+  hidden states after the embeddings, and its map folds into block ℓ − 1), fitted with ``fold``. Its code compares
+  the final boundary after the model's final norm (transformers' last hidden state); rba's boundary L is the
+  residual stream before it.
 * **random lesions**: random sets of dropped blocks, a size drawn uniformly, then the blocks (seeded).
 """
 
@@ -31,11 +37,13 @@ from typing import Sequence
 
 import pandas as pd
 
+from rba.apply import walk_spans
 from rba.names import maximised
 from rba.spans import Span
 from rba.statistics import Statistics
 
-__all__ = ["span_scores", "best_single_spans", "br_greedy", "shortgpt_order", "merge_runs",
+__all__ = ["span_scores", "best_single_spans", "br_greedy", "shortgpt_order", "merge_runs", "replaceme_distances",
+           "replaceme_length",
            "sleb_order", "angular_distances", "gromov_spans", "random_lesions", "proxy_front", "proxy_layers",
            "bisection_order", "front_priors", "prior_configurations", "EXHAUSTIVE_LIMIT", "SLEB_BARRIERS"]
 
@@ -132,7 +140,8 @@ def _subset_quality(objective, spans: list[Span], batches: list[int]) -> float:
     split's ``batches``, the probe (if any) fitted on the whole probe split, as an early-stopped trial scores."""
     ev = objective.session.evaluator
     column = (objective.quality_columns or ["fidelity"])[0]
-    run = ev.forward(spans, objective.maps(spans), tag=objective.tag)  # not finished: nothing enters the memo
+    maps = objective.maps(spans)
+    run = ev.forward(walk_spans(spans, maps), maps, tag=objective.tag)  # not finished: nothing enters the memo
     pooled_probe = run.pooled("probe", range(len(ev.parts["probe"].contexts))) if "probe" in ev.parts else None
     probe = ev.probe_for({"probe": pooled_probe}) if ev.need_labels and pooled_probe is not None else None
     rows = ev.parts["eval"].rows(batches)
@@ -185,6 +194,40 @@ def angular_distances(session, pairs: Sequence[Span]) -> dict[Span, float]:
                 sums[(i, j)] += float(torch.arccos(cos).sum()) / math.pi
                 counts[(i, j)] += len(cos)
     return {p: sums[p] / counts[p] for p in pairs}
+
+
+def replaceme_distances(session, lengths: Sequence[int]) -> dict[Span, float]:
+    """Valid span (ℓ, ℓ + n), ℓ ≥ 1, n in ``lengths`` → mean over the calibration samples of arccos(cos(x_ℓ,
+    x_{ℓ+n}))/π on each sample's last real token (the last position of its attention mask), from one forward pass."""
+    import torch
+    import torch.nn.functional as F
+
+    from rba.capture import iter_batches
+    from rba.errors import ConfigError
+
+    adapter = session.adapter
+    if adapter.layout != "tokens":
+        raise ConfigError(f"--method replaceme reads the last token of each sample; {adapter.describe()} has no tokens")
+    valid = set(session.pairs)
+    spans = [(i, i + n) for n in lengths for i in range(1, adapter.num_blocks - n + 1) if (i, i + n) in valid]
+    sums, count = dict.fromkeys(spans, 0.0), 0
+    with torch.inference_mode():
+        for _, chunk in iter_batches(session.splits.calibration.samples, session.cfg.capture.batch_size):
+            h, ctx = adapter.embed(adapter.collate(chunk))
+            rows = torch.arange(h.shape[0], device=h.device)
+            last = (torch.full((h.shape[0],), h.shape[1] - 1, device=h.device) if ctx.mask is None else
+                    h.shape[1] - 1 - ctx.mask.flip(1).int().argmax(1))  # the last True of each row
+            states = {k: s[rows, last].double() for k, s in adapter.boundaries(h, ctx)}
+            for i, j in spans:
+                cos = F.cosine_similarity(states[i], states[j], dim=1, eps=1e-12).clamp(-1.0, 1.0)
+                sums[(i, j)] += float(torch.arccos(cos).sum()) / math.pi
+            count += h.shape[0]
+    return {p: sums[p] / count for p in spans}
+
+
+def replaceme_length(num_blocks: int) -> int:
+    """ReplaceMe's usual setting: 25% of the blocks, rounded (at least 1)."""
+    return max(1, round(0.25 * num_blocks))
 
 
 def gromov_spans(distances: dict[Span, float]) -> list[Span]:

@@ -13,7 +13,8 @@ from search import baselines
 from search.recording import StudyContext
 
 __all__ = ["plan_priors", "plan_exhaustive", "plan_random", "plan_br_greedy", "plan_proxy_front", "plan_shortgpt",
-           "plan_shortgpt_affine", "plan_sleb", "plan_gromov", "plan_random_lesions", "check_exhaustive"]
+           "plan_shortgpt_affine", "plan_sleb", "plan_gromov", "plan_random_lesions", "check_exhaustive",
+           "plan_replaceme", "check_replaceme"]
 
 Plan = list[tuple[str, list[tuple[int, int]]]]
 
@@ -85,3 +86,27 @@ def plan_random_lesions(ctx: StudyContext, fresh: bool) -> Plan:
     blocks = [i for i, j in pairs if j == i + 1 and stats.dims[i] == stats.dims[j]]
     lesions = baselines.random_lesions(blocks, ctx.cfg.search.trials, ctx.cfg.search.seed)
     return [(f"{ctx.method} {len(s)}", s) for s in lesions]
+
+
+def check_replaceme(ctx: StudyContext) -> None:
+    n, limit = baselines.replaceme_length(ctx.session.adapter.num_blocks), ctx.cfg.search.max_span
+    if limit is not None and limit < n:
+        raise ConfigError(f"--method replaceme replaces {n} of {ctx.session.adapter.num_blocks} blocks (25%), but "
+                          f"search.max_span = {limit}: raise search.max_span to at least {n}")
+
+
+def plan_replaceme(ctx: StudyContext, fresh: bool) -> Plan:
+    """ReplaceMe's span of 25% of the blocks first, then the same choice for every other length up to max_span
+    (shortest first), so that it meets the other methods at their budgets; each fitted with ``fold``."""
+    blocks = ctx.session.adapter.num_blocks
+    first = baselines.replaceme_length(blocks)
+    limit = min(ctx.cfg.search.max_span or blocks, blocks - 1)
+    lengths = [first, *(m for m in range(1, limit + 1) if m != first)]
+    distances = baselines.replaceme_distances(ctx.session, lengths)
+    plans = []
+    for n in lengths:
+        candidates = [s for s in distances if s[1] - s[0] == n]
+        if candidates:
+            i, j = min(candidates, key=lambda s: (distances[s], s))  # ties: the earliest, as ReplaceMe's stable sort
+            plans.append((f"{ctx.method} n={n}", [(i, j)]))
+    return plans

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import torch
 
+from rba.apply import walk_spans
 from rba.errors import BudgetError, ConfigError
 from rba.names import BUDGET_KEYS, OBJECTIVES, QUALITY, RESULT_COLUMNS, maps_tag
 from rba.spans import Span, format_spans
@@ -193,7 +194,7 @@ class Objective:
             if front and self.quality_columns:
                 scores = self._staged(spans, maps, cost, front)
             else:
-                scores = self.session.evaluator.score(spans, maps, tag=self.tag)
+                scores = self.session.evaluator.score(walk_spans(spans, maps), maps, tag=self.tag)
             result = {"spans": key} | scores | cost
             extra = {k: scores[k] for k in STOP_KEYS if k in scores}
             result = {c: result[c] for c in RESULT_COLUMNS}
@@ -213,7 +214,7 @@ class Objective:
     def _staged(self, spans: list[Span], maps, cost: dict[str, float], front: Sequence[FrontPoint]) -> dict[str, Any]:
         """Scores on growing subsets of the eval split; the probe (if any) is fitted once, on the whole probe split."""
         ev = self.session.evaluator
-        run = ev.forward(spans, maps, tag=self.tag)
+        run = ev.forward(walk_spans(spans, maps), maps, tag=self.tag)
         pooled_probe = run.pooled("probe", range(len(ev.parts["probe"].contexts))) if "probe" in ev.parts else None
         probe = ev.probe_for({"probe": pooled_probe}) if ev.need_labels and pooled_probe is not None else None
         stages = ev.eval_stages()

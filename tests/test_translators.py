@@ -221,8 +221,8 @@ def test_compare_fits_against_numpy(tmp_path, capsys):
 
 def test_cli_lists_trained_fits_and_refuses_unknown_kinds(tmp_path, capsys):
     assert cli_main(["ls", "fits"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["affine", "identity", "linear", "mlp (trained)",
-                                                    "res-mlp (trained)"]
+    assert capsys.readouterr().out.splitlines() == ["affine", "fold", "identity", "linear",
+                                                    "mlp (trained)", "res-mlp (trained)"]
     path = tmp_path / "c.toml"
     path.write_text(tiny_config(tmp_path, "vit").to_toml())
     assert cli_main(["compare-fits", str(path), "--kinds", "affine,mpl", "--out", str(tmp_path / "x")]) == 2

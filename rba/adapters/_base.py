@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import collections
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -101,6 +102,38 @@ class Adapter(abc.ABC):
         """Boundary k → boundary k+1 through the original block k."""
         return self.blocks[k](h)
 
+    def run_block_as(self, k: int, block: nn.Module, h: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Boundary k → k+1 through ``block`` in place of block k (called as :meth:`run_block` calls block k)."""
+        original = self.blocks[k]
+        self.blocks[k] = block
+        try:
+            return self.run_block(k, h, ctx)
+        finally:
+            self.blocks[k] = original
+
+    def fold_target(self, k: int) -> str:
+        """The name, within block k, of the linear module whose output is the block's MLP output and is added to
+        the residual stream as it is (the down projection): where ``[fit] kind = "fold"`` multiplies its map.
+        Families that have one override this; the others raise a ModelError naming why and the fix."""
+        from rba.errors import ModelError
+
+        raise ModelError(f"{self.describe()}: fit kind \"fold\" needs blocks whose MLP output is added to the "
+                         f"residual stream as it is, and this model kind does not expose one; use [fit] kind = "
+                         "\"affine\"")
+
+    def without_blocks(self, drop: Sequence[int]) -> nn.Module:
+        """A plain model of this family without blocks ``drop``, the others' weights as they stand (a fold's
+        block included, when :func:`rba.apply.replace_` has put one in): what a fold exports in the model's own
+        format. Families that can build one override this, with :meth:`save_native`."""
+        from rba.errors import ModelError
+
+        raise ModelError(f"{self.describe()}: this model kind cannot export a model with fewer blocks in its own "
+                         "format; export with [fit] kind = \"affine\" (a recipe export)")
+
+    def save_native(self, model: nn.Module, folder: Path) -> None:
+        """Write ``model`` (from :meth:`without_blocks`) into ``folder`` in its family's own format."""
+        raise NotImplementedError
+
     def boundaries(self, h: torch.Tensor, ctx: Context, *, start: int = 0, stop: int | None = None,
                    replace: Mapping[Span, Callable[[torch.Tensor], torch.Tensor]] | None = None,
                    ) -> Iterator[tuple[int, torch.Tensor]]:
@@ -118,7 +151,10 @@ class Adapter(abc.ABC):
         while k < stop:
             if k in jumps:
                 j, module = jumps[k]
-                h, k = module(h), j
+                # a fold (rba.apply.FoldedBlock) is block k with its down projection changed, run as block k is
+                block = getattr(module, "folded_block", None)
+                h = module(h) if block is None else self.run_block_as(k, block, h, ctx)
+                k = j
             else:
                 h, k = self.run_block(k, h, ctx), k + 1
             yield k, h

@@ -195,6 +195,55 @@ class CausalLM(Adapter):
     def wrap_replacement(self, module: nn.Module) -> nn.Module:
         return _LayerReplacement(module)
 
+    def fold_target(self, k: int) -> str:
+        """``mlp.down_proj`` (Llama, Qwen) or ``mlp.c_proj`` (GPT-2): added to the residual stream as it is. Gemma 3
+        normalises the MLP output first (``post_feedforward_layernorm``), so a map on it does not fold."""
+        layer = self.blocks[k]
+        if hasattr(layer, "post_feedforward_layernorm"):
+            raise ModelError(f"{type(self.model).__name__}: fit kind \"fold\" is not exact here: a norm "
+                             "(post_feedforward_layernorm) follows each layer's MLP, so a map on the MLP output cannot "
+                             "be multiplied into its down projection; use [fit] kind = \"affine\"")
+        for name in ("mlp.down_proj", "mlp.c_proj"):
+            try:
+                layer.get_submodule(name)
+            except AttributeError:
+                continue
+            return name
+        return super().fold_target(k)
+
+    def without_blocks(self, drop: Sequence[int]) -> nn.Module:
+        """This model's class from its config with ``num_hidden_layers`` and the per-layer ``layer_types`` of the
+        layers kept, without ``quantization_config`` (a GGUF model's), built fresh (so attention layers are
+        numbered 0..n-1 for the KV cache) and loaded strictly with the kept layers' weights as they stand."""
+        from transformers import AutoModelForCausalLM
+
+        drop = set(drop)
+        keep = [k for k in range(self.num_blocks) if k not in drop]
+        raw = self.config.to_dict()
+        raw.pop("quantization_config", None)
+        config = type(self.config).from_dict(raw)
+        config.num_hidden_layers = len(keep)  # GPT-2's n_layer through its attribute map
+        if getattr(config, "layer_types", None) is not None:
+            config.layer_types = [self.layer_types[k] for k in keep]
+        prefix = next(name for name, module in self.model.named_modules() if module is self.blocks) + "."
+        number = {old: new for new, old in enumerate(keep)}
+        state = {}
+        for key, tensor in self.model.state_dict().items():
+            if key.startswith(prefix):
+                index, rest = key[len(prefix):].split(".", 1)
+                if int(index) not in number:
+                    continue
+                key = f"{prefix}{number[int(index)]}.{rest}"
+            state[key] = tensor
+        model = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+
+    def save_native(self, model: nn.Module, folder: Path) -> None:
+        """``save_pretrained`` (safetensors) with the tokenizer: a folder ``from_pretrained`` loads."""
+        model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
     def forward(self, inputs: Any) -> torch.Tensor:
         ids, mask = self._ids_and_mask(inputs)
         out = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False, return_dict=True)

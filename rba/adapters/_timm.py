@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 import torch
+from torch import nn
 
 from rba.adapters._base import Adapter, Context
 from rba.adapters._builder import build_model
@@ -95,6 +96,19 @@ class TimmViT(Adapter):
 
     def logits(self, pooled):
         return self.model.head(pooled)
+
+    def fold_target(self, k):
+        """``mlp.fc2`` of timm's pre-norm ``Block`` (x + drop_path(ls2(mlp(norm2(x))))) without LayerScale: its
+        output is added to the residual stream as it is (drop path is the identity in inference)."""
+        from timm.models.vision_transformer import Block
+
+        block = self.blocks[k]
+        if type(block) is not Block or not isinstance(block.ls2, nn.Identity) or not hasattr(block.mlp, "fc2"):
+            what = ("LayerScale (ls2) scales the MLP output" if type(block) is Block and not isinstance(block.ls2, nn.Identity)
+                    else f"its blocks are {type(block).__name__}, not timm's pre-norm Block with an fc2 MLP")
+            raise ModelError(f"{type(self.model).__name__}: fit kind \"fold\" is not supported here ({what}); use "
+                             "[fit] kind = \"affine\"")
+        return "mlp.fc2"
 
     def forward(self, inputs):
         m = self.model

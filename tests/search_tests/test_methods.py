@@ -68,7 +68,7 @@ def _cos(a, b):
 # ---------------------------------------------------------------------- the registry
 def test_every_method_is_registered_listed_and_checked(capsys):
     assert list_methods() == ["optuna", "exhaustive", "random", "br-greedy", "proxy-front", "shortgpt", "block-drop",
-                              "shortgpt-affine", "sleb", "gromov", "gromov-affine", "random-lesions"]
+                              "shortgpt-affine", "sleb", "gromov", "gromov-affine", "random-lesions", "replaceme"]
     assert get_method("block-drop") is get_method("shortgpt")
     assert [get_method(m).kind for m in ("shortgpt", "sleb", "gromov", "random-lesions")] == ["identity"] * 4
     assert [get_method(m).kind for m in ("shortgpt-affine", "gromov-affine", "br-greedy", "optuna")] == [None] * 4
