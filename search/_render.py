@@ -14,7 +14,6 @@ from rba.names import LM_COLUMNS, maximised, objective_of
 from search._results import (
     COST_COLUMNS,
     PER_SAMPLE,
-    REFERENCE_QUALITY_CHANGE,
     PerSample,
     budget_picks,
     choose_export,
@@ -23,6 +22,7 @@ from search._results import (
     method_rows,
     paired_tests,
     read_report_inputs,
+    reference_change,
     split_pareto,
     within_length_correlations,
 )
@@ -311,7 +311,7 @@ def _rule_words(info: dict) -> str:
 
 def _reference_words(quality: str, split: str = "") -> str:
     """How the fixed reference point's quality derives from the unmodified model's (:func:`fixed_reference`)."""
-    change = REFERENCE_QUALITY_CHANGE
+    change = reference_change(quality)
     if maximised(quality):
         return f"{1 - change:g} × the unmodified model's {split}{quality}"
     if objective_of(quality).log_scale:

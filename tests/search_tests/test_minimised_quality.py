@@ -41,11 +41,11 @@ def test_max_drop_still_rules_a_maximised_quality():
     assert choice.row["spans"] == "1-2"
 
 
-def test_fixed_reference_is_worse_by_a_tenth_in_the_quality_direction():
+def test_fixed_reference_is_a_tenth_worse_for_maximised_and_twice_for_minimised_qualities():
     assert fixed_reference(0.8, 1.0, "fidelity") == pytest.approx((0.72, 1.0))
     assert fixed_reference(0.8, 1.0, "top1") == pytest.approx((0.72, 1.0))
-    assert fixed_reference(30.0, 1.0, "perplexity") == pytest.approx((33.0, 1.0))
-    assert fixed_reference(0.0, 1.0, "kl") == pytest.approx((math.log(1.1), 1.0))
+    assert fixed_reference(30.0, 1.0, "perplexity") == pytest.approx((60.0, 1.0))
+    assert fixed_reference(0.0, 1.0, "kl") == pytest.approx((math.log(2.0), 1.0))
 
 
 def test_minimised_hypervolume_against_a_grid():
