@@ -387,7 +387,8 @@ REPORT_BASELINES = ("br-greedy", "shortgpt", "shortgpt-affine", "sleb", "gromov"
 
 
 def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
-    """The configurations each method of :data:`REPORT_BASELINES` plans (its registry planner, on the study's
+    """The configurations each baseline method (``[report] baselines``: :data:`REPORT_BASELINES`, or those listed)
+    plans, at or above ``[report] baseline_min_flops`` (its registry planner, on the study's
     session, budgets and objectives; the study's own method left out), with the fit kind the registry gives it
     (``get_method(name).fit_kind``) and its results: the trials' where the search evaluated the configuration
     with that fit kind, else evaluated through an objective of that kind (one per kind, so a configuration two
@@ -400,8 +401,10 @@ def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
     session = ctx.session
     objectives = {ctx.objective.kind: ctx.objective}
     own = get_method(ctx.method).name
+    chosen = ctx.cfg.report.baselines
+    floor = ctx.cfg.report.baseline_min_flops
     rows = []
-    for name in REPORT_BASELINES:
+    for name in REPORT_BASELINES if chosen is True else chosen:
         spec = get_method(name)
         if spec.name == own:
             continue
@@ -411,6 +414,8 @@ def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
         objective = objectives[kind]
         planned = spec.plan(dataclasses.replace(ctx, method=name, objective=objective), True)
         for _, spans in planned:
+            if floor and objective.cost(spans)["flops_frac"] < floor:
+                continue
             key = format_spans(spans)
             if kind == ctx.objective.kind and key in known:
                 row, source = known[key], "trial"

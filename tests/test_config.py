@@ -32,6 +32,8 @@ def test_flags_override_file(tmp_path):
     ({"search": {"trials": "many"}}, "search.trials must be int"),
     ({"search": {"objectives": ["accuracy", "speed"]}}, "search.objectives = 'speed'"),
     ({"search": {"budget_flops": -0.5}}, "budget is a positive fraction"),
+    ({"report": {"baselines": ["shortgpt", "slep"]}}, "report.baselines = 'slep' is not one of"),
+    ({"report": {"baselines": ["optuna"]}}, "report.baselines = 'optuna' is not one of"),
 ])
 def test_bad_config_names_the_problem(raw, needle):
     with pytest.raises(ConfigError) as exc:

@@ -148,6 +148,18 @@ def test_sleb_removes_greedily_by_the_end_metric(study):
     assert evaluations == sum(range(1, DEPTH - 1))  # 4 + 3 + 2 + 1 candidates
 
 
+def test_sleb_stops_at_the_flops_floor(study):
+    """``[report] baseline_min_flops``: a removal that would go below it is never tried, so the order is the
+    unbounded one's prefix that stays above it (every block of the tiny ViT costs the same: two removals)."""
+    _, _, session = study
+    objective = Objective(session, kind="identity")
+    unbounded, _ = sleb_order(objective)
+    floor = objective.cost([(1, 2), (2, 3)])["flops_frac"] - 1e-9  # two blocks removed: still at or above it
+    order, evaluations = sleb_order(objective, min_flops=floor)
+    assert order == unbounded[:2]
+    assert evaluations == 4 + 3  # a third removal's candidates all fall below the floor: none is evaluated
+
+
 # ---------------------------------------------------------------------- random lesions
 def test_random_lesions_are_seeded_distinct_block_sets():
     blocks = [0, 1, 2, 4, 5]
