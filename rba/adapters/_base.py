@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import collections
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -24,6 +24,17 @@ __all__ = ["Adapter", "Context", "Span", "Layout"]
 #: "tokens": boundaries are (N, T, D) with a (N, T) mask of real tokens; vectors are the real tokens.
 #: "pixels": boundaries are (N, C, H, W); vectors are the N·H·W positions, each of C channels.
 Layout = str
+
+
+class Blocks(Protocol):
+    """What an adapter's ``blocks`` is: an ``nn.ModuleList``, an ``nn.Sequential``, or a writable view over blocks
+    held in several containers (``rba.adapters._cnn.BlockList``)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, k: int, /) -> nn.Module: ...
+
+    def __setitem__(self, k: int, module: nn.Module, /) -> None: ...
 
 
 @dataclass
@@ -59,7 +70,7 @@ class Adapter(abc.ABC):
     #: see :data:`Layout`
     layout: Layout = "tokens"
 
-    def __init__(self, model: nn.Module, blocks: nn.ModuleList | nn.Sequential, *, identity: dict[str, Any]):
+    def __init__(self, model: nn.Module, blocks: Blocks, *, identity: dict[str, Any]):
         self.model = model.eval()
         self.blocks = blocks
         #: what makes this model this model (kind, name, weights hash): part of every cache key.
