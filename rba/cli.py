@@ -52,7 +52,7 @@ _SEARCH_FLAGS: list[tuple[str, str, Any, str | Callable[[], str]]] = [
     ("--max-concurrent", "search.max_concurrent", int, "Ray: concurrent trials"),
 ]
 #: --priors words → search.priors values (any other word reaches the config's check, which names the choices)
-_PRIORS = {"all": True, "proxy": "proxy", "none": False}
+_PRIORS: dict[str, bool | str] = {"all": True, "proxy": "proxy", "none": False}
 #: kernel file systems accept no output files, though a root process may look allowed to write there
 _SYSTEM_DIRS = ("/proc", "/sys")
 

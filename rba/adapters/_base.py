@@ -12,12 +12,15 @@ from __future__ import annotations
 import abc
 import collections
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol
 
 import torch
 from torch import nn
 
 from rba.spans import Span
+
+if TYPE_CHECKING:
+    from rba.data import Samples
 
 __all__ = ["Adapter", "Context", "Span", "Layout"]
 
@@ -69,6 +72,8 @@ class Adapter(abc.ABC):
 
     #: see :data:`Layout`
     layout: Layout = "tokens"
+    #: the export's recipe, set only on an adapter that :func:`rba.export.load_export` reloaded
+    export_recipe: dict[str, Any]
 
     def __init__(self, model: nn.Module, blocks: Blocks, *, identity: dict[str, Any]):
         self.model = model.eval()
@@ -101,7 +106,7 @@ class Adapter(abc.ABC):
 
     # ------------------------------------------------------------------ staged forward
     @abc.abstractmethod
-    def collate(self, samples: Sequence[Any]) -> Any:
+    def collate(self, samples: Samples) -> Any:
         """Raw samples (texts, or uint8 C×H×W arrays) → model inputs, with the model's own preprocessing."""
 
     @abc.abstractmethod

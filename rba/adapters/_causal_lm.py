@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -39,6 +39,8 @@ from rba.errors import ModelError, did_you_mean
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+    from rba.data import Samples
 
 __all__ = ["CausalLM", "build_causal_lm", "TINY_CAUSAL_LMS", "KNOWN_FILES"]
 
@@ -123,7 +125,7 @@ class CausalLM(Adapter):
         self._rotary_per_type = rotary is not None and "layer_type" in inspect.signature(rotary.forward).parameters
 
     # ------------------------------------------------------------------ staged forward
-    def collate(self, samples: Sequence[str]) -> Any:
+    def collate(self, samples: Samples) -> Any:  # texts
         texts = [str(s) for s in samples]
         return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
 

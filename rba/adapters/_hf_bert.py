@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from transformers import PreTrainedModel
 
+    from rba.data import Samples
+
 __all__ = ["HFBert", "SentenceTransformerBert", "build_sentence_transformer", "build_huggingface", "MINILM_NAMES"]
 
 #: names that mean the offline all-MiniLM-L6-v2 asset package
@@ -147,7 +149,7 @@ class HFBert(Adapter):
         return isinstance(out, tuple)
 
     # ------------------------------------------------------------------ staged forward
-    def collate(self, samples: Sequence[str]) -> Any:
+    def collate(self, samples: Samples) -> Any:  # texts
         texts = [str(s) for s in samples]
         return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
 
