@@ -8,14 +8,18 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rba.files import atomic_write_json
 from rba.progress import phase
 from rba.spans import parse_spans
 from search._render import render_report
-from search._results import Choice, ReportError, read_report_inputs, read_summary
+from search._results import ReportError, read_report_inputs, read_summary
 from search.objective import RESULT_COLUMNS
 from search.recording import StudyContext, log
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["measure_speedup", "speedup_ceiling", "measure_export", "remeasure_report"]
 
@@ -56,11 +60,12 @@ def speedup_ceiling(cost_model, spans) -> dict:
     return {"speedup": total / kept if kept > 0 else math.inf, "source": source, "blocks": blocks}
 
 
-def _export(ctx: StudyContext, session, choice: Choice, out: Path) -> dict:
-    """Export the chosen configuration, reload it, evaluate it end to end and measure its speed-up."""
+def _export(ctx: StudyContext, session, chosen: pd.Series, out: Path) -> dict:
+    """Export the chosen configuration (its result row), reload it, evaluate it end to end and measure its
+    speed-up."""
     from rba.export import export_model
 
-    spans = parse_spans(choice.row["spans"])
+    spans = parse_spans(chosen["spans"])
     folder = export_model(session, spans, out / "export", kind=ctx.objective.kind, mode=ctx.objective.mode)
     measured = session.evaluate_export(folder)
     if ctx.cfg.run.onnx:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -329,7 +330,8 @@ def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baseline
             at = list(table.columns).index(f"spans at {p:g}")
             values = []
             for label in table["method"]:
-                x = per.scores(*picks[label][p]) if picks[label][p] is not None else {quality: math.nan}
+                pick = picks[label][p]
+                x = per.scores(*pick) if pick is not None else {quality: math.nan}
                 values.append(_pm(x[quality], x.get(f"{quality}_se", math.nan)))
             table.insert(at + 1, f"test {quality} at {p:g}", values)
     ref = refs["eval"]
@@ -488,7 +490,7 @@ def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: di
     export = info["export"]
     if export is None:
         return ["## Exported configuration", "", "No feasible configuration: nothing exported.", ""]
-    row = _chosen(front, reference, choice["spans"])
+    row = cast(dict, _chosen(front, reference, choice["spans"]))  # (an export's row is on the front it came from)
     speed, ceiling = export["speed"], export["ceiling"]
     onnx = export.get("onnx") or {}
     onnx_lines = _onnx_lines(onnx, export["measured"]["flops_frac"], ceiling) if onnx else []

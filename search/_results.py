@@ -10,7 +10,7 @@ import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 import numpy as np
 import pandas as pd
@@ -181,6 +181,17 @@ REPORT_FORMAT = 2
 #: the numbers of a result row (every result column but the configuration's text)
 _NUMBERS = [c for c in RESULT_COLUMNS if c != "spans"]
 
+# report.json's column names: Literals built from the registries, which pydantic checks; a type checker, which
+# reads no runtime values, sees strings
+if TYPE_CHECKING:
+    _Number: TypeAlias = str
+    _Quality: TypeAlias = str
+    _Cost: TypeAlias = str
+else:
+    _Number = Literal[tuple(_NUMBERS)]
+    _Quality = Literal[QUALITY]
+    _Cost = Literal[tuple(COST_COLUMNS.values())]
+
 
 class _Choice(Record):
     spans: str | None
@@ -290,10 +301,10 @@ class ReportRecord(Record):
     method: str
     kind: str
     objectives: list[str]
-    objective_columns: list[Literal[tuple(_NUMBERS)]]
+    objective_columns: list[_Number]
     budgets: dict[str, float]
-    quality: Literal[QUALITY]
-    cost: Literal[tuple(COST_COLUMNS.values())]
+    quality: _Quality
+    cost: _Cost
     max_drop: float
     choice: _Choice
     export: _Export | None
@@ -445,7 +456,7 @@ def read_report_inputs(out: Path) -> dict:
     if missing:
         raise ReportError(f"{out} lacks {', '.join(missing)}, which its report.json needs: rerun `rba run` on this "
                           "study to write them again")
-    data = {"info": info}
+    data: dict[str, Any] = {"info": info}
     for key in tables:
         name, columns, numeric = _TABLES[key]
         data[key] = read_table(out / name, columns=columns, numeric=numeric, fix=_REWRITE, error=ReportError,
@@ -496,8 +507,11 @@ class PerSample:
                 return r
         return None
 
-    def correct(self, r: int) -> np.ndarray | None:
-        return None if self.prediction is None else self.prediction[r] == self.label
+    def correct(self, r: int) -> np.ndarray:
+        """Per sample, whether configuration row ``r`` predicted its label (a labelled study only)."""
+        if self.prediction is None:
+            raise ValueError("these per-sample results hold no predictions: the study's data has no labels")
+        return self.prediction[r] == self.label
 
     def scores(self, kind: str, spans: str) -> dict[str, float]:
         """fidelity and accuracy with their standard errors (of the mean; binomial), NaN where absent."""
@@ -517,9 +531,10 @@ class PerSample:
         arrays = {"split": np.array(self.split), "index": self.index, "kind": self.kind.astype(str),
                   "spans": self.spans.astype(str), "cosine": self.cosine}
         if self.prediction is not None:
-            arrays |= {"label": self.label, "prediction": self.prediction}
+            arrays |= {"label": cast(np.ndarray, self.label), "prediction": self.prediction}  # (set together)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
-            np.savez(f, **arrays)
+            # numpy's stub types savez's keywords as its allow_pickle flag too; these keys are array names
+            np.savez(f, **arrays)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: Path) -> "PerSample":
@@ -561,7 +576,7 @@ def budget_picks(info: dict, methods: dict[str, pd.DataFrame]) -> dict[str, dict
     from search.analysis import best_quality_at
 
     quality = info["quality"]
-    picks = {}
+    picks: dict[str, dict[float, tuple[str, str] | None]] = {}
     for label, rows in methods.items():
         picks[label] = {}
         for p in info["flops_points"]:

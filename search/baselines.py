@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Sequence
+from typing import Sequence, cast
 
 import pandas as pd
 
@@ -157,6 +157,8 @@ def sleb_order(objective, barriers: tuple[int, int] = SLEB_BARRIERS) -> tuple[li
             evaluations += 1
             if score > best_score:
                 best_score, best = score, k
+        # (set above: every score beats -inf, unless all are NaN, which fails below as before)
+        best = cast(int, best)
         removed.append((best, best + 1))
         alive.remove(best)
         out.append(sorted(removed))
@@ -201,7 +203,7 @@ def random_lesions(blocks: Sequence[int], count: int, seed: int) -> list[list[Sp
     rng = random.Random(seed)
     count = min(count, 2 ** len(blocks) - 1)
     seen: set[tuple[int, ...]] = set()
-    out = []
+    out: list[list[Span]] = []
     while len(out) < count:
         chosen = tuple(sorted(rng.sample(blocks, rng.randint(1, len(blocks)))))
         if chosen not in seen:
@@ -276,7 +278,9 @@ def proxy_layers(num_blocks: int, pairs: Sequence[Span], proxy: dict[Span, float
     points = sorted((t for t in every if not t[2] or keep is None or keep(list(t[2]))), key=lambda t: (t[1], t[0]))
     out = []
     for _ in range(layers):
-        layer, rest, best = [], [], float("inf")
+        layer: list[tuple[float, float, tuple[Span, ...]]] = []
+        rest: list[tuple[float, float, tuple[Span, ...]]] = []
+        best = float("inf")
         for t in points:
             (layer if t[0] < best else rest).append(t)
             best = min(best, t[0])

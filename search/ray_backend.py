@@ -176,12 +176,12 @@ class SpanSearcher(Searcher):
             key = format_spans(spans)
             ot_trial.set_user_attr("worker", self._worker)
             ot_trial.set_user_attr("spans", key)
-            done = completed(self._study)
-            if key in done:  # a repeat: told with the earlier values, no worker spent; a new configuration next
+            recorded = completed(self._study)
+            if key in recorded:  # a repeat: told with the earlier values, no worker spent; a new configuration next
                 if self._ctx.method == "optuna":
-                    enqueue_unseen(self._ctx, self._study, done, seed=self._ctx.cfg.search.seed + ot_trial.number,
+                    enqueue_unseen(self._ctx, self._study, recorded, seed=self._ctx.cfg.search.seed + ot_trial.number,
                                    trial=ot_trial)
-                values = record_duplicate(ot_trial, done[key])
+                values = record_duplicate(ot_trial, recorded[key])
                 self._study.tell(ot_trial, values, state=TrialState.COMPLETE)
                 del self._asked[trial_id]
                 continue
@@ -191,7 +191,7 @@ class SpanSearcher(Searcher):
                 # a repeat of a trial still running: its values are not known yet, so it is told FAIL (samplers
                 # skip it) and left out of the tables like any repeat; a new configuration comes next
                 if self._ctx.method == "optuna":
-                    enqueue_unseen(self._ctx, self._study, set(done) | set(running),
+                    enqueue_unseen(self._ctx, self._study, set(recorded) | set(running),
                                    seed=self._ctx.cfg.search.seed + ot_trial.number)
                 ot_trial.set_user_attr(DUPLICATE_ATTR, int(running[key]))
                 self._study.tell(ot_trial, state=TrialState.FAIL)

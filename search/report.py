@@ -140,7 +140,7 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
     export = None
     if choice.row is not None:
         t = time.time()
-        export = _export(ctx, session, choice, out)
+        export = _export(ctx, session, choice.row, out)
         phases["export, its evaluation and speed-up"] = time.time() - t
     choice_record = {"spans": None if choice.row is None else str(choice.row["spans"]), "reason": choice.reason,
                      "within": choice.within}
@@ -182,13 +182,13 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
     summary = {"trials_complete": trials_complete, "front_size": len(members),
                "quality": quality, "cost": cost, "reference_quality": float(reference[quality]),
                "max_drop": max_drop, "within_drop": choice.within, "rule": choice.reason}
-    if export is not None:
+    if export is not None and choice.row is not None:  # (an export is made of the chosen row)
         summary |= {"export_spans": str(choice.row["spans"]), "export_quality": float(choice.row[quality]),
                     "export_cost": float(choice.row[cost])}
         summary |= {c: float(export["measured"][c]) for c in ("accuracy", "fidelity", "flops_frac", "params_frac")}
         summary |= speed_summary(export)
         if test is not None:
-            scores = PerSample.load(out / PER_SAMPLE).scores(ctx.objective.kind, choice_record["spans"])
+            scores = PerSample.load(out / PER_SAMPLE).scores(ctx.objective.kind, str(choice.row["spans"]))
             summary |= {f"test_{k}": v for k, v in scores.items()}
     atomic_write_json(out / "summary.json", checked(summary, SummaryRecord, "summary.json"))
     # what an earlier run of this folder wrote for a section this run leaves out would read as this run's

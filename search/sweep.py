@@ -138,7 +138,7 @@ def expand(paths: list[str], out: Path | None, configure: Callable[[Config], Con
     for path in paths:
         if is_sweep(path):
             batch = read_sweep(path, out, configure)
-            summary_dir = summary_dir or Path(batch[0].cfg.output.dir).parent
+            summary_dir = summary_dir or batch[0].cfg.output_dir().parent  # (absolute: set by read_sweep)
             studies += batch
         else:
             cfg = load_study(path)
