@@ -608,11 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     elif not _progress.interactive():
         _no_library_bars()
 
-    before = _progress.level()
     verbosity = (_progress.QUIET if getattr(args, "quiet", False)
                  else _progress.VERBOSE if getattr(args, "verbose", False) else _progress.NORMAL)
-    _progress.configure(verbosity)
-    restore_logging = _log_to_stderr(verbosity)
+    restore_logging = _log_to_stderr(verbosity)  # also the progress display's verbosity: rba.progress.verbosity
     saved, saved_hook = warnings.showwarning, sys.unraisablehook
     warnings.showwarning = functools.partial(_show_rba_warning, _default=saved)
     sys.unraisablehook = functools.partial(_redeliver_lost_interrupt, _default=saved_hook)
@@ -626,8 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         warnings.showwarning, sys.unraisablehook = saved, saved_hook
-        _progress.configure(before)  # main() called in-process (tests, scripts) leaves the level as it was
-        restore_logging()
+        restore_logging()  # main() called in-process (tests, scripts) leaves the levels as they were
 
 
 if __name__ == "__main__":
