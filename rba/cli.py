@@ -15,10 +15,17 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from rba import __version__
+from rba import progress as _progress
+from rba._folders import refuse_other_work
+from rba._io import atomic_path, long_name
+from rba.datasets import DATASETS, data_file
 from rba.errors import ConfigError, RBAError
-from rba.methods import list_methods
+from rba.methods import list_methods, method_label
 from rba.names import OBJECTIVES
+from rba.progress import LOG_LEVELS, LineHandler, info, phase, write
 from rba.samplers import list_samplers
+from rba.spans import parse_spans
 
 __all__ = ["main", "build_parser"]
 
@@ -149,7 +156,6 @@ def _check_device(cfg) -> None:
 
 def _check_writable_dir(path: Path, what: str) -> None:
     """``path`` is, or can become, a folder this process writes to; checked before the long work starts."""
-    from rba._io import long_name
 
     too_long = long_name(path.absolute())
     if too_long:
@@ -178,8 +184,6 @@ class Scores(_Command):
         self.add_config(parser)
 
     def take_action(self, args):
-        from rba._folders import refuse_other_work
-        from rba._io import atomic_path
         from rba.metrics import plot_scores, score_table
         from rba.session import Session
 
@@ -212,7 +216,6 @@ class Evaluate(_Command):
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     def take_action(self, args):
-        from rba.progress import info
         from rba.session import Session
 
         cfg = self.load(args)
@@ -243,7 +246,6 @@ class Export(_Command):
 
     def take_action(self, args):
         from rba.export import export_model
-        from rba.progress import info
         from rba.session import Session
 
         cfg = self.load(args)
@@ -302,7 +304,6 @@ class Run(_Command):
         self.add_config(parser, several=True)
 
     def take_action(self, args):
-        from rba.progress import info, phase
         from search import run_study
         from search.sweep import expand, is_sweep, write_summary
 
@@ -353,11 +354,9 @@ class CompareFits(_Command):
                             "default: every valid span")
 
     def take_action(self, args):
-        from rba._folders import refuse_other_work
         from rba.compare import DEFAULT_KINDS, compare_fits
         from rba.fit import get_fit
         from rba.session import Session
-        from rba.spans import parse_spans
 
         cfg = self.load(args)
         cfg.require_splits("compare-fits", accuracy=False)
@@ -406,8 +405,6 @@ class Data(_Command):
     package), digits (scikit-learn), cifar10 / cifar100 (converted from the python batches you have)."""
 
     def add_arguments(self, parser):
-        from rba.datasets import DATASETS
-
         parser.add_argument("name", choices=sorted(DATASETS))
         parser.add_argument("--out", help="file to write (default ./data/<name>.csv or .npz)")
         parser.add_argument("--source", help="a local copy to read: the CIFAR python folder or .tar.gz (required "
@@ -415,8 +412,6 @@ class Data(_Command):
                                              "(reviews, plots), the Fashion-MNIST IDX folder")
 
     def take_action(self, args):
-        from rba.datasets import DATASETS, data_file
-
         out = Path(args.out) if args.out else Path("data") / data_file(args.name)
         if out.is_dir():
             raise ConfigError(f"--out {out} is a folder: give the file to write, e.g. {out / data_file(args.name)}")
@@ -468,14 +463,10 @@ def _list_metrics() -> list[str]:
 
 
 def _list_samplers() -> list[str]:
-    from rba.samplers import list_samplers
-
     return list_samplers()
 
 
 def _list_methods() -> list[str]:
-    from rba.methods import list_methods, method_label
-
     return [method_label(name) for name in list_methods()]
 
 
@@ -508,8 +499,6 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rba import __version__
-
     parser = _Parser(prog="rba", description="Redundant blocks: scores, replacement, search.")
     parser.add_argument("--version", action="version", version=f"rba {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -525,7 +514,6 @@ def _show_rba_warning(message, category, filename, lineno, file=None, line=None,
     """rba's own warnings (e.g. RankDeficientWarning) as one stderr line, ``rba: warning: …``; others as usual."""
     if getattr(category, "__module__", "").split(".")[0] == "rba":
         if file is None:
-            from rba.progress import write
 
             write(f"rba: warning: {message}")  # above any open progress bar
         else:
@@ -553,7 +541,6 @@ def _quiet_libraries() -> None:
 def _log_to_stderr(verbosity: int) -> Callable[[], None]:
     """rba's and search's log records as plain lines on stderr at the level of ``verbosity`` (--quiet: warnings
     only; --verbose: timings too), not passed on to the root logger's handlers; returns what puts them back."""
-    from rba.progress import LOG_LEVELS, LineHandler
 
     handler = LineHandler()
     saved = []
@@ -589,8 +576,6 @@ def _redeliver_lost_interrupt(unraisable, *, _default) -> None:
 def main(argv: list[str] | None = None) -> int:
     import functools
     import warnings
-
-    from rba import progress as _progress
 
     restore_early = _log_to_stderr(_progress.NORMAL)  # a plug-in that fails to load while the parser is built warns
     try:

@@ -30,6 +30,7 @@ from typing import IO, Callable, cast
 
 from rba._io import atomic_path, atomic_write_bytes
 from rba.errors import DataError
+from rba.models import model_file
 
 __all__ = ["prepare_reviews", "prepare_plots", "prepare_digits", "prepare_cifar10", "prepare_cifar100",
            "prepare_fashion_mnist", "prepare_fashion_mnist_test", "prepare_smollm2", "fashion_mnist_arrays",
@@ -473,7 +474,6 @@ def data_file(name: str) -> str:
     """The default file ``rba data NAME`` writes: a name in ./data/, or for model files their absolute path in
     the rba cache (where ``[model] kind = "causal-lm"`` looks for them by model name)."""
     if name == "smollm2":
-        from rba.models import model_file
 
         return str(model_file(name))
     return f"{name}.csv" if name in ("reviews", "plots") else f"{name}.npz"

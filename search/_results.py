@@ -19,12 +19,15 @@ from pydantic import model_validator
 from rba.config import config_hash
 from rba.errors import RBAError
 from rba.files import Record, atomic_path, read_record, read_table
+from rba.methods import get_method
 from rba.names import COST_COLUMNS
+from rba.session import Session
 from rba.spans import format_spans
 from search._storage import recorded_storage
-from search.analysis import front_members
+from search.analysis import best_quality_at, feasible_rows, front_members, hypervolume
 from search.baselines import br_greedy
-from search.objective import QUALITY, RESULT_COLUMNS
+from search.objective import QUALITY, RESULT_COLUMNS, Objective
+from search.pareto import front_frame, plot_front, trials_frame, write_tables
 from search.recording import SearchResult, StudyContext, log
 
 __all__ = ["finish", "rule_columns", "Choice", "choose_export", "complete_front", "reference_row",
@@ -34,7 +37,6 @@ __all__ = ["finish", "rule_columns", "Choice", "choose_export", "complete_front"
 
 def finish(ctx: StudyContext, study) -> SearchResult:
     """Write the tables, the plot and the run records."""
-    from search.pareto import front_frame, plot_front, trials_frame, write_tables
 
     trials = trials_frame(study)
     front = front_frame(study, trials)
@@ -116,7 +118,6 @@ def choose_export(front: pd.DataFrame, reference: dict, objectives: list[str], m
 def _labelled_session(ctx: StudyContext):
     """The search's session, or one sharing its model, statistics and costs that also reads the labels (a
     fidelity-only search skips them per trial; the report and the export still get accuracy when labels exist)."""
-    from rba.session import Session
 
     session = ctx.session
     if session.need_labels:
@@ -385,9 +386,6 @@ def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
     methods share is evaluated once; accuracy only where the trials compute it)."""
     import dataclasses
 
-    from rba.methods import get_method
-    from search.objective import Objective
-
     session = ctx.session
     objectives = {ctx.objective.kind: ctx.objective}
     own = get_method(ctx.method).name
@@ -548,7 +546,6 @@ class PerSample:
 def front_2d(rows: pd.DataFrame, quality: str, cost: str) -> pd.DataFrame:
     """The feasible rows no other feasible row beats in (``quality`` ↑, ``cost`` ↓), sorted by cost: what a method
     selects on eval as its front."""
-    from search.analysis import feasible_rows
 
     ok = feasible_rows(rows)
     ok = ok[ok[quality].notna() & ok[cost].notna()].sort_values([cost, quality], ascending=[True, False])
@@ -573,7 +570,6 @@ def method_rows(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | None
 def budget_picks(info: dict, methods: dict[str, pd.DataFrame]) -> dict[str, dict[float, tuple[str, str] | None]]:
     """Per method and ``flops_points`` budget, the configuration (fit kind, spans) it selects on eval: its best
     feasible rule quality within that FLOPs fraction (None when it has none)."""
-    from search.analysis import best_quality_at
 
     quality = info["quality"]
     picks: dict[str, dict[float, tuple[str, str] | None]] = {}
@@ -684,7 +680,6 @@ def hypervolumes(info: dict, methods: dict[str, pd.DataFrame], reference: dict,
     largest; with a test split, the hypervolume of the method's eval front (:func:`front_2d`, selected on eval)
     scored on the test split, at the fixed reference point of the unmodified model's test quality. Returns the
     table and the reference points by split."""
-    from search.analysis import feasible_rows, hypervolume
 
     quality, cost = info["quality"], info["cost"]
     refs = {"eval": fixed_reference(reference[quality], reference[cost])}

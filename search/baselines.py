@@ -31,8 +31,11 @@ from typing import Sequence, cast
 
 import pandas as pd
 
+from rba.capture import iter_batches
+from rba.metrics import score_table
 from rba.spans import Span
 from rba.statistics import Statistics
+from search.space import SpanSpace
 
 __all__ = ["span_scores", "best_single_spans", "br_greedy", "shortgpt_order", "merge_runs",
            "sleb_order", "angular_distances", "gromov_spans", "random_lesions", "proxy_front", "proxy_layers",
@@ -55,7 +58,6 @@ SLEB_BARRIERS = (1, 1)
 
 def span_scores(stats: Statistics, pairs: Sequence[Span], ridge: float) -> pd.DataFrame:
     """scores.csv's table restricted to ``pairs`` (the spans of the search space)."""
-    from rba.metrics import score_table
 
     table = score_table(stats, ridge)
     keep = {tuple(p) for p in pairs}
@@ -170,8 +172,6 @@ def angular_distances(session, pairs: Sequence[Span]) -> dict[Span, float]:
     distance), from one forward pass."""
     import torch
     import torch.nn.functional as F
-
-    from rba.capture import iter_batches
 
     adapter = session.adapter
     sums, counts = dict.fromkeys(pairs, 0.0), dict.fromkeys(pairs, 0)
@@ -304,7 +304,6 @@ def front_priors(table: pd.DataFrame, objective, count: int | None = None,
     deltas = objective.span_cost_deltas(objective.cost_name)
     pairs = [p for p in session.pairs if p in ls and ls[p] == ls[p] and p in deltas]  # NaN scores: not proposed
     proxy, cost = {p: ls[p] for p in pairs}, {p: deltas[p] for p in pairs}
-    from search.space import SpanSpace
 
     if layers > 1 and SpanSpace(session.adapter.num_blocks, pairs).count() <= LAYER_LIMIT:
         keep = objective.feasible if objective.budgets else None

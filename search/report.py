@@ -12,8 +12,9 @@ import os
 import time
 from pathlib import Path
 
-from rba.files import atomic_path, atomic_write_json, checked
+from rba.files import atomic_path, atomic_write_json, checked, package_versions
 from rba.fit import fit_label
+from rba.metrics import get_metric, list_metrics
 from search._measure import _export, measure_export, measure_speedup, remeasure_report, speed_summary
 from search._render import render_report
 from search._results import (
@@ -62,7 +63,6 @@ def _machine_line(load_start: float | None) -> str:
 
 def _software_line() -> str:
     """What produced the report: the git commit of rba and the versions of the libraries its numbers depend on."""
-    from rba.files import package_versions
 
     v = package_versions()
     commit = v.get("rba-commit")
@@ -105,7 +105,6 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
     against the unmodified model) and record it all: ``pareto.csv``, ``baselines.csv``, ``singles.csv``,
     ``summary.json`` and ``report.json``. Then :func:`render_report` writes ``report.md`` and the plots from
     those files alone. Returns the report's path."""
-    from rba.metrics import get_metric, list_metrics
 
     ctx = result.context
     cfg = ctx.cfg

@@ -36,6 +36,7 @@ from rba.adapters._builder import load_pretrained, seeded, split_seed
 from rba.adapters._hf_bert import _folder_digest, _minilm_path, _offline
 from rba.adapters._weights import file_digest
 from rba.errors import ModelError, did_you_mean
+from rba.models import model_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -269,7 +270,6 @@ def _locate(cfg, name: str) -> tuple[Path, str | None]:
     """(folder, gguf file name or None) of ``model.name``."""
     path: Path | None
     if name in KNOWN_FILES:
-        from rba.models import model_file
 
         path = model_file(KNOWN_FILES[name])
         if not path.is_file():
