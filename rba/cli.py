@@ -1,6 +1,9 @@
 """``rba`` command line: one class per subcommand, flags override the config file (docs/cli.md).
 
 Errors a user can fix print one line (``rba: error: …``) and exit 2; nothing half-written is left behind.
+
+The layers that load torch, pandas, pydantic or optuna are imported in the commands that use them (each such
+import says ``# lazy``), so that ``rba --help`` and ``rba ls`` start in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ class _Command:
 
     def load(self, args: argparse.Namespace):
         """The config with the flags applied, checked against this machine before any long work."""
-        from rba.config import load_study
+        from rba.config import load_study  # lazy: a fast CLI start
 
         cfg = load_study(args.config)
         if self.takes_output_dir and args.out is not None:
@@ -117,8 +120,8 @@ class _Command:
     def configure(self, cfg, args: argparse.Namespace):
         """``cfg`` with the override flags applied (--out aside), checked against this machine."""
         cfg.override({key: getattr(args, _flag_dest(flag)) for flag, key, _, _ in self.flags})
-        from rba.adapters import check_weights_file
-        from rba.data import check_data_paths
+        from rba.adapters import check_weights_file  # lazy: a fast CLI start
+        from rba.data import check_data_paths  # lazy: a fast CLI start
 
         check_weights_file(cfg)  # the input files, before any long work: the model's, then the data's
         check_data_paths(cfg)
@@ -147,7 +150,7 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
 def _check_device(cfg) -> None:
     if cfg.model.device not in ("cuda", "auto"):
         return
-    from rba.adapters._device import resolve_device
+    from rba.adapters._device import resolve_device  # lazy: a fast CLI start
 
     if resolve_device(cfg.model.device).type == "cuda":
         return
@@ -184,8 +187,8 @@ class Scores(_Command):
         self.add_config(parser)
 
     def take_action(self, args):
-        from rba.metrics import plot_scores, score_table
-        from rba.session import Session
+        from rba.metrics import plot_scores, score_table  # lazy: a fast CLI start
+        from rba.session import Session  # lazy: a fast CLI start
 
         cfg = self.load(args)
         out = cfg.output_dir()
@@ -216,7 +219,7 @@ class Evaluate(_Command):
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     def take_action(self, args):
-        from rba.session import Session
+        from rba.session import Session  # lazy: a fast CLI start
 
         cfg = self.load(args)
         cfg.require_splits("evaluate", accuracy=True)
@@ -245,14 +248,14 @@ class Export(_Command):
                             help="onnx: also write the export and the unmodified model as ONNX (onnxruntime)")
 
     def take_action(self, args):
-        from rba.export import export_model
-        from rba.session import Session
+        from rba.export import export_model  # lazy: a fast CLI start
+        from rba.session import Session  # lazy: a fast CLI start
 
         cfg = self.load(args)
         cfg.require_splits("export", accuracy=False)
         _check_writable_dir(Path(args.out), "export folder")
         if args.format == "onnx":
-            from rba.onnx import check_onnx_exportable
+            from rba.onnx import check_onnx_exportable  # lazy: a fast CLI start
 
             check_onnx_exportable(cfg)
         # labels, when the data has them, let the export carry the classifier head fitted for these spans
@@ -260,7 +263,7 @@ class Export(_Command):
         spans = session.parse(args.spans)
         out = export_model(session, spans, args.out)
         if args.format == "onnx":
-            from rba.onnx import export_onnx
+            from rba.onnx import export_onnx  # lazy: a fast CLI start
 
             meta = export_onnx(session, out)
             diff = meta["max_rel_diff"]
@@ -282,7 +285,7 @@ class Search(_Command):
         self.add_config(parser)
 
     def take_action(self, args):
-        from search import run_search
+        from search import run_search  # lazy: a fast CLI start
 
         cfg = self.load(args)
         cfg.require_splits("search", accuracy="accuracy" in cfg.search.objectives)
@@ -304,14 +307,14 @@ class Run(_Command):
         self.add_config(parser, several=True)
 
     def take_action(self, args):
-        from search import run_study
-        from search.sweep import expand, is_sweep, write_summary
+        from search import run_study  # lazy: a fast CLI start
+        from search.sweep import expand, is_sweep, write_summary  # lazy: a fast CLI start
 
         def configure(cfg):
             cfg = self.configure(cfg, args)
             cfg.require_splits("run", accuracy="accuracy" in cfg.search.objectives)
             if cfg.run.onnx:  # refused now, not after the search
-                from rba.onnx import check_onnx_exportable
+                from rba.onnx import check_onnx_exportable  # lazy: a fast CLI start
 
                 check_onnx_exportable(cfg)
             return cfg
@@ -354,9 +357,9 @@ class CompareFits(_Command):
                             "default: every valid span")
 
     def take_action(self, args):
-        from rba.compare import DEFAULT_KINDS, compare_fits
-        from rba.fit import get_fit
-        from rba.session import Session
+        from rba.compare import DEFAULT_KINDS, compare_fits  # lazy: a fast CLI start
+        from rba.fit import get_fit  # lazy: a fast CLI start
+        from rba.session import Session  # lazy: a fast CLI start
 
         cfg = self.load(args)
         cfg.require_splits("compare-fits", accuracy=False)
@@ -390,7 +393,7 @@ class Report(_Command):
         add_verbosity(parser)
 
     def take_action(self, args):
-        from search.report import remeasure_report, render_report
+        from search.report import remeasure_report, render_report  # lazy: a fast CLI start
 
         folder = Path(args.dir)
         if folder.is_dir():
@@ -435,7 +438,7 @@ class Ls(_Command):
 
 
 def _list_studies() -> list[str]:
-    from rba.config import list_studies
+    from rba.config import list_studies  # lazy: a fast CLI start
 
     lines = []
     for name, path in list_studies().items():
@@ -445,19 +448,19 @@ def _list_studies() -> list[str]:
 
 
 def _list_adapters() -> list[str]:
-    from rba.adapters import list_adapters
+    from rba.adapters import list_adapters  # lazy: a fast CLI start
 
     return list_adapters()
 
 
 def _list_fits() -> list[str]:
-    from rba.fit import fit_label, list_fits
+    from rba.fit import fit_label, list_fits  # lazy: a fast CLI start
 
     return [fit_label(name) for name in list_fits()]
 
 
 def _list_metrics() -> list[str]:
-    from rba.metrics import list_metrics
+    from rba.metrics import list_metrics  # lazy: a fast CLI start
 
     return list_metrics()
 

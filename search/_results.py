@@ -513,7 +513,7 @@ class PerSample:
 
     def scores(self, kind: str, spans: str) -> dict[str, float]:
         """fidelity and accuracy with their standard errors (of the mean; binomial), NaN where absent."""
-        from rba.stats import binomial_se, mean_se
+        from rba.stats import binomial_se, mean_se  # lazy: scipy loads with the first standard error
 
         out = dict.fromkeys(("fidelity", "fidelity_se", "accuracy", "accuracy_se"), math.nan)
         r = self.row(kind, spans)
@@ -623,7 +623,7 @@ def paired_tests(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | Non
     Per comparison and quality: accuracy by McNemar's exact test (with its mid-p), fidelity by a paired bootstrap
     of the mean difference; both with a paired bootstrap interval of the difference (B − A: the export, the
     search). ``p (Holm)`` adjusts every p-value of the table together (one family: the report's comparisons)."""
-    from rba.stats import holm, mcnemar, mean_difference
+    from rba.stats import holm, mcnemar, mean_difference  # lazy: scipy loads with the first test
 
     pairs = []  # (comparison, budget, A, B)
     kind = info["kind"]

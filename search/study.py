@@ -103,7 +103,7 @@ def check_inputs(cfg: Config):
 
     heartbeat_interval()
     if cfg.search.backend == "ray" and cfg.search.ray_address:
-        from search.ray_backend import check_address
+        from search.ray_backend import check_address  # lazy: ray loads only for --backend ray
 
         check_address(cfg.search.ray_address)
     refuse_other_work(cfg.output_dir(), "study", "a study (`rba search` / `rba run`)")
@@ -289,7 +289,7 @@ def run_search(cfg: Config, progress: bool = True, *, session=None, objective: O
                 if cfg.search.backend != "ray":
                     ctx.session.evaluator  # noqa: B018
                 if cfg.search.backend == "ray":
-                    from search.ray_backend import run_ray
+                    from search.ray_backend import run_ray  # lazy: ray loads only for --backend ray
 
                     run_ray(ctx, study, n, sampler)
                 else:
