@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 import torch
@@ -238,7 +238,7 @@ class SplitScores:
 
     @property
     def accuracy(self) -> float:
-        return float("nan") if self.prediction is None else float(self.correct.mean())
+        return float("nan") if self.prediction is None else float(cast(np.ndarray, self.correct).mean())
 
     @property
     def accuracy_se(self) -> float:
@@ -294,7 +294,8 @@ class Evaluator:
             self.num_classes = int(torch.cat(labs).max()) + 1
         self.fixed_probe = None
         if use_probe and head == "fixed-probe":
-            self.fixed_probe = LinearProbe(probe_c).fit(self.parts["probe"].pooled, self.parts["probe"].labels, self.num_classes)
+            # (labelled: the eval split's labels are checked above, and the probe split comes from the same data)
+            self.fixed_probe = LinearProbe(probe_c).fit(self.parts["probe"].pooled, cast(torch.Tensor, self.parts["probe"].labels), self.num_classes)
         self._memo: OrderedDict[tuple, dict[str, list[torch.Tensor]]] = OrderedDict()
         self._memo_bytes = 0
         self.memo_budget = memo_bytes
@@ -477,8 +478,8 @@ class Evaluator:
             if logits is None:
                 raise ModelError("evaluate.head = \"native\" but this model has no classification head: use \"probe\"")
             return logits.argmax(1).cpu()
-        if probe is None:
-            probe = self.probe_for({"probe": pooled_probe})
+        if probe is None:  # (head "probe" with labels: probe_for fits one on the probe split's pooled rows)
+            probe = cast(LinearProbe, self.probe_for({"probe": cast(torch.Tensor, pooled_probe)}))
         return probe.predict(pooled_eval)
 
     def export_head(self, spans: Sequence[Span], maps: Sequence[nn.Module], tag: str = "", *,

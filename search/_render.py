@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
 
 from rba.files import atomic_path, atomic_write_text
+from rba.methods import get_method
+from rba.metrics import plot_scores
 from rba.names import LM_COLUMNS, maximised, objective_of
+from rba.timing import Comparison, comparison_text
 from search._results import (
     COST_COLUMNS,
     PER_SAMPLE,
@@ -26,7 +30,18 @@ from search._results import (
     split_pareto,
     within_length_correlations,
 )
+from search.analysis import (
+    compare_methods,
+    feasible_rows,
+    hypervolume,
+    multi_span,
+    prior_correlations,
+    redundant_spans,
+    search_cost,
+    span_count,
+)
 from search.objective import QUALITY, RESULT_COLUMNS
+from search.pareto import plot_front
 
 __all__ = ["render_report", "PLOTS"]
 
@@ -62,8 +77,6 @@ def _read(out: Path) -> dict:
 
 def _draw_plots(out: Path, inputs: dict) -> None:
     """scores.png, pareto.png, cost.png, and priors.png when every single span was evaluated."""
-    from rba.metrics import plot_scores
-    from search.pareto import plot_front
 
     info, baselines, singles = inputs["info"], inputs["baselines"], inputs["singles"]
     plot_scores(inputs["scores"], out / "scores.png", title=info["titles"]["scores"])
@@ -197,7 +210,6 @@ def _speedup_text(record: dict, keys: dict[str, str], ceiling: dict) -> str:
     its keys) as the report states it: the median paired ratio with its interval and how often the export was
     faster (:func:`rba.timing.comparison_text`), or, above the ceiling that the same run's latency table (or the
     FLOPs) allows, flagged as noise instead of quoted."""
-    from rba.timing import Comparison, comparison_text
 
     c = Comparison(**{field: record[key] for field, key in keys.items()}, order=record["order"],
                    confidence=record["confidence"], repeats=record["repeats"])
@@ -278,8 +290,6 @@ def _picked_accuracy(info: dict, reference: dict, front: pd.DataFrame, choice: d
 
 
 def _redundancy_section(scores: pd.DataFrame, info: dict) -> list[str]:
-    from search.analysis import redundant_spans
-
     table = redundant_spans(scores, info["metrics"])
     return ["## Which spans are redundant", "",
             "Every registered metric over every valid span (scores.csv); a blank cell is a span that changes the "
@@ -321,7 +331,6 @@ def _reference_words(quality: str, split: str = "") -> str:
 
 def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
                        choice: dict, per: PerSample | None) -> list[str]:
-    from rba.methods import get_method
 
     quality, cost = info["quality"], info["cost"]
     lines = ["## Baselines at the same budgets", "",
@@ -354,7 +363,6 @@ def _semicolon(text: str) -> str:
 
 def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
                      per: PerSample | None) -> list[str]:
-    from search.analysis import compare_methods
 
     quality, cost = info["quality"], info["cost"]
     methods = method_rows(info, trials, baselines)
@@ -370,7 +378,8 @@ def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baseline
             at = list(table.columns).index(f"spans at {p:g}")
             values = []
             for label in table["method"]:
-                x = per.scores(*picks[label][p]) if picks[label][p] is not None else {quality: math.nan}
+                pick = picks[label][p]
+                x = per.scores(*pick) if pick is not None else {quality: math.nan}
                 values.append(_pm(x[quality], x.get(f"{quality}_se", math.nan)))
             table.insert(at + 1, f"test {quality} at {p:g}", values)
     ref = refs["eval"]
@@ -410,7 +419,6 @@ def _paired_section(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | 
 
 def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, singles: pd.DataFrame | None,
                         reference: dict) -> list[str]:
-    from search.analysis import feasible_rows, hypervolume, multi_span, span_count
 
     quality, cost = info["quality"], info["cost"]
     evaluated = trials[trials["state"] == "COMPLETE"]
@@ -443,8 +451,6 @@ def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, s
 
 
 def _priors_section(info: dict, singles: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
-    from search.analysis import prior_correlations
-
     qualities = _prior_qualities(singles)
     table = prior_correlations(singles, scores, info["metrics"], qualities)
     within = within_length_correlations(singles, scores, info["metrics"], qualities)
@@ -494,7 +500,6 @@ def _search_cost(info: dict, trials: pd.DataFrame) -> dict:
     """The search's cost (:func:`search.analysis.search_cost`). Its time is this run's search wall time, or, when
     the study resumed (trials completed in an earlier run), the summed durations of all its completed trials: this
     run's wall time covers only the trials it ran (none, when the study was already complete)."""
-    from search.analysis import search_cost
 
     wall = dict(info["timing"]["phases"]).get("search", math.nan)
     if info["timing"].get("completed_before", 0):
@@ -543,7 +548,7 @@ def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: di
     export = info["export"]
     if export is None:
         return ["## Exported configuration", "", "No feasible configuration: nothing exported.", ""]
-    row = _chosen(front, reference, choice["spans"])
+    row = cast(dict, _chosen(front, reference, choice["spans"]))  # (an export's row is on the front it came from)
     speed, ceiling = export["speed"], export["ceiling"]
     onnx = export.get("onnx") or {}
     onnx_lines = _onnx_lines(onnx, export["measured"]["flops_frac"], ceiling) if onnx else []

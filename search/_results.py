@@ -10,7 +10,7 @@ import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 import numpy as np
 import pandas as pd
@@ -19,12 +19,15 @@ from pydantic import model_validator
 from rba.config import config_hash
 from rba.errors import RBAError
 from rba.files import Record, atomic_path, read_record, read_table
+from rba.methods import get_method
 from rba.names import COST_COLUMNS, LM_COLUMNS, maximised
+from rba.session import Session
 from rba.spans import format_spans
 from search._storage import recorded_storage
-from search.analysis import front_members, quality_limit
+from search.analysis import best_quality_at, feasible_rows, front_members, hypervolume, quality_limit
 from search.baselines import br_greedy
-from search.objective import QUALITY, RESULT_COLUMNS
+from search.objective import QUALITY, RESULT_COLUMNS, Objective
+from search.pareto import front_frame, plot_front, trials_frame, write_tables
 from search.recording import SearchResult, StudyContext, log
 
 __all__ = ["finish", "rule_columns", "Choice", "choose_export", "complete_front", "reference_row",
@@ -34,7 +37,6 @@ __all__ = ["finish", "rule_columns", "Choice", "choose_export", "complete_front"
 
 def finish(ctx: StudyContext, study) -> SearchResult:
     """Write the tables, the plot and the run records."""
-    from search.pareto import front_frame, plot_front, trials_frame, write_tables
 
     trials = trials_frame(study)
     front = front_frame(study, trials)
@@ -131,7 +133,6 @@ def rule_allowance(quality: str, reference: float, max_drop: float, max_rise: fl
 def _labelled_session(ctx: StudyContext):
     """The search's session, or one sharing its model, statistics and costs that also reads the labels (a
     fidelity-only search skips them per trial; the report and the export still get accuracy when labels exist)."""
-    from rba.session import Session
 
     session = ctx.session
     if session.need_labels:
@@ -195,6 +196,17 @@ REPORT_FORMAT = 2
 
 #: the numbers of a result row (every result column but the configuration's text)
 _NUMBERS = [c for c in RESULT_COLUMNS if c != "spans"]
+
+# report.json's column names: Literals built from the registries, which pydantic checks; a type checker, which
+# reads no runtime values, sees strings
+if TYPE_CHECKING:
+    _Number: TypeAlias = str
+    _Quality: TypeAlias = str
+    _Cost: TypeAlias = str
+else:
+    _Number = Literal[tuple(_NUMBERS)]
+    _Quality = Literal[QUALITY]
+    _Cost = Literal[tuple(COST_COLUMNS.values())]
 
 
 class _Choice(Record):
@@ -305,10 +317,10 @@ class ReportRecord(Record):
     method: str
     kind: str
     objectives: list[str]
-    objective_columns: list[Literal[tuple(_NUMBERS)]]
+    objective_columns: list[_Number]
     budgets: dict[str, float]
-    quality: Literal[QUALITY]
-    cost: Literal[tuple(COST_COLUMNS.values())]
+    quality: _Quality
+    cost: _Cost
     max_drop: float
     max_rise: float | None = None
     """the rule's allowance for a minimised quality (None in a report of an older rba, which had none)"""
@@ -394,9 +406,6 @@ def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
     methods share is evaluated once; accuracy only where the trials compute it)."""
     import dataclasses
 
-    from rba.methods import get_method
-    from search.objective import Objective
-
     session = ctx.session
     objectives = {ctx.objective.kind: ctx.objective}
     own = get_method(ctx.method).name
@@ -465,7 +474,7 @@ def read_report_inputs(out: Path) -> dict:
     if missing:
         raise ReportError(f"{out} lacks {', '.join(missing)}, which its report.json needs: rerun `rba run` on this "
                           "study to write them again")
-    data = {"info": info}
+    data: dict[str, Any] = {"info": info}
     for key in tables:
         name, columns, numeric = _TABLES[key]
         data[key] = read_table(out / name, columns=columns, numeric=numeric, fix=_REWRITE, error=ReportError,
@@ -526,15 +535,18 @@ class PerSample:
                 return r
         return None
 
-    def correct(self, r: int) -> np.ndarray | None:
-        return None if self.prediction is None else self.prediction[r] == self.label
+    def correct(self, r: int) -> np.ndarray:
+        """Per sample, whether configuration row ``r`` predicted its label (a labelled study only)."""
+        if self.prediction is None:
+            raise ValueError("these per-sample results hold no predictions: the study's data has no labels")
+        return self.prediction[r] == self.label
 
     def scores(self, kind: str, spans: str) -> dict[str, float]:
         """fidelity and accuracy with their standard errors (of the mean; binomial), and for decoder LMs perplexity,
         kl and top1 over the scored tokens with theirs (over samples, :func:`rba.evaluate.token_weighted`; the delta
         method for perplexity); NaN where absent."""
         from rba.evaluate import token_weighted
-        from rba.stats import binomial_se, mean_se
+        from rba.stats import binomial_se, mean_se  # lazy: scipy loads with the first standard error
 
         out = dict.fromkeys(("fidelity", "fidelity_se", "accuracy", "accuracy_se"), math.nan)
         out |= {k: math.nan for c in LM_COLUMNS for k in (c, f"{c}_se")}
@@ -563,11 +575,12 @@ class PerSample:
         arrays = {"split": np.array(self.split), "index": self.index, "kind": self.kind.astype(str),
                   "spans": self.spans.astype(str), "cosine": self.cosine}
         if self.prediction is not None:
-            arrays |= {"label": self.label, "prediction": self.prediction}
+            arrays |= {"label": cast(np.ndarray, self.label), "prediction": self.prediction}  # (set together)
         if self.tokens is not None:
             arrays |= {"tokens": self.tokens, "nll": self.nll, "kl": self.kl, "top1": self.top1}
         with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
-            np.savez(f, **arrays)
+            # numpy's stub types savez's keywords as its allow_pickle flag too; these keys are array names
+            np.savez(f, **arrays)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: Path) -> "PerSample":
@@ -582,7 +595,6 @@ class PerSample:
 def front_2d(rows: pd.DataFrame, quality: str, cost: str) -> pd.DataFrame:
     """The feasible rows no other feasible row beats in (``quality`` ↑, or ↓ when minimised; ``cost`` ↓), sorted by
     cost: what a method selects on eval as its front."""
-    from search.analysis import feasible_rows
 
     higher = maximised(quality)
     ok = feasible_rows(rows)
@@ -608,10 +620,9 @@ def method_rows(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | None
 def budget_picks(info: dict, methods: dict[str, pd.DataFrame]) -> dict[str, dict[float, tuple[str, str] | None]]:
     """Per method and ``flops_points`` budget, the configuration (fit kind, spans) it selects on eval: its best
     feasible rule quality within that FLOPs fraction (None when it has none)."""
-    from search.analysis import best_quality_at
 
     quality = info["quality"]
-    picks = {}
+    picks: dict[str, dict[float, tuple[str, str] | None]] = {}
     for label, rows in methods.items():
         picks[label] = {}
         for p in info["flops_points"]:
@@ -667,7 +678,7 @@ def paired_tests(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | Non
     Per comparison and quality: accuracy by McNemar's exact test (with its mid-p), fidelity by a paired bootstrap
     of the mean difference; both with a paired bootstrap interval of the difference (B − A: the export, the
     search). ``p (Holm)`` adjusts every p-value of the table together (one family: the report's comparisons)."""
-    from rba.stats import holm, mcnemar, mean_difference
+    from rba.stats import holm, mcnemar, mean_difference  # lazy: scipy loads with the first test
 
     pairs = []  # (comparison, budget, A, B)
     kind = info["kind"]
@@ -766,7 +777,6 @@ def hypervolumes(info: dict, methods: dict[str, pd.DataFrame], reference: dict,
     largest; with a test split, the hypervolume of the method's eval front (:func:`front_2d`, selected on eval)
     scored on the test split, at the fixed reference point of the unmodified model's test quality. Returns the
     table and the reference points by split."""
-    from search.analysis import feasible_rows, hypervolume
 
     quality, cost = info["quality"], info["cost"]
     refs = {"eval": fixed_reference(reference[quality], reference[cost], quality)}

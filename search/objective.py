@@ -34,6 +34,7 @@ import torch
 
 from rba.apply import walk_spans
 from rba.errors import BudgetError, ConfigError
+from rba.metrics import LSResidual
 from rba.names import BUDGET_KEYS, OBJECTIVES, QUALITY, RESULT_COLUMNS, maps_tag
 from rba.spans import Span, format_spans
 from search.baselines import proxy_front
@@ -163,7 +164,6 @@ class Objective:
 
     def proxy(self, spans: Sequence[Span]) -> float:
         """Statistics-only quality proxy for screening: Σ ls_residual of the spans (lower is better)."""
-        from rba.metrics import LSResidual
 
         if not hasattr(self, "_ls"):
             self._ls: dict[Span, float] = {}
