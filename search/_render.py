@@ -47,16 +47,26 @@ __all__ = ["render_report", "PLOTS"]
 
 #: the plots ``rba report`` (and ``rba run`` through it) draws
 PLOTS = ("scores.png", "pareto.png", "priors.png", "cost.png")
+#: the report's computed tables, written beside it for scripts (the README's findings read them): the methods'
+#: hypervolumes and picks at each budget, and the paired tests on the test split
+TABLES = ("methods.csv", "paired_tests.csv")
 
 
 def render_report(out: Path) -> Path:
     """Write ``report.md`` and every plot of a finished ``rba run`` folder from its files alone (report.json and
-    the CSV tables): no model is loaded, nothing is evaluated, and no other file is written (the inputs are read
-    only). ``rba run`` ends with it; ``rba report DIR`` runs it alone. Returns the report's path."""
+    the CSV tables): no model is loaded, nothing is evaluated, and no other file is written than the plots and
+    the report's computed tables (:data:`TABLES`, where the study has them; the inputs are read only). ``rba run``
+    ends with it; ``rba report DIR`` runs it alone. Returns the report's path."""
     out = Path(out)
     inputs = _read(out)
     text = _report_text(out, inputs)
     _draw_plots(out, inputs)
+    for name in TABLES:
+        table = inputs["tables"].get(name)
+        if table is not None:
+            atomic_write_text(out / name, table.to_csv(index=False))
+        elif (out / name).exists():  # an older rendering's table this study no longer has
+            (out / name).unlink()
     report = out / "report.md"
     atomic_write_text(report, text)  # after the plots it shows
     return report
@@ -72,7 +82,7 @@ def _read(out: Path) -> dict:
     _, reference, front = split_pareto(pareto, info["objective_columns"])
     return {"info": info, "trials": data["trials"], "scores": data["scores"], "pareto": pareto, "front": front,
             "reference": reference, "baselines": data.get("baselines"), "singles": data.get("singles"),
-            "per_sample": data.get("per_sample")}
+            "per_sample": data.get("per_sample"), "tables": {}}
 
 
 def _draw_plots(out: Path, inputs: dict) -> None:
@@ -121,9 +131,9 @@ def _report_text(out: Path, inputs: dict) -> str:
     lines += _redundancy_section(scores, info)
     if baselines is not None:
         lines += _baselines_section(info, front, reference, baselines, choice, per)
-        lines += _methods_section(info, trials, reference, baselines, per)
+        lines += _methods_section(info, trials, reference, baselines, per, inputs["tables"])
     if per is not None:
-        lines += _paired_section(info, trials, baselines, per)
+        lines += _paired_section(info, trials, baselines, per, inputs["tables"])
     lines += _multi_span_section(info, front, trials, singles, reference)
     if singles is not None:
         lines += _priors_section(info, singles, scores)
@@ -362,7 +372,7 @@ def _semicolon(text: str) -> str:
 
 
 def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
-                     per: PerSample | None) -> list[str]:
+                     per: PerSample | None, tables: dict[str, pd.DataFrame]) -> list[str]:
 
     quality, cost = info["quality"], info["cost"]
     methods = method_rows(info, trials, baselines)
@@ -382,6 +392,7 @@ def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baseline
                 x = per.scores(*pick) if pick is not None else {quality: math.nan}
                 values.append(_pm(x[quality], x.get(f"{quality}_se", math.nan)))
             table.insert(at + 1, f"test {quality} at {p:g}", values)
+    tables["methods.csv"] = table
     ref = refs["eval"]
     test_ref = (f" The test hypervolume scores each method's eval front (its feasible configurations no other of "
                 f"its own beats on eval) on the test split, at {quality} = {refs['test'][0]:.4g} "
@@ -399,8 +410,9 @@ def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baseline
             + f".{test_ref} The front plot above draws the baselines as dashed lines.", "", _markdown(table), ""]
 
 
-def _paired_section(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | None, per: PerSample) -> list[str]:
-    table = paired_tests(info, trials, baselines, per)
+def _paired_section(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | None, per: PerSample,
+                    tables: dict[str, pd.DataFrame]) -> list[str]:
+    table = tables["paired_tests.csv"] = paired_tests(info, trials, baselines, per)
     lines = ["## Paired tests on the test split", "",
              f"Two configurations scored on the same {per.samples} test samples, compared sample by sample: the export "
              "against the unmodified model, and at each budget of `[report] flops_points` the configuration the "
