@@ -506,8 +506,8 @@ class StatisticsCollector:
         nb = len(self.dims)
 
         def centres(dims: Sequence[int], offset: int) -> list[torch.Tensor]:
-            return [torch.zeros(d, dtype=torch.float64) if self.center[offset + k] is None
-                    else self.center[offset + k].to(torch.float64).cpu() for k, d in enumerate(dims)]
+            return [torch.zeros(d, dtype=torch.float64) if c is None else c.to(torch.float64).cpu()
+                    for d, c in zip(dims, self.center[offset:offset + len(dims)], strict=True)]
 
         mlp = None
         if self.mlp_dims:
