@@ -60,7 +60,7 @@ def boundary_vectors(adapter: Adapter, samples: Samples, batch_size: int):
         yield n, vecs
 
 
-def _batch_vectors(adapter: Adapter, samples: Sequence[Any], batch_size: int, *, mlp_blocks: int):
+def _batch_vectors(adapter: Adapter, samples: Samples, batch_size: int, *, mlp_blocks: int):
     """:func:`boundary_vectors`, plus the MLP outputs of blocks 0..mlp_blocks-1 as vectors (forward hooks on the
     modules :meth:`~rba.adapters.Adapter.fold_target` names), in the same rows."""
     modules = [adapter.blocks[e].get_submodule(adapter.fold_target(e)) for e in range(mlp_blocks)]

@@ -457,6 +457,7 @@ def check_dotted_key(dotted: Any) -> None:
 
 
 def _sections() -> dict[str, type]:
+    # every field but these two is a section, whose default_factory is its dataclass (mypy sees the MISSING case too)
     return {f.name: f.default_factory for f in fields(Config) if f.name not in ("name", "base_dir")}  # type: ignore[misc]
 
 

@@ -85,6 +85,7 @@ class SplitCache:
                 h, ctx = adapter.embed(inputs)
                 following = adapter.targets(inputs, ctx)
                 if following is not None:  # rows are tokens: the next-token objectives score them
+                    assert ctx.mask is not None  # next-token rows are a text's real tokens: its mask says which
                     targets.append(following.cpu())
                     counts.append(ctx.mask.sum(1).cpu())
                 state = h
@@ -194,6 +195,7 @@ class SplitScores:
         values = getattr(self, name)
         if values is None:
             return float("nan"), float("nan")
+        assert self.tokens is not None  # a decoder LM's scores come with their token counts
         return token_weighted(np.nan_to_num(values) * self.tokens, self.tokens)
 
     @property
@@ -442,6 +444,7 @@ class Evaluator:
         out = {"samples": samples, "cosine": np.bincount(inverse, weights=cos, minlength=count)
                / np.bincount(inverse, minlength=count)}
         rows = torch.as_tensor(rows).long()
+        assert part.reference is not None  # SplitCache.build sets row_sample and reference together (decoder LMs)
         scores = token_scores(_logits_of(self.adapter), pooled_rows, rows, part.reference)
         owner = inverse[(part.reference.targets[rows] >= 0).numpy()]
         out["tokens"] = np.bincount(owner, minlength=count)

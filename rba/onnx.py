@@ -98,9 +98,9 @@ def check_onnx_exportable(cfg: Config) -> None:
     if cfg.model.forward_dtype != "float32":
         raise ConfigError(f"model.forward_dtype = {cfg.model.forward_dtype!r}: the ONNX export writes float32 models "
                           "only (ONNX Runtime's CPU kernels are float32); export with --forward-dtype float32")
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
+    try:  # imported only to see that they are installed (lazy: heavy, and needed only by --format onnx)
+        import onnx  # noqa: F401  (unused: the import is the check)
+        import onnxruntime  # noqa: F401  (unused: the import is the check)
     except ImportError as exc:
         raise ConfigError(f"--format onnx needs the packages onnx and onnxruntime ({exc}): pip install onnx "
                           "onnxruntime") from None

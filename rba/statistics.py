@@ -242,7 +242,7 @@ class Statistics:
             raise CacheError(f"statistics cache {path} is unreadable: {exc}") from None
         try:
             dims = [int(d) for d in info["dims"]]
-            pairs = [tuple(int(v) for v in p) for p in info["pairs"]]
+            pairs: list[Span] = [(int(i), int(j)) for i, j in info["pairs"]]
             cos = tensors["cos_sum"].tolist()
             mlp, mlp_cross = None, None
             if "mlp" in info:
@@ -255,13 +255,13 @@ class Statistics:
                 mlp_cross = {(int(e), int(k)): tensors[f"mlp.cross.{int(e)}.{int(k)}"] for e, k in m["pairs"]}
             return cls(
                 dims=dims,
-                pairs=pairs,  # type: ignore[arg-type]
+                pairs=pairs,
                 n=int(info["n"]),
                 center=[tensors[f"center.{k}"] for k in range(len(dims))],
                 centred_gram=[tensors[f"gram.{k}"] for k in range(len(dims))],
                 centred_cross={(i, j): tensors[f"cross.{i}.{j}"] for i, j in pairs},
                 centred_sq=tensors["sq"].tolist(),
-                cos_sum=dict(zip(pairs, cos)),  # type: ignore[arg-type]
+                cos_sum=dict(zip(pairs, cos)),
                 meta=info.get("meta", {}),
                 key=info.get("key", ""),
                 mlp=mlp,
@@ -506,8 +506,8 @@ class StatisticsCollector:
         nb = len(self.dims)
 
         def centres(dims: Sequence[int], offset: int) -> list[torch.Tensor]:
-            return [torch.zeros(d, dtype=torch.float64) if self.center[offset + k] is None
-                    else self.center[offset + k].to(torch.float64).cpu() for k, d in enumerate(dims)]
+            return [torch.zeros(d, dtype=torch.float64) if c is None else c.to(torch.float64).cpu()
+                    for d, c in zip(dims, self.center[offset:offset + len(dims)], strict=True)]
 
         mlp = None
         if self.mlp_dims:

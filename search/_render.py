@@ -322,9 +322,9 @@ def _rule_words(info: dict) -> str:
     if maximised(info["quality"]):
         return (f"at most max_drop = {info['max_drop']:g} (absolute, `--max-drop`, `[run] max_drop`) below the "
                 "unmodified model's")
-    rise = _max_rise(info)
+    rise, spec = _max_rise(info), objective_of(info["quality"])
     limit = (f"the unmodified model's + log(1 + {rise:g}) nats, the rise of cross-entropy a relative rise of "
-             f"{rise:g} in perplexity is" if objective_of(info["quality"]).log_scale else
+             f"{rise:g} in perplexity is" if spec is not None and spec.log_scale else
              f"(1 + {rise:g}) × the unmodified model's")
     return f"at most {limit} (max_rise = {rise:g}, relative, `--max-rise`, `[run] max_rise`)"
 
@@ -334,7 +334,8 @@ def _reference_words(quality: str, split: str = "") -> str:
     change = reference_change(quality)
     if maximised(quality):
         return f"{1 - change:g} × the unmodified model's {split}{quality}"
-    if objective_of(quality).log_scale:
+    spec = objective_of(quality)
+    if spec is not None and spec.log_scale:  # as search.analysis.quality_limit reads it
         return f"the unmodified model's {split}{quality} + log {1 + change:g}"
     return f"{1 + change:g} × the unmodified model's {split}{quality}"
 

@@ -577,7 +577,8 @@ class PerSample:
         if self.prediction is not None:
             arrays |= {"label": cast(np.ndarray, self.label), "prediction": self.prediction}  # (set together)
         if self.tokens is not None:
-            arrays |= {"tokens": self.tokens, "nll": self.nll, "kl": self.kl, "top1": self.top1}
+            arrays |= {"tokens": self.tokens, "nll": cast(np.ndarray, self.nll), "kl": cast(np.ndarray, self.kl),
+                       "top1": cast(np.ndarray, self.top1)}  # (set together)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
             # numpy's stub types savez's keywords as its allow_pickle flag too; these keys are array names
             np.savez(f, **arrays)  # type: ignore[arg-type]
@@ -737,6 +738,7 @@ def _token_difference(per: PerSample, quality: str, ra: int, rb: int, **kwargs):
         total = np.sum(tokens, axis=axis)
         return finish(np.sum(sum_b, axis=axis) / total) - finish(np.sum(sum_a, axis=axis) / total)
 
+    assert per.tokens is not None  # next-token qualities are compared only on decoder LMs' results, which have them
     tokens = per.tokens.astype(float)
     sum_a, sum_b = per.token_sums(quality, ra), per.token_sums(quality, rb)
     diff = paired_bootstrap(difference, tokens, sum_a, sum_b, vectorized=True, **kwargs)

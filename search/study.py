@@ -285,9 +285,9 @@ def run_search(cfg: Config, progress: bool = True, *, session=None, objective: O
                 # the cost model (FLOPs, per-block latency) and the evaluation caches (a forward pass over the eval and
                 # probe splits), built here with their own lines rather than inside the first trial, whose time would
                 # otherwise mislead the ETA (Ray's workers build their own caches)
-                ctx.session.cost_model  # noqa: B018
+                ctx.session.cost_model  # noqa: B018  (a cached property: read to build it, as said above)
                 if cfg.search.backend != "ray":
-                    ctx.session.evaluator  # noqa: B018
+                    ctx.session.evaluator  # noqa: B018  (the same)
                 if cfg.search.backend == "ray":
                     from search.ray_backend import run_ray  # lazy: ray loads only for --backend ray
 

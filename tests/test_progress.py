@@ -16,11 +16,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from rba import progress
+from rba.cli import main as cli_main
+
 sys.path.insert(0, str(Path(__file__).resolve().parent / "search_tests"))
 from _search_helpers import single_thread  # noqa: E402,F401  (autouse fixture: tiny models on a loaded machine)
-
-from rba import progress  # noqa: E402
-from rba.cli import main as cli_main  # noqa: E402
 
 CONTROL = re.compile(r"[\r\x1b]")  # carriage returns (tqdm redraws) and escape sequences (cursor moves)
 

@@ -17,13 +17,14 @@ import pandas as pd
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "search_tests"))
-from _search_helpers import make_config, single_thread  # noqa: E402,F401  (autouse fixture)
+from rba.cli import main as cli_main
+from rba.session import Session
+from search import run_study
+from search.report import measure_speedup
 
-from rba.cli import main as cli_main  # noqa: E402
-from rba.session import Session  # noqa: E402
-from search import run_study  # noqa: E402
-from search.report import measure_speedup  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent / "search_tests"))
+# after the path above (E402); single_thread is an autouse fixture, used by being imported (F401)
+from _search_helpers import make_config, single_thread  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")

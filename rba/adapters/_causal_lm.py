@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import torch
 from torch import nn
@@ -224,8 +224,8 @@ class CausalLM(Adapter):
         numbered 0..n-1 for the KV cache) and loaded strictly with the kept layers' weights as they stand."""
         from transformers import AutoModelForCausalLM
 
-        drop = set(drop)
-        keep = [k for k in range(self.num_blocks) if k not in drop]
+        dropped = set(drop)
+        keep = [k for k in range(self.num_blocks) if k not in dropped]
         raw = self.config.to_dict()
         raw.pop("quantization_config", None)
         config = type(self.config).from_dict(raw)
@@ -248,7 +248,8 @@ class CausalLM(Adapter):
 
     def save_native(self, model: nn.Module, folder: Path) -> None:
         """``save_pretrained`` (safetensors) with the tokenizer: a folder ``from_pretrained`` loads."""
-        model.save_pretrained(folder)
+        # (without_blocks builds it: a transformers model, typed nn.Module as the adapter interface is)
+        cast("PreTrainedModel", model).save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
 
     def forward(self, inputs: Any) -> torch.Tensor:

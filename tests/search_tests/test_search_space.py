@@ -186,7 +186,9 @@ def test_proxy_layers_are_brute_force_nondominated_sorting(L, pairs):
             return [()]
         return configurations(k + 1) + [((i, j),) + rest for i, j in pairs if i == k for rest in configurations(j)]
 
-    keep = lambda c: len(c) != 2  # noqa: E731
+    def keep(c):
+        return len(c) != 2
+
     rest = {c: (sum(proxy[s] for s in c), sum(cost[s] for s in c)) for c in configurations(0) if keep(c)}
     expected = []
     for _ in range(3):
