@@ -46,7 +46,7 @@ def finish(ctx: StudyContext, study) -> SearchResult:
         log(f"warning: could not evaluate the unmodified model for the plot: {exc}")
     baselines = {}
     if ctx.table is not None:
-        greedy = [format_spans(s) for s in br_greedy(ctx.table)]
+        greedy = [format_spans(s) for s in br_greedy(ctx.table, ctx.space.gap)]
         rows = trials[trials["spans"].isin(greedy) & (trials["state"] == "COMPLETE")].drop_duplicates("spans")
         if len(rows) >= 2:
             baselines["BR-greedy"] = rows
@@ -375,6 +375,7 @@ def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
     import dataclasses
 
     from rba.methods import get_method
+    from search.methods import within_space
     from search.objective import Objective
 
     session = ctx.session
@@ -389,7 +390,8 @@ def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
         if kind not in objectives:
             objectives[kind] = Objective(session, kind=kind, mode=ctx.objective.mode)
         objective = objectives[kind]
-        planned = spec.plan(dataclasses.replace(ctx, method=name, objective=objective), True)
+        own_ctx = dataclasses.replace(ctx, method=name, objective=objective, space=objective.space)
+        planned, _ = within_space(own_ctx, spec.plan(own_ctx, True))
         for _, spans in planned:
             key = format_spans(spans)
             if kind == ctx.objective.kind and key in known:
@@ -404,7 +406,7 @@ def _single_rows(ctx: StudyContext, session, known: dict[str, dict]) -> pd.DataF
     """Every single valid span with its results (the search's fit kind): reused from the trials or the completed
     front where they hold every quality this session computes, else evaluated (with accuracy when labels exist)."""
     rows = []
-    for span in ctx.session.pairs:
+    for span in ctx.space.pairs:
         key = format_spans([span])
         row = known.get(key)
         if row is not None and not (session.need_labels and math.isnan(float(row["accuracy"]))):

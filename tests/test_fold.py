@@ -224,3 +224,20 @@ def test_replaceme_picks_the_span_of_least_last_token_angular_distance(tmp_path)
     assert plans[0] == ("replaceme n=2", [min(expected, key=expected.get)])
     assert [len(p[1]) for p in plans] == [1] * 7 and sorted(j - i for _, [(i, j)] in plans) == list(range(1, 8))
     assert 0 < session.evaluate(plans[0][1], kind="fold")["fidelity"] < 1
+
+
+def test_a_fold_search_proposes_only_foldable_configurations(tmp_path):
+    """The priors (proxy fronts, best spans, BR-greedy) and the sampler on a 6-layer Llama with fit kind fold: every
+    trial completes, and every configuration keeps block i − 1 of each span (i, j) (checked on the spans here, not
+    through the space)."""
+    from search import run_search
+
+    cfg = tiny_config(tmp_path, "llama", model={"options": {"num_hidden_layers": 6}}, fit={"kind": "fold"},
+                      search={"trials": 14, "objectives": ["fidelity", "params"]}, output={"dir": str(tmp_path / "out")})
+    session = Session(cfg, need_labels=False, progress=False, measure_latency=False)
+    trials = run_search(cfg, progress=False, session=session).trials
+    assert (trials["state"] == "COMPLETE").all() and len(trials) == 14, trials[["spans", "state"]]
+    configurations = [session.check(s) for s in trials["spans"]]
+    for spans in configurations:
+        assert all(i >= 1 for i, _ in spans) and all(c > b for (_, b), (c, _) in zip(spans, spans[1:])), spans
+    assert any(len(s) >= 2 for s in configurations)  # the rule was exercised, not avoided by single spans
