@@ -302,6 +302,8 @@ class ReportRecord(Record):
     flops_points: list[float]
     baselines: bool
     single_spans: bool
+    baselines_skipped: list[str] = []
+    """one line per report baseline that could not run on this study (``"replaceme: why"``)"""
     test: _Test | None
     titles: _Titles
     timing: _Timing
@@ -362,18 +364,21 @@ def _result_row(result: dict) -> dict:
 #: the methods (registry names, ``rba ls methods``) that ``rba run``'s report compares the search with, when
 #: ``[report] baselines``: those that plan a fixed list of configurations. The methods that plan
 #: ``search.trials`` of them (random, random-lesions, proxy-front) would double the report's evaluations; run
-#: them with ``rba run --method``.
-REPORT_BASELINES = ("br-greedy", "shortgpt", "shortgpt-affine", "sleb", "gromov", "gromov-affine")
+#: them with ``rba run --method``. A method whose check refuses the study (replaceme on a model that cannot fold:
+#: Gemma 3, CNNs) is skipped with a one-line note in the report.
+REPORT_BASELINES = ("br-greedy", "shortgpt", "shortgpt-affine", "sleb", "gromov", "gromov-affine", "replaceme")
 
 
-def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
+def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> tuple[pd.DataFrame, list[str]]:
     """The configurations each method of :data:`REPORT_BASELINES` plans (its registry planner, on the study's
     session, budgets and objectives; the study's own method left out), with the fit kind the registry gives it
     (``get_method(name).fit_kind``) and its results: the trials' where the search evaluated the configuration
     with that fit kind, else evaluated through an objective of that kind (one per kind, so a configuration two
-    methods share is evaluated once; accuracy only where the trials compute it)."""
+    methods share is evaluated once; accuracy only where the trials compute it). Returns the rows and one note
+    per method skipped because its check refuses this study ("replaceme: why")."""
     import dataclasses
 
+    from rba.errors import RBAError
     from rba.methods import get_method
     from search.methods import within_space
     from search.objective import Objective
@@ -381,16 +386,20 @@ def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
     session = ctx.session
     objectives = {ctx.objective.kind: ctx.objective}
     own = get_method(ctx.method).name
-    rows = []
+    rows, skipped = [], []
     for name in REPORT_BASELINES:
         spec = get_method(name)
         if spec.name == own:
             continue
         kind = spec.fit_kind(ctx.cfg.fit.kind)
-        if kind not in objectives:
-            objectives[kind] = Objective(session, kind=kind, mode=ctx.objective.mode)
-        objective = objectives[kind]
+        objective = objectives.get(kind) or Objective(session, kind=kind, mode=ctx.objective.mode)
         own_ctx = dataclasses.replace(ctx, method=name, objective=objective, space=objective.space)
+        try:
+            spec.check_study(own_ctx)
+        except RBAError as exc:
+            skipped.append(f"{name}: {str(exc).splitlines()[0]}")
+            continue
+        objectives[kind] = objective
         planned, _ = within_space(own_ctx, spec.plan(own_ctx, True))
         for _, spans in planned:
             key = format_spans(spans)
@@ -399,7 +408,7 @@ def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
             else:
                 row, source = _result_row(objective(spans)), "evaluated"
             rows.append({"method": name, "kind": kind} | row | {"source": source})
-    return pd.DataFrame(rows, columns=["method", "kind", *RESULT_COLUMNS, "feasible", "source"])
+    return pd.DataFrame(rows, columns=["method", "kind", *RESULT_COLUMNS, "feasible", "source"]), skipped
 
 
 def _single_rows(ctx: StudyContext, session, known: dict[str, dict]) -> pd.DataFrame:

@@ -99,6 +99,13 @@ def plan_random_lesions(ctx: StudyContext, fresh: bool) -> Plan:
 
 
 def check_replaceme(ctx: StudyContext) -> None:
+    """Refuse, before any pass: a model without tokens, one whose blocks cannot fold (a ModelError from
+    :meth:`rba.adapters.Adapter.fold_target`: Gemma 3, CNNs), or a max_span below 25% of the blocks."""
+    adapter = ctx.session.adapter
+    if adapter.layout != "tokens":
+        raise ConfigError(f"--method replaceme reads the last token of each sample; {adapter.describe()} has no tokens")
+    for k in range(adapter.num_blocks - 1):  # every block a span from boundary k + 1 folds into
+        adapter.fold_target(k)
     n, limit = baselines.replaceme_length(ctx.session.adapter.num_blocks), ctx.cfg.search.max_span
     if limit is not None and limit < n:
         raise ConfigError(f"--method replaceme replaces {n} of {ctx.session.adapter.num_blocks} blocks (25%), but "

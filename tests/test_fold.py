@@ -241,3 +241,37 @@ def test_a_fold_search_proposes_only_foldable_configurations(tmp_path):
     for spans in configurations:
         assert all(i >= 1 for i, _ in spans) and all(c > b for (_, b), (c, _) in zip(spans, spans[1:])), spans
     assert any(len(s) >= 2 for s in configurations)  # the rule was exercised, not avoided by single spans
+
+
+def test_report_baselines_hold_replaceme_only_where_the_model_folds(tmp_path, monkeypatch):
+    """replaceme among the report's baselines: fitted with fold on a Llama (its results those of evaluating its spans
+    with fold), skipped with a one-line note on a CNN (no tokens, no block that folds), and the note in report.md's
+    baselines section."""
+    import search._results as results
+    from search._render import _baselines_section
+    from search.study import prepare
+
+    monkeypatch.setattr(results, "REPORT_BASELINES", ("replaceme",))
+    found = {}
+    for family in ("llama", "cnn"):
+        cfg = tiny_config(tmp_path / family, family, search={"objectives": ["fidelity", "params"]},
+                          output={"dir": str(tmp_path / family / "out")})
+        session = Session(cfg, need_labels=False, progress=False, measure_latency=False)
+        found[family] = results._baseline_rows(prepare(cfg, progress=False, session=session), {})
+    rows, skipped = found["llama"]
+    assert skipped == [] and set(rows["kind"]) == {"fold"}
+    spans = list(rows["spans"])
+    assert sorted(j - i for i, j in (map(int, s.split("-")) for s in spans)) == [1, 2, 3]  # one span per length
+    assert all(int(s.split("-")[0]) >= 1 for s in spans)
+    session = Session(tiny_config(tmp_path / "llama", "llama"), need_labels=False, progress=False, measure_latency=False)
+    for _, row in rows.iterrows():
+        assert row["fidelity"] == pytest.approx(session.evaluate(row["spans"], kind="fold")["fidelity"], abs=1e-6)
+    rows, skipped = found["cnn"]
+    assert rows.empty and len(skipped) == 1 and skipped[0].startswith("replaceme: ") and "\n" not in skipped[0]
+    assert "has no tokens" in skipped[0]
+    info = {"quality": "fidelity", "cost": "params_frac", "method": "optuna", "kind": "affine",
+            "objectives": ["fidelity", "params"], "max_drop": 0.1, "baselines_skipped": skipped}
+    reference = {"fidelity": 1.0, "params_frac": 1.0}
+    text = "\n".join(_baselines_section(info, found["llama"][0].iloc[:0], reference, found["llama"][0], {"spans": None},
+                                        None))
+    assert f"- replaceme: skipped ({skipped[0].removeprefix('replaceme: ')})" in text
