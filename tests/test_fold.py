@@ -275,3 +275,37 @@ def test_report_baselines_hold_replaceme_only_where_the_model_folds(tmp_path, mo
     text = "\n".join(_baselines_section(info, found["llama"][0].iloc[:0], reference, found["llama"][0], {"spans": None},
                                         None))
     assert f"- replaceme: skipped ({skipped[0].removeprefix('replaceme: ')})" in text
+
+
+def test_folded_vit_export_reloads_as_a_plain_timm_model(tmp_path):
+    """A fold configuration on a timm ViT exports in timm's own format, fewer blocks: reloaded with timm alone (by
+    hand from config.json and the safetensors file, and through timm's local-dir source), its logits equal the
+    in-memory approximated model's; rba reads it back as the same configuration."""
+    import json
+
+    import timm
+    from safetensors.torch import load_file
+
+    from rba.apply import replaced
+
+    cfg = tiny_config(tmp_path, "vit", model={"options": {"depth": 5}}, fit={"kind": "fold"})
+    session = Session(cfg, need_labels=False, progress=False, measure_latency=False)
+    adapter = session.adapter
+    spans = [(1, 2), (3, 5)]  # the second span reaches the last block
+    out = session.export(spans, tmp_path / "export")
+    record = json.loads((out / "config.json").read_text())
+    assert record["architecture"] == "test_vit" and record["model_args"]["depth"] == 5 - 3
+    x = adapter.collate(session.splits.eval.samples[:8])
+    with torch.no_grad():
+        with replaced(adapter, spans, session.maps(spans)):
+            ours = adapter.model(x)
+        by_hand = timm.create_model(record["architecture"], pretrained=False, **record["model_args"])
+        by_hand.load_state_dict(load_file(out / "model.safetensors"), strict=True)
+        local = timm.create_model(f"local-dir:{out}", pretrained=True)
+        for reloaded in (by_hand.eval(), local.eval()):
+            assert len(reloaded.blocks) == 2
+            torch.testing.assert_close(reloaded(x), ours, rtol=0, atol=1e-5)
+    assert not torch.allclose(ours, adapter.model(x), atol=1e-3)  # the fold changed the model's output
+    result = session.evaluate_export(out)
+    assert result["spans"] == "1-2,3-5"
+    assert result["fidelity"] == pytest.approx(session.evaluate(spans)["fidelity"], abs=1e-5)
