@@ -13,7 +13,7 @@ import tomllib
 import typing
 from dataclasses import field, fields
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, overload
 
 import pydantic
 from pydantic import Field
@@ -22,7 +22,7 @@ from pydantic.dataclasses import dataclass
 from rba._registry import ADAPTERS, FITS
 from rba.errors import ConfigError, did_you_mean
 from rba.methods import list_methods
-from rba.names import OBJECTIVES, config_hash
+from rba.names import DEFAULT_OBJECTIVES, LM_KINDS, OBJECTIVES, config_hash
 from rba.samplers import list_samplers
 
 __all__ = [
@@ -150,7 +150,9 @@ class SearchConfig:
     sampler: str = "tpe"
     """a registered sampler (``rba ls samplers``, :mod:`rba.samplers`)"""
     seed: _SEED = 0
-    objectives: list[str] = field(default_factory=lambda: ["accuracy", "flops"])
+    objectives: list[str] = field(default_factory=lambda: list(DEFAULT_OBJECTIVES[False]))
+    """names of :data:`rba.names.OBJECTIVES`; a config that names none gets ["accuracy", "flops"], or ["kl", "flops"]
+    for a decoder LM (``model.kind = "causal-lm"``)"""
     budget_flops: float | None = None
     budget_params: float | None = None
     budget_latency: float | None = None
@@ -173,8 +175,11 @@ class SearchConfig:
 @dataclass(config=_SCHEMA)
 class RunConfig:
     max_drop: Annotated[float, Field(ge=0)] = 0.01
-    """``rba run`` exports the cheapest front member whose first quality objective is at most this far (absolute)
-    below the unmodified model's"""
+    """``rba run`` exports the cheapest front member whose first quality objective, when it is maximised, is at
+    most this far (absolute) below the unmodified model's"""
+    max_rise: Annotated[float, Field(ge=0)] = 0.05
+    """... and, when it is minimised (perplexity, kl), at most this far above it, relative: perplexity at most
+    (1 + max_rise) × the unmodified model's, kl (nats) at most log(1 + max_rise) above it"""
     onnx: bool = False
     """``rba run`` also writes the export (and the unmodified model) as ONNX and reports the measured ONNX Runtime
     speed-up next to FLOPs"""
@@ -232,6 +237,12 @@ class Config:
                 raise ConfigError(f"[{key}] must be a table, got {type(value).__name__}")
             kwargs[key] = _build_section(sections[key], key, value)
         cfg = cls(**kwargs, name=name, base_dir=base_dir)
+        if "objectives" not in raw.get("search", {}):
+            cfg.search.objectives = list(DEFAULT_OBJECTIVES[cfg.model.kind in LM_KINDS])
+        if cfg.model.kind in LM_KINDS and "head" in raw.get("evaluate", {}):
+            raise ConfigError(f"evaluate.head = {cfg.evaluate.head!r}, but model.kind = {cfg.model.kind!r} is a "
+                              "decoder language model, scored by its own next-token distribution (objectives "
+                              "perplexity, kl, top1): remove evaluate.head")
         return cfg.validate()
 
     def override(self, flags: dict[str, Any]) -> "Config":
@@ -263,6 +274,7 @@ class Config:
             raise ConfigError(f"search.objectives lists a name twice: {self.search.objectives}")
         if not self.search.objectives:
             raise ConfigError(f"search.objectives is empty: name at least one of {', '.join(OBJECTIVES)}")
+        self._check_objectives_fit_the_model()
         if self.search.max_span is not None and self.search.max_span < 1:
             raise ConfigError(f"search.max_span = {self.search.max_span}: it must be at least 1 (a span covers one block or more)")
         if self.data.calibration_kind is not None and self.data.calibration_path is None:
@@ -273,6 +285,25 @@ class Config:
             if v is not None and v <= 0:
                 raise ConfigError(f"search.{key} = {v}: a budget is a positive fraction of the unmodified model (e.g. 0.7)")
         return self
+
+    def _check_objectives_fit_the_model(self) -> None:
+        """Next-token objectives only for decoder LMs (:data:`rba.names.LM_KINDS`); accuracy and its classifier
+        heads only for the other models."""
+        lm = self.model.kind in LM_KINDS
+        lm_names = [n for n, spec in OBJECTIVES.items() if spec.models == "lm"]
+        wrong = [o for o in self.search.objectives if OBJECTIVES[o].models == ("encoder" if lm else "lm")]
+        if wrong and lm:
+            raise ConfigError(f"search.objectives names {', '.join(map(repr, wrong))}, which needs a classifier, but "
+                              f"model.kind = {self.model.kind!r} is a decoder language model: use its next-token "
+                              f"objectives, e.g. objectives = [\"kl\", \"flops\"] ({', '.join(lm_names)} or fidelity)")
+        if wrong:
+            raise ConfigError(f"search.objectives names {', '.join(map(repr, wrong))}, which scores a decoder "
+                              f"language model's next-token predictions, but model.kind = {self.model.kind!r} is "
+                              f"not one ({', '.join(sorted(LM_KINDS))}): use accuracy or fidelity")
+        if lm and self.evaluate.head != "probe":
+            raise ConfigError(f"evaluate.head = {self.evaluate.head!r}, but model.kind = {self.model.kind!r} is a "
+                              "decoder language model, scored by its own next-token distribution (objectives "
+                              "perplexity, kl, top1): remove evaluate.head")
 
     def require_splits(self, command: str, *, accuracy: bool) -> None:
         """Commands that score configurations need eval samples, and probe samples when a probe is fitted."""
@@ -285,6 +316,10 @@ class Config:
                               "\"native\"")
 
     # ------------------------------------------------------------------ paths and serialisation
+    @overload
+    def resolve_path(self, path: str) -> Path: ...
+    @overload
+    def resolve_path(self, path: None) -> None: ...
     def resolve_path(self, path: str | None) -> Path | None:
         """``path`` as the config means it: relative paths start at :attr:`base_dir`."""
         if path is None:
@@ -343,7 +378,7 @@ def dict_to_toml(sections: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-def load_config(path: str | Path, *, base_dir: str | Path | None = None) -> Config:
+def load_config(path: str | os.PathLike[str], *, base_dir: str | Path | None = None) -> Config:
     """Read a TOML config file; relative paths in it resolve against ``base_dir`` (default: the file's folder).
 
     Errors name the file and the problem."""
@@ -456,10 +491,10 @@ def _config_error(exc: pydantic.ValidationError, section: str, values: dict[str,
     if words:  # a switch that also takes words (search.priors): one line naming them all
         return ConfigError(f"{where} = {value!r} is not one of {', '.join(words)}.{did_you_mean(value, words)}")
     if kind in _BOUND_WORDS:
-        name, words = _BOUND_WORDS[kind]
+        name, relation = _BOUND_WORDS[kind]
         bound = ctx[name]
-        return ConfigError(f"{where} = {value!r}: it must be {words} {bound:g}" if isinstance(bound, float)
-                           else f"{where} = {value!r}: it must be {words} {bound}")
+        return ConfigError(f"{where} = {value!r}: it must be {relation} {bound:g}" if isinstance(bound, float)
+                           else f"{where} = {value!r}: it must be {relation} {bound}")
     if kind == "finite_number":
         return ConfigError(f"{where} = {value!r}: it must be a finite number")
     if kind == "literal_error":

@@ -1,4 +1,11 @@
-"""Scoring a configuration: accuracy (probe / fixed-probe / native head) and fidelity on the eval split.
+"""Scoring a configuration: accuracy (probe / fixed-probe / native head) and fidelity on the eval split; for decoder
+LMs, whose pooled rows are tokens, fidelity and the next-token objectives (perplexity, kl, top1: :mod:`rba._next_token`).
+
+Statistics are per sample: a sample's value is the mean over its rows (one row per sample for encoders; for LMs its
+real tokens, and for the next-token objectives the tokens that have a next token), so per-sample results pair
+sample by sample (:mod:`rba.stats`). Fidelity is the mean over samples of their mean cosines; perplexity, kl and
+top1 weigh every scored token alike (perplexity is then the model's own loss-based perplexity), with standard errors
+over samples (a ratio estimator: tokens of one text are not independent).
 
 The unmodified network's boundary representations of the probe and eval splits are cached once, so a
 configuration whose first span starts at boundary a runs only blocks a..L−1, with each span as one matmul
@@ -8,15 +15,17 @@ configurations that share leading spans share that work.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rba._next_token import NextTokenReference, token_scores
 from rba._threads import single_thread
 from rba.adapters import Adapter, Context
 from rba.capture import check_finite, iter_batches, length_order
@@ -43,12 +52,25 @@ class SplitCache:
     """row r of ``pooled`` / ``labels`` is sample ``order[r]`` of the split (texts are batched by length)"""
     sizes: list[int] = field(default_factory=list)
     """rows per batch: batch b holds rows ``sum(sizes[:b])`` up to ``sum(sizes[:b + 1])``"""
+    row_sample: np.ndarray | None = None
+    """the sample (a position in ``order``) each row belongs to; None: row r is sample r"""
+    reference: NextTokenReference | None = None
+    """decoder LMs: the unmodified model's next-token targets and distributions, per row"""
+
+    @property
+    def samples(self) -> int:
+        return len(self.order)
+
+    def sample_of(self, rows: torch.Tensor | np.ndarray) -> np.ndarray:
+        """The sample (position in ``order``) of each of ``rows``."""
+        rows = np.asarray(rows)
+        return rows if self.row_sample is None else self.row_sample[rows]
 
     @classmethod
     @torch.inference_mode()
     def build(cls, adapter: Adapter, samples, labels, *, keep: set[int], batch_size: int, name: str,
               progress: bool = False) -> "SplitCache":
-        contexts, states, pooled = [], [], []
+        contexts, states, pooled, targets, counts = [], [], [], [], []
         L = adapter.num_blocks
         order = length_order(samples)
         if order is None:
@@ -59,7 +81,12 @@ class SplitCache:
         with progress_bar(len(samples), f"evaluation cache ({name} split)", "samples", enabled=progress) as bar:
             for _, chunk in iter_batches(samples, batch_size):
                 kept = {}
-                h, ctx = adapter.embed(adapter.collate(chunk))
+                inputs = adapter.collate(chunk)
+                h, ctx = adapter.embed(inputs)
+                following = adapter.targets(inputs, ctx)
+                if following is not None:  # rows are tokens: the next-token objectives score them
+                    targets.append(following.cpu())
+                    counts.append(ctx.mask.sum(1).cpu())
                 state = h
                 for k, state in adapter.boundaries(h, ctx):
                     if k in keep:
@@ -70,7 +97,12 @@ class SplitCache:
                 pooled.append(adapter.pool(state, ctx).float())
                 bar.update(len(chunk))
         lab = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long)
-        return cls(contexts, states, torch.cat(pooled), lab, order, [len(p) for p in pooled])
+        rows = torch.cat(pooled)
+        row_sample = reference = None
+        if targets:
+            row_sample = np.repeat(np.arange(len(order)), torch.cat(counts).numpy())
+            reference = NextTokenReference.build(_logits_of(adapter), rows, torch.cat(targets))
+        return cls(contexts, states, rows, lab, order, [len(p) for p in pooled], row_sample, reference)
 
     def rows(self, batches: Sequence[int]) -> torch.Tensor:
         """Row indices (into ``pooled`` / ``labels``) of ``batches``, in that order."""
@@ -147,6 +179,48 @@ class SplitScores:
     prediction: np.ndarray | None
     """predicted class per sample (None without labels)"""
     label: np.ndarray | None
+    tokens: np.ndarray | None = None
+    """decoder LMs: the tokens scored per sample (those with a next token); None for other models"""
+    nll: np.ndarray | None = None
+    """decoder LMs, per sample: mean next-token NLL (nats) of its scored tokens (NaN for a sample without any)"""
+    kl: np.ndarray | None = None
+    """... mean KL(unmodified ‖ configuration) of its scored tokens' next-token distributions (nats)"""
+    top1: np.ndarray | None = None
+    """... share of its scored tokens whose predicted next token is the unmodified model's"""
+
+    def token_mean(self, name: str) -> tuple[float, float]:
+        """A next-token quality (``nll``, ``kl``, ``top1``) over every scored token of the split, and its standard
+        error over samples (:func:`token_weighted`); NaN for other models."""
+        values = getattr(self, name)
+        if values is None:
+            return float("nan"), float("nan")
+        return token_weighted(np.nan_to_num(values) * self.tokens, self.tokens)
+
+    @property
+    def perplexity(self) -> float:
+        return float(np.exp(self.token_mean("nll")[0]))
+
+    @property
+    def perplexity_se(self) -> float:
+        """by the delta method: perplexity × the standard error of the mean NLL"""
+        mean, se = self.token_mean("nll")
+        return float(np.exp(mean) * se)
+
+    @property
+    def kl_mean(self) -> float:
+        return self.token_mean("kl")[0]
+
+    @property
+    def kl_se(self) -> float:
+        return self.token_mean("kl")[1]
+
+    @property
+    def top1_mean(self) -> float:
+        return self.token_mean("top1")[0]
+
+    @property
+    def top1_se(self) -> float:
+        return self.token_mean("top1")[1]
 
     @property
     def correct(self) -> np.ndarray | None:
@@ -164,13 +238,29 @@ class SplitScores:
 
     @property
     def accuracy(self) -> float:
-        return float("nan") if self.prediction is None else float(self.correct.mean())
+        return float("nan") if self.prediction is None else float(cast(np.ndarray, self.correct).mean())
 
     @property
     def accuracy_se(self) -> float:
         from rba.stats import binomial_se  # scipy loads when a standard error is first asked for
 
         return float("nan") if self.prediction is None else binomial_se(self.correct)
+
+
+def token_weighted(sums: np.ndarray, counts: np.ndarray, population: int | None = None) -> tuple[float, float]:
+    """Σ sums / Σ counts over samples (a mean over tokens) and its standard error over the m samples (the ratio
+    estimator's: √(m/(m − 1) · Σ (sᵢ − R nᵢ)²) / Σ nᵢ, with the finite-population factor (1 − m/N) when the m are
+    a subset of ``population`` samples); NaN without tokens."""
+    sums, counts = np.asarray(sums, dtype=np.float64), np.asarray(counts, dtype=np.float64)
+    total, m = counts.sum(), len(counts)
+    if total <= 0:
+        return math.nan, math.nan
+    ratio = sums.sum() / total
+    if m < 2:
+        return float(ratio), math.nan
+    fpc = 1.0 if population is None else max(0.0, 1.0 - m / population)
+    se = np.sqrt(m / (m - 1) * np.sum((sums - ratio * counts) ** 2) * fpc) / total
+    return float(ratio), float(se)
 
 
 class Evaluator:
@@ -204,7 +294,8 @@ class Evaluator:
             self.num_classes = int(torch.cat(labs).max()) + 1
         self.fixed_probe = None
         if use_probe and head == "fixed-probe":
-            self.fixed_probe = LinearProbe(probe_c).fit(self.parts["probe"].pooled, self.parts["probe"].labels, self.num_classes)
+            # (labelled: the eval split's labels are checked above, and the probe split comes from the same data)
+            self.fixed_probe = LinearProbe(probe_c).fit(self.parts["probe"].pooled, cast(torch.Tensor, self.parts["probe"].labels), self.num_classes)
         self._memo: OrderedDict[tuple, dict[str, list[torch.Tensor]]] = OrderedDict()
         self._memo_bytes = 0
         self.memo_budget = memo_bytes
@@ -258,13 +349,20 @@ class Evaluator:
     def score(self, spans: Sequence[Span], maps: Sequence[nn.Module], tag: str = "") -> dict[str, Any]:
         return self.score_pooled(self.pooled(spans, maps, tag))
 
+    @property
+    def lm(self) -> bool:
+        """Whether the model is a decoder LM (pooled rows are tokens, scored by the next-token objectives)."""
+        return self.parts["eval"].reference is not None
+
     def score_pooled(self, pooled: dict[str, torch.Tensor], probe: LinearProbe | None = None) -> dict[str, Any]:
-        """Accuracy and fidelity from pooled representations of the cached splits (``{"eval": …, "probe": …}``);
-        ``probe``: the head's probe already fitted on ``pooled["probe"]`` (else it is fitted here)."""
+        """Accuracy, fidelity and (decoder LMs) perplexity, kl and top1 from pooled representations of the cached
+        splits (``{"eval": …, "probe": …}``); ``probe``: the head's probe already fitted on ``pooled["probe"]``
+        (else it is fitted here)."""
         ev = self.parts["eval"]
-        fidelity = float(self._cosines(pooled["eval"], ev.pooled).mean())
+        per = self._per_sample(ev, pooled["eval"], torch.arange(len(ev.pooled)))
+        summary = _summary(per)
         accuracy = self._accuracy(pooled, probe) if self.need_labels else float("nan")
-        return {"accuracy": accuracy, "fidelity": fidelity}
+        return {"accuracy": accuracy} | {k: v for k, v in summary.items() if not k.endswith("_se")}
 
     def subset_scores(self, pooled_rows: torch.Tensor, rows: torch.Tensor, probe: LinearProbe | None = None,
                       pooled_probe: torch.Tensor | None = None) -> dict[str, float]:
@@ -272,14 +370,14 @@ class Evaluator:
         standard error of that estimate of the whole eval split's value: a simple random sample of m of the n
         eval samples, so SE = √(s²/m · (1 − m/n)), s² being the sample variance of what the score averages
         (fidelity: the per-sample cosines, ddof 1; accuracy: the proportion p correct, s² = p(1 − p)).
-        ``probe`` / ``pooled_probe``: as for :meth:`score_pooled`."""
+        ``probe`` / ``pooled_probe``: as for :meth:`score_pooled`. Decoder LMs: ``rows`` are token rows of whole
+        samples, and perplexity, kl and top1 get their standard errors over samples (:func:`token_weighted`)."""
         ev = self.parts["eval"]
-        n, m = len(ev.pooled), len(rows)
+        per = self._per_sample(ev, pooled_rows, rows)
+        n, m = ev.samples, len(per["samples"])
+        out = _summary(per, population=n) | {"accuracy": float("nan"), "accuracy_se": float("nan"),
+                                             "eval_samples": m, "eval_fraction": m / n}
         fpc = max(0.0, 1.0 - m / n)
-        cos = self._cosines(pooled_rows, ev.pooled[rows])
-        var = float(cos.var(correction=1)) if m > 1 else 0.0
-        out = {"fidelity": float(cos.mean()), "fidelity_se": (var / m * fpc) ** 0.5,
-               "accuracy": float("nan"), "accuracy_se": float("nan"), "eval_samples": m, "eval_fraction": m / n}
         if self.need_labels and ev.labels is not None:
             pred = self._predict(pooled_rows, probe, pooled_probe)
             p = float((pred == ev.labels[rows]).double().mean())
@@ -315,15 +413,41 @@ class Evaluator:
         on_parts = self.pooled(spans, maps, tag) if needed else {}
         probe = self.probe_for(on_parts) if self.need_labels else None
         rows = on_parts["eval"] if split == "eval" else self._pooled_unmemoised(part, spans, maps)
-        cos = self._cosines(rows, part.pooled).numpy()
+        per = self._per_sample(part, rows, torch.arange(len(part.pooled)))
         pred = None
         if self.need_labels and part.labels is not None:
             pred = self._predict(rows, probe, None).numpy()
-        back = np.empty(len(part.order), dtype=np.int64)  # row r is the split's sample order[r]
+        back = np.empty(len(part.order), dtype=np.int64)  # position p holds the split's sample order[p]
         back[part.order] = np.arange(len(part.order))
-        return SplitScores(split=split, index=np.asarray(self.splits.indices[split]), cosine=cos[back],
+        lm = {}
+        if "tokens" in per:
+            tokens = per["tokens"]
+            lm = {"tokens": tokens[back]} | {
+                name: np.divide(per[name], tokens, out=np.full(len(tokens), np.nan), where=tokens > 0)[back]
+                for name in ("nll", "kl", "top1")}
+        return SplitScores(split=split, index=np.asarray(self.splits.indices[split]), cosine=per["cosine"][back],
                            prediction=None if pred is None else pred[back],
-                           label=None if part.labels is None else part.labels.numpy()[back])
+                           label=None if part.labels is None else part.labels.numpy()[back], **lm)
+
+    def _per_sample(self, part: SplitCache, pooled_rows: torch.Tensor, rows: torch.Tensor) -> dict[str, np.ndarray]:
+        """Per sample of the split's ``rows`` (whole samples; ``pooled_rows`` their pooled representations under a
+        configuration): ``samples`` (their positions in ``part.order``, ascending), ``cosine`` (the mean over the
+        sample's rows of the cosine to the unmodified model) and, for decoder LMs, ``tokens`` (scored tokens) with
+        the sums over them of ``nll``, ``kl`` and ``top1`` (:func:`rba._next_token.token_scores`)."""
+        cos = self._cosines(pooled_rows, part.pooled[rows]).numpy()
+        if part.row_sample is None:
+            return {"samples": np.asarray(rows), "cosine": cos}
+        samples, inverse = np.unique(part.row_sample[np.asarray(rows)], return_inverse=True)
+        count = len(samples)
+        out = {"samples": samples, "cosine": np.bincount(inverse, weights=cos, minlength=count)
+               / np.bincount(inverse, minlength=count)}
+        rows = torch.as_tensor(rows).long()
+        scores = token_scores(_logits_of(self.adapter), pooled_rows, rows, part.reference)
+        owner = inverse[(part.reference.targets[rows] >= 0).numpy()]
+        out["tokens"] = np.bincount(owner, minlength=count)
+        for name in ("nll", "kl", "top1"):
+            out[name] = np.bincount(owner, weights=scores[name], minlength=count)
+        return out
 
     def _pooled_unmemoised(self, part: SplitCache, spans: list[Span], maps: list[nn.Module]) -> torch.Tensor:
         """Pooled representations of a held-out split under a configuration (prefix reuse, no memo)."""
@@ -354,8 +478,8 @@ class Evaluator:
             if logits is None:
                 raise ModelError("evaluate.head = \"native\" but this model has no classification head: use \"probe\"")
             return logits.argmax(1).cpu()
-        if probe is None:
-            probe = self.probe_for({"probe": pooled_probe})
+        if probe is None:  # (head "probe" with labels: probe_for fits one on the probe split's pooled rows)
+            probe = cast(LinearProbe, self.probe_for({"probe": cast(torch.Tensor, pooled_probe)}))
         return probe.predict(pooled_eval)
 
     def export_head(self, spans: Sequence[Span], maps: Sequence[nn.Module], tag: str = "", *,
@@ -440,3 +564,27 @@ class SpanForward:
             return
         for key, val in self._new_memo.items():
             self.ev._remember(key, {name: [by_batch[b] for b in sorted(by_batch)] for name, by_batch in val.items()})
+
+
+def _logits_of(adapter: Adapter):
+    """The adapter's head on pooled rows, as the next-token objectives call it: on the model's device and dtype."""
+    return lambda rows: adapter.logits(rows.to(adapter.device, adapter.dtype))
+
+
+def _summary(per: dict[str, np.ndarray], population: int | None = None) -> dict[str, float]:
+    """Fidelity and the next-token objectives (NaN for models that have none) with their standard errors, from
+    :meth:`Evaluator._per_sample`'s per-sample values; ``population``: the split's number of samples when these
+    are a subset of them (the finite-population factor)."""
+    cos = torch.as_tensor(per["cosine"], dtype=torch.float64)
+    m = len(cos)
+    fpc = 1.0 if population is None else max(0.0, 1.0 - m / population)
+    var = float(cos.var(correction=1)) if m > 1 else 0.0
+    out = {"fidelity": float(cos.mean()), "fidelity_se": (var / m * fpc) ** 0.5}
+    nan = math.nan  # one object: result dicts with NaN compare equal (dict equality tries identity first)
+    out |= {"perplexity": nan, "perplexity_se": nan, "kl": nan, "kl_se": nan, "top1": nan, "top1_se": nan}
+    if "tokens" in per:
+        nll, nll_se = token_weighted(per["nll"], per["tokens"], population)
+        out |= {"perplexity": float(np.exp(nll)), "perplexity_se": float(np.exp(nll) * nll_se)}
+        for name in ("kl", "top1"):
+            out[name], out[f"{name}_se"] = token_weighted(per[name], per["tokens"], population)
+    return out

@@ -30,7 +30,7 @@ from rba.export import export_model, load_export
 from rba.fit import SpanFit, TrainSettings, fit_span, get_fit
 from rba.methods import get_method
 from rba.metrics import score_table
-from rba.names import HEAD_ATTR, config_hash, maps_tag
+from rba.names import HEAD_ATTR, LM_KINDS, config_hash, maps_tag
 from rba.onnx import onnx_speedup, onnx_state
 from rba.progress import info, phase, tick
 from rba.sequential import SequentialFitter
@@ -92,6 +92,10 @@ class Session:
 
     @property
     def need_labels(self) -> bool:
+        """Whether accuracy is computed: never for a decoder LM (its rows are tokens, scored by the next-token
+        objectives), else as asked, or whenever the data has labels."""
+        if self.cfg.model.kind in LM_KINDS:
+            return False
         if self._need_labels is None:
             return self.dataset.labels is not None
         return self._need_labels
@@ -299,7 +303,8 @@ class Session:
 
     def evaluate_split(self, spans: str | Sequence[Span], split: str = "test", kind: str | None = None,
                        mode: str | None = None) -> "SplitScores":
-        """One configuration's per-sample cosines and predictions on ``split`` (``"test"``: the held-out split
+        """One configuration's per-sample cosines and predictions (decoder LMs: next-token NLL, KL and top-1
+        agreement per sample, with their token counts) on ``split`` (``"test"``: the held-out split
         ``data.test``, which no search sees; ``"eval"``), for standard errors and paired tests (:mod:`rba.stats`)."""
         kind = kind or self.cfg.fit.kind
         mode = mode or self.cfg.fit.mode

@@ -22,7 +22,7 @@ import json
 from collections.abc import Mapping
 from collections.abc import Sequence as SequenceABC
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import torch
 
@@ -456,7 +456,9 @@ class StatisticsCollector:
             if self.center[k] is None and x.shape[0]:
                 self.center[k] = x.mean(dim=0)  # in the capture dtype: x − c is what the products see
         # [x − c | 1] per boundary; the targets of cross products are its first D columns (a strided view)
-        xts = [_centred_augmented(x, self.center[k], self.sq[k]) if x.shape[0] else None for k, x in enumerate(xs)]
+        # (a boundary with vectors has its centre: set just above)
+        xts = [_centred_augmented(x, cast(torch.Tensor, self.center[k]), self.sq[k]) if x.shape[0] else None
+               for k, x in enumerate(xs)]
         # cosines from row dot products over the norms, one norm per boundary
         norms = {k: torch.linalg.vector_norm(xs[k], dim=1).clamp_min(1e-12) for k in {k for p in self.pairs for k in p}}
         for i, j in self.pairs:
@@ -488,7 +490,8 @@ class StatisticsCollector:
             if xt is None:  # boundaries may hold different vector counts (CNN stages); spans join equal ones
                 continue
             targets = self._targets.get(i, [])
-            add_augmented_products(self.gram[i], xt, [(self.cross[(i, j)], xts[j][:, :-1]) for j in targets],
+            # a span's boundaries hold the same vector count, so xts[j] is there where xts[i] is
+            add_augmented_products(self.gram[i], xt, [(self.cross[(i, j)], cast(torch.Tensor, xts[j])[:, :-1]) for j in targets],
                                    row_blocks=self._row_blocks[i])
 
     def _symmetrised_gram(self, k: int) -> torch.Tensor:

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
 
 from rba.files import atomic_path, atomic_write_text
+from rba.methods import get_method
+from rba.metrics import plot_scores
+from rba.names import LM_COLUMNS, maximised, objective_of
+from rba.timing import Comparison, comparison_text
 from search._results import (
     COST_COLUMNS,
     PER_SAMPLE,
@@ -21,25 +26,47 @@ from search._results import (
     method_rows,
     paired_tests,
     read_report_inputs,
+    reference_change,
     split_pareto,
     within_length_correlations,
 )
+from search.analysis import (
+    compare_methods,
+    feasible_rows,
+    hypervolume,
+    multi_span,
+    prior_correlations,
+    redundant_spans,
+    search_cost,
+    span_count,
+)
 from search.objective import QUALITY, RESULT_COLUMNS
+from search.pareto import plot_front
 
 __all__ = ["render_report", "PLOTS"]
 
 #: the plots ``rba report`` (and ``rba run`` through it) draws
 PLOTS = ("scores.png", "pareto.png", "priors.png", "cost.png")
+#: the report's computed tables, written beside it for scripts (the README's findings read them): the methods'
+#: hypervolumes and picks at each budget, and the paired tests on the test split
+TABLES = ("methods.csv", "paired_tests.csv")
 
 
 def render_report(out: Path) -> Path:
     """Write ``report.md`` and every plot of a finished ``rba run`` folder from its files alone (report.json and
-    the CSV tables): no model is loaded, nothing is evaluated, and no other file is written (the inputs are read
-    only). ``rba run`` ends with it; ``rba report DIR`` runs it alone. Returns the report's path."""
+    the CSV tables): no model is loaded, nothing is evaluated, and no other file is written than the plots and
+    the report's computed tables (:data:`TABLES`, where the study has them; the inputs are read only). ``rba run``
+    ends with it; ``rba report DIR`` runs it alone. Returns the report's path."""
     out = Path(out)
     inputs = _read(out)
     text = _report_text(out, inputs)
     _draw_plots(out, inputs)
+    for name in TABLES:
+        table = inputs["tables"].get(name)
+        if table is not None:
+            atomic_write_text(out / name, table.to_csv(index=False))
+        elif (out / name).exists():  # an older rendering's table this study no longer has
+            (out / name).unlink()
     report = out / "report.md"
     atomic_write_text(report, text)  # after the plots it shows
     return report
@@ -55,13 +82,11 @@ def _read(out: Path) -> dict:
     _, reference, front = split_pareto(pareto, info["objective_columns"])
     return {"info": info, "trials": data["trials"], "scores": data["scores"], "pareto": pareto, "front": front,
             "reference": reference, "baselines": data.get("baselines"), "singles": data.get("singles"),
-            "per_sample": data.get("per_sample")}
+            "per_sample": data.get("per_sample"), "tables": {}}
 
 
 def _draw_plots(out: Path, inputs: dict) -> None:
     """scores.png, pareto.png, cost.png, and priors.png when every single span was evaluated."""
-    from rba.metrics import plot_scores
-    from search.pareto import plot_front
 
     info, baselines, singles = inputs["info"], inputs["baselines"], inputs["singles"]
     plot_scores(inputs["scores"], out / "scores.png", title=info["titles"]["scores"])
@@ -79,7 +104,6 @@ def _report_text(out: Path, inputs: dict) -> str:
     front, reference, baselines, singles = inputs["front"], inputs["reference"], inputs["baselines"], inputs["singles"]
     per = inputs["per_sample"]
     quality, cost = info["quality"], info["cost"]
-    max_drop = info["max_drop"]
     choice = info["choice"]
     plots = ["scores.png", "pareto.png"]
     files = ["scores.csv", "scores.png", "trials.csv", "trials.parquet", "pareto.csv", "pareto.png"]
@@ -100,17 +124,16 @@ def _report_text(out: Path, inputs: dict) -> str:
               _markdown(_with_test(pareto, info["kind"], per)), "", "![front](pareto.png)", "",
               "## Export rule", "",
               f"The export is the cheapest feasible front member by {cost} ({_why_column(cost, info, COST_COLUMNS)}) "
-              f"whose {quality} ({_why_column(quality, info, QUALITY)}) is at most max_drop = {max_drop:g} "
-              "(absolute, `--max-drop`, `[run] max_drop`) below the unmodified model's; if none is, the "
+              f"whose {quality} ({_why_column(quality, info, QUALITY)}) is {_rule_words(info)}; if none is, the "
               f"best-{quality} feasible member, with a warning.", "",
               f"Picked: {choice['reason']}.{_picked_accuracy(info, reference, front, choice)}"
               + _picked_test(info, per, choice), ""]
     lines += _redundancy_section(scores, info)
     if baselines is not None:
         lines += _baselines_section(info, front, reference, baselines, choice, per)
-        lines += _methods_section(info, trials, reference, baselines, per)
+        lines += _methods_section(info, trials, reference, baselines, per, inputs["tables"])
     if per is not None:
-        lines += _paired_section(info, trials, baselines, per)
+        lines += _paired_section(info, trials, baselines, per, inputs["tables"])
     lines += _multi_span_section(info, front, trials, singles, reference)
     if singles is not None:
         lines += _priors_section(info, singles, scores)
@@ -135,9 +158,11 @@ def _test_line(per: PerSample | None) -> str:
     if per is None:
         return ("test split: none (`[data] test = 0`): every quality here is on the eval split that selected it, so "
                 "the best values are biased upwards (a winner's curse); set `[data] test` to hold samples out")
+    lm = ("; perplexity, kl and top1 over every scored token, their errors over texts (a ratio estimator; the "
+          "delta method for perplexity)" if per.tokens is not None else "")
     return (f"test split: {per.samples} samples held out, which neither the search nor the export rule saw; every "
             "test number is re-evaluated on it with ± one standard error (binomial for accuracy, of the mean for "
-            f"fidelity), per-sample results in {PER_SAMPLE}")
+            f"fidelity{lm}), per-sample results in {PER_SAMPLE}")
 
 
 def _pm(value: float, se: float) -> str:
@@ -158,7 +183,14 @@ def _with_test(rows: pd.DataFrame, kind: str | pd.Series, per: PerSample | None)
     out["test fidelity"] = [_pm(x["fidelity"], x["fidelity_se"]) for x in scores]
     if per.prediction is not None:
         out["test accuracy"] = [_pm(x["accuracy"], x["accuracy_se"]) for x in scores]
+    for column in _test_lm_columns(per):
+        out[f"test {column}"] = [_pm(x[column], x[f"{column}_se"]) for x in scores]
     return out
+
+
+def _test_lm_columns(per: PerSample) -> tuple[str, ...]:
+    """The next-token qualities the test split holds (decoder LMs), else none."""
+    return LM_COLUMNS if per.tokens is not None else ()
 
 
 def _test_text(per: PerSample | None, kind: str, spans: str | None) -> str:
@@ -167,7 +199,8 @@ def _test_text(per: PerSample | None, kind: str, spans: str | None) -> str:
         return ""
     x = per.scores(kind, spans)
     parts = ([f"accuracy {_pm(x['accuracy'], x['accuracy_se'])}"] if per.prediction is not None else []) + \
-        [f"fidelity {_pm(x['fidelity'], x['fidelity_se'])}"]
+        [f"fidelity {_pm(x['fidelity'], x['fidelity_se'])}"] + \
+        [f"{c} {_pm(x[c], x[f'{c}_se'])}" for c in _test_lm_columns(per)]
     return f"test split: {', '.join(parts)}"
 
 
@@ -187,7 +220,6 @@ def _speedup_text(record: dict, keys: dict[str, str], ceiling: dict) -> str:
     its keys) as the report states it: the median paired ratio with its interval and how often the export was
     faster (:func:`rba.timing.comparison_text`), or, above the ceiling that the same run's latency table (or the
     FLOPs) allows, flagged as noise instead of quoted."""
-    from rba.timing import Comparison, comparison_text
 
     c = Comparison(**{field: record[key] for field, key in keys.items()}, order=record["order"],
                    confidence=record["confidence"], repeats=record["repeats"])
@@ -268,8 +300,6 @@ def _picked_accuracy(info: dict, reference: dict, front: pd.DataFrame, choice: d
 
 
 def _redundancy_section(scores: pd.DataFrame, info: dict) -> list[str]:
-    from search.analysis import redundant_spans
-
     table = redundant_spans(scores, info["metrics"])
     return ["## Which spans are redundant", "",
             "Every registered metric over every valid span (scores.csv); a blank cell is a span that changes the "
@@ -278,9 +308,39 @@ def _redundancy_section(scores: pd.DataFrame, info: dict) -> list[str]:
             "![scores](scores.png)", "", _markdown(table), ""]
 
 
+def _max_rise(info: dict) -> float:
+    """The rule's relative allowance for a minimised quality (its default in a report of an older rba)."""
+    return 0.05 if info.get("max_rise") is None else float(info["max_rise"])
+
+
+def _allowance(info: dict) -> str:
+    return f"{info['max_drop']:g}" if maximised(info["quality"]) else f"a relative rise of {_max_rise(info):g}"
+
+
+def _rule_words(info: dict) -> str:
+    """How far the export rule lets the rule's quality move from the unmodified model's, in words."""
+    if maximised(info["quality"]):
+        return (f"at most max_drop = {info['max_drop']:g} (absolute, `--max-drop`, `[run] max_drop`) below the "
+                "unmodified model's")
+    rise = _max_rise(info)
+    limit = (f"the unmodified model's + log(1 + {rise:g}) nats, the rise of cross-entropy a relative rise of "
+             f"{rise:g} in perplexity is" if objective_of(info["quality"]).log_scale else
+             f"(1 + {rise:g}) × the unmodified model's")
+    return f"at most {limit} (max_rise = {rise:g}, relative, `--max-rise`, `[run] max_rise`)"
+
+
+def _reference_words(quality: str, split: str = "") -> str:
+    """How the fixed reference point's quality derives from the unmodified model's (:func:`fixed_reference`)."""
+    change = reference_change(quality)
+    if maximised(quality):
+        return f"{1 - change:g} × the unmodified model's {split}{quality}"
+    if objective_of(quality).log_scale:
+        return f"the unmodified model's {split}{quality} + log {1 + change:g}"
+    return f"{1 + change:g} × the unmodified model's {split}{quality}"
+
+
 def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
                        choice: dict, per: PerSample | None) -> list[str]:
-    from rba.methods import get_method
 
     quality, cost = info["quality"], info["cost"]
     lines = ["## Baselines at the same budgets", "",
@@ -297,12 +357,12 @@ def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselin
     for method, rows in baselines.groupby("method", sort=False):
         what = f"{method} ({rows['kind'].iloc[0]}; {get_method(method).summary})"
         pick = choose_export(rows.assign(spans=rows["spans"].astype(str)), reference, info["objectives"],
-                             info["max_drop"])
+                             info["max_drop"], _max_rise(info))
         if pick.row is None:
             lines.append(f"- {what}: no configuration within the budgets")
         else:
             lines.append(f"- {what}: `{pick.row['spans']}`, {quality} {pick.row[quality]:.4g}, {cost} "
-                         f"{pick.row[cost]:.4g}" + ("" if pick.within else f" (none within {info['max_drop']:g})")
+                         f"{pick.row[cost]:.4g}" + ("" if pick.within else f" (none within {_allowance(info)})")
                          + _semicolon(_test_text(per, pick.row["kind"], str(pick.row["spans"]))))
     lines += [f"- {note.split(': ', 1)[0]}: skipped ({note.split(': ', 1)[-1]})" for note in info.get("baselines_skipped", [])]
     return lines + ["", _markdown(_with_test(baselines, baselines["kind"], per)), ""]
@@ -313,8 +373,7 @@ def _semicolon(text: str) -> str:
 
 
 def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
-                     per: PerSample | None) -> list[str]:
-    from search.analysis import compare_methods
+                     per: PerSample | None, tables: dict[str, pd.DataFrame]) -> list[str]:
 
     quality, cost = info["quality"], info["cost"]
     methods = method_rows(info, trials, baselines)
@@ -330,33 +389,40 @@ def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baseline
             at = list(table.columns).index(f"spans at {p:g}")
             values = []
             for label in table["method"]:
-                x = per.scores(*picks[label][p]) if picks[label][p] is not None else {quality: math.nan}
+                pick = picks[label][p]
+                x = per.scores(*pick) if pick is not None else {quality: math.nan}
                 values.append(_pm(x[quality], x.get(f"{quality}_se", math.nan)))
             table.insert(at + 1, f"test {quality} at {p:g}", values)
+    tables["methods.csv"] = table
     ref = refs["eval"]
     test_ref = (f" The test hypervolume scores each method's eval front (its feasible configurations no other of "
-                f"its own beats on eval) on the test split, at {quality} = {refs['test'][0]:.4g} (0.9 × the "
-                f"unmodified model's test {quality})." if per is not None else "")
+                f"its own beats on eval) on the test split, at {quality} = {refs['test'][0]:.4g} "
+                f"({_reference_words(quality, 'test ')})." if per is not None else "")
+    arrow, worst = ("↑", "lowest") if maximised(quality) else ("↓", "highest")
     return ["## Search against the baselines", "",
-            f"Each method's feasible configurations (the search: every completed trial). Hypervolume of ({quality} ↑, "
-            f"{cost} ↓) at a reference point fixed before the runs: {quality} = {ref[0]:.4g} (0.9 × the unmodified "
-            f"model's {quality}) and {cost} = {ref[1]:.4g} (the unmodified model), so configurations that lose more "
-            f"than a tenth of the {quality} add no area; beside it, the hypervolume at the worst point of all "
-            f"methods ({quality} = {worst_ref[0]:.4g}, the lowest of any method). Best {quality} within each FLOPs "
+            f"Each method's feasible configurations (the search: every completed trial). Hypervolume of ({quality} "
+            f"{arrow}, {cost} ↓) at a reference point fixed before the runs: {quality} = {ref[0]:.4g} "
+            f"({_reference_words(quality)}) and {cost} = {ref[1]:.4g} (the unmodified model), so configurations that "
+            f"{'lose more than a tenth of the' if maximised(quality) else 'worsen by more than a tenth the'} {quality} "
+            f"add no area; beside it, the hypervolume at the worst point of "
+            f"all methods ({quality} = {worst_ref[0]:.4g}, the {worst} of any method). Best {quality} within each FLOPs "
             "fraction, selected on eval"
             + (f", and that configuration's {quality} on the test split ± one standard error" if per else "")
             + f".{test_ref} The front plot above draws the baselines as dashed lines.", "", _markdown(table), ""]
 
 
-def _paired_section(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | None, per: PerSample) -> list[str]:
-    table = paired_tests(info, trials, baselines, per)
+def _paired_section(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | None, per: PerSample,
+                    tables: dict[str, pd.DataFrame]) -> list[str]:
+    table = tables["paired_tests.csv"] = paired_tests(info, trials, baselines, per)
     lines = ["## Paired tests on the test split", "",
              f"Two configurations scored on the same {per.samples} test samples, compared sample by sample: the export "
              "against the unmodified model, and at each budget of `[report] flops_points` the configuration the "
              "search selects on eval (its best feasible "
              f"{info['quality']} within that FLOPs fraction) against each baseline's. B − A is the difference of the "
              "means (B: the export, the search) with its 95% paired bootstrap interval (low, high); p tests \"no "
-             "difference\": McNemar's exact test for accuracy (mid-p beside it), the paired bootstrap for fidelity; "
+             "difference\": McNemar's exact test for accuracy (mid-p beside it), the paired bootstrap for fidelity"
+             + (" and for perplexity, kl and top1 (over every scored token; each resample draws texts with their "
+                "tokens)" if per.tokens is not None else "") + "; "
              f"p (Holm) adjusts all {len(table)} p-values of this table as one family (Holm's step-down).", ""]
     if not len(table):
         return lines + ["No comparison: nothing was exported and no method has a configuration within a budget.", ""]
@@ -366,7 +432,6 @@ def _paired_section(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | 
 
 def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, singles: pd.DataFrame | None,
                         reference: dict) -> list[str]:
-    from search.analysis import feasible_rows, hypervolume, multi_span, span_count
 
     quality, cost = info["quality"], info["cost"]
     evaluated = trials[trials["state"] == "COMPLETE"]
@@ -378,8 +443,9 @@ def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, s
     ok = feasible_rows(evaluated)
     ok = ok[ok[quality].notna()]
     single = ok[ok["spans"].map(span_count) <= 1]
-    ref = fixed_reference(reference[quality], reference[cost])
-    hv_all, hv_single = (hypervolume(rows[quality], rows[cost], *ref) for rows in (ok, single))
+    ref = fixed_reference(reference[quality], reference[cost], quality)
+    hv_all, hv_single = (hypervolume(rows[quality], rows[cost], *ref, higher=maximised(quality))
+                         for rows in (ok, single))
     share = f"{hv_single / hv_all:.3f}" if hv_all > 0 else "none (no configuration within the reference point)"
     answer = "yes" if m["multi_span_members"] else "no"
     counts = ", ".join(f"{v} with {k} span{'s' if k != 1 else ''}" for k, v in m["by_count"].items()) or "none"
@@ -392,23 +458,24 @@ def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, s
             f"The front of configurations with at most one span ({which}) covers {share} of the hypervolume of all "
             f"evaluated configurations on eval ({hv_single:.4g} of {hv_all:.4g}) at the fixed reference point "
             f"{quality} = {ref[0]:.4g}, {cost} = {ref[1]:.4g}; at the worst point ({quality} = "
-            f"{m['reference_point'][0]:.4g}, the lowest evaluated), {m['single_share']:.3f} "
+            f"{m['reference_point'][0]:.4g}, the {'lowest' if maximised(quality) else 'highest'} evaluated), "
+            f"{m['single_share']:.3f} "
             f"({m['hypervolume_single']:.4g} of {m['hypervolume_all']:.4g}).", ""]
 
 
 def _priors_section(info: dict, singles: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
-    from search.analysis import prior_correlations
-
-    table = prior_correlations(singles, scores, info["metrics"])
-    within = within_length_correlations(singles, scores, info["metrics"])
+    qualities = _prior_qualities(singles)
+    table = prior_correlations(singles, scores, info["metrics"], qualities)
+    within = within_length_correlations(singles, scores, info["metrics"], qualities)
     pooled = table.set_index(["metric", "quality"])["spearman"]
     within.insert(2, "pooled", [pooled.get((m, q), math.nan) for m, q in zip(within["metric"], within["quality"],
                                                                               strict=True)])
     evaluated = int((singles["source"] == "evaluated").sum())
     return ["## Metrics as priors (every single span)", "",
             f"Spearman correlation over all {len(singles)} single spans between each metric, oriented so that higher "
-            "means more redundant (ls_residual negated), and the span's post-replacement fidelity and accuracy: a good "
-            f"prior has ρ near 1. {len(singles) - evaluated} spans reuse trial results, {evaluated} were evaluated "
+            "means more redundant (ls_residual negated), and the span's post-replacement fidelity and accuracy"
+            + (" (and perplexity, kl and top1, the minimised perplexity and kl negated so that higher is better)"
+               if len(qualities) > 2 else "") + f": a good prior has ρ near 1. {len(singles) - evaluated} spans reuse trial results, {evaluated} were evaluated "
             "for the report (singles.csv).", "", _markdown(table), "",
             "Pooled over span lengths, ρ mostly measures that longer spans hurt more. The decision a prior must "
             "make is among spans of equal cost, once a budget fixes how much to replace: below, ρ among the spans of "
@@ -417,12 +484,18 @@ def _priors_section(info: dict, singles: pd.DataFrame, scores: pd.DataFrame) -> 
             _markdown(within), "", "![priors](priors.png)", ""]
 
 
+def _prior_qualities(singles: pd.DataFrame) -> tuple[str, ...]:
+    """The qualities the priors section correlates with: fidelity and accuracy, and the next-token ones where the
+    single spans have them (decoder LMs)."""
+    return ("fidelity", "accuracy") + tuple(c for c in LM_COLUMNS if c in singles and singles[c].notna().any())
+
+
 def _plot_priors(path: Path, singles: pd.DataFrame, scores: pd.DataFrame, metrics: dict[str, bool]) -> None:
     from matplotlib.figure import Figure
 
     merged = singles.merge(scores, on=["start", "end"], how="inner", suffixes=("", "_score"))
     names = [m for m in metrics if m in scores.columns]
-    qualities = [q for q in ("fidelity", "accuracy") if merged[q].notna().any()]
+    qualities = [q for q in _prior_qualities(singles) if merged[q].notna().any()]
     fig = Figure(figsize=(3.2 * len(names), 3.0 * len(qualities)), layout="constrained")
     axes = fig.subplots(len(qualities), len(names), squeeze=False)
     for r, q in enumerate(qualities):
@@ -440,7 +513,6 @@ def _search_cost(info: dict, trials: pd.DataFrame) -> dict:
     """The search's cost (:func:`search.analysis.search_cost`). Its time is this run's search wall time, or, when
     the study resumed (trials completed in an earlier run), the summed durations of all its completed trials: this
     run's wall time covers only the trials it ran (none, when the study was already complete)."""
-    from search.analysis import search_cost
 
     wall = dict(info["timing"]["phases"]).get("search", math.nan)
     if info["timing"].get("completed_before", 0):
@@ -489,7 +561,7 @@ def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: di
     export = info["export"]
     if export is None:
         return ["## Exported configuration", "", "No feasible configuration: nothing exported.", ""]
-    row = _chosen(front, reference, choice["spans"])
+    row = cast(dict, _chosen(front, reference, choice["spans"]))  # (an export's row is on the front it came from)
     speed, ceiling = export["speed"], export["ceiling"]
     onnx = export.get("onnx") or {}
     onnx_lines = _onnx_lines(onnx, export["measured"]["flops_frac"], ceiling) if onnx else []

@@ -11,7 +11,8 @@ nothing is evaluated here, so ``rba report DIR`` recomputes them from the files 
 * :func:`search_cost`: search wall time against one evaluation and an exhaustive sweep of the space;
 * :func:`front_members`: the front as the report lists it, next to the unmodified model's reference row.
 
-Quality columns (accuracy, fidelity) are maximised, cost columns (flops_frac, params_frac, latency_ms) minimised.
+Each quality column has the direction of its objective (:data:`rba.names.OBJECTIVES`: accuracy, fidelity and top1
+maximised, perplexity and kl minimised); cost columns (flops_frac, params_frac, latency_ms) are minimised.
 """
 
 from __future__ import annotations
@@ -22,14 +23,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from rba.names import OBJECTIVES
+from rba.names import maximised, objective_of
 from search._optuna_private import compute_hypervolume
 
-__all__ = ["hypervolume", "span_count", "redundant_spans", "compare_methods", "best_quality_at",
+__all__ = ["hypervolume", "quality_limit", "span_count", "redundant_spans", "compare_methods", "best_quality_at",
            "prior_correlations", "multi_span", "search_cost", "feasible_rows", "front_members"]
-
-#: result columns that are maximised; every other objective column is minimised
-MAXIMISED = tuple(spec.column for spec in OBJECTIVES.values() if spec.direction == "maximize")
 
 
 def span_count(spans: str) -> int:
@@ -48,14 +46,35 @@ def feasible_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[keep]
 
 
-def hypervolume(quality: Sequence[float], cost: Sequence[float], ref_quality: float, ref_cost: float) -> float:
-    """Area that the points (quality ↑, cost ↓) dominate up to the reference point ``(ref_quality, ref_cost)``,
-    by Optuna's hypervolume computation; points not better than the reference in both count nothing, nor do NaNs."""
-    loss = np.array([[-q, c] for q, c in zip(quality, cost)
-                     if math.isfinite(q) and math.isfinite(c) and q > ref_quality and c < ref_cost], dtype=float)
+def hypervolume(quality: Sequence[float], cost: Sequence[float], ref_quality: float, ref_cost: float, *,
+                higher: bool = True) -> float:
+    """Area that the points (quality ↑, or ↓ when not ``higher``; cost ↓) dominate up to the reference point
+    ``(ref_quality, ref_cost)``, by Optuna's hypervolume computation; points not better than the reference in both
+    count nothing, nor do NaNs."""
+    sign = -1.0 if higher else 1.0  # as a loss: minimised
+    loss = np.array([[sign * q, c] for q, c in zip(quality, cost)
+                     if math.isfinite(q) and math.isfinite(c) and sign * q < sign * ref_quality and c < ref_cost],
+                    dtype=float)
     if not len(loss):
         return 0.0
-    return float(compute_hypervolume(loss, np.array([-ref_quality, ref_cost], dtype=float)))
+    return float(compute_hypervolume(loss, np.array([sign * ref_quality, ref_cost], dtype=float)))
+
+
+def quality_limit(column: str, value: float, change: float) -> float:
+    """The worst value of quality ``column`` within a relative ``change`` of ``value``: (1 − change) × value for a
+    maximised quality, (1 + change) × value for a minimised one, and value + log(1 + change) for one measured in
+    nats (kl: the rise of cross-entropy that a relative rise ``change`` of perplexity is)."""
+    if maximised(column):
+        return (1.0 - change) * float(value)
+    spec = objective_of(column)
+    if spec is not None and spec.log_scale:
+        return float(value) + math.log1p(change)
+    return (1.0 + change) * float(value)
+
+
+def _worst(values: pd.Series, column: str) -> float:
+    """The worst of ``values`` of quality ``column`` (the lowest, or the highest when it is minimised)."""
+    return float(values.min() if maximised(column) else values.max())
 
 
 def redundant_spans(scores: pd.DataFrame, orientation: dict[str, bool], top: int = 3) -> pd.DataFrame:
@@ -70,7 +89,7 @@ def redundant_spans(scores: pd.DataFrame, orientation: dict[str, bool], top: int
         valid = scores.dropna(subset=[m])
         oriented = valid[m] if orientation[m] else -valid[m]
         best = valid.assign(_o=oriented).sort_values(["_o", "start", "end"], ascending=[False, True, True]).head(top)
-        row = {"metric": m, "most redundant": ", ".join(f"{int(a)}-{int(b)}" for a, b in zip(best["start"], best["end"]))}
+        row: dict[str, str | float] = {"metric": m, "most redundant": ", ".join(f"{int(a)}-{int(b)}" for a, b in zip(best["start"], best["end"]))}
         if first is None:
             first = m
         else:
@@ -83,13 +102,13 @@ def redundant_spans(scores: pd.DataFrame, orientation: dict[str, bool], top: int
 
 
 def best_quality_at(rows: pd.DataFrame, quality: str, flops_frac: float) -> tuple[float, str]:
-    """The highest ``quality`` among the feasible rows with ``flops_frac`` at most ``flops_frac``, and its spans
+    """The best ``quality`` (highest; lowest for a minimised one) among the feasible rows with ``flops_frac`` at most ``flops_frac``, and its spans
     (NaN and "" when none)."""
     ok = feasible_rows(rows)
     ok = ok[(ok["flops_frac"] <= flops_frac + 1e-12) & ok[quality].notna()]
     if not len(ok):
         return math.nan, ""
-    best = ok.sort_values([quality, "flops_frac"], ascending=[False, True]).iloc[0]
+    best = ok.sort_values([quality, "flops_frac"], ascending=[not maximised(quality), True]).iloc[0]
     return float(best[quality]), str(best["spans"])
 
 
@@ -97,15 +116,16 @@ def compare_methods(methods: dict[str, pd.DataFrame], *, quality: str, cost: str
                     flops_points: Sequence[float]) -> tuple[pd.DataFrame, tuple[float, float]]:
     """One row per method (label → its evaluated configurations): the number of feasible configurations, the
     hypervolume of (``quality`` ↑, ``cost`` ↓) over them, its share of the largest, and the best quality at each
-    FLOPs fraction of ``flops_points``. The hypervolume's reference point is the lowest feasible quality of all
+    FLOPs fraction of ``flops_points``. The hypervolume's reference point is the worst feasible quality of all
     methods and the unmodified model's cost (``reference[cost]``); it is returned with the table."""
     feasible = {label: feasible_rows(rows) for label, rows in methods.items()}
     qualities = pd.concat([r[quality] for r in feasible.values() if len(r)] or [pd.Series(dtype=float)]).dropna()
-    ref = (float(qualities.min()) if len(qualities) else 0.0, float(reference[cost]))
+    ref = (_worst(qualities, quality) if len(qualities) else 0.0, float(reference[cost]))
+    higher = maximised(quality)
     out = []
     for label, rows in feasible.items():
         row = {"method": label, "configurations": len(rows),
-               "hypervolume": hypervolume(rows[quality], rows[cost], *ref) if len(rows) else 0.0}
+               "hypervolume": hypervolume(rows[quality], rows[cost], *ref, higher=higher) if len(rows) else 0.0}
         for p in flops_points:
             q, spans = best_quality_at(rows, quality, p)
             row[f"best {quality} at flops_frac ≤ {p:g}"] = q
@@ -121,7 +141,8 @@ def prior_correlations(singles: pd.DataFrame, scores: pd.DataFrame, orientation:
                        qualities: Sequence[str] = ("fidelity", "accuracy")) -> pd.DataFrame:
     """Spearman ρ (scipy) over every single span in ``singles`` (columns start, end and the qualities) between
     each metric of ``orientation`` (oriented: higher is more redundant, so a good prior has ρ > 0) and each
-    quality; with its p-value and the number of spans. NaN where a quality is missing or constant."""
+    quality (oriented too: perplexity and kl negated); with its p-value and the number of spans. NaN where a
+    quality is missing or constant."""
     from scipy.stats import spearmanr
 
     merged = singles.merge(scores, on=["start", "end"], how="inner", suffixes=("", "_score"))
@@ -134,9 +155,10 @@ def prior_correlations(singles: pd.DataFrame, scores: pd.DataFrame, orientation:
                 continue
             both = merged.dropna(subset=[m, q])
             x = both[m] if orientation[m] else -both[m]
+            y = both[q] if maximised(q) else -both[q]  # a minimised quality negated: a good prior has ρ > 0
             rho, p = math.nan, math.nan
             if len(both) >= 3 and x.nunique() > 1 and both[q].nunique() > 1:
-                res = spearmanr(x, both[q])
+                res = spearmanr(x, y)
                 rho, p = float(res.statistic), float(res.pvalue)
             rows.append({"metric": m, "quality": q, "spearman": rho, "p_value": p, "spans": len(both)})
     return pd.DataFrame(rows, columns=["metric", "quality", "spearman", "p_value", "spans"])
@@ -146,15 +168,16 @@ def multi_span(front: pd.DataFrame, evaluated: pd.DataFrame, *, quality: str, co
                reference: dict) -> dict:
     """Do configurations of two spans or more reach the front? The count of front members by their number of
     spans, and the hypervolume of the front of the evaluated configurations with at most one span against that
-    of all of them (same reference point: the lowest feasible quality evaluated, the unmodified model's cost)."""
+    of all of them (same reference point: the worst feasible quality evaluated, the unmodified model's cost)."""
     members = front[front["spans"] != "none"]
     counts = members["spans"].map(span_count)
     ok = feasible_rows(evaluated)
     ok = ok[ok[quality].notna()]
-    ref = (float(ok[quality].min()) if len(ok) else 0.0, float(reference[cost]))
+    ref = (_worst(ok[quality], quality) if len(ok) else 0.0, float(reference[cost]))
     single = ok[ok["spans"].map(span_count) <= 1]
-    hv_all = hypervolume(ok[quality], ok[cost], *ref)
-    hv_single = hypervolume(single[quality], single[cost], *ref)
+    higher = maximised(quality)
+    hv_all = hypervolume(ok[quality], ok[cost], *ref, higher=higher)
+    hv_single = hypervolume(single[quality], single[cost], *ref, higher=higher)
     multi = members[counts >= 2]
     return {"front_members": int(len(members)), "multi_span_members": int(len(multi)),
             "by_count": {int(k): int(v) for k, v in counts.value_counts().sort_index().items()},
@@ -182,7 +205,7 @@ def front_members(front: pd.DataFrame, reference: dict, columns: Sequence[str]) 
     """The front as the report lists it under the unmodified model's reference row: without the unmodified
     configuration (``"none"``, which the reference row already shows) and without any member the unmodified
     model dominates in the objective ``columns`` (at least as good in each, better in one; accuracy and fidelity
-    maximised, the rest minimised), since a search that never evaluated ``"none"`` could not see them lose."""
+    top1 maximised, the rest minimised), since a search that never evaluated ``"none"`` could not see them lose."""
     if not len(front):
         return front
 
@@ -192,7 +215,7 @@ def front_members(front: pd.DataFrame, reference: dict, columns: Sequence[str]) 
             r, q = float(reference[c]), float(row[c])
             if math.isnan(r) or math.isnan(q):
                 return False
-            gain = (r - q) if c in MAXIMISED else (q - r)  # > 0: the reference is better in c
+            gain = (r - q) if maximised(c) else (q - r)  # > 0: the reference is better in c
             if gain < 0:
                 return False
             better = better or gain > 0

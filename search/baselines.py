@@ -33,13 +33,17 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Sequence
+from typing import Sequence, cast
 
 import pandas as pd
 
 from rba.apply import walk_spans
+from rba.capture import iter_batches
+from rba.metrics import score_table
+from rba.names import maximised
 from rba.spans import Span
 from rba.statistics import Statistics
+from search.space import SpanSpace
 
 __all__ = ["span_scores", "best_single_spans", "br_greedy", "shortgpt_order", "merge_runs", "replaceme_distances",
            "replaceme_length",
@@ -63,7 +67,6 @@ SLEB_BARRIERS = (1, 1)
 
 def span_scores(stats: Statistics, pairs: Sequence[Span], ridge: float) -> pd.DataFrame:
     """scores.csv's table restricted to ``pairs`` (the spans of the search space)."""
-    from rba.metrics import score_table
 
     table = score_table(stats, ridge)
     keep = {tuple(p) for p in pairs}
@@ -136,7 +139,7 @@ def merge_runs(spans: Sequence[Span], pairs: Sequence[Span]) -> list[Span]:
 
 
 def _subset_quality(objective, spans: list[Span], batches: list[int]) -> float:
-    """The objective's first quality (accuracy or fidelity; fidelity without one) of ``spans`` on the eval
+    """The objective's first quality (fidelity without one) of ``spans`` on the eval
     split's ``batches``, the probe (if any) fitted on the whole probe split, as an early-stopped trial scores."""
     ev = objective.session.evaluator
     column = (objective.quality_columns or ["fidelity"])[0]
@@ -151,7 +154,8 @@ def _subset_quality(objective, spans: list[Span], batches: list[int]) -> float:
 def sleb_order(objective, barriers: tuple[int, int] = SLEB_BARRIERS) -> tuple[list[list[Span]], int]:
     """SLEB's removal order: configuration k holds the first k removed blocks (identity spans). Each step tries
     every remaining candidate block with the blocks already removed, on the eval split's first early-stopping
-    subset (every 4th batch), and removes the one that leaves the quality highest (ties: the earliest block).
+    subset (every 4th batch), and removes the one that leaves the quality best (highest; lowest for perplexity or
+    kl; ties: the earliest block).
     Returns the configurations and the number of subset evaluations they took."""
     session = objective.session
     stats = session.stats
@@ -160,13 +164,16 @@ def sleb_order(objective, barriers: tuple[int, int] = SLEB_BARRIERS) -> tuple[li
     early, late = barriers
     removed: list[Span] = []
     out, evaluations = [], 0
+    sign = 1.0 if maximised((objective.quality_columns or ["fidelity"])[0]) else -1.0
     while len(alive) > early + late:
         best_score, best = -math.inf, None
         for k in alive[early : len(alive) - late]:
-            score = _subset_quality(objective, sorted(removed + [(k, k + 1)]), batches)
+            score = sign * _subset_quality(objective, sorted(removed + [(k, k + 1)]), batches)
             evaluations += 1
             if score > best_score:
                 best_score, best = score, k
+        # (set above: every score beats -inf, unless all are NaN, which fails below as before)
+        best = cast(int, best)
         removed.append((best, best + 1))
         alive.remove(best)
         out.append(sorted(removed))
@@ -178,8 +185,6 @@ def angular_distances(session, pairs: Sequence[Span]) -> dict[Span, float]:
     distance), from one forward pass."""
     import torch
     import torch.nn.functional as F
-
-    from rba.capture import iter_batches
 
     adapter = session.adapter
     sums, counts = dict.fromkeys(pairs, 0.0), dict.fromkeys(pairs, 0)
@@ -245,7 +250,7 @@ def random_lesions(blocks: Sequence[int], count: int, seed: int) -> list[list[Sp
     rng = random.Random(seed)
     count = min(count, 2 ** len(blocks) - 1)
     seen: set[tuple[int, ...]] = set()
-    out = []
+    out: list[list[Span]] = []
     while len(out) < count:
         chosen = tuple(sorted(rng.sample(blocks, rng.randint(1, len(blocks)))))
         if chosen not in seen:
@@ -322,7 +327,9 @@ def proxy_layers(num_blocks: int, pairs: Sequence[Span], proxy: dict[Span, float
     points = sorted((t for t in every if not t[2] or keep is None or keep(list(t[2]))), key=lambda t: (t[1], t[0]))
     out = []
     for _ in range(layers):
-        layer, rest, best = [], [], float("inf")
+        layer: list[tuple[float, float, tuple[Span, ...]]] = []
+        rest: list[tuple[float, float, tuple[Span, ...]]] = []
+        best = float("inf")
         for t in points:
             (layer if t[0] < best else rest).append(t)
             best = min(best, t[0])
@@ -346,7 +353,6 @@ def front_priors(table: pd.DataFrame, objective, count: int | None = None,
     deltas = objective.span_cost_deltas(objective.cost_name)
     pairs = [p for p in space.pairs if p in ls and ls[p] == ls[p] and p in deltas]  # NaN scores: not proposed
     proxy, cost = {p: ls[p] for p in pairs}, {p: deltas[p] for p in pairs}
-    from search.space import SpanSpace
 
     L, gap = space.num_blocks, space.gap
     if layers > 1 and SpanSpace(L, pairs, gap=gap).count() <= LAYER_LIMIT:

@@ -35,6 +35,7 @@ import torch
 
 from rba.apply import walk_spans
 from rba.errors import BudgetError, ConfigError
+from rba.metrics import LSResidual
 from rba.names import BUDGET_KEYS, OBJECTIVES, QUALITY, RESULT_COLUMNS, maps_tag
 from rba.spans import Span, format_spans
 from search.baselines import proxy_front
@@ -44,7 +45,8 @@ __all__ = ["Objective", "OBJECTIVES", "RESULT_COLUMNS", "BUDGET_KEYS", "QUALITY"
            "dominated_by"]
 
 #: what a result stopped early carries besides the result columns
-STOP_KEYS = ("stopped_early", "eval_fraction", "eval_samples", "accuracy_se", "fidelity_se")
+STOP_KEYS = ("stopped_early", "eval_fraction", "eval_samples", "accuracy_se", "fidelity_se", "perplexity_se",
+             "kl_se", "top1_se")
 #: a front member as early stopping sees it: (trial number, {objective column: value})
 FrontPoint = tuple[int, dict[str, float]]
 
@@ -171,7 +173,6 @@ class Objective:
 
     def proxy(self, spans: Sequence[Span]) -> float:
         """Statistics-only quality proxy for screening: Σ ls_residual of the spans (lower is better)."""
-        from rba.metrics import LSResidual
 
         if not hasattr(self, "_ls"):
             self._ls: dict[Span, float] = {}

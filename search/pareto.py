@@ -14,17 +14,20 @@ import numpy as np
 import pandas as pd
 
 from rba.files import atomic_path
-from rba.names import COST_COLUMNS, OBJECTIVES, QUALITY
+from rba.names import COST_COLUMNS, OBJECTIVES, QUALITY, RESULT_COLUMNS
+from search.recording import DUPLICATE_ATTR, STOPPED_ATTR
 
 __all__ = ["TRIAL_COLUMNS", "trials_frame", "front_frame", "write_tables", "plot_front", "AXIS_LABELS"]
 
-TRIAL_COLUMNS = ["number", "spans", "accuracy", "fidelity", "flops", "flops_frac", "params", "params_frac",
-                 "latency_ms", "feasible", "state", "duration_s", "stopped_early"]
-_FLOAT_COLUMNS = ["accuracy", "fidelity", "flops", "flops_frac", "params", "params_frac", "latency_ms"]
+TRIAL_COLUMNS = ["number", *RESULT_COLUMNS, "feasible", "state", "duration_s", "stopped_early"]
+_FLOAT_COLUMNS = RESULT_COLUMNS[1:]
 
 AXIS_LABELS = {
     "accuracy": "accuracy (eval top-1, fraction correct)",
     "fidelity": "fidelity (mean cosine to the unmodified model)",
+    "perplexity": "perplexity (eval texts, next token; lower is better)",
+    "kl": "KL(unmodified ‖ configuration), nats per token (lower is better)",
+    "top1": "top-1 next-token agreement with the unmodified model",
     "flops_frac": "FLOPs per sample (fraction of the unmodified model)",
     "params_frac": "parameters (fraction of the unmodified model)",
     "latency_ms": "latency (ms per sample, per-block table)",
@@ -35,8 +38,6 @@ def trials_frame(study) -> pd.DataFrame:
     """Every trial that ran (waiting ones and repeats of an earlier configuration left out), in trial order,
     with :data:`TRIAL_COLUMNS`."""
     from optuna.trial import TrialState
-
-    from search.recording import DUPLICATE_ATTR, STOPPED_ATTR
 
     rows = []
     for t in study.get_trials(deepcopy=False):

@@ -35,6 +35,8 @@ from ray.tune.search import Searcher
 
 from rba.config import config_hash
 from rba.errors import RBAError
+from rba.progress import TrialProgress
+from rba.session import Session
 from rba.spans import format_spans
 from search._storage import worker_label
 from search.objective import RESULT_COLUMNS
@@ -51,6 +53,7 @@ from search.recording import (
     record_screened,
     trial_outcome,
 )
+from search.space import SpanSpace
 
 _log = logging.getLogger(__name__)
 
@@ -83,7 +86,6 @@ def _worker_objective(shared: SharedState):
     """The worker process's objective for this study, built on its first trial and then reused."""
     objective = _WORKER_OBJECTIVES.get(shared.key)
     if objective is None:
-        from rba.session import Session
 
         # the driver's statistics and cost model: no recapture, no re-measurement
         session = Session(shared.cfg, need_labels=needs_labels(shared.cfg), progress=False, stats=shared.stats,
@@ -97,8 +99,6 @@ def _worker_objective(shared: SharedState):
 def _trainable(config: dict[str, Any], shared: SharedState) -> None:
     import torch
     from ray import tune
-
-    from search.space import SpanSpace
 
     torch.set_num_threads(max(1, shared.threads))
     objective = _worker_objective(shared)
@@ -177,12 +177,12 @@ class SpanSearcher(Searcher):
             key = format_spans(spans)
             ot_trial.set_user_attr("worker", self._worker)
             ot_trial.set_user_attr("spans", key)
-            done = completed(self._study)
-            if key in done:  # a repeat: told with the earlier values, no worker spent; a new configuration next
+            recorded = completed(self._study)
+            if key in recorded:  # a repeat: told with the earlier values, no worker spent; a new configuration next
                 if self._ctx.method == "optuna":
-                    enqueue_unseen(self._ctx, self._study, done, seed=self._ctx.cfg.search.seed + ot_trial.number,
+                    enqueue_unseen(self._ctx, self._study, recorded, seed=self._ctx.cfg.search.seed + ot_trial.number,
                                    trial=ot_trial)
-                values = record_duplicate(ot_trial, done[key])
+                values = record_duplicate(ot_trial, recorded[key])
                 self._study.tell(ot_trial, values, state=TrialState.COMPLETE)
                 del self._asked[trial_id]
                 continue
@@ -192,7 +192,7 @@ class SpanSearcher(Searcher):
                 # a repeat of a trial still running: its values are not known yet, so it is told FAIL (samplers
                 # skip it) and left out of the tables like any repeat; a new configuration comes next
                 if self._ctx.method == "optuna":
-                    enqueue_unseen(self._ctx, self._study, set(done) | set(running),
+                    enqueue_unseen(self._ctx, self._study, set(recorded) | set(running),
                                    seed=self._ctx.cfg.search.seed + ot_trial.number)
                 ot_trial.set_user_attr(DUPLICATE_ATTR, int(running[key]))
                 self._study.tell(ot_trial, state=TrialState.FAIL)
@@ -286,8 +286,6 @@ class RecordErrors(Callback):
 def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
     import ray
     from ray import tune
-
-    from rba.progress import TrialProgress
 
     cfg = ctx.cfg
     s = cfg.search

@@ -204,7 +204,7 @@ def fit_space(num_blocks: int, pairs: Sequence[Span], kind: str) -> SpanSpace:
 
 def _distinct(rng: random.Random, total: int, n: int) -> list[int]:
     seen: set[int] = set()
-    out = []
+    out: list[int] = []
     while len(out) < min(n, total):
         v = rng.randrange(total)
         if v not in seen:

@@ -117,7 +117,10 @@ def test_registered_names_are_valid_config_values():
         assert Config.from_dict({"fit": {"kind": kind}}).fit.kind == kind
     for name in list_samplers():
         assert Config.from_dict({"search": {"sampler": name}}).search.sampler == name
-    assert Config.from_dict({"search": {"objectives": list(OBJECTIVES)}}).search.objectives == list(OBJECTIVES)
+    for kind, models in (("timm", ("any", "encoder")), ("causal-lm", ("any", "lm"))):  # each objective on its models
+        names = [name for name, spec in OBJECTIVES.items() if spec.models in models]
+        raw = {"model": {"kind": kind}, "search": {"objectives": names}}
+        assert Config.from_dict(raw).search.objectives == names
     assert list_samplers() == ["tpe", "nsga2", "random", "gp"]
 
 

@@ -446,8 +446,12 @@ def test_rba_report_regenerates_the_report_without_the_model(study, tmp_path, mo
 
     out = _copy(study, tmp_path)
     assert sorted(p.name for p in out.glob("*.png")) == sorted(f for f in REPORT_FILES if f.endswith(".png"))
-    before = {name: (out / name).read_bytes() for name in REPORT_FILES}
-    for name in REPORT_FILES:
+    from search._render import TABLES
+
+    rendered = REPORT_FILES + [name for name in TABLES if (out / name).exists()]
+    assert len(rendered) == len(REPORT_FILES) + len(TABLES)  # baselines and a test split: both tables
+    before = {name: (out / name).read_bytes() for name in rendered}
+    for name in rendered:
         (out / name).unlink()
     inputs = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from rba.adapters._cnn import TimmCNN
 from rba.adapters._image import ImagePreprocess
 from rba.adapters._weights import weights_path
 from rba.errors import ModelError, did_you_mean
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 __all__ = ["TimmViT", "build_timm", "create_timm_model"]
 
@@ -106,8 +109,9 @@ class TimmViT(Adapter):
     """
 
     layout = "tokens"
+    model: VisionTransformer
 
-    def __init__(self, model, identity, image_size: int | None = None):
+    def __init__(self, model: VisionTransformer, identity: dict[str, Any], image_size: int | None = None):
         super().__init__(model, model.blocks, identity=identity)
         self.preprocess = ImagePreprocess.for_timm(model, image_size)
 
