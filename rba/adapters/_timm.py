@@ -161,10 +161,10 @@ class TimmViT(Adapter):
         block with its folded fc2 among them, when :func:`rba.apply.replace_` has put one in)."""
         import timm
 
-        drop = set(drop)
-        keep = [k for k in range(self.num_blocks) if k not in drop]
-        args = dict(self.identity.get("options", {})) | {"depth": len(keep)}
-        model = timm.create_model(self.model.pretrained_cfg["architecture"], pretrained=False, **args)
+        dropped = set(drop)
+        keep = [k for k in range(self.num_blocks) if k not in dropped]
+        model = timm.create_model(self.model.pretrained_cfg["architecture"], pretrained=False,
+                                  **self._model_args(len(keep)))
         number = {old: new for new, old in enumerate(keep)}
         state = {}
         for key, tensor in self.model.state_dict().items():
@@ -175,8 +175,11 @@ class TimmViT(Adapter):
                 key = f"blocks.{number[int(index)]}.{rest}"
             state[key] = tensor
         model.load_state_dict(state, strict=True)
-        model.rba_model_args = args  # what save_native records for create_model
         return model.to(self.dtype).eval()
+
+    def _model_args(self, depth: int) -> dict[str, Any]:
+        """The ``create_model`` arguments of this model (its identity's options) with ``depth`` blocks."""
+        return dict(self.identity.get("options", {})) | {"depth": depth}
 
     def save_native(self, model: nn.Module, folder: Path) -> None:
         """timm's own format through ``timm.models.save_for_hf``: ``model.safetensors`` and ``config.json``
@@ -184,7 +187,8 @@ class TimmViT(Adapter):
         pretrained=True)`` reloads, or by hand ``timm.create_model(architecture, **model_args)`` and the weights."""
         from timm.models import save_for_hf
 
-        save_for_hf(model, str(folder), model_args=dict(model.rba_model_args), safe_serialization=True)
+        depth = len(list(model.get_submodule("blocks").children()))
+        save_for_hf(model, str(folder), model_args=self._model_args(depth), safe_serialization=True)
 
     def forward(self, inputs):
         m = self.model
