@@ -365,6 +365,7 @@ def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselin
             lines.append(f"- {what}: `{pick.row['spans']}`, {quality} {pick.row[quality]:.4g}, {cost} "
                          f"{pick.row[cost]:.4g}" + ("" if pick.within else f" (none within {_allowance(info)})")
                          + _semicolon(_test_text(per, pick.row["kind"], str(pick.row["spans"]))))
+    lines += [f"- {note.split(': ', 1)[0]}: skipped ({note.split(': ', 1)[-1]})" for note in info.get("baselines_skipped", [])]
     return lines + ["", _markdown(_with_test(baselines, baselines["kind"], per)), ""]
 
 

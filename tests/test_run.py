@@ -576,7 +576,12 @@ def test_report_sections_against_independent_computations(study):
     # the fit kind of each method is the registry's: identity for the dropping baselines
     kinds = baselines.groupby("method", sort=False)["kind"].unique().map(list).to_dict()
     assert kinds == {"br-greedy": ["affine"], "shortgpt": ["identity"], "shortgpt-affine": ["affine"],
-                     "sleb": ["identity"], "gromov": ["identity"], "gromov-affine": ["affine"]}
+                     "sleb": ["identity"], "gromov": ["identity"], "gromov-affine": ["affine"], "replaceme": ["fold"]}
+    # replaceme (the ViT's blocks fold): one span per length 1..3 (25% of 4 blocks first), none from boundary 0
+    replaceme = list(baselines.loc[baselines["method"] == "replaceme", "spans"])
+    assert sorted(int(s.split("-")[1]) - int(s.split("-")[0]) for s in replaceme) == [1, 2, 3]
+    assert int(replaceme[0].split("-")[1]) - int(replaceme[0].split("-")[0]) == 1
+    assert all(int(s.split("-")[0]) >= 1 for s in replaceme)
     # configurations the trials evaluated (with the search's fit kind) are reused, with the trials' values
     by_spans = done.set_index("spans")
     for _, r in baselines[baselines["kind"] == "affine"].iterrows():
