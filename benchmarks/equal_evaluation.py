@@ -67,10 +67,10 @@ if str(ROOT) not in sys.path:
 if str(ROOT / "benchmarks") not in sys.path:
     sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from search.objective import Objective  # noqa: E402
+from search.objective import Objective
 
 #: label → (registry method, search settings) of the methods replayed on the table; ``seeded``: one run per sampler seed
 REPLAYED = {

@@ -26,10 +26,10 @@ from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
-import capture_overhead  # noqa: E402
-import per_trial  # noqa: E402
-import torch  # noqa: E402
+import _common as C
+import capture_overhead
+import per_trial
+import torch
 
 #: the tiny model of ``--quick`` (numbers meaningless: a smoke test of the code path)
 QUICK = {"depth": 4, "width": 32, "heads": 2, "image_size": 32, "patch": 8}

@@ -102,16 +102,14 @@ def span_scores(stats, pairs, ridge: float) -> dict[str, np.ndarray]:
     return {name: np.array([m(stats, s) for s in pairs]) for name, m in metrics.items()}
 
 
-def span_kl(session, pairs, stats=None, tag: str = "affine/independent") -> np.ndarray:
-    """Mean eval KL of every single-span configuration: the session's own affine fits, or those from ``stats``."""
+def span_kl(session, pairs, stats, tag: str) -> np.ndarray:
+    """Mean eval KL of every single-span configuration, its affine map fitted from ``stats`` (those of every token
+    are what the engine's capture accumulates from the same calibration split)."""
     from rba.apply import span_module
     from rba.fit import fit_span
 
     kl = []
     for span in pairs:
-        if stats is None:
-            kl.append(session.evaluate([span])["kl"])
-            continue
         fit = fit_span(stats, span, "affine", session.cfg.fit.ridge)
         module = span_module(fit, session.adapter.layout).to(session.adapter.device)
         kl.append(session.evaluator.score([span], [module], tag=tag)["kl"])
@@ -138,10 +136,10 @@ def main(argv=None) -> int:
 
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--data", default="data/plots.csv", help="a text CSV with a 'text' column")
-    p.add_argument("--calibration", type=int, default=128, help="calibration texts")
-    p.add_argument("--eval", type=int, default=24, help="held-out texts the KL is measured on")
+    p.add_argument("--calibration", type=int, default=96, help="calibration texts")
+    p.add_argument("--eval", type=int, default=6, help="held-out texts the KL is measured on")
     p.add_argument("--max-length", type=int, default=128, help="tokens per text at most")
-    p.add_argument("--max-span", type=int, default=4)
+    p.add_argument("--max-span", type=int, default=2)
     p.add_argument("--no-first-fits", action="store_true",
                    help="also the KL of maps fitted without each text's first token (single spans)")
     p.add_argument("--cache-dir", default=None, help="model copy and statistics cache (default: a temporary one)")
@@ -176,13 +174,13 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             stats = statistics_of(treat(states, positions, treatment), pairs)
             scores[treatment] = span_scores(stats, pairs, session.cfg.fit.ridge)
-            if treatment == "no_first":
+            if treatment in ("as_is", "no_first"):
                 stats_by[treatment] = stats
             print(f"# scores {treatment}: {time.perf_counter() - t0:.1f} s", flush=True)
         del states
 
         t0 = time.perf_counter()
-        kl = span_kl(session, pairs)
+        kl = span_kl(session, pairs, stats_by["as_is"], tag="affine")
         kl_s = time.perf_counter() - t0
         print(f"# KL of {len(pairs)} affine span replacements on {session.evaluator.parts['eval'].pooled.shape[0]} "
               f"eval tokens: {kl_s:.0f} s", flush=True)

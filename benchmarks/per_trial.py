@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import _common as C
+import numpy as np
+import torch
 
 #: equality of the two methods' results. The naive fit is the authors' (float32 lstsq, default driver and
 #: rcond = float32 eps · max(m, n), no ridge); rba's is a ridge fit (λ = 1e-6 · mean diagonal) from float64

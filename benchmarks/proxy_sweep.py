@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
-import numpy as np  # noqa: E402
+import _common as C
+import numpy as np
 
 PROXIES = ["ls_residual", "-br", "1-cosine", "1-cka"]
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
+import _common as C
 
-from rba.errors import RBAError  # noqa: E402
+from rba.errors import RBAError
 
 #: fixed hypervolume reference point (fidelity ↑, flops_frac ↓)
 REF_FIDELITY, REF_FLOPS = 0.5, 1.0

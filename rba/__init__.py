@@ -77,7 +77,7 @@ def search(config: Config | str | os.PathLike, *, out: str | os.PathLike | None 
     reuses a :class:`Session` built for the same config (its statistics and caches). Progress bars and phase
     lines go to stderr, as the CLI's do, ending with where the files were written; ``progress=False`` silences
     them."""
-    from rba.config import Config, load_config
+    from rba.config import Config, load_config  # lazy: `import rba` stays light (pydantic loads on first use)
     from search import run_search  # the search package is imported only here: `import rba` stays light
 
     cfg = load_config(config) if not isinstance(config, Config) else copy.deepcopy(config)

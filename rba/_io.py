@@ -27,7 +27,7 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _NO_SPACE_TEXTS = (os.strerror(errno.ENOSPC), f"os error {errno.ENOSPC}", "StorageFull")
 
 
-def disk_full(exc: BaseException) -> bool:
+def disk_full(exc: BaseException | None) -> bool:
     """Whether ``exc``, or an exception it was raised from (libraries wrap their I/O errors), is a write that
     found no space left on the device."""
     seen = set()
@@ -82,7 +82,7 @@ def remove_stale_tmp(path: str | Path) -> list[Path]:
     """
     path = Path(path)
     pattern = re.compile(re.escape(f".{path.name}.") + r"([A-Za-z0-9_]+)\.(\d+)-[A-Za-z0-9_]+\.tmp")
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = list(path.parent.iterdir()) if path.parent.is_dir() else []
     except OSError:

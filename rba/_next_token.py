@@ -101,7 +101,10 @@ class NextTokenReference:
 
     @property
     def nbytes(self) -> int:
-        held = [self.targets, self.position, self.argmax] + ([] if self.table is None else [self.table, self.floor])
+        held = [self.targets, self.position, self.argmax]
+        if self.table is not None:
+            assert self.floor is not None  # build sets the table and its floor together
+            held += [self.table, self.floor]
         return sum(t.numel() * t.element_size() for t in held)
 
 

@@ -19,7 +19,7 @@ float64 like every fit's.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +107,7 @@ def train_translator(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.T
         order = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(module.parameters(), lr=settings.lr)
         bs = min(settings.batch_size, n)
-        perm, pos = None, n
+        perm, pos = torch.empty(0, dtype=torch.long), n  # pos = n: the first minibatch draws a permutation
         losses = []
         module.train()
         for _ in range(settings.steps):
@@ -128,15 +128,21 @@ def train_translator(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.T
     return module, losses
 
 
+class _TranslatorClass(Protocol):
+    """A translator's class, as :class:`_TranslatorFit` builds it."""
+
+    def __call__(self, dim_in: int, dim_out: int, *, layout: str, span: Span) -> _VectorWise: ...
+
+
 class _TranslatorFit(Fit):
     """A translator trained on paired calibration vectors; its module is the one trained."""
 
     needs = "vectors"
     trained = True
-    translator: type[_VectorWise]
+    translator: _TranslatorClass
 
     def fit(self, data: FitInput) -> SpanFit:
-        x, y = data.vectors
+        x, y = cast(tuple[torch.Tensor, torch.Tensor], data.vectors)  # needs = "vectors": the session passes them
         t0 = time.perf_counter()
         module, losses = train_translator(
             lambda: self.module(data.dim_in, data.dim_out, layout="tokens", span=data.span), x, y,

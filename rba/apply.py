@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, cast
 
 import torch
 from torch import nn
@@ -65,7 +65,9 @@ class FoldedBlock(nn.Module):
 def fold_into(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     """Make ``module`` (an ``nn.Linear``, or transformers' ``Conv1D`` of GPT-2) compute y·W + b from its output y, in
     place: W (D × D, y's width) and b multiply into its weight and bias in float64, then round to its dtype."""
-    w = module.weight
+    # (nn.Module's attributes are typed Tensor | Module; a Linear's or Conv1D's weight and bias are tensors)
+    w = cast(torch.Tensor, module.weight)
+    old_b = cast(torch.Tensor | None, module.bias)
     if type(module).__name__ == "Conv1D":  # y = x·weight + bias, weight (in, out)
         new_w = w.double() @ weight.double()
     elif isinstance(module, nn.Linear):  # y = x·weightᵀ + bias, weight (out, in)
@@ -73,9 +75,9 @@ def fold_into(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None
     else:
         raise TypeError(f"cannot fold a map into a {type(module).__name__} (an nn.Linear or a Conv1D folds)")
     w.copy_(new_w.to(w.dtype))
-    if module.bias is not None:
-        new_b = module.bias.double() @ weight.double() + (0 if bias is None else bias.double())
-        module.bias.copy_(new_b.to(module.bias.dtype))
+    if old_b is not None:
+        new_b = old_b.double() @ weight.double() + (0 if bias is None else bias.double())
+        old_b.copy_(new_b.to(old_b.dtype))
     elif bias is not None and bool(bias.any()):
         raise ValueError("the fold has a bias, but the down projection has none")
 
@@ -87,7 +89,7 @@ def fold_module(adapter: Adapter, fit: SpanFit, dtype: torch.dtype | None = None
     block = copy.deepcopy(adapter.blocks[i - 1])
     if dtype is not None:
         block.to(dtype)
-    fold_into(block.get_submodule(adapter.fold_target(i - 1)), fit.weight, fit.bias)
+    fold_into(block.get_submodule(adapter.fold_target(i - 1)), fit.tensors["weight"], fit.bias)
     return FoldedBlock(block.eval(), fit.span)
 
 

@@ -20,13 +20,14 @@ from rba.statistics import Statistics, StatisticsCollector, statistics_nbytes
 
 if TYPE_CHECKING:
     from rba.adapters import Adapter
+    from rba.data import Samples
 
 log = logging.getLogger(__name__)
 
 __all__ = ["capture_statistics", "boundary_vectors", "iter_batches", "length_order", "check_finite", "mlp_pairs"]
 
 
-def length_order(samples: Sequence[Any]) -> np.ndarray | None:
+def length_order(samples: Samples) -> np.ndarray | None:
     """An order that batches texts of similar length together (padding per real token drops from ~2 to ~1.06
     on movie reviews); None for images, which need no padding. Statistics are sums, so order does not
     change them beyond rounding."""
@@ -35,7 +36,7 @@ def length_order(samples: Sequence[Any]) -> np.ndarray | None:
     return None
 
 
-def iter_batches(samples: Sequence[Any], batch_size: int):
+def iter_batches(samples: Samples, batch_size: int):
     for start in range(0, len(samples), batch_size):
         yield start, samples[start : start + batch_size]
 
@@ -52,14 +53,14 @@ def check_finite(h: torch.Tensor, k: int, where: str) -> None:
     )
 
 
-def boundary_vectors(adapter: Adapter, samples: Sequence[Any], batch_size: int):
+def boundary_vectors(adapter: Adapter, samples: Samples, batch_size: int):
     """Per batch of the calibration samples: (batch size, every boundary's vectors), each checked finite —
     the forward path of the statistics pass (call under ``torch.inference_mode()``)."""
     for n, vecs, _ in _batch_vectors(adapter, samples, batch_size, mlp_blocks=0):
         yield n, vecs
 
 
-def _batch_vectors(adapter: Adapter, samples: Sequence[Any], batch_size: int, *, mlp_blocks: int):
+def _batch_vectors(adapter: Adapter, samples: Samples, batch_size: int, *, mlp_blocks: int):
     """:func:`boundary_vectors`, plus the MLP outputs of blocks 0..mlp_blocks-1 as vectors (forward hooks on the
     modules :meth:`~rba.adapters.Adapter.fold_target` names), in the same rows."""
     modules = [adapter.blocks[e].get_submodule(adapter.fold_target(e)) for e in range(mlp_blocks)]
@@ -87,7 +88,7 @@ def mlp_pairs(pairs: Sequence[Span]) -> list[tuple[int, int]]:
 
 
 @torch.inference_mode()
-def capture_statistics(adapter: Adapter, samples: Sequence[Any], *, pairs: Sequence[Span], batch_size: int = 64,
+def capture_statistics(adapter: Adapter, samples: Samples, *, pairs: Sequence[Span], batch_size: int = 64,
                        dtype: str = "float32", max_memory_gb: float = 8.0, progress: bool = True,
                        key: str = "", meta: dict[str, Any] | None = None, mlp_outputs: bool = False) -> Statistics:
     """Run ``adapter`` once over ``samples`` and return the streamed statistics; with ``mlp_outputs`` (a fit that

@@ -1,6 +1,9 @@
 """``rba`` command line: one class per subcommand, flags override the config file (docs/cli.md).
 
 Errors a user can fix print one line (``rba: error: …``) and exit 2; nothing half-written is left behind.
+
+The layers that load torch, pandas, pydantic or optuna are imported in the commands that use them (each such
+import says ``# lazy``), so that ``rba --help`` and ``rba ls`` start in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -15,10 +18,17 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from rba import __version__
+from rba import progress as _progress
+from rba._folders import refuse_other_work
+from rba._io import atomic_path, long_name
+from rba.datasets import DATASETS, data_file
 from rba.errors import ConfigError, RBAError
-from rba.methods import list_methods
+from rba.methods import list_methods, method_label
 from rba.names import OBJECTIVES
+from rba.progress import LOG_LEVELS, LineHandler, info, phase, write
 from rba.samplers import list_samplers
+from rba.spans import parse_spans
 
 __all__ = ["main", "build_parser"]
 
@@ -52,7 +62,7 @@ _SEARCH_FLAGS: list[tuple[str, str, Any, str | Callable[[], str]]] = [
     ("--max-concurrent", "search.max_concurrent", int, "Ray: concurrent trials"),
 ]
 #: --priors words → search.priors values (any other word reaches the config's check, which names the choices)
-_PRIORS = {"all": True, "proxy": "proxy", "none": False}
+_PRIORS: dict[str, bool | str] = {"all": True, "proxy": "proxy", "none": False}
 #: kernel file systems accept no output files, though a root process may look allowed to write there
 _SYSTEM_DIRS = ("/proc", "/sys")
 
@@ -100,7 +110,7 @@ class _Command:
 
     def load(self, args: argparse.Namespace):
         """The config with the flags applied, checked against this machine before any long work."""
-        from rba.config import load_study
+        from rba.config import load_study  # lazy: a fast CLI start
 
         cfg = load_study(args.config)
         if self.takes_output_dir and args.out is not None:
@@ -110,8 +120,8 @@ class _Command:
     def configure(self, cfg, args: argparse.Namespace):
         """``cfg`` with the override flags applied (--out aside), checked against this machine."""
         cfg.override({key: getattr(args, _flag_dest(flag)) for flag, key, _, _ in self.flags})
-        from rba.adapters import check_weights_file
-        from rba.data import check_data_paths
+        from rba.adapters import check_weights_file  # lazy: a fast CLI start
+        from rba.data import check_data_paths  # lazy: a fast CLI start
 
         check_weights_file(cfg)  # the input files, before any long work: the model's, then the data's
         check_data_paths(cfg)
@@ -140,7 +150,7 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
 def _check_device(cfg) -> None:
     if cfg.model.device not in ("cuda", "auto"):
         return
-    from rba.adapters._device import resolve_device
+    from rba.adapters._device import resolve_device  # lazy: a fast CLI start
 
     if resolve_device(cfg.model.device).type == "cuda":
         return
@@ -149,7 +159,6 @@ def _check_device(cfg) -> None:
 
 def _check_writable_dir(path: Path, what: str) -> None:
     """``path`` is, or can become, a folder this process writes to; checked before the long work starts."""
-    from rba._io import long_name
 
     too_long = long_name(path.absolute())
     if too_long:
@@ -178,10 +187,8 @@ class Scores(_Command):
         self.add_config(parser)
 
     def take_action(self, args):
-        from rba._folders import refuse_other_work
-        from rba._io import atomic_path
-        from rba.metrics import plot_scores, score_table
-        from rba.session import Session
+        from rba.metrics import plot_scores, score_table  # lazy: a fast CLI start
+        from rba.session import Session  # lazy: a fast CLI start
 
         cfg = self.load(args)
         out = cfg.output_dir()
@@ -212,8 +219,7 @@ class Evaluate(_Command):
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     def take_action(self, args):
-        from rba.progress import info
-        from rba.session import Session
+        from rba.session import Session  # lazy: a fast CLI start
 
         cfg = self.load(args)
         cfg.require_splits("evaluate", accuracy=True)
@@ -242,15 +248,14 @@ class Export(_Command):
                             help="onnx: also write the export and the unmodified model as ONNX (onnxruntime)")
 
     def take_action(self, args):
-        from rba.export import export_model
-        from rba.progress import info
-        from rba.session import Session
+        from rba.export import export_model  # lazy: a fast CLI start
+        from rba.session import Session  # lazy: a fast CLI start
 
         cfg = self.load(args)
         cfg.require_splits("export", accuracy=False)
         _check_writable_dir(Path(args.out), "export folder")
         if args.format == "onnx":
-            from rba.onnx import check_onnx_exportable
+            from rba.onnx import check_onnx_exportable  # lazy: a fast CLI start
 
             check_onnx_exportable(cfg)
         # labels, when the data has them, let the export carry the classifier head fitted for these spans
@@ -258,7 +263,7 @@ class Export(_Command):
         spans = session.parse(args.spans)
         out = export_model(session, spans, args.out)
         if args.format == "onnx":
-            from rba.onnx import export_onnx
+            from rba.onnx import export_onnx  # lazy: a fast CLI start
 
             meta = export_onnx(session, out)
             diff = meta["max_rel_diff"]
@@ -283,7 +288,7 @@ class Search(_Command):
         self.add_config(parser)
 
     def take_action(self, args):
-        from search import run_search
+        from search import run_search  # lazy: a fast CLI start
 
         cfg = self.load(args)
         cfg.require_splits("search", accuracy="accuracy" in cfg.search.objectives)
@@ -307,15 +312,14 @@ class Run(_Command):
         self.add_config(parser, several=True)
 
     def take_action(self, args):
-        from rba.progress import info, phase
-        from search import run_study
-        from search.sweep import expand, is_sweep, write_summary
+        from search import run_study  # lazy: a fast CLI start
+        from search.sweep import expand, is_sweep, write_summary  # lazy: a fast CLI start
 
         def configure(cfg):
             cfg = self.configure(cfg, args)
             cfg.require_splits("run", accuracy="accuracy" in cfg.search.objectives)
             if cfg.run.onnx:  # refused now, not after the search
-                from rba.onnx import check_onnx_exportable
+                from rba.onnx import check_onnx_exportable  # lazy: a fast CLI start
 
                 check_onnx_exportable(cfg)
             return cfg
@@ -358,11 +362,9 @@ class CompareFits(_Command):
                             "default: every valid span")
 
     def take_action(self, args):
-        from rba._folders import refuse_other_work
-        from rba.compare import DEFAULT_KINDS, compare_fits
-        from rba.fit import get_fit
-        from rba.session import Session
-        from rba.spans import parse_spans
+        from rba.compare import DEFAULT_KINDS, compare_fits  # lazy: a fast CLI start
+        from rba.fit import get_fit  # lazy: a fast CLI start
+        from rba.session import Session  # lazy: a fast CLI start
 
         cfg = self.load(args)
         cfg.require_splits("compare-fits", accuracy=False)
@@ -396,7 +398,7 @@ class Report(_Command):
         add_verbosity(parser)
 
     def take_action(self, args):
-        from search.report import remeasure_report, render_report
+        from search.report import remeasure_report, render_report  # lazy: a fast CLI start
 
         folder = Path(args.dir)
         if folder.is_dir():
@@ -411,8 +413,6 @@ class Data(_Command):
     package), digits (scikit-learn), cifar10 / cifar100 (converted from the python batches you have)."""
 
     def add_arguments(self, parser):
-        from rba.datasets import DATASETS
-
         parser.add_argument("name", choices=sorted(DATASETS))
         parser.add_argument("--out", help="file to write (default ./data/<name>.csv or .npz)")
         parser.add_argument("--source", help="a local copy to read: the CIFAR python folder or .tar.gz (required "
@@ -420,8 +420,6 @@ class Data(_Command):
                                              "(reviews, plots), the Fashion-MNIST IDX folder")
 
     def take_action(self, args):
-        from rba.datasets import DATASETS, data_file
-
         out = Path(args.out) if args.out else Path("data") / data_file(args.name)
         if out.is_dir():
             raise ConfigError(f"--out {out} is a folder: give the file to write, e.g. {out / data_file(args.name)}")
@@ -445,7 +443,7 @@ class Ls(_Command):
 
 
 def _list_studies() -> list[str]:
-    from rba.config import list_studies
+    from rba.config import list_studies  # lazy: a fast CLI start
 
     lines = []
     for name, path in list_studies().items():
@@ -455,32 +453,28 @@ def _list_studies() -> list[str]:
 
 
 def _list_adapters() -> list[str]:
-    from rba.adapters import list_adapters
+    from rba.adapters import list_adapters  # lazy: a fast CLI start
 
     return list_adapters()
 
 
 def _list_fits() -> list[str]:
-    from rba.fit import fit_label, list_fits
+    from rba.fit import fit_label, list_fits  # lazy: a fast CLI start
 
     return [fit_label(name) for name in list_fits()]
 
 
 def _list_metrics() -> list[str]:
-    from rba.metrics import list_metrics
+    from rba.metrics import list_metrics  # lazy: a fast CLI start
 
     return list_metrics()
 
 
 def _list_samplers() -> list[str]:
-    from rba.samplers import list_samplers
-
     return list_samplers()
 
 
 def _list_methods() -> list[str]:
-    from rba.methods import list_methods, method_label
-
     return [method_label(name) for name in list_methods()]
 
 
@@ -513,8 +507,6 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rba import __version__
-
     parser = _Parser(prog="rba", description="Redundant blocks: scores, replacement, search.")
     parser.add_argument("--version", action="version", version=f"rba {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -530,7 +522,6 @@ def _show_rba_warning(message, category, filename, lineno, file=None, line=None,
     """rba's own warnings (e.g. RankDeficientWarning) as one stderr line, ``rba: warning: …``; others as usual."""
     if getattr(category, "__module__", "").split(".")[0] == "rba":
         if file is None:
-            from rba.progress import write
 
             write(f"rba: warning: {message}")  # above any open progress bar
         else:
@@ -558,7 +549,6 @@ def _quiet_libraries() -> None:
 def _log_to_stderr(verbosity: int) -> Callable[[], None]:
     """rba's and search's log records as plain lines on stderr at the level of ``verbosity`` (--quiet: warnings
     only; --verbose: timings too), not passed on to the root logger's handlers; returns what puts them back."""
-    from rba.progress import LOG_LEVELS, LineHandler
 
     handler = LineHandler()
     saved = []
@@ -595,8 +585,6 @@ def main(argv: list[str] | None = None) -> int:
     import functools
     import warnings
 
-    from rba import progress as _progress
-
     restore_early = _log_to_stderr(_progress.NORMAL)  # a plug-in that fails to load while the parser is built warns
     try:
         parser = build_parser()  # its help lists the registries' names, so plug-ins load first
@@ -613,11 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     elif not _progress.interactive():
         _no_library_bars()
 
-    before = _progress.level()
     verbosity = (_progress.QUIET if getattr(args, "quiet", False)
                  else _progress.VERBOSE if getattr(args, "verbose", False) else _progress.NORMAL)
-    _progress.configure(verbosity)
-    restore_logging = _log_to_stderr(verbosity)
+    restore_logging = _log_to_stderr(verbosity)  # also the progress display's verbosity: rba.progress.verbosity
     saved, saved_hook = warnings.showwarning, sys.unraisablehook
     warnings.showwarning = functools.partial(_show_rba_warning, _default=saved)
     sys.unraisablehook = functools.partial(_redeliver_lost_interrupt, _default=saved_hook)
@@ -631,8 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         warnings.showwarning, sys.unraisablehook = saved, saved_hook
-        _progress.configure(before)  # main() called in-process (tests, scripts) leaves the level as it was
-        restore_logging()
+        restore_logging()  # main() called in-process (tests, scripts) leaves the levels as they were
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import pandas as pd
 import torch
@@ -57,7 +57,7 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
     if cfg.fit.mode != "independent":
         raise ConfigError(f"compare-fits compares independent fits: fit.mode = {cfg.fit.mode!r}; set it to "
                           "\"independent\"")
-    spans = [tuple(s) for s in spans]
+    spans = [cast(Span, tuple(s)) for s in spans]
     for s in spans:
         session.parse(format_spans([s]))  # validated against the model (and max_span) before any long work
     if not spans:

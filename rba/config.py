@@ -13,7 +13,7 @@ import tomllib
 import typing
 from dataclasses import field, fields
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, overload
 
 import pydantic
 from pydantic import Field
@@ -327,6 +327,10 @@ class Config:
                               "\"native\"")
 
     # ------------------------------------------------------------------ paths and serialisation
+    @overload
+    def resolve_path(self, path: str) -> Path: ...
+    @overload
+    def resolve_path(self, path: None) -> None: ...
     def resolve_path(self, path: str | None) -> Path | None:
         """``path`` as the config means it: relative paths start at :attr:`base_dir`."""
         if path is None:
@@ -385,7 +389,7 @@ def dict_to_toml(sections: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-def load_config(path: str | Path, *, base_dir: str | Path | None = None) -> Config:
+def load_config(path: str | os.PathLike[str], *, base_dir: str | Path | None = None) -> Config:
     """Read a TOML config file; relative paths in it resolve against ``base_dir`` (default: the file's folder).
 
     Errors name the file and the problem."""
@@ -468,6 +472,7 @@ def check_dotted_key(dotted: Any) -> None:
 
 
 def _sections() -> dict[str, type]:
+    # every field but these two is a section, whose default_factory is its dataclass (mypy sees the MISSING case too)
     return {f.name: f.default_factory for f in fields(Config) if f.name not in ("name", "base_dir")}  # type: ignore[misc]
 
 
@@ -502,10 +507,10 @@ def _config_error(exc: pydantic.ValidationError, section: str, values: dict[str,
     if words:  # a switch that also takes words (search.priors): one line naming them all
         return ConfigError(f"{where} = {value!r} is not one of {', '.join(words)}.{did_you_mean(value, words)}")
     if kind in _BOUND_WORDS:
-        name, words = _BOUND_WORDS[kind]
+        name, relation = _BOUND_WORDS[kind]
         bound = ctx[name]
-        return ConfigError(f"{where} = {value!r}: it must be {words} {bound:g}" if isinstance(bound, float)
-                           else f"{where} = {value!r}: it must be {words} {bound}")
+        return ConfigError(f"{where} = {value!r}: it must be {relation} {bound:g}" if isinstance(bound, float)
+                           else f"{where} = {value!r}: it must be {relation} {bound}")
     if kind == "finite_number":
         return ConfigError(f"{where} = {value!r}: it must be a finite number")
     if kind == "literal_error":

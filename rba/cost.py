@@ -14,7 +14,8 @@ model."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -24,6 +25,9 @@ from rba.apply import SpanMap
 from rba.fit import get_fit
 from rba.spans import Span
 from rba.timing import time_ms
+
+if TYPE_CHECKING:
+    from rba.data import Samples
 
 __all__ = ["CostModel"]
 
@@ -103,7 +107,7 @@ class CostModel:
     # ------------------------------------------------------------------ measurement
     @classmethod
     @torch.inference_mode()
-    def measure(cls, adapter: Adapter, samples: Sequence[Any], *, batch_size: int = 64, latency_repeats: int = 5,
+    def measure(cls, adapter: Adapter, samples: Samples, *, batch_size: int = 64, latency_repeats: int = 5,
                 measure_latency: bool = True, max_probe_samples: int = 256) -> "CostModel":
         """Count FLOPs on the sample whose length is closest to the mean (all images are equal), and time
         every block at ``batch_size`` on that sample repeated."""
@@ -162,7 +166,7 @@ class CostModel:
         h, ctx = adapter.embed(batch)
         embed_ms = time_ms(lambda: adapter.embed(batch), repeats=repeats).median_ms
         states = [h for _, h in adapter.boundaries(h, ctx)]
-        block_ms = [time_ms(lambda k=k: adapter.run_block(k, states[k], ctx), repeats=repeats).median_ms
+        block_ms = [time_ms(partial(adapter.run_block, k, states[k], ctx), repeats=repeats).median_ms
                     for k in range(adapter.num_blocks)]
         h = states[-1]
         head_ms = time_ms(lambda: adapter.logits(adapter.pool(h, ctx)), repeats=repeats).median_ms
@@ -170,8 +174,7 @@ class CostModel:
         for k, d in enumerate(self.dims):
             if d not in maps:
                 m = SpanMap(d, d, layout=adapter.layout).to(states[k].device, states[k].dtype)
-                s = states[k]
-                maps[d] = time_ms(lambda m=m, s=s: m(s), repeats=repeats).median_ms
+                maps[d] = time_ms(partial(m, states[k]), repeats=repeats).median_ms
         self.base_latency_ms = embed_ms + head_ms
         self.block_latency_ms = block_ms
         self.map_latency_table = maps

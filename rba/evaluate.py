@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 import torch
@@ -85,6 +85,7 @@ class SplitCache:
                 h, ctx = adapter.embed(inputs)
                 following = adapter.targets(inputs, ctx)
                 if following is not None:  # rows are tokens: the next-token objectives score them
+                    assert ctx.mask is not None  # next-token rows are a text's real tokens: its mask says which
                     targets.append(following.cpu())
                     counts.append(ctx.mask.sum(1).cpu())
                 state = h
@@ -194,6 +195,7 @@ class SplitScores:
         values = getattr(self, name)
         if values is None:
             return float("nan"), float("nan")
+        assert self.tokens is not None  # a decoder LM's scores come with their token counts
         return token_weighted(np.nan_to_num(values) * self.tokens, self.tokens)
 
     @property
@@ -238,7 +240,7 @@ class SplitScores:
 
     @property
     def accuracy(self) -> float:
-        return float("nan") if self.prediction is None else float(self.correct.mean())
+        return float("nan") if self.prediction is None else float(cast(np.ndarray, self.correct).mean())
 
     @property
     def accuracy_se(self) -> float:
@@ -294,7 +296,8 @@ class Evaluator:
             self.num_classes = int(torch.cat(labs).max()) + 1
         self.fixed_probe = None
         if use_probe and head == "fixed-probe":
-            self.fixed_probe = LinearProbe(probe_c).fit(self.parts["probe"].pooled, self.parts["probe"].labels, self.num_classes)
+            # (labelled: the eval split's labels are checked above, and the probe split comes from the same data)
+            self.fixed_probe = LinearProbe(probe_c).fit(self.parts["probe"].pooled, cast(torch.Tensor, self.parts["probe"].labels), self.num_classes)
         self._memo: OrderedDict[tuple, dict[str, list[torch.Tensor]]] = OrderedDict()
         self._memo_bytes = 0
         self.memo_budget = memo_bytes
@@ -441,6 +444,7 @@ class Evaluator:
         out = {"samples": samples, "cosine": np.bincount(inverse, weights=cos, minlength=count)
                / np.bincount(inverse, minlength=count)}
         rows = torch.as_tensor(rows).long()
+        assert part.reference is not None  # SplitCache.build sets row_sample and reference together (decoder LMs)
         scores = token_scores(_logits_of(self.adapter), pooled_rows, rows, part.reference)
         owner = inverse[(part.reference.targets[rows] >= 0).numpy()]
         out["tokens"] = np.bincount(owner, minlength=count)
@@ -477,8 +481,8 @@ class Evaluator:
             if logits is None:
                 raise ModelError("evaluate.head = \"native\" but this model has no classification head: use \"probe\"")
             return logits.argmax(1).cpu()
-        if probe is None:
-            probe = self.probe_for({"probe": pooled_probe})
+        if probe is None:  # (head "probe" with labels: probe_for fits one on the probe split's pooled rows)
+            probe = cast(LinearProbe, self.probe_for({"probe": cast(torch.Tensor, pooled_probe)}))
         return probe.predict(pooled_eval)
 
     def export_head(self, spans: Sequence[Span], maps: Sequence[nn.Module], tag: str = "", *,

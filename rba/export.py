@@ -22,7 +22,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Sequence, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -401,6 +401,6 @@ def head_logits(exported: Adapter, inputs: Any) -> torch.Tensor:
                        "labels): export it again from a config whose data has labels")
     pooled = exported.forward(inputs)
     if head["kind"] == "native":
-        return exported.logits(pooled)
+        return cast(torch.Tensor, exported.logits(pooled))  # (a native head: the model has one)
     linear = getattr(exported.model, HEAD_ATTR)
     return linear(pooled.to(linear.weight.dtype))

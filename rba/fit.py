@@ -28,7 +28,7 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Literal
+from typing import Callable, ClassVar, Literal, cast
 
 import torch
 from torch import nn
@@ -129,7 +129,8 @@ def _set_sse(fit: SpanFit, value) -> None:
 
 
 # the dataclass's field, read and written through the property (its __init__, repr, eq and replace included)
-SpanFit.sse = property(_get_sse, _set_sse, doc="Σ‖x̂_j − x_j‖² on the fitted vectors (computed on first read)")
+# (mypy keeps the field's type, float: what a read returns)
+SpanFit.sse = property(_get_sse, _set_sse, doc="Σ‖x̂_j − x_j‖² on the fitted vectors (computed on first read)")  # type: ignore[assignment]
 
 
 class Fit(abc.ABC):
@@ -566,21 +567,23 @@ class _LinearMapFit(Fit):
     with_bias: ClassVar[bool] = True
 
     def fit(self, data: FitInput) -> SpanFit:
-        w, lam, sse = _solve(data.statistics, data.span, data.ridge, with_bias=self.with_bias)
+        # (needs = "statistics": the session passes them)
+        w, lam, sse = _solve(cast(Statistics, data.statistics), data.span, data.ridge, with_bias=self.with_bias)
         tensors = {"weight": w[:-1], "bias": w[-1]} if self.with_bias else {"weight": w}
-        return SpanFit(data.span, self.name, data.dim_in, data.dim_out, tensors, sse, lam)
+        # sse is a function, read once when first needed (SpanFit's docstring); the field is typed as a read returns
+        return SpanFit(data.span, self.name, data.dim_in, data.dim_out, tensors, sse, lam)  # type: ignore[arg-type]
 
     def module(self, dim_in: int, dim_out: int, *, layout: str, span: Span) -> nn.Module:
         return SpanMap(dim_in, dim_out, bias=self.with_bias, layout=layout, span=span)
 
     def state_dict(self, fit: SpanFit) -> dict[str, torch.Tensor]:
-        out = {"linear.weight": fit.weight.T}
+        out = {"linear.weight": fit.tensors["weight"].T}
         if self.with_bias:
-            out["linear.bias"] = fit.bias
+            out["linear.bias"] = fit.tensors["bias"]
         return out
 
     def predict(self, fit: SpanFit, x: torch.Tensor) -> torch.Tensor:
-        y = x.to(fit.weight.dtype) @ fit.weight
+        y = x.to(fit.tensors["weight"].dtype) @ fit.tensors["weight"]
         return y if fit.bias is None else y + fit.bias
 
 
@@ -600,7 +603,7 @@ class IdentityFit(Fit):
         if data.dim_in != data.dim_out:
             raise SpanError(f"span {i}-{j}: an identity map needs equal sizes, boundaries have D = {data.dim_in} "
                             f"and {data.dim_out}")
-        sse = data.statistics.squared_distance(data.span)
+        sse = cast(Statistics, data.statistics).squared_distance(data.span)  # needs = "statistics"
         return SpanFit(data.span, self.name, data.dim_in, data.dim_out,
                        {"weight": torch.eye(data.dim_in, dtype=torch.float64)}, sse, 0.0)
 
@@ -629,7 +632,8 @@ class FoldFit(Fit):
     folds = True
 
     def fit(self, data: FitInput) -> SpanFit:
-        stats, (i, j) = data.statistics, data.span
+        # (needs = "statistics": the session passes them)
+        stats, (i, j) = cast(Statistics, data.statistics), data.span
         if i < 1:
             raise SpanError(f"span {i}-{j}: fit kind \"fold\" multiplies its map into the MLP of the block before the "
                             "span, and no block precedes boundary 0; use [fit] kind = \"affine\" for spans from 0")
@@ -653,7 +657,8 @@ class FoldFit(Fit):
             plain_sq=lambda: max(sq_y, 0.0) + 2 * float(cy @ bu[-1]) + n * float(cy @ cy),
             where=f"the MLP output of block {e}")
         tensors = {"weight": w[:-1], "bias": w[-1]} if with_bias else {"weight": w}
-        return SpanFit(data.span, self.name, data.dim_in, data.dim_out, tensors, sse, lam)
+        # sse is a function, read once when first needed (SpanFit's docstring); the field is typed as a read returns
+        return SpanFit(data.span, self.name, data.dim_in, data.dim_out, tensors, sse, lam)  # type: ignore[arg-type]
 
     def module(self, dim_in: int, dim_out: int, *, layout: str, span: Span) -> nn.Module:
         """The map as a :class:`SpanMap` on MLP outputs (what :meth:`predict` applies); in a model the map is folded
@@ -661,12 +666,14 @@ class FoldFit(Fit):
         return SpanMap(dim_in, dim_out, bias=True, layout=layout, span=span)
 
     def state_dict(self, fit: SpanFit) -> dict[str, torch.Tensor]:
-        bias = fit.bias if fit.bias is not None else torch.zeros(fit.dim_out, dtype=fit.weight.dtype)
-        return {"linear.weight": fit.weight.T, "linear.bias": bias}
+        weight = fit.tensors["weight"]
+        bias = fit.bias if fit.bias is not None else torch.zeros(fit.dim_out, dtype=weight.dtype)
+        return {"linear.weight": weight.T, "linear.bias": bias}
 
     def predict(self, fit: SpanFit, x: torch.Tensor) -> torch.Tensor:
         """The map on MLP outputs x (n, D) of block i − 1 (not on boundary vectors)."""
-        y = x.to(fit.weight.dtype) @ fit.weight
+        weight = fit.tensors["weight"]
+        y = x.to(weight.dtype) @ weight
         return y if fit.bias is None else y + fit.bias
 
     def num_params(self, dim_in: int, dim_out: int) -> int:

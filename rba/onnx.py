@@ -25,7 +25,7 @@ import copy
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from rba.timing import compare
 if TYPE_CHECKING:
     from rba.adapters import Adapter
     from rba.config import Config
+    from rba.data import Samples
     from rba.export import SessionParts
 
 __all__ = ["export_onnx", "onnx_speedup", "onnx_state", "verify_onnx", "read_onnx_meta", "OnnxRecord", "check_onnx_exportable", "MAX_REL_DIFF",
@@ -97,9 +98,9 @@ def check_onnx_exportable(cfg: Config) -> None:
     if cfg.model.forward_dtype != "float32":
         raise ConfigError(f"model.forward_dtype = {cfg.model.forward_dtype!r}: the ONNX export writes float32 models "
                           "only (ONNX Runtime's CPU kernels are float32); export with --forward-dtype float32")
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
+    try:  # imported only to see that they are installed (lazy: heavy, and needed only by --format onnx)
+        import onnx  # noqa: F401  (unused: the import is the check)
+        import onnxruntime  # noqa: F401  (unused: the import is the check)
     except ImportError as exc:
         raise ConfigError(f"--format onnx needs the packages onnx and onnxruntime ({exc}): pip install onnx "
                           "onnxruntime") from None
@@ -120,7 +121,7 @@ class _Deployed(nn.Module):
         x = {"input_ids": inputs[0], "attention_mask": inputs[1]} if self.text else inputs[0]
         pooled = self.adapter.forward(x).float()
         if self.native:
-            return pooled, self.adapter.logits(pooled).float()
+            return pooled, cast(torch.Tensor, self.adapter.logits(pooled)).float()  # (native: the model has a head)
         if self.head is not None:
             return pooled, self.head(pooled)
         return pooled
@@ -134,7 +135,7 @@ def _input_names(adapter: Adapter) -> list[str]:
     return ["input_ids", "attention_mask"] if _is_text(adapter) else ["pixels"]
 
 
-def _feed(adapter: Adapter, samples: Sequence[Any]) -> dict[str, np.ndarray]:
+def _feed(adapter: Adapter, samples: Samples) -> dict[str, np.ndarray]:
     batch = adapter.collate(samples)
     if _is_text(adapter):
         ids = batch["input_ids"]
@@ -259,7 +260,8 @@ def export_onnx(session: SessionParts, folder: str | Path) -> dict[str, Any]:
                                           folder / ONNX_UNMODIFIED, "the unmodified model")
     with atomic_path(folder / ONNX_FEED) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **feed)
+            # numpy's stub types savez's keywords as its allow_pickle flag too; feed's keys are input names
+            np.savez(fh, **feed)  # type: ignore[arg-type]
     import onnx
     import onnxruntime
 

@@ -1,12 +1,15 @@
 """What a long command tells its user while it works: tqdm bars on a terminal, plain lines everywhere else.
 
-One verbosity for the whole process, set by the command line (:func:`configure`):
+The verbosity is the level of the ``rba`` logger itself (:func:`verbosity`), which the command line sets from
+``--quiet`` / ``--verbose`` (:data:`LOG_LEVELS`) and puts back when it returns; this module keeps no state of its own:
 
-* ``QUIET`` (``--quiet``): nothing but errors and warnings;
+* ``QUIET`` (``--quiet``; the logger at WARNING or above): nothing but errors and warnings;
 * ``NORMAL``: a line as each phase ends (model load, capture, evaluation caches, post-search steps) and one per
   finished trial; while a phase runs, a bar on a terminal, elsewhere (logs, CI: no bar control characters) a
   line every :data:`LINE_INTERVAL_S` seconds, so that no wait is silent for long;
-* ``VERBOSE`` (``--verbose``): also how long each phase and each trial took.
+* ``VERBOSE`` (``--verbose``; the logger at DEBUG): also how long each phase and each trial took.
+
+``NORMAL`` is also what an unset level (the Python API's default) means, so the bars show from Python too.
 
 Callers pass ``enabled`` (their ``progress`` switch: off for library calls that asked for silence, for
 tests and for Ray workers); output happens only when it is on and the level is above ``QUIET``.
@@ -18,12 +21,17 @@ gives the ``rba`` and ``search`` loggers a :class:`LineHandler` at the level of 
 (:data:`LOG_LEVELS`); from Python they follow your logging configuration (``logging.basicConfig(level="INFO",
 format="%(message)s")`` shows what the CLI shows; warnings show without one).
 
+A phase with a ``unit`` counts the :func:`tick` calls made inside it: the innermost such phase open in the
+current context (a ``contextvars`` variable, set by :func:`phase` and reset as it ends), so the code that does
+the work (``Session.evaluate``) need not be handed the phase of the command that asked for it.
+
 Trial ETAs (:class:`Eta`) leave out the first trial, which carries warm-up and cache building: with two or
 more trials complete, the time per trial is the mean interval between completions since the first one.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import sys
@@ -32,35 +40,30 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-__all__ = ["QUIET", "NORMAL", "VERBOSE", "LOG_LEVELS", "LineHandler", "configure", "level", "verbose", "interactive",
-           "write", "info", "detail", "bar", "phase", "tick", "Eta", "TrialProgress", "format_duration",
-           "LINE_INTERVAL_S"]
+__all__ = ["QUIET", "NORMAL", "VERBOSE", "LOG_LEVELS", "LineHandler", "verbosity", "interactive", "write", "info",
+           "detail", "bar", "phase", "tick", "Eta", "TrialProgress", "format_duration", "LINE_INTERVAL_S"]
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 #: the level of rba's and search's loggers at each verbosity (the CLI sets it)
 LOG_LEVELS = {QUIET: logging.WARNING, NORMAL: logging.INFO, VERBOSE: logging.DEBUG}
 _log = logging.getLogger(__name__)
-_level = NORMAL
 #: on a non-terminal, counted work prints a progress line at most this often (and always at the start)
 LINE_INTERVAL_S = 10.0
-#: phases open now (innermost last), for :func:`tick`
-_open: list["_Progress"] = []
+#: the innermost counted phase open in this context, for :func:`tick`
+_counting: contextvars.ContextVar["_Progress | None"] = contextvars.ContextVar("rba_counting", default=None)
 
 
-def configure(verbosity: int) -> None:
-    """Set the process's verbosity (``QUIET``, ``NORMAL`` or ``VERBOSE``)."""
-    global _level
-    if verbosity not in (QUIET, NORMAL, VERBOSE):
-        raise ValueError(f"verbosity must be QUIET, NORMAL or VERBOSE, not {verbosity!r}")
-    _level = verbosity
-
-
-def level() -> int:
-    return _level
-
-
-def verbose() -> bool:
-    return _level >= VERBOSE
+def verbosity() -> int:
+    """``QUIET``, ``NORMAL`` or ``VERBOSE``, from the level set on the ``rba`` logger itself (not inherited: an
+    unset level, the Python API's default, is ``NORMAL``): WARNING or above is ``QUIET``, DEBUG or below
+    ``VERBOSE``. The CLI sets it from ``--quiet`` / ``--verbose``; from Python,
+    ``logging.getLogger("rba").setLevel("WARNING")`` hides the bars as ``--quiet`` does."""
+    level = logging.getLogger("rba").level
+    if level == logging.NOTSET:
+        return NORMAL
+    if level >= LOG_LEVELS[QUIET]:
+        return QUIET
+    return VERBOSE if level <= LOG_LEVELS[VERBOSE] else NORMAL
 
 
 def interactive() -> bool:
@@ -156,7 +159,7 @@ class _Progress:
     def __init__(self, desc: str, *, total: int | None, unit: str | None, enabled: bool, initial: int = 0,
                  heartbeat: bool = True, clock: Callable[[], float] = time.perf_counter):
         self.desc, self.total, self.unit = desc, total, unit
-        self.on = bool(enabled) and _level > QUIET
+        self.on = bool(enabled) and verbosity() > QUIET
         self.n = initial
         self.clock = clock
         self.started = clock()
@@ -207,7 +210,7 @@ class _Progress:
         if not ok:
             return
         counted = self._count() if self.unit is not None else ""
-        if _level >= VERBOSE:
+        if verbosity() >= VERBOSE:
             took = format_duration(self.clock() - self.started)
             _display(f"{self.desc}: {counted + ' ' if counted else ''}in {took}")
         else:
@@ -229,23 +232,24 @@ def phase(desc: str, *, enabled: bool = True, unit: str | None = None, heartbeat
     ``heartbeat=False``: no lines while it runs, off a terminal, for phases that find bad inputs (model load,
     data): their error is then the only line, however slowly the machine imports the model's library."""
     p = _Progress(desc, total=None, unit=unit, enabled=enabled, heartbeat=heartbeat)
-    _open.append(p)
+    token = _counting.set(p) if unit is not None else None
     try:
         yield p
     except BaseException:
-        _open.remove(p)
         p.close(ok=False)
         raise
-    _open.remove(p)
+    finally:
+        if token is not None:
+            _counting.reset(token)
     p.close()
 
 
 def tick(n: int = 1) -> None:
-    """Count ``n`` units of work in the innermost open counted phase (nothing when there is none)."""
-    for p in reversed(_open):
-        if p.unit is not None:
-            p.update(n)
-            return
+    """Count ``n`` units of work in the innermost counted phase open in this context (nothing when there is
+    none)."""
+    p = _counting.get()
+    if p is not None:
+        p.update(n)
 
 
 # ---------------------------------------------------------------------- trials
@@ -301,7 +305,7 @@ class TrialProgress:
         self.total, self.desc = total, desc
         self.eta = Eta(total, initial, clock=clock)
         self.n = initial
-        self.on = bool(enabled) and _level > QUIET
+        self.on = bool(enabled) and verbosity() > QUIET
         self._bar = self._ticker = None
         if not self.on:
             return
@@ -323,7 +327,7 @@ class TrialProgress:
         if not self.on:
             self.n = complete
             return
-        took = f" in {format_duration(duration_s)}" if (duration_s is not None and _level >= VERBOSE) else ""
+        took = f" in {format_duration(duration_s)}" if (duration_s is not None and verbosity() >= VERBOSE) else ""
         if self._bar is not None:
             self._bar.set_postfix_str(self.eta.text(), refresh=False)
             self._bar.update(max(0, complete - self.n))

@@ -22,7 +22,7 @@ import json
 from collections.abc import Mapping
 from collections.abc import Sequence as SequenceABC
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import torch
 
@@ -242,7 +242,7 @@ class Statistics:
             raise CacheError(f"statistics cache {path} is unreadable: {exc}") from None
         try:
             dims = [int(d) for d in info["dims"]]
-            pairs = [tuple(int(v) for v in p) for p in info["pairs"]]
+            pairs: list[Span] = [(int(i), int(j)) for i, j in info["pairs"]]
             cos = tensors["cos_sum"].tolist()
             mlp, mlp_cross = None, None
             if "mlp" in info:
@@ -255,13 +255,13 @@ class Statistics:
                 mlp_cross = {(int(e), int(k)): tensors[f"mlp.cross.{int(e)}.{int(k)}"] for e, k in m["pairs"]}
             return cls(
                 dims=dims,
-                pairs=pairs,  # type: ignore[arg-type]
+                pairs=pairs,
                 n=int(info["n"]),
                 center=[tensors[f"center.{k}"] for k in range(len(dims))],
                 centred_gram=[tensors[f"gram.{k}"] for k in range(len(dims))],
                 centred_cross={(i, j): tensors[f"cross.{i}.{j}"] for i, j in pairs},
                 centred_sq=tensors["sq"].tolist(),
-                cos_sum=dict(zip(pairs, cos)),  # type: ignore[arg-type]
+                cos_sum=dict(zip(pairs, cos)),
                 meta=info.get("meta", {}),
                 key=info.get("key", ""),
                 mlp=mlp,
@@ -456,7 +456,9 @@ class StatisticsCollector:
             if self.center[k] is None and x.shape[0]:
                 self.center[k] = x.mean(dim=0)  # in the capture dtype: x − c is what the products see
         # [x − c | 1] per boundary; the targets of cross products are its first D columns (a strided view)
-        xts = [_centred_augmented(x, self.center[k], self.sq[k]) if x.shape[0] else None for k, x in enumerate(xs)]
+        # (a boundary with vectors has its centre: set just above)
+        xts = [_centred_augmented(x, cast(torch.Tensor, self.center[k]), self.sq[k]) if x.shape[0] else None
+               for k, x in enumerate(xs)]
         # cosines from row dot products over the norms, one norm per boundary
         norms = {k: torch.linalg.vector_norm(xs[k], dim=1).clamp_min(1e-12) for k in {k for p in self.pairs for k in p}}
         for i, j in self.pairs:
@@ -488,7 +490,8 @@ class StatisticsCollector:
             if xt is None:  # boundaries may hold different vector counts (CNN stages); spans join equal ones
                 continue
             targets = self._targets.get(i, [])
-            add_augmented_products(self.gram[i], xt, [(self.cross[(i, j)], xts[j][:, :-1]) for j in targets],
+            # a span's boundaries hold the same vector count, so xts[j] is there where xts[i] is
+            add_augmented_products(self.gram[i], xt, [(self.cross[(i, j)], cast(torch.Tensor, xts[j])[:, :-1]) for j in targets],
                                    row_blocks=self._row_blocks[i])
 
     def _symmetrised_gram(self, k: int) -> torch.Tensor:
@@ -503,8 +506,8 @@ class StatisticsCollector:
         nb = len(self.dims)
 
         def centres(dims: Sequence[int], offset: int) -> list[torch.Tensor]:
-            return [torch.zeros(d, dtype=torch.float64) if self.center[offset + k] is None
-                    else self.center[offset + k].to(torch.float64).cpu() for k, d in enumerate(dims)]
+            return [torch.zeros(d, dtype=torch.float64) if c is None else c.to(torch.float64).cpu()
+                    for d, c in zip(dims, self.center[offset:offset + len(dims)], strict=True)]
 
         mlp = None
         if self.mlp_dims:

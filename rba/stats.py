@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from scipy import stats
@@ -117,6 +117,7 @@ def paired_bootstrap(statistic: Callable[..., float], *samples, confidence: floa
     estimate = float(statistic(*arrays, axis=0) if vectorized else statistic(*arrays))
 
     # resample row indices, so that tables keep their rows together and reach ``statistic`` rows first
+    on_rows: Callable[..., Any]
     if vectorized:
         def on_rows(i, axis=-1):
             return statistic(*(a[i] for a in arrays), axis=axis)

@@ -24,7 +24,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -92,7 +92,7 @@ def _default_sync() -> Callable[[], None] | None:
 class _Runner:
     """Runs a callable between two clock reads, synchronising before each read when ``sync`` is set."""
 
-    def __init__(self, clock: Callable[[], float] | None, sync: Callable[[], None] | None | bool):
+    def __init__(self, clock: Callable[[], float] | None, sync: Callable[[], None] | Literal[False] | None):
         # looked up now, not at import: a test may replace time.perf_counter
         self.clock = clock or time.perf_counter
         self.sync = _default_sync() if sync is None else (sync or None)
@@ -113,7 +113,7 @@ def _repeats(requested: int, repeat_s: float, fast_repeats: int) -> int:
 
 def time_ms(fn: Callable[[], object], *, repeats: int = FAST_REPEATS, samples: int = 1, warmup: int = 1,
             fast_repeats: int = FAST_REPEATS, clock: Callable[[], float] | None = None,
-            sync: Callable[[], None] | None | bool = None) -> Timing:
+            sync: Callable[[], None] | Literal[False] | None = None) -> Timing:
     """Milliseconds per sample of ``fn`` (which processes ``samples`` samples): its median over ``repeats`` runs
     (raised to ``fast_repeats`` when the last warm-up run took under :data:`FAST_S`), after ``warmup`` runs.
     ``sync``: None synchronises CUDA when torch uses it, False never, a callable is called instead."""
@@ -129,7 +129,7 @@ def time_ms(fn: Callable[[], object], *, repeats: int = FAST_REPEATS, samples: i
 def compare(a: Callable[[], object], b: Callable[[], object], *, repeats: int = FAST_REPEATS, samples: int = 1,
             warmup: int = 2, fast_repeats: int = FAST_REPEATS, confidence: float = 0.95,
             resamples: int = 9999, seed: int = 0, clock: Callable[[], float] | None = None,
-            sync: Callable[[], None] | None | bool = None) -> Comparison:
+            sync: Callable[[], None] | Literal[False] | None = None) -> Comparison:
     """A and B (each processing ``samples`` samples) timed under the protocol in the module docstring:
     ``warmup`` rounds of A, B, B, A, then ``repeats`` repeats (raised to ``fast_repeats`` when a warm-up
     round took under :data:`FAST_S`). ``sync`` as for :func:`time_ms`; ``seed`` draws the bootstrap resamples."""

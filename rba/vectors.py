@@ -10,13 +10,16 @@ vectors' representations row for row, so a span's (x_i, x_j) are paired. The mem
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from rba.adapters import Adapter
 from rba.capture import boundary_vectors
 from rba.errors import DataError
+
+if TYPE_CHECKING:
+    from rba.data import Samples
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ def vectors_nbytes(dims: Sequence[int], boundaries: Sequence[int], limit: int) -
 
 
 @torch.inference_mode()
-def collect_vectors(adapter: Adapter, samples: Sequence[Any], boundaries: Sequence[int], *, limit: int,
+def collect_vectors(adapter: Adapter, samples: Samples, boundaries: Sequence[int], *, limit: int,
                     batch_size: int, max_memory_gb: float, progress: bool = True,
                     what: str = "calibration") -> dict[int, torch.Tensor]:
     """{boundary: (n_k, D_k) float32 CPU tensor}: the vectors of the first ``samples`` at each of ``boundaries``,

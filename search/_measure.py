@@ -8,14 +8,24 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from rba.config import load_config
+from rba.export import export_model, load_export
 from rba.files import atomic_write_json
+from rba.methods import get_method
+from rba.onnx import export_onnx, onnx_speedup, onnx_state, read_onnx_meta
 from rba.progress import phase
+from rba.session import Session
 from rba.spans import parse_spans
+from rba.timing import compare
 from search._render import render_report
-from search._results import Choice, ReportError, read_report_inputs, read_summary
+from search._results import ReportError, read_report_inputs, read_summary
 from search.objective import RESULT_COLUMNS
 from search.recording import StudyContext, log
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["measure_speedup", "speedup_ceiling", "measure_export", "remeasure_report"]
 
@@ -29,8 +39,6 @@ def measure_speedup(original, exported, samples, *, batch_size: int, repeats: in
     ``export_ms`` are each side's median of the same repeats, whose times are kept (``original_times_ms``,
     ``export_times_ms``), with ``repeats`` (as run), ``order``, ``threads`` and ``batch_size``."""
     import torch
-
-    from rba.timing import compare
 
     batch = original.collate(samples[:batch_size])
     n = len(samples[:batch_size])
@@ -56,15 +64,14 @@ def speedup_ceiling(cost_model, spans) -> dict:
     return {"speedup": total / kept if kept > 0 else math.inf, "source": source, "blocks": blocks}
 
 
-def _export(ctx: StudyContext, session, choice: Choice, out: Path) -> dict:
-    """Export the chosen configuration, reload it, evaluate it end to end and measure its speed-up."""
-    from rba.export import export_model
+def _export(ctx: StudyContext, session, chosen: pd.Series, out: Path) -> dict:
+    """Export the chosen configuration (its result row), reload it, evaluate it end to end and measure its
+    speed-up."""
 
-    spans = parse_spans(choice.row["spans"])
+    spans = parse_spans(chosen["spans"])
     folder = export_model(session, spans, out / "export", kind=ctx.objective.kind, mode=ctx.objective.mode)
     measured = session.evaluate_export(folder)
     if ctx.cfg.run.onnx:
-        from rba.onnx import export_onnx
 
         export_onnx(session, folder)
     return {"measured": {c: measured.get(c) for c in RESULT_COLUMNS}} | measure_export(ctx.cfg, session, folder)
@@ -80,8 +87,6 @@ def measure_export(cfg, session, folder: Path) -> dict:
     model: its latency table when measured) and, with ``[run] onnx`` and a current ONNX export in the folder,
     ``onnx`` (ONNX Runtime, with the export check's largest relative difference); each timing with the load
     average at its start and end."""
-    from rba.export import load_export
-    from rba.onnx import onnx_state
 
     model = cfg.model
     trusted = model.kind == "module" and model.trust_code
@@ -100,7 +105,6 @@ def measure_export(cfg, session, folder: Path) -> dict:
 def _onnx_record(cfg, folder: Path) -> dict:
     """ONNX Runtime speed-up of the current ONNX export in ``folder``, with the export check's largest relative
     difference and the load average at the start and end."""
-    from rba.onnx import onnx_speedup, read_onnx_meta
 
     meta = read_onnx_meta(folder)
     load = _load()
@@ -118,10 +122,6 @@ def remeasure_report(out: Path, *, progress: bool = True) -> Path:
     configuration exported again from the statistics (the closed-form fits of the same calibration split, the fit
     kind of the study's method). No search, trial or front evaluation runs. Returns the report's path."""
     import torch
-
-    from rba.config import load_config
-    from rba.methods import get_method
-    from rba.session import Session
 
     out = Path(out)
     data = read_report_inputs(out)  # everything checked before the model loads
@@ -152,14 +152,12 @@ def remeasure_report(out: Path, *, progress: bool = True) -> Path:
         # labels where the data has them, as rba run's report step (its export carries the probe head then)
         session = Session(cfg, need_labels=None, progress=progress)
         if not exists:  # a committed report keeps no weights: export the choice again
-            from rba.export import export_model
 
             spans = info["choice"]["spans"]
             log(f"report: {folder} holds no export: exporting `{spans}` again from the statistics")
             export_model(session, parse_spans(spans), folder, mode=cfg.fit.mode,
                          kind=get_method(info["method"]).fit_kind(cfg.fit.kind))
             if cfg.run.onnx:
-                from rba.onnx import export_onnx
 
                 export_onnx(session, folder)
         with phase(f"report: measuring the export `{info['choice']['spans']}` against the unmodified model",

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
 
 from rba.files import atomic_path, atomic_write_text
+from rba.methods import get_method
+from rba.metrics import plot_scores
 from rba.names import LM_COLUMNS, maximised, objective_of
+from rba.timing import Comparison, comparison_text
 from search._results import (
     COST_COLUMNS,
     PER_SAMPLE,
@@ -26,22 +30,43 @@ from search._results import (
     split_pareto,
     within_length_correlations,
 )
+from search.analysis import (
+    compare_methods,
+    feasible_rows,
+    hypervolume,
+    multi_span,
+    prior_correlations,
+    redundant_spans,
+    search_cost,
+    span_count,
+)
 from search.objective import QUALITY, RESULT_COLUMNS
+from search.pareto import plot_front
 
 __all__ = ["render_report", "PLOTS"]
 
 #: the plots ``rba report`` (and ``rba run`` through it) draws
 PLOTS = ("scores.png", "pareto.png", "priors.png", "cost.png")
+#: the report's computed tables, written beside it for scripts (the README's findings read them): the methods'
+#: hypervolumes and picks at each budget, and the paired tests on the test split
+TABLES = ("methods.csv", "paired_tests.csv")
 
 
 def render_report(out: Path) -> Path:
     """Write ``report.md`` and every plot of a finished ``rba run`` folder from its files alone (report.json and
-    the CSV tables): no model is loaded, nothing is evaluated, and no other file is written (the inputs are read
-    only). ``rba run`` ends with it; ``rba report DIR`` runs it alone. Returns the report's path."""
+    the CSV tables): no model is loaded, nothing is evaluated, and no other file is written than the plots and
+    the report's computed tables (:data:`TABLES`, where the study has them; the inputs are read only). ``rba run``
+    ends with it; ``rba report DIR`` runs it alone. Returns the report's path."""
     out = Path(out)
     inputs = _read(out)
     text = _report_text(out, inputs)
     _draw_plots(out, inputs)
+    for name in TABLES:
+        table = inputs["tables"].get(name)
+        if table is not None:
+            atomic_write_text(out / name, table.to_csv(index=False))
+        elif (out / name).exists():  # an older rendering's table this study no longer has
+            (out / name).unlink()
     report = out / "report.md"
     atomic_write_text(report, text)  # after the plots it shows
     return report
@@ -57,13 +82,11 @@ def _read(out: Path) -> dict:
     _, reference, front = split_pareto(pareto, info["objective_columns"])
     return {"info": info, "trials": data["trials"], "scores": data["scores"], "pareto": pareto, "front": front,
             "reference": reference, "baselines": data.get("baselines"), "singles": data.get("singles"),
-            "per_sample": data.get("per_sample")}
+            "per_sample": data.get("per_sample"), "tables": {}}
 
 
 def _draw_plots(out: Path, inputs: dict) -> None:
     """scores.png, pareto.png, cost.png, and priors.png when every single span was evaluated."""
-    from rba.metrics import plot_scores
-    from search.pareto import plot_front
 
     info, baselines, singles = inputs["info"], inputs["baselines"], inputs["singles"]
     plot_scores(inputs["scores"], out / "scores.png", title=info["titles"]["scores"])
@@ -108,9 +131,9 @@ def _report_text(out: Path, inputs: dict) -> str:
     lines += _redundancy_section(scores, info)
     if baselines is not None:
         lines += _baselines_section(info, front, reference, baselines, choice, per)
-        lines += _methods_section(info, trials, reference, baselines, per)
+        lines += _methods_section(info, trials, reference, baselines, per, inputs["tables"])
     if per is not None:
-        lines += _paired_section(info, trials, baselines, per)
+        lines += _paired_section(info, trials, baselines, per, inputs["tables"])
     lines += _multi_span_section(info, front, trials, singles, reference)
     if singles is not None:
         lines += _priors_section(info, singles, scores)
@@ -197,7 +220,6 @@ def _speedup_text(record: dict, keys: dict[str, str], ceiling: dict) -> str:
     its keys) as the report states it: the median paired ratio with its interval and how often the export was
     faster (:func:`rba.timing.comparison_text`), or, above the ceiling that the same run's latency table (or the
     FLOPs) allows, flagged as noise instead of quoted."""
-    from rba.timing import Comparison, comparison_text
 
     c = Comparison(**{field: record[key] for field, key in keys.items()}, order=record["order"],
                    confidence=record["confidence"], repeats=record["repeats"])
@@ -278,8 +300,6 @@ def _picked_accuracy(info: dict, reference: dict, front: pd.DataFrame, choice: d
 
 
 def _redundancy_section(scores: pd.DataFrame, info: dict) -> list[str]:
-    from search.analysis import redundant_spans
-
     table = redundant_spans(scores, info["metrics"])
     return ["## Which spans are redundant", "",
             "Every registered metric over every valid span (scores.csv); a blank cell is a span that changes the "
@@ -302,9 +322,9 @@ def _rule_words(info: dict) -> str:
     if maximised(info["quality"]):
         return (f"at most max_drop = {info['max_drop']:g} (absolute, `--max-drop`, `[run] max_drop`) below the "
                 "unmodified model's")
-    rise = _max_rise(info)
+    rise, spec = _max_rise(info), objective_of(info["quality"])
     limit = (f"the unmodified model's + log(1 + {rise:g}) nats, the rise of cross-entropy a relative rise of "
-             f"{rise:g} in perplexity is" if objective_of(info["quality"]).log_scale else
+             f"{rise:g} in perplexity is" if spec is not None and spec.log_scale else
              f"(1 + {rise:g}) × the unmodified model's")
     return f"at most {limit} (max_rise = {rise:g}, relative, `--max-rise`, `[run] max_rise`)"
 
@@ -314,14 +334,14 @@ def _reference_words(quality: str, split: str = "") -> str:
     change = reference_change(quality)
     if maximised(quality):
         return f"{1 - change:g} × the unmodified model's {split}{quality}"
-    if objective_of(quality).log_scale:
+    spec = objective_of(quality)
+    if spec is not None and spec.log_scale:  # as search.analysis.quality_limit reads it
         return f"the unmodified model's {split}{quality} + log {1 + change:g}"
     return f"{1 + change:g} × the unmodified model's {split}{quality}"
 
 
 def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
                        choice: dict, per: PerSample | None) -> list[str]:
-    from rba.methods import get_method
 
     quality, cost = info["quality"], info["cost"]
     lines = ["## Baselines at the same budgets", "",
@@ -345,6 +365,7 @@ def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselin
             lines.append(f"- {what}: `{pick.row['spans']}`, {quality} {pick.row[quality]:.4g}, {cost} "
                          f"{pick.row[cost]:.4g}" + ("" if pick.within else f" (none within {_allowance(info)})")
                          + _semicolon(_test_text(per, pick.row["kind"], str(pick.row["spans"]))))
+    lines += [f"- {note.split(': ', 1)[0]}: skipped ({note.split(': ', 1)[-1]})" for note in info.get("baselines_skipped", [])]
     return lines + ["", _markdown(_with_test(baselines, baselines["kind"], per)), ""]
 
 
@@ -353,8 +374,7 @@ def _semicolon(text: str) -> str:
 
 
 def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
-                     per: PerSample | None) -> list[str]:
-    from search.analysis import compare_methods
+                     per: PerSample | None, tables: dict[str, pd.DataFrame]) -> list[str]:
 
     quality, cost = info["quality"], info["cost"]
     methods = method_rows(info, trials, baselines)
@@ -370,9 +390,11 @@ def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baseline
             at = list(table.columns).index(f"spans at {p:g}")
             values = []
             for label in table["method"]:
-                x = per.scores(*picks[label][p]) if picks[label][p] is not None else {quality: math.nan}
+                pick = picks[label][p]
+                x = per.scores(*pick) if pick is not None else {quality: math.nan}
                 values.append(_pm(x[quality], x.get(f"{quality}_se", math.nan)))
             table.insert(at + 1, f"test {quality} at {p:g}", values)
+    tables["methods.csv"] = table
     ref = refs["eval"]
     test_ref = (f" The test hypervolume scores each method's eval front (its feasible configurations no other of "
                 f"its own beats on eval) on the test split, at {quality} = {refs['test'][0]:.4g} "
@@ -390,8 +412,9 @@ def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baseline
             + f".{test_ref} The front plot above draws the baselines as dashed lines.", "", _markdown(table), ""]
 
 
-def _paired_section(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | None, per: PerSample) -> list[str]:
-    table = paired_tests(info, trials, baselines, per)
+def _paired_section(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | None, per: PerSample,
+                    tables: dict[str, pd.DataFrame]) -> list[str]:
+    table = tables["paired_tests.csv"] = paired_tests(info, trials, baselines, per)
     lines = ["## Paired tests on the test split", "",
              f"Two configurations scored on the same {per.samples} test samples, compared sample by sample: the export "
              "against the unmodified model, and at each budget of `[report] flops_points` the configuration the "
@@ -410,7 +433,6 @@ def _paired_section(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | 
 
 def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, singles: pd.DataFrame | None,
                         reference: dict) -> list[str]:
-    from search.analysis import feasible_rows, hypervolume, multi_span, span_count
 
     quality, cost = info["quality"], info["cost"]
     evaluated = trials[trials["state"] == "COMPLETE"]
@@ -443,8 +465,6 @@ def _multi_span_section(info: dict, front: pd.DataFrame, trials: pd.DataFrame, s
 
 
 def _priors_section(info: dict, singles: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
-    from search.analysis import prior_correlations
-
     qualities = _prior_qualities(singles)
     table = prior_correlations(singles, scores, info["metrics"], qualities)
     within = within_length_correlations(singles, scores, info["metrics"], qualities)
@@ -494,7 +514,6 @@ def _search_cost(info: dict, trials: pd.DataFrame) -> dict:
     """The search's cost (:func:`search.analysis.search_cost`). Its time is this run's search wall time, or, when
     the study resumed (trials completed in an earlier run), the summed durations of all its completed trials: this
     run's wall time covers only the trials it ran (none, when the study was already complete)."""
-    from search.analysis import search_cost
 
     wall = dict(info["timing"]["phases"]).get("search", math.nan)
     if info["timing"].get("completed_before", 0):
@@ -543,7 +562,7 @@ def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: di
     export = info["export"]
     if export is None:
         return ["## Exported configuration", "", "No feasible configuration: nothing exported.", ""]
-    row = _chosen(front, reference, choice["spans"])
+    row = cast(dict, _chosen(front, reference, choice["spans"]))  # (an export's row is on the front it came from)
     speed, ceiling = export["speed"], export["ceiling"]
     onnx = export.get("onnx") or {}
     onnx_lines = _onnx_lines(onnx, export["measured"]["flops_frac"], ceiling) if onnx else []

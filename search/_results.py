@@ -10,7 +10,7 @@ import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 import numpy as np
 import pandas as pd
@@ -19,12 +19,16 @@ from pydantic import model_validator
 from rba.config import config_hash
 from rba.errors import RBAError
 from rba.files import Record, atomic_path, read_record, read_table
+from rba.methods import get_method
 from rba.names import COST_COLUMNS, LM_COLUMNS, maximised
+from rba.session import Session
 from rba.spans import format_spans
 from search._storage import recorded_storage
-from search.analysis import front_members, quality_limit
+from search.analysis import best_quality_at, feasible_rows, front_members, hypervolume, quality_limit
 from search.baselines import br_greedy
-from search.objective import QUALITY, RESULT_COLUMNS
+from search.methods import within_space
+from search.objective import QUALITY, RESULT_COLUMNS, Objective
+from search.pareto import front_frame, plot_front, trials_frame, write_tables
 from search.recording import SearchResult, StudyContext, log
 
 __all__ = ["finish", "rule_columns", "Choice", "choose_export", "complete_front", "reference_row",
@@ -34,7 +38,6 @@ __all__ = ["finish", "rule_columns", "Choice", "choose_export", "complete_front"
 
 def finish(ctx: StudyContext, study) -> SearchResult:
     """Write the tables, the plot and the run records."""
-    from search.pareto import front_frame, plot_front, trials_frame, write_tables
 
     trials = trials_frame(study)
     front = front_frame(study, trials)
@@ -46,7 +49,7 @@ def finish(ctx: StudyContext, study) -> SearchResult:
         log(f"warning: could not evaluate the unmodified model for the plot: {exc}")
     baselines = {}
     if ctx.table is not None:
-        greedy = [format_spans(s) for s in br_greedy(ctx.table)]
+        greedy = [format_spans(s) for s in br_greedy(ctx.table, ctx.space.gap)]
         rows = trials[trials["spans"].isin(greedy) & (trials["state"] == "COMPLETE")].drop_duplicates("spans")
         if len(rows) >= 2:
             baselines["BR-greedy"] = rows
@@ -131,7 +134,6 @@ def rule_allowance(quality: str, reference: float, max_drop: float, max_rise: fl
 def _labelled_session(ctx: StudyContext):
     """The search's session, or one sharing its model, statistics and costs that also reads the labels (a
     fidelity-only search skips them per trial; the report and the export still get accuracy when labels exist)."""
-    from rba.session import Session
 
     session = ctx.session
     if session.need_labels:
@@ -195,6 +197,17 @@ REPORT_FORMAT = 2
 
 #: the numbers of a result row (every result column but the configuration's text)
 _NUMBERS = [c for c in RESULT_COLUMNS if c != "spans"]
+
+# report.json's column names: Literals built from the registries, which pydantic checks; a type checker, which
+# reads no runtime values, sees strings
+if TYPE_CHECKING:
+    _Number: TypeAlias = str
+    _Quality: TypeAlias = str
+    _Cost: TypeAlias = str
+else:
+    _Number = Literal[tuple(_NUMBERS)]
+    _Quality = Literal[QUALITY]
+    _Cost = Literal[tuple(COST_COLUMNS.values())]
 
 
 class _Choice(Record):
@@ -305,10 +318,10 @@ class ReportRecord(Record):
     method: str
     kind: str
     objectives: list[str]
-    objective_columns: list[Literal[tuple(_NUMBERS)]]
+    objective_columns: list[_Number]
     budgets: dict[str, float]
-    quality: Literal[QUALITY]
-    cost: Literal[tuple(COST_COLUMNS.values())]
+    quality: _Quality
+    cost: _Cost
     max_drop: float
     max_rise: float | None = None
     """the rule's allowance for a minimised quality (None in a report of an older rba, which had none)"""
@@ -319,6 +332,8 @@ class ReportRecord(Record):
     flops_points: list[float]
     baselines: bool
     single_spans: bool
+    baselines_skipped: list[str] = []
+    """one line per report baseline that could not run on this study (``"replaceme: why"``)"""
     test: _Test | None
     titles: _Titles
     timing: _Timing
@@ -382,37 +397,41 @@ def _result_row(result: dict) -> dict:
 #: the methods (registry names, ``rba ls methods``) that ``rba run``'s report compares the search with, when
 #: ``[report] baselines``: those that plan a fixed list of configurations. The methods that plan
 #: ``search.trials`` of them (random, random-lesions, proxy-front) would double the report's evaluations; run
-#: them with ``rba run --method``.
-REPORT_BASELINES = ("br-greedy", "shortgpt", "shortgpt-affine", "sleb", "gromov", "gromov-affine")
+#: them with ``rba run --method``. A method whose check refuses the study (replaceme on a model that cannot fold:
+#: Gemma 3, CNNs) is skipped with a one-line note in the report.
+REPORT_BASELINES = ("br-greedy", "shortgpt", "shortgpt-affine", "sleb", "gromov", "gromov-affine", "replaceme")
 
 
-def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
+def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> tuple[pd.DataFrame, list[str]]:
     """The configurations each baseline method (``[report] baselines``: :data:`REPORT_BASELINES`, or those listed)
     plans, at or above ``[report] baseline_min_flops`` (its registry planner, on the study's
     session, budgets and objectives; the study's own method left out), with the fit kind the registry gives it
     (``get_method(name).fit_kind``) and its results: the trials' where the search evaluated the configuration
     with that fit kind, else evaluated through an objective of that kind (one per kind, so a configuration two
-    methods share is evaluated once; accuracy only where the trials compute it)."""
+    methods share is evaluated once; accuracy only where the trials compute it). Returns the rows and one note
+    per method skipped because its check refuses this study ("replaceme: why")."""
     import dataclasses
-
-    from rba.methods import get_method
-    from search.objective import Objective
 
     session = ctx.session
     objectives = {ctx.objective.kind: ctx.objective}
     own = get_method(ctx.method).name
     chosen = ctx.cfg.report.baselines
     floor = ctx.cfg.report.baseline_min_flops
-    rows = []
+    rows, skipped = [], []
     for name in REPORT_BASELINES if chosen is True else chosen:
         spec = get_method(name)
         if spec.name == own:
             continue
         kind = spec.fit_kind(ctx.cfg.fit.kind)
-        if kind not in objectives:
-            objectives[kind] = Objective(session, kind=kind, mode=ctx.objective.mode)
-        objective = objectives[kind]
-        planned = spec.plan(dataclasses.replace(ctx, method=name, objective=objective), True)
+        objective = objectives.get(kind) or Objective(session, kind=kind, mode=ctx.objective.mode)
+        own_ctx = dataclasses.replace(ctx, method=name, objective=objective, space=objective.space)
+        try:
+            spec.check_study(own_ctx)
+        except RBAError as exc:
+            skipped.append(f"{name}: {str(exc).splitlines()[0]}")
+            continue
+        objectives[kind] = objective
+        planned, _ = within_space(own_ctx, spec.plan(own_ctx, True))
         for _, spans in planned:
             if floor and objective.cost(spans)["flops_frac"] < floor:
                 continue
@@ -422,14 +441,14 @@ def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
             else:
                 row, source = _result_row(objective(spans)), "evaluated"
             rows.append({"method": name, "kind": kind} | row | {"source": source})
-    return pd.DataFrame(rows, columns=["method", "kind", *RESULT_COLUMNS, "feasible", "source"])
+    return pd.DataFrame(rows, columns=["method", "kind", *RESULT_COLUMNS, "feasible", "source"]), skipped
 
 
 def _single_rows(ctx: StudyContext, session, known: dict[str, dict]) -> pd.DataFrame:
     """Every single valid span with its results (the search's fit kind): reused from the trials or the completed
     front where they hold every quality this session computes, else evaluated (with accuracy when labels exist)."""
     rows = []
-    for span in ctx.session.pairs:
+    for span in ctx.space.pairs:
         key = format_spans([span])
         row = known.get(key)
         if row is not None and not (session.need_labels and math.isnan(float(row["accuracy"]))):
@@ -470,7 +489,7 @@ def read_report_inputs(out: Path) -> dict:
     if missing:
         raise ReportError(f"{out} lacks {', '.join(missing)}, which its report.json needs: rerun `rba run` on this "
                           "study to write them again")
-    data = {"info": info}
+    data: dict[str, Any] = {"info": info}
     for key in tables:
         name, columns, numeric = _TABLES[key]
         data[key] = read_table(out / name, columns=columns, numeric=numeric, fix=_REWRITE, error=ReportError,
@@ -531,15 +550,18 @@ class PerSample:
                 return r
         return None
 
-    def correct(self, r: int) -> np.ndarray | None:
-        return None if self.prediction is None else self.prediction[r] == self.label
+    def correct(self, r: int) -> np.ndarray:
+        """Per sample, whether configuration row ``r`` predicted its label (a labelled study only)."""
+        if self.prediction is None:
+            raise ValueError("these per-sample results hold no predictions: the study's data has no labels")
+        return self.prediction[r] == self.label
 
     def scores(self, kind: str, spans: str) -> dict[str, float]:
         """fidelity and accuracy with their standard errors (of the mean; binomial), and for decoder LMs perplexity,
         kl and top1 over the scored tokens with theirs (over samples, :func:`rba.evaluate.token_weighted`; the delta
         method for perplexity); NaN where absent."""
         from rba.evaluate import token_weighted
-        from rba.stats import binomial_se, mean_se
+        from rba.stats import binomial_se, mean_se  # lazy: scipy loads with the first standard error
 
         out = dict.fromkeys(("fidelity", "fidelity_se", "accuracy", "accuracy_se"), math.nan)
         out |= {k: math.nan for c in LM_COLUMNS for k in (c, f"{c}_se")}
@@ -568,11 +590,13 @@ class PerSample:
         arrays = {"split": np.array(self.split), "index": self.index, "kind": self.kind.astype(str),
                   "spans": self.spans.astype(str), "cosine": self.cosine}
         if self.prediction is not None:
-            arrays |= {"label": self.label, "prediction": self.prediction}
+            arrays |= {"label": cast(np.ndarray, self.label), "prediction": self.prediction}  # (set together)
         if self.tokens is not None:
-            arrays |= {"tokens": self.tokens, "nll": self.nll, "kl": self.kl, "top1": self.top1}
+            arrays |= {"tokens": self.tokens, "nll": cast(np.ndarray, self.nll), "kl": cast(np.ndarray, self.kl),
+                       "top1": cast(np.ndarray, self.top1)}  # (set together)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
-            np.savez(f, **arrays)
+            # numpy's stub types savez's keywords as its allow_pickle flag too; these keys are array names
+            np.savez(f, **arrays)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: Path) -> "PerSample":
@@ -587,7 +611,6 @@ class PerSample:
 def front_2d(rows: pd.DataFrame, quality: str, cost: str) -> pd.DataFrame:
     """The feasible rows no other feasible row beats in (``quality`` ↑, or ↓ when minimised; ``cost`` ↓), sorted by
     cost: what a method selects on eval as its front."""
-    from search.analysis import feasible_rows
 
     higher = maximised(quality)
     ok = feasible_rows(rows)
@@ -613,10 +636,9 @@ def method_rows(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | None
 def budget_picks(info: dict, methods: dict[str, pd.DataFrame]) -> dict[str, dict[float, tuple[str, str] | None]]:
     """Per method and ``flops_points`` budget, the configuration (fit kind, spans) it selects on eval: its best
     feasible rule quality within that FLOPs fraction (None when it has none)."""
-    from search.analysis import best_quality_at
 
     quality = info["quality"]
-    picks = {}
+    picks: dict[str, dict[float, tuple[str, str] | None]] = {}
     for label, rows in methods.items():
         picks[label] = {}
         for p in info["flops_points"]:
@@ -672,7 +694,7 @@ def paired_tests(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | Non
     Per comparison and quality: accuracy by McNemar's exact test (with its mid-p), fidelity by a paired bootstrap
     of the mean difference; both with a paired bootstrap interval of the difference (B − A: the export, the
     search). ``p (Holm)`` adjusts every p-value of the table together (one family: the report's comparisons)."""
-    from rba.stats import holm, mcnemar, mean_difference
+    from rba.stats import holm, mcnemar, mean_difference  # lazy: scipy loads with the first test
 
     pairs = []  # (comparison, budget, A, B)
     kind = info["kind"]
@@ -731,6 +753,7 @@ def _token_difference(per: PerSample, quality: str, ra: int, rb: int, **kwargs):
         total = np.sum(tokens, axis=axis)
         return finish(np.sum(sum_b, axis=axis) / total) - finish(np.sum(sum_a, axis=axis) / total)
 
+    assert per.tokens is not None  # next-token qualities are compared only on decoder LMs' results, which have them
     tokens = per.tokens.astype(float)
     sum_a, sum_b = per.token_sums(quality, ra), per.token_sums(quality, rb)
     diff = paired_bootstrap(difference, tokens, sum_a, sum_b, vectorized=True, **kwargs)
@@ -771,7 +794,6 @@ def hypervolumes(info: dict, methods: dict[str, pd.DataFrame], reference: dict,
     largest; with a test split, the hypervolume of the method's eval front (:func:`front_2d`, selected on eval)
     scored on the test split, at the fixed reference point of the unmodified model's test quality. Returns the
     table and the reference points by split."""
-    from search.analysis import feasible_rows, hypervolume
 
     quality, cost = info["quality"], info["cost"]
     refs = {"eval": fixed_reference(reference[quality], reference[cost], quality)}

@@ -33,7 +33,7 @@ import warnings
 import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 
@@ -232,7 +232,8 @@ def storage_error(url: str, exc: Exception) -> StorageError:
 
 def _reason(exc: BaseException) -> str:
     """The database's own words: the driver's error under SQLAlchemy's and Optuna's wrappers."""
-    seen, cause = set(), exc
+    seen: set[int] = set()
+    cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         orig = getattr(cause, "orig", None)
@@ -277,11 +278,12 @@ def _exited_here(label: str) -> bool:
     return host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid))
 
 
-def _running(study) -> tuple[list, list]:
+def _running(study) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
     """The RUNNING trials, split into (abandoned, live)."""
     others = {k[len(WORKER_ATTR):] for k in study.user_attrs if k.startswith(WORKER_ATTR)} - {worker_label()}
     all_gone = all(_exited_here(label) for label in others)
-    abandoned, live = [], []
+    abandoned: list[FrozenTrial] = []
+    live: list[FrozenTrial] = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         gone = _exited_here(str(t.user_attrs["worker"])) if "worker" in t.user_attrs else all_gone
         (abandoned if gone else live).append(t)

@@ -89,7 +89,7 @@ def redundant_spans(scores: pd.DataFrame, orientation: dict[str, bool], top: int
         valid = scores.dropna(subset=[m])
         oriented = valid[m] if orientation[m] else -valid[m]
         best = valid.assign(_o=oriented).sort_values(["_o", "start", "end"], ascending=[False, True, True]).head(top)
-        row = {"metric": m, "most redundant": ", ".join(f"{int(a)}-{int(b)}" for a, b in zip(best["start"], best["end"]))}
+        row: dict[str, str | float] = {"metric": m, "most redundant": ", ".join(f"{int(a)}-{int(b)}" for a, b in zip(best["start"], best["end"]))}
         if first is None:
             first = m
         else:

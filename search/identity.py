@@ -11,7 +11,7 @@ naming the keys that differ (:mod:`rba._folders`, shared with the other output f
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from rba.config import Config
 from rba.data import data_identity
@@ -54,4 +54,4 @@ def study_identity(cfg: Config, session, *, kind: str, method: str) -> dict[str,
 
 def refusal(where: str, old: dict[str, Any], new: dict[str, Any]) -> IdentityError:
     """The error for a study at ``where`` whose stored identity ``old`` differs from ``new``."""
-    return _refusal(where, old, new, error=IdentityError)
+    return cast(IdentityError, _refusal(where, old, new, error=IdentityError))  # (an instance of error)

@@ -141,5 +141,5 @@ def _stop_stray_heartbeats() -> None:
     target = heartbeat_thread_target()
     for thread in threading.enumerate():
         if getattr(thread, "_target", None) is target:
-            thread._args[2].set()
+            thread._args[2].set()  # type: ignore[attr-defined]  # Thread's private arguments (typeshed omits them)
             thread.join(timeout=10)

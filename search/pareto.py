@@ -15,6 +15,7 @@ import pandas as pd
 
 from rba.files import atomic_path
 from rba.names import COST_COLUMNS, OBJECTIVES, QUALITY, RESULT_COLUMNS
+from search.recording import DUPLICATE_ATTR, STOPPED_ATTR
 
 __all__ = ["TRIAL_COLUMNS", "trials_frame", "front_frame", "write_tables", "plot_front", "AXIS_LABELS"]
 
@@ -37,8 +38,6 @@ def trials_frame(study) -> pd.DataFrame:
     """Every trial that ran (waiting ones and repeats of an earlier configuration left out), in trial order,
     with :data:`TRIAL_COLUMNS`."""
     from optuna.trial import TrialState
-
-    from search.recording import DUPLICATE_ATTR, STOPPED_ATTR
 
     rows = []
     for t in study.get_trials(deepcopy=False):

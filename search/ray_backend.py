@@ -35,6 +35,8 @@ from ray.tune.search import Searcher
 
 from rba.config import config_hash
 from rba.errors import RBAError
+from rba.progress import TrialProgress
+from rba.session import Session
 from rba.spans import format_spans
 from search._storage import worker_label
 from search.objective import RESULT_COLUMNS
@@ -51,6 +53,7 @@ from search.recording import (
     record_screened,
     trial_outcome,
 )
+from search.space import SpanSpace
 
 _log = logging.getLogger(__name__)
 
@@ -71,6 +74,7 @@ class SharedState:
     num_blocks: int
     pairs: list
     threads: int
+    gap: int = 0
 
 
 _WORKER_OBJECTIVES: dict[str, Any] = {}
@@ -82,7 +86,6 @@ def _worker_objective(shared: SharedState):
     """The worker process's objective for this study, built on its first trial and then reused."""
     objective = _WORKER_OBJECTIVES.get(shared.key)
     if objective is None:
-        from rba.session import Session
 
         # the driver's statistics and cost model: no recapture, no re-measurement
         session = Session(shared.cfg, need_labels=needs_labels(shared.cfg), progress=False, stats=shared.stats,
@@ -97,11 +100,9 @@ def _trainable(config: dict[str, Any], shared: SharedState) -> None:
     import torch
     from ray import tune
 
-    from search.space import SpanSpace
-
     torch.set_num_threads(max(1, shared.threads))
     objective = _worker_objective(shared)
-    spans = SpanSpace(shared.num_blocks, shared.pairs).repair(config)
+    spans = SpanSpace(shared.num_blocks, shared.pairs, gap=shared.gap).repair(config)
     result = objective(spans)
     report = {c: result[c] for c in RESULT_COLUMNS} | {"feasible": bool(result["feasible"])}
     report |= {f"constraint_{k}": float(v) for k, v in result["constraints"].items()}
@@ -176,12 +177,12 @@ class SpanSearcher(Searcher):
             key = format_spans(spans)
             ot_trial.set_user_attr("worker", self._worker)
             ot_trial.set_user_attr("spans", key)
-            done = completed(self._study)
-            if key in done:  # a repeat: told with the earlier values, no worker spent; a new configuration next
+            recorded = completed(self._study)
+            if key in recorded:  # a repeat: told with the earlier values, no worker spent; a new configuration next
                 if self._ctx.method == "optuna":
-                    enqueue_unseen(self._ctx, self._study, done, seed=self._ctx.cfg.search.seed + ot_trial.number,
+                    enqueue_unseen(self._ctx, self._study, recorded, seed=self._ctx.cfg.search.seed + ot_trial.number,
                                    trial=ot_trial)
-                values = record_duplicate(ot_trial, done[key])
+                values = record_duplicate(ot_trial, recorded[key])
                 self._study.tell(ot_trial, values, state=TrialState.COMPLETE)
                 del self._asked[trial_id]
                 continue
@@ -191,7 +192,7 @@ class SpanSearcher(Searcher):
                 # a repeat of a trial still running: its values are not known yet, so it is told FAIL (samplers
                 # skip it) and left out of the tables like any repeat; a new configuration comes next
                 if self._ctx.method == "optuna":
-                    enqueue_unseen(self._ctx, self._study, set(done) | set(running),
+                    enqueue_unseen(self._ctx, self._study, set(recorded) | set(running),
                                    seed=self._ctx.cfg.search.seed + ot_trial.number)
                 ot_trial.set_user_attr(DUPLICATE_ATTR, int(running[key]))
                 self._study.tell(ot_trial, state=TrialState.FAIL)
@@ -286,8 +287,6 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
     import ray
     from ray import tune
 
-    from rba.progress import TrialProgress
-
     cfg = ctx.cfg
     s = cfg.search
     session = ctx.session
@@ -317,7 +316,8 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
         shared = SharedState(cfg=cfg, stats=session.stats, cost_model=session.cost_model,
                              objective_type=type(ctx.objective), kind=ctx.objective.kind,
                              key=config_hash(ctx.identity) + session.stats.key,
-                             num_blocks=ctx.space.num_blocks, pairs=list(ctx.space.pairs), threads=per_trial)
+                             num_blocks=ctx.space.num_blocks, pairs=list(ctx.space.pairs), gap=ctx.space.gap,
+                             threads=per_trial)
         trainable = tune.with_resources(tune.with_parameters(_trainable, shared=shared), {"cpu": per_trial})
         baseline = ctx.method != "optuna"
         total = complete_count(study) + n if baseline else ctx.total

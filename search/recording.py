@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from rba.config import Config
+from rba.spans import format_spans
 from search.objective import RESULT_COLUMNS, STOP_KEYS, Objective
 from search.space import SpanSpace
 
@@ -163,7 +164,6 @@ def enqueue_unseen(ctx: StudyContext, study, seen, seed: int, trial=None) -> boo
     drawn uniformly from the unseen ones. A uniform draw after every repeat would hand a converging TPE's trials
     to random search: on MiniLM (233 configurations, 60 trials, no priors) most of the study's trials became
     such draws (benchmarks/RESULTS.md, search quality)."""
-    from rba.spans import format_spans
 
     space = ctx.space
     seen = set(seen)
@@ -187,7 +187,6 @@ def resample(ctx: StudyContext, study, trial, seen, attempts: int = RESAMPLE_ATT
     """The first configuration not in ``seen`` among the study sampler's next ``attempts`` relative proposals for
     ``trial``'s place in the history (Optuna's public ``infer_relative_search_space`` / ``sample_relative``), or
     None (also for samplers without relative sampling)."""
-    from rba.spans import format_spans
 
     sampler = study.sampler
     frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == trial.number), None)

@@ -12,8 +12,9 @@ import os
 import time
 from pathlib import Path
 
-from rba.files import atomic_path, atomic_write_json, checked
+from rba.files import atomic_path, atomic_write_json, checked, package_versions
 from rba.fit import fit_label
+from rba.metrics import get_metric, list_metrics
 from search._measure import _export, measure_export, measure_speedup, remeasure_report, speed_summary
 from search._render import render_report
 from search._results import (
@@ -62,7 +63,6 @@ def _machine_line(load_start: float | None) -> str:
 
 def _software_line() -> str:
     """What produced the report: the git commit of rba and the versions of the libraries its numbers depend on."""
-    from rba.files import package_versions
 
     v = package_versions()
     commit = v.get("rba-commit")
@@ -105,7 +105,6 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
     against the unmodified model) and record it all: ``pareto.csv``, ``baselines.csv``, ``singles.csv``,
     ``summary.json`` and ``report.json``. Then :func:`render_report` writes ``report.md`` and the plots from
     those files alone. Returns the report's path."""
-    from rba.metrics import get_metric, list_metrics
 
     ctx = result.context
     cfg = ctx.cfg
@@ -127,10 +126,14 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
     phases["front accuracy"] = time.time() - t
     known = _known_results(result.trials, front)
     baselines = bool(cfg.report.baselines) and ctx.table is not None
+    skipped: list[str] = []
     if baselines:
         t = time.time()
+        rows, skipped = _baseline_rows(ctx, known)
+        for note in skipped:
+            log(f"note: report baseline {note}; skipped")
         with atomic_path(out / "baselines.csv") as tmp:
-            _baseline_rows(ctx, known).to_csv(tmp, index=False)
+            rows.to_csv(tmp, index=False)
         phases["baselines"] = time.time() - t
     if cfg.report.single_spans:
         t = time.time()
@@ -140,7 +143,7 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
     export = None
     if choice.row is not None:
         t = time.time()
-        export = _export(ctx, session, choice, out)
+        export = _export(ctx, session, choice.row, out)
         phases["export, its evaluation and speed-up"] = time.time() - t
     choice_record = {"spans": None if choice.row is None else str(choice.row["spans"]), "reason": choice.reason,
                      "within": choice.within}
@@ -172,7 +175,8 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
         "max_rise": cfg.run.max_rise,
         "choice": choice_record, "export": export, "test": test, "configurations": int(ctx.space.count()),
         "metrics": [[m, bool(get_metric(m).higher_is_redundant)] for m in list_metrics()],
-        "flops_points": list(cfg.report.flops_points), "baselines": baselines, "single_spans": cfg.report.single_spans,
+        "flops_points": list(cfg.report.flops_points), "baselines": baselines, "baselines_skipped": skipped,
+        "single_spans": cfg.report.single_spans,
         "titles": {"scores": f"{session.adapter.describe()}, n = {session.stats.n} vectors",
                    "pareto": f"{session.adapter.describe()}: {ctx.method}"
                              + (f" ({cfg.search.sampler})" if ctx.method == "optuna" else "")
@@ -184,13 +188,13 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
                "quality": quality, "cost": cost, "reference_quality": float(reference[quality]),
                "max_drop": max_drop, "max_rise": cfg.run.max_rise, "within_drop": choice.within,
                "rule": choice.reason}
-    if export is not None:
+    if export is not None and choice.row is not None:  # (an export is made of the chosen row)
         summary |= {"export_spans": str(choice.row["spans"]), "export_quality": float(choice.row[quality]),
                     "export_cost": float(choice.row[cost])}
         summary |= {c: float(export["measured"][c]) for c in ("accuracy", "fidelity", "flops_frac", "params_frac")}
         summary |= speed_summary(export)
         if test is not None:
-            scores = PerSample.load(out / PER_SAMPLE).scores(ctx.objective.kind, choice_record["spans"])
+            scores = PerSample.load(out / PER_SAMPLE).scores(ctx.objective.kind, str(choice.row["spans"]))
             summary |= {f"test_{k}": v for k, v in scores.items()}
     atomic_write_json(out / "summary.json", checked(summary, SummaryRecord, "summary.json"))
     # what an earlier run of this folder wrote for a section this run leaves out would read as this run's

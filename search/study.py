@@ -35,15 +35,28 @@ from rba.config import Config, config_hash
 from rba.errors import ConfigError, RBAError
 from rba.files import atomic_path, atomic_write_json, refuse_other_work
 from rba.methods import get_method
+from rba.metrics import plot_scores, score_table
 from rba.progress import info, phase
+from rba.session import Session
 from rba.spans import format_spans, parse_spans
+from search._storage import (
+    heartbeat_interval,
+    live_trials,
+    open_storage,
+    recorded_storage,
+    recover_abandoned,
+    register_worker,
+    storage_error,
+)
 from search.baselines import span_scores
 from search.identity import IDENTITY_ATTR, IdentityError, refusal, study_identity
+from search.methods import within_space
 from search.objective import Objective
+from search.optuna_backend import run_optuna
 from search.recording import SearchResult, StudyContext, complete_count, completed, needs_labels
 from search.report import finish, write_report
 from search.samplers import make_sampler
-from search.space import SpanSpace
+from search.screening import Screen
 
 __all__ = ["run_search", "run_study", "prepare", "check_inputs", "open_study", "plan", "storage_url", "StudyBusyError",
            "StudyFileError"]
@@ -63,8 +76,6 @@ def storage_url(cfg: Config) -> str:
 
 
 def _open_storage(cfg: Config):
-    from search._storage import open_storage
-
     # Optuna records heartbeats only inside study.optimize; the Ray backend asks and tells
     return open_storage(storage_url(cfg), heartbeats=cfg.search.backend != "ray")
 
@@ -90,11 +101,9 @@ def check_inputs(cfg: Config):
     import optuna
     from sqlalchemy.exc import DBAPIError
 
-    from search._storage import heartbeat_interval, storage_error
-
     heartbeat_interval()
     if cfg.search.backend == "ray" and cfg.search.ray_address:
-        from search.ray_backend import check_address
+        from search.ray_backend import check_address  # lazy: ray loads only for --backend ray
 
         check_address(cfg.search.ray_address)
     refuse_other_work(cfg.output_dir(), "study", "a study (`rba search` / `rba run`)")
@@ -115,7 +124,6 @@ def prepare(cfg: Config, *, progress: bool = True, session=None, objective: Obje
 
     ``objective`` (optional) reuses an :class:`Objective` (and its memo) built on ``session`` for the same fit
     kind and objectives, e.g. to run several searches over one set of evaluations."""
-    from rba.session import Session
 
     s = cfg.search
     method = s.method
@@ -132,7 +140,7 @@ def prepare(cfg: Config, *, progress: bool = True, session=None, objective: Obje
                                                                          Objective(session, kind=kind).budgets):
         raise ConfigError("the objective passed to run_search does not match the config (fit kind, objectives, budgets)")
     objective.check()
-    space = SpanSpace(session.adapter.num_blocks, session.pairs)
+    space = objective.space  # what the fit kind can replace (a fold: a kept block before each span)
     out = cfg.output_dir()
     out.mkdir(parents=True, exist_ok=True)
     storage = storage_url(cfg)
@@ -148,8 +156,6 @@ def open_study(ctx: StudyContext, sampler=None):
     """Create or resume the study; refuse a different identity; rerun the trials of local runs that died.
     Returns ``(study, fresh)``; the storage is kept in ``ctx.storage``."""
     import optuna
-
-    from search._storage import recorded_storage, recover_abandoned, register_worker
 
     marker = ctx.out / "study.json"
     old = _read_marker(marker)
@@ -199,7 +205,6 @@ def _stored_identity(study, wait_s: float = 5.0):
 def _refuse_if_shared(ctx: StudyContext, study) -> None:
     """Under Ray, trials are asked and told by the driver without heartbeats, so a dead driver's trial could
     not be told from a live one on another host: a Ray run does not share its study."""
-    from search._storage import live_trials
 
     live = live_trials(study)
     if live:
@@ -224,13 +229,18 @@ def plan(ctx: StudyContext, study, fresh: bool) -> int:
 
     cfg = ctx.cfg
     if ctx.table is None:
-        ctx.table = span_scores(ctx.session.stats, ctx.session.pairs, cfg.fit.ridge)
+        ctx.table = span_scores(ctx.session.stats, ctx.space.pairs, cfg.fit.ridge)
     done = set(completed(study))
     waiting = _waiting_spans(ctx, study)
     spec = get_method(ctx.method)
     planned = spec.plan(ctx, fresh)
     if spec.sampled:
         planned = planned[: max(0, ctx.total - len(done))]
+    planned, unfit = within_space(ctx, planned)
+    if unfit:
+        info(f"{ctx.method}: {len(unfit)} planned configuration(s) left out ({', '.join(unfit[:3])}"
+             f"{', ...' if len(unfit) > 3 else ''}): fit kind {ctx.objective.kind!r} cannot replace them",
+             enabled=ctx.progress)
     for label, spans in planned:
         key = format_spans(spans)
         if key in done or key in waiting:
@@ -269,7 +279,6 @@ def run_search(cfg: Config, progress: bool = True, *, session=None, objective: O
             if cfg.search.backend == "ray":
                 _refuse_if_shared(ctx, study)
             if cfg.search.screening:
-                from search.screening import Screen
 
                 ctx.screen = Screen(ctx.objective)
                 ctx.screen.seed([parse_spans(s) for s in _complete_spans(study)])
@@ -281,15 +290,14 @@ def run_search(cfg: Config, progress: bool = True, *, session=None, objective: O
                 # the cost model (FLOPs, per-block latency) and the evaluation caches (a forward pass over the eval and
                 # probe splits), built here with their own lines rather than inside the first trial, whose time would
                 # otherwise mislead the ETA (Ray's workers build their own caches)
-                ctx.session.cost_model  # noqa: B018
+                ctx.session.cost_model  # noqa: B018  (a cached property: read to build it, as said above)
                 if cfg.search.backend != "ray":
-                    ctx.session.evaluator  # noqa: B018
+                    ctx.session.evaluator  # noqa: B018  (the same)
                 if cfg.search.backend == "ray":
-                    from search.ray_backend import run_ray
+                    from search.ray_backend import run_ray  # lazy: ray loads only for --backend ray
 
                     run_ray(ctx, study, n, sampler)
                 else:
-                    from search.optuna_backend import run_optuna
 
                     run_optuna(ctx, study, n)
         except BaseException:
@@ -351,8 +359,6 @@ def _complete_spans(study) -> list[str]:
 
 def run_study(cfg: Config, progress: bool = True) -> Path:
     """``rba run``: scores → search → export of the chosen front member → report.md. Returns the report."""
-    from rba.metrics import plot_scores, score_table
-    from rba.session import Session
 
     t0 = time.time()
     load_start = os.getloadavg()[0]

@@ -22,6 +22,7 @@ from rba.config import Config, check_dotted_key, list_studies, load_config, load
 from rba.errors import ConfigError
 from rba.files import atomic_path, long_name
 from search._results import read_summary
+from search.pareto import AXIS_LABELS
 
 __all__ = ["Study", "expand", "is_sweep", "read_sweep", "write_summary", "SUMMARY_COLUMNS"]
 
@@ -138,7 +139,7 @@ def expand(paths: list[str], out: Path | None, configure: Callable[[Config], Con
     for path in paths:
         if is_sweep(path):
             batch = read_sweep(path, out, configure)
-            summary_dir = summary_dir or Path(batch[0].cfg.output.dir).parent
+            summary_dir = summary_dir or batch[0].cfg.output_dir().parent  # (absolute: set by read_sweep)
             studies += batch
         else:
             cfg = load_study(path)
@@ -170,8 +171,6 @@ def write_summary(studies: list[Study], folder: Path, failed: dict[str, str] | N
     ``failed``, has its error instead) and ``fronts.png`` (every finished study's front, quality against cost)
     in ``folder``. Returns the CSV's path."""
     from matplotlib.figure import Figure
-
-    from search.pareto import AXIS_LABELS
 
     folder.mkdir(parents=True, exist_ok=True)
     failed = failed or {}

@@ -14,11 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
+from matplotlib.figure import Figure  # drawn without pyplot: no backend to choose, no global state
 
 FOLDER = Path(__file__).resolve().parent / "reports" / "transfer"
 
@@ -49,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if not tables:
         print(f"transfer_plot: error: no tables in {args.folder}", file=sys.stderr)
         return 2
-    fig, axes = plt.subplots(2, len(tables), figsize=(3.6 * len(tables), 6.2), squeeze=False, sharex=True)
+    fig = Figure(figsize=(3.6 * len(tables), 6.2))
+    axes = fig.subplots(2, len(tables), squeeze=False, sharex=True)
     for col, path in enumerate(tables):
         frame = read_table(path).sort_values("FLOPs")
         source, target = path.stem.split("_to_")

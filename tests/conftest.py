@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from rba.models import models_dir  # loads neither transformers nor huggingface_hub: the variables below still count
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # One intra-op thread, here and in the processes tests start (torch reads OMP_NUM_THREADS at start-up): on a
@@ -19,8 +21,6 @@ torch.set_num_threads(1)
 # Tests never write into the user's statistics cache (~/.cache/rba): the default cache folder of every test, and
 # of every process a test starts, is in this session's temporary folder
 # (fetched model files such as `rba data smollm2`'s stay where the user keeps them: real-model tests read them there)
-from rba.models import models_dir  # noqa: E402
-
 USER_MODELS_DIR = models_dir()
 _CACHE_HOME = tempfile.mkdtemp(prefix="rba-tests-cache-")
 os.environ["XDG_CACHE_HOME"] = _CACHE_HOME

@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import equal_evaluation as E  # noqa: E402
+import equal_evaluation as E  # noqa: E402  (a script in benchmarks/, importable once the path above is set)
 
 #: spans → (flops_frac, eval fidelity, test fidelity). On eval A beats B (same cost); on test B beats A, and C
 #: (cheaper) beats A too

@@ -4,10 +4,15 @@ import json
 
 import pytest
 import torch
+from _helpers import assert_one_line_error, run_main, vit_sections, write_config
 from conftest import tiny_config
+from safetensors.torch import load_file
 
+from rba._registry import FITS
 from rba.apply import replaced
-from rba.export import export_model, load_export
+from rba.errors import RBAError
+from rba.export import RECIPE_FORMAT, export_model, head_logits, load_export
+from rba.fit import get_fit, list_fits
 from rba.session import Session
 
 
@@ -36,13 +41,6 @@ def test_export_reloads_and_reproduces(tmp_path, model, text):
 
 
 # ---------------------------------------------------------------------- recipe format 2
-from _helpers import assert_one_line_error, run_main, vit_sections, write_config  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
-from rba._registry import FITS  # noqa: E402
-from rba.errors import RBAError  # noqa: E402
-from rba.export import RECIPE_FORMAT, head_logits  # noqa: E402
-from rba.fit import get_fit, list_fits  # noqa: E402
 
 
 @pytest.fixture(scope="module")

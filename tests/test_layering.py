@@ -24,7 +24,8 @@ LAYERS: list[tuple[str, list[str]]] = [
         "rba._io", "rba._folders", "rba._records", "rba.files", "rba._threads", "rba.stats", "rba.timing", "rba.progress",
         "rba.compat"]),
     ("statistics, metrics, fits (no adapters, no models)", [
-        "rba.statistics", "rba.metrics", "rba.metrics.*", "rba.fit", "rba._translators", "rba._modules"]),
+        "rba.statistics", "rba.metrics", "rba.metrics.*", "rba.fit", "rba._translators", "rba._modules",
+        "rba._next_token"]),
     ("adapters, data", ["rba.adapters", "rba.adapters.*", "rba.data", "rba.datasets", "rba.models"]),
     ("capture, apply, evaluate, cost, export", [
         "rba.capture", "rba.vectors", "rba.apply", "rba.evaluate", "rba.cost", "rba.sequential", "rba.export",

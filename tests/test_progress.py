@@ -6,19 +6,21 @@ redirected (no bar control characters, a line per phase and per trial; ``--quiet
 from __future__ import annotations
 
 import io
+import logging
 import re
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from rba import progress
+from rba.cli import main as cli_main
+
 sys.path.insert(0, str(Path(__file__).resolve().parent / "search_tests"))
 from _search_helpers import single_thread  # noqa: E402,F401  (autouse fixture: tiny models on a loaded machine)
-
-from rba import progress  # noqa: E402
-from rba.cli import main as cli_main  # noqa: E402
 
 CONTROL = re.compile(r"[\r\x1b]")  # carriage returns (tqdm redraws) and escape sequences (cursor moves)
 
@@ -52,12 +54,30 @@ class Clock:
         return self.t
 
 
+@contextmanager
+def _rba_log_level(level: int):
+    """The ``rba`` logger at ``level`` inside the block (the verbosity is read from it), as it was after it."""
+    logger = logging.getLogger("rba")
+    saved = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
+
+
 @pytest.fixture(autouse=True)
 def _normal_level():
-    saved = progress.level()
-    progress.configure(progress.NORMAL)
-    yield
-    progress.configure(saved)
+    with _rba_log_level(logging.NOTSET):  # the Python API's default
+        yield
+
+
+@pytest.mark.parametrize("level, verbosity", [(logging.NOTSET, progress.NORMAL), (logging.INFO, progress.NORMAL),
+                                              (logging.WARNING, progress.QUIET), (logging.ERROR, progress.QUIET),
+                                              (logging.DEBUG, progress.VERBOSE)])
+def test_the_verbosity_is_the_level_set_on_the_rba_logger(level, verbosity):
+    with _rba_log_level(level):
+        assert progress.verbosity() == verbosity
 
 
 # ---------------------------------------------------------------------- ETA
@@ -154,24 +174,24 @@ def test_on_a_terminal_bars(monkeypatch):
 
 
 def test_quiet_prints_nothing_but_failures_and_verbose_adds_timings(capsys):
-    progress.configure(progress.QUIET)
-    with progress.phase("model: loading"):
-        pass
-    with progress.bar(2, "capture", "samples") as b:
-        b.update(2)
-    trials = progress.TrialProgress(2, 0)
-    trials.finished(0, 1, outcome="x", duration_s=1.5)
-    trials.write("trial 1 failed: ValueError: boom")
-    trials.close()
-    progress.info("an informative line")
+    with _rba_log_level(progress.LOG_LEVELS[progress.QUIET]):
+        with progress.phase("model: loading"):
+            pass
+        with progress.bar(2, "capture", "samples") as b:
+            b.update(2)
+        trials = progress.TrialProgress(2, 0)
+        trials.finished(0, 1, outcome="x", duration_s=1.5)
+        trials.write("trial 1 failed: ValueError: boom")
+        trials.close()
+        progress.info("an informative line")
     assert capsys.readouterr().err == "trial 1 failed: ValueError: boom\n"
 
-    progress.configure(progress.VERBOSE)
-    with progress.phase("model: loading"):
-        pass
-    trials = progress.TrialProgress(2, 0)
-    trials.finished(0, 1, outcome="x", duration_s=1.5)
-    trials.close()
+    with _rba_log_level(progress.LOG_LEVELS[progress.VERBOSE]):
+        with progress.phase("model: loading"):
+            pass
+        trials = progress.TrialProgress(2, 0)
+        trials.finished(0, 1, outcome="x", duration_s=1.5)
+        trials.close()
     lines = capsys.readouterr().err.splitlines()
     assert re.fullmatch(r"model: loading: in \d\.\d\d s", lines[0]), lines
     assert lines[2].startswith("trial 0 in 1.50 s: x; 1 of 2 complete")
@@ -181,9 +201,13 @@ def test_tick_counts_in_the_innermost_counted_phase(capsys):
     with progress.phase("report", unit="evaluations") as outer:
         with progress.phase("export"):  # not counted: the tick goes to the report
             progress.tick()
-        progress.tick(2)
+        with pytest.raises(ValueError):
+            with progress.phase("export", unit="files") as inner:  # counted: its ticks are its own
+                progress.tick(5)
+                raise ValueError("disk full")
+        progress.tick(2)  # the failed inner phase no longer counts
     progress.tick()  # no counted phase open: nothing happens
-    assert outer.n == 3
+    assert outer.n == 3 and inner.n == 5
 
 
 # ---------------------------------------------------------------------- the commands, stderr redirected

@@ -66,7 +66,7 @@ def test_handed_over_parts_are_used_and_checked(tmp_path):
 
     other = tiny_vit_config(tmp_path, data={"seed": 1})  # another calibration split: other statistics
     with pytest.raises(ValueError, match="another model, calibration split or capture setting"):
-        Session(other, progress=False, stats=built.stats).stats  # noqa: B018
+        Session(other, progress=False, stats=built.stats).stats  # noqa: B018  (reading it checks the handed-over stats)
 
 
 def _seeded_vit(tmp_path, seed: int):
@@ -101,7 +101,7 @@ def test_foreign_cache_under_the_expected_name_is_rebuilt(tmp_path, caplog):
 
 def test_load_names_what_differs(tmp_path):
     session = Session(tiny_vit_config(tmp_path), progress=False)
-    session.stats  # noqa: B018
+    session.stats  # noqa: B018  (reading it captures and caches the statistics file)
     [path] = _stats_files(tmp_path / "cache")
     request = session.statistics_request()
     assert Statistics.load(path, request=request).key == session.statistics_key()

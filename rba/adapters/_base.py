@@ -13,18 +13,32 @@ import abc
 import collections
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
 
 from rba.spans import Span
 
+if TYPE_CHECKING:
+    from rba.data import Samples
+
 __all__ = ["Adapter", "Context", "Span", "Layout"]
 
 #: "tokens": boundaries are (N, T, D) with a (N, T) mask of real tokens; vectors are the real tokens.
 #: "pixels": boundaries are (N, C, H, W); vectors are the N·H·W positions, each of C channels.
 Layout = str
+
+
+class Blocks(Protocol):
+    """What an adapter's ``blocks`` is: an ``nn.ModuleList``, an ``nn.Sequential``, or a writable view over blocks
+    held in several containers (``rba.adapters._cnn.BlockList``)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, k: int, /) -> nn.Module: ...
+
+    def __setitem__(self, k: int, module: nn.Module, /) -> None: ...
 
 
 @dataclass
@@ -59,8 +73,10 @@ class Adapter(abc.ABC):
 
     #: see :data:`Layout`
     layout: Layout = "tokens"
+    #: the export's recipe, set only on an adapter that :func:`rba.export.load_export` reloaded
+    export_recipe: dict[str, Any]
 
-    def __init__(self, model: nn.Module, blocks: nn.ModuleList | nn.Sequential, *, identity: dict[str, Any]):
+    def __init__(self, model: nn.Module, blocks: Blocks, *, identity: dict[str, Any]):
         self.model = model.eval()
         self.blocks = blocks
         #: what makes this model this model (kind, name, weights hash): part of every cache key.
@@ -91,7 +107,7 @@ class Adapter(abc.ABC):
 
     # ------------------------------------------------------------------ staged forward
     @abc.abstractmethod
-    def collate(self, samples: Sequence[Any]) -> Any:
+    def collate(self, samples: Samples) -> Any:
         """Raw samples (texts, or uint8 C×H×W arrays) → model inputs, with the model's own preprocessing."""
 
     @abc.abstractmethod

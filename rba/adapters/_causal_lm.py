@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import torch
 from torch import nn
@@ -36,6 +36,12 @@ from rba.adapters._builder import load_pretrained, seeded, split_seed
 from rba.adapters._hf_bert import _folder_digest, _minilm_path, _offline
 from rba.adapters._weights import file_digest
 from rba.errors import ModelError, did_you_mean
+from rba.models import model_file
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from rba.data import Samples
 
 __all__ = ["CausalLM", "build_causal_lm", "TINY_CAUSAL_LMS", "KNOWN_FILES"]
 
@@ -64,7 +70,7 @@ KNOWN_FILES = {"SmolLM2-135M-Instruct": "smollm2"}
 _MASKS = {"full_attention": "create_causal_mask", "sliding_attention": "create_sliding_window_causal_mask"}
 
 
-def _stack(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+def _stack(model: PreTrainedModel) -> tuple[PreTrainedModel, nn.ModuleList]:
     """The decoder (``model.base_model``) and its layers, or a ModelError naming the supported families."""
     decoder = getattr(model, "base_model", model)
     layers = getattr(decoder, "layers", None)
@@ -96,8 +102,9 @@ class CausalLM(Adapter):
     """A transformers decoder LM staged as embeddings → decoder layers → final norm → LM head."""
 
     layout = "tokens"
+    model: PreTrainedModel
 
-    def __init__(self, model: nn.Module, tokenizer: Any, identity: dict[str, Any], max_length: int):
+    def __init__(self, model: PreTrainedModel, tokenizer: Any, identity: dict[str, Any], max_length: int):
         decoder, layers = _stack(model)
         super().__init__(model, layers, identity=identity)
         self.decoder = decoder
@@ -119,7 +126,7 @@ class CausalLM(Adapter):
         self._rotary_per_type = rotary is not None and "layer_type" in inspect.signature(rotary.forward).parameters
 
     # ------------------------------------------------------------------ staged forward
-    def collate(self, samples: Sequence[str]) -> Any:
+    def collate(self, samples: Samples) -> Any:  # texts
         texts = [str(s) for s in samples]
         return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
 
@@ -217,8 +224,8 @@ class CausalLM(Adapter):
         numbered 0..n-1 for the KV cache) and loaded strictly with the kept layers' weights as they stand."""
         from transformers import AutoModelForCausalLM
 
-        drop = set(drop)
-        keep = [k for k in range(self.num_blocks) if k not in drop]
+        dropped = set(drop)
+        keep = [k for k in range(self.num_blocks) if k not in dropped]
         raw = self.config.to_dict()
         raw.pop("quantization_config", None)
         config = type(self.config).from_dict(raw)
@@ -241,7 +248,8 @@ class CausalLM(Adapter):
 
     def save_native(self, model: nn.Module, folder: Path) -> None:
         """``save_pretrained`` (safetensors) with the tokenizer: a folder ``from_pretrained`` loads."""
-        model.save_pretrained(folder)
+        # (without_blocks builds it: a transformers model, typed nn.Module as the adapter interface is)
+        cast("PreTrainedModel", model).save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
 
     def forward(self, inputs: Any) -> torch.Tensor:
@@ -317,8 +325,8 @@ def _tiny(name: str, options: dict[str, Any], seed: int, *, pretrained: bool, we
 
 def _locate(cfg, name: str) -> tuple[Path, str | None]:
     """(folder, gguf file name or None) of ``model.name``."""
+    path: Path | None
     if name in KNOWN_FILES:
-        from rba.models import model_file
 
         path = model_file(KNOWN_FILES[name])
         if not path.is_file():
@@ -336,7 +344,7 @@ def _locate(cfg, name: str) -> tuple[Path, str | None]:
                      "smollm2`), or a tiny test model (pretrained = false): " + ", ".join(TINY_CAUSAL_LMS))
 
 
-def _load(folder: Path, gguf: str | None, *, pretrained: bool, seed: int) -> tuple[nn.Module, Any]:
+def _load(folder: Path, gguf: str | None, *, pretrained: bool, seed: int) -> tuple[PreTrainedModel, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     where = folder / gguf if gguf else folder
@@ -360,7 +368,7 @@ def _load(folder: Path, gguf: str | None, *, pretrained: bool, seed: int) -> tup
     return model.eval(), tokenizer  # float32 already (dtype above); .float() is refused for GGUF-loaded models
 
 
-def _load_gguf_converted(path: Path, cache: Path, digest: str) -> tuple[nn.Module, Any]:
+def _load_gguf_converted(path: Path, cache: Path, digest: str) -> tuple[PreTrainedModel, Any]:
     """A .gguf model through its plain float32 copy in ``cache`` (a transformers folder, written on first use).
 
     transformers dequantises a GGUF file on every load (≈ 50 s for SmolLM2-135M on 2 busy cores, 1.6 GB peak)
@@ -381,7 +389,7 @@ def _load_gguf_converted(path: Path, cache: Path, digest: str) -> tuple[nn.Modul
     return plain.eval(), tokenizer
 
 
-def _save_folder(model: nn.Module, tokenizer: Any, target: Path) -> None:
+def _save_folder(model: PreTrainedModel, tokenizer: Any, target: Path) -> None:
     """``save_pretrained`` into a temporary folder beside ``target``, then one rename: a reader never sees a
     half-written folder, and a concurrent writer's finished copy is kept."""
     import shutil

@@ -9,7 +9,7 @@ set at ``blocks[k]`` lands in the stage that the model's own forward runs.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -19,6 +19,15 @@ from rba.adapters._builder import build_model
 from rba.adapters._image import ImagePreprocess
 from rba.adapters._weights import weights_path
 from rba.errors import ModelError, did_you_mean
+
+if TYPE_CHECKING:
+    # the model classes the adapters below reach into by attribute name (typed as what they are, not as
+    # nn.Module, whose __getattr__ types every submodule ``Tensor | Module``)
+    from efficientnet_lite_pytorch import EfficientNet as LiteEfficientNet
+    from timm.models.efficientnet import EfficientNet as TimmEfficientNet
+    from timm.models.mobilenetv3 import MobileNetV3
+    from timm.models.resnet import ResNet as TimmResNet
+    from torchvision.models import ResNet
 
 __all__ = ["BlockList", "TimmCNN", "TorchvisionResNet", "EfficientNetLite", "build_torchvision",
            "build_efficientnet_lite"]
@@ -34,14 +43,14 @@ class BlockList:
     (an ``nn.Sequential`` or ``nn.ModuleList``), so the model's own forward runs the new module.
     """
 
-    def __init__(self, containers: Sequence[nn.Module]):
+    def __init__(self, containers: Sequence[nn.Sequential | nn.ModuleList]):
         self._containers = list(containers)
-        self._slots: list[tuple[nn.Module, int]] = [(c, i) for c in self._containers for i in range(len(c))]
+        self._slots: list[tuple[nn.Sequential | nn.ModuleList, int]] = [(c, i) for c in self._containers for i in range(len(c))]
 
     def __len__(self) -> int:
         return len(self._slots)
 
-    def _slot(self, k: int) -> tuple[nn.Module, int]:
+    def _slot(self, k: int) -> tuple[nn.Sequential | nn.ModuleList, int]:
         if not isinstance(k, int):
             raise TypeError(f"block indices are integers, got {type(k).__name__}")
         if not -len(self._slots) <= k < len(self._slots):
@@ -109,6 +118,8 @@ class TimmCNN(_PixelAdapter):
     ``forward_head(pre_logits=True)`` (after EfficientNet's ``conv_head/bn2``); logits = its classifier.
     """
 
+    model: TimmResNet | TimmEfficientNet | MobileNetV3
+
     def __init__(self, model: nn.Module, identity: dict[str, Any], image_size: int | None = None):
         from timm.models.efficientnet import EfficientNet as TimmEfficientNet
         from timm.models.mobilenetv3 import MobileNetV3
@@ -164,7 +175,9 @@ class TorchvisionResNet(_PixelAdapter):
     """torchvision ResNet / ResNeXt / Wide-ResNet: stem ``conv1/bn1/relu/maxpool``, blocks of
     ``layer1..layer4``, pooled = ``flatten(avgpool(h))``, logits = ``fc``."""
 
-    def __init__(self, model: nn.Module, identity: dict[str, Any], image_size: int):
+    model: ResNet
+
+    def __init__(self, model: ResNet, identity: dict[str, Any], image_size: int):
         super().__init__(model, BlockList([model.layer1, model.layer2, model.layer3, model.layer4]), identity=identity)
         self.preprocess = ImagePreprocess(image_size, IMAGENET_MEAN, IMAGENET_STD, channels=model.conv1.in_channels)
 
@@ -252,6 +265,8 @@ class EfficientNetLite(_PixelAdapter):
     The model's "same" padding is static, computed for the image size it was built with, so the model is built
     for the configured image size and inputs are resized to it.
     """
+
+    model: LiteEfficientNet
 
     def __init__(self, model: nn.Module, identity: dict[str, Any], image_size: int, channels: int = 3):
         _fold_symmetric_padding(model)

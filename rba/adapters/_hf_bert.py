@@ -25,7 +25,7 @@ import functools
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -35,6 +35,12 @@ from rba.adapters._builder import load_pretrained, seeded, split_seed
 from rba.adapters._weights import file_digest
 from rba.errors import ModelError, did_you_mean
 from rba.names import HEAD_ATTR
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+    from transformers import PreTrainedModel
+
+    from rba.data import Samples
 
 __all__ = ["HFBert", "SentenceTransformerBert", "build_sentence_transformer", "build_huggingface", "MINILM_NAMES"]
 
@@ -88,7 +94,7 @@ def _folder_digest(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _layer_mask(model: nn.Module, h: torch.Tensor, mask: torch.Tensor | None) -> Any:
+def _layer_mask(model: PreTrainedModel, h: torch.Tensor, mask: torch.Tensor | None) -> Any:
     """The attention mask in the form the model's own forward hands to its layers: transformers' public
     ``create_bidirectional_mask`` with the arguments ``BertModel.forward`` passes it (it returns None when no
     token is padding and the attention implementation can skip the mask)."""
@@ -120,7 +126,7 @@ class HFBert(Adapter):
 
     layout = "tokens"
 
-    def __init__(self, model: nn.Module, tokenizer: Any, identity: dict[str, Any], max_length: int):
+    def __init__(self, model: PreTrainedModel, tokenizer: Any, identity: dict[str, Any], max_length: int):
         if not (hasattr(model, "embeddings") and hasattr(getattr(model, "encoder", None), "layer")):
             raise ModelError(
                 f"{type(model).__name__} is not a BERT-family encoder (it needs .embeddings and .encoder.layer); "
@@ -143,7 +149,7 @@ class HFBert(Adapter):
         return isinstance(out, tuple)
 
     # ------------------------------------------------------------------ staged forward
-    def collate(self, samples: Sequence[str]) -> Any:
+    def collate(self, samples: Samples) -> Any:  # texts
         texts = [str(s) for s in samples]
         return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
 
@@ -191,7 +197,7 @@ class SentenceTransformerBert(HFBert):
     """A sentence-transformers model whose first module wraps a BERT-family encoder; pooled = the model's own
     modules after the transformer (all-MiniLM-L6-v2: mean pooling, then L2 normalisation)."""
 
-    def __init__(self, st: nn.Module, identity: dict[str, Any], max_length: int):
+    def __init__(self, st: SentenceTransformer, identity: dict[str, Any], max_length: int):
         first = st[0]
         encoder = getattr(first, "auto_model", None)
         if encoder is None:

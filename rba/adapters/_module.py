@@ -42,7 +42,7 @@ class _Stop(Exception):
 def resolve_attr(root: nn.Module, dotted: str) -> Any:
     """``"encoder.layers"`` → ``root.encoder.layers``; integer parts index containers (``"0.layers"``)."""
     obj: Any = root
-    walked = []
+    walked: list[str] = []
     for part in dotted.split("."):
         if part.lstrip("-").isdigit() and not hasattr(obj, part):
             try:

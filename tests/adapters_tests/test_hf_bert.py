@@ -78,7 +78,10 @@ def test_tiny_structure_and_identity(tiny):
 def test_tiny_seeded(tiny):
     again = create_adapter(_cfg(kind="huggingface", name="tiny-bert", pretrained=False))
     other = create_adapter(_cfg(kind="huggingface", name="tiny-bert", pretrained=False, options={"seed": 1}))
-    w = lambda a: a.model.encoder.layer[0].attention.self.query.weight  # noqa: E731
+
+    def w(a):
+        return a.model.encoder.layer[0].attention.self.query.weight
+
     assert torch.equal(w(tiny), w(again))
     assert not torch.allclose(w(tiny), w(other))
     assert other.identity["seed"] == 1 and tiny.identity["seed"] == 0

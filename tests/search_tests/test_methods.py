@@ -127,7 +127,10 @@ def test_sleb_removes_greedily_by_the_end_metric(study):
     _, _, session = study
     adapter = session.adapter
     samples = session.splits.eval.samples[:16]
-    skip = lambda h: h  # noqa: E731
+
+    def skip(h):
+        return h
+
     with torch.inference_mode():
         x = adapter.collate(samples)
         original = staged_forward(adapter, x).double().numpy()
