@@ -197,6 +197,10 @@ class ReportConfig:
     """the baselines' configurations below this FLOPs fraction are not evaluated, and SLEB stops removing blocks
     there (also ``--method sleb``): what removes more than any budget the report compares at costs evaluations
     and adds nothing (e.g. 0.7 with ``flops_points = [0.8, 0.9]``); 0: all of them"""
+    baseline_max_flops: Annotated[float, Field(gt=0)] = 1.0
+    """... and those above this FLOPs fraction neither (SLEB still removes blocks through them): with
+    ``baseline_min_flops``, a window around the budgets the report compares at, for models whose every evaluation
+    is dear (a decoder LM's test split); 1: all of them"""
     sleb_stride: _POSITIVE_INT = 4
     """SLEB re-measures each candidate removal on every n-th batch of the eval split (also ``--method sleb``): a
     larger stride, a smaller token subset, for models whose every evaluation is dear"""
@@ -288,6 +292,10 @@ class Config:
         if self.data.calibration_kind is not None and self.data.calibration_path is None:
             raise ConfigError(f"data.calibration_kind = {self.data.calibration_kind!r} but data.calibration_path is "
                               "not set: give the calibration data set's path, or drop calibration_kind")
+        if self.report.baseline_min_flops >= self.report.baseline_max_flops:
+            raise ConfigError(f"report.baseline_min_flops = {self.report.baseline_min_flops} is not below "
+                              f"report.baseline_max_flops = {self.report.baseline_max_flops}: no baseline "
+                              "configuration would be evaluated; lower the first or raise the second")
         if isinstance(self.report.baselines, list):
             for name in self.report.baselines:
                 _choice("report.baselines", name, [m for m in list_methods() if m not in _NOT_BASELINES])
