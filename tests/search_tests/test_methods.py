@@ -163,6 +163,27 @@ def test_sleb_stops_at_the_flops_floor(study):
     assert evaluations == 4 + 3  # a third removal's candidates all fall below the floor: none is evaluated
 
 
+def test_report_baselines_listed_and_within_their_flops_window(study):
+    """``[report] baselines`` as a list plans those methods only; ``baseline_min_flops`` / ``baseline_max_flops``
+    keep the planned configurations whose FLOPs fraction lies inside the window: the same rows as without it,
+    filtered here by their own flops_frac column."""
+    import search._results as results
+    from search.study import prepare
+
+    _, _, session = study
+    found = {}
+    for window in [(0.0, 1.0), (0.5, 0.85)]:
+        cfg = _config(study, f"window{window[0]}", objectives=["fidelity", "flops"])
+        cfg.report.baselines = ["shortgpt", "gromov"]
+        cfg.report.baseline_min_flops, cfg.report.baseline_max_flops = window
+        found[window], _ = results._baseline_rows(prepare(cfg, progress=False, session=session), {})
+    every, inside = found[(0.0, 1.0)], found[(0.5, 0.85)]
+    assert set(every["method"]) == {"shortgpt", "gromov"} and len(every) == 2 * DEPTH  # 1..6 blocks each
+    expected = every[(every["flops_frac"] >= 0.5) & (every["flops_frac"] <= 0.85)]
+    assert 0 < len(inside) < len(every)
+    assert list(zip(inside["method"], inside["spans"])) == list(zip(expected["method"], expected["spans"]))
+
+
 # ---------------------------------------------------------------------- random lesions
 def test_random_lesions_are_seeded_distinct_block_sets():
     blocks = [0, 1, 2, 4, 5]
