@@ -114,6 +114,10 @@ class CaptureConfig:
     """statistics cache folder (default: $XDG_CACHE_HOME/rba, else ~/.cache/rba, shared by all studies)"""
     max_memory_gb: Annotated[float, Field(gt=0)] = 8.0
     """refuse to allocate statistics larger than this"""
+    skip_first_token: bool = False
+    """leave each sample's first real token out of the statistics (scores and fits; token models only): a decoder
+    LM's first token carries massive activations that dominate variance-normalised scores. Measured on SmolLM2
+    (docs/decoder-lms.md) it ranks single layers worse and fits worse, so it is off by default"""
 
 
 @dataclass(config=_SCHEMA)
