@@ -5,6 +5,7 @@ files (:func:`read_report_inputs`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import zipfile
@@ -404,8 +405,6 @@ def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
     (``get_method(name).fit_kind``) and its results: the trials' where the search evaluated the configuration
     with that fit kind, else evaluated through an objective of that kind (one per kind, so a configuration two
     methods share is evaluated once; accuracy only where the trials compute it)."""
-    import dataclasses
-
     session = ctx.session
     objectives = {ctx.objective.kind: ctx.objective}
     own = get_method(ctx.method).name
@@ -811,7 +810,7 @@ def within_length_correlations(singles: pd.DataFrame, scores: pd.DataFrame, orie
     higher is more redundant) and quality, the Spearman ρ within each length of at least 3 spans (NaN where the
     metric or the quality is constant there), and their mean weighted by the number of spans. Pooled over all
     lengths, ρ also measures "longer spans hurt more"."""
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr  # lazy: scipy loads with the first rank correlation
 
     merged = singles.merge(scores, on=["start", "end"], how="inner", suffixes=("", "_score"))
     merged["length"] = merged["end"] - merged["start"]

@@ -18,6 +18,8 @@ import random
 from functools import cached_property
 from typing import Any, Iterator, Mapping, Sequence
 
+from optuna.distributions import CategoricalDistribution
+
 from rba.spans import Span
 
 __all__ = ["SpanSpace", "KEEP", "START", "CONTINUE", "CHOICES"]
@@ -55,8 +57,6 @@ class SpanSpace:
 
     def distributions(self) -> dict[str, Any]:
         """Optuna distributions, one categorical per block (shared by the Optuna and Ray backends)."""
-        from optuna.distributions import CategoricalDistribution
-
         return {self.name(k): CategoricalDistribution(self.choices[k]) for k in range(self.num_blocks)}
 
     def suggest(self, trial) -> list[Span]:
