@@ -19,6 +19,7 @@ from pydantic import model_validator
 
 from rba.config import config_hash
 from rba.errors import RBAError
+from rba.evaluate import token_weighted
 from rba.files import Record, atomic_path, read_record, read_table
 from rba.methods import get_method
 from rba.names import COST_COLUMNS, LM_COLUMNS, maximised
@@ -544,7 +545,6 @@ class PerSample:
         """fidelity and accuracy with their standard errors (of the mean; binomial), and for decoder LMs perplexity,
         kl and top1 over the scored tokens with theirs (over samples, :func:`rba.evaluate.token_weighted`; the delta
         method for perplexity); NaN where absent."""
-        from rba.evaluate import token_weighted
         from rba.stats import binomial_se, mean_se  # lazy: scipy loads with the first standard error
 
         out = dict.fromkeys(("fidelity", "fidelity_se", "accuracy", "accuracy_se"), math.nan)
@@ -729,7 +729,7 @@ def paired_tests(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | Non
 def _token_difference(per: PerSample, quality: str, ra: int, rb: int, **kwargs):
     """B − A of a next-token quality over the scored tokens (perplexity: of the exponentiated mean NLL), with its
     paired bootstrap interval resampling samples (their tokens together); and the two values."""
-    from rba.stats import paired_bootstrap
+    from rba.stats import paired_bootstrap  # lazy: scipy loads with the first test
 
     finish = np.exp if quality == "perplexity" else (lambda x: x)
 
