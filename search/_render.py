@@ -593,7 +593,8 @@ def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: di
 def _markdown(df: pd.DataFrame) -> str:
     if not len(df):
         return "(empty)"
-    cols = list(df.columns)
+    # the decoder LMs' result columns are empty for every other model: left out where no row has them
+    cols = [c for c in df.columns if not (c in LM_COLUMNS and df[c].isna().all())]
 
     def fmt(v):
         if v is pd.NA or v is None:
@@ -608,5 +609,5 @@ def _markdown(df: pd.DataFrame) -> str:
         return str(v)
 
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    rows += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    rows += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in df[cols].itertuples(index=False)]
     return "\n".join(rows)
