@@ -160,7 +160,7 @@ def _rel_diff(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def _ort_session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: onnx, for --format onnx only
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads or torch.get_num_threads())
@@ -262,8 +262,8 @@ def export_onnx(session: SessionParts, folder: str | Path) -> dict[str, Any]:
         with open(tmp, "wb") as fh:
             # numpy's stub types savez's keywords as its allow_pickle flag too; feed's keys are input names
             np.savez(fh, **feed)  # type: ignore[arg-type]
-    import onnx
-    import onnxruntime
+    import onnx  # lazy: onnx, for --format onnx only
+    import onnxruntime  # lazy: onnx, for --format onnx only
 
     meta = {"format": ONNX_FORMAT, "sha256": {name: file_sha256(folder / name) for name in _CHECKED}, "inputs": list(feed), "outputs": ["pooled", "logits"][: 1 + (head is not None)],
             "batch_size": len(samples), "max_rel_diff": diffs, "tolerance": MAX_REL_DIFF, "opset": OPSET,

@@ -492,7 +492,7 @@ def _prior_qualities(singles: pd.DataFrame) -> tuple[str, ...]:
 
 
 def _plot_priors(path: Path, singles: pd.DataFrame, scores: pd.DataFrame, metrics: dict[str, bool]) -> None:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: matplotlib loads with the first plot
 
     merged = singles.merge(scores, on=["start", "end"], how="inner", suffixes=("", "_score"))
     names = [m for m in metrics if m in scores.columns]
@@ -523,7 +523,7 @@ def _search_cost(info: dict, trials: pd.DataFrame) -> dict:
 
 
 def _plot_cost(path: Path, c: dict) -> None:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: matplotlib loads with the first plot
 
     fig = Figure(figsize=(6.0, 2.6), layout="constrained")
     ax = fig.subplots()

@@ -97,7 +97,7 @@ def plot_front(path: Path, trials: pd.DataFrame, front: pd.DataFrame, *, objecti
                baselines: dict[str, pd.DataFrame] | None = None, title: str = "") -> None:
     """Quality against cost: every trial, infeasible ones crossed, the front highlighted, the unmodified
     model (``reference``) and baseline curves (label → rows with the same columns) drawn when given."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: matplotlib loads with the first plot
 
     x, y = _axes(objective_columns)
     fig = Figure(figsize=(7.2, 5.0), layout="constrained")

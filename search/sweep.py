@@ -170,7 +170,7 @@ def write_summary(studies: list[Study], folder: Path, failed: dict[str, str] | N
     """``summary.csv`` (one row per study: its export and the rule's numbers; a study that failed, by label in
     ``failed``, has its error instead) and ``fronts.png`` (every finished study's front, quality against cost)
     in ``folder``. Returns the CSV's path."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: matplotlib loads with the first plot
 
     folder.mkdir(parents=True, exist_ok=True)
     failed = failed or {}

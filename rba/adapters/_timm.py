@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+import timm
 import torch
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from rba.adapters._base import Adapter, Context
@@ -28,8 +30,6 @@ __all__ = ["TimmViT", "build_timm", "create_timm_model"]
 
 def create_timm_model(cfg, **extra) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build a timm model by name, load ``model.weights`` safely, return (model, identity)."""
-    import timm
-
     m = cfg.model
     folder = _timm_folder(cfg)
     if folder is not None:
@@ -88,8 +88,6 @@ def _timm_checkpoint_filter(state: dict[str, torch.Tensor], model: torch.nn.Modu
 def _fixed_input_size(name: str) -> bool:
     """Whether a timm model is built for one input size (ViTs: position embeddings), so that a configured
     ``data.image_size`` must go to its constructor; CNNs take any size."""
-    import timm.models
-
     pretrained_cfg = timm.models.get_pretrained_cfg(name)
     return bool(pretrained_cfg is not None and pretrained_cfg.fixed_input_size)
 
@@ -145,8 +143,6 @@ class TimmViT(Adapter):
     def fold_target(self, k):
         """``mlp.fc2`` of timm's pre-norm ``Block`` (x + drop_path(ls2(mlp(norm2(x))))) without LayerScale: its
         output is added to the residual stream as it is (drop path is the identity in inference)."""
-        from timm.models.vision_transformer import Block
-
         block = self.blocks[k]
         if type(block) is not Block or not isinstance(block.ls2, nn.Identity) or not hasattr(block.mlp, "fc2"):
             what = ("LayerScale (ls2) scales the MLP output" if type(block) is Block and not isinstance(block.ls2, nn.Identity)
