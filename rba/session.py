@@ -154,11 +154,14 @@ class Session:
     def _statistics(self, mlp_outputs: bool) -> Statistics:
         request = self.statistics_request(mlp_outputs)
         key = config_hash(request)
-        if self._given_stats is not None:
-            if self._given_stats.key != key:
-                raise ValueError(f"the statistics handed to this Session have key {self._given_stats.key!r}, but "
+        given = self._given_stats
+        # a fold's MLP-output statistics beyond the plain ones handed over (a report's replaceme baseline): their own
+        # pass, from the cache when an earlier one wrote it
+        if given is not None and not (mlp_outputs and given.mlp is None):
+            if given.key != key:
+                raise ValueError(f"the statistics handed to this Session have key {given.key!r}, but "
                                  f"its config needs {key!r} (another model, calibration split or capture setting)")
-            return self._given_stats
+            return given
         path = self.cache_dir() / f"stats-{key}.safetensors"
         if path.exists():
             try:

@@ -48,16 +48,26 @@ __all__ = ["render_report", "PLOTS"]
 
 #: the plots ``rba report`` (and ``rba run`` through it) draws
 PLOTS = ("scores.png", "pareto.png", "priors.png", "cost.png")
+#: the report's computed tables, written beside it for scripts (the README's findings read them): the methods'
+#: hypervolumes and picks at each budget, and the paired tests on the test split
+TABLES = ("methods.csv", "paired_tests.csv")
 
 
 def render_report(out: Path) -> Path:
     """Write ``report.md`` and every plot of a finished ``rba run`` folder from its files alone (report.json and
-    the CSV tables): no model is loaded, nothing is evaluated, and no other file is written (the inputs are read
-    only). ``rba run`` ends with it; ``rba report DIR`` runs it alone. Returns the report's path."""
+    the CSV tables): no model is loaded, nothing is evaluated, and no other file is written than the plots and
+    the report's computed tables (:data:`TABLES`, where the study has them; the inputs are read only). ``rba run``
+    ends with it; ``rba report DIR`` runs it alone. Returns the report's path."""
     out = Path(out)
     inputs = _read(out)
     text = _report_text(out, inputs)
     _draw_plots(out, inputs)
+    for name in TABLES:
+        table = inputs["tables"].get(name)
+        if table is not None:
+            atomic_write_text(out / name, table.to_csv(index=False))
+        elif (out / name).exists():  # an older rendering's table this study no longer has
+            (out / name).unlink()
     report = out / "report.md"
     atomic_write_text(report, text)  # after the plots it shows
     return report
@@ -73,7 +83,7 @@ def _read(out: Path) -> dict:
     _, reference, front = split_pareto(pareto, info["objective_columns"])
     return {"info": info, "trials": data["trials"], "scores": data["scores"], "pareto": pareto, "front": front,
             "reference": reference, "baselines": data.get("baselines"), "singles": data.get("singles"),
-            "per_sample": data.get("per_sample")}
+            "per_sample": data.get("per_sample"), "tables": {}}
 
 
 def _draw_plots(out: Path, inputs: dict) -> None:
@@ -122,9 +132,9 @@ def _report_text(out: Path, inputs: dict) -> str:
     lines += _redundancy_section(scores, info)
     if baselines is not None:
         lines += _baselines_section(info, front, reference, baselines, choice, per)
-        lines += _methods_section(info, trials, reference, baselines, per)
+        lines += _methods_section(info, trials, reference, baselines, per, inputs["tables"])
     if per is not None:
-        lines += _paired_section(info, trials, baselines, per)
+        lines += _paired_section(info, trials, baselines, per, inputs["tables"])
     lines += _multi_span_section(info, front, trials, singles, reference)
     if singles is not None:
         lines += _priors_section(info, singles, scores)
@@ -354,6 +364,7 @@ def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselin
             lines.append(f"- {what}: `{pick.row['spans']}`, {quality} {pick.row[quality]:.4g}, {cost} "
                          f"{pick.row[cost]:.4g}" + ("" if pick.within else f" (none within {_allowance(info)})")
                          + _semicolon(_test_text(per, pick.row["kind"], str(pick.row["spans"]))))
+    lines += [f"- {note.split(': ', 1)[0]}: skipped ({note.split(': ', 1)[-1]})" for note in info.get("baselines_skipped", [])]
     return lines + ["", _markdown(_with_test(baselines, baselines["kind"], per)), ""]
 
 
@@ -362,7 +373,7 @@ def _semicolon(text: str) -> str:
 
 
 def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
-                     per: PerSample | None) -> list[str]:
+                     per: PerSample | None, tables: dict[str, pd.DataFrame]) -> list[str]:
 
     quality, cost = info["quality"], info["cost"]
     methods = method_rows(info, trials, baselines)
@@ -382,6 +393,7 @@ def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baseline
                 x = per.scores(*pick) if pick is not None else {quality: math.nan}
                 values.append(_pm(x[quality], x.get(f"{quality}_se", math.nan)))
             table.insert(at + 1, f"test {quality} at {p:g}", values)
+    tables["methods.csv"] = table
     ref = refs["eval"]
     test_ref = (f" The test hypervolume scores each method's eval front (its feasible configurations no other of "
                 f"its own beats on eval) on the test split, at {quality} = {refs['test'][0]:.4g} "
@@ -399,8 +411,9 @@ def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baseline
             + f".{test_ref} The front plot above draws the baselines as dashed lines.", "", _markdown(table), ""]
 
 
-def _paired_section(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | None, per: PerSample) -> list[str]:
-    table = paired_tests(info, trials, baselines, per)
+def _paired_section(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | None, per: PerSample,
+                    tables: dict[str, pd.DataFrame]) -> list[str]:
+    table = tables["paired_tests.csv"] = paired_tests(info, trials, baselines, per)
     lines = ["## Paired tests on the test split", "",
              f"Two configurations scored on the same {per.samples} test samples, compared sample by sample: the export "
              "against the unmodified model, and at each budget of `[report] flops_points` the configuration the "
@@ -579,7 +592,8 @@ def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: di
 def _markdown(df: pd.DataFrame) -> str:
     if not len(df):
         return "(empty)"
-    cols = list(df.columns)
+    # the decoder LMs' result columns are empty for every other model: left out where no row has them
+    cols = [c for c in df.columns if not (c in LM_COLUMNS and df[c].isna().all())]
 
     def fmt(v):
         if v is pd.NA or v is None:
@@ -594,5 +608,5 @@ def _markdown(df: pd.DataFrame) -> str:
         return str(v)
 
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    rows += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    rows += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in df[cols].itertuples(index=False)]
     return "\n".join(rows)

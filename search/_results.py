@@ -28,6 +28,7 @@ from rba.spans import format_spans
 from search._storage import recorded_storage
 from search.analysis import best_quality_at, feasible_rows, front_members, hypervolume, quality_limit
 from search.baselines import br_greedy
+from search.methods import within_space
 from search.objective import QUALITY, RESULT_COLUMNS, Objective
 from search.pareto import front_frame, plot_front, trials_frame, write_tables
 from search.recording import SearchResult, StudyContext, log
@@ -50,7 +51,7 @@ def finish(ctx: StudyContext, study) -> SearchResult:
         log(f"warning: could not evaluate the unmodified model for the plot: {exc}")
     baselines = {}
     if ctx.table is not None:
-        greedy = [format_spans(s) for s in br_greedy(ctx.table)]
+        greedy = [format_spans(s) for s in br_greedy(ctx.table, ctx.space.gap)]
         rows = trials[trials["spans"].isin(greedy) & (trials["state"] == "COMPLETE")].drop_duplicates("spans")
         if len(rows) >= 2:
             baselines["BR-greedy"] = rows
@@ -333,6 +334,8 @@ class ReportRecord(Record):
     flops_points: list[float]
     baselines: bool
     single_spans: bool
+    baselines_skipped: list[str] = []
+    """one line per report baseline that could not run on this study (``"replaceme: why"``)"""
     test: _Test | None
     titles: _Titles
     timing: _Timing
@@ -396,29 +399,36 @@ def _result_row(result: dict) -> dict:
 #: the methods (registry names, ``rba ls methods``) that ``rba run``'s report compares the search with, when
 #: ``[report] baselines``: those that plan a fixed list of configurations. The methods that plan
 #: ``search.trials`` of them (random, random-lesions, proxy-front) would double the report's evaluations; run
-#: them with ``rba run --method``.
-REPORT_BASELINES = ("br-greedy", "shortgpt", "shortgpt-affine", "sleb", "gromov", "gromov-affine")
+#: them with ``rba run --method``. A method whose check refuses the study (replaceme on a model that cannot fold:
+#: Gemma 3, CNNs) is skipped with a one-line note in the report.
+REPORT_BASELINES = ("br-greedy", "shortgpt", "shortgpt-affine", "sleb", "gromov", "gromov-affine", "replaceme")
 
 
-def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
+def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> tuple[pd.DataFrame, list[str]]:
     """The configurations each method of :data:`REPORT_BASELINES` plans (its registry planner, on the study's
     session, budgets and objectives; the study's own method left out), with the fit kind the registry gives it
     (``get_method(name).fit_kind``) and its results: the trials' where the search evaluated the configuration
     with that fit kind, else evaluated through an objective of that kind (one per kind, so a configuration two
-    methods share is evaluated once; accuracy only where the trials compute it)."""
+    methods share is evaluated once; accuracy only where the trials compute it). Returns the rows and one note
+    per method skipped because its check refuses this study ("replaceme: why")."""
     session = ctx.session
     objectives = {ctx.objective.kind: ctx.objective}
     own = get_method(ctx.method).name
-    rows = []
+    rows, skipped = [], []
     for name in REPORT_BASELINES:
         spec = get_method(name)
         if spec.name == own:
             continue
         kind = spec.fit_kind(ctx.cfg.fit.kind)
-        if kind not in objectives:
-            objectives[kind] = Objective(session, kind=kind, mode=ctx.objective.mode)
-        objective = objectives[kind]
-        planned = spec.plan(dataclasses.replace(ctx, method=name, objective=objective), True)
+        objective = objectives.get(kind) or Objective(session, kind=kind, mode=ctx.objective.mode)
+        own_ctx = dataclasses.replace(ctx, method=name, objective=objective, space=objective.space)
+        try:
+            spec.check_study(own_ctx)
+        except RBAError as exc:
+            skipped.append(f"{name}: {str(exc).splitlines()[0]}")
+            continue
+        objectives[kind] = objective
+        planned, _ = within_space(own_ctx, spec.plan(own_ctx, True))
         for _, spans in planned:
             key = format_spans(spans)
             if kind == ctx.objective.kind and key in known:
@@ -426,14 +436,14 @@ def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> pd.DataFrame:
             else:
                 row, source = _result_row(objective(spans)), "evaluated"
             rows.append({"method": name, "kind": kind} | row | {"source": source})
-    return pd.DataFrame(rows, columns=["method", "kind", *RESULT_COLUMNS, "feasible", "source"])
+    return pd.DataFrame(rows, columns=["method", "kind", *RESULT_COLUMNS, "feasible", "source"]), skipped
 
 
 def _single_rows(ctx: StudyContext, session, known: dict[str, dict]) -> pd.DataFrame:
     """Every single valid span with its results (the search's fit kind): reused from the trials or the completed
     front where they hold every quality this session computes, else evaluated (with accuracy when labels exist)."""
     rows = []
-    for span in ctx.session.pairs:
+    for span in ctx.space.pairs:
         key = format_spans([span])
         row = known.get(key)
         if row is not None and not (session.need_labels and math.isnan(float(row["accuracy"]))):

@@ -94,14 +94,15 @@ def best_single_spans(table: pd.DataFrame) -> list[tuple[str, list[Span]]]:
     return out
 
 
-def br_greedy(table: pd.DataFrame) -> list[list[Span]]:
-    """The BR-greedy sequence: configuration k holds the k highest-br spans picked without overlap."""
+def br_greedy(table: pd.DataFrame, gap: int = 0) -> list[list[Span]]:
+    """The BR-greedy sequence: configuration k holds the k highest-br spans picked without overlap (and ``gap``
+    kept blocks between spans: :attr:`search.space.SpanSpace.gap`)."""
     order = table.dropna(subset=["br"]).sort_values(["br", "start", "end"], ascending=[False, True, True])
     chosen: list[Span] = []
     out = []
     for _, row in order.iterrows():
         i, j = _span(row)
-        if any(i < b and a < j for a, b in chosen):
+        if any(i < b + gap and a < j + gap for a, b in chosen):
             continue
         chosen.append((i, j))
         out.append(sorted(chosen))
@@ -258,10 +259,11 @@ def random_lesions(blocks: Sequence[int], count: int, seed: int) -> list[list[Sp
 
 
 def _configurations(num_blocks: int, pairs: Sequence[Span], proxy: dict[Span, float], cost: dict[Span, float],
-                    reduce=list) -> list[tuple[float, float, tuple[Span, ...]]]:
+                    reduce=list, gap: int = 0) -> list[tuple[float, float, tuple[Span, ...]]]:
     """(Σ proxy, Σ cost, spans) of the configurations from boundary 0 on, by dynamic programming over the
     boundaries: from boundary k either block k is kept (the configurations from k + 1) or a span (k, j) starts
-    there (its values + the configurations from j); ``reduce`` prunes each boundary's list (default: keeps all)."""
+    there (its values + the configurations from j + ``gap``, the blocks between kept); ``reduce`` prunes each
+    boundary's list (default: keeps all)."""
     by_start: dict[int, list[int]] = {}
     for i, j in pairs:
         by_start.setdefault(i, []).append(j)
@@ -271,7 +273,7 @@ def _configurations(num_blocks: int, pairs: Sequence[Span], proxy: dict[Span, fl
         candidates = list(table[k + 1])
         for j in by_start.get(k, []):
             p, c = proxy[(k, j)], cost[(k, j)]
-            candidates += [(p + q, c + d, ((k, j),) + rest) for q, d, rest in table[j]]
+            candidates += [(p + q, c + d, ((k, j),) + rest) for q, d, rest in table[min(j + gap, num_blocks)]]
         table[k] = reduce(candidates)
     return table[0]
 
@@ -287,12 +289,13 @@ def _nondominated(candidates: list[tuple[float, float, tuple[Span, ...]]]) -> li
 
 
 def proxy_front(num_blocks: int, pairs: Sequence[Span], proxy: dict[Span, float],
-                cost: dict[Span, float]) -> list[tuple[float, float, list[Span]]]:
+                cost: dict[Span, float], gap: int = 0) -> list[tuple[float, float, list[Span]]]:
     """Every configuration's (Σ proxy, Σ cost) over its spans, reduced to the non-dominated ones (both
     minimised), exactly: the front of the configurations from boundary k on is the front of "block k kept"
     (the front from k + 1) and "span (k, j)" (its values + the front from j). Returns (proxy, cost, spans)
-    sorted by cost; ``cost`` is each span's change of the cost (negative: it saves)."""
-    front = _configurations(num_blocks, pairs, proxy, cost, reduce=_nondominated)
+    sorted by cost; ``cost`` is each span's change of the cost (negative: it saves). ``gap``: kept blocks
+    between spans (:attr:`search.space.SpanSpace.gap`)."""
+    front = _configurations(num_blocks, pairs, proxy, cost, reduce=_nondominated, gap=gap)
     return [(q, d, list(spans)) for q, d, spans in front]
 
 
@@ -310,13 +313,13 @@ def bisection_order(n: int) -> list[int]:
 
 
 def proxy_layers(num_blocks: int, pairs: Sequence[Span], proxy: dict[Span, float], cost: dict[Span, float],
-                 layers: int, keep=None) -> list[list[list[Span]]]:
+                 layers: int, keep=None, gap: int = 0) -> list[list[list[Span]]]:
     """The first ``layers`` Pareto layers of (Σ proxy, Σ cost) (both minimised) over every configuration for which
     ``keep(spans)`` holds (default: all): layer 1 is the front, layer 2 the front of the rest, and so on; each
     layer sorted by cost, the unmodified configuration left out of the result (it takes part in the sorting, so
     a configuration it dominates is in no early layer). Equal costs keep the lowest proxy in the layer (as
     :func:`proxy_front`). Enumerates the configurations: meant for spaces up to :data:`LAYER_LIMIT`."""
-    every = _configurations(num_blocks, pairs, proxy, cost)
+    every = _configurations(num_blocks, pairs, proxy, cost, gap=gap)
     # the unmodified configuration takes part (what it dominates is never proposed) but is not returned
     points = sorted((t for t in every if not t[2] or keep is None or keep(list(t[2]))), key=lambda t: (t[1], t[0]))
     out = []
@@ -342,33 +345,34 @@ def front_priors(table: pd.DataFrame, objective, count: int | None = None,
     excluded), layer by layer, each coarse to fine over its cost range (:func:`bisection_order`); at most
     ``count`` (None: all). Returns (layer, spans) pairs. A space of more than :data:`LAYER_LIMIT`
     configurations gets the first layer only (the exact DP front, :func:`proxy_front`)."""
-    session = objective.session
+    space = objective.space
     ls = {(int(a), int(b)): float(v) for a, b, v in zip(table["start"], table["end"], table["ls_residual"])}
     deltas = objective.span_cost_deltas(objective.cost_name)
-    pairs = [p for p in session.pairs if p in ls and ls[p] == ls[p] and p in deltas]  # NaN scores: not proposed
+    pairs = [p for p in space.pairs if p in ls and ls[p] == ls[p] and p in deltas]  # NaN scores: not proposed
     proxy, cost = {p: ls[p] for p in pairs}, {p: deltas[p] for p in pairs}
 
-    if layers > 1 and SpanSpace(session.adapter.num_blocks, pairs).count() <= LAYER_LIMIT:
+    L, gap = space.num_blocks, space.gap
+    if layers > 1 and SpanSpace(L, pairs, gap=gap).count() <= LAYER_LIMIT:
         keep = objective.feasible if objective.budgets else None
-        fronts = proxy_layers(session.adapter.num_blocks, pairs, proxy, cost, layers, keep=keep)
+        fronts = proxy_layers(L, pairs, proxy, cost, layers, keep=keep, gap=gap)
     else:
-        front = proxy_front(session.adapter.num_blocks, pairs, proxy, cost)
+        front = proxy_front(L, pairs, proxy, cost, gap=gap)
         fronts = [[spans for _, _, spans in front if spans and objective.feasible(spans)]]
     out = [(k + 1, front[i]) for k, front in enumerate(fronts) for i in bisection_order(len(front))]
     return out if count is None else out[:count]
 
 
 def prior_configurations(table: pd.DataFrame, front: Sequence[tuple[int, list[Span]]] = (), *,
-                         br: bool = True) -> list[tuple[str, list[Span]]]:
+                         br: bool = True, gap: int = 0) -> list[tuple[str, list[Span]]]:
     """Priors enqueued first, in this order: the proxy fronts' members (``front``, from :func:`front_priors`:
     (layer, spans) pairs), the best single spans by br and by ls_residual, then BR-greedy combinations (two spans
     or more); duplicates removed, order kept. ``br=False`` leaves out what br proposes (the best br span is
-    BR-greedy's first configuration), for a search compared with BR-greedy."""
+    BR-greedy's first configuration), for a search compared with BR-greedy; ``gap``: as :func:`br_greedy`."""
     seen: set[tuple[Span, ...]] = set()
     out = []
     singles = [(label, spans) for label, spans in best_single_spans(table) if br or label != "best br"]
     candidates = ([("proxy front" if layer == 1 else f"proxy front, layer {layer}", list(c)) for layer, c in front if c]
-                  + singles + ([(f"br-greedy {len(c)}", c) for c in br_greedy(table) if len(c) >= 2] if br else []))
+                  + singles + ([(f"br-greedy {len(c)}", c) for c in br_greedy(table, gap) if len(c) >= 2] if br else []))
     for label, spans in candidates:
         key = tuple(spans)
         if key not in seen:

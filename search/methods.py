@@ -14,9 +14,17 @@ from search.recording import StudyContext
 
 __all__ = ["plan_priors", "plan_exhaustive", "plan_random", "plan_br_greedy", "plan_proxy_front", "plan_shortgpt",
            "plan_shortgpt_affine", "plan_sleb", "plan_gromov", "plan_random_lesions", "check_exhaustive",
-           "plan_replaceme", "check_replaceme"]
+           "plan_replaceme", "check_replaceme", "within_space"]
 
 Plan = list[tuple[str, list[tuple[int, int]]]]
+
+
+def within_space(ctx: StudyContext, planned: Plan) -> tuple[Plan, list[str]]:
+    """The planned configurations the study's space holds (``ctx.space``: what its fit kind can replace), and the
+    labels of those it does not (e.g. shortgpt-affine's run of blocks cut at max_span into touching spans, which a
+    fold cannot hold)."""
+    kept = [(label, spans) for label, spans in planned if ctx.space.allows(spans)]
+    return kept, [label for label, spans in planned if not ctx.space.allows(spans)]
 
 
 def plan_priors(ctx: StudyContext, fresh: bool) -> Plan:
@@ -28,7 +36,7 @@ def plan_priors(ctx: StudyContext, fresh: bool) -> Plan:
     if not (priors and fresh):
         return []
     front = baselines.front_priors(ctx.table, ctx.objective, count=max(1, ctx.total // 2))
-    planned = baselines.prior_configurations(ctx.table, front, br=priors is True)
+    planned = baselines.prior_configurations(ctx.table, front, br=priors is True, gap=ctx.space.gap)
     return [(f"prior: {label}", s) for label, s in planned if ctx.objective.feasible(s)]
 
 
@@ -49,7 +57,7 @@ def plan_random(ctx: StudyContext, fresh: bool) -> Plan:
 
 
 def plan_br_greedy(ctx: StudyContext, fresh: bool) -> Plan:
-    return [(f"br-greedy {len(s)}", s) for s in baselines.br_greedy(ctx.table)]
+    return [(f"br-greedy {len(s)}", s) for s in baselines.br_greedy(ctx.table, ctx.space.gap)]
 
 
 def plan_proxy_front(ctx: StudyContext, fresh: bool) -> Plan:
@@ -60,12 +68,14 @@ def plan_proxy_front(ctx: StudyContext, fresh: bool) -> Plan:
 
 def plan_shortgpt(ctx: StudyContext, fresh: bool) -> Plan:
     # labelled with the name the study uses (block-drop studies keep their labels)
-    return [(f"{ctx.method} {len(s)}", s) for s in baselines.shortgpt_order(ctx.session.stats, ctx.session.pairs)]
+    return [(f"{ctx.method} {len(s)}", s) for s in baselines.shortgpt_order(ctx.session.stats, ctx.space.pairs)]
 
 
 def plan_shortgpt_affine(ctx: StudyContext, fresh: bool) -> Plan:
-    order = baselines.shortgpt_order(ctx.session.stats, ctx.session.pairs)
-    return [(f"{ctx.method} {len(s)}", baselines.merge_runs(s, ctx.session.pairs)) for s in order]
+    """ShortGPT's ranking among the blocks the fit kind can replace (a fold: not block 0), runs merged; a run cut
+    at max_span into touching spans that a fold cannot hold is left out by :func:`search.study.plan`."""
+    order = baselines.shortgpt_order(ctx.session.stats, ctx.space.pairs)
+    return [(f"{ctx.method} {len(s)}", baselines.merge_runs(s, ctx.space.pairs)) for s in order]
 
 
 def plan_sleb(ctx: StudyContext, fresh: bool) -> Plan:
@@ -77,18 +87,25 @@ def plan_sleb(ctx: StudyContext, fresh: bool) -> Plan:
 
 def plan_gromov(ctx: StudyContext, fresh: bool) -> Plan:
     """One span per length (gromov: dropped; gromov-affine: fitted, by the method's fit kind)."""
-    spans = baselines.gromov_spans(baselines.angular_distances(ctx.session, ctx.session.pairs))
+    spans = baselines.gromov_spans(baselines.angular_distances(ctx.session, ctx.space.pairs))
     return [(f"{ctx.method} n={j - i}", [(i, j)]) for i, j in spans]
 
 
 def plan_random_lesions(ctx: StudyContext, fresh: bool) -> Plan:
-    stats, pairs = ctx.session.stats, ctx.session.pairs
+    stats, pairs = ctx.session.stats, ctx.space.pairs
     blocks = [i for i, j in pairs if j == i + 1 and stats.dims[i] == stats.dims[j]]
     lesions = baselines.random_lesions(blocks, ctx.cfg.search.trials, ctx.cfg.search.seed)
     return [(f"{ctx.method} {len(s)}", s) for s in lesions]
 
 
 def check_replaceme(ctx: StudyContext) -> None:
+    """Refuse, before any pass: a model without tokens, one whose blocks cannot fold (a ModelError from
+    :meth:`rba.adapters.Adapter.fold_target`: Gemma 3, CNNs), or a max_span below 25% of the blocks."""
+    adapter = ctx.session.adapter
+    if adapter.layout != "tokens":
+        raise ConfigError(f"--method replaceme reads the last token of each sample; {adapter.describe()} has no tokens")
+    for k in range(adapter.num_blocks - 1):  # every block a span from boundary k + 1 folds into
+        adapter.fold_target(k)
     n, limit = baselines.replaceme_length(ctx.session.adapter.num_blocks), ctx.cfg.search.max_span
     if limit is not None and limit < n:
         raise ConfigError(f"--method replaceme replaces {n} of {ctx.session.adapter.num_blocks} blocks (25%), but "

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
+from functools import cached_property
 from typing import Any, Sequence
 
 import torch
@@ -38,6 +39,7 @@ from rba.metrics import LSResidual
 from rba.names import BUDGET_KEYS, OBJECTIVES, QUALITY, RESULT_COLUMNS, maps_tag
 from rba.spans import Span, format_spans
 from search.baselines import proxy_front
+from search.space import SpanSpace, fit_space
 
 __all__ = ["Objective", "OBJECTIVES", "RESULT_COLUMNS", "BUDGET_KEYS", "QUALITY", "STOP_KEYS", "FrontPoint",
            "dominated_by"]
@@ -80,6 +82,12 @@ class Objective:
     @property
     def columns(self) -> list[str]:
         return [OBJECTIVES[o][0] for o in self.objectives]
+
+    @cached_property
+    def space(self) -> SpanSpace:
+        """The configurations this objective's fit kind can replace (:func:`search.space.fit_space`): what the
+        samplers, priors and baselines propose."""
+        return fit_space(self.session.adapter.num_blocks, self.session.pairs, self.kind)
 
     @property
     def tag(self) -> str:
@@ -127,9 +135,9 @@ class Objective:
         return name
 
     def span_cost_deltas(self, name: str) -> dict[Span, float]:
-        """Span → how much replacing it changes the cost fraction ``name`` (costs add over spans)."""
+        """Span of :attr:`space` → how much replacing it changes the cost fraction ``name`` (costs add over spans)."""
         base = self.fractions(self.base_cost())[name]
-        return {p: self.fractions(self.cost([p]))[name] - base for p in self.session.pairs}
+        return {p: self.fractions(self.cost([p]))[name] - base for p in self.space.pairs}
 
     def feasible(self, spans: Sequence[Span]) -> bool:
         return all(v <= 0 for v in self.constraints(self.cost(spans)).values())
@@ -137,9 +145,10 @@ class Objective:
     def reachable(self, name: str) -> tuple[float, list[Span]]:
         """The smallest cost fraction any configuration reaches for ``name`` (flops|params|latency), and
         one configuration reaching it (exact: costs add over spans, so a DP over boundaries finds it)."""
-        pairs = self.session.pairs
+        pairs = self.space.pairs
         # with a zero proxy the front is the single cheapest configuration
-        front = proxy_front(self.session.adapter.num_blocks, pairs, dict.fromkeys(pairs, 0.0), self.span_cost_deltas(name))
+        front = proxy_front(self.space.num_blocks, pairs, dict.fromkeys(pairs, 0.0), self.span_cost_deltas(name),
+                            gap=self.space.gap)
         spans = front[0][2]
         return self.fractions(self.cost(spans))[name], spans
 

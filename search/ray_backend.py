@@ -80,6 +80,7 @@ class SharedState:
     num_blocks: int
     pairs: list
     threads: int
+    gap: int = 0
 
 
 _WORKER_OBJECTIVES: dict[str, Any] = {}
@@ -104,7 +105,7 @@ def _worker_objective(shared: SharedState):
 def _trainable(config: dict[str, Any], shared: SharedState) -> None:
     torch.set_num_threads(max(1, shared.threads))
     objective = _worker_objective(shared)
-    spans = SpanSpace(shared.num_blocks, shared.pairs).repair(config)
+    spans = SpanSpace(shared.num_blocks, shared.pairs, gap=shared.gap).repair(config)
     result = objective(spans)
     report = {c: result[c] for c in RESULT_COLUMNS} | {"feasible": bool(result["feasible"])}
     report |= {f"constraint_{k}": float(v) for k, v in result["constraints"].items()}
@@ -315,7 +316,8 @@ def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
         shared = SharedState(cfg=cfg, stats=session.stats, cost_model=session.cost_model,
                              objective_type=type(ctx.objective), kind=ctx.objective.kind,
                              key=config_hash(ctx.identity) + session.stats.key,
-                             num_blocks=ctx.space.num_blocks, pairs=list(ctx.space.pairs), threads=per_trial)
+                             num_blocks=ctx.space.num_blocks, pairs=list(ctx.space.pairs), gap=ctx.space.gap,
+                             threads=per_trial)
         trainable = tune.with_resources(tune.with_parameters(_trainable, shared=shared), {"cpu": per_trial})
         baseline = ctx.method != "optuna"
         total = complete_count(study) + n if baseline else ctx.total

@@ -125,10 +125,14 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
     phases["front accuracy"] = time.time() - t
     known = _known_results(result.trials, front)
     baselines = cfg.report.baselines and ctx.table is not None
+    skipped: list[str] = []
     if baselines:
         t = time.time()
+        rows, skipped = _baseline_rows(ctx, known)
+        for note in skipped:
+            log(f"note: report baseline {note}; skipped")
         with atomic_path(out / "baselines.csv") as tmp:
-            _baseline_rows(ctx, known).to_csv(tmp, index=False)
+            rows.to_csv(tmp, index=False)
         phases["baselines"] = time.time() - t
     if cfg.report.single_spans:
         t = time.time()
@@ -170,7 +174,8 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
         "max_rise": cfg.run.max_rise,
         "choice": choice_record, "export": export, "test": test, "configurations": int(ctx.space.count()),
         "metrics": [[m, bool(get_metric(m).higher_is_redundant)] for m in list_metrics()],
-        "flops_points": list(cfg.report.flops_points), "baselines": baselines, "single_spans": cfg.report.single_spans,
+        "flops_points": list(cfg.report.flops_points), "baselines": baselines, "baselines_skipped": skipped,
+        "single_spans": cfg.report.single_spans,
         "titles": {"scores": f"{session.adapter.describe()}, n = {session.stats.n} vectors",
                    "pareto": f"{session.adapter.describe()}: {ctx.method}"
                              + (f" ({cfg.search.sampler})" if ctx.method == "optuna" else "")

@@ -9,6 +9,10 @@ maps to itself and every configuration is reachable. The repair is an exact dyna
 
 Blocks only offer the choices some valid configuration uses (a block no span can start at offers no
 ``start``), which keeps samplers out of dead corners of the space without changing the set of configurations.
+
+``gap`` blocks are kept after each span before the next may start: 0 for most fit kinds, 1 for a fit that folds
+(``[fit] kind = "fold"``: its map is multiplied into block i − 1, which must be kept and run). :func:`fit_space`
+builds the space a fit kind can replace, spans and gap, from the session's valid spans.
 """
 
 from __future__ import annotations
@@ -20,20 +24,25 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from optuna.distributions import CategoricalDistribution
 
-from rba.spans import Span
+from rba.fit import get_fit
+from rba.spans import Span, format_spans
 
-__all__ = ["SpanSpace", "KEEP", "START", "CONTINUE", "CHOICES"]
+__all__ = ["SpanSpace", "fit_space", "KEEP", "START", "CONTINUE", "CHOICES"]
 
 KEEP, START, CONTINUE = "keep", "start", "continue"
 CHOICES = (KEEP, START, CONTINUE)
 
 
 class SpanSpace:
-    """Encoding of configurations (sets of non-overlapping valid spans) over ``num_blocks`` blocks."""
+    """Encoding of configurations (sets of non-overlapping valid spans, ``gap`` kept blocks after each) over
+    ``num_blocks`` blocks."""
 
-    def __init__(self, num_blocks: int, pairs: Sequence[Span]):
+    def __init__(self, num_blocks: int, pairs: Sequence[Span], gap: int = 0):
         self.num_blocks = int(num_blocks)
         self.pairs = sorted({(int(i), int(j)) for i, j in pairs})
+        self.gap = int(gap)
+        if self.gap < 0:
+            raise ValueError(f"gap must be ≥ 0, got {gap}")
         for i, j in self.pairs:
             if not 0 <= i < j <= self.num_blocks:
                 raise ValueError(f"span {i}-{j} is outside 0..{self.num_blocks}")
@@ -46,6 +55,17 @@ class SpanSpace:
             tuple(c for c, ok in ((KEEP, True), (START, k in can_start), (CONTINUE, k in can_continue)) if ok)
             for k in range(self.num_blocks)
         ]
+
+    def _next(self, j: int) -> int:
+        """Where the configurations after a span ending at boundary j start: ``gap`` kept blocks later."""
+        return min(j + self.gap, self.num_blocks)
+
+    def allows(self, spans: Sequence[Span]) -> bool:
+        """Whether ``spans`` is a configuration of this space (its spans, sorted apart by at least ``gap`` blocks)."""
+        spans = sorted(spans)
+        valid = set(self.pairs)
+        return (all(tuple(s) in valid for s in spans)
+                and all(c >= b + self.gap for (_, b), (c, _) in zip(spans, spans[1:])))
 
     # ------------------------------------------------------------------ names and distributions
     def name(self, k: int) -> str:
@@ -68,9 +88,9 @@ class SpanSpace:
     def encode(self, spans: Sequence[Span]) -> dict[str, str]:
         """The parameter dict of a valid configuration."""
         vec = [KEEP] * self.num_blocks
+        if not self.allows(spans):
+            raise ValueError(f"configuration {format_spans(spans)} is not in the search space ({self.describe()})")
         for i, j in sorted(spans):
-            if (i, j) not in set(self.pairs):
-                raise ValueError(f"span {i}-{j} is not in the search space")
             vec[i] = START
             for k in range(i + 1, j):
                 vec[k] = CONTINUE
@@ -99,8 +119,10 @@ class SpanSpace:
             cand = (best[k + 1][0] + (vec[k] != KEEP), best[k + 1][1])  # keep block k
             choice = -1
             for j in self._from.get(k, []):
-                miss = (vec[k] != START) + sum(vec[t] != CONTINUE for t in range(k + 1, j))
-                c = (best[j][0] + miss, best[j][1] + (j - k))
+                after = self._next(j)  # blocks j..after-1 kept
+                miss = ((vec[k] != START) + sum(vec[t] != CONTINUE for t in range(k + 1, j))
+                        + sum(vec[t] != KEEP for t in range(j, after)))
+                c = (best[after][0] + miss, best[after][1] + (j - k))
                 if c < cand:
                     cand, choice = c, j
             best[k] = cand
@@ -111,7 +133,7 @@ class SpanSpace:
                 k += 1
             else:
                 spans.append((k, how[k]))
-                k = how[k]
+                k = self._next(how[k])
         return spans
 
     def distance(self, params: Mapping[str, str] | Sequence[str], spans: Sequence[Span]) -> int:
@@ -128,7 +150,7 @@ class SpanSpace:
         c = [0] * (L + 1)
         c[L] = 1
         for k in range(L - 1, -1, -1):
-            c[k] = c[k + 1] + sum(c[j] for j in self._from.get(k, []))
+            c[k] = c[k + 1] + sum(c[self._next(j)] for j in self._from.get(k, []))
         return c
 
     def count(self) -> int:
@@ -146,11 +168,11 @@ class SpanSpace:
                 continue
             index -= self._counts[k + 1]
             for j in self._from[k]:
-                if index < self._counts[j]:
+                if index < self._counts[self._next(j)]:
                     spans.append((k, j))
-                    k = j
+                    k = self._next(j)
                     break
-                index -= self._counts[j]
+                index -= self._counts[self._next(j)]
         return spans
 
     def configurations(self) -> Iterator[list[Span]]:
@@ -165,8 +187,18 @@ class SpanSpace:
         return [self.unrank(i) for i in idx]
 
     def describe(self) -> str:
-        return (f"{self.num_blocks} blocks, {len(self.pairs)} valid spans, {self.count():,} configurations "
+        gap = f", {self.gap} kept block(s) between spans" if self.gap else ""
+        return (f"{self.num_blocks} blocks, {len(self.pairs)} valid spans{gap}, {self.count():,} configurations "
                 f"(log10 {math.log10(max(self.count(), 1)):.1f})")
+
+
+def fit_space(num_blocks: int, pairs: Sequence[Span], kind: str) -> SpanSpace:
+    """The configurations fit kind ``kind`` can replace, among the valid spans ``pairs``: all of them, or for a fit
+    that folds (its map multiplied into block i − 1 of each span (i, j), which must be kept) the spans from
+    boundary 1 on, with a kept block between consecutive spans (what :meth:`rba.session.Session.maps` accepts)."""
+    if get_fit(kind).folds:
+        return SpanSpace(num_blocks, [(i, j) for i, j in pairs if i >= 1], gap=1)
+    return SpanSpace(num_blocks, pairs)
 
 
 def _distinct(rng: random.Random, total: int, n: int) -> list[int]:

@@ -55,13 +55,13 @@ from search._storage import (
 )
 from search.baselines import span_scores
 from search.identity import IDENTITY_ATTR, IdentityError, refusal, study_identity
+from search.methods import within_space
 from search.objective import Objective
 from search.optuna_backend import run_optuna
 from search.recording import SearchResult, StudyContext, complete_count, completed, needs_labels
 from search.report import finish, write_report
 from search.samplers import make_sampler
 from search.screening import Screen
-from search.space import SpanSpace
 
 __all__ = ["run_search", "run_study", "prepare", "check_inputs", "open_study", "plan", "storage_url", "StudyBusyError",
            "StudyFileError"]
@@ -142,7 +142,7 @@ def prepare(cfg: Config, *, progress: bool = True, session=None, objective: Obje
                                                                          Objective(session, kind=kind).budgets):
         raise ConfigError("the objective passed to run_search does not match the config (fit kind, objectives, budgets)")
     objective.check()
-    space = SpanSpace(session.adapter.num_blocks, session.pairs)
+    space = objective.space  # what the fit kind can replace (a fold: a kept block before each span)
     out = cfg.output_dir()
     out.mkdir(parents=True, exist_ok=True)
     storage = storage_url(cfg)
@@ -225,13 +225,18 @@ def plan(ctx: StudyContext, study, fresh: bool) -> int:
     (for ``optuna``: up to the total; for baselines: the planned configurations not yet complete)."""
     cfg = ctx.cfg
     if ctx.table is None:
-        ctx.table = span_scores(ctx.session.stats, ctx.session.pairs, cfg.fit.ridge)
+        ctx.table = span_scores(ctx.session.stats, ctx.space.pairs, cfg.fit.ridge)
     done = set(completed(study))
     waiting = _waiting_spans(ctx, study)
     spec = get_method(ctx.method)
     planned = spec.plan(ctx, fresh)
     if spec.sampled:
         planned = planned[: max(0, ctx.total - len(done))]
+    planned, unfit = within_space(ctx, planned)
+    if unfit:
+        info(f"{ctx.method}: {len(unfit)} planned configuration(s) left out ({', '.join(unfit[:3])}"
+             f"{', ...' if len(unfit) > 3 else ''}): fit kind {ctx.objective.kind!r} cannot replace them",
+             enabled=ctx.progress)
     for label, spans in planned:
         key = format_spans(spans)
         if key in done or key in waiting:

@@ -224,3 +224,88 @@ def test_replaceme_picks_the_span_of_least_last_token_angular_distance(tmp_path)
     assert plans[0] == ("replaceme n=2", [min(expected, key=expected.get)])
     assert [len(p[1]) for p in plans] == [1] * 7 and sorted(j - i for _, [(i, j)] in plans) == list(range(1, 8))
     assert 0 < session.evaluate(plans[0][1], kind="fold")["fidelity"] < 1
+
+
+def test_a_fold_search_proposes_only_foldable_configurations(tmp_path):
+    """The priors (proxy fronts, best spans, BR-greedy) and the sampler on a 6-layer Llama with fit kind fold: every
+    trial completes, and every configuration keeps block i − 1 of each span (i, j) (checked on the spans here, not
+    through the space)."""
+    from search import run_search
+
+    cfg = tiny_config(tmp_path, "llama", model={"options": {"num_hidden_layers": 6}}, fit={"kind": "fold"},
+                      search={"trials": 14, "objectives": ["fidelity", "params"]}, output={"dir": str(tmp_path / "out")})
+    session = Session(cfg, need_labels=False, progress=False, measure_latency=False)
+    trials = run_search(cfg, progress=False, session=session).trials
+    assert (trials["state"] == "COMPLETE").all() and len(trials) == 14, trials[["spans", "state"]]
+    configurations = [session.check(s) for s in trials["spans"]]
+    for spans in configurations:
+        assert all(i >= 1 for i, _ in spans) and all(c > b for (_, b), (c, _) in zip(spans, spans[1:])), spans
+    assert any(len(s) >= 2 for s in configurations)  # the rule was exercised, not avoided by single spans
+
+
+def test_report_baselines_hold_replaceme_only_where_the_model_folds(tmp_path, monkeypatch):
+    """replaceme among the report's baselines: fitted with fold on a Llama (its results those of evaluating its spans
+    with fold), skipped with a one-line note on a CNN (no tokens, no block that folds), and the note in report.md's
+    baselines section."""
+    import search._results as results
+    from search._render import _baselines_section
+    from search.study import prepare
+
+    monkeypatch.setattr(results, "REPORT_BASELINES", ("replaceme",))
+    found = {}
+    for family in ("llama", "cnn"):
+        cfg = tiny_config(tmp_path / family, family, search={"objectives": ["fidelity", "params"]},
+                          output={"dir": str(tmp_path / family / "out")})
+        session = Session(cfg, need_labels=False, progress=False, measure_latency=False)
+        found[family] = results._baseline_rows(prepare(cfg, progress=False, session=session), {})
+    rows, skipped = found["llama"]
+    assert skipped == [] and set(rows["kind"]) == {"fold"}
+    spans = list(rows["spans"])
+    assert sorted(j - i for i, j in (map(int, s.split("-")) for s in spans)) == [1, 2, 3]  # one span per length
+    assert all(int(s.split("-")[0]) >= 1 for s in spans)
+    session = Session(tiny_config(tmp_path / "llama", "llama"), need_labels=False, progress=False, measure_latency=False)
+    for _, row in rows.iterrows():
+        assert row["fidelity"] == pytest.approx(session.evaluate(row["spans"], kind="fold")["fidelity"], abs=1e-6)
+    rows, skipped = found["cnn"]
+    assert rows.empty and len(skipped) == 1 and skipped[0].startswith("replaceme: ") and "\n" not in skipped[0]
+    assert "has no tokens" in skipped[0]
+    info = {"quality": "fidelity", "cost": "params_frac", "method": "optuna", "kind": "affine",
+            "objectives": ["fidelity", "params"], "max_drop": 0.1, "baselines_skipped": skipped}
+    reference = {"fidelity": 1.0, "params_frac": 1.0}
+    text = "\n".join(_baselines_section(info, found["llama"][0].iloc[:0], reference, found["llama"][0], {"spans": None},
+                                        None))
+    assert f"- replaceme: skipped ({skipped[0].removeprefix('replaceme: ')})" in text
+
+
+def test_folded_vit_export_reloads_as_a_plain_timm_model(tmp_path):
+    """A fold configuration on a timm ViT exports in timm's own format, fewer blocks: reloaded with timm alone (by
+    hand from config.json and the safetensors file, and through timm's local-dir source), its logits equal the
+    in-memory approximated model's; rba reads it back as the same configuration."""
+    import json
+
+    import timm
+    from safetensors.torch import load_file
+
+    from rba.apply import replaced
+
+    cfg = tiny_config(tmp_path, "vit", model={"options": {"depth": 5}}, fit={"kind": "fold"})
+    session = Session(cfg, need_labels=False, progress=False, measure_latency=False)
+    adapter = session.adapter
+    spans = [(1, 2), (3, 5)]  # the second span reaches the last block
+    out = session.export(spans, tmp_path / "export")
+    record = json.loads((out / "config.json").read_text())
+    assert record["architecture"] == "test_vit" and record["model_args"]["depth"] == 5 - 3
+    x = adapter.collate(session.splits.eval.samples[:8])
+    with torch.no_grad():
+        with replaced(adapter, spans, session.maps(spans)):
+            ours = adapter.model(x)
+        by_hand = timm.create_model(record["architecture"], pretrained=False, **record["model_args"])
+        by_hand.load_state_dict(load_file(out / "model.safetensors"), strict=True)
+        local = timm.create_model(f"local-dir:{out}", pretrained=True)
+        for reloaded in (by_hand.eval(), local.eval()):
+            assert len(reloaded.blocks) == 2
+            torch.testing.assert_close(reloaded(x), ours, rtol=0, atol=1e-5)
+    assert not torch.allclose(ours, adapter.model(x), atol=1e-3)  # the fold changed the model's output
+    result = session.evaluate_export(out)
+    assert result["spans"] == "1-2,3-5"
+    assert result["fidelity"] == pytest.approx(session.evaluate(spans)["fidelity"], abs=1e-5)

@@ -447,8 +447,12 @@ def test_rba_report_regenerates_the_report_without_the_model(study, tmp_path, mo
 
     out = _copy(study, tmp_path)
     assert sorted(p.name for p in out.glob("*.png")) == sorted(f for f in REPORT_FILES if f.endswith(".png"))
-    before = {name: (out / name).read_bytes() for name in REPORT_FILES}
-    for name in REPORT_FILES:
+    from search._render import TABLES
+
+    rendered = REPORT_FILES + [name for name in TABLES if (out / name).exists()]
+    assert len(rendered) == len(REPORT_FILES) + len(TABLES)  # baselines and a test split: both tables
+    before = {name: (out / name).read_bytes() for name in rendered}
+    for name in rendered:
         (out / name).unlink()
     inputs = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
@@ -572,7 +576,12 @@ def test_report_sections_against_independent_computations(study):
     # the fit kind of each method is the registry's: identity for the dropping baselines
     kinds = baselines.groupby("method", sort=False)["kind"].unique().map(list).to_dict()
     assert kinds == {"br-greedy": ["affine"], "shortgpt": ["identity"], "shortgpt-affine": ["affine"],
-                     "sleb": ["identity"], "gromov": ["identity"], "gromov-affine": ["affine"]}
+                     "sleb": ["identity"], "gromov": ["identity"], "gromov-affine": ["affine"], "replaceme": ["fold"]}
+    # replaceme (the ViT's blocks fold): one span per length 1..3 (25% of 4 blocks first), none from boundary 0
+    replaceme = list(baselines.loc[baselines["method"] == "replaceme", "spans"])
+    assert sorted(int(s.split("-")[1]) - int(s.split("-")[0]) for s in replaceme) == [1, 2, 3]
+    assert int(replaceme[0].split("-")[1]) - int(replaceme[0].split("-")[0]) == 1
+    assert all(int(s.split("-")[0]) >= 1 for s in replaceme)
     # configurations the trials evaluated (with the search's fit kind) are reused, with the trials' values
     by_spans = done.set_index("spans")
     for _, r in baselines[baselines["kind"] == "affine"].iterrows():

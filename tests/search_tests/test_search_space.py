@@ -203,3 +203,37 @@ def test_proxy_layers_are_brute_force_nondominated_sorting(L, pairs):
         assert costs == sorted(costs)
     first = proxy_layers(L, pairs, proxy, cost, 1)[0]
     assert first == [spans for _, _, spans in proxy_front(L, pairs, proxy, cost) if spans]
+
+
+@pytest.mark.parametrize("L,pairs", [(5, _all_spans(5)), (6, _all_spans(6, max_span=2))], ids=["L5-all", "L6-max2"])
+def test_fold_space_is_the_brute_force_foldable_configurations(L, pairs):
+    """A fold's space (spans from boundary 1 on, a kept block between spans) counts, enumerates, repairs to and
+    prices exactly the configurations an explicit enumeration with that rule finds."""
+    import random
+
+    from search.baselines import proxy_front
+    from search.space import fit_space
+
+    space = fit_space(L, pairs, "fold")
+    every = _brute_configurations(L, pairs)
+    foldable = [c for c in every
+                if all(i >= 1 for i, _ in c) and all(c2 >= b + 1 for (_, b), (c2, _) in zip(c, c[1:]))]
+    assert space.count() == len(foldable) < len(every)
+    assert sorted(map(tuple, space.configurations())) == sorted(map(tuple, foldable))
+    assert space.allows([(1, 2), (3, 4)]) and not space.allows([(1, 2), (2, 3)]) and not space.allows([(0, 2)])
+    encodings = [_encode(L, c) for c in foldable]
+    for vec in itertools.product(CHOICES, repeat=L):  # every vector repairs to a foldable configuration, nearest
+        spans = space.repair(list(vec))
+        assert spans in foldable
+        got = sum(a != b for a, b in zip(vec, _encode(L, spans)))
+        assert got == min(sum(a != b for a, b in zip(vec, e)) for e in encodings), (vec, spans)
+    rng = random.Random(L)
+    proxy = {p: rng.random() for p in space.pairs}
+    cost = {(i, j): -(j - i) + 0.3 * rng.random() for i, j in space.pairs}
+    points = [(sum(proxy[s] for s in c), sum(cost[s] for s in c)) for c in foldable]
+    expected = sorted((round(p, 12), round(c, 12)) for p, c in points
+                      if not any(q <= p and d <= c and (q < p or d < c) for q, d in points))
+    front = proxy_front(L, space.pairs, proxy, cost, gap=space.gap)
+    assert sorted((round(p, 12), round(c, 12)) for p, c, _ in front) == expected
+    assert all(s in foldable for _, _, s in front)
+    assert fit_space(L, pairs, "affine").count() == len(every)
