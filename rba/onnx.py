@@ -36,6 +36,7 @@ from rba._io import atomic_path, atomic_write_json, disk_full, file_sha256, pack
 from rba._records import Record, checked, read_record
 from rba.errors import ConfigError, RBAError
 from rba.export import load_export, read_recipe
+from rba.fit import get_fit
 from rba.names import HEAD_ATTR, config_hash, maps_tag
 from rba.timing import compare
 
@@ -90,8 +91,6 @@ OPSET = 17
 
 def check_onnx_exportable(cfg: Config) -> None:
     """Refuse, before any model is loaded, what the ONNX export does not cover."""
-    from rba.fit import get_fit
-
     if get_fit(cfg.fit.kind).folds:
         raise ConfigError(f"fit.kind = {cfg.fit.kind!r} exports the model in its own format (fewer blocks), which "
                           "--format onnx does not cover: export without --format onnx, or with [fit] kind = \"affine\"")

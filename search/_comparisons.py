@@ -12,6 +12,7 @@ from typing import cast
 import numpy as np
 import pandas as pd
 
+from rba.evaluate import token_weighted
 from rba.files import atomic_path
 from rba.names import LM_COLUMNS, maximised
 from search.analysis import best_quality_at, feasible_rows, hypervolume, quality_limit
@@ -66,7 +67,6 @@ class PerSample:
         """fidelity and accuracy with their standard errors (of the mean; binomial), and for decoder LMs perplexity,
         kl and top1 over the scored tokens with theirs (over samples, :func:`rba.evaluate.token_weighted`; the delta
         method for perplexity); NaN where absent."""
-        from rba.evaluate import token_weighted
         from rba.stats import binomial_se, mean_se  # lazy: scipy loads with the first standard error
 
         out = dict.fromkeys(("fidelity", "fidelity_se", "accuracy", "accuracy_se"), math.nan)
@@ -251,7 +251,7 @@ def paired_tests(info: dict, trials: pd.DataFrame, baselines: pd.DataFrame | Non
 def _token_difference(per: PerSample, quality: str, ra: int, rb: int, **kwargs):
     """B − A of a next-token quality over the scored tokens (perplexity: of the exponentiated mean NLL), with its
     paired bootstrap interval resampling samples (their tokens together); and the two values."""
-    from rba.stats import paired_bootstrap
+    from rba.stats import paired_bootstrap  # lazy: scipy loads with the first test
 
     finish = np.exp if quality == "perplexity" else (lambda x: x)
 
@@ -332,7 +332,7 @@ def within_length_correlations(singles: pd.DataFrame, scores: pd.DataFrame, orie
     higher is more redundant) and quality, the Spearman ρ within each length of at least 3 spans (NaN where the
     metric or the quality is constant there), and their mean weighted by the number of spans. Pooled over all
     lengths, ρ also measures "longer spans hurt more"."""
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr  # lazy: scipy loads with the first rank correlation
 
     merged = singles.merge(scores, on=["start", "end"], how="inner", suffixes=("", "_score"))
     merged["length"] = merged["end"] - merged["start"]

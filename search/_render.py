@@ -5,6 +5,7 @@ are in :mod:`search._markdown`, the plots in :mod:`search._plots`."""
 from __future__ import annotations
 
 import math
+import tomllib
 from pathlib import Path
 from typing import cast
 
@@ -160,8 +161,6 @@ def _why_column(column: str, info: dict, kinds) -> str:
 def _data_sources(out: Path) -> list[str]:
     """Where the statistics and fits came from, and where the probe and eval splits came from, as the study's
     resolved config says (a transfer study draws its calibration split from ``[data] calibration_path``)."""
-    import tomllib
-
     try:
         data = tomllib.loads((out / "config.resolved.toml").read_text())["data"]
     except (OSError, ValueError, KeyError):

@@ -5,6 +5,7 @@ and the baselines' and single spans' rows. ``report.json``'s format and the fold
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,8 +216,6 @@ def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> tuple[pd.DataFr
     with that fit kind, else evaluated through an objective of that kind (one per kind, so a configuration two
     methods share is evaluated once; accuracy only where the trials compute it). Returns the rows and one note
     per method skipped because its check refuses this study ("replaceme: why")."""
-    import dataclasses
-
     session = ctx.session
     objectives = {ctx.objective.kind: ctx.objective}
     own = get_method(ctx.method).name

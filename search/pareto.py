@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from optuna.trial import TrialState
 
 from rba.files import atomic_path
 from rba.names import COST_COLUMNS, OBJECTIVES, QUALITY, RESULT_COLUMNS
@@ -37,8 +38,6 @@ AXIS_LABELS = {
 def trials_frame(study) -> pd.DataFrame:
     """Every trial that ran (waiting ones and repeats of an earlier configuration left out), in trial order,
     with :data:`TRIAL_COLUMNS`."""
-    from optuna.trial import TrialState
-
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.WAITING or DUPLICATE_ATTR in t.user_attrs:

@@ -11,8 +11,13 @@ rendering) and re-exports their public names."""
 from __future__ import annotations
 
 import os
+import platform
+import sys
 import time
 from pathlib import Path
+
+import pandas as pd
+import torch
 
 from rba.files import atomic_path, atomic_write_json, checked, package_versions
 from rba.fit import fit_label
@@ -44,10 +49,6 @@ __all__ = ["finish", "choose_export", "rule_columns", "measure_speedup", "measur
 
 def _machine_line(load_start: float | None) -> str:
     """Where the report's times were measured: a reader compares them only at equal load."""
-    import platform
-    import sys
-
-    import torch
 
     load = f"{load_start:.1f} → {os.getloadavg()[0]:.1f}" if load_start is not None else f"{os.getloadavg()[0]:.1f}"
     command = " ".join(["rba", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("rba", "cli.py") else None
@@ -78,8 +79,6 @@ def _write_test_split(ctx, session, members, baselines: bool, choice: dict, expo
     """Score every configuration the report quotes on the held-out test split, sample by sample, and write
     ``per_sample.npz``; the selections (front, picks, export) were all made on eval before. Returns report.json's
     ``test`` record."""
-    import pandas as pd
-
     out = ctx.out
     trials = pd.read_csv(out / "trials.csv", dtype={"spans": "string"})  # as the renderer will read them
     table = pd.read_csv(out / "baselines.csv", dtype={"spans": "string"}) if baselines else None

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import timm
 import torch
+from timm.models import save_for_hf
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from rba.adapters._base import Adapter, Context
-from rba.adapters._builder import build_model
+from rba.adapters._builder import build_model, load_pretrained
 from rba.adapters._cnn import TimmCNN
 from rba.adapters._image import ImagePreprocess
 from rba.adapters._weights import weights_path
@@ -56,9 +57,6 @@ def _create_from_folder(folder: Path, options: dict[str, Any]) -> tuple[torch.nn
     """``timm.create_model(architecture, **model_args)`` from the folder's ``config.json`` (timm's hub format), its
     ``model.safetensors`` loaded strictly: the same steps as ``timm.create_model("local-dir:FOLDER",
     pretrained=True)``, with any timm 1.x."""
-    import timm
-
-    from rba.adapters._builder import load_pretrained
 
     try:
         record = json.loads((folder / "config.json").read_text())
@@ -155,8 +153,6 @@ class TimmViT(Adapter):
         """``timm.create_model(architecture, depth=kept, **arguments)``, the arguments this model was built with
         (its identity's options), loaded strictly with the kept blocks' weights renumbered 0..kept-1 (a fold's
         block with its folded fc2 among them, when :func:`rba.apply.replace_` has put one in)."""
-        import timm
-
         dropped = set(drop)
         keep = [k for k in range(self.num_blocks) if k not in dropped]
         model = timm.create_model(self.model.pretrained_cfg["architecture"], pretrained=False,
@@ -181,8 +177,6 @@ class TimmViT(Adapter):
         """timm's own format through ``timm.models.save_for_hf``: ``model.safetensors`` and ``config.json``
         (``architecture``, ``model_args``, the preprocessing), which ``timm.create_model("local-dir:FOLDER",
         pretrained=True)`` reloads, or by hand ``timm.create_model(architecture, **model_args)`` and the weights."""
-        from timm.models import save_for_hf
-
         depth = len(list(model.get_submodule("blocks").children()))
         save_for_hf(model, str(folder), model_args=self._model_args(depth), safe_serialization=True)
 
