@@ -22,7 +22,7 @@ from rba.session import Session
 from rba.spans import parse_spans
 from rba.timing import compare
 from search._render import render_report
-from search._results import ReportError, read_report_inputs, read_summary
+from search._report_files import ReportError, read_report_inputs, read_summary
 from search.objective import RESULT_COLUMNS
 from search.recording import StudyContext, log
 

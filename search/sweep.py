@@ -21,7 +21,7 @@ import pandas as pd
 from rba.config import Config, check_dotted_key, list_studies, load_config, load_study
 from rba.errors import ConfigError
 from rba.files import atomic_path, long_name
-from search._results import read_summary
+from search._report_files import read_summary
 from search.pareto import AXIS_LABELS
 
 __all__ = ["Study", "expand", "is_sweep", "read_sweep", "write_summary", "SUMMARY_COLUMNS"]
