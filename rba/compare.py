@@ -77,7 +77,7 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
     sample_s = time.perf_counter() - t0
     held = collect_vectors(session.adapter, session.splits.eval.samples, boundaries, limit=cfg.fit.max_vectors,
                            batch_size=cfg.capture.batch_size, max_memory_gb=cfg.capture.max_memory_gb,
-                           progress=progress, what="held-out (eval)")
+                           progress=progress, what="held-out (eval)", skip_first_token=cfg.capture.skip_first_token)
     rows: list[dict] = []
     for n, span in enumerate(spans):
         i, j = span

@@ -114,6 +114,10 @@ class CaptureConfig:
     """statistics cache folder (default: $XDG_CACHE_HOME/rba, else ~/.cache/rba, shared by all studies)"""
     max_memory_gb: Annotated[float, Field(gt=0)] = 8.0
     """refuse to allocate statistics larger than this"""
+    skip_first_token: bool = False
+    """leave each sample's first real token out of the statistics (scores and fits; token models only): a decoder
+    LM's first token carries massive activations that dominate variance-normalised scores. Measured on SmolLM2
+    (docs/decoder-lms.md) it ranks single layers worse and fits worse, so it is off by default"""
 
 
 @dataclass(config=_SCHEMA)
@@ -189,9 +193,21 @@ class RunConfig:
 class ReportConfig:
     """``rba run``'s report: which analysis sections it computes (the cheap ones by default)."""
 
-    baselines: bool = True
-    """evaluate the BR-greedy and block-drop baselines at the search's budgets (configurations the trials
-    evaluated are reused)"""
+    baselines: bool | list[str] = True
+    """evaluate baseline methods beside the search (configurations the trials evaluated are reused): ``true`` for
+    br-greedy, shortgpt, shortgpt-affine, sleb, gromov and gromov-affine, or a list of method names (``rba ls
+    methods``, e.g. ``["shortgpt", "sleb", "gromov", "replaceme"]``)"""
+    baseline_min_flops: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """the baselines' configurations below this FLOPs fraction are not evaluated, and SLEB stops removing blocks
+    there (also ``--method sleb``): what removes more than any budget the report compares at costs evaluations
+    and adds nothing (e.g. 0.7 with ``flops_points = [0.8, 0.9]``); 0: all of them"""
+    baseline_max_flops: Annotated[float, Field(gt=0)] = 1.0
+    """... and those above this FLOPs fraction neither (SLEB still removes blocks through them): with
+    ``baseline_min_flops``, a window around the budgets the report compares at, for models whose every evaluation
+    is dear (a decoder LM's test split); 1: all of them"""
+    sleb_stride: _POSITIVE_INT = 4
+    """SLEB re-measures each candidate removal on every n-th batch of the eval split (also ``--method sleb``): a
+    larger stride, a smaller token subset, for models whose every evaluation is dear"""
     single_spans: bool = False
     """evaluate every single span (trial results reused) for the Spearman correlation of each metric with the
     post-replacement fidelity and accuracy"""
@@ -280,6 +296,13 @@ class Config:
         if self.data.calibration_kind is not None and self.data.calibration_path is None:
             raise ConfigError(f"data.calibration_kind = {self.data.calibration_kind!r} but data.calibration_path is "
                               "not set: give the calibration data set's path, or drop calibration_kind")
+        if self.report.baseline_min_flops >= self.report.baseline_max_flops:
+            raise ConfigError(f"report.baseline_min_flops = {self.report.baseline_min_flops} is not below "
+                              f"report.baseline_max_flops = {self.report.baseline_max_flops}: no baseline "
+                              "configuration would be evaluated; lower the first or raise the second")
+        if isinstance(self.report.baselines, list):
+            for name in self.report.baselines:
+                _choice("report.baselines", name, [m for m in list_methods() if m not in _NOT_BASELINES])
         for key in ("budget_flops", "budget_params", "budget_latency"):
             v = getattr(self.search, key)
             if v is not None and v <= 0:
@@ -435,6 +458,10 @@ def _unknown(what: str, key: str, valid, section: str | None = None) -> str:
         return _REMOVED[f"{section}.{key}"]
     valid = sorted(valid)
     return f"unknown {what} {key!r}.{did_you_mean(key, valid)} Valid: {', '.join(valid)}"
+
+
+#: methods that are no baseline of a report: the sampler search itself, and every configuration of the space
+_NOT_BASELINES = ("optuna", "exhaustive")
 
 
 def _choice(key: str, value: Any, options: list[str]) -> None:

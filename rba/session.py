@@ -127,6 +127,8 @@ class Session:
         }
         if self.folds() if mlp_outputs is None else mlp_outputs:
             request["mlp_outputs"] = True
+        if self.cfg.capture.skip_first_token:  # absent otherwise: statistics over every token keep their key
+            request["skip_first_token"] = True
         return request
 
     def statistics_key(self) -> str:
@@ -181,6 +183,7 @@ class Session:
             key=key,
             meta={"model": self.adapter.identity, "samples": len(self.splits.calibration), "request": request},
             mlp_outputs=mlp_outputs,
+            skip_first_token=self.cfg.capture.skip_first_token,
         )
         stats.save(path)
         return stats
@@ -235,7 +238,8 @@ class Session:
         c = self.cfg.capture
         self._vectors |= collect_vectors(self.adapter, self.splits.calibration.samples, missing,
                                          limit=self.cfg.fit.max_vectors, batch_size=c.batch_size,
-                                         max_memory_gb=c.max_memory_gb - held, progress=self.progress)
+                                         max_memory_gb=c.max_memory_gb - held, progress=self.progress,
+                                         skip_first_token=self.cfg.capture.skip_first_token)
 
     def fit_vectors(self, span: Span) -> tuple[torch.Tensor, torch.Tensor]:
         """Paired vectors (x_i, x_j) of the unmodified network for a fit that trains on vectors: those of the

@@ -34,7 +34,7 @@ def vectors_nbytes(dims: Sequence[int], boundaries: Sequence[int], limit: int) -
 @torch.inference_mode()
 def collect_vectors(adapter: Adapter, samples: Samples, boundaries: Sequence[int], *, limit: int,
                     batch_size: int, max_memory_gb: float, progress: bool = True,
-                    what: str = "calibration") -> dict[int, torch.Tensor]:
+                    what: str = "calibration", skip_first_token: bool = False) -> dict[int, torch.Tensor]:
     """{boundary: (n_k, D_k) float32 CPU tensor}: the vectors of the first ``samples`` at each of ``boundaries``,
     at most ``limit`` each. Refused before any forward pass when the sample could exceed ``max_memory_gb``."""
     boundaries = sorted(set(boundaries))
@@ -51,7 +51,7 @@ def collect_vectors(adapter: Adapter, samples: Samples, boundaries: Sequence[int
         log.info(msg)
     kept: dict[int, list[torch.Tensor]] = {k: [] for k in boundaries}
     counts = dict.fromkeys(boundaries, 0)
-    for _, vecs in boundary_vectors(adapter, samples, batch_size):
+    for _, vecs in boundary_vectors(adapter, samples, batch_size, skip_first_token=skip_first_token):
         for k in boundaries:
             if counts[k] < limit:
                 v = vecs[k][: limit - counts[k]].float().cpu()

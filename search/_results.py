@@ -9,6 +9,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -210,7 +211,8 @@ REPORT_BASELINES = ("br-greedy", "shortgpt", "shortgpt-affine", "sleb", "gromov"
 
 
 def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> tuple[pd.DataFrame, list[str]]:
-    """The configurations each method of :data:`REPORT_BASELINES` plans (its registry planner, on the study's
+    """The configurations each baseline method (``[report] baselines``: :data:`REPORT_BASELINES`, or those listed)
+    plans within ``[report] baseline_min_flops`` … ``baseline_max_flops`` (its registry planner, on the study's
     session, budgets and objectives; the study's own method left out), with the fit kind the registry gives it
     (``get_method(name).fit_kind``) and its results: the trials' where the search evaluated the configuration
     with that fit kind, else evaluated through an objective of that kind (one per kind, so a configuration two
@@ -219,8 +221,11 @@ def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> tuple[pd.DataFr
     session = ctx.session
     objectives = {ctx.objective.kind: ctx.objective}
     own = get_method(ctx.method).name
+    chosen = ctx.cfg.report.baselines
+    window = (ctx.cfg.report.baseline_min_flops, ctx.cfg.report.baseline_max_flops)
     rows, skipped = [], []
-    for name in REPORT_BASELINES:
+    # (called only when the report has baselines: ``chosen`` is True or a list)
+    for name in REPORT_BASELINES if chosen is True else cast(list[str], chosen):
         spec = get_method(name)
         if spec.name == own:
             continue
@@ -235,6 +240,8 @@ def _baseline_rows(ctx: StudyContext, known: dict[str, dict]) -> tuple[pd.DataFr
         objectives[kind] = objective
         planned, _ = within_space(own_ctx, spec.plan(own_ctx, True))
         for _, spans in planned:
+            if window != (0.0, 1.0) and not window[0] <= objective.cost(spans)["flops_frac"] <= window[1]:
+                continue  # (the default window keeps every configuration, even one that costs more than none)
             key = format_spans(spans)
             if kind == ctx.objective.kind and key in known:
                 row, source = known[key], "trial"

@@ -155,16 +155,18 @@ def _subset_quality(objective, spans: list[Span], batches: list[int]) -> float:
     return float(ev.subset_scores(run.pooled("eval", batches), rows, probe)[column])
 
 
-def sleb_order(objective, barriers: tuple[int, int] = SLEB_BARRIERS) -> tuple[list[list[Span]], int]:
+def sleb_order(objective, barriers: tuple[int, int] = SLEB_BARRIERS, *, stride: int = 4,
+               min_flops: float = 0.0) -> tuple[list[list[Span]], int]:
     """SLEB's removal order: configuration k holds the first k removed blocks (identity spans). Each step tries
-    every remaining candidate block with the blocks already removed, on the eval split's first early-stopping
-    subset (every 4th batch), and removes the one that leaves the quality best (highest; lowest for perplexity or
-    kl; ties: the earliest block).
+    every remaining candidate block with the blocks already removed, on every ``stride``-th batch of the eval split,
+    and removes the one that leaves the quality best (highest; lowest for perplexity or kl; ties: the earliest
+    block). A candidate whose removal would take the FLOPs fraction below ``min_flops`` is not tried; the order
+    ends when none is left.
     Returns the configurations and the number of subset evaluations they took."""
     session = objective.session
     stats = session.stats
     alive = [i for i, j in session.pairs if j == i + 1 and stats.dims[i] == stats.dims[j]]
-    batches = session.evaluator.eval_stages()[0]
+    batches = session.evaluator.eval_stages((stride,))[0]
     early, late = barriers
     removed: list[Span] = []
     out, evaluations = [], 0
@@ -173,10 +175,16 @@ def sleb_order(objective, barriers: tuple[int, int] = SLEB_BARRIERS) -> tuple[li
     while len(alive) > early + late:
         best_score, best = -math.inf, None
         for k in alive[early : len(alive) - late]:
-            score = sign * _subset_quality(objective, sorted(removed + [(k, k + 1)]), batches)
+            spans = sorted(removed + [(k, k + 1)])
+            if min_flops and objective.cost(spans)["flops_frac"] < min_flops:
+                continue
+            score = sign * _subset_quality(objective, spans, batches)
             evaluations += 1
             if score > best_score:
                 best_score, best = score, k
+        if best is None and min_flops and all(objective.cost(sorted(removed + [(k, k + 1)]))["flops_frac"] < min_flops
+                                              for k in alive[early : len(alive) - late]):
+            break  # every candidate would go below min_flops
         if best is None:  # every score beats -inf but NaN, which compares false
             raise RBAError(f"SLEB: every candidate block scored NaN {column} on the eval split's first subset "
                            f"({len(batches)} batches) with blocks {sorted(i for i, _ in removed)} removed, so none can "

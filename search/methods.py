@@ -79,9 +79,11 @@ def plan_shortgpt_affine(ctx: StudyContext, fresh: bool) -> Plan:
 
 
 def plan_sleb(ctx: StudyContext, fresh: bool) -> Plan:
-    order, evaluations = baselines.sleb_order(ctx.objective)
-    info(f"{ctx.method}: removal order chosen with {evaluations} evaluations on a quarter of the eval split",
-         enabled=ctx.progress)
+    report = ctx.cfg.report
+    order, evaluations = baselines.sleb_order(ctx.objective, stride=report.sleb_stride,
+                                              min_flops=report.baseline_min_flops)
+    info(f"{ctx.method}: removal order chosen with {evaluations} evaluations on every {report.sleb_stride}th batch "
+         "of the eval split", enabled=ctx.progress)
     return [(f"{ctx.method} {len(s)}", s) for s in order]
 
 

@@ -119,7 +119,7 @@ def write_report(result: SearchResult, *, started: float, setup_s: float | None 
         log(f"warning: {choice.reason}")
     phases["front accuracy"] = time.time() - t
     known = _known_results(result.trials, front)
-    baselines = cfg.report.baselines and ctx.table is not None
+    baselines = bool(cfg.report.baselines) and ctx.table is not None
     skipped: list[str] = []
     if baselines:
         t = time.time()

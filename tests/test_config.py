@@ -32,6 +32,9 @@ def test_flags_override_file(tmp_path):
     ({"search": {"trials": "many"}}, "search.trials must be int"),
     ({"search": {"objectives": ["accuracy", "speed"]}}, "search.objectives = 'speed'"),
     ({"search": {"budget_flops": -0.5}}, "budget is a positive fraction"),
+    ({"report": {"baselines": ["shortgpt", "slep"]}}, "report.baselines = 'slep' is not one of"),
+    ({"report": {"baselines": ["optuna"]}}, "report.baselines = 'optuna' is not one of"),
+    ({"report": {"baseline_min_flops": 0.8, "baseline_max_flops": 0.7}}, "no baseline configuration would be"),
 ])
 def test_bad_config_names_the_problem(raw, needle):
     with pytest.raises(ConfigError) as exc:

@@ -148,17 +148,24 @@ def test_replaced_spans_match_the_models_own_forward_and_a_hand_written_loop(fam
     torch.testing.assert_close(_own_logits(adapter, x), _staged_logits(adapter, x), rtol=0, atol=ATOL)  # restored
 
 
-def test_statistics_capture_through_a_session(tmp_path):
+@pytest.mark.parametrize("skip", [False, True])
+def test_statistics_capture_through_a_session(tmp_path, skip):
     """Session(...).stats on a tiny Llama with synthetic texts: Gram and cross totals equal numpy sums over
-    the real tokens materialised by running the layers directly."""
+    the real tokens materialised by running the layers directly; with ``capture.skip_first_token``, without each
+    text's first token (column 0: texts are padded on the right)."""
     from rba.session import Session
 
-    cfg = tiny_config(tmp_path, "llama", capture={"dtype": "float64"})
+    capture = {"dtype": "float64"} | ({"skip_first_token": True} if skip else {})
+    cfg = tiny_config(tmp_path, "llama", capture=capture)
     session = Session(cfg, progress=False)
     stats = session.stats
     samples = sorted(session.splits.calibration.samples, key=len)
     xs = materialise(session.adapter, samples, batch_size=cfg.capture.batch_size)
-    assert stats.n == len(xs[0]) == sum(len(session.adapter.collate([s])["input_ids"][0]) for s in samples)
+    lengths = [len(session.adapter.collate([s])["input_ids"][0]) for s in samples]
+    if skip:  # the rows of every text's first token (materialise keeps the real tokens, text by text)
+        first = np.cumsum([0] + lengths[:-1])
+        xs = [np.delete(x, first, axis=0) for x in xs]
+    assert stats.n == len(xs[0]) == sum(lengths) - (len(samples) if skip else 0)
     for k in range(session.adapter.num_blocks + 1):
         xt = np.hstack([xs[k], np.ones((len(xs[k]), 1))])
         ref = xt.T @ xt

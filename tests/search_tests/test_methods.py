@@ -159,6 +159,39 @@ def test_sleb_refuses_in_one_line_when_every_candidate_scores_nan(study, monkeyp
         sleb_order(Objective(session, kind="identity"))
 
 
+def test_sleb_stops_at_the_flops_floor(study):
+    """``[report] baseline_min_flops``: a removal that would go below it is never tried, so the order is the
+    unbounded one's prefix that stays above it (every block of the tiny ViT costs the same: two removals)."""
+    _, _, session = study
+    objective = Objective(session, kind="identity")
+    unbounded, _ = sleb_order(objective)
+    floor = objective.cost([(1, 2), (2, 3)])["flops_frac"] - 1e-9  # two blocks removed: still at or above it
+    order, evaluations = sleb_order(objective, min_flops=floor)
+    assert order == unbounded[:2]
+    assert evaluations == 4 + 3  # a third removal's candidates all fall below the floor: none is evaluated
+
+
+def test_report_baselines_listed_and_within_their_flops_window(study):
+    """``[report] baselines`` as a list plans those methods only; ``baseline_min_flops`` / ``baseline_max_flops``
+    keep the planned configurations whose FLOPs fraction lies inside the window: the same rows as without it,
+    filtered here by their own flops_frac column."""
+    import search._results as results
+    from search.study import prepare
+
+    _, _, session = study
+    found = {}
+    for window in [(0.0, 1.0), (0.5, 0.85)]:
+        cfg = _config(study, f"window{window[0]}", objectives=["fidelity", "flops"])
+        cfg.report.baselines = ["shortgpt", "gromov"]
+        cfg.report.baseline_min_flops, cfg.report.baseline_max_flops = window
+        found[window], _ = results._baseline_rows(prepare(cfg, progress=False, session=session), {})
+    every, inside = found[(0.0, 1.0)], found[(0.5, 0.85)]
+    assert set(every["method"]) == {"shortgpt", "gromov"} and len(every) == 2 * DEPTH  # 1..6 blocks each
+    expected = every[(every["flops_frac"] >= 0.5) & (every["flops_frac"] <= 0.85)]
+    assert 0 < len(inside) < len(every)
+    assert list(zip(inside["method"], inside["spans"])) == list(zip(expected["method"], expected["spans"]))
+
+
 # ---------------------------------------------------------------------- random lesions
 def test_random_lesions_are_seeded_distinct_block_sets():
     blocks = [0, 1, 2, 4, 5]
