@@ -87,7 +87,7 @@ def _study_lines(folder: Path) -> list[str]:
     methods = pd.read_csv(folder / "methods.csv") if (folder / "methods.csv").exists() else None
     quality = info["quality"]
     samples = info["test"]["samples"]
-    lines = [f"**{info['name']}** ({_link(folder / 'report.md')}; {quality} and FLOPs, test split of {samples} "
+    lines = [f"**{info['name']}** ({_link(folder / 'report.md')}; {quality} against {info['cost']}, test split of {samples} "
              f"samples, every pick selected on eval):", ""]
     qualities = [quality] + [q for q in dict.fromkeys(tests["quality"]) if q != quality]
     for q in qualities:  # the rule's quality first, then the others (accuracy beside fidelity, ...)
