@@ -27,8 +27,8 @@ quarter of the eval split): each such subset evaluation is charged as one evalua
 becomes available after Σ_{s<k} c_s + k evaluations (c_s candidates at step s; :func:`sleb_charges`).
 
 **Scores.** After n evaluations a method's front is the non-dominated set of its configurations by *eval* quality
-and cost (``search._results.front_2d``); its score is the hypervolume of those configurations' *test* values at
-the reference point fixed in advance (``search._results.fixed_reference``: 0.9 × the unmodified model's test
+and cost (``search._comparisons.front_2d``); its score is the hypervolume of those configurations' *test* values at
+the reference point fixed in advance (``search._comparisons.fixed_reference``: 0.9 × the unmodified model's test
 quality, the full cost), as a share of the hypervolume of every fitted configuration's test values (the true
 front). Quality and cost are the export rule's (the study's first quality and cost objectives). Best-at-budget:
 the configuration with the best eval quality within a FLOPs budget, scored on test (with its standard error).
@@ -246,7 +246,7 @@ class Pool:
     @classmethod
     def from_table(cls, table: pd.DataFrame, arrays: dict[str, np.ndarray], quality: str, cost: str, kind: str,
                    feasible: list[bool] | None = None) -> "Pool":
-        from search._results import fixed_reference
+        from search._comparisons import fixed_reference
         from search.analysis import hypervolume
 
         samples = per_sample_quality(arrays, quality)
@@ -288,7 +288,7 @@ class Pool:
 
 def selected(pool: Pool, keys: list[str]) -> pd.DataFrame:
     """The configurations ``keys`` a method evaluated, reduced to its front on eval (``front_2d``)."""
-    from search._results import front_2d
+    from search._comparisons import front_2d
 
     return front_2d(pool.rows.loc[keys], pool.quality, pool.cost)
 
@@ -365,7 +365,7 @@ def differences(pool: Pool, runs: list[Run], counts: list[int], resamples: int, 
     interval over the test samples (the fronts, selected on eval, held fixed; the reference point resampled with
     the unmodified model's quality; the true front's hypervolume held at its observed value)."""
     from rba.stats import paired_bootstrap
-    from search._results import REFERENCE_QUALITY_SHARE
+    from search._comparisons import REFERENCE_QUALITY_SHARE
     from search.analysis import hypervolume
 
     by_method: dict[str, list[Run]] = {}

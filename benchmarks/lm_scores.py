@@ -33,9 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import _common as C
+import numpy as np
+import torch
 
 TREATMENTS = ["as_is", "no_first", "standardised", "rms", "no_first+standardised", "no_first+rms"]
 SCORES = {"br": lambda v: -v, "cosine": lambda v: 1 - v, "cka": lambda v: 1 - v, "ls_residual": lambda v: v}

@@ -38,8 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
-import torch  # noqa: E402
+import _common as C
+import torch
 
 
 def _session(args, cache):
@@ -271,7 +271,7 @@ def _physical_limit(session, span) -> float:
             for k in blocks:
                 h = adapter.run_block(k, h, ctx)
             pooled.append(adapter.pool(h, ctx).float())
-        logits = lambda rows: adapter.logits(rows.to(adapter.device, adapter.dtype))  # noqa: E731
+        logits = lambda rows: adapter.logits(rows.to(adapter.device, adapter.dtype))  # noqa: E731  (handed on below)
         return token_scores(logits, torch.cat(pooled), torch.arange(len(part.pooled)), part.reference)
 
     with replaced(adapter, [span], session.maps([span], "fold")):  # block ℓ − 1 is the folded one

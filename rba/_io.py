@@ -8,12 +8,14 @@ import functools
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import socket
 import subprocess
 import tempfile
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -179,16 +181,12 @@ RECORDED_PACKAGES = ("rba", "torch", "timm", "transformers", "sentence-transform
 def package_versions() -> dict[str, str]:
     """Versions of :data:`RECORDED_PACKAGES`, Python's, and ``rba-commit``: the git commit of the rba source that
     runs (``-dirty`` when its tracked files differ from it; absent when rba does not run from a git checkout)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for name in RECORDED_PACKAGES:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
             pass
-    import platform
-
     out["python"] = platform.python_version()
     commit = source_commit()
     if commit:

@@ -89,7 +89,7 @@ def read_table(path: str | Path, *, columns: Iterable[str], numeric: Iterable[st
     """The CSV table in ``path`` (pandas), with every one of ``columns`` present and only numbers (or empty cells)
     in the ``numeric`` ones (None: in every column); otherwise ``error``, one line naming the file, the column and
     ``fix``."""
-    import pandas as pd
+    import pandas as pd  # lazy: pandas; loading an export (rba.export) needs none
 
     path = Path(path)
     try:

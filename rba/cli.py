@@ -8,13 +8,16 @@ import says ``# lazy``), so that ``rba --help`` and ``rba ls`` start in a fracti
 
 from __future__ import annotations
 
+import _thread
 import argparse
+import functools
 import inspect
 import json
 import logging
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -535,7 +538,7 @@ def _no_library_bars() -> None:
     when stderr is not a terminal (logs, CI), where their redraws would be control characters."""
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     if "transformers" in sys.modules:  # imported already (rba used in-process): its switch is read at import
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # lazy: loaded already (the test above)
 
         hf_logging.disable_progress_bar()
 
@@ -574,17 +577,12 @@ def _redeliver_lost_interrupt(unraisable, *, _default) -> None:
     run went on to the end. Deliver it again instead, from a new thread, which gets to run once this hook has returned
     (raised here, it would be lost the same way; should it land in another callback, it comes back here)."""
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
-        import _thread
-
         _thread.start_new_thread(_thread.interrupt_main, ())  # threading.Thread.start would wait for it, here
     else:
         _default(unraisable)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import functools
-    import warnings
-
     restore_early = _log_to_stderr(_progress.NORMAL)  # a plug-in that fails to load while the parser is built warns
     try:
         parser = build_parser()  # its help lists the registries' names, so plug-ins load first

@@ -237,7 +237,7 @@ def _report(session, table: pd.DataFrame, sample_s: float, n_held: int) -> str:
 def plot_comparison(table: pd.DataFrame, path: str | Path, title: str = "") -> None:
     """Grouped bars per span: held-out relative error, fidelity and fit time of each kind; trained kinds
     hatched and labelled ``(trained)``."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: matplotlib loads with the first plot
 
     panels = [("heldout_rel", "held-out SSE / total variation (lower: better)", True),
               ("fidelity", "fidelity (pooled cosine)", False), ("fit_s", "fit time, s", True)]

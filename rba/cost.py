@@ -13,10 +13,11 @@ model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -159,8 +160,6 @@ class CostModel:
         return model
 
     def _measure_latency(self, adapter: Adapter, one_sample, batch_size: int, repeats: int) -> None:
-        import numpy as np
-
         batch = adapter.collate(list(one_sample) * batch_size if isinstance(one_sample, list)
                                 else np.repeat(np.asarray(one_sample), batch_size, axis=0))
         h, ctx = adapter.embed(batch)
@@ -180,6 +179,4 @@ class CostModel:
         self.map_latency_table = maps
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)

@@ -8,6 +8,7 @@ Preprocessing is the adapter's job (tokenizer, timm normalisation, EfficientNet-
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import warnings
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
+import pandas as pd
 
 from rba.datasets import DATASETS, data_file
 from rba.errors import DataError
@@ -134,7 +136,7 @@ class ImageFiles:
     def decode(self, path: Path) -> np.ndarray:
         """One image as uint8 C×H×W (RGB), resized to ``size`` as it is decoded (a JPEG decodes at a reduced scale
         first where that is still at least ``size``)."""
-        from PIL import Image
+        from PIL import Image  # lazy: PIL, for image files only
 
         try:
             with Image.open(path) as opened:
@@ -171,8 +173,6 @@ def data_identity(cfg, splits: Splits) -> dict[str, Any]:
     files named by ``path`` and ``calibration_path`` replaced by a content digest of each split drawn from them
     (:meth:`Dataset.fingerprint`). A file whose contents change gives another identity; the same contents at
     another path give the same one."""
-    import dataclasses
-
     data = dataclasses.asdict(cfg.data)
     for key in ("path", "calibration_path"):
         data.pop(key, None)
@@ -350,8 +350,6 @@ def _warn_if_overlapping(cfg, splits: Splits) -> None:
 # ---------------------------------------------------------------------- readers
 def _text_csv(path: Path, text_col: str, label_col: str | None, *, label_required: bool = True) -> Dataset:
     try:
-        import pandas as pd
-
         frame = pd.read_csv(path, keep_default_na=False)
     except Exception as exc:  # pandas raises many kinds on malformed files
         raise DataError(f"cannot read {path} as CSV: {exc}") from None
@@ -440,7 +438,7 @@ def _image_folder(path: Path, image_size: int | None = None) -> Dataset:
     """One sub-folder of images per class, read lazily (:class:`ImageFiles`): every file is checked here (its
     header and, where the format allows, its structure: PIL's ``verify``), none is decoded. Images are resized on
     load to ``image_size`` squared, else to the first image's size."""
-    from PIL import Image
+    from PIL import Image  # lazy: PIL, for image files only
 
     if not path.is_dir():
         raise DataError(f"data.path {path} is a file, but kind = \"image-folder\" reads a folder with one "

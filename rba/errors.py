@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 __all__ = ["did_you_mean", "RBAError", "ConfigError", "UnknownNameError", "DataError", "ModelError", "SpanError",
            "BudgetError", "CacheError", "DiskFullError"]
 
@@ -49,7 +51,5 @@ class DiskFullError(RBAError):
 
 def did_you_mean(name: object, options, n: int = 1) -> str:
     """``" Did you mean 'x'?"`` for the closest of ``options`` to ``name``, or ``""`` when none is close."""
-    import difflib
-
     close = difflib.get_close_matches(str(name), [str(o) for o in options], n=n)
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""

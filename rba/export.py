@@ -21,11 +21,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Sequence, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from safetensors.torch import load_model, save_model
 from torch import nn
 
 from rba._io import atomic_path, atomic_write_json, file_sha256, package_versions
@@ -169,8 +173,6 @@ def export_model(session: SessionParts, spans: Sequence[Span], out: str | Path, 
     The maps are the session's for fit ``kind`` and ``mode`` (default: the config's ``[fit]``), exactly what
     ``rba evaluate`` and the search score. With labels and a probe head, the probe fitted for this configuration
     (or the fixed probe) is saved as the head; with the native head, the model's own head is already saved."""
-    from safetensors.torch import save_model
-
     out = Path(out)
     cfg = session.cfg
     kind = kind or cfg.fit.kind
@@ -234,10 +236,6 @@ def _export_folded(session: SessionParts, spans: Sequence[Span], out: Path, kind
     causal LM a transformers folder ``AutoModelForCausalLM.from_pretrained`` loads, no rba needed), plus
     :data:`FOLD_RECORD` (spans, fit, model identity, statistics hash). Written into a temporary folder beside
     ``out``, then moved in file by file, the record last; a recipe export's files left in ``out`` are removed."""
-    import os
-    import shutil
-    import tempfile
-
     adapter = session.adapter
     maps = session.maps(spans, kind, mode)
     handle = replace_(adapter, spans, maps)
@@ -321,8 +319,6 @@ def load_export(folder: str | Path, device: str = "cpu", *, trust_code: bool = F
     An export of a ``kind = "module"`` model names a factory that rebuilding it would import and call, i.e.
     run code. The export never decides that: the caller does, with ``trust_code=True``, and ``factory`` (the
     ``model.name`` the caller's own config trusts) limits that trust to one factory."""
-    from safetensors.torch import load_model
-
     folder = Path(folder)
     if (folder / FOLD_RECORD).is_file() and not (folder / "recipe.json").exists():
         return _load_folded(folder, device)

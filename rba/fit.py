@@ -32,6 +32,7 @@ from typing import Callable, ClassVar, Literal, cast
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from rba._modules import Skip, SpanMap
 from rba._registry import FITS, check_name
@@ -184,8 +185,6 @@ _COSTS: dict[tuple[str, int, int], tuple[int, int]] = {}
 
 def _module_costs(plugin: Fit, dim_in: int, dim_out: int) -> tuple[int, int]:
     """(parameters, FLOPs per vector) of the plug-in's module, counted once per shape on the meta device."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     key = (plugin.name or type(plugin).__name__, dim_in, dim_out)
     if key not in _COSTS:
         with torch.device("meta"):

@@ -14,6 +14,7 @@ an interrupted fetch never leaves a file that looks complete.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -58,8 +59,6 @@ MODELS_DIR_ENV = "RBA_MODELS_DIR"
 
 def models_dir() -> Path:
     """Where fetched model files live: ``$RBA_MODELS_DIR``, else the rba cache's ``models`` folder."""
-    import os
-
     from rba.config import default_cache_dir  # lazy: pydantic, which `rba data` does not need
 
     configured = os.environ.get(MODELS_DIR_ENV)

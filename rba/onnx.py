@@ -36,6 +36,7 @@ from rba._io import atomic_path, atomic_write_json, disk_full, file_sha256, pack
 from rba._records import Record, checked, read_record
 from rba.errors import ConfigError, RBAError
 from rba.export import load_export, read_recipe
+from rba.fit import get_fit
 from rba.names import HEAD_ATTR, config_hash, maps_tag
 from rba.timing import compare
 
@@ -90,8 +91,6 @@ OPSET = 17
 
 def check_onnx_exportable(cfg: Config) -> None:
     """Refuse, before any model is loaded, what the ONNX export does not cover."""
-    from rba.fit import get_fit
-
     if get_fit(cfg.fit.kind).folds:
         raise ConfigError(f"fit.kind = {cfg.fit.kind!r} exports the model in its own format (fewer blocks), which "
                           "--format onnx does not cover: export without --format onnx, or with [fit] kind = \"affine\"")
@@ -160,7 +159,7 @@ def _rel_diff(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def _ort_session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: onnx, for --format onnx only
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads or torch.get_num_threads())
@@ -262,8 +261,8 @@ def export_onnx(session: SessionParts, folder: str | Path) -> dict[str, Any]:
         with open(tmp, "wb") as fh:
             # numpy's stub types savez's keywords as its allow_pickle flag too; feed's keys are input names
             np.savez(fh, **feed)  # type: ignore[arg-type]
-    import onnx
-    import onnxruntime
+    import onnx  # lazy: onnx, for --format onnx only
+    import onnxruntime  # lazy: onnx, for --format onnx only
 
     meta = {"format": ONNX_FORMAT, "sha256": {name: file_sha256(folder / name) for name in _CHECKED}, "inputs": list(feed), "outputs": ["pooled", "logits"][: 1 + (head is not None)],
             "batch_size": len(samples), "max_rel_diff": diffs, "tolerance": MAX_REL_DIFF, "opset": OPSET,

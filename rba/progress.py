@@ -82,7 +82,7 @@ def _display(msg: str) -> None:
     """One line on stderr (the current one), above any open bar on a terminal: the progress display's own lines
     (bars' plain-line form without a terminal) and, through :class:`LineHandler`, the CLI's log lines."""
     if interactive():
-        from tqdm import tqdm
+        from tqdm import tqdm  # lazy: tqdm, for bars on a terminal only (a fast CLI start)
 
         tqdm.write(msg, file=sys.stderr)  # above any open bar, which is redrawn below
     else:
@@ -167,7 +167,7 @@ class _Progress:
         if not self.on:
             return
         if interactive():
-            from tqdm import tqdm
+            from tqdm import tqdm  # lazy: tqdm, for bars on a terminal only (a fast CLI start)
 
             fmt = (None if total is not None else "{desc} [{elapsed}]" if unit is None
                    else "{desc} [{elapsed}, {unit}: {n_fmt}]")
@@ -310,7 +310,7 @@ class TrialProgress:
         if not self.on:
             return
         if interactive():
-            from tqdm import tqdm
+            from tqdm import tqdm  # lazy: tqdm, for bars on a terminal only (a fast CLI start)
 
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit="trial", dynamic_ncols=True,
                              file=sys.stderr,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence, cast
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from rba._io import atomic_path, atomic_write_json, file_sha256
 from rba.errors import CacheError
@@ -182,8 +183,6 @@ class Statistics:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
         """Write ``path`` (safetensors) and ``path.json`` (checksum, layout, meta), each atomically."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         tensors = {f"gram.{k}": g.contiguous() for k, g in enumerate(self.centred_gram)}
         tensors |= {f"center.{k}": c.contiguous() for k, c in enumerate(self.center)}
@@ -220,8 +219,6 @@ class Statistics:
         ``request``: what the caller needs the statistics of (model identity and weights digest, calibration
         fingerprint, preprocessing, capture settings; its hash is the cache key). A cache whose key is another
         one -- a file copied or renamed into place -- is refused, naming the parts that differ."""
-        from safetensors.torch import load_file
-
         path = Path(path)
         side = path.with_suffix(path.suffix + ".json")
         if not path.exists() or not side.exists():

@@ -1,8 +1,8 @@
 """Search over span sets: one objective (:mod:`search.objective`), one encoding (:mod:`search.space`), two
 backends (Optuna, Ray Tune) and the baselines, all writing the same files (:mod:`search.pareto`).
 
-``rba search`` calls :func:`run_search`; ``rba run`` calls :func:`run_study`. Optuna and Ray are imported
-only when a study runs.
+``rba search`` calls :func:`run_search`; ``rba run`` calls :func:`run_study`. Ray is imported only when a
+study runs on it (``--backend ray``).
 """
 
 from search.objective import OBJECTIVES, RESULT_COLUMNS, Objective

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from rba.config import load_config
 from rba.export import export_model, load_export
 from rba.files import atomic_write_json
@@ -20,7 +22,7 @@ from rba.session import Session
 from rba.spans import parse_spans
 from rba.timing import compare
 from search._render import render_report
-from search._results import ReportError, read_report_inputs, read_summary
+from search._report_files import ReportError, read_report_inputs, read_summary
 from search.objective import RESULT_COLUMNS
 from search.recording import StudyContext, log
 
@@ -38,8 +40,6 @@ def measure_speedup(original, exported, samples, *, batch_size: int, repeats: in
     and the share of repeats in which the export was faster (``export_faster``); ``original_ms`` and
     ``export_ms`` are each side's median of the same repeats, whose times are kept (``original_times_ms``,
     ``export_times_ms``), with ``repeats`` (as run), ``order``, ``threads`` and ``batch_size``."""
-    import torch
-
     batch = original.collate(samples[:batch_size])
     n = len(samples[:batch_size])
     with torch.inference_mode():
@@ -121,8 +121,6 @@ def remeasure_report(out: Path, *, progress: bool = True) -> Path:
     (:func:`render_report`). A folder without ``export/`` (a committed report keeps no weights) gets the chosen
     configuration exported again from the statistics (the closed-form fits of the same calibration split, the fit
     kind of the study's method). No search, trial or front evaluation runs. Returns the report's path."""
-    import torch
-
     out = Path(out)
     data = read_report_inputs(out)  # everything checked before the model loads
     summary = read_summary(out)

@@ -1,35 +1,49 @@
 """``report.md`` and the plots of a finished ``rba run`` folder, rendered from its files (:func:`render_report`,
-also ``rba report DIR``): no model is loaded and nothing is evaluated."""
+also ``rba report DIR``): no model is loaded and nothing is evaluated. The sections are here; the pieces they share
+are in :mod:`search._markdown`, the plots in :mod:`search._plots`."""
 
 from __future__ import annotations
 
 import math
+import tomllib
 from pathlib import Path
 from typing import cast
 
-import numpy as np
 import pandas as pd
 
-from rba.files import atomic_path, atomic_write_text
+from rba.files import atomic_write_text
 from rba.methods import get_method
-from rba.metrics import plot_scores
-from rba.names import LM_COLUMNS, maximised, objective_of
-from rba.timing import Comparison, comparison_text
-from search._results import (
-    COST_COLUMNS,
+from rba.names import COST_COLUMNS, maximised
+from search._comparisons import (
     PER_SAMPLE,
     PerSample,
     budget_picks,
-    choose_export,
     fixed_reference,
     hypervolumes,
     method_rows,
     paired_tests,
-    read_report_inputs,
-    reference_change,
-    split_pareto,
     within_length_correlations,
 )
+from search._markdown import (
+    _TORCH_KEYS,
+    _allowance,
+    _load_text,
+    _markdown,
+    _max_rise,
+    _onnx_lines,
+    _picked_test,
+    _pm,
+    _reference_words,
+    _rule_words,
+    _semicolon,
+    _speedup_text,
+    _test_line,
+    _test_text,
+    _with_test,
+)
+from search._plots import _draw_plots, _prior_qualities, _search_cost
+from search._report_files import read_report_inputs
+from search._results import choose_export, split_pareto
 from search.analysis import (
     compare_methods,
     feasible_rows,
@@ -37,16 +51,12 @@ from search.analysis import (
     multi_span,
     prior_correlations,
     redundant_spans,
-    search_cost,
     span_count,
 )
 from search.objective import QUALITY, RESULT_COLUMNS
-from search.pareto import plot_front
 
-__all__ = ["render_report", "PLOTS"]
+__all__ = ["render_report"]
 
-#: the plots ``rba report`` (and ``rba run`` through it) draws
-PLOTS = ("scores.png", "pareto.png", "priors.png", "cost.png")
 #: the report's computed tables, written beside it for scripts (the README's findings read them): the methods'
 #: hypervolumes and picks at each budget, and the paired tests on the test split
 TABLES = ("methods.csv", "paired_tests.csv")
@@ -83,19 +93,6 @@ def _read(out: Path) -> dict:
     return {"info": info, "trials": data["trials"], "scores": data["scores"], "pareto": pareto, "front": front,
             "reference": reference, "baselines": data.get("baselines"), "singles": data.get("singles"),
             "per_sample": data.get("per_sample"), "tables": {}}
-
-
-def _draw_plots(out: Path, inputs: dict) -> None:
-    """scores.png, pareto.png, cost.png, and priors.png when every single span was evaluated."""
-
-    info, baselines, singles = inputs["info"], inputs["baselines"], inputs["singles"]
-    plot_scores(inputs["scores"], out / "scores.png", title=info["titles"]["scores"])
-    curves = {} if baselines is None else {m: rows for m, rows in baselines.groupby("method", sort=False)}
-    plot_front(out / "pareto.png", inputs["trials"], inputs["front"], objective_columns=info["objective_columns"],
-               budgets=info["budgets"], reference=inputs["reference"], baselines=curves, title=info["titles"]["pareto"])
-    if singles is not None:
-        _plot_priors(out / "priors.png", singles, inputs["scores"], info["metrics"])
-    _plot_cost(out / "cost.png", _search_cost(info, inputs["trials"]))
 
 
 def _report_text(out: Path, inputs: dict) -> str:
@@ -154,103 +151,6 @@ def _report_text(out: Path, inputs: dict) -> str:
     return "\n".join(lines)
 
 
-def _test_line(per: PerSample | None) -> str:
-    if per is None:
-        return ("test split: none (`[data] test = 0`): every quality here is on the eval split that selected it, so "
-                "the best values are biased upwards (a winner's curse); set `[data] test` to hold samples out")
-    lm = ("; perplexity, kl and top1 over every scored token, their errors over texts (a ratio estimator; the "
-          "delta method for perplexity)" if per.tokens is not None else "")
-    return (f"test split: {per.samples} samples held out, which neither the search nor the export rule saw; every "
-            "test number is re-evaluated on it with ± one standard error (binomial for accuracy, of the mean for "
-            f"fidelity{lm}), per-sample results in {PER_SAMPLE}")
-
-
-def _pm(value: float, se: float) -> str:
-    """value ± SE as the report prints it ("" for a missing value)."""
-    if value != value:
-        return ""
-    return f"{value:.4g} ± {se:.2g}" if se == se else f"{value:.4g}"
-
-
-def _with_test(rows: pd.DataFrame, kind: str | pd.Series, per: PerSample | None) -> pd.DataFrame:
-    """``rows`` (configurations with ``spans``; ``kind``: their fit kind, one for all or a column) with the test
-    split's fidelity and accuracy, each ± its standard error (accuracy only when the data has labels)."""
-    if per is None:
-        return rows
-    kinds = [kind] * len(rows) if isinstance(kind, str) else list(kind)
-    scores = [per.scores(k, str(s)) for k, s in zip(kinds, rows["spans"], strict=True)]
-    out = rows.copy()
-    out["test fidelity"] = [_pm(x["fidelity"], x["fidelity_se"]) for x in scores]
-    if per.prediction is not None:
-        out["test accuracy"] = [_pm(x["accuracy"], x["accuracy_se"]) for x in scores]
-    for column in _test_lm_columns(per):
-        out[f"test {column}"] = [_pm(x[column], x[f"{column}_se"]) for x in scores]
-    return out
-
-
-def _test_lm_columns(per: PerSample) -> tuple[str, ...]:
-    """The next-token qualities the test split holds (decoder LMs), else none."""
-    return LM_COLUMNS if per.tokens is not None else ()
-
-
-def _test_text(per: PerSample | None, kind: str, spans: str | None) -> str:
-    """A configuration's test-split numbers in a sentence ("" without a test split)."""
-    if per is None or spans is None:
-        return ""
-    x = per.scores(kind, spans)
-    parts = ([f"accuracy {_pm(x['accuracy'], x['accuracy_se'])}"] if per.prediction is not None else []) + \
-        [f"fidelity {_pm(x['fidelity'], x['fidelity_se'])}"] + \
-        [f"{c} {_pm(x[c], x[f'{c}_se'])}" for c in _test_lm_columns(per)]
-    return f"test split: {', '.join(parts)}"
-
-
-def _picked_test(info: dict, per: PerSample | None, choice: dict) -> str:
-    if per is None or choice["spans"] is None:
-        return ""
-    return (f" On the {_test_text(per, info['kind'], choice['spans'])} (unmodified model: "
-            f"{_test_text(per, info['kind'], 'none').removeprefix('test split: ')}).")
-
-
-def _load_text(record: dict) -> str:
-    return f", load {record['load_start']:.1f} → {record['load_end']:.1f}" if "load_start" in record else ""
-
-
-def _speedup_text(record: dict, keys: dict[str, str], ceiling: dict) -> str:
-    """A speed-up record (PyTorch's, or ONNX Runtime's: ``keys`` maps the :class:`rba.timing.Comparison` fields to
-    its keys) as the report states it: the median paired ratio with its interval and how often the export was
-    faster (:func:`rba.timing.comparison_text`), or, above the ceiling that the same run's latency table (or the
-    FLOPs) allows, flagged as noise instead of quoted."""
-
-    c = Comparison(**{field: record[key] for field, key in keys.items()}, order=record["order"],
-                   confidence=record["confidence"], repeats=record["repeats"])
-    text = comparison_text(c, batch_size=record["batch_size"], threads=record["threads"])
-    bound = ceiling["speedup"]
-    what = ("the latency table of the same run" if ceiling["source"] == "latency table"
-            else "the FLOPs (no latency table was measured)")
-    if c.speedup > bound:
-        return (f"**implausible, not a result**: the measured {text} is above the ceiling of {bound:.3g}× that "
-                f"{what} allows with the replacing maps free; the difference is timing noise (load), so no speed-up "
-                "is claimed")
-    return f"{text}; ceiling {bound:.3g}× ({what}, the replacing maps free)"
-
-
-#: the PyTorch and ONNX Runtime records' keys for the fields of a Comparison
-_TORCH_KEYS = {"a_ms": "original_ms", "b_ms": "export_ms", "speedup": "speedup", "speedup_low": "speedup_low",
-               "speedup_high": "speedup_high", "b_faster": "export_faster", "a_times_ms": "original_times_ms",
-               "b_times_ms": "export_times_ms"}
-_ONNX_KEYS = {"a_ms": "onnx_unmodified_ms", "b_ms": "onnx_export_ms", "speedup": "onnx_speedup",
-              "speedup_low": "onnx_speedup_low", "speedup_high": "onnx_speedup_high",
-              "b_faster": "onnx_export_faster", "a_times_ms": "unmodified_times_ms", "b_times_ms": "export_times_ms"}
-
-
-def _onnx_lines(s: dict, flops_frac: float, ceiling: dict) -> list[str]:
-    """The report's ONNX Runtime line from an ``onnx`` record of :func:`search._measure.measure_export`."""
-    return [f"ONNX Runtime (export/model.onnx against export/unmodified.onnx, both checked against PyTorch: max "
-            f"relative difference {s['max_rel_diff']:.2g}{_load_text(s)}): unmodified {s['onnx_unmodified_ms']:.4g} "
-            f"ms/sample, export {s['onnx_export_ms']:.4g} ms/sample (medians of the same repeats); "
-            + _speedup_text(s, _ONNX_KEYS, ceiling) + f"; at flops_frac {flops_frac:.3g}.", ""]
-
-
 def _why_column(column: str, info: dict, kinds) -> str:
     """Why the export rule reads ``column``: the first objective of its kind, or the default when none is."""
     first = next((o for o in info["objectives"] if o in kinds), None)
@@ -261,8 +161,6 @@ def _why_column(column: str, info: dict, kinds) -> str:
 def _data_sources(out: Path) -> list[str]:
     """Where the statistics and fits came from, and where the probe and eval splits came from, as the study's
     resolved config says (a transfer study draws its calibration split from ``[data] calibration_path``)."""
-    import tomllib
-
     try:
         data = tomllib.loads((out / "config.resolved.toml").read_text())["data"]
     except (OSError, ValueError, KeyError):
@@ -308,38 +206,6 @@ def _redundancy_section(scores: pd.DataFrame, info: dict) -> list[str]:
             "![scores](scores.png)", "", _markdown(table), ""]
 
 
-def _max_rise(info: dict) -> float:
-    """The rule's relative allowance for a minimised quality (its default in a report of an older rba)."""
-    return 0.05 if info.get("max_rise") is None else float(info["max_rise"])
-
-
-def _allowance(info: dict) -> str:
-    return f"{info['max_drop']:g}" if maximised(info["quality"]) else f"a relative rise of {_max_rise(info):g}"
-
-
-def _rule_words(info: dict) -> str:
-    """How far the export rule lets the rule's quality move from the unmodified model's, in words."""
-    if maximised(info["quality"]):
-        return (f"at most max_drop = {info['max_drop']:g} (absolute, `--max-drop`, `[run] max_drop`) below the "
-                "unmodified model's")
-    rise, spec = _max_rise(info), objective_of(info["quality"])
-    limit = (f"the unmodified model's + log(1 + {rise:g}) nats, the rise of cross-entropy a relative rise of "
-             f"{rise:g} in perplexity is" if spec is not None and spec.log_scale else
-             f"(1 + {rise:g}) × the unmodified model's")
-    return f"at most {limit} (max_rise = {rise:g}, relative, `--max-rise`, `[run] max_rise`)"
-
-
-def _reference_words(quality: str, split: str = "") -> str:
-    """How the fixed reference point's quality derives from the unmodified model's (:func:`fixed_reference`)."""
-    change = reference_change(quality)
-    if maximised(quality):
-        return f"{1 - change:g} × the unmodified model's {split}{quality}"
-    spec = objective_of(quality)
-    if spec is not None and spec.log_scale:  # as search.analysis.quality_limit reads it
-        return f"the unmodified model's {split}{quality} + log {1 + change:g}"
-    return f"{1 + change:g} × the unmodified model's {split}{quality}"
-
-
 def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
                        choice: dict, per: PerSample | None) -> list[str]:
 
@@ -367,10 +233,6 @@ def _baselines_section(info: dict, front: pd.DataFrame, reference: dict, baselin
                          + _semicolon(_test_text(per, pick.row["kind"], str(pick.row["spans"]))))
     lines += [f"- {note.split(': ', 1)[0]}: skipped ({note.split(': ', 1)[-1]})" for note in info.get("baselines_skipped", [])]
     return lines + ["", _markdown(_with_test(baselines, baselines["kind"], per)), ""]
-
-
-def _semicolon(text: str) -> str:
-    return f"; {text}" if text else ""
 
 
 def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baselines: pd.DataFrame,
@@ -485,58 +347,6 @@ def _priors_section(info: dict, singles: pd.DataFrame, scores: pd.DataFrame) -> 
             _markdown(within), "", "![priors](priors.png)", ""]
 
 
-def _prior_qualities(singles: pd.DataFrame) -> tuple[str, ...]:
-    """The qualities the priors section correlates with: fidelity and accuracy, and the next-token ones where the
-    single spans have them (decoder LMs)."""
-    return ("fidelity", "accuracy") + tuple(c for c in LM_COLUMNS if c in singles and singles[c].notna().any())
-
-
-def _plot_priors(path: Path, singles: pd.DataFrame, scores: pd.DataFrame, metrics: dict[str, bool]) -> None:
-    from matplotlib.figure import Figure
-
-    merged = singles.merge(scores, on=["start", "end"], how="inner", suffixes=("", "_score"))
-    names = [m for m in metrics if m in scores.columns]
-    qualities = [q for q in _prior_qualities(singles) if merged[q].notna().any()]
-    fig = Figure(figsize=(3.2 * len(names), 3.0 * len(qualities)), layout="constrained")
-    axes = fig.subplots(len(qualities), len(names), squeeze=False)
-    for r, q in enumerate(qualities):
-        for c, m in enumerate(names):
-            ax = axes[r][c]
-            ax.scatter(merged[m], merged[q], s=14)
-            ax.set_xlabel(m + ("" if metrics[m] else " (lower: more redundant)"), fontsize=8)
-            ax.set_ylabel(q, fontsize=8)
-            ax.grid(alpha=0.3)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-
-
-def _search_cost(info: dict, trials: pd.DataFrame) -> dict:
-    """The search's cost (:func:`search.analysis.search_cost`). Its time is this run's search wall time, or, when
-    the study resumed (trials completed in an earlier run), the summed durations of all its completed trials: this
-    run's wall time covers only the trials it ran (none, when the study was already complete)."""
-
-    wall = dict(info["timing"]["phases"]).get("search", math.nan)
-    if info["timing"].get("completed_before", 0):
-        wall = float(trials.loc[trials["state"] == "COMPLETE", "duration_s"].sum())
-    return search_cost(trials, search_wall_s=wall, configurations=info["configurations"],
-                       exhaustive_run=info["method"] == "exhaustive")
-
-
-def _plot_cost(path: Path, c: dict) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.0, 2.6), layout="constrained")
-    ax = fig.subplots()
-    bars = {"one evaluation": c["one_evaluation_s"], "search": c["search_wall_s"],
-            "exhaustive" + (" (estimate)" if c["exhaustive_estimated"] else ""): c["exhaustive_s"]}
-    ax.barh(list(bars), list(bars.values()), color=["0.6", "tab:blue", "tab:red"])
-    ax.set_xscale("log")
-    ax.set_xlabel("seconds (log scale)")
-    ax.grid(alpha=0.3, axis="x")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-
-
 def _cost_section(info: dict, trials: pd.DataFrame) -> list[str]:
     c = _search_cost(info, trials)
     how = ("an estimate: the number of configurations × one evaluation" if c["exhaustive_estimated"]
@@ -588,25 +398,3 @@ def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: di
             f"{speed['export_ms']:.4g} ms/sample (medians of the same repeats); "
             f"{_speedup_text(speed, _TORCH_KEYS, ceiling)}. Written to export/latency.json.", "",
             *onnx_lines]
-
-
-def _markdown(df: pd.DataFrame) -> str:
-    if not len(df):
-        return "(empty)"
-    cols = list(df.columns)
-
-    def fmt(v):
-        if v is pd.NA or v is None:
-            return ""
-        if isinstance(v, (bool, np.bool_)):
-            return str(bool(v))
-        if isinstance(v, (float, np.floating)):
-            v = float(v)
-            if math.isnan(v):
-                return ""
-            return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
-        return str(v)
-
-    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    rows += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in df.itertuples(index=False)]
-    return "\n".join(rows)

@@ -27,14 +27,18 @@ import copy
 import datetime
 import os
 import socket
+import sqlite3
 import time
 import warnings
+from contextlib import closing
+from pathlib import Path
 
 import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 
 from rba.errors import ConfigError, RBAError
@@ -151,8 +155,6 @@ def recorded_storage(configured: str | None) -> str:
     of this machine in a moved or committed folder), else the configured URL without its password."""
     if not configured:
         return "study.db"
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(configured).render_as_string(hide_password=True)
     except ArgumentError:
@@ -167,11 +169,6 @@ def _refuse_unusable_sqlite(url: str) -> None:
     """Refuse an in-memory SQLite storage, and an SQLite file that holds tables but is not an Optuna storage
     (another program's database) before Optuna creates its tables in it. A file SQLite cannot read is left to the
     opening, which names the cause."""
-    import sqlite3
-    from contextlib import closing
-    from pathlib import Path
-
-    from sqlalchemy.engine import make_url
 
     try:
         parsed = make_url(url)

@@ -80,7 +80,7 @@ def _worst(values: pd.Series, column: str) -> float:
 def redundant_spans(scores: pd.DataFrame, orientation: dict[str, bool], top: int = 3) -> pd.DataFrame:
     """Per metric column of ``scores`` named in ``orientation`` (metric → higher is more redundant): the ``top``
     most redundant spans, and the Spearman correlation of its ranking with the first metric's over all spans."""
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr  # lazy: scipy loads with the first rank correlation
 
     names = [m for m in orientation if m in scores.columns]
     rows = []
@@ -143,7 +143,7 @@ def prior_correlations(singles: pd.DataFrame, scores: pd.DataFrame, orientation:
     each metric of ``orientation`` (oriented: higher is more redundant, so a good prior has ρ > 0) and each
     quality (oriented too: perplexity and kl negated); with its p-value and the number of spans. NaN where a
     quality is missing or constant."""
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr  # lazy: scipy loads with the first rank correlation
 
     merged = singles.merge(scores, on=["start", "end"], how="inner", suffixes=("", "_score"))
     rows = []

@@ -33,12 +33,16 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Sequence, cast
+from collections import deque
+from typing import Sequence
 
 import pandas as pd
+import torch
+import torch.nn.functional as F
 
 from rba.apply import walk_spans
 from rba.capture import iter_batches
+from rba.errors import ConfigError, RBAError
 from rba.metrics import score_table
 from rba.names import maximised
 from rba.spans import Span
@@ -166,7 +170,8 @@ def sleb_order(objective, barriers: tuple[int, int] = SLEB_BARRIERS, *, stride: 
     early, late = barriers
     removed: list[Span] = []
     out, evaluations = [], 0
-    sign = 1.0 if maximised((objective.quality_columns or ["fidelity"])[0]) else -1.0
+    column = (objective.quality_columns or ["fidelity"])[0]
+    sign = 1.0 if maximised(column) else -1.0
     while len(alive) > early + late:
         best_score, best = -math.inf, None
         for k in alive[early : len(alive) - late]:
@@ -180,8 +185,11 @@ def sleb_order(objective, barriers: tuple[int, int] = SLEB_BARRIERS, *, stride: 
         if best is None and min_flops and all(objective.cost(sorted(removed + [(k, k + 1)]))["flops_frac"] < min_flops
                                               for k in alive[early : len(alive) - late]):
             break  # every candidate would go below min_flops
-        # (set above: every score beats -inf, unless all are NaN, which fails below as before)
-        best = cast(int, best)
+        if best is None:  # every score beats -inf but NaN, which compares false
+            raise RBAError(f"SLEB: every candidate block scored NaN {column} on the eval split's first subset "
+                           f"({len(batches)} batches) with blocks {sorted(i for i, _ in removed)} removed, so none can "
+                           f"be chosen to remove next; give the eval split data on which {column} is finite (for the "
+                           "next-token objectives, texts of two tokens or more), or search with another --method")
         removed.append((best, best + 1))
         alive.remove(best)
         out.append(sorted(removed))
@@ -191,9 +199,6 @@ def sleb_order(objective, barriers: tuple[int, int] = SLEB_BARRIERS, *, stride: 
 def angular_distances(session, pairs: Sequence[Span]) -> dict[Span, float]:
     """Span (i, j) → mean over the calibration split's vectors of arccos(cos(x_i, x_j))/π (Gromov et al.'s angular
     distance), from one forward pass."""
-    import torch
-    import torch.nn.functional as F
-
     adapter = session.adapter
     sums, counts = dict.fromkeys(pairs, 0.0), dict.fromkeys(pairs, 0)
     with torch.inference_mode():
@@ -210,12 +215,6 @@ def angular_distances(session, pairs: Sequence[Span]) -> dict[Span, float]:
 def replaceme_distances(session, lengths: Sequence[int]) -> dict[Span, float]:
     """Valid span (ℓ, ℓ + n), ℓ ≥ 1, n in ``lengths`` → mean over the calibration samples of arccos(cos(x_ℓ,
     x_{ℓ+n}))/π on each sample's last real token (the last position of its attention mask), from one forward pass."""
-    import torch
-    import torch.nn.functional as F
-
-    from rba.capture import iter_batches
-    from rba.errors import ConfigError
-
     adapter = session.adapter
     if adapter.layout != "tokens":
         raise ConfigError(f"--method replaceme reads the last token of each sample; {adapter.describe()} has no tokens")
@@ -311,8 +310,6 @@ def proxy_front(num_blocks: int, pairs: Sequence[Span], proxy: dict[Span, float]
 def bisection_order(n: int) -> list[int]:
     """0..n−1 coarse to fine: the middle, then the middles of both halves, and so on (breadth first), so that
     every prefix of the order is spread over the whole range."""
-    from collections import deque
-
     out, queue = [], deque([(0, n - 1)])
     while queue:
         lo, hi = queue.popleft()

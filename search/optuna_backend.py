@@ -16,6 +16,9 @@ import logging
 import threading
 import time
 
+import optuna
+from optuna.trial import TrialState
+
 from rba.errors import RBAError
 from rba.progress import TrialProgress
 from rba.spans import format_spans
@@ -41,8 +44,6 @@ __all__ = ["run_optuna", "trial_function"]
 
 def trial_function(ctx: StudyContext):
     """The function Optuna calls: suggest → repair → (repeat?) → (screen) → objective → record."""
-    import optuna
-
     objective, space, screen = ctx.objective, ctx.space, ctx.screen
     worker = worker_label()
     early_stop = ctx.cfg.search.early_stop and ctx.method == "optuna"
@@ -77,8 +78,6 @@ def trial_function(ctx: StudyContext):
 
 
 def run_optuna(ctx: StudyContext, study, n: int) -> None:
-    from optuna.trial import TrialState
-
     cfg = ctx.cfg
     fn = trial_function(ctx)
     baseline = ctx.method != "optuna"

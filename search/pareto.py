@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from optuna.trial import TrialState
 
 from rba.files import atomic_path
 from rba.names import COST_COLUMNS, OBJECTIVES, QUALITY, RESULT_COLUMNS
@@ -37,8 +38,6 @@ AXIS_LABELS = {
 def trials_frame(study) -> pd.DataFrame:
     """Every trial that ran (waiting ones and repeats of an earlier configuration left out), in trial order,
     with :data:`TRIAL_COLUMNS`."""
-    from optuna.trial import TrialState
-
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.WAITING or DUPLICATE_ATTR in t.user_attrs:
@@ -97,7 +96,7 @@ def plot_front(path: Path, trials: pd.DataFrame, front: pd.DataFrame, *, objecti
                baselines: dict[str, pd.DataFrame] | None = None, title: str = "") -> None:
     """Quality against cost: every trial, infeasible ones crossed, the front highlighted, the unmodified
     model (``reference``) and baseline curves (label → rows with the same columns) drawn when given."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: matplotlib loads with the first plot
 
     x, y = _axes(objective_columns)
     fig = Figure(figsize=(7.2, 5.0), layout="constrained")

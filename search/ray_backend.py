@@ -24,12 +24,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
+import torch
 from optuna.trial import TrialState
+from ray import tune
 from ray.tune import Callback
 from ray.tune.search import Searcher
 
@@ -97,9 +103,6 @@ def _worker_objective(shared: SharedState):
 
 
 def _trainable(config: dict[str, Any], shared: SharedState) -> None:
-    import torch
-    from ray import tune
-
     torch.set_num_threads(max(1, shared.threads))
     objective = _worker_objective(shared)
     spans = SpanSpace(shared.num_blocks, shared.pairs, gap=shared.gap).repair(config)
@@ -284,9 +287,6 @@ class RecordErrors(Callback):
 
 
 def run_ray(ctx: StudyContext, study, n: int, sampler) -> None:
-    import ray
-    from ray import tune
-
     cfg = ctx.cfg
     s = cfg.search
     session = ctx.session
@@ -375,9 +375,6 @@ def _signal_handlers() -> dict:
     """The SIGINT / SIGUSR1 handlers before ``Tuner.fit``: Tune installs its own (a first Ctrl-C ends the run
     gracefully) and puts the old one back only when that signal comes, so after a run that was not interrupted,
     a Ctrl-C during the export or the next study of the same process would only log a Tune warning."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return {}  # Tune installs none either
     names = [n for n in ("SIGINT", "SIGUSR1") if hasattr(signal, n)]
@@ -385,8 +382,6 @@ def _signal_handlers() -> dict:
 
 
 def _restore(handlers: dict) -> None:
-    import signal
-
     for signum, handler in handlers.items():
         if handler is not None:  # None: installed outside Python, cannot be put back from here
             signal.signal(signum, handler)
@@ -401,8 +396,6 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
     or one whose port accepts connections but is not Ray, for minutes. A Ray head's address is its GCS, a gRPC
     (HTTP/2) server, which answers the HTTP/2 preface with a SETTINGS frame; Ray has no public call to ask
     this quickly, so the probe is written here."""
-    import socket
-
     if address in ("auto", "local") or address.startswith("ray://"):
         return
     host, _, port = address.rpartition(":")

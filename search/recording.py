@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from optuna.trial import TrialState
 
 from rba.config import Config
 from rba.spans import format_spans
@@ -118,8 +119,6 @@ def record_screened(trial, spans, proxy: float, objective: Objective) -> None:
 
 def completed(study) -> dict[str, Any]:
     """Configuration string → the first COMPLETE trial that evaluated it (duplicates left out)."""
-    from optuna.trial import TrialState
-
     out: dict[str, Any] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         key = t.user_attrs.get("spans")
@@ -207,8 +206,6 @@ def resample(ctx: StudyContext, study, trial, seen, attempts: int = RESAMPLE_ATT
 
 def trial_outcome(trial, columns: list[str]) -> str:
     """A finished trial in a few words, for the progress line: its spans and values, or why it has none."""
-    from optuna.trial import TrialState
-
     spans = trial.user_attrs.get("spans", "?")
     if trial.state == TrialState.COMPLETE and DUPLICATE_ATTR in trial.user_attrs:
         return f"{spans}: a repeat of trial {trial.user_attrs[DUPLICATE_ATTR]} (not evaluated again, not counted)"

@@ -1,30 +1,33 @@
 """The files a finished study leaves, in one module per job: :mod:`search._results` (what the results are:
 the tables, the front plot and ``run.json`` (:func:`finish`), the front member to export (:func:`choose_export`), the
-``report.json`` format), :mod:`search._measure` (the export's speed-up; :func:`remeasure_report`, ``rba report DIR
---measure``, times the export on disk again) and :mod:`search._render` (``report.md`` and its plots from those files
-alone: :func:`render_report`, also ``rba report DIR``). This one runs ``rba run``'s report step through them
+baselines' rows), :mod:`search._comparisons` (the test split's per-sample results and the comparisons on them),
+:mod:`search._report_files` (the ``report.json`` format and the reader of a finished folder), :mod:`search._measure`
+(the export's speed-up; :func:`remeasure_report`, ``rba report DIR --measure``, times the export on disk again) and
+:mod:`search._render` (``report.md`` from those files alone: :func:`render_report`, also ``rba report DIR``; its
+plots in :mod:`search._plots`, the pieces its sections share in :mod:`search._markdown`). This one runs ``rba run``'s report step through them
 (:func:`write_report`: ``pareto.csv``, ``baselines.csv``, ``singles.csv``, ``report.json``, the export, then the
 rendering) and re-exports their public names."""
 
 from __future__ import annotations
 
 import os
+import platform
+import sys
 import time
 from pathlib import Path
+
+import pandas as pd
+import torch
 
 from rba.files import atomic_path, atomic_write_json, checked, package_versions
 from rba.fit import fit_label
 from rba.metrics import get_metric, list_metrics
+from search._comparisons import PER_SAMPLE, PerSample, evaluate_test_split, test_configurations
 from search._measure import _export, measure_export, measure_speedup, remeasure_report, speed_summary
 from search._render import render_report
+from search._report_files import REPORT_FORMAT, ReportError, ReportRecord, SummaryRecord, read_report_inputs
 from search._results import (
-    PER_SAMPLE,
-    REPORT_FORMAT,
     Choice,
-    PerSample,
-    ReportError,
-    ReportRecord,
-    SummaryRecord,
     _baseline_rows,
     _known_results,
     _labelled_session,
@@ -32,12 +35,9 @@ from search._results import (
     _write_pareto,
     choose_export,
     complete_front,
-    evaluate_test_split,
     finish,
-    read_report_inputs,
     reference_row,
     rule_columns,
-    test_configurations,
 )
 from search.analysis import front_members
 from search.recording import SearchResult, log
@@ -49,10 +49,6 @@ __all__ = ["finish", "choose_export", "rule_columns", "measure_speedup", "measur
 
 def _machine_line(load_start: float | None) -> str:
     """Where the report's times were measured: a reader compares them only at equal load."""
-    import platform
-    import sys
-
-    import torch
 
     load = f"{load_start:.1f} → {os.getloadavg()[0]:.1f}" if load_start is not None else f"{os.getloadavg()[0]:.1f}"
     command = " ".join(["rba", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("rba", "cli.py") else None
@@ -83,8 +79,6 @@ def _write_test_split(ctx, session, members, baselines: bool, choice: dict, expo
     """Score every configuration the report quotes on the held-out test split, sample by sample, and write
     ``per_sample.npz``; the selections (front, picks, export) were all made on eval before. Returns report.json's
     ``test`` record."""
-    import pandas as pd
-
     out = ctx.out
     trials = pd.read_csv(out / "trials.csv", dtype={"spans": "string"})  # as the renderer will read them
     table = pd.read_csv(out / "baselines.csv", dtype={"spans": "string"}) if baselines else None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import warnings
 
+import optuna
+
 from rba.config import Config
 from rba.errors import ConfigError
 from rba.samplers import get_sampler_factory, list_samplers, register_sampler
@@ -16,8 +18,6 @@ __all__ = ["make_sampler", "register_sampler", "list_samplers"]
 
 
 def make_sampler(cfg: Config, method: str):
-    import optuna
-
     if method != "optuna":
         return optuna.samplers.RandomSampler(seed=cfg.search.seed)  # never asked: baselines enqueue every trial
     try:
@@ -30,25 +30,17 @@ def make_sampler(cfg: Config, method: str):
 
 
 def tpe_sampler(cfg: Config):
-    import optuna
-
     return optuna.samplers.TPESampler(seed=cfg.search.seed, multivariate=True)
 
 
 def nsga2_sampler(cfg: Config):
-    import optuna
-
     pop = max(8, min(50, cfg.search.trials // 4))
     return optuna.samplers.NSGAIISampler(seed=cfg.search.seed, population_size=pop)
 
 
 def random_sampler(cfg: Config):
-    import optuna
-
     return optuna.samplers.RandomSampler(seed=cfg.search.seed)
 
 
 def gp_sampler(cfg: Config):
-    import optuna
-
     return optuna.samplers.GPSampler(seed=cfg.search.seed)

@@ -22,6 +22,9 @@ import random
 from functools import cached_property
 from typing import Any, Iterator, Mapping, Sequence
 
+from optuna.distributions import CategoricalDistribution
+
+from rba.fit import get_fit
 from rba.spans import Span, format_spans
 
 __all__ = ["SpanSpace", "fit_space", "KEEP", "START", "CONTINUE", "CHOICES"]
@@ -74,8 +77,6 @@ class SpanSpace:
 
     def distributions(self) -> dict[str, Any]:
         """Optuna distributions, one categorical per block (shared by the Optuna and Ray backends)."""
-        from optuna.distributions import CategoricalDistribution
-
         return {self.name(k): CategoricalDistribution(self.choices[k]) for k in range(self.num_blocks)}
 
     def suggest(self, trial) -> list[Span]:
@@ -195,8 +196,6 @@ def fit_space(num_blocks: int, pairs: Sequence[Span], kind: str) -> SpanSpace:
     """The configurations fit kind ``kind`` can replace, among the valid spans ``pairs``: all of them, or for a fit
     that folds (its map multiplied into block i − 1 of each span (i, j), which must be kept) the spans from
     boundary 1 on, with a kept block between consecutive spans (what :meth:`rba.session.Session.maps` accepts)."""
-    from rba.fit import get_fit
-
     if get_fit(kind).folds:
         return SpanSpace(num_blocks, [(i, j) for i, j in pairs if i >= 1], gap=1)
     return SpanSpace(num_blocks, pairs)

@@ -31,6 +31,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+from sqlalchemy.exc import DBAPIError
+
 from rba.config import Config, config_hash
 from rba.errors import ConfigError, RBAError
 from rba.files import atomic_path, atomic_write_json, refuse_other_work
@@ -98,9 +103,6 @@ def check_inputs(cfg: Config):
     """What can be checked before any long work: the heartbeat setting, the Ray address, ``study.json`` and the
     storage (opened when it is named or already exists; a new default ``study.db`` is created only later).
     Returns the open storage, or None."""
-    import optuna
-    from sqlalchemy.exc import DBAPIError
-
     heartbeat_interval()
     if cfg.search.backend == "ray" and cfg.search.ray_address:
         from search.ray_backend import check_address  # lazy: ray loads only for --backend ray
@@ -155,8 +157,6 @@ def prepare(cfg: Config, *, progress: bool = True, session=None, objective: Obje
 def open_study(ctx: StudyContext, sampler=None):
     """Create or resume the study; refuse a different identity; rerun the trials of local runs that died.
     Returns ``(study, fresh)``; the storage is kept in ``ctx.storage``."""
-    import optuna
-
     marker = ctx.out / "study.json"
     old = _read_marker(marker)
     if old is not None and old["identity"] != ctx.identity:
@@ -216,8 +216,6 @@ def _refuse_if_shared(ctx: StudyContext, study) -> None:
 
 
 def _waiting_spans(ctx: StudyContext, study) -> set[str]:
-    from optuna.trial import TrialState
-
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     return {format_spans(ctx.space.repair(t.system_attrs.get("fixed_params", t.params))) for t in waiting}
 
@@ -225,8 +223,6 @@ def _waiting_spans(ctx: StudyContext, study) -> set[str]:
 def plan(ctx: StudyContext, study, fresh: bool) -> int:
     """Enqueue the planned configurations (priors, or the baseline's list); returns how many trials to run
     (for ``optuna``: up to the total; for baselines: the planned configurations not yet complete)."""
-    from optuna.trial import TrialState
-
     cfg = ctx.cfg
     if ctx.table is None:
         ctx.table = span_scores(ctx.session.stats, ctx.space.pairs, cfg.fit.ridge)
@@ -314,8 +310,6 @@ def run_search(cfg: Config, progress: bool = True, *, session=None, objective: O
 def _optuna_errors_only() -> Iterator[None]:
     """Optuna's own log at ERROR while a search runs (failed trials are reported by the backends, in one line),
     and at the caller's level again afterwards."""
-    import optuna
-
     before = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
@@ -332,16 +326,12 @@ def _study_files(ctx: StudyContext) -> list[Path]:
 
 
 def _never_ran(study) -> bool:
-    from optuna.trial import TrialState
-
     return all(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
 def _forget(ctx: StudyContext, study, keep: set[Path]) -> None:
     """Undo the creation of a study whose start failed before any trial ran, so that the corrected rerun
     starts afresh instead of meeting the failed attempt's identity."""
-    import optuna
-
     if ctx.cfg.search.storage:
         optuna.delete_study(study_name=ctx.study_name, storage=ctx.storage)
     ctx.storage.engine.dispose()
@@ -351,8 +341,6 @@ def _forget(ctx: StudyContext, study, keep: set[Path]) -> None:
 
 
 def _complete_spans(study) -> list[str]:
-    from optuna.trial import TrialState
-
     return [t.user_attrs["spans"] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if "spans" in t.user_attrs]
 
@@ -382,8 +370,6 @@ def run_study(cfg: Config, progress: bool = True) -> Path:
 def _completed_before(out: Path) -> int:
     """Completed trials an earlier run of the study left in ``trials.csv`` (0 for a fresh study): the report
     says how many trials this run's search time covers."""
-    import pandas as pd
-
     try:
         return int((pd.read_csv(out / "trials.csv", usecols=["state"])["state"] == "COMPLETE").sum())
     except (OSError, ValueError):

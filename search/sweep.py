@@ -21,7 +21,7 @@ import pandas as pd
 from rba.config import Config, check_dotted_key, list_studies, load_config, load_study
 from rba.errors import ConfigError
 from rba.files import atomic_path, long_name
-from search._results import read_summary
+from search._report_files import read_summary
 from search.pareto import AXIS_LABELS
 
 __all__ = ["Study", "expand", "is_sweep", "read_sweep", "write_summary", "SUMMARY_COLUMNS"]
@@ -170,7 +170,7 @@ def write_summary(studies: list[Study], folder: Path, failed: dict[str, str] | N
     """``summary.csv`` (one row per study: its export and the rule's numbers; a study that failed, by label in
     ``failed``, has its error instead) and ``fronts.png`` (every finished study's front, quality against cost)
     in ``folder``. Returns the CSV's path."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: matplotlib loads with the first plot
 
     folder.mkdir(parents=True, exist_ok=True)
     failed = failed or {}

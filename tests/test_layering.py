@@ -174,3 +174,30 @@ def test_the_check_sees_an_upward_import_and_a_cycle(tmp_path):
     assert "rba.fit (layer 2) imports rba.session (layer 5) at line 2" in found
     assert "import cycle: rba.apply -> rba.capture" in found
     assert "import cycle: rba.fit -> rba.session" in found
+
+
+def unexplained_function_imports(root: Path) -> list[str]:
+    """``path:line`` of every import inside a function of rba/ or search/ with no comment on its line or the line
+    above: one left in a function waits for something (a heavy optional library, the CLI's fast start, the hub
+    switched off) and says what."""
+    out = []
+    for path in _modules(root).values():
+        lines = path.read_text().splitlines()
+        for fn in ast.walk(ast.parse("\n".join(lines), str(path))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    line, above = lines[node.lineno - 1], lines[node.lineno - 2] if node.lineno > 1 else ""
+                    if "#" not in line and not above.lstrip().startswith("#"):
+                        out.append(f"{path.relative_to(root)}:{node.lineno}")
+    return sorted(set(out))
+
+
+def test_every_function_level_import_says_why(tmp_path):
+    assert unexplained_function_imports(ROOT) == []
+    (tmp_path / "rba").mkdir()
+    (tmp_path / "rba" / "__init__.py").write_text("")
+    (tmp_path / "rba" / "fit.py").write_text("def f():\n    import json  # lazy: a reason\n\n\ndef g():\n"
+                                            "    import numpy\n")
+    assert unexplained_function_imports(tmp_path) == [str(Path("rba") / "fit.py") + ":6"]

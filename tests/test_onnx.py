@@ -18,8 +18,8 @@ from rba.config import load_config
 from rba.export import head_logits, load_export
 from rba.onnx import MAX_REL_DIFF, export_onnx
 from rba.session import Session
+from search._markdown import _onnx_lines
 from search._measure import measure_export
-from search._render import _onnx_lines
 
 
 def _rel(got, want) -> float:

@@ -198,7 +198,7 @@ def with_plugin(plugin_env) -> dict[str, subprocess.CompletedProcess]:
 def test_ls_lists_the_plugin_names(with_plugin):
     listed = {what: with_plugin[f"ls {what}"].stdout.splitlines() for what in LS}
     assert "patch-mlp" in listed["adapters"] and "timm" in listed["adapters"]
-    assert listed["fits"] == ["affine", "identity", "linear", "mean-shift", "mlp (trained)", "res-mlp (trained)"]
+    assert listed["fits"] == ["affine", "fold", "identity", "linear", "mean-shift", "mlp (trained)", "res-mlp (trained)"]
     assert listed["metrics"] == ["br", "cosine", "cka", "ls_residual", "svcca", "energy_ratio"]
 
 
@@ -253,7 +253,7 @@ def test_a_config_naming_plugins_runs_scores_evaluate_and_search(plugin_env, wit
 
 def test_a_misspelt_plugin_name_gets_a_hint(with_plugin):
     r = with_plugin["typo"]
-    assert r.returncode == 2 and "fit.kind = 'mean-shfit' is not one of affine, identity, linear, mean-shift" in r.stderr
+    assert r.returncode == 2 and "fit.kind = 'mean-shfit' is not one of affine, fold, identity, linear, mean-shift" in r.stderr
     assert "Did you mean 'mean-shift'?" in r.stderr
 
 

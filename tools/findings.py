@@ -62,6 +62,13 @@ def _verdict(row: pd.Series, higher: bool) -> str:
     return "better" if better else "**worse**"
 
 
+def _load(info: dict) -> str:
+    speed = (info.get("export") or {}).get("speed") or {}
+    if speed.get("load_start") is None:
+        return "load not recorded"
+    return f"{speed.get('repeats')} repeats, load average {speed['load_start']:.1f} → {speed['load_end']:.1f}"
+
+
 def _study_reports() -> list[Path]:
     found = []
     for folder in sorted(p for p in REPORTS.iterdir() if p.is_dir()):
@@ -79,31 +86,37 @@ def _study_lines(folder: Path) -> list[str]:
     tests = pd.read_csv(folder / "paired_tests.csv")
     methods = pd.read_csv(folder / "methods.csv") if (folder / "methods.csv").exists() else None
     quality = info["quality"]
-    higher = maximised(quality)
     samples = info["test"]["samples"]
-    lines = [f"**{info['name']}** ({_link(folder / 'report.md')}; {quality} and FLOPs, test split of {samples} "
+    lines = [f"**{info['name']}** ({_link(folder / 'report.md')}; {quality} against {info['cost']}, test split of {samples} "
              f"samples, every pick selected on eval):", ""]
-    export = tests[(tests["comparison"] == "export vs unmodified") & (tests["quality"] == quality)]
-    if len(export):
-        r = export.iloc[0]
-        lines.append(f"- Export `{summary['export_spans']}`: test {quality} {_num(r['A value'])} → {_num(r['B value'])} "
-                     f"({_signed(r['B − A'])} [{_signed(r['low'])}, {_signed(r['high'])}], {_p(r['p (Holm)'])} Holm; "
-                     f"{_verdict(r, higher).replace('better', 'higher' if higher else 'lower')} than unmodified) "
-                     f"— {_link(folder / 'paired_tests.csv')}.")
+    qualities = [quality] + [q for q in dict.fromkeys(tests["quality"]) if q != quality]
+    for q in qualities:  # the rule's quality first, then the others (accuracy beside fidelity, ...)
+        up = maximised(q)
+        export = tests[(tests["comparison"] == "export vs unmodified") & (tests["quality"] == q)]
+        if len(export):
+            r = export.iloc[0]
+            lines.append(f"- Export `{summary['export_spans']}`: test {q} {_num(r['A value'])} → {_num(r['B value'])} "
+                         f"({_signed(r['B − A'])} [{_signed(r['low'])}, {_signed(r['high'])}], {_p(r['p (Holm)'])} "
+                         f"Holm; {_verdict(r, up).replace('better', 'higher' if up else 'lower')}"
+                         f"{'' if 'no detectable' in _verdict(r, up) else ' than unmodified'}) "
+                         f"— {_link(folder / 'paired_tests.csv')}.")
     if summary.get("speedup") is not None:
         ceiling = summary.get("speedup_ceiling")
         flag = (" **above its ceiling: noise, not quoted as a speed-up**" if ceiling and summary["speedup"] > ceiling
                 else "")
         lines.append(f"- Measured speed-up of the export {summary['speedup']:.2f}× [{summary['speedup_low']:.2f}, "
                      f"{summary['speedup_high']:.2f}] (median of paired ABBA repeats; export faster in "
-                     f"{100 * summary['export_faster']:.0f} %), ceiling {_num(ceiling, 2)}× from the same run's latency "
+                     f"{100 * summary['export_faster']:.0f} %; {_load(info)}), ceiling {_num(ceiling, 2)}× from the same run's latency "
                      f"table{flag} — {_link(folder / 'summary.json')}.")
-    versus = tests[tests["comparison"].str.startswith("search vs ") & (tests["quality"] == quality)]
-    if len(versus):
-        verdicts = [_verdict(r, higher) for _, r in versus.iterrows()]
+    for q in qualities:
+        up = maximised(q)
+        versus = tests[tests["comparison"].str.startswith("search vs ") & (tests["quality"] == q)]
+        if not len(versus):
+            continue
+        verdicts = [_verdict(r, up) for _, r in versus.iterrows()]
         counts = {v: verdicts.count(v) for v in ("better", "**worse**", "no detectable difference")}
         lines.append(f"- Search against the baselines at the same FLOPs budgets ({len(versus)} comparisons, search − "
-                     f"baseline on test {quality}): better in {counts['better']}, worse in {counts['**worse**']}, no "
+                     f"baseline on test {q}): better in {counts['better']}, worse in {counts['**worse**']}, no "
                      f"detectable difference in {counts['no detectable difference']} (Holm-adjusted p < {ALPHA}) "
                      f"— {_link(folder / 'paired_tests.csv')}:")
         for (_, r), verdict in zip(versus.iterrows(), verdicts, strict=True):

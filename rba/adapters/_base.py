@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Se
 import torch
 from torch import nn
 
+from rba.errors import ModelError
 from rba.spans import Span
 
 if TYPE_CHECKING:
@@ -131,8 +132,6 @@ class Adapter(abc.ABC):
         """The name, within block k, of the linear module whose output is the block's MLP output and is added to
         the residual stream as it is (the down projection): where ``[fit] kind = "fold"`` multiplies its map.
         Families that have one override this; the others raise a ModelError naming why and the fix."""
-        from rba.errors import ModelError
-
         raise ModelError(f"{self.describe()}: fit kind \"fold\" needs blocks whose MLP output is added to the "
                          f"residual stream as it is, and this model kind does not expose one; use [fit] kind = "
                          "\"affine\"")
@@ -141,8 +140,6 @@ class Adapter(abc.ABC):
         """A plain model of this family without blocks ``drop``, the others' weights as they stand (a fold's
         block included, when :func:`rba.apply.replace_` has put one in): what a fold exports in the model's own
         format. Families that can build one override this, with :meth:`save_native`."""
-        from rba.errors import ModelError
-
         raise ModelError(f"{self.describe()}: this model kind cannot export a model with fewer blocks in its own "
                          "format; export with [fit] kind = \"affine\" (a recipe export)")
 

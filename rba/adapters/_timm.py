@@ -10,11 +10,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+import timm
 import torch
+from timm.models import save_for_hf
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from rba.adapters._base import Adapter, Context
-from rba.adapters._builder import build_model
+from rba.adapters._builder import build_model, load_pretrained
 from rba.adapters._cnn import TimmCNN
 from rba.adapters._image import ImagePreprocess
 from rba.adapters._weights import weights_path
@@ -28,8 +31,6 @@ __all__ = ["TimmViT", "build_timm", "create_timm_model"]
 
 def create_timm_model(cfg, **extra) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build a timm model by name, load ``model.weights`` safely, return (model, identity)."""
-    import timm
-
     m = cfg.model
     folder = _timm_folder(cfg)
     if folder is not None:
@@ -56,9 +57,6 @@ def _create_from_folder(folder: Path, options: dict[str, Any]) -> tuple[torch.nn
     """``timm.create_model(architecture, **model_args)`` from the folder's ``config.json`` (timm's hub format), its
     ``model.safetensors`` loaded strictly: the same steps as ``timm.create_model("local-dir:FOLDER",
     pretrained=True)``, with any timm 1.x."""
-    import timm
-
-    from rba.adapters._builder import load_pretrained
 
     try:
         record = json.loads((folder / "config.json").read_text())
@@ -88,8 +86,6 @@ def _timm_checkpoint_filter(state: dict[str, torch.Tensor], model: torch.nn.Modu
 def _fixed_input_size(name: str) -> bool:
     """Whether a timm model is built for one input size (ViTs: position embeddings), so that a configured
     ``data.image_size`` must go to its constructor; CNNs take any size."""
-    import timm.models
-
     pretrained_cfg = timm.models.get_pretrained_cfg(name)
     return bool(pretrained_cfg is not None and pretrained_cfg.fixed_input_size)
 
@@ -145,8 +141,6 @@ class TimmViT(Adapter):
     def fold_target(self, k):
         """``mlp.fc2`` of timm's pre-norm ``Block`` (x + drop_path(ls2(mlp(norm2(x))))) without LayerScale: its
         output is added to the residual stream as it is (drop path is the identity in inference)."""
-        from timm.models.vision_transformer import Block
-
         block = self.blocks[k]
         if type(block) is not Block or not isinstance(block.ls2, nn.Identity) or not hasattr(block.mlp, "fc2"):
             what = ("LayerScale (ls2) scales the MLP output" if type(block) is Block and not isinstance(block.ls2, nn.Identity)
@@ -159,8 +153,6 @@ class TimmViT(Adapter):
         """``timm.create_model(architecture, depth=kept, **arguments)``, the arguments this model was built with
         (its identity's options), loaded strictly with the kept blocks' weights renumbered 0..kept-1 (a fold's
         block with its folded fc2 among them, when :func:`rba.apply.replace_` has put one in)."""
-        import timm
-
         dropped = set(drop)
         keep = [k for k in range(self.num_blocks) if k not in dropped]
         model = timm.create_model(self.model.pretrained_cfg["architecture"], pretrained=False,
@@ -185,8 +177,6 @@ class TimmViT(Adapter):
         """timm's own format through ``timm.models.save_for_hf``: ``model.safetensors`` and ``config.json``
         (``architecture``, ``model_args``, the preprocessing), which ``timm.create_model("local-dir:FOLDER",
         pretrained=True)`` reloads, or by hand ``timm.create_model(architecture, **model_args)`` and the weights."""
-        from timm.models import save_for_hf
-
         depth = len(list(model.get_submodule("blocks").children()))
         save_for_hf(model, str(folder), model_args=self._model_args(depth), safe_serialization=True)
 

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from rba._io import file_sha256
@@ -21,8 +22,6 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not p.exists():
         raise ModelError(f"weights file not found: {p} (set model.weights to a local file, or pretrained = false for random weights)")
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(p))
         except Exception as exc:

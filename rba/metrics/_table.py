@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from rba._io import atomic_path
@@ -33,9 +34,7 @@ def score_table(stats: Statistics, ridge: float = 1e-6) -> pd.DataFrame:
 
 def plot_scores(table: pd.DataFrame, path: str | Path, title: str = "") -> None:
     """Heatmaps of every score over (start, end): one panel per metric, spans outside the set left blank."""
-    import numpy as np
-    from matplotlib.figure import Figure
-
+    from matplotlib.figure import Figure  # lazy: matplotlib loads with the first plot
 
     L = int(table["end"].max()) if len(table) else 1
     columns = [c for c in table.columns if c not in ("start", "end")]

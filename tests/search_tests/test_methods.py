@@ -20,10 +20,10 @@ from conftest import staged_forward
 from rba.cli import build_parser
 from rba.cli import main as cli_main
 from rba.config import Config
-from rba.errors import ConfigError
+from rba.errors import ConfigError, RBAError
 from rba.methods import get_method, list_methods
 from rba.session import Session
-from search import run_search
+from search import baselines, run_search
 from search.baselines import (
     angular_distances,
     best_single_spans,
@@ -149,6 +149,14 @@ def test_sleb_removes_greedily_by_the_end_metric(study):
     order, evaluations = sleb_order(Objective(session, kind="identity"))
     assert order == expected
     assert evaluations == sum(range(1, DEPTH - 1))  # 4 + 3 + 2 + 1 candidates
+
+
+def test_sleb_refuses_in_one_line_when_every_candidate_scores_nan(study, monkeypatch):
+    """Every candidate's quality NaN (e.g. next-token objectives on texts of one token): no block can be chosen."""
+    _, _, session = study
+    monkeypatch.setattr(baselines, "_subset_quality", lambda *args: float("nan"))
+    with pytest.raises(RBAError, match=r"every candidate block scored NaN fidelity .* removed, so none can be chosen"):
+        sleb_order(Objective(session, kind="identity"))
 
 
 def test_sleb_stops_at_the_flops_floor(study):

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from search._results import choose_export, fixed_reference, front_2d
+from search._comparisons import fixed_reference, front_2d
+from search._results import choose_export
 from search.analysis import best_quality_at, hypervolume
 
 

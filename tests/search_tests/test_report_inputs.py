@@ -115,7 +115,7 @@ def test_summary_that_is_not_json_stops_measure_before_the_model_loads(finished,
 def test_the_committed_reports_follow_the_schema_or_are_refused_as_older(finished):
     """The readers' schema accepts a report of the current format as rba run writes it, and every committed report
     of that format as it is; a committed report of an older format is refused in one line until it is regenerated."""
-    from search._results import REPORT_FORMAT, ReportError, read_report_inputs, read_summary
+    from search._report_files import REPORT_FORMAT, ReportError, read_report_inputs, read_summary
 
     for folder in [finished, *sorted(p.parent for p in REPORTS.glob("*/report.json"))]:
         if json.loads((folder / "report.json").read_text())["format"] != REPORT_FORMAT:

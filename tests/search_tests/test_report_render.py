@@ -27,7 +27,7 @@ def test_committed_report_text_renders_byte_for_byte(tmp_path, name):
     import json
 
     from search._render import _read, _report_text
-    from search._results import REPORT_FORMAT, ReportError
+    from search._report_files import REPORT_FORMAT, ReportError
 
     folder = shutil.copytree(REPORTS / name, tmp_path / name)
     if json.loads((folder / "report.json").read_text())["format"] != REPORT_FORMAT:

@@ -1,4 +1,4 @@
-"""The report's test-split results as data (search._results), on hand-made per-sample arrays: per_sample.npz
+"""The report's test-split results as data (search._comparisons), on hand-made per-sample arrays: per_sample.npz
 round trips with and without labels, each method's pick within a budget is selected on eval, and the paired
 tests and their Holm adjustment match computations written out here (binomial sums with math.comb, numpy means
 and a numpy bootstrap), for data without labels too. No model runs."""
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from search._results import PerSample, budget_picks, method_rows, paired_tests
+from search._comparisons import PerSample, budget_picks, method_rows, paired_tests
 
 N = 60
 
