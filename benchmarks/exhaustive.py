@@ -9,8 +9,8 @@ recomputed for each), every configuration is scored as a search trial would be (
 quality, exact costs) and then on the held-out test split (``Session.evaluate_split``), sample by sample. The
 output folder gets, per seed, ``seed<S>/table.csv`` (one row per configuration: spans, eval and test quality, the
 test standard errors, costs) and ``seed<S>/per_sample.npz`` (test predictions and cosines, one row per
-configuration in table order, and the labels) -- what equal-evaluation replays (``benchmarks/search_quality.py
---table``) select on (eval) and score on (test).
+configuration in table order, and the labels) -- what the equal-evaluation replay
+(``benchmarks/equal_evaluation.py``) selects on (eval) and scores on (test).
 
 Work is kept in chunks: every ``--chunk`` configurations go to ``seed<S>/chunks/NNNNN.npz``, written atomically
 and checked on resume (the configurations it holds must be the ones the space puts there), so an interrupted run
@@ -84,7 +84,7 @@ def _save_chunk(path: Path, data: dict) -> None:
             np.savez(fh, **data)
 
 
-def _evaluate_chunk(session, configs: list[list[tuple[int, int]]], quality: str) -> dict:
+def _evaluate_chunk(session, configs: list[list[tuple[int, int]]]) -> dict:
     from rba.spans import format_spans
     from rba.stats import binomial_se, mean_se
 
@@ -121,7 +121,6 @@ def run_seed(cfg, seed: int, out: Path, chunk: int, limit: int | None = None) ->
     session = Session(cfg, progress=False)
     space = SpanSpace(session.adapter.num_blocks, session.pairs)
     total = space.count() if limit is None else min(limit, space.count())
-    quality = cfg.search.objectives[0]
     chunks, evaluated = [], 0
     started = time.perf_counter()
     for first in range(0, total, chunk):
@@ -130,7 +129,7 @@ def run_seed(cfg, seed: int, out: Path, chunk: int, limit: int | None = None) ->
         path = out / "chunks" / f"{first:05d}.npz"
         data = _load_chunk(path, names)
         if data is None:
-            data = _evaluate_chunk(session, configs, quality)
+            data = _evaluate_chunk(session, configs)
             _save_chunk(path, data)
             evaluated += len(configs)
             print(f"seed {seed}: {first + len(configs)}/{total} configurations "
