@@ -15,6 +15,7 @@ configurations that share leading spans share that work.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -301,6 +302,9 @@ class Evaluator:
         self._memo: OrderedDict[tuple, dict[str, list[torch.Tensor]]] = OrderedDict()
         self._memo_bytes = 0
         self.memo_budget = memo_bytes
+        self._probes: OrderedDict[bytes, LinearProbe] = OrderedDict()
+        """probes fitted lately, by the digest of the pooled probe rows they were fitted on (a configuration scored
+        on eval and then on test refits nothing)"""
 
     # ------------------------------------------------------------------ forward with spans
     def pooled(self, spans: Sequence[Span], maps: Sequence[nn.Module], tag: str = "") -> dict[str, torch.Tensor]:
@@ -336,6 +340,7 @@ class Evaluator:
         """Forget the states memoised per configuration prefix (the split caches stay)."""
         self._memo.clear()
         self._memo_bytes = 0
+        self._probes.clear()
 
     def _remember(self, key: tuple, states: dict[str, list[torch.Tensor]]) -> None:
         size = sum(t.numel() * t.element_size() for v in states.values() for t in v)
@@ -514,7 +519,15 @@ class Evaluator:
         if self.head == "fixed-probe":
             return self.fixed_probe
         if self.head == "probe" and "probe" in self.parts and self.parts["probe"].labels is not None:
-            return LinearProbe(self.probe_c).fit(pooled["probe"], self.parts["probe"].labels, self.num_classes)
+            rows = pooled["probe"].detach().cpu().contiguous()
+            key = hashlib.blake2b(rows.numpy().tobytes(), digest_size=16).digest()
+            probe = self._probes.get(key)
+            if probe is None:
+                probe = LinearProbe(self.probe_c).fit(rows, self.parts["probe"].labels, self.num_classes)
+                self._probes[key] = probe
+                if len(self._probes) > 4:
+                    self._probes.popitem(last=False)
+            return probe
         return None
 
 

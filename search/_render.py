@@ -12,6 +12,7 @@ from typing import cast
 import pandas as pd
 
 from rba.files import atomic_write_text
+from rba.fit import get_fit
 from rba.methods import get_method
 from rba.names import COST_COLUMNS, maximised
 from search._comparisons import (
@@ -367,6 +368,15 @@ def _cost_section(info: dict, trials: pd.DataFrame) -> list[str]:
             "![cost](cost.png)", ""]
 
 
+def _export_files(kind: str) -> str:
+    """What an export of fit ``kind`` writes, in words (:func:`rba.export.export_model`)."""
+    if get_fit(kind).folds:
+        return ("the model's own format with the replaced blocks removed, each span's map folded into the block "
+                "before it: a transformers folder `AutoModelForCausalLM.from_pretrained` loads, or a timm folder "
+                "`timm.create_model(\"local-dir:export\", pretrained=True)` loads; plus rba-fold.json")
+    return "model.safetensors + recipe.json, with its classifier head when the data has labels: `rba.head_logits`"
+
+
 def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: dict,
                     per: PerSample | None) -> list[str]:
     export = info["export"]
@@ -385,10 +395,9 @@ def _export_section(info: dict, reference: dict, front: pd.DataFrame, choice: di
         {"source": "export (measured)"} | {c: export["measured"].get(c) for c in RESULT_COLUMNS}
         | {"latency_ms": speed["export_ms"]}])
     return ["## Exported configuration", "",
-            f"`{choice['spans']}`, written to `export/` (model.safetensors + recipe.json, with its classifier head "
-            "when the data has labels: `rba.head_logits`). Reloaded and evaluated end to end; the latency of the "
-            "unmodified model and of the export is the median per sample of the interleaved run below, the search "
-            "row's the cost model's:", "",
+            f"`{choice['spans']}`, written to `export/` ({_export_files(info['kind'])}). Reloaded and evaluated end "
+            "to end; the latency of the unmodified model and of the export is the median per sample of the "
+            "interleaved run below, the search row's the cost model's:", "",
             _markdown(table), "",
             *([f"The export's configuration on the {_test_text(per, info['kind'], choice['spans'])}; the unmodified "
                f"model's: {_test_text(per, info['kind'], 'none').removeprefix('test split: ')} (paired tests above).",

@@ -117,3 +117,20 @@ def test_scoring_on_a_missing_test_split_is_refused(tmp_path):
     s = Session(_config(tmp_path, 0), progress=False, measure_latency=False)
     with pytest.raises(ConfigError, match="data.test = 0: there is no test split"):
         s.evaluate_split("none", "test")
+
+
+def test_a_configuration_scored_on_eval_then_test_fits_its_probe_once(session, monkeypatch):
+    fits = []
+    real_fit = LinearProbe._fit
+    monkeypatch.setattr(LinearProbe, "_fit", lambda self, *a: fits.append(1) or real_fit(self, *a))
+    session.evaluator.clear_memo()
+    first = session.evaluate("1-3")
+    per = session.evaluate_split("1-3", "test")
+    assert len(fits) == 1  # the test split reuses the probe fitted on the same pooled probe rows
+    session.evaluate("3-5")
+    assert len(fits) == 2  # another configuration: other probe rows, a new fit
+    # the memoised probe gives what a fresh evaluator (nothing memoised) gives
+    session.evaluator.clear_memo()
+    assert session.evaluate("1-3")["accuracy"] == first["accuracy"]
+    np.testing.assert_array_equal(session.evaluate_split("1-3", "test").prediction, per.prediction)
+    assert len(fits) == 3
