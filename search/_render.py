@@ -266,9 +266,8 @@ def _methods_section(info: dict, trials: pd.DataFrame, reference: dict, baseline
     return ["## Search against the baselines", "",
             f"Each method's feasible configurations (the search: every completed trial). Hypervolume of ({quality} "
             f"{arrow}, {cost} ↓) at a reference point fixed before the runs: {quality} = {ref[0]:.4g} "
-            f"({_reference_words(quality)}) and {cost} = {ref[1]:.4g} (the unmodified model), so configurations that "
-            f"{'lose more than a tenth of the' if maximised(quality) else 'worsen by more than a tenth the'} {quality} "
-            f"add no area; beside it, the hypervolume at the worst point of "
+            f"({_reference_words(quality)}) and {cost} = {ref[1]:.4g} (the unmodified model), so configurations of a "
+            f"{quality} worse than that add no area; beside it, the hypervolume at the worst point of "
             f"all methods ({quality} = {worst_ref[0]:.4g}, the {worst} of any method). Best {quality} within each FLOPs "
             "fraction, selected on eval"
             + (f", and that configuration's {quality} on the test split ± one standard error" if per else "")
