@@ -195,3 +195,40 @@ def test_calibration_on_the_eval_data_is_said(files, tmp_path, capsys, calibrati
     assert len(warned) == 1 and warned[0].startswith("rba: warning: ") and needle in warned[0], err
     for name, n in counts.items():
         assert (f"{n} of the 4 {name} samples" in warned[0]) == (n > 0), warned[0]
+
+
+def test_transfer_table_scores_both_fits_on_one_test_split_with_paired_tests(files, capsys):
+    """studies/transfer_table.py: own fits (the config less calibration_path) and transfer fits scored on the same
+    test samples; each value's standard error and each transfer − own difference recomputed from the printed table."""
+    import importlib.util
+    from pathlib import Path
+
+    from rba.config import load_config
+
+    spec = importlib.util.spec_from_file_location("transfer_table", Path(__file__).parents[1] / "studies" / "transfer_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = write_config(files / "table.toml", vit_sections(files, data={
+        "kind": "npz", "path": "target.npz", "calibration_path": "source.npz", "calibration": 4, "probe": 4,
+        "eval": 2, "test": 6, "options": {}}))
+    assert module.main([str(path), "--spans", "0-2"]) == 0
+    text = capsys.readouterr().out
+    plain = [line for line in text.splitlines() if line.startswith("| ") and " ± " not in line]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in plain]
+    header, body = rows[0], {r[0]: dict(zip(rows[0], r)) for r in rows[1:]}
+    assert header[:2] == ["spans", "FLOPs"] and {"none", "0-2"} <= set(body)
+    assert float(body["none"]["fidelity, own"]) == pytest.approx(1.0) == float(body["none"]["fidelity, transfer"])
+    assert body["none"]["accuracy, own"] == body["none"]["accuracy, transfer"]  # one unmodified model, one probe
+    own = load_config(path)
+    own.data.calibration_path = None
+    from rba.session import Session
+
+    per = Session(own, progress=False, measure_latency=False).evaluate_split("0-2", "test")
+    assert len(per.cosine) == 6
+    assert float(body["0-2"]["fidelity, own"]) == pytest.approx(per.cosine.mean(), abs=1e-4)
+    detail = [line for line in text.splitlines() if line.startswith("| 0-2 | fidelity |")][0]
+    cells = [c.strip() for c in detail.strip("|").split("|")]
+    (own_value, own_se), (xfer_value, _) = (map(float, cells[k].split(" ± ")) for k in (2, 3))
+    assert own_se == pytest.approx(per.cosine.std(ddof=1) / np.sqrt(6), abs=1e-4)
+    assert float(cells[4]) == pytest.approx(xfer_value - own_value, abs=2e-4)
+    assert float(cells[9]) >= float(cells[8])  # Holm never lowers a p-value
