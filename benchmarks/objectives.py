@@ -134,6 +134,8 @@ def evaluate(refit, fixed, spans, path: Path, key: str) -> tuple[dict, bool]:
     t0 = time.perf_counter()
     a = refit.evaluate_split(spans, "test")
     b = fixed.evaluate_split(spans, "test")
+    # no two configurations here share a leading span, so the prefix memo would only hold states (up to its 2 GiB)
+    refit.evaluator.clear_memo()
     data = {"key": np.array(key), "cosine": a.cosine, "prediction_probe": a.prediction,
             "prediction_fixed": b.prediction, "label": a.label, "seconds": np.array(time.perf_counter() - t0)}
     _save(path, data)
