@@ -326,3 +326,99 @@ def test_gpu_benchmark_checks_its_arguments_and_time_limit(tmp_path, capsys, mon
         torch.set_num_threads(threads)
     out = json.loads((tmp_path / "gpu.json").read_text())
     assert out["skipped"] == ["capture", "trial"] and out["parts"] == {}
+
+
+def _quick_objectives(out):
+    import objectives
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        assert objectives.main(["--quick", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_objectives_quick_mode_against_an_independent_computation(tmp_path):
+    """benchmarks/objectives.py --quick: every single span's test scores equal a direct computation (the span's map
+    walked into the blocks, probes fitted here); the unmodified model's refitted and fixed probes are one probe,
+    and so is the truncation probe at the last boundary; a rerun evaluates nothing."""
+    import json
+
+    import objectives
+    import pandas as pd
+    import torch
+    import torch.nn.functional as F
+
+    from rba.evaluate import LinearProbe
+    from rba.session import Session
+    from rba.spans import format_spans
+
+    out = tmp_path / "out"
+    _quick_objectives(out)
+    table = pd.read_csv(out / "configurations.csv", keep_default_na=False).set_index("spans")
+    trunc = pd.read_csv(out / "truncation.csv")
+    corr = pd.read_csv(out / "correlations.csv")
+    run = json.loads((out / "run.json").read_text())
+    assert (out / "objectives.md").read_text().startswith("# Objectives: quick")
+
+    sizes = {f"data.{k}": n for k, n in objectives.QUICK_SIZES.items()}
+    session = Session(objectives._quick_config(tmp_path).override(sizes), progress=False)
+    assert run["key"] == objectives.run_key(session) and run["splits"]["test"] == objectives.QUICK_SIZES["test"]
+    assert list(table.index) == ["none"] + [format_spans([s]) for s in session.pairs]
+    assert set(corr["objective"]) == set(objectives.OBJECTIVES) and corr["pooled"].notna().all()
+
+    adapter, splits, bs = session.adapter, session.splits, session.cfg.evaluate.batch_size
+    classes = int(max(splits.probe.labels.max(), splits.test.labels.max())) + 1
+    y_probe = torch.as_tensor(splits.probe.labels, dtype=torch.long)
+
+    def pooled(samples, replace):
+        with torch.inference_mode():
+            return torch.cat([adapter.pool(adapter.last_boundary(*adapter.embed(adapter.collate(samples[s:s + bs])),
+                                                                 replace=replace), None).float()
+                              for s in range(0, len(samples), bs)])
+
+    probe0, test0 = pooled(splits.probe.samples, {}), pooled(splits.test.samples, {})
+    fixed = LinearProbe(session.cfg.evaluate.probe_c).fit(probe0, y_probe, classes)
+    base = float((fixed.predict(test0).numpy() == splits.test.labels).mean())
+    none = table.loc["none"]
+    assert none["accuracy_probe"] == none["accuracy_fixed"] == base and abs(none["fidelity"] - 1) < 1e-6
+    whole = trunc[(trunc["boundary"] == adapter.num_blocks) & (trunc["pooling"] == "model")]
+    assert len(whole) == 1 and whole["accuracy"].item() == base and whole["change_vs_whole"].item() == 0
+    assert list(trunc["boundary"]) == list(range(adapter.num_blocks + 1))
+    for span in session.pairs:
+        replace = {span: session.maps([span])[0]}
+        probe, test = pooled(splits.probe.samples, replace), pooled(splits.test.samples, replace)
+        refit = LinearProbe(session.cfg.evaluate.probe_c).fit(probe, y_probe, classes)
+        row = table.loc[format_spans([span])]
+        assert row["accuracy_probe"] == float((refit.predict(test).numpy() == splits.test.labels).mean()), span
+        assert row["accuracy_fixed"] == float((fixed.predict(test).numpy() == splits.test.labels).mean()), span
+        cosine = F.cosine_similarity(test.double(), test0.double(), dim=1).mean().item()
+        assert abs(row["fidelity"] - cosine) < 1e-9, span
+
+    _quick_objectives(out)  # resumed: every configuration and the truncation probes are read back
+    assert json.loads((out / "run.json").read_text())["evaluated_now"] == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "configurations.csv", keep_default_na=False).set_index("spans")
+                                  .drop(columns="seconds"), table.drop(columns="seconds"))
+
+
+def test_objectives_truncation_pools_a_cnn_by_the_mean_where_its_head_cannot(tmp_path):
+    """A CNN's earlier stages have other channel counts than its head takes: there a boundary is pooled by the
+    mean over pixels, and the last boundary is pooled both ways."""
+    import objectives
+    import torch
+    from conftest import tiny_config
+
+    from rba.evaluate import SplitCache
+    from rba.session import Session
+
+    session = Session(tiny_config(tmp_path, "cnn"), progress=False)
+    adapter, samples = session.adapter, session.splits.probe.samples
+    probes, pooled, order = objectives.boundary_pooled(adapter, samples, 16)
+    L, shapes = adapter.num_blocks, adapter.boundary_shapes()
+    assert probes[-1] == (L, "mean") and (L, "model") in probes and {k for k, _ in probes} == set(range(L + 1))
+    assert all((how == "model") == (shapes[k] == shapes[L]) for k, how in probes[:-1])
+    cache = SplitCache.build(adapter, samples, None, keep=set(), batch_size=16, name="probe")
+    assert torch.equal(pooled[probes.index((L, "model"))], cache.pooled[np.argsort(order)])
+    for (k, how), p in zip(probes, pooled):
+        assert p.shape == (len(samples), shapes[k][0] if how == "mean" else cache.pooled.shape[1])
