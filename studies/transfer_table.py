@@ -7,8 +7,8 @@ same probe and held-out test splits, with standard errors and paired tests.
 The baseline ("own") is the transfer config less ``calibration_path`` (or ``--baseline``, a study with the same
 splits). Run it from the folder holding the studies' data/ and weights/. The configurations are ``none``, the span
 of each length 1-4 with the lowest ``ls_residual`` in the baseline's scores (statistics only: no split is used to
-choose them), and ``--spans`` (default ``1-8``). Every number is on the test split (``data.test``, or ``--test``),
-± one standard error (binomial for accuracy, of the mean for fidelity); transfer − own is paired sample by sample
+choose them), and ``--spans`` (default ``1-L``: every block but the first). Every number is on the test split
+(``data.test``, or ``--test``), ± one standard error (binomial for accuracy, of the mean for fidelity); transfer − own is paired sample by sample
 (fidelity: paired bootstrap; accuracy: McNemar's exact test, with a paired bootstrap interval), Holm-adjusted
 across the table's comparisons. The first table holds plain numbers (``studies/transfer_plot.py`` reads it).
 """
@@ -72,6 +72,7 @@ def rows(base, xfer, picks: list[str], qualities: list[str]) -> tuple[list[dict]
 def markdown(args, base, xfer, values: list[dict], tests: list[dict], qualities: list[str], load: tuple,
              wall_s: float) -> str:
     names = (base.cfg.data.path, xfer.cfg.data.calibration_path)
+    L = base.adapter.num_blocks
     n = len(base.splits.indices["test"])
     head = ["spans", "FLOPs"] + [f"{q}, {label}" for q in qualities for label in ("own", "transfer")]
     lines = [f"# Cross-dataset transfer (the paper's Table 3): {xfer.cfg.name}", "",
@@ -79,7 +80,7 @@ def markdown(args, base, xfer, values: list[dict], tests: list[dict], qualities:
              f"`{names[1]}` (`data.calibration_path`, column *transfer*), on the same model; the probe and the "
              f"held-out test split ({n} samples) are the same for both columns, and the probe is refitted on the "
              "replaced model in both. The configurations: the unmodified model, the span of each length 1-4 with "
-             "the lowest ls_residual in the own data's statistics, and " + ", ".join(args.spans or ["1-8"])
+             "the lowest ls_residual in the own data's statistics, and " + ", ".join(args.spans or [f"1-{L}"])
              + " (chosen before any split is scored). Made with "
              f"`python3 studies/transfer_table.py {' '.join(args.argv)}` on {datetime.date.today().isoformat()}, "
              f"{os.cpu_count()} CPUs, load average {load[0]:.1f} → {os.getloadavg()[0]:.1f}, {wall_s / 60:.1f} min "
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("transfer", help="a study (name or TOML) with data.calibration_path")
     parser.add_argument("--baseline", default=None, help="the own-data study (default: the transfer config less "
                                                          "calibration_path)")
-    parser.add_argument("--spans", action="append", default=None, help="more configurations (default: 1-8)")
+    parser.add_argument("--spans", action="append", default=None,
+                        help="more configurations (default: 1-L, every block but the first)")
     parser.add_argument("--test", type=int, default=None, help="test split size (default: the config's data.test)")
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write (default: print it)")
     args = parser.parse_args(argv)
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             if len(candidates):
                 best = candidates.loc[candidates.ls_residual.idxmin()]
                 picks.append(f"{int(best.start)}-{int(best.end)}")
-        picks = list(dict.fromkeys(picks + (args.spans or ["1-8"])))
+        picks = list(dict.fromkeys(picks + (args.spans or [f"1-{base.adapter.num_blocks}"])))
         reference = base.evaluate_split("none", "test")
         qualities = (["accuracy"] if reference.prediction is not None else []) + ["fidelity"]
         values, tests = rows(base, xfer, picks, qualities)
