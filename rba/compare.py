@@ -208,7 +208,7 @@ def _summary(table: pd.DataFrame) -> pd.DataFrame:
 def _training(cfg) -> str:
     """How the trained fits trained, in words: the paper's budget, or to convergence."""
     f = cfg.fit
-    lr = f"lr {f.lr:g}" + (f", cosine decay" if f.schedule == "cosine" else "") + (
+    lr = f"lr {f.lr:g}" + (", cosine decay" if f.schedule == "cosine" else "") + (
         f" after {f.warmup_steps} warm-up steps" if f.warmup_steps else "")
     if not f.holdout:
         return f"{f.steps} Adam steps, {lr}"
