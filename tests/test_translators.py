@@ -416,3 +416,18 @@ def test_invalid_training_settings_are_one_config_error(tmp_path, fit, message):
     key = next(iter(fit))
     with pytest.raises(ConfigError, match=f"fit.{key} = "):
         TrainSettings(**fit)
+
+
+def test_fit_seed_and_the_recorded_identity(tmp_path):
+    """fit.seed seeds the trained fit (the splits keep data.seed); identities record the keys added after the
+    paper's only where set, so a folder written before them keeps its identity."""
+    cfg = tiny_config(tmp_path, "vit", fit={"kind": "mlp", "steps": 3, "max_vectors": 60, "seed": 4,
+                                            "holdout": 0.2, "eval_every": 1}, data=SMALL)
+    session = Session(cfg, need_labels=False, progress=False, measure_latency=False)
+    fit = session.fit((1, 3))
+    want = fit_span(None, (1, 3), "mlp", vectors=session.fit_vectors((1, 3)), seed=4,
+                    train=TrainSettings(steps=3, holdout=0.2, eval_every=1))
+    assert all(torch.equal(fit.tensors[k], want.tensors[k]) for k in want.tensors)
+    assert fit.info["heldout_vectors"] == 12 and fit.info["vectors"] == 48
+    assert cfg.fit.changed_training() == {"holdout": 0.2, "eval_every": 1, "seed": 4}
+    assert tiny_config(tmp_path, "vit", fit={"steps": 7}).fit.changed_training() == {}
