@@ -196,7 +196,7 @@ def train_translator(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.T
         if log.heldout:
             evaluate(0)
         for step in range(settings.steps):
-            if time.perf_counter() - t0 > settings.max_seconds:
+            if settings.max_seconds is not None and time.perf_counter() - t0 > settings.max_seconds:
                 log.stopped = "max_seconds"
                 break
             if bs == n:

@@ -214,7 +214,7 @@ def _training(cfg) -> str:
         return f"{f.steps} Adam steps, {lr}"
     return (f"Adam to convergence ({lr}): {f.holdout:g} of their vectors held out, evaluated every {f.eval_every} "
             f"steps, the best weights kept, stopped after {f.patience} evaluations without improvement, at "
-            f"{f.steps} steps or after {f.max_seconds:g} s (`steps` ran, why it `stopped`)")
+            f"{f.steps} steps" + (f" or after {f.max_seconds:g} s" if f.max_seconds else "") + " (`steps` ran, why it `stopped`)")
 
 
 def _report(session, table: pd.DataFrame, sample_s: float, n_held: int) -> str:

@@ -145,8 +145,9 @@ class FitConfig:
     patience: _POSITIVE_INT = 10
     """trained fits with a hold-out: stop after this many evaluations without a better held-out MSE (the best
     evaluation's weights are kept)"""
-    max_seconds: Annotated[float, Field(gt=0)] = 1200.0
-    """trained fits: wall-clock cap of one fit's training, seconds"""
+    max_seconds: Annotated[float, Field(gt=0)] | None = None
+    """trained fits: wall-clock cap of one fit's training, seconds (unset: none; a capped run is not reproducible to
+    the step)"""
     seed: _SEED | None = None
     """trained fits: the seed of their initialisation, minibatch order and hold-out draw (unset: data.seed)"""
 

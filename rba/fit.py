@@ -69,7 +69,8 @@ class TrainSettings:
     ``holdout`` > 0 sets that fraction of the paired vectors aside (a fixed draw from the seed) and evaluates their
     MSE every ``eval_every`` steps; training keeps the weights of the best evaluation and stops after ``patience``
     evaluations without improvement. ``schedule = "cosine"`` decays lr to 0 at ``steps``, after ``warmup_steps``
-    of linear warm-up. Every run stops after ``max_seconds`` of wall clock. The field names are those of
+    of linear warm-up. ``max_seconds`` (off by default: a capped run is not reproducible to the step) stops a run
+    after that much wall clock. The field names are those of
     ``[fit]`` (:meth:`of`)."""
 
     steps: int = 300
@@ -80,7 +81,7 @@ class TrainSettings:
     holdout: float = 0.0
     eval_every: int = 50
     patience: int = 10
-    max_seconds: float = 1200.0
+    max_seconds: float | None = None
 
     def __post_init__(self):
         # (a config has been checked already, as [fit]; this is the same check for settings made in Python)
@@ -89,7 +90,8 @@ class TrainSettings:
                                                                        "at least 0"),
                   ("holdout", 0 <= self.holdout < 1, "at least 0 and below 1 (e.g. 0.1; 0: no early stopping)"),
                   ("eval_every", self.eval_every >= 1, "at least 1"), ("patience", self.patience >= 1, "at least 1"),
-                  ("max_seconds", self.max_seconds > 0, "above 0 (seconds of wall clock per trained fit)")]
+                  ("max_seconds", self.max_seconds is None or self.max_seconds > 0,
+                   "above 0 (seconds of wall clock per trained fit), or unset")]
         for name, ok, bound in checks:
             if not ok:
                 raise ConfigError(f"fit.{name} = {getattr(self, name)!r}: it must be {bound}")
