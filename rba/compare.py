@@ -4,7 +4,8 @@ For every single span asked for and every fit kind: the fit time (trained fits: 
 statistics: a cold solve, factorisation included), the mean squared error per vector and dimension on the vectors
 it was fitted on (``train_mse``) and on held-out eval-split vectors (``heldout_mse``, and ``heldout_rel``: the
 held-out SSE over Σ‖x_j − x̄_j‖², scale-free like ls_residual), then the configuration's fidelity, accuracy (with
-labels), parameter and FLOP fractions, as ``rba evaluate`` scores them. Trained kinds are marked so in every
+labels), parameter and FLOP fractions, as ``rba evaluate`` scores them, and for trained fits the steps they ran and
+why they stopped (``steps``, ``stopped``: their budget, ``patience`` or ``max_seconds``). Trained kinds are marked so in every
 table and plot. Files: ``fits.csv`` (rewritten after each span, so a stopped run keeps its finished spans, and a
 rerun into the same folder with the same config and kinds goes on from them, keeping the finished spans it does
 not ask for), ``compare.json`` (what the rows depend on, and a checksum of each span's rows: an edited row is
@@ -27,6 +28,7 @@ import torch
 from rba._folders import FolderError, refusal, refuse_other_work
 from rba._io import atomic_path, atomic_write_json, atomic_write_text
 from rba._records import Record, checked, read_record, read_table
+from rba.config import LATER_TRAINING_KEYS
 from rba.data import data_identity
 from rba.errors import ConfigError
 from rba.fit import fit_label, get_fit
@@ -40,7 +42,7 @@ __all__ = ["compare_fits", "plot_comparison", "COMPARE_COLUMNS", "DEFAULT_KINDS"
 
 DEFAULT_KINDS = ("identity", "affine", "mlp", "res-mlp")
 COMPARE_COLUMNS = ["span", "start", "end", "kind", "trained", "fit_s", "fit_vectors", "train_mse", "heldout_mse", "heldout_rel",
-                   "fidelity", "accuracy", "params_frac", "flops_frac"]
+                   "fidelity", "accuracy", "params_frac", "flops_frac", "steps", "stopped"]
 
 
 def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_KINDS, *, out: str | Path | None = None,
@@ -90,7 +92,7 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
             t = time.perf_counter()
             fit = session.fit(span, kind, refit=True)  # a cold fit: its time is what one span costs
             fit_s = time.perf_counter() - t
-            n_fit = fit.info.get("vectors", stats.count(i))
+            n_fit = float(fit.info.get("vectors", stats.count(i)))
             with torch.no_grad():
                 sse = float(((fit.predict(held[i]) - y) ** 2).sum())
             result = session.evaluate([span], kind=kind)
@@ -100,6 +102,7 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
                 "heldout_mse": sse / (y.shape[0] * y.shape[1]), "heldout_rel": sse / total if total > 0 else math.nan,
                 "fidelity": result["fidelity"], "accuracy": result.get("accuracy", math.nan),
                 "params_frac": result["params_frac"], "flops_frac": result["flops_frac"],
+                "steps": fit.info.get("steps", math.nan), "stopped": fit.info.get("stopped", ""),
             })
         if out is not None:
             _write_rows(out, kept + rows, record)
@@ -117,7 +120,7 @@ def compare_fits(session, spans: Sequence[Span], kinds: Sequence[str] = DEFAULT_
 
 
 #: the columns of fits.csv that hold numbers
-_NUMBER_COLUMNS = [c for c in COMPARE_COLUMNS if c not in ("span", "kind", "trained")]
+_NUMBER_COLUMNS = [c for c in COMPARE_COLUMNS if c not in ("span", "kind", "trained", "stopped")]
 
 
 class CompareRecord(Record):
@@ -148,8 +151,9 @@ def _row_sums(text: str) -> dict[str, str]:
 def _identity(session, kinds: Sequence[str]) -> dict:
     """What the comparison's rows depend on: model, data (by content), capture, fit and evaluation settings, the kinds."""
     d = session.cfg.to_dict()
+    fit = {k: v for k, v in d["fit"].items() if k not in LATER_TRAINING_KEYS} | session.cfg.fit.changed_training()
     return {"model": session.adapter.identity, "data": data_identity(session.cfg, session.splits),
-            "capture_dtype": d["capture"]["dtype"], "fit": d["fit"], "evaluate": {k: d["evaluate"][k] for k in ("head", "probe_c")}, "kinds": list(kinds)}
+            "capture_dtype": d["capture"]["dtype"], "fit": fit, "evaluate": {k: d["evaluate"][k] for k in ("head", "probe_c")}, "kinds": list(kinds)}
 
 
 def _finished_rows(session, out: Path, kinds: Sequence[str]) -> tuple[dict[str, list[dict]], dict]:
@@ -201,6 +205,18 @@ def _summary(table: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
+def _training(cfg) -> str:
+    """How the trained fits trained, in words: the paper's budget, or to convergence."""
+    f = cfg.fit
+    lr = f"lr {f.lr:g}" + (", cosine decay" if f.schedule == "cosine" else "") + (
+        f" after {f.warmup_steps} warm-up steps" if f.warmup_steps else "")
+    if not f.holdout:
+        return f"{f.steps} Adam steps, {lr}"
+    return (f"Adam to convergence ({lr}): {f.holdout:g} of their vectors held out, evaluated every {f.eval_every} "
+            f"steps, the best weights kept, stopped after {f.patience} evaluations without improvement, at "
+            f"{f.steps} steps" + (f" or after {f.max_seconds:g} s" if f.max_seconds else "") + " (`steps` ran, why it `stopped`)")
+
+
 def _report(session, table: pd.DataFrame, sample_s: float, n_held: int) -> str:
     cfg = session.cfg
     f = cfg.fit
@@ -211,7 +227,7 @@ def _report(session, table: pd.DataFrame, sample_s: float, n_held: int) -> str:
         "",
         f"- calibration: {session.stats.n} vectors in the statistics (fits from statistics see them all); trained "
         f"fits: the first ≤ {f.max_vectors} calibration vectors per boundary (`fit_vectors`; kept in {sample_s:.2f} s), "
-        f"{f.steps} Adam steps, lr {f.lr:g}, minibatch {f.batch_size}, seed {cfg.data.seed}",
+        f"{_training(cfg)}, minibatch {f.batch_size}, seed {cfg.data.seed if f.seed is None else f.seed}",
         f"- held-out: the first {n_held} eval-split vectors; accuracy/fidelity: the eval split, as `rba evaluate`",
         "- fit_s: a cold fit of one span (trained fits: their training time; closed forms: the solve from statistics)",
         "- *(trained)* kinds are fitted by an optimiser, not in closed form",

@@ -127,13 +127,39 @@ class FitConfig:
     ridge: Annotated[float, Field(ge=0)] = 1e-6
     mode: Literal["independent", "sequential"] = "independent"
     steps: _POSITIVE_INT = 300
-    """trained fits (mlp, res-mlp): Adam steps per span"""
+    """trained fits (mlp, res-mlp, ...): Adam steps per span (with early stopping: at most this many)"""
     lr: Annotated[float, Field(gt=0)] = 1e-3
-    """trained fits: Adam's learning rate"""
+    """trained fits: Adam's learning rate (its peak, with a schedule)"""
     batch_size: _POSITIVE_INT = 1024
     """trained fits: paired vectors per step (the whole sample when it is smaller)"""
     max_vectors: _POSITIVE_INT = 16384
     """trained fits: calibration vectors kept per boundary to train on (memory capped by capture.max_memory_gb)"""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """trained fits: the learning rate over the steps, constant or cosine decay to 0 at ``steps``"""
+    warmup_steps: _COUNT = 0
+    """trained fits: steps of linear warm-up from 0 to ``lr`` before the schedule"""
+    holdout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """trained fits: fraction of their paired vectors held out (a seeded draw) for early stopping; 0: none"""
+    eval_every: _POSITIVE_INT = 50
+    """trained fits with a hold-out: steps between evaluations of the held-out MSE"""
+    patience: _POSITIVE_INT = 10
+    """trained fits with a hold-out: stop after this many evaluations without a better held-out MSE (the best
+    evaluation's weights are kept)"""
+    max_seconds: Annotated[float, Field(gt=0)] | None = None
+    """trained fits: wall-clock cap of one fit's training, seconds (unset: none; a capped run is not reproducible to
+    the step)"""
+    seed: _SEED | None = None
+    """trained fits: the seed of their initialisation, minibatch order and hold-out draw (unset: data.seed)"""
+
+    def changed_training(self) -> dict[str, Any]:
+        """The training settings added after the paper's (``LATER_TRAINING_KEYS``) that differ from their
+        defaults: what identities record of them, so that folders written before they existed keep theirs."""
+        defaults = FitConfig()
+        return {k: getattr(self, k) for k in LATER_TRAINING_KEYS if getattr(self, k) != getattr(defaults, k)}
+
+
+#: [fit] keys of trained fits added after the paper's steps, lr, batch_size (:meth:`FitConfig.changed_training`)
+LATER_TRAINING_KEYS = ("schedule", "warmup_steps", "holdout", "eval_every", "patience", "max_seconds", "seed")
 
 
 @dataclass(config=_SCHEMA)
@@ -293,6 +319,9 @@ class Config:
         self._check_objectives_fit_the_model()
         if self.search.max_span is not None and self.search.max_span < 1:
             raise ConfigError(f"search.max_span = {self.search.max_span}: it must be at least 1 (a span covers one block or more)")
+        if self.fit.warmup_steps and self.fit.warmup_steps >= self.fit.steps:
+            raise ConfigError(f"fit.warmup_steps = {self.fit.warmup_steps} is not below fit.steps = {self.fit.steps}: "
+                              "lower warmup_steps, or raise steps")
         if self.data.calibration_kind is not None and self.data.calibration_path is None:
             raise ConfigError(f"data.calibration_kind = {self.data.calibration_kind!r} but data.calibration_path is "
                               "not set: give the calibration data set's path, or drop calibration_kind")

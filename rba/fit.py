@@ -12,8 +12,9 @@ Built in, from the statistics (float64, ridge-stabilised normal equations, Chole
 * ``linear``: the same without the bias row/column.
 * ``identity``: x ↦ x, the skip baseline (no parameters).
 
-Built in, trained on calibration vectors (:mod:`rba._translators`, the paper's translator baselines):
-``mlp`` and ``res-mlp``, Adam on the MSE between boundaries i and j, as :class:`TrainSettings` say.
+Built in, trained on calibration vectors (:mod:`rba._translators`): the paper's translator baselines ``mlp`` and
+``res-mlp``, and ``mlp-wide``, ``identity-mlp``, ``affine-mlp``; Adam on the MSE between boundaries i and j, as
+:class:`TrainSettings` say.
 
 ``SSE = s_j − 2·tr(Wᵀ B) + tr(Wᵀ A W)``, which for the ridge solution is ``s_j − tr(WᵀB) − λ‖W‖²``. The
 factorisation of A_i + λI is computed once per start boundary. The statistics are sums about a centre per
@@ -24,6 +25,7 @@ linear fit reads the plain sums recovered from them.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import functools
 import math
 import warnings
@@ -37,11 +39,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from rba._modules import Skip, SpanMap
 from rba._registry import FITS, check_name
 from rba._threads import single_thread
-from rba.errors import SpanError
+from rba.errors import ConfigError, SpanError
 from rba.spans import Span
 from rba.statistics import Statistics, plain_cross_from
 
-__all__ = ["Fit", "FitInput", "FoldFit", "SpanFit", "TrainSettings", "RankDeficientWarning", "fit_label", "fit_span", "get_fit", "list_fits",
+__all__ = ["Fit", "FitInput", "FoldFit", "SpanFit", "STOP_REASONS", "TrainSettings", "RankDeficientWarning", "fit_label", "fit_span", "get_fit", "list_fits",
            "register_fit", "ill_conditioning", "conditioning_certificate", "rank_deficient"]
 
 #: smallest/largest eigenvalue of the unridged system below which the ridge is what makes it solvable
@@ -54,14 +56,64 @@ class RankDeficientWarning(UserWarning):
     """The normal equations of a span are (numerically) singular; the ridge takes over."""
 
 
+#: why a training run stopped (``SpanFit.info["stopped"]``): its step budget, early stopping, the wall-clock cap
+STOP_REASONS = ("steps", "patience", "max_seconds")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
-    """How a fit that trains (``trained = True``) runs its optimiser: ``steps`` Adam steps at learning rate
-    ``lr`` on minibatches of ``batch_size`` paired vectors (the whole sample when it is smaller)."""
+    """How a fit that trains (``trained = True``) runs its optimiser: at most ``steps`` Adam steps on minibatches of
+    ``batch_size`` paired vectors (the whole sample when it is smaller), at the learning rate :meth:`lr_at` gives.
+
+    The defaults are the paper's budget (300 steps, constant lr 1e-3, no early stopping). To train to convergence:
+    ``holdout`` > 0 sets that fraction of the paired vectors aside (a fixed draw from the seed) and evaluates their
+    MSE every ``eval_every`` steps; training keeps the weights of the best evaluation and stops after ``patience``
+    evaluations without improvement. ``schedule = "cosine"`` decays lr to 0 at ``steps``, after ``warmup_steps``
+    of linear warm-up. ``max_seconds`` (off by default: a capped run is not reproducible to the step) stops a run
+    after that much wall clock. The field names are those of
+    ``[fit]`` (:meth:`of`)."""
 
     steps: int = 300
     lr: float = 1e-3
     batch_size: int = 1024
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    holdout: float = 0.0
+    eval_every: int = 50
+    patience: int = 10
+    max_seconds: float | None = None
+
+    def __post_init__(self):
+        # (a config has been checked already, as [fit]; this is the same check for settings made in Python)
+        checks = [("steps", self.steps >= 0, "at least 0"), ("lr", self.lr > 0, "above 0"),
+                  ("batch_size", self.batch_size >= 1, "at least 1"), ("warmup_steps", self.warmup_steps >= 0,
+                                                                       "at least 0"),
+                  ("holdout", 0 <= self.holdout < 1, "at least 0 and below 1 (e.g. 0.1; 0: no early stopping)"),
+                  ("eval_every", self.eval_every >= 1, "at least 1"), ("patience", self.patience >= 1, "at least 1"),
+                  ("max_seconds", self.max_seconds is None or self.max_seconds > 0,
+                   "above 0 (seconds of wall clock per trained fit), or unset")]
+        for name, ok, bound in checks:
+            if not ok:
+                raise ConfigError(f"fit.{name} = {getattr(self, name)!r}: it must be {bound}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ConfigError(f"fit.schedule = {self.schedule!r} is not one of constant, cosine")
+        if self.warmup_steps and self.warmup_steps >= self.steps:
+            raise ConfigError(f"fit.warmup_steps = {self.warmup_steps} is not below fit.steps = {self.steps}: "
+                              "lower warmup_steps, or raise steps")
+
+    @classmethod
+    def of(cls, fit_config) -> "TrainSettings":
+        """The settings of a ``[fit]`` section (:class:`rba.config.FitConfig`), read by field name."""
+        return cls(**{f.name: getattr(fit_config, f.name) for f in dataclasses.fields(cls)})
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based): ``lr`` · (step + 1)/warmup_steps during the warm-up, then
+        ``lr`` (constant), or ``lr`` · ½(1 + cos(π·(step − warmup_steps)/(steps − warmup_steps))) (cosine)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        return self.lr * 0.5 * (1 + math.cos(math.pi * (step - self.warmup_steps) / (self.steps - self.warmup_steps)))
 
 
 @dataclass(frozen=True)
@@ -92,8 +144,8 @@ class SpanFit:
     tensors: dict[str, torch.Tensor]
     sse: float
     ridge_lambda: float = 0.0
-    info: dict[str, float] = field(default_factory=dict)
-    """anything else the plug-in reports (e.g. a trained fit's final loss)"""
+    info: dict[str, float | str] = field(default_factory=dict)
+    """anything else the plug-in reports (e.g. a trained fit's final loss, why its training stopped)"""
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

@@ -219,8 +219,9 @@ class Session:
         if (span, kind) not in self._fits:
             if get_fit(kind).needs == "vectors":
                 f = self.cfg.fit
-                fit = fit_span(None, span, kind, f.ridge, vectors=self.fit_vectors(span), seed=self.cfg.data.seed,
-                               train=TrainSettings(steps=f.steps, lr=f.lr, batch_size=f.batch_size))
+                seed = self.cfg.data.seed if f.seed is None else f.seed
+                fit = fit_span(None, span, kind, f.ridge, vectors=self.fit_vectors(span), seed=seed,
+                               train=TrainSettings.of(f))
             else:
                 stats = self.fold_stats if get_fit(kind).folds else self.stats
                 fit = fit_span(stats, span, kind, self.cfg.fit.ridge)

@@ -39,7 +39,7 @@ def study_identity(cfg: Config, session, *, kind: str, method: str) -> dict[str,
     fit = {"kind": kind, "ridge": cfg.fit.ridge, "mode": cfg.fit.mode, "capture_dtype": cfg.capture.dtype}
     if get_fit(kind).trained:  # a trained fit's maps also depend on how it trains
         fit |= {"steps": cfg.fit.steps, "lr": cfg.fit.lr, "batch_size": cfg.fit.batch_size,
-                "max_vectors": cfg.fit.max_vectors}
+                "max_vectors": cfg.fit.max_vectors} | cfg.fit.changed_training()
     return _plain({
         "model": session.adapter.identity,
         "data": data_identity(cfg, session.splits),

@@ -179,7 +179,8 @@ def test_ls_lists_every_registry(rba_in):
     out = {what: rba_in("ls", what, cwd=ROOT).stdout.splitlines() for what in ("adapters", "fits", "metrics", "samplers")}
     assert out == {"adapters": ["causal-lm", "efficientnet-lite", "huggingface", "module", "sentence-transformers", "timm",
                                 "torchvision"],
-                   "fits": ["affine", "fold", "identity", "linear", "mlp (trained)", "res-mlp (trained)"],
+                   "fits": ["affine", "affine-mlp (trained)", "fold", "identity", "identity-mlp (trained)", "linear",
+                            "mlp (trained)", "mlp-wide (trained)", "res-mlp (trained)"],
                    "metrics": ["br", "cosine", "cka", "ls_residual", "svcca"],
                    "samplers": ["tpe", "nsga2", "random", "gp"]}
 

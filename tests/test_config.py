@@ -27,7 +27,7 @@ def test_flags_override_file(tmp_path):
 @pytest.mark.parametrize("raw,needle", [
     ({"modle": {}}, "unknown section 'modle'. Did you mean 'model'?"),
     ({"search": {"trails": 3}}, "unknown key in [search] 'trails'. Did you mean 'trials'?"),
-    ({"fit": {"kind": "cubic"}}, "fit.kind = 'cubic' is not one of affine, fold, identity, linear"),
+    ({"fit": {"kind": "cubic"}}, "fit.kind = 'cubic' is not one of affine, affine-mlp, fold, identity, identity-mlp, linear"),
     ({"search": {"max_span": 0}}, "search.max_span = 0: it must be at least 1"),
     ({"search": {"trials": "many"}}, "search.trials must be int"),
     ({"search": {"objectives": ["accuracy", "speed"]}}, "search.objectives = 'speed'"),

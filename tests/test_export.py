@@ -59,7 +59,7 @@ def test_format_2_round_trip_for_every_fit_kind(vit_session, tmp_path, translato
         out = export_model(session, spans, tmp_path / kind, kind=kind)
         recipe = json.loads((out / "recipe.json").read_text())
         assert recipe["format"] == RECIPE_FORMAT == 2
-        trained = kind in ("test-translator", "mlp", "res-mlp")
+        trained = kind in ("test-translator", "mlp", "res-mlp", "mlp-wide", "identity-mlp", "affine-mlp")
         assert [(m["kind"], m["span"], m["trained"]) for m in recipe["span_modules"]] == \
             [(kind, [1, 3], trained), (kind, [4, 5], trained)]
         maps = session.maps(spans, kind)

@@ -198,7 +198,8 @@ def with_plugin(plugin_env) -> dict[str, subprocess.CompletedProcess]:
 def test_ls_lists_the_plugin_names(with_plugin):
     listed = {what: with_plugin[f"ls {what}"].stdout.splitlines() for what in LS}
     assert "patch-mlp" in listed["adapters"] and "timm" in listed["adapters"]
-    assert listed["fits"] == ["affine", "fold", "identity", "linear", "mean-shift", "mlp (trained)", "res-mlp (trained)"]
+    assert listed["fits"] == ["affine", "affine-mlp (trained)", "fold", "identity", "identity-mlp (trained)", "linear",
+                              "mean-shift", "mlp (trained)", "mlp-wide (trained)", "res-mlp (trained)"]
     assert listed["metrics"] == ["br", "cosine", "cka", "ls_residual", "svcca", "energy_ratio"]
 
 

@@ -221,8 +221,9 @@ def test_compare_fits_against_numpy(tmp_path, capsys):
 
 def test_cli_lists_trained_fits_and_refuses_unknown_kinds(tmp_path, capsys):
     assert cli_main(["ls", "fits"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["affine", "fold", "identity", "linear",
-                                                    "mlp (trained)", "res-mlp (trained)"]
+    assert capsys.readouterr().out.splitlines() == ["affine", "affine-mlp (trained)", "fold", "identity",
+                                                    "identity-mlp (trained)", "linear", "mlp (trained)",
+                                                    "mlp-wide (trained)", "res-mlp (trained)"]
     path = tmp_path / "c.toml"
     path.write_text(tiny_config(tmp_path, "vit").to_toml())
     assert cli_main(["compare-fits", str(path), "--kinds", "affine,mpl", "--out", str(tmp_path / "x")]) == 2
@@ -247,3 +248,186 @@ def test_diverging_training_stops_with_one_line_and_exports_nothing(tmp_path, ca
     x = torch.randn(40, 8)
     with pytest.raises(SpanError, match=r"span 0-1: the mlp fit is not finite"):
         fit_span(None, (0, 1), "mlp", vectors=(x, x * 1e30 * 1e30), train=TrainSettings(steps=3, batch_size=40))
+
+
+# ---------------------------------------------------------------------- training to convergence, other starts
+def paper_lr(lr, steps, warmup, schedule, t):
+    """The schedule's formula, written here: linear warm-up to lr over `warmup` steps, then constant or cosine to 0."""
+    if t < warmup:
+        return lr * (t + 1) / warmup
+    if schedule == "constant":
+        return lr
+    return lr / 2 * (1 + math.cos(math.pi * (t - warmup) / (steps - warmup)))
+
+
+def test_default_settings_are_the_paper_budget():
+    assert TrainSettings() == TrainSettings(steps=300, lr=1e-3, batch_size=1024, schedule="constant", warmup_steps=0,
+                                            holdout=0.0)
+    assert [TrainSettings().lr_at(t) for t in (0, 150, 299)] == [1e-3] * 3
+    x, y = pairs(n=40, d=8)
+    fit = fit_span(None, (0, 1), "mlp", vectors=(x, y), train=TrainSettings(steps=5))
+    assert fit.info["steps"] == 5 and fit.info["stopped"] == "steps" and "best_heldout_mse" not in fit.info
+
+
+@pytest.mark.parametrize("schedule,warmup", [("cosine", 0), ("cosine", 4), ("constant", 3)])
+def test_schedule_is_the_formula_and_training_follows_it(schedule, warmup):
+    settings = TrainSettings(steps=12, lr=2e-2, batch_size=64, schedule=schedule, warmup_steps=warmup)
+    want = [paper_lr(2e-2, 12, warmup, schedule, t) for t in range(12)]
+    assert [settings.lr_at(t) for t in range(12)] == pytest.approx(want, rel=1e-12)
+    if schedule == "cosine":
+        assert settings.lr_at(warmup) == pytest.approx(2e-2) and settings.lr_at(11) < 2e-2 * 0.05
+    # the trained weights are those of the direct loop run with these rates
+    x, y = pairs()
+    fit = fit_span(None, (1, 3), "mlp", vectors=(x, y), seed=3, train=settings)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(3)
+            m = paper_module("mlp", 16)
+            g = torch.Generator().manual_seed(3)
+            opt = torch.optim.Adam(m.parameters(), lr=2e-2)
+            perm, pos = None, 240
+            for t in range(12):
+                if pos + 64 > 240:
+                    perm, pos = torch.randperm(240, generator=g), 0
+                idx, pos = perm[pos : pos + 64], pos + 64
+                for group in opt.param_groups:
+                    group["lr"] = want[t]
+                opt.zero_grad()
+                F.mse_loss(m(x[idx]), y[idx]).backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    for name, t in renamed("mlp", m.state_dict()).items():
+        torch.testing.assert_close(fit.tensors[name], t.double(), rtol=0, atol=0, msg=name)
+
+
+def held_out_split(n, fraction, seed):
+    """The hold-out the settings describe: the first round(fraction·n) of torch.randperm(n, Generator(seed))."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = round(fraction * n)
+    return perm[:k].sort().values, perm[k:].sort().values
+
+
+def test_early_stopping_keeps_the_best_held_out_weights():
+    """Targets that are noise: the held-out MSE soon rises. The fit stops `patience` evaluations after its best and
+    returns the weights of that evaluation, found here by a direct loop that scores every evaluation itself."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(120, 8, generator=g), torch.randn(120, 8, generator=g)
+    settings = TrainSettings(steps=400, lr=3e-2, holdout=0.25, eval_every=4, patience=3)
+    fit = fit_span(None, (0, 2), "mlp", vectors=(x, y), seed=5, train=settings)
+    held, train = held_out_split(120, 0.25, 5)
+    assert fit.info["heldout_vectors"] == 30 and fit.info["vectors"] == 90
+    # the direct loop on the training vectors (one full batch), scoring the held-out ones every 4 steps
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(5)
+            m = paper_module("mlp", 8)
+            opt = torch.optim.Adam(m.parameters(), lr=3e-2)
+            scores, states = [], []
+            for t in range(401):
+                if t % 4 == 0:
+                    with torch.no_grad():
+                        scores.append(((m(x[held]) - y[held]) ** 2).mean().item())
+                    states.append({k: v.clone() for k, v in m.state_dict().items()})
+                    best = int(np.argmin(scores))
+                    if len(scores) - 1 - best >= 3:
+                        break
+                opt.zero_grad()
+                F.mse_loss(m(x[train]), y[train]).backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    assert fit.info["stopped"] == "patience" and 0 < fit.info["best_step"] < fit.info["steps"] < 400
+    assert fit.info["best_step"] == 4 * best and fit.info["steps"] == 4 * (best + 3)
+    assert fit.info["best_heldout_mse"] == pytest.approx(scores[best], rel=1e-6)
+    assert min(scores) < scores[-1]  # it did get worse after the best: the kept weights are not the last ones
+    for name, t in renamed("mlp", states[best]).items():
+        torch.testing.assert_close(fit.tensors[name], t.double(), rtol=0, atol=1e-6, msg=name)
+    mse = float(((fit.predict(x[held]) - y[held].double()) ** 2).mean())  # the returned map, scored in float64
+    assert mse == pytest.approx(fit.info["best_heldout_mse"], rel=1e-5)
+
+
+def test_wall_clock_cap_stops_training():
+    x, y = pairs(n=64, d=8)
+    fit = fit_span(None, (0, 1), "mlp", vectors=(x, y), train=TrainSettings(steps=10**7, max_seconds=0.05))
+    assert fit.info["stopped"] == "max_seconds" and 0 < fit.info["steps"] < 10**7 and fit.info["fit_s"] < 1.5
+
+
+@pytest.mark.parametrize("holdout", [0.0, 0.25])
+def test_affine_start_is_numpy_lstsq(holdout):
+    """affine-mlp with no steps is the ridge least squares of the training vectors (not the held-out ones)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(200, 12, generator=g)
+    y = torch.tanh(x @ torch.randn(12, 12, generator=g)) + 0.3
+    fit = fit_span(None, (2, 5), "affine-mlp", ridge=1e-4, vectors=(x, y), train=TrainSettings(steps=0, holdout=holdout))
+    train = held_out_split(200, holdout, 0)[1]
+    w, _ = ridge_lstsq(x[train].double().numpy(), y[train].double().numpy(), 1e-4)
+    np.testing.assert_allclose(fit.tensors["skip.weight"].T.numpy(), w[:-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fit.tensors["skip.bias"].numpy(), w[-1], rtol=1e-5, atol=1e-6)
+    assert not fit.tensors["fc2.weight"].any() and not fit.tensors["fc2.bias"].any()
+    xt = np.hstack([x.double().numpy(), np.ones((200, 1))])
+    np.testing.assert_allclose(fit.predict(x).numpy(), xt @ w, rtol=1e-5, atol=1e-5)
+    assert fit.info["steps"] == 0
+    with pytest.raises(SpanError, match="affine-mlp starts from an affine fit"):
+        fit_span(None, (2, 5), "affine-mlp", vectors=(x, y[:, :6]), train=TrainSettings(steps=0))
+    # trained from there, it fits its training vectors better than its start
+    trained = fit_span(None, (2, 5), "affine-mlp", ridge=1e-4, vectors=(x, y), train=TrainSettings(steps=30, lr=1e-2))
+    start = float(((xt @ w - y.double().numpy()) ** 2).sum())
+    assert trained.sse < start
+
+
+def test_identity_start_is_the_identity():
+    x, y = pairs(n=50, d=8)
+    fit = fit_span(None, (0, 1), "identity-mlp", vectors=(x, y), train=TrainSettings(steps=0))
+    torch.testing.assert_close(fit.predict(x), x.double(), rtol=0, atol=0)
+    assert fit.sse == pytest.approx(float(((x.double() - y.double()) ** 2).sum()), rel=1e-6)
+    with pytest.raises(SpanError, match="identity-mlp starts at the identity and needs equal sizes"):
+        fit_span(None, (0, 1), "identity-mlp", vectors=(x, y[:, :6]), train=TrainSettings(steps=0))
+
+
+def test_new_kinds_shapes_and_registry():
+    d = 16
+    assert {"mlp-wide", "identity-mlp", "affine-mlp"} <= set(list_fits())
+    assert all(get_fit(k).trained and get_fit(k).needs == "vectors" for k in ("mlp-wide", "identity-mlp", "affine-mlp"))
+    assert get_fit("mlp-wide").num_params(d, d) == 2 * (d * d + d)
+    assert get_fit("affine-mlp").num_params(d, d) == get_fit("identity-mlp").num_params(d, d) == 3 * (d * d + d)
+    x, y = pairs()
+    fit = fit_span(None, (1, 3), "mlp-wide", vectors=(x, y), train=TrainSettings(steps=20, lr=1e-2))
+    assert fit.tensors["fc1.weight"].shape == (d, d) and fit.info["final_loss"] < fit.info["first_loss"]
+    torch.testing.assert_close(fit.predict(x), hand_mlp(x, fit.tensors), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fit,message", [
+    ({"patience": 0}, "fit.patience = 0: it must be at least 1"),
+    ({"max_seconds": -1.0}, "fit.max_seconds = -1.0: it must be greater than 0"),
+    ({"holdout": 1.0}, "fit.holdout = 1.0: it must be less than 1"),
+    ({"schedule": "cosin"}, "fit.schedule = 'cosin' is not one of constant, cosine. Did you mean 'cosine'?"),
+    ({"warmup_steps": 300}, "fit.warmup_steps = 300 is not below fit.steps = 300: lower warmup_steps, or raise steps"),
+])
+def test_invalid_training_settings_are_one_config_error(tmp_path, fit, message):
+    with pytest.raises(ConfigError) as exc:
+        tiny_config(tmp_path, "vit", fit=fit)
+    assert str(exc.value).startswith(message) and "\n" not in str(exc.value)
+    # the same settings made in Python are refused naming the same key
+    key = next(iter(fit))
+    with pytest.raises(ConfigError, match=f"fit.{key} = "):
+        TrainSettings(**fit)
+
+
+def test_fit_seed_and_the_recorded_identity(tmp_path):
+    """fit.seed seeds the trained fit (the splits keep data.seed); identities record the keys added after the
+    paper's only where set, so a folder written before them keeps its identity."""
+    cfg = tiny_config(tmp_path, "vit", fit={"kind": "mlp", "steps": 3, "max_vectors": 60, "seed": 4,
+                                            "holdout": 0.2, "eval_every": 1}, data=SMALL)
+    session = Session(cfg, need_labels=False, progress=False, measure_latency=False)
+    fit = session.fit((1, 3))
+    want = fit_span(None, (1, 3), "mlp", vectors=session.fit_vectors((1, 3)), seed=4,
+                    train=TrainSettings(steps=3, holdout=0.2, eval_every=1))
+    assert all(torch.equal(fit.tensors[k], want.tensors[k]) for k in want.tensors)
+    assert fit.info["heldout_vectors"] == 12 and fit.info["vectors"] == 48
+    assert cfg.fit.changed_training() == {"holdout": 0.2, "eval_every": 1, "seed": 4}
+    assert tiny_config(tmp_path, "vit", fit={"steps": 7}).fit.changed_training() == {}
