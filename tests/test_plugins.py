@@ -256,7 +256,7 @@ def test_a_misspelt_plugin_name_gets_a_hint(with_plugin):
     r = with_plugin["typo"]
     from rba.fit import list_fits
 
-    known = ", ".join(sorted(list_fits()) + ["mean-shift"])  # every registered kind and the plug-in's
+    known = ", ".join(sorted([*list_fits(), "mean-shift"]))  # every registered kind and the plug-in's
     assert r.returncode == 2 and f"fit.kind = 'mean-shfit' is not one of {known}" in r.stderr
     assert "Did you mean 'mean-shift'?" in r.stderr
 
