@@ -75,13 +75,13 @@ def _load_chunk(path: Path, expected: list[str]) -> dict | None:
     return data
 
 
-def _save_chunk(path: Path, data: dict) -> None:
+def _save_chunk(path: Path, data: dict, compressed: bool = False) -> None:
     from rba._io import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **data)
+            (np.savez_compressed if compressed else np.savez)(fh, **data)
 
 
 def _evaluate_chunk(session, configs: list[list[tuple[int, int]]]) -> dict:
@@ -146,7 +146,7 @@ def run_seed(cfg, seed: int, out: Path, chunk: int, limit: int | None = None) ->
     if "prediction" in chunks[0]:
         arrays["prediction"] = np.concatenate([c["prediction"] for c in chunks])
         arrays["label"] = chunks[0]["label"]
-    _save_chunk(out / "per_sample.npz", arrays)
+    _save_chunk(out / "per_sample.npz", arrays, compressed=True)  # kept with the results: ViT's is 19 → 12 MB a seed
     return table
 
 
