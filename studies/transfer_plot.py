@@ -22,7 +22,12 @@ FOLDER = Path(__file__).resolve().parent / "reports" / "transfer"
 
 def read_table(path: Path) -> pd.DataFrame:
     """The first markdown table of ``path`` as a data frame (numbers parsed)."""
-    rows = [line for line in path.read_text().splitlines() if line.startswith("|")]
+    rows: list[str] = []
+    for line in path.read_text().splitlines():  # the first table only: transfer_table.py writes a second, with SEs
+        if line.startswith("|"):
+            rows.append(line)
+        elif rows:
+            break
     if len(rows) < 3:
         raise SystemExit(f"transfer_plot: error: no table in {path}")
     cells = [[c.strip() for c in row.strip().strip("|").split("|")] for row in rows]

@@ -115,7 +115,9 @@ def test_transfer_plot_reads_each_table_and_draws_every_pair(tmp_path):
     spec.loader.exec_module(module)
     (tmp_path / "a_to_b.md").write_text(
         "# title\n\ntext\n\n| spans | FLOPs | accuracy, b | accuracy, a | fidelity, b | fidelity, a |\n"
-        "|---|---|---|---|---|---|\n| none | 1.000 | 0.9 | 0.9 | 1.0 | 1.0 |\n| 1-2 | 0.500 | 0.8 | 0.7 | 0.95 | 0.85 |\n")
+        "|---|---|---|---|---|---|\n| none | 1.000 | 0.9 | 0.9 | 1.0 | 1.0 |\n| 1-2 | 0.500 | 0.8 | 0.7 | 0.95 | 0.85 |\n"
+        "\nWith SEs (a second table, not plotted):\n\n| spans | quality | own | transfer |\n|---|---|---|---|\n"
+        "| 1-2 | accuracy | 0.8 ± 0.01 | 0.7 ± 0.01 |\n")
     (tmp_path / "c_to_d.md").write_text(
         "| spans | FLOPs | fidelity, d | fidelity, c |\n|---|---|---|---|\n| none | 1.000 | 1.0 | 1.0 |\n"
         "| 0-6 | 0.014 | 0.55 | 0.39 |\n")
