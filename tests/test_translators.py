@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from conftest import materialise, ridge_lstsq, staged_forward, tiny_config
 from torch import nn
 
+from rba._threads import single_thread
 from rba.cli import main as cli_main
 from rba.errors import ConfigError, DataError, SpanError
 from rba.export import load_export
@@ -99,13 +100,8 @@ def test_training_is_the_direct_loop(kind, batch_size):
     fit = fit_span(None, (1, 3), kind, vectors=(x, y), seed=7, train=settings)
     torch.manual_seed(123)
     assert torch.equal(torch.rand(3), before)  # the caller's random state is left alone
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # fits run on one thread; kernels round differently per thread count
-    try:
-        with torch.random.fork_rng():
-            ref, losses = direct_loop(kind, x, y, steps=12, lr=1e-2, batch_size=batch_size, seed=7)
-    finally:
-        torch.set_num_threads(threads)
+    with single_thread(), torch.random.fork_rng():  # fits run on one thread; kernels round differently per thread count
+        ref, losses = direct_loop(kind, x, y, steps=12, lr=1e-2, batch_size=batch_size, seed=7)
     want = renamed(kind, ref.state_dict())
     assert set(fit.tensors) == set(want)
     for name, t in want.items():
@@ -279,26 +275,21 @@ def test_schedule_is_the_formula_and_training_follows_it(schedule, warmup):
     # the trained weights are those of the direct loop run with these rates
     x, y = pairs()
     fit = fit_span(None, (1, 3), "mlp", vectors=(x, y), seed=3, train=settings)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng():
-            torch.manual_seed(3)
-            m = paper_module("mlp", 16)
-            g = torch.Generator().manual_seed(3)
-            opt = torch.optim.Adam(m.parameters(), lr=2e-2)
-            perm, pos = None, 240
-            for t in range(12):
-                if pos + 64 > 240:
-                    perm, pos = torch.randperm(240, generator=g), 0
-                idx, pos = perm[pos : pos + 64], pos + 64
-                for group in opt.param_groups:
-                    group["lr"] = want[t]
-                opt.zero_grad()
-                F.mse_loss(m(x[idx]), y[idx]).backward()
-                opt.step()
-    finally:
-        torch.set_num_threads(threads)
+    with single_thread(), torch.random.fork_rng():
+        torch.manual_seed(3)
+        m = paper_module("mlp", 16)
+        g = torch.Generator().manual_seed(3)
+        opt = torch.optim.Adam(m.parameters(), lr=2e-2)
+        perm, pos = None, 240
+        for t in range(12):
+            if pos + 64 > 240:
+                perm, pos = torch.randperm(240, generator=g), 0
+            idx, pos = perm[pos : pos + 64], pos + 64
+            for group in opt.param_groups:
+                group["lr"] = want[t]
+            opt.zero_grad()
+            F.mse_loss(m(x[idx]), y[idx]).backward()
+            opt.step()
     for name, t in renamed("mlp", m.state_dict()).items():
         torch.testing.assert_close(fit.tensors[name], t.double(), rtol=0, atol=0, msg=name)
 
@@ -320,27 +311,22 @@ def test_early_stopping_keeps_the_best_held_out_weights():
     held, train = held_out_split(120, 0.25, 5)
     assert fit.info["heldout_vectors"] == 30 and fit.info["vectors"] == 90
     # the direct loop on the training vectors (one full batch), scoring the held-out ones every 4 steps
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng():
-            torch.manual_seed(5)
-            m = paper_module("mlp", 8)
-            opt = torch.optim.Adam(m.parameters(), lr=3e-2)
-            scores, states = [], []
-            for t in range(401):
-                if t % 4 == 0:
-                    with torch.no_grad():
-                        scores.append(((m(x[held]) - y[held]) ** 2).mean().item())
-                    states.append({k: v.clone() for k, v in m.state_dict().items()})
-                    best = int(np.argmin(scores))
-                    if len(scores) - 1 - best >= 3:
-                        break
-                opt.zero_grad()
-                F.mse_loss(m(x[train]), y[train]).backward()
-                opt.step()
-    finally:
-        torch.set_num_threads(threads)
+    with single_thread(), torch.random.fork_rng():
+        torch.manual_seed(5)
+        m = paper_module("mlp", 8)
+        opt = torch.optim.Adam(m.parameters(), lr=3e-2)
+        scores, states = [], []
+        for t in range(401):
+            if t % 4 == 0:
+                with torch.no_grad():
+                    scores.append(((m(x[held]) - y[held]) ** 2).mean().item())
+                states.append({k: v.clone() for k, v in m.state_dict().items()})
+                best = int(np.argmin(scores))
+                if len(scores) - 1 - best >= 3:
+                    break
+            opt.zero_grad()
+            F.mse_loss(m(x[train]), y[train]).backward()
+            opt.step()
     assert fit.info["stopped"] == "patience" and 0 < fit.info["best_step"] < fit.info["steps"] < 400
     assert fit.info["best_step"] == 4 * best and fit.info["steps"] == 4 * (best + 3)
     assert fit.info["best_heldout_mse"] == pytest.approx(scores[best], rel=1e-6)
