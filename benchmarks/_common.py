@@ -107,6 +107,26 @@ def write_json(path: Path | None, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, default=_jsonable))
 
 
+def load_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a saved ``.npz`` (no pickles), or None when it is missing or unreadable (a resumed run then
+    makes it again)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+def save_npz(path: Path, data: dict[str, Any], compressed: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (a run stopped mid-write leaves the old file or none, never a torn one)."""
+    from rba._io import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            (np.savez_compressed if compressed else np.savez)(fh, **data)
+
+
 def _jsonable(v):
     if isinstance(v, (np.floating, np.integer)):
         return v.item()

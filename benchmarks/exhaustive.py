@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import _common as C  # (the benchmarks' shared helpers; its folder is on sys.path when a script runs)
 import numpy as np
 import pandas as pd
 
@@ -65,23 +66,10 @@ def _quick_config(tmp: Path):
 
 def _load_chunk(path: Path, expected: list[str]) -> dict | None:
     """A saved chunk, or None when it is missing, unreadable or holds other configurations."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError):
-        return None
-    if [str(s) for s in data.get("spans", [])] != expected:
+    data = C.load_npz(path)
+    if data is None or [str(s) for s in data.get("spans", [])] != expected:
         return None
     return data
-
-
-def _save_chunk(path: Path, data: dict, compressed: bool = False) -> None:
-    from rba._io import atomic_path
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            (np.savez_compressed if compressed else np.savez)(fh, **data)
 
 
 def _evaluate_chunk(session, configs: list[list[tuple[int, int]]]) -> dict:
@@ -130,7 +118,7 @@ def run_seed(cfg, seed: int, out: Path, chunk: int, limit: int | None = None) ->
         data = _load_chunk(path, names)
         if data is None:
             data = _evaluate_chunk(session, configs)
-            _save_chunk(path, data)
+            C.save_npz(path, data)
             evaluated += len(configs)
             print(f"seed {seed}: {first + len(configs)}/{total} configurations "
                   f"({(time.perf_counter() - started) / evaluated:.2f} s each, load {os.getloadavg()[0]:.2f})",
@@ -146,7 +134,7 @@ def run_seed(cfg, seed: int, out: Path, chunk: int, limit: int | None = None) ->
     if "prediction" in chunks[0]:
         arrays["prediction"] = np.concatenate([c["prediction"] for c in chunks])
         arrays["label"] = chunks[0]["label"]
-    _save_chunk(out / "per_sample.npz", arrays, compressed=True)  # kept with the results: ViT's is 19 → 12 MB a seed
+    C.save_npz(out / "per_sample.npz", arrays, compressed=True)  # kept with the results: ViT's is 19 → 12 MB a seed
     return table
 
 

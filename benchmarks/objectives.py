@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import _common as C  # (the benchmarks' shared helpers; its folder is on sys.path when a script runs)
 import numpy as np
 import pandas as pd
 
@@ -108,21 +109,8 @@ def run_key(session) -> str:
 
 def _load(path: Path, key: str) -> dict | None:
     """A saved result, or None when it is missing, unreadable or from other settings."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError):
-        return None
-    return data if str(data.get("key", "")) == key else None
-
-
-def _save(path: Path, data: dict) -> None:
-    from rba._io import atomic_path
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **data)
+    data = C.load_npz(path)
+    return data if data is not None and str(data.get("key", "")) == key else None
 
 
 def evaluate(refit, fixed, spans, path: Path, key: str) -> tuple[dict, bool]:
@@ -138,7 +126,7 @@ def evaluate(refit, fixed, spans, path: Path, key: str) -> tuple[dict, bool]:
     refit.evaluator.clear_memo()
     data = {"key": np.array(key), "cosine": a.cosine, "prediction_probe": a.prediction,
             "prediction_fixed": b.prediction, "label": a.label, "seconds": np.array(time.perf_counter() - t0)}
-    _save(path, data)
+    C.save_npz(path, data)
     return data, True
 
 
@@ -260,7 +248,7 @@ def truncation(session, path: Path, key: str) -> pd.DataFrame:
         data = {"key": np.array(key), "boundary": np.array([k for k, _ in probes]),
                 "pooling": np.array([how for _, how in probes]), "features": np.array([p.shape[1] for p in probe]),
                 "prediction": predictions, "label": y_test, "seconds": np.array(time.perf_counter() - t0)}
-        _save(path, data)
+        C.save_npz(path, data)
     correct = data["prediction"] == data["label"]
     whole = correct[[k for k, how in enumerate(data["pooling"]) if how == "model"][-1]]
     rows = []
