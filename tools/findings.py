@@ -7,7 +7,8 @@ Every claim names the file it comes from, and the unfavourable numbers stand nex
 committed study (``studies/reports/<study>/``, report format 2, a held-out test split): the export against the
 unmodified model on the test split (``paired_tests.csv``) and its measured speed-up with its ceiling
 (``summary.json``); the search against each baseline at each FLOPs budget, selected on eval, compared on test
-with Holm-adjusted p-values (``paired_tests.csv``); the test hypervolume of each method's eval front
+with Holm-adjusted p-values (``paired_tests.csv``): counted, each loss named with its interval (every comparison
+is in the report's paired-tests section); the test hypervolume of each method's eval front
 (``methods.csv``). Where a study has an equal-evaluation replay against its exhaustive front
 (``benchmarks/out/exhaustive/<study>/equal_evaluation/``): the hypervolume share of the true test front after the most
 evaluations, per method, with its interval over seeds, and what the search adds over its priors.
@@ -121,14 +122,16 @@ def _study_lines(folder: Path) -> list[str]:
             continue
         verdicts = [_verdict(r, up) for _, r in versus.iterrows()]
         counts = {v: verdicts.count(v) for v in ("better", "**worse**", "no detectable difference")}
+        # every comparison is in the report's paired-tests section; the README names the ones the search loses
+        worse = [f"{r['comparison'][len('search vs '):]} at FLOPs ≤ {r['budget']:g} ({_signed(r['B − A'])} "
+                 f"[{_signed(r['low'])}, {_signed(r['high'])}], {_p(r['p (Holm)'])})"
+                 for (_, r), verdict in zip(versus.iterrows(), verdicts, strict=True) if verdict == "**worse**"]
         lines.append(f"- Search against the baselines at the same FLOPs budgets ({len(versus)} comparisons, search − "
                      f"baseline on test {q}): better in {counts['better']}, worse in {counts['**worse**']}, no "
-                     f"detectable difference in {counts['no detectable difference']} (Holm-adjusted p < {ALPHA}) "
-                     f"— {_link(folder / 'paired_tests.csv')}:")
-        for (_, r), verdict in zip(versus.iterrows(), verdicts, strict=True):
-            lines.append(f"  - {r['comparison'][len('search vs '):]} at FLOPs ≤ {r['budget']:g}: "
-                         f"{_signed(r['B − A'])} [{_signed(r['low'])}, {_signed(r['high'])}], {_p(r['p (Holm)'])}: "
-                         f"{verdict}")
+                     f"detectable difference in {counts['no detectable difference']} (Holm-adjusted p < {ALPHA})"
+                     + (f"; **worse** against {', '.join(worse)}" if worse else "")
+                     + f" — {_link(folder / 'paired_tests.csv')}, each comparison in "
+                     f"{_link(folder / 'report.md')} (paired tests).")
     if methods is not None and "test hypervolume" in methods:
         ranked = methods.sort_values("test hypervolume", ascending=False)
         shares = ", ".join(f"{m} {s:.3f}" for m, s in zip(ranked["method"], ranked["test share of best"], strict=True))
